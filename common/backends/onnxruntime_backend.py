@@ -1,0 +1,120 @@
+"""ONNX Runtime: the embedded default backend (CPU; CUDA / TensorRT execution providers where present).
+
+FP16 here is a real FP16 graph: weights and activations converted to float16 with the graph's inputs and
+outputs kept float32, and the ops that must stay in float32 (NMS, TopK, ... plus a model's own block list)
+left in float32. A conversion that yields no float16 tensor is refused rather than run as FP32.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable, ConfigError, InputError, RuntimeFailure
+from .base import Backend, BuildRequest, Runner
+
+_DEVICE_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+# Ops whose float16 versions are missing on some providers or lose what they compute (index/score logic).
+FP16_ALWAYS_FP32 = ["NonMaxSuppression", "TopK", "RoiAlign", "Range", "CumSum"]
+
+
+def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()):
+    import onnx
+    from onnxruntime.transformers import float16
+
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError variants
+        raise InputError(f"cannot load ONNX model ({type(exc).__name__}: {exc})", model_path) from None
+    ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_ALWAYS_FP32) | set(block_list))
+    converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
+                                                 node_block_list=list(block_nodes), disable_shape_infer=False)
+    n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    if n16 == 0:
+        raise RuntimeFailure("FP16 conversion produced no float16 weights: refusing to run FP32 as FP16", model_path)
+    onnx.save(converted, str(out_path))
+
+
+class OrtRunner(Runner):
+    def __init__(self, session, input_name: str):
+        self.session = session
+        names = [i.name for i in session.get_inputs()]
+        if input_name not in names:
+            raise InputError(f"the model has no input '{input_name}' (it has: {', '.join(names)})")
+        self.input_name = input_name
+        inp = next(i for i in session.get_inputs() if i.name == input_name)
+        self.input_type = inp.type
+        self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def _run(self, x: np.ndarray) -> list:
+        return self.session.run(self.output_names, {self.input_name: x})
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    engine_suffix = ".onnx"
+
+    @classmethod
+    def availability(cls):
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return False, f"onnxruntime is not importable ({exc})"
+        return True, ""
+
+    def device(self) -> str:
+        return self.requested_device or "cpu"
+
+    def providers(self) -> list:
+        import onnxruntime as ort
+        device = self.device()
+        if device not in _DEVICE_PROVIDERS:
+            raise ConfigError(f"onnxruntime backend: unknown device {device!r}; known: {', '.join(_DEVICE_PROVIDERS)}")
+        wanted = _DEVICE_PROVIDERS[device]
+        if wanted[0] not in ort.get_available_providers():
+            raise BackendUnavailable(f"onnxruntime has no {wanted[0]} here "
+                                     f"(available: {', '.join(ort.get_available_providers())})")
+        return wanted
+
+    def runtime_version(self) -> str:
+        import onnxruntime as ort
+        return f"onnxruntime-{ort.__version__}"
+
+    def build(self, req: BuildRequest):
+        if req.precision == "fp32":
+            return req.onnx_path, True
+        if req.precision != "fp16":
+            raise ConfigError(f"onnxruntime backend supports fp32 and fp16, not {req.precision}")
+        from ..engine_cache import cache_key
+        block_ops = tuple(req.options.get("fp16_block_ops", ()))
+        block_nodes = tuple(req.options.get("fp16_block_nodes", ()))
+        key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, runtime=self.runtime_version(),
+                        block_ops=block_ops, block_nodes=block_nodes, converter=2)
+        return req.cache.get_or_build(
+            key, self.engine_suffix, lambda tmp: convert_fp16(req.onnx_path, tmp, block_ops, block_nodes),
+            {"backend": self.name, "precision": req.precision, "onnx": str(req.onnx_path),
+             "onnx_sha256": req.onnx_sha256, "runtime": self.runtime_version()})
+
+    def load(self, engine: Path, req: BuildRequest) -> Runner:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        threads = int(self.options.get("threads") or 0)
+        if threads:
+            so.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(engine), so, providers=self.providers())
+        except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+                ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
+            raise InputError(f"not a loadable ONNX model ({str(exc).splitlines()[0]})", engine) from None
+        except ort.capi.onnxruntime_pybind11_state.Fail as exc:
+            raise InputError(f"onnxruntime cannot load it ({str(exc).splitlines()[0]})", engine) from None
+        runner = OrtRunner(session, req.input_name)
+        if runner.input_type != "tensor(float)":
+            raise InputError(f"input '{req.input_name}' is {runner.input_type}; the suite feeds float32", engine)
+        return runner

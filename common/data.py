@@ -1,0 +1,161 @@
+"""COCO image sets: resolve the dataset layout, read the annotation file, decode + preprocess in workers."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .preprocess import Preprocessor
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    image_id: int
+    path: str
+    width: int
+    height: int
+
+
+@dataclass
+class Batch:
+    image_ids: np.ndarray  # [n] int64
+    inputs: np.ndarray     # [n, 3, H, W] float32
+    meta: np.ndarray       # [n, 6] float64, see preprocess.META_FIELDS
+
+
+def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | None = None) -> tuple[Path, Path]:
+    """(images dir, annotation file) from a COCO-layout dataset dir and/or explicit paths.
+
+    Layouts accepted under dataset_dir: images/val2017 (the public recipes') or val2017 (COCO's own);
+    annotations/<annotation>. An absolute or existing annotation path is used as it is.
+    """
+    ann = Path(annotation)
+    if not ann.is_absolute() and not ann.exists():
+        if not dataset_dir:
+            raise ConfigError(f"annotation '{annotation}' not found and no dataset dir given "
+                              "(set DATASETS_DIR or pass --dataset-dir)")
+        ann = Path(dataset_dir) / "annotations" / annotation
+    if not ann.is_file():
+        raise InputError("annotation file not found", ann)
+    if images_dir:
+        images = Path(images_dir)
+    elif dataset_dir:
+        candidates = [Path(dataset_dir) / "images" / "val2017", Path(dataset_dir) / "val2017"]
+        images = next((c for c in candidates if c.is_dir()), candidates[0])
+    else:
+        raise ConfigError("no images dir: set DATASETS_DIR, or pass --dataset-dir or --images-dir")
+    if not images.is_dir():
+        raise InputError("images directory not found", images)
+    return images, ann
+
+
+def read_annotations(ann_file: str | Path) -> dict:
+    """Parse and sanity-check a COCO detection annotation file."""
+    ann_file = Path(ann_file)
+    try:
+        with open(ann_file, "rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid JSON ({exc})", ann_file) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", ann_file) from None
+    if not isinstance(data, dict):
+        raise InputError("not a COCO annotation file: top level is not an object", ann_file)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise InputError(f"not a COCO annotation file: '{key}' missing or not a list", ann_file)
+    ids = set()
+    for i, img in enumerate(data["images"]):
+        if not (isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get("file_name"), str)
+                and isinstance(img.get("width"), int) and isinstance(img.get("height"), int)):
+            raise InputError(f"images[{i}] needs integer id/width/height and a file_name", ann_file)
+        ids.add(img["id"])
+    for i, a in enumerate(data["annotations"]):
+        if not (isinstance(a, dict) and isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4):
+            raise InputError(f"annotations[{i}] has no 4-number bbox", ann_file)
+        if a.get("image_id") not in ids:
+            raise InputError(f"annotations[{i}] refers to image_id {a.get('image_id')!r}, which is not in 'images'",
+                             ann_file)
+    return data
+
+
+def image_items(annotations: dict, images_dir: Path, max_images: int | None = None) -> list[ImageItem]:
+    """The images of the annotation file, in id order, checked to exist on disk."""
+    items = [ImageItem(img["id"], str(images_dir / img["file_name"]), img["width"], img["height"])
+             for img in sorted(annotations["images"], key=lambda im: im["id"])]
+    if max_images:
+        items = items[:max_images]
+    if not items:
+        raise InputError("the dataset has no images", images_dir)
+    missing = [it.path for it in items if not os.path.isfile(it.path)]
+    if missing:
+        raise InputError(f"{len(missing)} image(s) listed in the annotation file are missing, e.g. {missing[0]}",
+                         images_dir)
+    return items
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 BGR (grayscale and CMYK are converted by OpenCV)."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError("cannot decode image (corrupt, truncated or not an image)", path)
+    return img
+
+
+_worker_pre: Preprocessor | None = None
+
+
+def _init_worker(pre: Preprocessor):
+    global _worker_pre
+    _worker_pre = pre
+    cv2.setNumThreads(1)
+
+
+def _load_one(item: ImageItem):
+    img = read_image(item.path)
+    if img.shape[:2] != (item.height, item.width):
+        raise InputError(f"image is {img.shape[1]}x{img.shape[0]} but the annotation file says "
+                         f"{item.width}x{item.height}", item.path)
+    return _worker_pre(img)
+
+
+def iter_batches(items: list[ImageItem], pre: Preprocessor, batch_size: int, workers: int = 1,
+                 progress: bool = False, desc: str = "images") -> Iterator[Batch]:
+    """Preprocessed batches in item order; with workers > 0 decoding runs in worker processes and
+    overlaps whatever the caller does with the previous batch."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), desc=desc, unit="img", dynamic_ncols=True)
+    pool = None
+    if workers > 0:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(pre,))
+        results = pool.imap(_load_one, items, chunksize=2)
+    else:
+        _init_worker(pre)
+        results = map(_load_one, items)
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            inputs = np.empty((len(chunk), 3, pre.height, pre.width), np.float32)
+            meta = np.empty((len(chunk), 6), np.float64)
+            for i in range(len(chunk)):
+                inputs[i], meta[i] = next(results)
+            yield Batch(np.array([it.image_id for it in chunk], np.int64), inputs, meta)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if pool is not None:
+            pool.terminate()
+        if bar is not None:
+            bar.close()

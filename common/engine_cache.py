@@ -1,0 +1,101 @@
+"""Engine artifacts cached under a key of everything that changes them.
+
+The key hashes the ONNX content (not its name), the backend, precision, input shapes, the runtime / SDK
+version and any build options. Engines are built under a temporary name and renamed into place when
+complete, with a sidecar recording their own sha256, so a partial or corrupted file is never reused.
+A lock per key keeps two concurrent runs from building the same engine twice.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .errors import InputError
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path) from None
+    return h.hexdigest()
+
+
+def cache_key(onnx_sha256: str, **parts) -> str:
+    payload = json.dumps({"onnx": onnx_sha256, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes):
+    """Write a file so that readers see either the old content or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress_oserror:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is not None and issubclass(exc_type, OSError)
+
+
+class EngineCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def paths(self, key: str, suffix: str) -> tuple[Path, Path]:
+        return self.root / f"{key}{suffix}", self.root / f"{key}.json"
+
+    def lookup(self, key: str, suffix: str) -> Path | None:
+        """The cached engine, or None when absent, partial or not matching its recorded checksum."""
+        engine, info = self.paths(key, suffix)
+        try:
+            recorded = json.loads(info.read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not engine.is_file() or file_sha256(engine) != recorded:
+            return None
+        return engine
+
+    def get_or_build(self, key: str, suffix: str, build: Callable[[Path], None], describe: dict) -> tuple[Path, bool]:
+        """(engine path, True if it came from the cache). `build(tmp_path)` writes the engine to tmp_path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        engine, info = self.paths(key, suffix)
+        with open(self.root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            hit = self.lookup(key, suffix)
+            if hit is not None:
+                return hit, True
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=f"{suffix}.tmp")
+            os.close(fd)
+            try:
+                build(Path(tmp))
+                digest = file_sha256(tmp)
+                os.replace(tmp, engine)
+            except BaseException:
+                with _suppress_oserror():
+                    os.unlink(tmp)
+                raise
+            atomic_write_bytes(info, json.dumps({**describe, "key": key, "sha256": digest}, indent=1,
+                                                default=str).encode())
+            return engine, False

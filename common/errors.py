@@ -1,0 +1,37 @@
+"""The suite's own errors and the exit codes they map to (documented in README.md)."""
+
+EXIT_PASS = 0          # every target held
+EXIT_TARGET_FAILED = 1  # the run completed but a target (or an output sanity check) failed
+EXIT_BAD_INPUT = 2      # bad input or configuration: nothing was measured
+EXIT_RUNTIME = 3        # the backend or runtime failed while running
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
+
+
+class SuiteError(Exception):
+    """An error the suite reports as one clear line, never as a traceback."""
+
+    exit_code = EXIT_RUNTIME
+
+    def __init__(self, message: str, path=None):
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class InputError(SuiteError):
+    """Bad input data (dataset, annotation file, model file)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(InputError):
+    """Bad configuration (spec file, command-line flags, environment)."""
+
+
+class BackendUnavailable(ConfigError):
+    """The requested backend cannot run on this machine; the message says why."""
+
+
+class RuntimeFailure(SuiteError):
+    """The runtime failed while building or running an engine."""
+
+    exit_code = EXIT_RUNTIME

@@ -1,0 +1,104 @@
+"""Detections -> COCO metrics with pycocotools (the reference implementation)."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+
+from .errors import InputError
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_LABELS = ("AP @[IoU=0.50:0.95 | area=all | maxDets=100]", "AP @[IoU=0.50 | area=all | maxDets=100]",
+               "AP @[IoU=0.75 | area=all | maxDets=100]", "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
+               "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+               "AR @[IoU=0.50:0.95 | area=all | maxDets=1]", "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
+               "AR @[IoU=0.50:0.95 | area=all | maxDets=100]", "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
+               "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AR @[IoU=0.50:0.95 | area=large | maxDets=100]")
+
+
+def _coco_from_dict(dataset: dict):
+    from pycocotools.coco import COCO
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class DetectionStore:
+    """Detections of a run kept compactly: one float64 row per box (image_id, x, y, w, h, score, category)."""
+
+    def __init__(self):
+        self._chunks: list[np.ndarray] = []
+
+    def add(self, image_ids: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray, categories: np.ndarray):
+        rows = np.empty((len(scores), 7), np.float64)
+        rows[:, 0] = image_ids
+        rows[:, 1:3] = boxes_xyxy[:, :2]
+        rows[:, 3:5] = boxes_xyxy[:, 2:4] - boxes_xyxy[:, :2]
+        rows[:, 5] = scores
+        rows[:, 6] = categories
+        self._chunks.append(rows)
+
+    def rows(self) -> np.ndarray:
+        return np.concatenate(self._chunks) if self._chunks else np.empty((0, 7), np.float64)
+
+    def __len__(self):
+        return sum(len(c) for c in self._chunks)
+
+
+def to_coco_results(rows: np.ndarray) -> list[dict]:
+    """Rows -> the COCO results JSON format (list of dicts)."""
+    return [{"image_id": int(r[0]), "category_id": int(r[6]), "bbox": [float(v) for v in r[1:5]],
+             "score": float(r[5])} for r in rows]
+
+
+class CocoEvaluator:
+    def __init__(self, annotations: dict, label_map, categories=None):
+        self.gt = _coco_from_dict(annotations)
+        self.label_map = np.asarray(label_map, np.int64)
+        known = set(self.gt.getCatIds())
+        self.categories = sorted(categories) if categories else sorted(known)
+        unknown = [c for c in self.categories if c not in known]
+        if unknown:
+            raise InputError(f"categories {unknown} to evaluate are not in the annotation file")
+        self.store = DetectionStore()
+
+    def add(self, image_ids, boxes_xyxy, scores, labels):
+        """Flat detections (one entry per box) with model labels; mapped to COCO ids, other categories dropped."""
+        labels = np.asarray(labels, np.int64)
+        bad = (labels < 0) | (labels >= len(self.label_map))
+        if bad.any():
+            raise InputError(f"the model produced label {int(labels[bad][0])}, outside the spec's label map "
+                             f"of {len(self.label_map)} classes")
+        cats = self.label_map[labels]
+        keep = np.isin(cats, self.categories)
+        self.store.add(np.asarray(image_ids)[keep], np.asarray(boxes_xyxy)[keep], np.asarray(scores)[keep],
+                       cats[keep])
+
+    def evaluate(self, image_ids) -> dict:
+        return coco_metrics(self.gt, self.store.rows(), image_ids, self.categories)
+
+
+def coco_metrics(gt, rows: np.ndarray, image_ids, categories) -> dict:
+    """The 12 standard COCO bbox stats for detections `rows` on `image_ids`, restricted to `categories`."""
+    from pycocotools.cocoeval import COCOeval
+    anns = []
+    for i, r in enumerate(rows):
+        anns.append({"id": i + 1, "image_id": int(r[0]), "category_id": int(r[6]), "bbox": list(r[1:5]),
+                     "area": float(r[3] * r[4]), "score": float(r[5]), "iscrowd": 0})
+    dt = _coco_from_dict({"images": gt.dataset["images"], "categories": gt.dataset["categories"],
+                          "annotations": anns})
+    ev = COCOeval(gt, dt, "bbox")
+    ev.params.imgIds = [int(i) for i in image_ids]
+    ev.params.catIds = list(categories)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+
+
+def format_stats(metrics: dict) -> str:
+    return "\n".join(f" {label:<48} = {metrics[name]:.4f}" for name, label in zip(STAT_NAMES, STAT_LABELS))

@@ -1,0 +1,194 @@
+"""The two drivers: an accuracy run and a performance run. Both share everything up to the runner.
+
+accuracy:    spec + dataset -> loader -> runner.infer -> decode -> evaluate -> record -> check -> exit code
+performance: spec -> engine (cached) -> runner timed -> stats -> record -> check -> exit code
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import REPO_ROOT
+from .backends import get_backend
+from .backends.base import BuildRequest, Runner
+from .data import image_items, iter_batches, read_annotations, read_image, resolve_dataset
+from .decode import get_decoder, nonfinite_counts
+from .engine_cache import EngineCache, file_sha256
+from .errors import ConfigError, InputError, RuntimeFailure
+from .evaluate import CocoEvaluator
+from .preprocess import Preprocessor
+from .results import check_targets, new_record, verdict_of
+from .specs import Variant, load_model
+from .timing import measure
+
+
+@dataclass
+class RunConfig:
+    model: str
+    variant: str | None = None
+    precision: str = "fp32"
+    batch_size: int = 1
+    backend: str = "onnxruntime"
+    device: str | None = None
+    onnx: str | None = None
+    dataset_dir: str | None = None
+    annotation: str | None = None
+    images_dir: str | None = None
+    max_images: int | None = None
+    results_dir: str = "results"
+    cache_dir: str = str(REPO_ROOT / ".cache" / "engines")
+    workers: int = 1
+    threads: int = 0
+    progress: bool = True
+    warmup_s: float = 1.0
+    min_duration_s: float = 5.0
+    min_iters: int = 100
+    backend_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    variant: Variant
+    onnx_path: Path
+    onnx_sha256: str
+    backend: object
+    request: BuildRequest
+    engine: Path
+    cache_hit: bool
+    runner: Runner
+
+
+def resolve_onnx(flag: str | None, variant: Variant) -> Path:
+    value = flag or os.environ.get("ONNX_MODEL") or variant.onnx
+    if not value:
+        raise ConfigError(f"no ONNX model for {variant.id}: pass --onnx or set ONNX_MODEL")
+    path = Path(os.path.expandvars(value))
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise InputError("ONNX model not found", path)
+    return path
+
+
+def prepare(cfg: RunConfig, variant: Variant | None = None) -> Prepared:
+    """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {cfg.batch_size}")
+    variant = variant or load_model(cfg.model).variant(cfg.variant)
+    onnx_path = resolve_onnx(cfg.onnx, variant)
+    backend = get_backend(cfg.backend, cfg.device, threads=cfg.threads, **cfg.backend_options)
+    digest = file_sha256(onnx_path)
+    options = dict(variant.extra.get("build", {}))
+    req = BuildRequest(onnx_path=onnx_path, onnx_sha256=digest, precision=cfg.precision, batch_size=cfg.batch_size,
+                       input_name=variant.input_name, input_shape=(3, variant.height, variant.width),
+                       cache=EngineCache(cfg.cache_dir), options=options)
+    engine, hit = backend.build(req)
+    runner = backend.load(engine, req)
+    return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)
+
+
+def _infer(runner: Runner, x: np.ndarray) -> dict:
+    try:
+        return runner.infer(x)
+    except Exception as exc:  # the runtimes raise their own exception types
+        if isinstance(exc, (InputError, RuntimeFailure)):
+            raise
+        raise RuntimeFailure(f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
+    return {"model": p.variant.model, "variant": p.variant.name, "backend": p.backend.name,
+            "device": p.backend.device(), "precision": cfg.precision, "batch_size": cfg.batch_size,
+            "onnx": {"path": str(p.onnx_path), "sha256": p.onnx_sha256},
+            "engine": {"path": str(p.engine), "cache_hit": p.cache_hit, "runtime": p.backend.runtime_version()}}
+
+
+def _targets(p: Prepared, cfg: RunConfig):
+    return p.variant.targets_for(p.backend.name, p.backend.device(), cfg.precision, cfg.batch_size)
+
+
+def _target_dicts(targets) -> list:
+    return [{"backend": t.backend, "device": t.device, "precision": list(t.precisions),
+             "batch_size": None if t.batch_sizes is None else list(t.batch_sizes),
+             "min": t.minimum, "max": t.maximum} for t in targets]
+
+
+def _finish(record: dict, values: dict, targets, extra_reasons: list[str]) -> dict:
+    checks, reasons = check_targets(values, targets)
+    reasons = extra_reasons + reasons
+    record.update(targets=_target_dicts(targets), checks=checks, verdict=verdict_of(checks, reasons),
+                  reasons=reasons)
+    return record
+
+
+def run_accuracy(cfg: RunConfig) -> dict:
+    t_start = time.perf_counter()
+    variant = load_model(cfg.model).variant(cfg.variant)
+    images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+    annotations = read_annotations(ann_file)
+    items = image_items(annotations, images_dir, cfg.max_images)
+    evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories)
+    decoder = get_decoder(variant.output)
+    p = prepare(cfg, variant)
+    pre = Preprocessor(variant.preprocess, variant.height, variant.width)
+    nonfinite: Counter = Counter()
+    infer_s = 0.0
+    for batch in iter_batches(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id):
+        t0 = time.perf_counter()
+        outputs = _infer(p.runner, batch.inputs)
+        infer_s += time.perf_counter() - t0
+        nonfinite.update(nonfinite_counts(outputs))
+        bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
+        finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+        evaluator.add(batch.image_ids[bi[finite]], boxes[finite], scores[finite], labels[finite])
+    image_ids = [it.image_id for it in items]
+    metrics = evaluator.evaluate(image_ids)
+    wall = time.perf_counter() - t_start
+    reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in sorted(nonfinite.items())]
+    record = new_record("accuracy", **_base_fields(cfg, p),
+                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
+                                 "num_images": len(items), "categories": evaluator.categories},
+                        metrics=metrics, num_detections=len(evaluator.store),
+                        run={"wall_s": wall, "inference_s": infer_s, "images_per_s": len(items) / wall,
+                             "workers": cfg.workers})
+    return _finish(record, metrics, _targets(p, cfg), reasons)
+
+
+def _timing_inputs(cfg: RunConfig, variant: Variant) -> tuple[np.ndarray, str]:
+    """Real preprocessed images when a dataset is at hand (post-processing inside a graph depends on the
+    content), else seeded random data."""
+    pre = Preprocessor(variant.preprocess, variant.height, variant.width)
+    x = np.empty((cfg.batch_size, 3, variant.height, variant.width), np.float32)
+    try:
+        images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+        items = image_items(read_annotations(ann_file), images_dir, cfg.batch_size)
+    except ConfigError:
+        x[:] = np.random.default_rng(0).standard_normal(x.shape, np.float32)
+        return x, "random"
+    for i in range(cfg.batch_size):
+        x[i] = pre(read_image(items[i % len(items)].path))[0]
+    return x, f"{len(items)} image(s) from {ann_file.name}"
+
+
+def run_performance(cfg: RunConfig) -> dict:
+    p = prepare(cfg)
+    x, source = _timing_inputs(cfg, p.variant)
+    last: dict = {}
+
+    def step():
+        last["out"] = _infer(p.runner, x)
+
+    stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
+                    min_duration_s=cfg.min_duration_s)
+    # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.
+    reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
+    values = {"fps": stats.fps, "latency_mean_ms": stats.mean_ms, "latency_p50_ms": stats.p50_ms,
+              "latency_p90_ms": stats.p90_ms, "latency_p99_ms": stats.p99_ms}
+    record = new_record("performance", **_base_fields(cfg, p), input=source, timing=stats.as_dict(),
+                        metrics=values)
+    return _finish(record, values, _targets(p, cfg), reasons)

@@ -1,0 +1,247 @@
+"""Read models/<name>/model.yaml into a typed, validated spec.
+
+Every mistake in a spec file is reported as a ConfigError naming the file and the field, so a typo in a
+target never turns into a target that is silently skipped.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import REPO_ROOT
+from .errors import ConfigError
+from .evaluate import STAT_NAMES
+
+MODELS_DIR = REPO_ROOT / "models"
+PRECISIONS = ("fp32", "fp16", "int8")
+# Every name a target may put a threshold on: the 12 COCO stats and the performance figures.
+TIMING_METRICS = ("fps", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms")
+METRICS = STAT_NAMES + TIMING_METRICS
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    resize: str = "letterbox"          # letterbox (keep ratio) | stretch (plain resize)
+    pad: str = "bottom_right"          # where letterbox padding goes: bottom_right | center
+    pad_value: float = 114.0
+    color: str = "bgr"                 # channel order the network expects: bgr | rgb
+    mean: tuple = (0.0, 0.0, 0.0)      # in the network's channel order, 0-255 units
+    std: tuple = (1.0, 1.0, 1.0)
+    interpolation: str = "linear"      # linear | nearest | cubic | area
+
+    def key(self, height: int, width: int) -> str:
+        return repr((self.resize, self.pad, self.pad_value, self.color, self.mean, self.std,
+                     self.interpolation, height, width))
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: str
+    device: str
+    precisions: tuple
+    batch_sizes: tuple | None
+    minimum: dict
+    maximum: dict
+
+    def applies(self, backend: str, device: str, precision: str, batch_size: int) -> bool:
+        return (fnmatch.fnmatch(backend, self.backend) and fnmatch.fnmatch(device, self.device)
+                and precision in self.precisions
+                and (self.batch_sizes is None or batch_size in self.batch_sizes))
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str
+    name: str
+    description: str
+    onnx: str | None
+    input_name: str
+    height: int
+    width: int
+    preprocess: Preprocess
+    output: dict
+    label_map: tuple                   # model label index -> COCO category id
+    annotation: str                    # default annotation file name inside <dataset>/annotations
+    categories: tuple | None           # COCO category ids evaluated; None = all in the annotation file
+    targets: tuple
+    reference: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}/{self.name}"
+
+    def targets_for(self, backend: str, device: str, precision: str, batch_size: int) -> list[Target]:
+        return [t for t in self.targets if t.applies(backend, device, precision, batch_size)]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+    description: str
+    default_variant: str
+    variants: dict
+
+    def variant(self, name: str | None = None) -> Variant:
+        name = name or self.default_variant
+        if name not in self.variants:
+            raise ConfigError(f"unknown variant '{name}'; known: {', '.join(sorted(self.variants))}", self.path)
+        return self.variants[name]
+
+
+# COCO's 80 contiguous training labels -> the 91-id category ids of the annotation files.
+COCO80_TO_91 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+                31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+                56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+                85, 86, 87, 88, 89, 90)
+NAMED_LABEL_MAPS = {"coco80": COCO80_TO_91, "coco91": tuple(range(91)), "person": (1,)}
+
+
+class _Reader:
+    """Typed field access that names the file and the field path in every error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, message: str):
+        raise ConfigError(f"{where}: {message}", self.path)
+
+    def get(self, obj: dict, key: str, where: str, kind, default: Any = ..., choices=None):
+        if not isinstance(obj, dict):
+            self.fail(where, f"expected a mapping, got {type(obj).__name__}")
+        if key not in obj or obj[key] is None:
+            if default is ...:
+                self.fail(f"{where}.{key}", "missing")
+            return default
+        value = obj[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            self.fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        if choices is not None and value not in choices:
+            self.fail(f"{where}.{key}", f"{value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+
+    def numbers(self, obj: dict, key: str, where: str, length: int, default=...):
+        value = self.get(obj, key, where, list, default)
+        if value is default and not isinstance(value, list):
+            return value
+        if len(value) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            self.fail(f"{where}.{key}", f"expected {length} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+
+    def thresholds(self, obj: dict, key: str, where: str) -> dict:
+        value = self.get(obj, key, where, dict, {})
+        for k, v in value.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                self.fail(f"{where}.{key}.{k}", f"expected a number, got {v!r}")
+            if k not in METRICS:
+                self.fail(f"{where}.{key}.{k}", f"unknown metric; known: {', '.join(METRICS)}")
+        return {str(k): float(v) for k, v in value.items()}
+
+
+def _read_target(r: _Reader, raw: dict, where: str) -> Target:
+    precision = r.get(raw, "precision", where, (str, list))
+    precisions = tuple([precision] if isinstance(precision, str) else precision)
+    for p in precisions:
+        if p not in PRECISIONS:
+            r.fail(f"{where}.precision", f"{p!r} is not one of {', '.join(PRECISIONS)}")
+    batch = r.get(raw, "batch_size", where, (int, list), None)
+    minimum, maximum = r.thresholds(raw, "min", where), r.thresholds(raw, "max", where)
+    if not minimum and not maximum:
+        r.fail(where, "a target needs 'min' or 'max' thresholds")
+    unknown = set(raw) - {"backend", "device", "precision", "batch_size", "min", "max", "note"}
+    if unknown:
+        r.fail(where, f"unknown keys {sorted(unknown)}")
+    return Target(backend=r.get(raw, "backend", where, str), device=r.get(raw, "device", where, str, "*"),
+                  precisions=precisions,
+                  batch_sizes=None if batch is None else tuple([batch] if isinstance(batch, int) else batch),
+                  minimum=minimum, maximum=maximum)
+
+
+def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
+    where = f"variants.{name}"
+    inp = r.get(raw, "input", where, dict)
+    pre = r.get(raw, "preprocess", where, dict)
+    pw = f"{where}.preprocess"
+    preprocess = Preprocess(
+        resize=r.get(pre, "resize", pw, str, "letterbox", choices=("letterbox", "stretch")),
+        pad=r.get(pre, "pad", pw, str, "bottom_right", choices=("bottom_right", "center")),
+        pad_value=r.get(pre, "pad_value", pw, float, 114.0),
+        color=r.get(pre, "color", pw, str, "bgr", choices=("bgr", "rgb")),
+        mean=r.numbers(pre, "mean", pw, 3, (0.0, 0.0, 0.0)),
+        std=r.numbers(pre, "std", pw, 3, (1.0, 1.0, 1.0)),
+        interpolation=r.get(pre, "interpolation", pw, str, "linear", choices=("linear", "nearest", "cubic", "area")),
+    )
+    if any(s == 0 for s in preprocess.std):
+        r.fail(f"{pw}.std", "must not contain 0")
+    output = r.get(raw, "output", where, dict)
+    r.get(output, "convention", f"{where}.output", str)
+    labels = r.get(raw, "labels", where, (str, list))
+    if isinstance(labels, str):
+        if labels not in NAMED_LABEL_MAPS:
+            r.fail(f"{where}.labels", f"unknown label map {labels!r}; known: {', '.join(NAMED_LABEL_MAPS)}")
+        label_map = NAMED_LABEL_MAPS[labels]
+    else:
+        if not labels or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+            r.fail(f"{where}.labels", "expected a non-empty list of COCO category ids")
+        label_map = tuple(labels)
+    ev = r.get(raw, "evaluation", where, dict)
+    cats = r.get(ev, "categories", f"{where}.evaluation", list, None)
+    targets = tuple(_read_target(r, t, f"{where}.targets[{i}]")
+                    for i, t in enumerate(r.get(raw, "targets", where, list, [])))
+    height, width = r.get(inp, "height", f"{where}.input", int), r.get(inp, "width", f"{where}.input", int)
+    if height <= 0 or width <= 0:
+        r.fail(f"{where}.input", "height and width must be positive")
+    known = {"description", "onnx", "input", "preprocess", "output", "labels", "evaluation", "targets", "reference"}
+    return Variant(
+        model=model, name=name, description=r.get(raw, "description", where, str, ""),
+        onnx=r.get(raw, "onnx", where, str, None),
+        input_name=r.get(inp, "name", f"{where}.input", str, "input"), height=height, width=width,
+        preprocess=preprocess, output=dict(output), label_map=label_map,
+        annotation=r.get(ev, "annotation", f"{where}.evaluation", str),
+        categories=None if cats is None else tuple(int(c) for c in cats),
+        targets=targets, reference=r.get(raw, "reference", where, dict, {}),
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("spec file not found", path) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid YAML: {exc}".splitlines()[0], path) from None
+    r = _Reader(path)
+    if not isinstance(raw, dict):
+        r.fail("top level", "expected a mapping")
+    if r.get(raw, "schema", "top level", int) != 1:
+        r.fail("schema", f"unsupported schema version {raw.get('schema')!r} (this suite reads 1)")
+    name = r.get(raw, "name", "top level", str)
+    variants_raw = r.get(raw, "variants", "top level", dict)
+    if not variants_raw:
+        r.fail("variants", "no variants")
+    variants = {str(k): _read_variant(r, name, str(k), v) for k, v in variants_raw.items()}
+    default = r.get(raw, "default_variant", "top level", str, next(iter(variants)))
+    if default not in variants:
+        r.fail("default_variant", f"{default!r} is not a variant")
+    return ModelSpec(name=name, path=path, description=r.get(raw, "description", "top level", str, ""),
+                     default_variant=default, variants=variants)
+
+
+def load_model(name: str) -> ModelSpec:
+    """The spec of a model folder by name, or of an explicit .yaml path."""
+    if name.endswith((".yaml", ".yml")):
+        return load_spec(name)
+    path = MODELS_DIR / name / "model.yaml"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
+        raise ConfigError(f"unknown model '{name}'; known: {', '.join(known) or 'none'}", path)
+    return load_spec(path)

@@ -1,0 +1,82 @@
+"""Latency measurement: warm-up, then at least a minimum duration AND a minimum iteration count.
+
+The clock is read only after the runner's sync(), so an asynchronous device is timed on finished work.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+NOISY_COV = 0.10  # coefficient of variation above which a measurement is flagged as untrustworthy
+
+
+@dataclass
+class TimingStats:
+    iterations: int
+    batch_size: int
+    total_s: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    cov: float
+    fps: float
+    noisy: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(samples_s, batch_size: int, noisy_cov: float = NOISY_COV) -> TimingStats:
+    """Statistics of per-iteration wall times (seconds); FPS = images per second at this batch size."""
+    s = np.asarray(samples_s, np.float64)
+    if s.size == 0:
+        raise ValueError("no timing samples")
+    ms = s * 1e3
+    mean = float(ms.mean())
+    std = float(ms.std(ddof=1)) if s.size > 1 else 0.0
+    cov = std / mean if mean > 0 else 0.0
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    total = float(s.sum())
+    return TimingStats(iterations=int(s.size), batch_size=batch_size, total_s=total, mean_ms=mean, std_ms=std,
+                       min_ms=float(ms.min()), p50_ms=p50, p90_ms=p90, p99_ms=p99, max_ms=float(ms.max()),
+                       cov=cov, fps=batch_size * s.size / total if total > 0 else float("inf"),
+                       noisy=cov > noisy_cov)
+
+
+def measure(step: Callable[[], object], sync: Callable[[], None], batch_size: int, warmup_iters: int = 10,
+            warmup_s: float = 1.0, min_iters: int = 100, min_duration_s: float = 5.0,
+            max_iters: int = 1_000_000) -> TimingStats:
+    """Time step() until both min_iters and min_duration_s are reached (after warm-up)."""
+    clock = time.perf_counter
+    start = clock()
+    n = 0
+    while n < warmup_iters or clock() - start < warmup_s:
+        step()
+        n += 1
+    sync()
+    samples = []
+    begin = clock()
+    while len(samples) < max_iters and (len(samples) < min_iters or clock() - begin < min_duration_s):
+        t0 = clock()
+        step()
+        sync()
+        samples.append(clock() - t0)
+    return summarize(samples, batch_size)
+
+
+def format_timing(t: TimingStats) -> str:
+    lines = [f" throughput  {t.fps:10.2f} FPS   (batch {t.batch_size}, {t.iterations} iterations, {t.total_s:.2f} s)",
+             f" latency ms  mean {t.mean_ms:.3f}  p50 {t.p50_ms:.3f}  p90 {t.p90_ms:.3f}  p99 {t.p99_ms:.3f}  "
+             f"min {t.min_ms:.3f}  max {t.max_ms:.3f}",
+             f" CoV         {t.cov * 100:.1f}%"]
+    if t.noisy:
+        lines.append(f" WARNING: CoV {t.cov * 100:.1f}% > {NOISY_COV * 100:.0f}%: this measurement is too noisy to "
+                     "trust; rerun on an idle machine or raise --min-duration")
+    return "\n".join(lines)
