@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -112,10 +113,15 @@ def read_image(path: str) -> np.ndarray:
 _worker_pre: Preprocessor | None = None
 
 
-def _init_worker(pre: Preprocessor):
+def _init_worker(pre: Preprocessor, own_process: bool = True):
     global _worker_pre
     _worker_pre = pre
+    if not own_process:
+        return
     cv2.setNumThreads(1)
+    # Ctrl-C / SIGTERM are handled once, by the parent, which then terminates the pool quietly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _load_one(item: ImageItem):
@@ -138,11 +144,12 @@ def iter_batches(items: list[ImageItem], pre: Preprocessor, batch_size: int, wor
         bar = tqdm(total=len(items), desc=desc, unit="img", dynamic_ncols=True)
     pool = None
     if workers > 0:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        # forkserver: forking a process that already runs runtime thread pools can deadlock the child
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(pre,))
         results = pool.imap(_load_one, items, chunksize=2)
     else:
-        _init_worker(pre)
+        _init_worker(pre, own_process=False)
         results = map(_load_one, items)
     try:
         for start in range(0, len(items), batch_size):

@@ -5,9 +5,11 @@ performance: spec -> engine (cached) -> runner timed -> stats -> record -> check
 """
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +20,9 @@ from .backends import get_backend
 from .backends.base import BuildRequest, Runner
 from .data import image_items, iter_batches, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder, nonfinite_counts
-from .engine_cache import EngineCache, file_sha256
+from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
-from .evaluate import CocoEvaluator
+from .evaluate import CocoEvaluator, to_coco_results
 from .preprocess import Preprocessor
 from .results import check_targets, new_record, verdict_of
 from .specs import Variant, load_model
@@ -41,8 +43,10 @@ class RunConfig:
     images_dir: str | None = None
     max_images: int | None = None
     results_dir: str = "results"
+    detections_out: str | None = None
     cache_dir: str = str(REPO_ROOT / ".cache" / "engines")
     workers: int = 1
+    streams: int = 1
     threads: int = 0
     progress: bool = True
     warmup_s: float = 1.0
@@ -81,7 +85,8 @@ def prepare(cfg: RunConfig, variant: Variant | None = None) -> Prepared:
         raise ConfigError(f"batch size must be >= 1, got {cfg.batch_size}")
     variant = variant or load_model(cfg.model).variant(cfg.variant)
     onnx_path = resolve_onnx(cfg.onnx, variant)
-    backend = get_backend(cfg.backend, cfg.device, threads=cfg.threads, **cfg.backend_options)
+    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.streams) if cfg.streams > 1 else 0)
+    backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
     digest = file_sha256(onnx_path)
     options = dict(variant.extra.get("build", {}))
     req = BuildRequest(onnx_path=onnx_path, onnx_sha256=digest, precision=cfg.precision, batch_size=cfg.batch_size,
@@ -136,26 +141,47 @@ def run_accuracy(cfg: RunConfig) -> dict:
     decoder = get_decoder(variant.output)
     p = prepare(cfg, variant)
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
+    # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
+    # flight at once while worker processes decode the next images: the device, not the harness, sets the pace.
+    runners = [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
     nonfinite: Counter = Counter()
     infer_s = 0.0
-    for batch in iter_batches(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id):
+
+    def timed_infer(runner, x):
         t0 = time.perf_counter()
-        outputs = _infer(p.runner, batch.inputs)
-        infer_s += time.perf_counter() - t0
+        out = _infer(runner, x)
+        return out, time.perf_counter() - t0
+
+    def consume(batch, future):
+        nonlocal infer_s
+        outputs, seconds = future.result()
+        infer_s += seconds
         nonfinite.update(nonfinite_counts(outputs))
         bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
         finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
         evaluator.add(batch.image_ids[bi[finite]], boxes[finite], scores[finite], labels[finite])
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(cfg.streams) as pool:
+        batches = iter_batches(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id)
+        for i, batch in enumerate(batches):
+            if len(pending) >= cfg.streams:
+                consume(*pending.popleft())
+            pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch.inputs)))
+        while pending:
+            consume(*pending.popleft())
     image_ids = [it.image_id for it in items]
     metrics = evaluator.evaluate(image_ids)
+    if cfg.detections_out:
+        atomic_write_bytes(cfg.detections_out, json.dumps(to_coco_results(evaluator.store.rows())).encode())
     wall = time.perf_counter() - t_start
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in sorted(nonfinite.items())]
     record = new_record("accuracy", **_base_fields(cfg, p),
                         dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
                                  "num_images": len(items), "categories": evaluator.categories},
-                        metrics=metrics, num_detections=len(evaluator.store),
+                        metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                         run={"wall_s": wall, "inference_s": infer_s, "images_per_s": len(items) / wall,
-                             "workers": cfg.workers})
+                             "workers": cfg.workers, "streams": cfg.streams})
     return _finish(record, metrics, _targets(p, cfg), reasons)
 
 

@@ -18,7 +18,7 @@ def shared_data() -> Path:
     value = os.environ.get(SHARED_ENV)
     if not value:
         pytest.skip(f"${SHARED_ENV} is not set: point it at shared/data to run the real-data tests")
-    path = Path(value)
+    path = Path(value).resolve()
     if not (path / "coco" / "val2017").is_dir():
         pytest.skip(f"${SHARED_ENV}={value} has no coco/val2017 directory")
     return path

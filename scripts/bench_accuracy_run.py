@@ -1,0 +1,71 @@
+"""Side-by-side benchmark: the suite's full accuracy run vs a straightforward serial loop, same model and images.
+
+Both run as fresh processes (imports, model load, every image, COCO evaluation included), alternating, and the
+script prints each wall time, the ratio suite / serial, and both APs with their difference (the serial loop is an
+independent implementation of the documented preprocessing, so the AP difference is also a truth check).
+
+    python scripts/bench_accuracy_run.py --onnx ../shared/data/models/rtmdet-nano-person/rtmdet_nano.onnx \
+        --images-dir ../shared/data/coco/val2017 --ann ../shared/data/coco/annotations/instances_val2017_person_subset350.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode not in (0, 1):
+        sys.exit(f"command failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
+    return wall, out.stdout
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--onnx", required=True)
+    ap.add_argument("--images-dir", required=True)
+    ap.add_argument("--ann", required=True)
+    ap.add_argument("--model", default="rtmdet")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--bs", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--suite-args", default="", help="extra flags for the suite run, e.g. '--streams 1'")
+    a = ap.parse_args()
+    serial_cmd = [sys.executable, str(ROOT / "scripts" / "serial_reference.py"), "--onnx", a.onnx,
+                  "--images-dir", a.images_dir, "--ann", a.ann]
+    results_dir = tempfile.mkdtemp(prefix="bench-acc-")
+    suite_cmd = [str(ROOT / "scripts" / "suite"), "accuracy", "--model", a.model, "--precision", a.precision,
+                 "--bs", str(a.bs), "--onnx", a.onnx, "--images-dir", a.images_dir, "--ann", a.ann,
+                 "--results-dir", results_dir, "--no-progress", *a.suite_args.split()]
+    if a.precision != "fp32":
+        timed(suite_cmd)  # build the engine once: the cache makes later runs reuse it, as CI nodes do
+    serial_t, suite_t = [], []
+    for i in range(a.repeats):
+        for name, cmd, bucket in (("serial", serial_cmd, serial_t), ("suite", suite_cmd, suite_t))[:: 1 if i % 2 == 0 else -1]:
+            wall, out = timed(cmd)
+            bucket.append(wall)
+            if name == "serial":
+                serial_ap = json.loads(out.strip().splitlines()[-1])
+    records = sorted(Path(results_dir).glob("*.json"))
+    suite_m = json.loads(records[-1].read_text())["metrics"]
+    s, q = statistics.median(serial_t), statistics.median(suite_t)
+    print(f"images: {a.ann} | model: {a.onnx} | precision {a.precision} | batch {a.bs} | repeats {a.repeats}")
+    print(f"serial loop wall s : {' '.join(f'{t:.2f}' for t in serial_t)}  (median {s:.2f})")
+    print(f"suite run wall s   : {' '.join(f'{t:.2f}' for t in suite_t)}  (median {q:.2f})")
+    print(f"ratio suite/serial : {q / s:.3f}")
+    print(f"AP    suite {suite_m['AP']:.4f}  serial {serial_ap['AP']:.4f}  diff {suite_m['AP'] - serial_ap['AP']:+.4f}")
+    print(f"AP50  suite {suite_m['AP50']:.4f}  serial {serial_ap['AP50']:.4f}  diff {suite_m['AP50'] - serial_ap['AP50']:+.4f}")
+
+
+if __name__ == "__main__":
+    main()
