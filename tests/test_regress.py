@@ -137,3 +137,33 @@ def test_planted_fps_regression_is_caught_against_the_stored_baseline(tmp_path, 
     # reporting again never appends the same run twice
     regress("report", slow, "--baselines", baselines, "--history", history, "--no-plots")
     assert len(read_history(history)) == 6
+
+
+def test_example_ci_configs_call_the_runner_with_valid_flags():
+    """The shipped CI examples parse, fan out shards, merge in a final job, and every regress.py command line in
+    them is accepted by the runner's own argument parser."""
+    import re
+    import shlex
+
+    import yaml
+
+    from regress_helpers import REPO, regress_script
+
+    gitlab = yaml.safe_load((REPO / "ci/examples/gitlab-ci.yml").read_text())
+    assert gitlab["regress"]["parallel"] >= 2 and gitlab["merge"]["needs"] == ["regress"]
+    assert gitlab["merge"]["artifacts"]["reports"]["junit"].endswith("junit.xml")
+    github = yaml.safe_load((REPO / "ci/examples/github-actions.yml").read_text())
+    assert len(github["jobs"]["shard"]["strategy"]["matrix"]["shard"]) >= 2
+    assert github["jobs"]["merge"]["needs"] == "shard"
+    commands = []
+    for path in ("ci/examples/gitlab-ci.yml", "ci/examples/github-actions.yml"):
+        text = (REPO / path).read_text().replace("\\\n", " ")
+        text = re.sub(r"\$\{\{ *matrix\.shard *\}\}", "1", text)
+        commands += [line.split("scripts/regress.py", 1)[1].split("||")[0]
+                     for line in re.sub(r"\n\s{8,}(?=--)", " ", text).splitlines() if "scripts/regress.py" in line]
+    assert {c.split()[0] for c in commands} == {"run", "merge", "baseline-update"}
+    parser = regress_script.build_parser()
+    env = {"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "4", "ONNX_RTMDET": "/m.onnx"}
+    for command in commands:
+        argv = [re.sub(r"\$\{?(\w+)(:-[^}]*)?\}?", lambda m: env.get(m.group(1), "x"), a) for a in shlex.split(command)]
+        parser.parse_args(argv)   # argparse exits (SystemExit) on a flag the runner does not know
