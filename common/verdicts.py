@@ -116,12 +116,57 @@ def _worst(statuses) -> str:
     return max(statuses, key=order.index, default=PASS)
 
 
+def _judge_accuracy(v: dict, outcome: dict, outcomes: list[dict], rule: dict) -> list[str]:
+    """Statuses of the relative rule: this case's metrics against its FP32 reference (none for FP32 itself)."""
+    c, record = outcome["case"], outcome["records"][0]
+    m = record["metrics"]
+    v["values"] = {"AP": m["AP"], "AP50": m["AP50"], "images": record["dataset"]["num_images"]}
+    if c["precision"] == "fp32":
+        return []
+    ref = _reference(outcome, outcomes)
+    if ref is None or ref["status"] != "ok" or not ref["records"]:
+        v["notes"].append("no FP32 reference result in this run: relative rule not applied")
+        return [WARN]
+    ref_record = ref["records"][0]
+    differs = [what for what, get in (("image count", lambda r: r["dataset"]["num_images"]),
+                                      ("device", lambda r: r["device"])) if get(ref_record) != get(record)]
+    if differs:
+        v["notes"].append(f"FP32 reference has a different {' and '.join(differs)}: relative rule not applied")
+        return [WARN]
+    statuses = []
+    for metric, drop in rule.items():
+        ref_value, value = ref_record["metrics"][metric], m[metric]
+        ok = value * 100 >= ref_value * 100 - drop - 1e-9
+        statuses.append(PASS if ok else FAILED)
+        v["values"][f"ref_{metric}"] = ref_value
+        v["notes"].append(f"{'' if ok else 'accuracy regression: '}{metric} {value * 100:.2f} "
+                          f"{'>=' if ok else '<'} FP32 {ref_value * 100:.2f} - {drop:g} points")
+    return statuses
+
+
+def _judge_performance(v: dict, outcome: dict, baselines: dict, path: Path, rule: FpsRule) -> list[str]:
+    """Status of the mean FPS of the repeats against the case's baseline entry."""
+    stats = fps_stats(outcome["records"])
+    v["values"] = stats
+    v["baseline_file"] = str(path)
+    key = baseline_key(outcome["case"])
+    base = baselines.get(key)
+    if base is None:
+        v["notes"].append(f"no baseline for {key} in {path} (FPS {stats['fps']:.1f}); "
+                          "record one with `scripts/regress.py baseline-update`")
+        return [WARN]
+    status, text, nums = compare_fps(stats, base, rule)
+    v["values"].update(nums)
+    v["notes"].append(text)
+    return [status]
+
+
 def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASELINES_DIR,
           device_name: str | None = None, rule: FpsRule | None = None) -> list[dict]:
-    """One verdict per case outcome. `relative` maps a model spec argument + variant to its {metric: points}
+    """One verdict per case outcome. `relative` maps (model spec argument, variant) to its {metric: points}
     rule (see matrix.relative_rules); outcomes carry their records (loaded by the caller)."""
     rule = rule or FpsRule()
-    baseline_cache: dict = {}
+    baseline_files: dict = {}
     verdicts = []
     for o in outcomes:
         c, records = o["case"], o["records"]
@@ -140,43 +185,12 @@ def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASE
         v["device"], v["sdk"] = first["device"], first["engine"]["runtime"]
         v["git_commit"] = first.get("environment", {}).get("git_commit")
         if c["kind"] == "accuracy":
-            m = first["metrics"]
-            v["values"] = {"AP": m["AP"], "AP50": m["AP50"], "images": first["dataset"]["num_images"]}
-            ref = _reference(o, outcomes) if c["precision"] != "fp32" else None
-            if c["precision"] != "fp32":
-                if ref is None or ref["status"] != "ok" or not ref["records"]:
-                    statuses.append(WARN)
-                    v["notes"].append("no FP32 reference result in this run: relative rule not applied")
-                else:
-                    rm = ref["records"][0]["metrics"]
-                    if ref["records"][0]["dataset"]["num_images"] != first["dataset"]["num_images"]:
-                        statuses.append(WARN)
-                        v["notes"].append("FP32 reference evaluated a different image count: not compared")
-                    for metric, drop in relative[(c["spec"], c["variant"])].items():
-                        floor = rm[metric] * 100 - drop
-                        ok = m[metric] * 100 >= floor - 1e-9
-                        statuses.append(PASS if ok else FAILED)
-                        v["values"][f"ref_{metric}"] = rm[metric]
-                        v["notes"].append(f"{'' if ok else 'accuracy regression: '}{metric} {m[metric] * 100:.2f} "
-                                          f"{'>=' if ok else '<'} FP32 {rm[metric] * 100:.2f} - {drop:g} points")
+            statuses += _judge_accuracy(v, o, outcomes, relative[(c["spec"], c["variant"])])
         else:
-            stats = fps_stats(records)
-            v["values"] = stats
-            device = device_name or first["device"]
-            path = baseline_path(baselines_dir, device, v["sdk"])
-            if path not in baseline_cache:
-                baseline_cache[path] = read_baseline(path)
-            base = baseline_cache[path].get(baseline_key(c))
-            v["baseline_file"] = str(path)
-            if base is None:
-                statuses.append(WARN)
-                v["notes"].append(f"no baseline for {baseline_key(c)} in {path} (FPS {stats['fps']:.1f}); "
-                                  "record one with `scripts/regress.py baseline-update`")
-            else:
-                s, text, nums = compare_fps(stats, base, rule)
-                statuses.append(s)
-                v["values"].update(nums)
-                v["notes"].append(text)
+            path = baseline_path(baselines_dir, device_name or v["device"], v["sdk"])
+            if path not in baseline_files:
+                baseline_files[path] = read_baseline(path)
+            statuses += _judge_performance(v, o, baseline_files[path], path, rule)
         v["status"] = _worst(statuses)
     return verdicts
 
