@@ -161,7 +161,7 @@ def load_outcomes(run_dir: Path) -> list[dict]:
         outcomes.append(o)
     if not outcomes:
         raise ConfigError("no case outcomes (cases/*.json): not a regress run directory", run_dir)
-    return sorted(outcomes, key=lambda o: o["case"]["id"])
+    return sorted(outcomes, key=lambda o: Case(**{k: v for k, v in o["case"].items() if k != "id"}).order)
 
 
 def merge_runs(shard_dirs: list[Path], out_dir: Path) -> str:
