@@ -167,3 +167,32 @@ def test_example_ci_configs_call_the_runner_with_valid_flags():
     for command in commands:
         argv = [re.sub(r"\$\{?(\w+)(:-[^}]*)?\}?", lambda m: env.get(m.group(1), "x"), a) for a in shlex.split(command)]
         parser.parse_args(argv)   # argparse exits (SystemExit) on a flag the runner does not know
+
+
+def _acc_outcome(precision: str, ap: float, images: int = 50, device: str = "cpu", status: str = "ok") -> dict:
+    case = {"model": "m", "variant": "v", "backend": "onnxruntime", "precision": precision, "batch_size": 1,
+            "kind": "accuracy", "spec": "m.yaml"}
+    case["id"] = f"m/v/onnxruntime/{precision}/bs1/accuracy"
+    record = {"verdict": "unchecked", "reasons": [], "checks": [], "device": device,
+              "engine": {"runtime": "rt-1"}, "metrics": {"AP": ap, "AP50": ap + 0.2},
+              "dataset": {"num_images": images}}
+    return {"case": case, "status": status, "records": [record] if status == "ok" else [],
+            "error": None if status == "ok" else "crashed (exit code 3): boom"}
+
+
+def test_relative_accuracy_rule_needs_a_comparable_fp32_reference():
+    from common.verdicts import judge
+    rules = {("m.yaml", "v"): {"AP": 0.2}}
+
+    def status_of(*outcomes):
+        return {v["case"]["precision"]: (v["status"], v["notes"][-1]) for v in judge(list(outcomes), rules)}
+
+    assert status_of(_acc_outcome("fp32", 0.400), _acc_outcome("fp16", 0.3985))["fp16"][0] == PASS  # -0.15 pt
+    status, note = status_of(_acc_outcome("fp32", 0.400), _acc_outcome("fp16", 0.3975))["fp16"]       # -0.25 pt
+    assert status == FAILED and note == "accuracy regression: AP 39.75 < FP32 40.00 - 0.2 points"
+    # no reference, a crashed one, or one measured differently: a warning, never a silent pass
+    assert status_of(_acc_outcome("fp16", 0.1))["fp16"][0] == WARN
+    got = status_of(_acc_outcome("fp32", 0.4, status="error"), _acc_outcome("fp16", 0.1))
+    assert got["fp32"][0] == "error" and got["fp16"][0] == WARN
+    assert "image count" in status_of(_acc_outcome("fp32", 0.4, images=20), _acc_outcome("fp16", 0.1))["fp16"][1]
+    assert "device" in status_of(_acc_outcome("fp32", 0.4, device="cuda"), _acc_outcome("fp16", 0.1))["fp16"][1]
