@@ -85,16 +85,27 @@ def _run_process(cmd: list[str], timeout_s: float, log) -> tuple[int | None, str
         out, _ = proc.communicate(timeout=max(timeout_s, 1.0))
         code = proc.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-        code = None
+        out, code = _stop(proc), None
+    except BaseException:
+        # Ctrl-C or CI cancelling the runner: the case sits in its own session and would not see it
+        _stop(proc)
+        raise
     log.write(f"$ {' '.join(cmd)}\n{out}\n[exit {code if code is not None else 'timeout'}]\n")
     log.flush()
     return code, out
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """SIGTERM the case's process group (the suite writes nothing partial on it), SIGKILL if it lingers."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.communicate(timeout=10)[0] or ""
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.communicate()[0] or ""
+    except ProcessLookupError:
+        return proc.communicate()[0] or ""
 
 
 def _error_text(code: int | None, out: str, timeout_s: float) -> str:

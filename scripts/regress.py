@@ -6,20 +6,22 @@
     scripts/regress.py report results/regress/RUN [--history results/history.jsonl] [--update-readmes]
     scripts/regress.py baseline-update results/regress/RUN [--cases 'rtmdet/*/bs1/*']
 
-Exit codes: 0 every case passed, 1 a regression, failed target or crashed case, 2 configuration error.
+Exit codes: 0 every case passed, 1 a regression, failed target or crashed case, 2 configuration error,
+130 interrupted (Ctrl-C or SIGTERM: the running case is stopped with it).
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
 import os
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.errors import SuiteError  # noqa: E402
+from common.errors import EXIT_INTERRUPTED, SuiteError  # noqa: E402
 from common.matrix import KINDS, Filters, all_model_names, enumerate_cases, parse_shard, shard  # noqa: E402
 from common.regress import (EXIT_CONFIG, CaseOptions, ReportOptions, merge_runs, report, run_matrix,  # noqa: E402
                             verdicts_of)
@@ -109,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -157,7 +163,12 @@ def main(argv=None) -> int:
     except SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running case was stopped; finished cases are in the run directory",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_sigterm)   # a cancelled CI job stops the running case too
     sys.exit(main())
