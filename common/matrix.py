@@ -145,7 +145,8 @@ def all_model_names() -> list[str]:
 
 
 def enumerate_cases(models: list[str], filters: Filters | None = None) -> list[Case]:
-    """Every case of the given models (names or .yaml paths) that passes the filters, in matrix order (model, variant, backend, precision, kind, batch size)."""
+    """Every case of the given models (names or .yaml paths) that passes the filters, in matrix order
+    (model, variant, backend, precision, kind, batch size)."""
     filters = filters or Filters()
     cases = []
     for given in models:

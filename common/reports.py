@@ -92,7 +92,8 @@ def text_table(verdicts: list[dict]) -> str:
     width = max((len(v["id"]) for v in verdicts), default=4)
     lines = [f"{'case':<{width}}  {'status':<6}  value / detail"]
     for v in verdicts:
-        detail = "; ".join(n for n in v["notes"] if not n.startswith("targets held") and n != "no absolute target applies")
+        detail = "; ".join(n for n in v["notes"]
+                           if not n.startswith("targets held") and n != "no absolute target applies")
         lines.append(f"{v['id']:<{width}}  {v['status']:<6}  {_value_text(v)}  {detail}")
     n = counts(verdicts)
     lines.append(f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error")

@@ -34,7 +34,8 @@ def _rtmdet_spec(path, planted_fp16=None, perf_batch_sizes=(1,)):
     raw = yaml.safe_load((REPO / "models" / "rtmdet" / "model.yaml").read_text())
     variant = raw["variants"][raw["default_variant"]]
     # 1 point: 16 images are few, and real FP16 moves AP50 by about half a point on them
-    variant["matrix"] = {"precisions": ["fp32", "fp16"], "batch_sizes": list(perf_batch_sizes), "accuracy_batch_sizes": [1],
+    variant["matrix"] = {"precisions": ["fp32", "fp16"], "batch_sizes": list(perf_batch_sizes),
+                         "accuracy_batch_sizes": [1],
                          "relative": {"AP": 1.0, "AP50": 1.0}}
     if planted_fp16:
         variant["matrix"]["onnx"] = {"fp16": str(planted_fp16)}
