@@ -1,0 +1,198 @@
+"""The CI regression runner on a small random DETR-style ONNX (no shared data needed): matrix, shards, FPS rule,
+a crashing and a hanging case, a planted FPS regression against a stored baseline, history and plots."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.errors import ConfigError
+from common.history import last_good, read_history
+from common.matrix import Filters, enumerate_cases, shard
+from common.verdicts import FAILED, PASS, WARN, FpsRule, compare_fps
+from regress_helpers import FAST_PERF, junit_cases, regress, verdicts
+from tiny_detr import build_tiny_detr, tiny_detr_spec
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    fast = build_tiny_detr(d / "tiny_detr.onnx")
+    slow = build_tiny_detr(d / "tiny_detr_slow.onnx", slow=True)
+    broken = d / "broken.onnx"
+    broken.write_bytes(b"this is not an ONNX model")
+    spec = tiny_detr_spec(d / "model.yaml", fast, broken)
+    return {"spec": spec, "fast": fast, "slow": slow, "cache": d / "engines"}
+
+
+def test_matrix_from_spec_filters_and_shards(tiny):
+    cases = enumerate_cases([str(tiny["spec"])])
+    ids = [c.id for c in cases]
+    # tiny: 2 precisions x (1 accuracy + 2 performance batch sizes); broken: fp32 performance bs1 only
+    assert len(ids) == 7 and len(set(ids)) == 7
+    assert "tinydetr/broken/onnxruntime/fp32/bs1/performance" in ids
+    assert "tinydetr/tiny/onnxruntime/fp16/bs2/performance" in ids
+    picked = enumerate_cases([str(tiny["spec"])], Filters(variants="tiny", precisions="fp16", batch_sizes="1,2",
+                                                          kinds="performance"))
+    assert [c.id for c in picked] == ["tinydetr/tiny/onnxruntime/fp16/bs1/performance",
+                                      "tinydetr/tiny/onnxruntime/fp16/bs2/performance"]
+    for n in (1, 2, 3, 7, 9):
+        slices = [shard(cases, k, n) for k in range(1, n + 1)]
+        flat = [c.id for s in slices for c in s]
+        assert sorted(flat) == sorted(ids) and len(flat) == len(ids)   # a partition of the matrix
+        assert slices == [shard(list(reversed(cases)), k, n) for k in range(1, n + 1)]   # order-independent
+
+
+def test_bad_matrix_and_bad_flags_are_configuration_errors(tmp_path, tiny, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny["spec"].read_text().replace("batch_sizes: [1, 2]", "batch_sizes: [1, two]"))
+    with pytest.raises(ConfigError, match=r"variants\.tiny\.matrix\.batch_sizes"):
+        enumerate_cases([str(bad)])
+    assert regress("run", "--models", bad, "--list") == 2
+    assert regress("run", "--models", tiny["spec"], "--shard", "3/2", "--list") == 2
+    assert regress("run", "--models", tiny["spec"], "--precision", "int8", "--list") == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_fps_rule_drops_jumps_and_noise():
+    rule = FpsRule()
+    base = {"fps": 100.0, "cov": 0.01}
+    assert compare_fps({"fps": 98.0, "cov": 0.01}, base, rule)[0] == PASS
+    status, text, nums = compare_fps({"fps": 80.0, "cov": 0.01}, base, rule)
+    assert status == FAILED and "regression" in text and nums["band"] == pytest.approx(0.05)
+    status, text, _ = compare_fps({"fps": 125.0, "cov": 0.01}, base, rule)
+    assert status == FAILED and "jump" in text
+    assert compare_fps({"fps": 125.0, "cov": 0.01}, base, FpsRule(jumps="warn"))[0] == WARN
+    # a noisy measurement widens the band: -20% is inside 3 x 8% ...
+    status, text, nums = compare_fps({"fps": 80.0, "cov": 0.08}, base, rule)
+    assert status == PASS and nums["band"] == pytest.approx(3 * (0.08 ** 2 + 0.01 ** 2) ** 0.5)
+    # ... but never past max_band: a halving is a regression however noisy, and the noise itself is flagged
+    assert compare_fps({"fps": 50.0, "cov": 0.5}, base, rule)[0] == FAILED
+    status, text, _ = compare_fps({"fps": 95.0, "cov": 0.2}, base, rule)
+    assert status == WARN and "noisy" in text
+    assert compare_fps({"fps": 95.0, "cov": 0.2}, base, FpsRule(noisy="fail"))[0] == FAILED
+
+
+def test_crashing_and_hanging_cases_are_reported_while_others_pass(tmp_path, tiny):
+    run = tmp_path / "run"
+    code = regress("run", "--models", tiny["spec"], "--kind", "performance", "--bs", "1", "--repeats", "1",
+                   "--cache-dir", tiny["cache"], "--baselines", tmp_path / "baselines", "--out", run, *FAST_PERF)
+    assert code == 1
+    v = verdicts(run)
+    assert set(v) == {"tinydetr/broken/onnxruntime/fp32/bs1/performance",
+                      "tinydetr/tiny/onnxruntime/fp32/bs1/performance",
+                      "tinydetr/tiny/onnxruntime/fp16/bs1/performance"}
+    broken = v["tinydetr/broken/onnxruntime/fp32/bs1/performance"]
+    assert broken["status"] == "error" and "exit code 2" in broken["notes"][0] and "broken.onnx" in broken["notes"][0]
+    for cid in ("tinydetr/tiny/onnxruntime/fp32/bs1/performance", "tinydetr/tiny/onnxruntime/fp16/bs1/performance"):
+        assert v[cid]["status"] == WARN and "no baseline" in v[cid]["notes"][-1]   # measured, nothing to compare
+        assert v[cid]["values"]["fps"] > 0
+    junit = junit_cases(run)
+    assert junit["tinydetr.broken.onnxruntime.fp32.bs1.performance"][0] == "error"
+    assert junit["tinydetr.tiny.onnxruntime.fp16.bs1.performance"] == ("pass", None)
+    assert (run / "logs" / "tinydetr_broken_onnxruntime_fp32_bs1_performance.log").read_text().count("error:") == 1
+    summary = (run / "summary.md").read_text()
+    assert "FAILED" in summary and "1 error" in summary
+
+    # a case that outlives its timeout is killed (with its process group) and reported; the run still ends
+    hung = tmp_path / "hung"
+    code = regress("run", "--models", tiny["spec"], "--variant", "tiny", "--precision", "fp32", "--bs", "1",
+                   "--kind", "performance", "--repeats", "1", "--timeout", "4", "--min-duration", "60",
+                   "--cache-dir", tiny["cache"], "--out", hung, "--no-plots")
+    assert code == 1
+    (only,) = verdicts(hung).values()
+    assert only["status"] == "error" and "timed out after 4 s" in only["notes"][0]
+    assert only["duration_s"] < 20
+
+
+def test_planted_fps_regression_is_caught_against_the_stored_baseline(tmp_path, tiny):
+    baselines, history = tmp_path / "baselines", tmp_path / "history.jsonl"
+    common = ["--models", tiny["spec"], "--variant", "tiny", "--precision", "fp32", "--bs", "1", "--kind",
+              "performance", "--repeats", "3", "--cache-dir", tiny["cache"], "--baselines", baselines, *FAST_PERF]
+    good = tmp_path / "good"
+    assert regress("run", *common, "--out", good, "--run-id", "good", "--no-plots") == 0   # no baseline yet: warn
+    assert regress("baseline-update", good, "--baselines", baselines) == 0
+    (path,) = baselines.rglob("*.json")
+    assert path.relative_to(baselines).parts[0] == "cpu" and path.name.startswith("onnxruntime-")
+    entry = json.loads(path.read_text())["entries"]["tinydetr/tiny/onnxruntime/fp32/bs1"]
+    measured = verdicts(good)["tinydetr/tiny/onnxruntime/fp32/bs1/performance"]["values"]
+    assert entry["fps"] == pytest.approx(measured["fps"]) and entry["repeats"] == 3
+    # the run the baseline came from, judged again, passes (noise flags are not the point here)
+    assert regress("report", good, "--baselines", baselines, "--history", history, "--fps-max-cov", "1") == 0
+    # the same case with a model doing ~60x the work: the drop is caught whatever the noise
+    slow = tmp_path / "slow"
+    code = regress("run", *common, "--onnx", f"tinydetr={tiny['slow']}", "--out", slow, "--run-id", "slow",
+                   "--history", history)
+    assert code == 1
+    (v,) = verdicts(slow).values()
+    assert v["status"] == FAILED and v["notes"][-1].startswith("FPS regression")
+    assert v["values"]["ratio"] < 0.5 and v["values"]["baseline_fps"] == pytest.approx(entry["fps"])
+    assert junit_cases(slow)["tinydetr.tiny.onnxruntime.fp32.bs1.performance"][0] == "failure"
+    # the history holds 3 records per run, and names the last good run of the failing case
+    rows = read_history(history)
+    assert [r["run_id"] for r in rows] == ["good"] * 3 + ["slow"] * 3
+    assert last_good(rows, v["id"], before_run="slow")["run_id"] == "good"
+    assert "run `good`" in (slow / "summary.md").read_text()
+    assert (slow / "plots" / "history_fps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # reporting again never appends the same run twice
+    regress("report", slow, "--baselines", baselines, "--history", history, "--no-plots")
+    assert len(read_history(history)) == 6
+
+
+def test_example_ci_configs_call_the_runner_with_valid_flags():
+    """The shipped CI examples parse, fan out shards, merge in a final job, and every regress.py command line in
+    them is accepted by the runner's own argument parser."""
+    import re
+    import shlex
+
+    import yaml
+
+    from regress_helpers import REPO, regress_script
+
+    gitlab = yaml.safe_load((REPO / "ci/examples/gitlab-ci.yml").read_text())
+    assert gitlab["regress"]["parallel"] >= 2 and gitlab["merge"]["needs"] == ["regress"]
+    assert gitlab["merge"]["artifacts"]["reports"]["junit"].endswith("junit.xml")
+    github = yaml.safe_load((REPO / "ci/examples/github-actions.yml").read_text())
+    assert len(github["jobs"]["shard"]["strategy"]["matrix"]["shard"]) >= 2
+    assert github["jobs"]["merge"]["needs"] == "shard"
+    commands = []
+    for path in ("ci/examples/gitlab-ci.yml", "ci/examples/github-actions.yml"):
+        text = (REPO / path).read_text().replace("\\\n", " ")
+        text = re.sub(r"\$\{\{ *matrix\.shard *\}\}", "1", text)
+        commands += [line.split("scripts/regress.py", 1)[1].split("||")[0]
+                     for line in re.sub(r"\n\s{8,}(?=--)", " ", text).splitlines() if "scripts/regress.py" in line]
+    assert {c.split()[0] for c in commands} == {"run", "merge", "baseline-update"}
+    parser = regress_script.build_parser()
+    env = {"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "4", "ONNX_RTMDET": "/m.onnx"}
+    for command in commands:
+        argv = [re.sub(r"\$\{?(\w+)(:-[^}]*)?\}?", lambda m: env.get(m.group(1), "x"), a) for a in shlex.split(command)]
+        parser.parse_args(argv)   # argparse exits (SystemExit) on a flag the runner does not know
+
+
+def _acc_outcome(precision: str, ap: float, images: int = 50, device: str = "cpu", status: str = "ok") -> dict:
+    case = {"model": "m", "variant": "v", "backend": "onnxruntime", "precision": precision, "batch_size": 1,
+            "kind": "accuracy", "spec": "m.yaml"}
+    case["id"] = f"m/v/onnxruntime/{precision}/bs1/accuracy"
+    record = {"verdict": "unchecked", "reasons": [], "checks": [], "device": device,
+              "engine": {"runtime": "rt-1"}, "metrics": {"AP": ap, "AP50": ap + 0.2},
+              "dataset": {"num_images": images}}
+    return {"case": case, "status": status, "records": [record] if status == "ok" else [],
+            "error": None if status == "ok" else "crashed (exit code 3): boom"}
+
+
+def test_relative_accuracy_rule_needs_a_comparable_fp32_reference():
+    from common.verdicts import judge
+    rules = {("m.yaml", "v"): {"AP": 0.2}}
+
+    def status_of(*outcomes):
+        return {v["case"]["precision"]: (v["status"], v["notes"][-1]) for v in judge(list(outcomes), rules)}
+
+    assert status_of(_acc_outcome("fp32", 0.400), _acc_outcome("fp16", 0.3985))["fp16"][0] == PASS  # -0.15 pt
+    status, note = status_of(_acc_outcome("fp32", 0.400), _acc_outcome("fp16", 0.3975))["fp16"]       # -0.25 pt
+    assert status == FAILED and note == "accuracy regression: AP 39.75 < FP32 40.00 - 0.2 points"
+    # no reference, a crashed one, or one measured differently: a warning, never a silent pass
+    assert status_of(_acc_outcome("fp16", 0.1))["fp16"][0] == WARN
+    got = status_of(_acc_outcome("fp32", 0.4, status="error"), _acc_outcome("fp16", 0.1))
+    assert got["fp32"][0] == "error" and got["fp16"][0] == WARN
+    assert "image count" in status_of(_acc_outcome("fp32", 0.4, images=20), _acc_outcome("fp16", 0.1))["fp16"][1]
+    assert "device" in status_of(_acc_outcome("fp32", 0.4, device="cuda"), _acc_outcome("fp16", 0.1))["fp16"][1]
