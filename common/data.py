@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 import os
 import signal
 from dataclasses import dataclass
@@ -118,7 +120,6 @@ def _init_worker(pre: Preprocessor, own_process: bool = True):
     _worker_pre = pre
     if not own_process:
         return
-    cv2.setNumThreads(1)
     # Ctrl-C / SIGTERM are handled once, by the parent, which then terminates the pool quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -132,37 +133,80 @@ def _load_one(item: ImageItem):
     return _worker_pre(img)
 
 
+class BatchLoader:
+    """Preprocessed batches in item order. With workers > 0, decoding runs in worker processes and overlaps
+    whatever the caller does with the previous batch.
+
+    The workers are forked when the loader is created: create it before anything starts runtime thread pools
+    (an inference session), since forking a process that runs such threads can deadlock the child, while
+    fork keeps worker start-up and hand-over cheap. At most `prefetch` decoded images wait in memory.
+    """
+
+    def __init__(self, items: list[ImageItem], pre: Preprocessor, batch_size: int, workers: int = 1,
+                 progress: bool = False, desc: str = "images"):
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.items, self.pre, self.batch_size, self.progress, self.desc = items, pre, batch_size, progress, desc
+        self.prefetch = max(4 * workers, 2 * batch_size)
+        self.pool = None
+        if workers > 0:
+            methods = mp.get_all_start_methods()
+            ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(pre,))
+            self.pool.submit(int).result()  # starts (forks) every worker now
+
+    def _pooled(self) -> Iterator:
+        window: deque = deque()
+        todo = iter(self.items)
+        for item in todo:
+            window.append(self.pool.submit(_load_one, item))
+            if len(window) >= self.prefetch:
+                break
+        while window:
+            result = window.popleft().result()
+            item = next(todo, None)
+            if item is not None:
+                window.append(self.pool.submit(_load_one, item))
+            yield result
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.pool is not None:
+            results = self._pooled()
+        else:
+            _init_worker(self.pre, own_process=False)
+            results = map(_load_one, self.items)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(self.items), desc=self.desc, unit="img", dynamic_ncols=True)
+        pre = self.pre
+        try:
+            for start in range(0, len(self.items), self.batch_size):
+                chunk = self.items[start:start + self.batch_size]
+                inputs = np.empty((len(chunk), 3, pre.height, pre.width), np.float32)
+                meta = np.empty((len(chunk), 6), np.float64)
+                for i in range(len(chunk)):
+                    inputs[i], meta[i] = next(results)
+                yield Batch(np.array([it.image_id for it in chunk], np.int64), inputs, meta)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def iter_batches(items: list[ImageItem], pre: Preprocessor, batch_size: int, workers: int = 1,
                  progress: bool = False, desc: str = "images") -> Iterator[Batch]:
-    """Preprocessed batches in item order; with workers > 0 decoding runs in worker processes and
-    overlaps whatever the caller does with the previous batch."""
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(items), desc=desc, unit="img", dynamic_ncols=True)
-    pool = None
-    if workers > 0:
-        # forkserver: forking a process that already runs runtime thread pools can deadlock the child
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(pre,))
-        results = pool.imap(_load_one, items, chunksize=2)
-    else:
-        _init_worker(pre, own_process=False)
-        results = map(_load_one, items)
-    try:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            inputs = np.empty((len(chunk), 3, pre.height, pre.width), np.float32)
-            meta = np.empty((len(chunk), 6), np.float64)
-            for i in range(len(chunk)):
-                inputs[i], meta[i] = next(results)
-            yield Batch(np.array([it.image_id for it in chunk], np.int64), inputs, meta)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if pool is not None:
-            pool.terminate()
-        if bar is not None:
-            bar.close()
+    with BatchLoader(items, pre, batch_size, workers, progress, desc) as loader:
+        yield from loader

@@ -18,7 +18,7 @@ import numpy as np
 from . import REPO_ROOT
 from .backends import get_backend
 from .backends.base import BuildRequest, Runner
-from .data import image_items, iter_batches, read_annotations, read_image, resolve_dataset
+from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder, nonfinite_counts
 from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
@@ -139,37 +139,38 @@ def run_accuracy(cfg: RunConfig) -> dict:
     items = image_items(annotations, images_dir, cfg.max_images)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories)
     decoder = get_decoder(variant.output)
-    p = prepare(cfg, variant)
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
-    # flight at once while worker processes decode the next images: the device, not the harness, sets the pace.
-    runners = [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
-    nonfinite: Counter = Counter()
-    infer_s = 0.0
+    # The loader forks its workers before prepare() starts the runtime's threads.
+    with BatchLoader(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id) as loader:
+        p = prepare(cfg, variant)
+        # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
+        # flight at once while worker processes decode the next images: the device, not the harness, sets the pace.
+        runners = [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
+        nonfinite: Counter = Counter()
+        infer_s = 0.0
 
-    def timed_infer(runner, x):
-        t0 = time.perf_counter()
-        out = _infer(runner, x)
-        return out, time.perf_counter() - t0
+        def timed_infer(runner, x):
+            t0 = time.perf_counter()
+            out = _infer(runner, x)
+            return out, time.perf_counter() - t0
 
-    def consume(batch, future):
-        nonlocal infer_s
-        outputs, seconds = future.result()
-        infer_s += seconds
-        nonfinite.update(nonfinite_counts(outputs))
-        bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
-        finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
-        evaluator.add(batch.image_ids[bi[finite]], boxes[finite], scores[finite], labels[finite])
+        def consume(batch, future):
+            nonlocal infer_s
+            outputs, seconds = future.result()
+            infer_s += seconds
+            nonfinite.update(nonfinite_counts(outputs))
+            bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
+            finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+            evaluator.add(batch.image_ids[bi[finite]], boxes[finite], scores[finite], labels[finite])
 
-    pending: deque = deque()
-    with ThreadPoolExecutor(cfg.streams) as pool:
-        batches = iter_batches(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id)
-        for i, batch in enumerate(batches):
-            if len(pending) >= cfg.streams:
+        pending: deque = deque()
+        with ThreadPoolExecutor(cfg.streams) as pool:
+            for i, batch in enumerate(loader):
+                if len(pending) >= cfg.streams:
+                    consume(*pending.popleft())
+                pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch.inputs)))
+            while pending:
                 consume(*pending.popleft())
-            pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch.inputs)))
-        while pending:
-            consume(*pending.popleft())
     image_ids = [it.image_id for it in items]
     metrics = evaluator.evaluate(image_ids)
     if cfg.detections_out:
