@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
-from .evaluate import format_stats
+from .evaluate import ENGINES, format_stats
 from .results import exit_code_of, write_record
 from .runs import RunConfig, run_accuracy, run_performance
 from .specs import PRECISIONS
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "runtime leaves free, up to 4)")
     acc.add_argument("--streams", type=_positive_int, default=int(os.environ.get("SUITE_STREAMS", "0") or 0) or None,
                      help="inference requests in flight, each at --bs (default: 2 on a CPU with >= 2 cores, else 1)")
+    acc.add_argument("--evaluator", choices=ENGINES, default=None,
+                     help="COCO metrics engine (default: faster-coco-eval when installed; same 12 stats)")
     acc.add_argument("--save-detections", metavar="PATH", help="also write the detections as COCO results JSON")
     acc.add_argument("--no-progress", action="store_true")
     perf = sub.add_parser("performance", help="throughput / latency run")
@@ -94,7 +96,7 @@ def _config(args) -> RunConfig:
         cfg.cache_dir = args.cache_dir
     if args.command == "accuracy":
         cfg.max_images, cfg.progress = args.max_images, not args.no_progress
-        cfg.detections_out = args.save_detections
+        cfg.detections_out, cfg.evaluator = args.save_detections, args.evaluator
         cores = os.cpu_count() or 1
         cpu = (args.device or "cpu") == "cpu"
         cfg.streams = args.streams or (2 if cpu and cores >= 2 else 1)

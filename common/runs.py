@@ -44,6 +44,7 @@ class RunConfig:
     max_images: int | None = None
     results_dir: str = "results"
     detections_out: str | None = None
+    evaluator: str | None = None
     cache_dir: str = str(REPO_ROOT / ".cache" / "engines")
     workers: int = 1
     streams: int = 1
@@ -137,7 +138,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
     annotations = read_annotations(ann_file)
     items = image_items(annotations, images_dir, cfg.max_images)
-    evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories)
+    evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator)
     decoder = get_decoder(variant.output)
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     # The loader forks its workers before prepare() starts the runtime's threads.
@@ -179,7 +180,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in sorted(nonfinite.items())]
     record = new_record("accuracy", **_base_fields(cfg, p),
                         dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
-                                 "num_images": len(items), "categories": evaluator.categories},
+                                 "num_images": len(items), "categories": evaluator.categories,
+                                 "evaluator": evaluator.engine},
                         metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                         run={"wall_s": wall, "inference_s": infer_s, "images_per_s": len(items) / wall,
                              "workers": cfg.workers, "streams": cfg.streams})
