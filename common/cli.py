@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="inference requests in flight, each at --bs (default: 2 on a CPU with >= 2 cores, else 1)")
     acc.add_argument("--evaluator", choices=ENGINES, default=None,
                      help="COCO metrics engine (default: faster-coco-eval when installed; same 12 stats)")
+    acc.add_argument("--record-outputs", metavar="DIR", help="also record the raw outputs for the replay backend")
+    acc.add_argument("--replay-dir", metavar="DIR", help="replay backend: the recording to serve")
+    acc.add_argument("--input-cache", metavar="DIR", default=os.environ.get("INPUT_CACHE_DIR"),
+                     help="reuse decoded + preprocessed inputs stored here (default: $INPUT_CACHE_DIR; off)")
     acc.add_argument("--save-detections", metavar="PATH", help="also write the detections as COCO results JSON")
     acc.add_argument("--no-progress", action="store_true")
     perf = sub.add_parser("performance", help="throughput / latency run")
@@ -97,8 +101,11 @@ def _config(args) -> RunConfig:
     if args.command == "accuracy":
         cfg.max_images, cfg.progress = args.max_images, not args.no_progress
         cfg.detections_out, cfg.evaluator = args.save_detections, args.evaluator
+        cfg.record_outputs, cfg.input_cache = args.record_outputs, args.input_cache
+        if args.replay_dir:
+            cfg.backend_options["replay_dir"] = args.replay_dir
         cores = os.cpu_count() or 1
-        cpu = (args.device or "cpu") == "cpu"
+        cpu = args.backend == "onnxruntime" and (args.device or "cpu") == "cpu"
         cfg.streams = args.streams or (2 if cpu and cores >= 2 else 1)
         # A CPU runtime already keeps every core busy (measured on 2 cores: decoding in the main thread beside
         # two 1-thread sessions beat a separate decoding process); an accelerator leaves the host cores free.

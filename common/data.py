@@ -143,13 +143,18 @@ class BatchLoader:
     """
 
     def __init__(self, items: list[ImageItem], pre: Preprocessor, batch_size: int, workers: int = 1,
-                 progress: bool = False, desc: str = "images"):
+                 progress: bool = False, desc: str = "images", cache_dir: str | None = None):
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.items, self.pre, self.batch_size, self.progress, self.desc = items, pre, batch_size, progress, desc
         self.prefetch = max(4 * workers, 2 * batch_size)
         self.pool = None
-        if workers > 0:
+        self.cache = self.cached = None
+        if cache_dir:
+            from .input_cache import InputCache
+            self.cache = InputCache(cache_dir, items, pre)
+            self.cached = self.cache.lookup()
+        if workers > 0 and self.cached is None:
             methods = mp.get_all_start_methods()
             ctx = mp.get_context("fork" if "fork" in methods else "spawn")
             self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(pre,))
@@ -170,6 +175,27 @@ class BatchLoader:
             yield result
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.cached is not None:
+            inputs, meta = self.cached
+            ids = np.array([it.image_id for it in self.items], np.int64)
+            for start in range(0, len(self.items), self.batch_size):
+                end = start + self.batch_size
+                yield Batch(ids[start:end], inputs[start:end], meta[start:end])
+            return
+        writer = self.cache.writer() if self.cache is not None else None
+        try:
+            for batch in self._decoded():
+                if writer is not None:
+                    writer.add(batch)
+                yield batch
+            if writer is not None:
+                writer.commit()
+                writer = None
+        finally:
+            if writer is not None:
+                writer.discard()
+
+    def _decoded(self) -> Iterator[Batch]:
         if self.pool is not None:
             results = self._pooled()
         else:

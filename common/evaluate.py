@@ -108,7 +108,7 @@ def coco_metrics(annotations: dict, rows: np.ndarray, image_ids, categories,
     if engine == "faster-coco-eval":
         from faster_coco_eval import COCO, COCOeval_faster
         quiet = lambda *args, **kwargs: None  # noqa: E731
-        ev = COCOeval_faster(COCO(annotations, use_deepcopy=True, print_function=quiet),
+        ev = COCOeval_faster(COCO(annotations, print_function=quiet),
                              COCO(results, print_function=quiet), "bbox", print_function=quiet)
     else:
         from pycocotools.cocoeval import COCOeval

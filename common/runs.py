@@ -24,6 +24,7 @@ from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
 from .preprocess import Preprocessor
+from .replay import OutputRecorder
 from .results import check_targets, new_record, verdict_of
 from .specs import Variant, load_model
 from .timing import measure
@@ -45,6 +46,8 @@ class RunConfig:
     results_dir: str = "results"
     detections_out: str | None = None
     evaluator: str | None = None
+    record_outputs: str | None = None
+    input_cache: str | None = None
     cache_dir: str = str(REPO_ROOT / ".cache" / "engines")
     workers: int = 1
     streams: int = 1
@@ -90,6 +93,7 @@ def prepare(cfg: RunConfig, variant: Variant | None = None) -> Prepared:
     backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
     digest = file_sha256(onnx_path)
     options = dict(variant.extra.get("build", {}))
+    options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
     req = BuildRequest(onnx_path=onnx_path, onnx_sha256=digest, precision=cfg.precision, batch_size=cfg.batch_size,
                        input_name=variant.input_name, input_shape=(3, variant.height, variant.width),
                        cache=EngineCache(cfg.cache_dir), options=options)
@@ -98,9 +102,9 @@ def prepare(cfg: RunConfig, variant: Variant | None = None) -> Prepared:
     return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)
 
 
-def _infer(runner: Runner, x: np.ndarray) -> dict:
+def _infer(runner: Runner, x: np.ndarray, image_ids=None) -> dict:
     try:
-        return runner.infer(x)
+        return runner.infer(x, image_ids=image_ids)
     except Exception as exc:  # the runtimes raise their own exception types
         if isinstance(exc, (InputError, RuntimeFailure)):
             raise
@@ -142,23 +146,28 @@ def run_accuracy(cfg: RunConfig) -> dict:
     decoder = get_decoder(variant.output)
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     # The loader forks its workers before prepare() starts the runtime's threads.
-    with BatchLoader(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id) as loader:
+    with BatchLoader(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
+                     cache_dir=cfg.input_cache) as loader:
         p = prepare(cfg, variant)
+        recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
+            if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
         # flight at once while worker processes decode the next images: the device, not the harness, sets the pace.
         runners = [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
         nonfinite: Counter = Counter()
         infer_s = 0.0
 
-        def timed_infer(runner, x):
+        def timed_infer(runner, batch):
             t0 = time.perf_counter()
-            out = _infer(runner, x)
+            out = _infer(runner, batch.inputs, batch.image_ids)
             return out, time.perf_counter() - t0
 
         def consume(batch, future):
             nonlocal infer_s
             outputs, seconds = future.result()
             infer_s += seconds
+            if recorder is not None:
+                recorder.add(batch.image_ids, outputs)
             nonfinite.update(nonfinite_counts(outputs))
             bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
@@ -169,9 +178,11 @@ def run_accuracy(cfg: RunConfig) -> dict:
             for i, batch in enumerate(loader):
                 if len(pending) >= cfg.streams:
                     consume(*pending.popleft())
-                pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch.inputs)))
+                pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch)))
             while pending:
                 consume(*pending.popleft())
+        if recorder is not None:
+            recorder.write()
     image_ids = [it.image_id for it in items]
     metrics = evaluator.evaluate(image_ids)
     if cfg.detections_out:
@@ -181,7 +192,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
     record = new_record("accuracy", **_base_fields(cfg, p),
                         dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
                                  "num_images": len(items), "categories": evaluator.categories,
-                                 "evaluator": evaluator.engine},
+                                 "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None},
                         metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                         run={"wall_s": wall, "inference_s": infer_s, "images_per_s": len(items) / wall,
                              "workers": cfg.workers, "streams": cfg.streams})

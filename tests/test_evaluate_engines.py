@@ -22,8 +22,13 @@ def rtmdet_rows(rtmdet_onnx, shared_data, tmp_path_factory):
 
 
 def _both(ann, rows, cats):
+    """Reference and fast stats; the fast engine runs before and after the reference, so neither may alter the
+    annotations the other reads."""
     ids = [im["id"] for im in ann["images"]]
-    return (coco_metrics(ann, rows, ids, cats, "pycocotools"), coco_metrics(ann, rows, ids, cats, "faster-coco-eval"))
+    fast = coco_metrics(ann, rows, ids, cats, "faster-coco-eval")
+    ref = coco_metrics(ann, rows, ids, cats, "pycocotools")
+    assert coco_metrics(ann, rows, ids, cats, "faster-coco-eval") == fast
+    return ref, fast
 
 
 @pytest.mark.parametrize("ann_name", ["instances_val2017_person_subset350.json", "instances_val2017_subset150.json"])

@@ -7,6 +7,7 @@ from ..errors import BackendUnavailable, ConfigError
 
 BACKENDS = {
     "onnxruntime": ("common.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "replay": ("common.backends.replay_backend", "ReplayBackend"),
 }
 DEFAULT_BACKEND = "onnxruntime"
 

@@ -38,7 +38,8 @@ class Runner:
     def sync(self):
         """Wait until the device has finished all submitted work (no-op on synchronous runtimes)."""
 
-    def infer(self, x: np.ndarray) -> dict:
+    def infer(self, x: np.ndarray, image_ids: np.ndarray | None = None) -> dict:
+        """Outputs for the batch x; image_ids name its images for runners that serve stored outputs."""
         n = x.shape[0]
         if self.static_batch is not None and n != self.static_batch:
             if n > self.static_batch:

@@ -1,0 +1,102 @@
+"""Replay backend and preprocessed-input cache on the real model and images."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from common.data import BatchLoader, image_items, read_annotations
+from common.errors import ConfigError
+from common.input_cache import InputCache
+from common.preprocess import Preprocessor
+from common.runs import RunConfig, run_accuracy
+from common.specs import Preprocess
+from synthetic_coco import make_synthetic_coco
+
+PERSON350 = "instances_val2017_person_subset350.json"
+
+
+def _cfg(shared_data, rtmdet_onnx, **kw):
+    base = dict(model="rtmdet", onnx=str(rtmdet_onnx), images_dir=str(shared_data / "coco" / "val2017"),
+                annotation=str(shared_data / "coco" / "annotations" / PERSON350), progress=False, workers=0,
+                max_images=60)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_replay_reproduces_the_recorded_run(shared_data, rtmdet_onnx, tmp_path):
+    rec_dir = tmp_path / "rec"
+    live = run_accuracy(_cfg(shared_data, rtmdet_onnx, record_outputs=str(rec_dir), batch_size=4))
+    manifest = json.loads((rec_dir / "manifest.json").read_text())
+    assert len(manifest["image_ids"]) == 60 and set(manifest["outputs"]) == {"dets", "labels"}
+    for bs, streams in ((1, 1), (7, 2)):  # other batching and concurrency than the recording
+        replay = run_accuracy(_cfg(shared_data, rtmdet_onnx, backend="replay", batch_size=bs, streams=streams,
+                                   backend_options={"replay_dir": str(rec_dir)}))
+        assert replay["backend"] == "replay"
+        assert replay["metrics"] == live["metrics"]
+        assert replay["num_detections"] == live["num_detections"]
+
+
+def test_replay_refuses_another_model_or_missing_images(shared_data, rtmdet_onnx, tmp_path):
+    rec_dir = tmp_path / "rec"
+    run_accuracy(_cfg(shared_data, rtmdet_onnx, record_outputs=str(rec_dir), max_images=5))
+    other = tmp_path / "other.onnx"
+    other.write_bytes(rtmdet_onnx.read_bytes() + b"\0")
+    with pytest.raises(ConfigError, match="another ONNX model"):
+        run_accuracy(_cfg(shared_data, other, backend="replay", backend_options={"replay_dir": str(rec_dir)}))
+    from common.errors import InputError
+    with pytest.raises(InputError, match="no recorded outputs for image"):
+        run_accuracy(_cfg(shared_data, rtmdet_onnx, backend="replay", max_images=10,
+                          backend_options={"replay_dir": str(rec_dir)}))
+
+
+def test_input_cache_hit_gives_identical_results(shared_data, rtmdet_onnx, tmp_path):
+    cache = tmp_path / "cache"
+    first = run_accuracy(_cfg(shared_data, rtmdet_onnx, input_cache=str(cache)))
+    second = run_accuracy(_cfg(shared_data, rtmdet_onnx, input_cache=str(cache), batch_size=3))
+    assert first["dataset"]["input_cache_hit"] is False and second["dataset"]["input_cache_hit"] is True
+    assert first["metrics"] == second["metrics"]
+    assert len(list(cache.glob("*.inputs.npy"))) == 1 and not list(cache.glob(".*tmp"))
+
+
+def test_input_cache_invalidation_and_partial_runs(tmp_path):
+    images, ann = make_synthetic_coco(tmp_path / "syn", n_images=5, seed=2)
+    items = image_items(read_annotations(ann), images)
+    pre = Preprocessor(Preprocess(mean=(1, 2, 3), std=(2, 2, 2)), 64, 80)
+    cache_dir = tmp_path / "cache"
+    loader = BatchLoader(items, pre, 2, workers=0, cache_dir=str(cache_dir))
+    next(iter(loader))  # an interrupted pass publishes nothing
+    loader.close()
+    assert InputCache(cache_dir, items, pre).lookup() is None
+    fresh = [b.inputs.copy() for b in BatchLoader(items, pre, 2, workers=0, cache_dir=str(cache_dir))]
+    hit = InputCache(cache_dir, items, pre).lookup()
+    assert hit is not None
+    np.testing.assert_array_equal(np.concatenate(fresh), hit[0])
+    # other preprocessing -> another entry; a touched image -> another entry
+    assert InputCache(cache_dir, items, Preprocessor(Preprocess(mean=(0, 2, 3), std=(2, 2, 2)), 64, 80)).lookup() is None
+    st = os.stat(items[0].path)
+    os.utime(items[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert InputCache(cache_dir, items, pre).lookup() is None
+
+
+def test_concurrent_cache_builders_leave_one_valid_entry(tmp_path):
+    import subprocess
+    import sys
+    images, ann = make_synthetic_coco(tmp_path / "syn", n_images=12, seed=4)
+    code = f"""
+import sys; sys.path[:0] = {[str(p) for p in (tmp_path.parent, )]!r}
+from common.data import BatchLoader, image_items, read_annotations
+from common.preprocess import Preprocessor
+from common.specs import Preprocess
+items = image_items(read_annotations({str(ann)!r}), __import__('pathlib').Path({str(images)!r}))
+pre = Preprocessor(Preprocess(), 96, 96)
+for _ in BatchLoader(items, pre, 1, workers=0, cache_dir={str(tmp_path / 'c')!r}): pass
+"""
+    from helpers import REPO
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    items = image_items(read_annotations(ann), images)
+    hit = InputCache(tmp_path / "c", items, Preprocessor(Preprocess(), 96, 96)).lookup()
+    assert hit is not None and hit[0].shape == (12, 3, 96, 96)
+    assert not list((tmp_path / "c").glob(".*"))
