@@ -199,7 +199,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
     return _finish(record, metrics, _targets(p, cfg), reasons)
 
 
-def _timing_inputs(cfg: RunConfig, variant: Variant) -> tuple[np.ndarray, str]:
+def timing_inputs(cfg: RunConfig, variant: Variant) -> tuple[np.ndarray, str]:
     """Real preprocessed images when a dataset is at hand (post-processing inside a graph depends on the
     content), else seeded random data."""
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
@@ -217,7 +217,7 @@ def _timing_inputs(cfg: RunConfig, variant: Variant) -> tuple[np.ndarray, str]:
 
 def run_performance(cfg: RunConfig) -> dict:
     p = prepare(cfg)
-    x, source = _timing_inputs(cfg, p.variant)
+    x, source = timing_inputs(cfg, p.variant)
     last: dict = {}
 
     def step():

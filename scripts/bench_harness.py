@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.data import read_annotations  # noqa: E402
 from common.evaluate import STAT_NAMES, coco_metrics  # noqa: E402
-from common.runs import RunConfig, _timing_inputs, run_accuracy, run_performance  # noqa: E402
+from common.runs import RunConfig, timing_inputs, run_accuracy, run_performance  # noqa: E402
 
 RSS_SNIPPET = """
 import json, resource, sys
@@ -97,7 +97,7 @@ def main():
     sess = ort.InferenceSession(a.onnx, providers=["CPUExecutionProvider"])
     from common.specs import load_model
     # the same preprocessed image the performance run times: in-graph NMS cost depends on the content
-    x, _ = _timing_inputs(RunConfig(**base), load_model(a.model).variant())
+    x, _ = timing_inputs(RunConfig(**base), load_model(a.model).variant())
     name = sess.get_inputs()[0].name
     for _ in range(a.repeats):
         perf = run_performance(RunConfig(**base, warmup_s=1.0, min_duration_s=5.0, min_iters=100))
