@@ -7,6 +7,7 @@ from ..errors import BackendUnavailable, ConfigError
 
 BACKENDS = {
     "onnxruntime": ("common.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "igie": ("common.backends.igie_backend", "IgieBackend"),
     "replay": ("common.backends.replay_backend", "ReplayBackend"),
 }
 DEFAULT_BACKEND = "onnxruntime"

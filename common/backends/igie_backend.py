@@ -1,0 +1,118 @@
+"""IGIE (Iluvatar's TVM fork) for MR-V100: ONNX -> relay -> engine .so -> graph executor.
+
+Build:  tvm.relay.import_model.import_model_to_igie(onnx, {input: shape}, backend="igie")
+        tvm.relay.build(mod, target=tvm.target.iluvatar(model="MR", options=...), params=..., precision=...)
+        lib.export_library(engine)
+Run:    tvm.runtime.load_module(engine); tvm.contrib.graph_executor.GraphModule(lib["default"](device));
+        set_input / run / get_output; device.sync() before any clock is read.
+Engines are compiled for one batch size; the harness pads the last partial batch (Runner.static_batch).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..engine_cache import cache_key
+from ..errors import ConfigError, InputError, RuntimeFailure
+from .base import Backend, BuildRequest, Runner
+
+TARGET_MODEL = "MR"
+TARGET_OPTIONS = "-libs=cudnn,cublas,ixinfer"
+PRECISIONS = ("fp32", "fp16")
+
+
+def _output_names(onnx_path: Path) -> list:
+    import onnx
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises several decode error types
+        raise InputError(f"cannot load ONNX model ({type(exc).__name__})", onnx_path) from None
+    return [o.name for o in model.graph.output]
+
+
+class IgieRunner(Runner):
+    def __init__(self, tvm, engine: Path, device, input_name: str, batch_size: int, output_names: list):
+        from tvm.contrib import graph_executor
+        self.tvm, self.device = tvm, device
+        try:
+            lib = tvm.runtime.load_module(str(engine))
+            self.module = graph_executor.GraphModule(lib["default"](device))
+        except Exception as exc:  # TVM raises TVMError subclasses
+            raise RuntimeFailure(f"IGIE cannot load the engine ({str(exc).splitlines()[0]})", engine) from None
+        self.input_name, self.static_batch = input_name, batch_size
+        n = self.module.get_num_outputs()
+        if n != len(output_names):
+            raise RuntimeFailure(f"the engine has {n} outputs, the ONNX model {len(output_names)}", engine)
+        self.output_names = output_names
+
+    def _run(self, x: np.ndarray) -> list:
+        self.module.set_input(self.input_name, self.tvm.nd.array(np.ascontiguousarray(x), self.device))
+        self.module.run()
+        return [self.module.get_output(i).numpy() for i in range(len(self.output_names))]
+
+    def sync(self):
+        self.device.sync()
+
+    def device_time(self, number: int = 10, repeat: int = 5) -> list:
+        """Per-run seconds measured on the device by the runtime's own time_evaluator (compute only)."""
+        evaluator = self.module.module.time_evaluator("run", self.device, number=number, repeat=repeat)
+        return list(evaluator().results)
+
+
+class IgieBackend(Backend):
+    name = "igie"
+    engine_suffix = ".so"
+
+    @classmethod
+    def availability(cls):
+        try:
+            import tvm
+        except ImportError:
+            return False, "the IGIE SDK is not installed here (no importable 'tvm' package)"
+        if not hasattr(tvm, "target") or not hasattr(tvm.target, "iluvatar"):
+            return False, f"'tvm' {getattr(tvm, '__version__', '?')} is not IGIE: it has no tvm.target.iluvatar"
+        try:
+            import tvm.relay.import_model  # noqa: F401
+        except ImportError:
+            return False, "'tvm' has no relay.import_model (IGIE's ONNX importer)"
+        return True, ""
+
+    def _tvm(self):
+        import tvm
+        import tvm.relay.import_model  # noqa: F401
+        return tvm
+
+    def device(self) -> str:
+        return self.requested_device or "mr-v100"
+
+    def runtime_version(self) -> str:
+        return f"igie-tvm-{getattr(self._tvm(), '__version__', 'unknown')}"
+
+    def target(self):
+        return self._tvm().target.iluvatar(model=TARGET_MODEL, options=TARGET_OPTIONS)
+
+    def build(self, req: BuildRequest):
+        if req.precision not in PRECISIONS:
+            raise ConfigError(f"igie backend: precision {req.precision} is not supported here (fp32, fp16; int8 "
+                              "needs a calibration set and is not wired in yet)")
+        shape = [req.batch_size, *req.input_shape]
+        key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, input=req.input_name,
+                        shape=shape, runtime=self.runtime_version(), target=[TARGET_MODEL, TARGET_OPTIONS])
+
+        def compile_to(tmp: Path):
+            tvm = self._tvm()
+            mod, params = tvm.relay.import_model.import_model_to_igie(str(req.onnx_path), {req.input_name: shape},
+                                                                       backend="igie")
+            lib = tvm.relay.build(mod, target=self.target(), params=params, precision=req.precision)
+            lib.export_library(str(tmp))
+
+        return req.cache.get_or_build(key, self.engine_suffix, compile_to,
+                                      {"backend": self.name, "precision": req.precision, "shape": shape,
+                                       "onnx": str(req.onnx_path), "onnx_sha256": req.onnx_sha256,
+                                       "runtime": self.runtime_version()})
+
+    def load(self, engine: Path, req: BuildRequest) -> Runner:
+        tvm = self._tvm()
+        device = tvm.device(self.target().kind.name, 0)
+        return IgieRunner(tvm, engine, device, req.input_name, req.batch_size, _output_names(req.onnx_path))

@@ -1,0 +1,32 @@
+import json
+
+from .._sim import log
+from . import import_model  # noqa: F401
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class BuiltLib:
+    def __init__(self, onnx_bytes: bytes, header: dict):
+        self.onnx_bytes, self.header = onnx_bytes, header
+
+    def export_library(self, path: str):
+        log("lib.export_library", path=path)
+        with open(path, "wb") as f:
+            f.write(json.dumps(self.header).encode() + b"\n" + self.onnx_bytes)
+
+
+def build(mod, target=None, params=None, precision="fp32", **kwargs):
+    log("tvm.relay.build", target=str(target), precision=precision, params=sorted(params or {}), kwargs=kwargs)
+    if getattr(target, "kind", None) is None or target.kind.name != "iluvatar":
+        raise ValueError("simulated IGIE builds only for tvm.target.iluvatar")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision}")
+    import onnx
+    model = onnx.load(mod.path)
+    if precision in ("fp16", "int8"):  # the simulation runs int8 engines in fp16
+        from onnxruntime.transformers import float16
+        model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(
+            float16.DEFAULT_OP_BLOCK_LIST) + ["NonMaxSuppression", "TopK"])
+    header = {"input_dict": mod.input_dict, "precision": precision, "target": str(target)}
+    return BuiltLib(model.SerializeToString(), header)
