@@ -107,13 +107,15 @@ class OnnxRuntimeBackend(Backend):
         threads = int(self.options.get("threads") or 0)
         if threads:
             so.intra_op_num_threads = threads
+        providers = self.providers()
         try:
-            session = ort.InferenceSession(str(engine), so, providers=self.providers())
+            session = ort.InferenceSession(str(engine), so, providers=providers)
         except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
                 ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
             raise InputError(f"not a loadable ONNX model ({str(exc).splitlines()[0]})", engine) from None
-        except ort.capi.onnxruntime_pybind11_state.Fail as exc:
-            raise InputError(f"onnxruntime cannot load it ({str(exc).splitlines()[0]})", engine) from None
+        except Exception as exc:  # noqa: BLE001 - Fail, InvalidArgument, InvalidGraph... for a damaged model
+            raise InputError(f"onnxruntime cannot load it ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})",
+                             engine) from None
         runner = OrtRunner(session, req.input_name)
         if runner.input_type != "tensor(float)":
             raise InputError(f"input '{req.input_name}' is {runner.input_type}; the suite feeds float32", engine)
