@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--workers", type=_nonneg_int, default=max(1, min(4, (os.cpu_count() or 2) - 1)),
                      help="decoding worker processes (0 = decode in the main process)")
     acc.add_argument("--no-progress", action="store_true")
+    acc.add_argument("--no-resume", action="store_true",
+                     help="ignore the predictions an interrupted identical run left in <results-dir>/.run-state")
     perf = sub.add_parser("performance", help="throughput / latency run")
     _common_args(perf)
     perf.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds")
@@ -90,6 +92,7 @@ def _config(args) -> RunConfig:
         cfg.cache_dir = args.cache_dir
     if args.command == "accuracy":
         cfg.max_images, cfg.workers, cfg.progress = args.max_images, args.workers, not args.no_progress
+        cfg.resume = not args.no_resume
     else:
         cfg.warmup_s, cfg.min_duration_s, cfg.min_iters = args.warmup, args.min_duration, args.min_iters
     return cfg
@@ -139,7 +142,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
+        print("interrupted: no record was written; an accuracy run resumes from its finished batches "
+              "when the same command is run again", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an unexpected runtime failure: one line, traceback on request
         if args.debug:

@@ -22,6 +22,7 @@ from .engine_cache import EngineCache, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator
 from .preprocess import Preprocessor
+from .run_state import RunState
 from .results import check_targets, new_record, verdict_of
 from .specs import Variant, load_model
 from .timing import measure
@@ -49,6 +50,7 @@ class RunConfig:
     min_duration_s: float = 5.0
     min_iters: int = 100
     backend_options: dict = field(default_factory=dict)
+    resume: bool = True  # pick up the per-batch predictions an interrupted identical run left behind
 
 
 @dataclass
@@ -138,14 +140,26 @@ def run_accuracy(cfg: RunConfig) -> dict:
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     nonfinite: Counter = Counter()
     infer_s = 0.0
-    for batch in iter_batches(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id):
+    state = RunState(Path(cfg.results_dir) / ".run-state", p.onnx_sha256, spec=repr(variant), precision=cfg.precision,
+                     batch_size=cfg.batch_size, backend=p.backend.name, device=p.backend.device(),
+                     annotation=file_sha256(ann_file), images_dir=str(images_dir.resolve()), n=len(items))
+    done, chunks = state.load() if cfg.resume else (0, [])
+    for c in chunks:
+        evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"])
+        nonfinite.update(c["nonfinite"])
+    start = done
+    for batch in iter_batches(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id):
         t0 = time.perf_counter()
         outputs = _infer(p.runner, batch.inputs)
         infer_s += time.perf_counter() - t0
-        nonfinite.update(nonfinite_counts(outputs))
+        counts = nonfinite_counts(outputs)
+        nonfinite.update(counts)
         bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
         finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
-        evaluator.add(batch.image_ids[bi[finite]], boxes[finite], scores[finite], labels[finite])
+        ids = batch.image_ids[bi[finite]]
+        evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
+        state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
+        start += len(batch.image_ids)
     image_ids = [it.image_id for it in items]
     metrics = evaluator.evaluate(image_ids)
     wall = time.perf_counter() - t_start
@@ -155,8 +169,10 @@ def run_accuracy(cfg: RunConfig) -> dict:
                                  "num_images": len(items), "categories": evaluator.categories},
                         metrics=metrics, num_detections=len(evaluator.store),
                         run={"wall_s": wall, "inference_s": infer_s, "images_per_s": len(items) / wall,
-                             "workers": cfg.workers})
-    return _finish(record, metrics, _targets(p, cfg), reasons)
+                             "workers": cfg.workers, "resumed_images": done})
+    record = _finish(record, metrics, _targets(p, cfg), reasons)
+    state.clear()  # the record now holds everything; a rerun should measure afresh
+    return record
 
 
 def _timing_inputs(cfg: RunConfig, variant: Variant) -> tuple[np.ndarray, str]:

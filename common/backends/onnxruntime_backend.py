@@ -119,4 +119,10 @@ class OnnxRuntimeBackend(Backend):
         runner = OrtRunner(session, req.input_name)
         if runner.input_type != "tensor(float)":
             raise InputError(f"input '{req.input_name}' is {runner.input_type}; the suite feeds float32", engine)
+        # a fixed C/H/W that differs from the spec would only fail at the first batch, with a runtime message
+        shape = next(i.shape for i in session.get_inputs() if i.name == req.input_name)
+        fixed = [(s, w) for s, w in zip(shape[1:], req.input_shape) if isinstance(s, int)]
+        if len(shape) != 4 or any(s != w for s, w in fixed):
+            raise InputError(f"input '{req.input_name}' has shape {shape}; the spec feeds "
+                             f"[N, {', '.join(map(str, req.input_shape))}]", engine)
         return runner
