@@ -1,9 +1,10 @@
 """Random bytes and random JSON fed to the suite's loaders: only SuiteError subclasses may escape."""
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,10 +38,15 @@ spec_like = st.fixed_dictionaries({"schema": st.just(1) | json_values, "name": s
                                        max_size=2)})
 
 
+_DIR = Path(tempfile.mkdtemp(prefix="suite-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, True)
+
+
 def _write(data: bytes, suffix: str) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="fuzz"))
-    p = d / f"f{suffix}"
+    """Each example overwrites the same few files, so thousands of examples leave nothing behind."""
+    p = _DIR / f"f{suffix}"
     p.write_bytes(data)
+    shutil.rmtree(_DIR / "out", ignore_errors=True)
     return p
 
 
