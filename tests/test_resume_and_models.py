@@ -92,6 +92,13 @@ def test_model_problems(env, tmp_path, make, match):
         run_accuracy(_cfg(env, path, tmp_path))
 
 
+def test_engine_for_another_batch(env, tmp_path):
+    fixed = make_tiny_detector(tmp_path / "b1.onnx", batch=1)
+    assert run_accuracy(_cfg(env, fixed, tmp_path, max_images=3))["verdict"] == "pass"
+    with pytest.raises(InputError, match="batch of 4 for an engine built for batch 1"):
+        run_accuracy(_cfg(env, fixed, tmp_path, batch_size=4, max_images=8))
+
+
 def test_truncated_onnx(env, tmp_path):
     data = env["onnx"].read_bytes()
     cut = tmp_path / "cut.onnx"

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 K = 3
 
 
-def make_tiny_detector(path, size=64, slow=0, nan=False, input_name="input", dtype=TensorProto.FLOAT) -> Path:
+def make_tiny_detector(path, size=64, slow=0, nan=False, input_name="input", dtype=TensorProto.FLOAT,
+                       batch="N") -> Path:
     base = np.array([[[4, 4, 40, 30, 0.6], [20, 10, 60, 60, 0.5], [0, 30, 30, 62, 0.4]]], np.float32)
     delta = np.array([[[3, 2, 3, 2, 0.05]] * K], np.float32)
     if nan:
@@ -48,7 +49,7 @@ def make_tiny_detector(path, size=64, slow=0, nan=False, input_name="input", dty
               helper.make_node("Add", ["mz", "lab"], ["labf"]),
               helper.make_node("Cast", ["labf"], ["labels"], to=TensorProto.INT64)]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info(input_name, dtype, ["N", 3, size, size])],
+        nodes, "tiny", [helper.make_tensor_value_info(input_name, dtype, [batch, 3, size, size])],
         [helper.make_tensor_value_info("dets", TensorProto.FLOAT, ["N", K, 5]),
          helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", K])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
