@@ -119,3 +119,14 @@ def test_two_concurrent_runs_share_results_and_cache(env, tmp_path):
     engines = list((env["dir"] / "cache").glob("*.onnx"))
     assert len(engines) == 1 and onnx.load(str(engines[0]))  # one complete engine, built once
     assert not list((env["dir"] / "cache").glob(".*.tmp")) and not list(results.glob(".*.tmp"))
+
+
+def test_corrupted_cached_engine_is_rebuilt(env, tmp_path):
+    first = run_accuracy(_cfg(env, env["onnx"], tmp_path, precision="fp16", max_images=4))
+    engine = Path(first["engine"]["path"])
+    assert not first["engine"]["cache_hit"] and engine.is_file()
+    engine.write_bytes(engine.read_bytes()[:100])  # e.g. a disk filled up or another tool damaged it
+    again = run_accuracy(_cfg(env, env["onnx"], tmp_path, precision="fp16", max_images=4))
+    assert not again["engine"]["cache_hit"] and again["metrics"] == first["metrics"]
+    third = run_accuracy(_cfg(env, env["onnx"], tmp_path, precision="fp16", max_images=4))
+    assert third["engine"]["cache_hit"]
