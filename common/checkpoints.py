@@ -6,6 +6,11 @@ from pathlib import Path
 from .errors import InputError
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_state_dict(path: str | Path, key: str | None = None) -> dict:
     """Tensors of a checkpoint as {name: tensor}.
 
@@ -30,9 +35,9 @@ def load_state_dict(path: str | Path, key: str | None = None) -> dict:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError("refused: the checkpoint is a pickle that needs arbitrary code to load "
-                         f"(torch.load weights_only=True: {str(exc).splitlines()[0]})", path) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})", path) from None
+                         f"(torch.load weights_only=True: {_first_line(exc)})", path) from None
+    except Exception as exc:  # noqa: BLE001 - on garbage bytes torch's unpickler raises IndexError, struct.error, ...
+        raise InputError(f"not a readable PyTorch checkpoint ({_first_line(exc)})", path) from None
     for name in ([key] if key else []) + ["state_dict", "model", "ema"]:
         if isinstance(obj, dict) and isinstance(obj.get(name), dict):
             inner = obj[name]

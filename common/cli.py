@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reuse decoded + preprocessed inputs stored here (default: $INPUT_CACHE_DIR; off)")
     acc.add_argument("--save-detections", metavar="PATH", help="also write the detections as COCO results JSON")
     acc.add_argument("--no-progress", action="store_true")
+    acc.add_argument("--no-resume", action="store_true",
+                     help="ignore the predictions an interrupted identical run left in <results-dir>/.run-state")
     perf = sub.add_parser("performance", help="throughput / latency run")
     _common_args(perf)
     perf.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds")
@@ -111,6 +113,7 @@ def _config(args) -> RunConfig:
         # two 1-thread sessions beat a separate decoding process); an accelerator leaves the host cores free.
         cfg.workers = args.workers if args.workers is not None else (
             max(0, min(4, cores - 2 * cfg.streams)) if cpu else max(1, min(4, cores - 1)))
+        cfg.resume = not args.no_resume
     else:
         cfg.warmup_s, cfg.min_duration_s, cfg.min_iters = args.warmup, args.min_duration, args.min_iters
     return cfg
@@ -160,7 +163,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
+        print("interrupted: no record was written; an accuracy run resumes from its finished batches "
+              "when the same command is run again", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an unexpected runtime failure: one line, traceback on request
         if args.debug:

@@ -105,8 +105,18 @@ def image_items(annotations: dict, images_dir: Path, max_images: int | None = No
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 BGR (grayscale and CMYK are converted by OpenCV)."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    """Decode an image file to HxWx3 uint8 BGR by its content, not its extension (PNG named .jpg works;
+    grayscale and CMYK are converted by OpenCV)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read image: {exc.strerror}", path) from None
+    # OpenCV decodes a truncated JPEG with only a warning, filling the missing rows with grey, which
+    # would silently lower the AP: a JPEG must end with its end-of-image marker (FFD9), padding aside.
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data.rstrip(b"\0")[-32:]:
+        raise InputError("truncated JPEG (no end-of-image marker)", path)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if img is None:
         raise InputError("cannot decode image (corrupt, truncated or not an image)", path)
     return img

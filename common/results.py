@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import SCHEMA_VERSION
-from .engine_cache import atomic_write_bytes
 from .envinfo import environment
 from .errors import EXIT_PASS, EXIT_TARGET_FAILED
 
@@ -69,12 +70,24 @@ def record_filename(record: dict) -> str:
 
 
 def write_record(results_dir: str | Path, record: dict) -> Path:
-    """Write the record under a unique name; never leaves a partial file behind."""
+    """Write the record under a unique name; never leaves a partial file behind, and two runs finishing in the
+    same second never overwrite each other (the name is claimed with an exclusive hard link)."""
     results_dir = Path(results_dir)
-    path = results_dir / record_filename(record)
-    n = 1
-    while path.exists():
-        path = results_dir / record_filename(record).replace(".json", f"-{n}.json")
-        n += 1
-    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=False, allow_nan=True) + "\n").encode())
-    return path
+    results_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=".record.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write((json.dumps(record, indent=2, allow_nan=True) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        base = record_filename(record)
+        for n in range(10_000):
+            path = results_dir / (base if n == 0 else base.replace(".json", f"-{n}.json"))
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue
+        raise OSError(f"no free record name for {base} in {results_dir}")
+    finally:
+        os.unlink(tmp)

@@ -25,6 +25,7 @@ from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
 from .preprocess import Preprocessor
 from .replay import OutputRecorder
+from .run_state import RunState
 from .results import check_targets, new_record, verdict_of
 from .specs import Variant, load_model
 from .timing import measure
@@ -57,6 +58,7 @@ class RunConfig:
     min_duration_s: float = 5.0
     min_iters: int = 100
     backend_options: dict = field(default_factory=dict)
+    resume: bool = True  # pick up the per-batch predictions an interrupted identical run left behind
 
 
 @dataclass
@@ -83,7 +85,7 @@ def resolve_onnx(flag: str | None, variant: Variant) -> Path:
     return path
 
 
-def prepare(cfg: RunConfig, variant: Variant | None = None) -> Prepared:
+def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None) -> Prepared:
     """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
     if cfg.batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {cfg.batch_size}")
@@ -91,7 +93,7 @@ def prepare(cfg: RunConfig, variant: Variant | None = None) -> Prepared:
     onnx_path = resolve_onnx(cfg.onnx, variant)
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.streams) if cfg.streams > 1 else 0)
     backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
-    digest = file_sha256(onnx_path)
+    digest = onnx_sha256 or file_sha256(onnx_path)
     options = dict(variant.extra.get("build", {}))
     options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
     req = BuildRequest(onnx_path=onnx_path, onnx_sha256=digest, precision=cfg.precision, batch_size=cfg.batch_size,
@@ -145,17 +147,27 @@ def run_accuracy(cfg: RunConfig) -> dict:
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator)
     decoder = get_decoder(variant.output)
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
+    onnx_sha256 = file_sha256(resolve_onnx(cfg.onnx, variant))
+    state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, spec=repr(variant), precision=cfg.precision,
+                     batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
+                     annotation=file_sha256(ann_file), images_dir=str(images_dir.resolve()), n=len(items))
+    # A recording of raw outputs must cover every image, so it always starts from the first one.
+    done, chunks = state.load() if cfg.resume and not cfg.record_outputs else (0, [])
+    nonfinite: Counter = Counter()
+    for c in chunks:
+        evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"])
+        nonfinite.update(c["nonfinite"])
     # The loader forks its workers before prepare() starts the runtime's threads.
-    with BatchLoader(items, pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
-                     cache_dir=cfg.input_cache) as loader:
-        p = prepare(cfg, variant)
+    with BatchLoader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
+                     cache_dir=None if done else cfg.input_cache) as loader:
+        p = prepare(cfg, variant, onnx_sha256)
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
         # flight at once while worker processes decode the next images: the device, not the harness, sets the pace.
         runners = [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
-        nonfinite: Counter = Counter()
         infer_s = 0.0
+        start = done
 
         def timed_infer(runner, batch):
             t0 = time.perf_counter()
@@ -163,15 +175,19 @@ def run_accuracy(cfg: RunConfig) -> dict:
             return out, time.perf_counter() - t0
 
         def consume(batch, future):
-            nonlocal infer_s
+            nonlocal infer_s, start
             outputs, seconds = future.result()
             infer_s += seconds
             if recorder is not None:
                 recorder.add(batch.image_ids, outputs)
-            nonfinite.update(nonfinite_counts(outputs))
+            counts = nonfinite_counts(outputs)
+            nonfinite.update(counts)
             bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
-            evaluator.add(batch.image_ids[bi[finite]], boxes[finite], scores[finite], labels[finite])
+            ids = batch.image_ids[bi[finite]]
+            evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
+            state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
+            start += len(batch.image_ids)
 
         pending: deque = deque()
         with ThreadPoolExecutor(cfg.streams) as pool:
@@ -195,8 +211,10 @@ def run_accuracy(cfg: RunConfig) -> dict:
                                  "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None},
                         metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                         run={"wall_s": wall, "inference_s": infer_s, "images_per_s": len(items) / wall,
-                             "workers": cfg.workers, "streams": cfg.streams})
-    return _finish(record, metrics, _targets(p, cfg), reasons)
+                             "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
+    record = _finish(record, metrics, _targets(p, cfg), reasons)
+    state.clear()  # the record now holds everything; a rerun should measure afresh
+    return record
 
 
 def timing_inputs(cfg: RunConfig, variant: Variant) -> tuple[np.ndarray, str]:

@@ -16,10 +16,11 @@ from common.specs import COCO80_TO_91
 
 
 def make_synthetic_coco(root: str | Path, n_images: int = 8, seed: int = 0, max_objects: int = 4,
-                        categories=(1, 3, 18), min_side: int = 200, max_side: int = 640):
-    """Write <root>/images/val2017/*.jpg and <root>/annotations/instances_synthetic.json.
+                        categories=(1, 3, 18), min_side: int = 200, max_side: int = 640, size=None):
+    """Write <root>/images/val2017/*.jpg and <root>/annotations/instances_val2017.json.
 
-    Returns (images_dir, ann_file). Sizes, aspect ratios and boxes are random but reproducible from the seed.
+    Returns (images_dir, ann_file). Sizes (unless `size` = (height, width) fixes them), aspect ratios and boxes
+    are random but reproducible from the seed.
     """
     root = Path(root)
     images_dir = root / "images" / "val2017"
@@ -29,8 +30,10 @@ def make_synthetic_coco(root: str | Path, n_images: int = 8, seed: int = 0, max_
     rng = np.random.default_rng(seed)
     images, annotations = [], []
     for i in range(n_images):
-        image_id = 1000 + i
+        image_id = i + 1
         w, h = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+        if size is not None:
+            h, w = size
         img = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
         for _ in range(int(rng.integers(1, max_objects + 1))):
             bw, bh = int(rng.integers(12, max(13, w // 2))), int(rng.integers(12, max(13, h // 2)))
@@ -44,7 +47,7 @@ def make_synthetic_coco(root: str | Path, n_images: int = 8, seed: int = 0, max_
         cv2.imwrite(str(images_dir / name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
     cats = [{"id": c, "name": f"class{c}", "supercategory": "synthetic"} for c in COCO80_TO_91]
-    ann_file = ann_dir / "instances_synthetic.json"
+    ann_file = ann_dir / "instances_val2017.json"
     ann_file.write_text(json.dumps({"info": {"description": "synthetic"}, "images": images,
                                     "annotations": annotations, "categories": cats}))
     return images_dir, ann_file

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine_cache import EngineCache
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class Runner:
         n = x.shape[0]
         if self.static_batch is not None and n != self.static_batch:
             if n > self.static_batch:
-                raise ValueError(f"batch of {n} for an engine built for batch {self.static_batch}")
+                raise InputError(f"batch of {n} for an engine built for batch {self.static_batch}; rebuild or "
+                                 f"re-export the model for batch {n}, or use --bs {self.static_batch}")
             # The last partial batch is padded by repeating its last image; the padded rows are dropped.
             x = np.concatenate([x, np.repeat(x[-1:], self.static_batch - n, axis=0)])
         outs = self._run(x)

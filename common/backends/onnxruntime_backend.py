@@ -107,14 +107,22 @@ class OnnxRuntimeBackend(Backend):
         threads = int(self.options.get("threads") or 0)
         if threads:
             so.intra_op_num_threads = threads
+        providers = self.providers()
         try:
-            session = ort.InferenceSession(str(engine), so, providers=self.providers())
+            session = ort.InferenceSession(str(engine), so, providers=providers)
         except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
                 ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
             raise InputError(f"not a loadable ONNX model ({str(exc).splitlines()[0]})", engine) from None
-        except ort.capi.onnxruntime_pybind11_state.Fail as exc:
-            raise InputError(f"onnxruntime cannot load it ({str(exc).splitlines()[0]})", engine) from None
+        except Exception as exc:  # noqa: BLE001 - Fail, InvalidArgument, InvalidGraph... for a damaged model
+            raise InputError(f"onnxruntime cannot load it ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})",
+                             engine) from None
         runner = OrtRunner(session, req.input_name)
         if runner.input_type != "tensor(float)":
             raise InputError(f"input '{req.input_name}' is {runner.input_type}; the suite feeds float32", engine)
+        # a fixed C/H/W that differs from the spec would only fail at the first batch, with a runtime message
+        shape = next(i.shape for i in session.get_inputs() if i.name == req.input_name)
+        fixed = [(s, w) for s, w in zip(shape[1:], req.input_shape) if isinstance(s, int)]
+        if len(shape) != 4 or any(s != w for s, w in fixed):
+            raise InputError(f"input '{req.input_name}' has shape {shape}; the spec feeds "
+                             f"[N, {', '.join(map(str, req.input_shape))}]", engine)
         return runner

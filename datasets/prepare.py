@@ -1,0 +1,114 @@
+"""Set up and verify the COCO layout the suite's scripts expect: <out>/images/val2017 and <out>/annotations/.
+
+    python -m datasets.prepare --out data/coco --from-dir /work/shared/data/coco
+    python -m datasets.prepare --out data/coco --images-zip val2017.zip --annotations-zip annotations.zip
+    python -m datasets.prepare --out data/coco --images-zip URL --images-sha256 HEX --annotations-zip URL ...
+
+Zips may be local files or http(s) URLs (downloaded resumably into <out>/downloads, sha256-checked when a hash
+is given). Verification parses the annotation file and checks every listed image is present (and, with
+--check-images, decodes each one). Exit codes as for the suite: 0 ok, 2 bad input, 3 download failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.archive import extract  # noqa: E402
+from common.data import image_items, read_annotations, read_image, resolve_dataset  # noqa: E402
+from common.download import download  # noqa: E402
+from common.engine_cache import file_sha256  # noqa: E402
+from common.errors import InputError, SuiteError  # noqa: E402
+
+DEFAULT_ANNOTATION = "instances_val2017.json"
+
+
+def _fetch(source: str, out: Path, sha256: str | None) -> Path:
+    if source.startswith(("http://", "https://")):
+        return download(source, out / "downloads" / source.rstrip("/").rsplit("/", 1)[-1], sha256)
+    path = Path(source)
+    if not path.is_file():
+        raise InputError("archive not found", path)
+    if sha256 and (actual := file_sha256(path)) != sha256.lower():
+        raise InputError(f"checksum mismatch: expected sha256 {sha256.lower()}, got {actual}", path)
+    return path
+
+
+def _link(src: Path, dst: Path):
+    if dst.is_symlink() and dst.resolve() == src.resolve():
+        return
+    if dst.exists() or dst.is_symlink():
+        raise InputError(f"already exists and is not a link to {src}; remove it or choose another --out", dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.symlink_to(src.resolve(), target_is_directory=True)
+
+
+def prepare_from_dir(src: str | Path, out: str | Path) -> Path:
+    """Link an existing COCO dir (images/val2017 or val2017, plus annotations/) into the expected layout."""
+    src, out = Path(src), Path(out)
+    images = next((c for c in (src / "images" / "val2017", src / "val2017") if c.is_dir()), None)
+    if images is None:
+        raise InputError("no images/val2017 or val2017 directory", src)
+    if not (src / "annotations").is_dir():
+        raise InputError("no annotations directory", src)
+    _link(images, out / "images" / "val2017")
+    _link(src / "annotations", out / "annotations")
+    return out
+
+
+def prepare_from_zips(images_zip: str, annotations_zip: str, out: str | Path, images_sha256: str | None = None,
+                      annotations_sha256: str | None = None) -> Path:
+    """Extract COCO's val2017.zip (holding val2017/) and annotations zip (holding annotations/)."""
+    out = Path(out)
+    extract(_fetch(images_zip, out, images_sha256), out / "images")
+    extract(_fetch(annotations_zip, out, annotations_sha256), out)
+    return out
+
+
+def verify(out: str | Path, annotation: str = DEFAULT_ANNOTATION, check_images: bool = False) -> dict:
+    images_dir, ann_file = resolve_dataset(str(out), annotation)
+    ann = read_annotations(ann_file)
+    items = image_items(ann, images_dir)
+    if check_images:
+        for it in items:
+            img = read_image(it.path)
+            if img.shape[:2] != (it.height, it.width):
+                raise InputError(f"image is {img.shape[1]}x{img.shape[0]} but the annotation file says "
+                                 f"{it.width}x{it.height}", it.path)
+    on_disk = sum(1 for n in os.listdir(images_dir) if n.lower().endswith((".jpg", ".jpeg", ".png")))
+    return {"images_dir": str(images_dir), "annotation": str(ann_file), "images_listed": len(items),
+            "images_on_disk": on_disk, "annotations": len(ann["annotations"]), "categories": len(ann["categories"])}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="prepare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="dataset dir to create (pass it as --dataset-dir / DATASETS_DIR)")
+    p.add_argument("--from-dir", help="existing COCO dir to link (nothing is copied)")
+    p.add_argument("--images-zip", help="val2017.zip: a path or URL")
+    p.add_argument("--images-sha256")
+    p.add_argument("--annotations-zip", help="annotations zip: a path or URL")
+    p.add_argument("--annotations-sha256")
+    p.add_argument("--annotation", default=DEFAULT_ANNOTATION, help="annotation file to verify")
+    p.add_argument("--check-images", action="store_true", help="decode every image while verifying")
+    args = p.parse_args(argv)
+    try:
+        if args.from_dir:
+            prepare_from_dir(args.from_dir, args.out)
+        elif args.images_zip and args.annotations_zip:
+            prepare_from_zips(args.images_zip, args.annotations_zip, args.out, args.images_sha256,
+                              args.annotations_sha256)
+        elif args.images_zip or args.annotations_zip:
+            p.error("--images-zip and --annotations-zip go together")
+        summary = verify(args.out, args.annotation, args.check_images)
+    except SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
