@@ -51,6 +51,11 @@ def _common_args(p: argparse.ArgumentParser):
     p.add_argument("--backend", default=env("BACKEND", "onnxruntime"))
     p.add_argument("--device", default=env("DEVICE"), help="backend device (onnxruntime: cpu, cuda, tensorrt)")
     p.add_argument("--onnx", default=None, help="ONNX model (default: $ONNX_MODEL, then the spec's)")
+    p.add_argument("--checkpoint", default=env("CHECKPOINT"),
+                   help="without --onnx: export this checkpoint with the model's export.py first (cached; "
+                        "default: $CHECKPOINT)")
+    p.add_argument("--config", default=env("MODEL_CONFIG"), help="the checkpoint's model config (default: $MODEL_CONFIG)")
+    p.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset of a checkpoint export")
     p.add_argument("--dataset-dir", default=env("DATASETS_DIR"),
                    help="COCO dir with images/val2017 (or val2017) and annotations/ (default: $DATASETS_DIR)")
     p.add_argument("--ann", "--annotation", dest="annotation", default=env("COCO_ANNOTATION"),
@@ -97,7 +102,7 @@ def _config(args) -> RunConfig:
     cfg = RunConfig(model=args.model, variant=args.variant, precision=args.precision, batch_size=args.batch_size,
                     backend=args.backend, device=args.device, onnx=args.onnx, dataset_dir=args.dataset_dir,
                     annotation=args.annotation, images_dir=args.images_dir, results_dir=args.results_dir,
-                    threads=args.threads)
+                    threads=args.threads, checkpoint=args.checkpoint, config=args.config, opset=args.opset)
     if args.cache_dir:
         cfg.cache_dir = args.cache_dir
     if args.command == "accuracy":

@@ -40,6 +40,9 @@ class RunConfig:
     backend: str = "onnxruntime"
     device: str | None = None
     onnx: str | None = None
+    checkpoint: str | None = None      # with `config`: export to ONNX first (cached, common/exporting.py)
+    config: str | None = None
+    opset: int | None = None
     dataset_dir: str | None = None
     annotation: str | None = None
     images_dir: str | None = None
@@ -73,10 +76,18 @@ class Prepared:
     runner: Runner
 
 
-def resolve_onnx(flag: str | None, variant: Variant) -> Path:
-    value = flag or os.environ.get("ONNX_MODEL") or variant.onnx
+def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
+    """The ONNX to run: --onnx / $ONNX_MODEL, else one exported (once, cached) from --checkpoint [+ --config],
+    else the spec's."""
+    value = cfg.onnx or os.environ.get("ONNX_MODEL")
+    if not value and cfg.checkpoint:
+        from .exporting import DEFAULT_OPSET, export_cached
+        return export_cached(variant, cfg.checkpoint, cfg.config, Path(cfg.cache_dir) / "exports",
+                             cfg.opset or variant.extra.get("export", {}).get("opset", DEFAULT_OPSET))
+    value = value or variant.onnx
     if not value:
-        raise ConfigError(f"no ONNX model for {variant.id}: pass --onnx or set ONNX_MODEL")
+        raise ConfigError(f"no ONNX model for {variant.id}: pass --onnx or set ONNX_MODEL, "
+                          "or --checkpoint [--config] to export one")
     path = Path(os.path.expandvars(value))
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / path
@@ -85,12 +96,13 @@ def resolve_onnx(flag: str | None, variant: Variant) -> Path:
     return path
 
 
-def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None) -> Prepared:
+def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None,
+            onnx_path: Path | None = None) -> Prepared:
     """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
     if cfg.batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {cfg.batch_size}")
     variant = variant or load_model(cfg.model).variant(cfg.variant)
-    onnx_path = resolve_onnx(cfg.onnx, variant)
+    onnx_path = onnx_path or resolve_onnx(cfg, variant)
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.streams) if cfg.streams > 1 else 0)
     backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
     digest = onnx_sha256 or file_sha256(onnx_path)
@@ -147,7 +159,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator)
     decoder = get_decoder(variant.output)
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    onnx_sha256 = file_sha256(resolve_onnx(cfg.onnx, variant))
+    onnx_path = resolve_onnx(cfg, variant)
+    onnx_sha256 = file_sha256(onnx_path)
     state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, spec=repr(variant), precision=cfg.precision,
                      batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
                      annotation=file_sha256(ann_file), images_dir=str(images_dir.resolve()), n=len(items))
@@ -160,7 +173,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
     # The loader forks its workers before prepare() starts the runtime's threads.
     with BatchLoader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
                      cache_dir=None if done else cfg.input_cache) as loader:
-        p = prepare(cfg, variant, onnx_sha256)
+        p = prepare(cfg, variant, onnx_sha256, onnx_path)
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
