@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reuse decoded + preprocessed inputs stored here (default: $INPUT_CACHE_DIR; off)")
     acc.add_argument("--save-detections", metavar="PATH", help="also write the detections as COCO results JSON")
     acc.add_argument("--no-progress", action="store_true")
+    acc.add_argument("--checkpoint-interval", type=float, default=float(os.environ.get("SUITE_CHECKPOINT_S", "1") or 1),
+                     metavar="S", help="save finished predictions for resuming every S seconds (0 = after every "
+                                       "batch; default: $SUITE_CHECKPOINT_S, else 1)")
     acc.add_argument("--no-resume", action="store_true",
                      help="ignore the predictions an interrupted identical run left in <results-dir>/.run-state")
     perf = sub.add_parser("performance", help="throughput / latency run")
@@ -119,6 +122,7 @@ def _config(args) -> RunConfig:
         cfg.workers = args.workers if args.workers is not None else (
             max(0, min(4, cores - 2 * cfg.streams)) if cpu else max(1, min(4, cores - 1)))
         cfg.resume = not args.no_resume
+        cfg.checkpoint_s = args.checkpoint_interval
     else:
         cfg.warmup_s, cfg.min_duration_s, cfg.min_iters = args.warmup, args.min_duration, args.min_iters
     return cfg

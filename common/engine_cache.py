@@ -34,16 +34,18 @@ def cache_key(onnx_sha256: str, **parts) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def atomic_write_bytes(path: str | Path, data: bytes):
-    """Write a file so that readers see either the old content or the complete new one."""
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True):
+    """Write a file so that readers see either the old content or the complete new one. `durable` also syncs
+    it to disk before the rename (survives a power cut, not only a killed process)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with _suppress_oserror():

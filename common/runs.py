@@ -62,6 +62,7 @@ class RunConfig:
     min_iters: int = 100
     backend_options: dict = field(default_factory=dict)
     resume: bool = True  # pick up the per-batch predictions an interrupted identical run left behind
+    checkpoint_s: float = 1.0  # how often finished predictions are saved for resuming (0 = after every batch)
 
 
 @dataclass
@@ -161,7 +162,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     onnx_path = resolve_onnx(cfg, variant)
     onnx_sha256 = file_sha256(onnx_path)
-    state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, spec=repr(variant), precision=cfg.precision,
+    state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, cfg.checkpoint_s, spec=repr(variant),
+                     precision=cfg.precision,
                      batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
                      annotation=file_sha256(ann_file), images_dir=str(images_dir.resolve()), n=len(items))
     # A recording of raw outputs must cover every image, so it always starts from the first one.
@@ -203,13 +205,17 @@ def run_accuracy(cfg: RunConfig) -> dict:
             start += len(batch.image_ids)
 
         pending: deque = deque()
-        with ThreadPoolExecutor(cfg.streams) as pool:
-            for i, batch in enumerate(loader):
-                if len(pending) >= cfg.streams:
+        try:
+            with ThreadPoolExecutor(cfg.streams) as pool:
+                for i, batch in enumerate(loader):
+                    if len(pending) >= cfg.streams:
+                        consume(*pending.popleft())
+                    pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch)))
+                while pending:
                     consume(*pending.popleft())
-                pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch)))
-            while pending:
-                consume(*pending.popleft())
+        except BaseException:
+            state.flush()  # every batch consumed so far is complete: keep it for the resumed run
+            raise
         if recorder is not None:
             recorder.write()
     image_ids = [it.image_id for it in items]

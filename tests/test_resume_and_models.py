@@ -38,7 +38,7 @@ def _cfg(env, onnx_path, tmp, **kw):
 def _cli(env, results, *extra):
     return [sys.executable, "-m", "common.cli", "accuracy", "--model", str(env["spec"]), "--onnx", str(env["slow"]),
             "--dataset-dir", str(env["coco"]), "--results-dir", str(results), "--cache-dir",
-            str(env["dir"] / "cache"), "--workers", "0", "--no-progress", "--threads", "1", *extra]
+            str(env["dir"] / "cache"), "--workers", "0", "--no-progress", "--threads", "1", "--checkpoint-interval", "0", *extra]
 
 
 def _records(results):
