@@ -11,6 +11,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,20 @@ def _finish(record: dict, values: dict, targets, extra_reasons: list[str]) -> di
     return record
 
 
+READ_AHEAD_IMAGES = 64
+
+
+def _read_ahead(batches, future, limit: int) -> list:
+    """Decode batches until `future` is done (or `limit` batches wait)."""
+    ahead = []
+    while not future.done() and len(ahead) < limit:
+        batch = next(batches, None)
+        if batch is None:
+            break
+        ahead.append(batch)
+    return ahead
+
+
 def run_accuracy(cfg: RunConfig) -> dict:
     t_start = time.perf_counter()
     variant = load_model(cfg.model).variant(cfg.variant)
@@ -175,12 +190,19 @@ def run_accuracy(cfg: RunConfig) -> dict:
     # The loader forks its workers before prepare() starts the runtime's threads.
     with BatchLoader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
                      cache_dir=None if done else cfg.input_cache) as loader:
-        p = prepare(cfg, variant, onnx_sha256, onnx_path)
+        batches = iter(loader)
+        # The engine is built / loaded while the first images decode: a cold start would otherwise leave the
+        # decoding core idle for as long as a session set-up (or an engine build) takes.
+        with ThreadPoolExecutor(1) as setup:
+            future = setup.submit(prepare, cfg, variant, onnx_sha256, onnx_path)
+            ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // cfg.batch_size))
+            p = future.result()
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
         # flight at once while worker processes decode the next images: the device, not the harness, sets the pace.
-        runners = [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
+        runners = [p.runner] * cfg.streams if p.runner.concurrent else \
+            [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
         infer_s = 0.0
         start = done
 
@@ -207,7 +229,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
         pending: deque = deque()
         try:
             with ThreadPoolExecutor(cfg.streams) as pool:
-                for i, batch in enumerate(loader):
+                for i, batch in enumerate(chain(ahead, batches)):
                     if len(pending) >= cfg.streams:
                         consume(*pending.popleft())
                     pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch)))

@@ -32,6 +32,7 @@ class Runner:
     input_name: str
     output_names: list
     static_batch: int | None = None   # set when the engine only accepts one batch size
+    concurrent: bool = False          # infer() may run in several threads at once (one runner serves all streams)
 
     def _run(self, x: np.ndarray) -> list:
         raise NotImplementedError

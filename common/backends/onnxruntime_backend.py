@@ -40,6 +40,7 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
 
 
 class OrtRunner(Runner):
+    concurrent = True  # InferenceSession.run is thread-safe: streams share one session's weights and set-up
     def __init__(self, session, input_name: str):
         self.session = session
         names = [i.name for i in session.get_inputs()]
