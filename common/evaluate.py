@@ -82,6 +82,7 @@ class CocoEvaluator:
         if unknown:
             raise InputError(f"categories {unknown} to evaluate are not in the annotation file")
         self.store = DetectionStore()
+        self._keep = np.isin(self.label_map, self.categories)  # per model label: evaluated or not
 
     def add(self, image_ids, boxes_xyxy, scores, labels):
         """Flat detections (one entry per box) with model labels; mapped to COCO ids, other categories dropped."""
@@ -91,7 +92,7 @@ class CocoEvaluator:
             raise InputError(f"the model produced label {int(labels[bad][0])}, outside the spec's label map "
                              f"of {len(self.label_map)} classes")
         cats = self.label_map[labels]
-        keep = np.isin(cats, self.categories)
+        keep = self._keep[labels]
         self.store.add(np.asarray(image_ids)[keep], np.asarray(boxes_xyxy)[keep], np.asarray(scores)[keep],
                        cats[keep])
 
@@ -102,8 +103,11 @@ class CocoEvaluator:
 def coco_metrics(annotations: dict, rows: np.ndarray, image_ids, categories,
                  engine: str = "pycocotools") -> dict:
     """The 12 standard COCO bbox stats for detections `rows` on `image_ids`, restricted to `categories`."""
-    anns = [{"id": i + 1, "image_id": int(r[0]), "category_id": int(r[6]), "bbox": [float(v) for v in r[1:5]],
-             "area": float(r[3] * r[4]), "score": float(r[5]), "iscrowd": 0} for i, r in enumerate(rows)]
+    # Columns to Python lists once (tolist) rather than a float() per value: a third of the cost on 15k boxes.
+    columns = (rows[:, 0].astype(np.int64).tolist(), rows[:, 6].astype(np.int64).tolist(), rows[:, 1:5].tolist(),
+               (rows[:, 3] * rows[:, 4]).tolist(), rows[:, 5].tolist())
+    anns = [{"id": i, "image_id": image_id, "category_id": cat, "bbox": box, "area": area, "score": score,
+             "iscrowd": 0} for i, (image_id, cat, box, area, score) in enumerate(zip(*columns), 1)]
     results = {"images": annotations["images"], "categories": annotations["categories"], "annotations": anns}
     if engine == "faster-coco-eval":
         from faster_coco_eval import COCO, COCOeval_faster
