@@ -241,7 +241,9 @@ def run_accuracy(cfg: RunConfig) -> dict:
         if recorder is not None:
             recorder.write()
     image_ids = [it.image_id for it in items]
+    t_eval = time.perf_counter()
     metrics = evaluator.evaluate(image_ids)
+    evaluate_s = time.perf_counter() - t_eval
     if cfg.detections_out:
         atomic_write_bytes(cfg.detections_out, json.dumps(to_coco_results(evaluator.store.rows())).encode())
     wall = time.perf_counter() - t_start
@@ -251,7 +253,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
                                  "num_images": len(items), "categories": evaluator.categories,
                                  "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None},
                         metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
-                        run={"wall_s": wall, "inference_s": infer_s, "images_per_s": len(items) / wall,
+                        run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
+                             "images_per_s": len(items) / wall,
                              "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
     record = _finish(record, metrics, _targets(p, cfg), reasons)
     state.clear()  # the record now holds everything; a rerun should measure afresh
