@@ -61,6 +61,8 @@ class RunConfig:
     min_duration_s: float = 5.0
     min_iters: int = 100
     backend_options: dict = field(default_factory=dict)
+    calib_dir: str | None = None       # int8: calibration images (never the evaluation set, common/calibration.py)
+    calib_images: int = 32
     resume: bool = True  # pick up the per-batch predictions an interrupted identical run left behind
 
 
@@ -96,6 +98,19 @@ def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
     return path
 
 
+def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256: str) -> BuildRequest:
+    """What an engine is built from (scripts/build_engine.py builds the same request as a run)."""
+    options = dict(variant.extra.get("build", {}))
+    options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
+    if cfg.calib_dir:
+        from .calibration import CalibrationSet
+        options["calibration"] = CalibrationSet.for_variant(cfg.calib_dir, variant, cfg)
+    return BuildRequest(onnx_path=onnx_path, onnx_sha256=onnx_sha256, precision=cfg.precision,
+                        batch_size=cfg.batch_size, input_name=variant.input_name,
+                        input_shape=(3, variant.height, variant.width), cache=EngineCache(cfg.cache_dir),
+                        options=options)
+
+
 def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None,
             onnx_path: Path | None = None) -> Prepared:
     """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
@@ -106,11 +121,7 @@ def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | N
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.streams) if cfg.streams > 1 else 0)
     backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
     digest = onnx_sha256 or file_sha256(onnx_path)
-    options = dict(variant.extra.get("build", {}))
-    options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
-    req = BuildRequest(onnx_path=onnx_path, onnx_sha256=digest, precision=cfg.precision, batch_size=cfg.batch_size,
-                       input_name=variant.input_name, input_shape=(3, variant.height, variant.width),
-                       cache=EngineCache(cfg.cache_dir), options=options)
+    req = build_request(cfg, variant, onnx_path, digest)
     engine, hit = backend.build(req)
     runner = backend.load(engine, req)
     return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)

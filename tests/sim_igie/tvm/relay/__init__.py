@@ -1,7 +1,7 @@
 import json
 
 from .._sim import log
-from . import import_model  # noqa: F401
+from . import import_model, quantize  # noqa: F401
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -22,6 +22,8 @@ def build(mod, target=None, params=None, precision="fp32", **kwargs):
         raise ValueError("simulated IGIE builds only for tvm.target.iluvatar")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision}")
+    if precision == "int8" and not getattr(mod, "quantized", False):
+        raise ValueError("simulated IGIE: an int8 build needs a module quantized with calibration data")
     import onnx
     model = onnx.load(mod.path)
     if precision in ("fp16", "int8"):  # the simulation runs int8 engines in fp16
