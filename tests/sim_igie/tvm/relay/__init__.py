@@ -1,4 +1,6 @@
 import json
+import os
+import time
 
 from .._sim import log
 from . import import_model, quantize  # noqa: F401
@@ -12,8 +14,15 @@ class BuiltLib:
 
     def export_library(self, path: str):
         log("lib.export_library", path=path)
+        data = json.dumps(self.header).encode() + b"\n" + self.onnx_bytes
+        stall = float(os.environ.get("SIM_IGIE_EXPORT_STALL", "0"))
         with open(path, "wb") as f:
-            f.write(json.dumps(self.header).encode() + b"\n" + self.onnx_bytes)
+            if stall:  # tests: a build killed half-way through writing its engine
+                f.write(data[:len(data) // 2])
+                f.flush()
+                log("export_library.stalled", path=path)
+                time.sleep(stall)
+            f.write(data[f.tell():])
 
 
 def build(mod, target=None, params=None, precision="fp32", **kwargs):
