@@ -19,6 +19,7 @@ from .evaluate import ENGINES, format_stats
 from .results import exit_code_of, write_record
 from .runs import RunConfig, run_accuracy, run_performance
 from .specs import PRECISIONS
+from .telemetry import format_telemetry
 from .timing import TimingStats, format_timing
 
 
@@ -138,6 +139,13 @@ def print_summary(record: dict, path=None):
     else:
         print(f" input: {record['input']}")
         print(format_timing(TimingStats(**record["timing"])))
+        if "compute" in record:
+            c, e = record["compute"], record["end_to_end"]
+            print(f" compute     {c['mean_ms']:.3f} ms mean per batch ({c['method']})")
+            print(f" end-to-end  " + (f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS "
+                                      f"(read + preprocess + infer + decode, {e['images']} images)" if e["stats"]
+                                      else f"not measured: {e['reason']}"))
+            print(format_telemetry(record["telemetry"]))
     for c in record["checks"]:
         if c["status"] == "not_applicable":
             continue

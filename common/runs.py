@@ -20,6 +20,7 @@ from .backends import get_backend
 from .backends.base import BuildRequest, Runner
 from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder, nonfinite_counts
+from .endtoend import compute_time, e2e_items, measure_end_to_end
 from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
@@ -28,6 +29,7 @@ from .replay import OutputRecorder
 from .run_state import RunState
 from .results import check_targets, new_record, verdict_of
 from .specs import Variant, load_model
+from .telemetry import Sampler
 from .timing import measure
 
 
@@ -265,12 +267,17 @@ def run_performance(cfg: RunConfig) -> dict:
     def step():
         last["out"] = _infer(p.runner, x)
 
-    stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
-                    min_duration_s=cfg.min_duration_s)
+    with Sampler(p.backend.name, p.backend.device()) as sampler:  # device memory / power while timing
+        stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
+                        min_duration_s=cfg.min_duration_s)
     # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
     values = {"fps": stats.fps, "latency_mean_ms": stats.mean_ms, "latency_p50_ms": stats.p50_ms,
               "latency_p90_ms": stats.p90_ms, "latency_p99_ms": stats.p99_ms}
+    items, no_e2e = e2e_items(cfg.dataset_dir, cfg.annotation or p.variant.annotation, cfg.images_dir)
+    e2e = {"stats": measure_end_to_end(p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s).as_dict(),
+           "images": len(items), "reason": None} if items else {"stats": None, "images": 0, "reason": no_e2e}
     record = new_record("performance", **_base_fields(cfg, p), input=source, timing=stats.as_dict(),
-                        metrics=values)
+                        compute=compute_time(p.runner, x, stats), end_to_end=e2e,
+                        telemetry=sampler.summary(stats.fps), metrics=values)
     return _finish(record, values, _targets(p, cfg), reasons)

@@ -93,7 +93,7 @@ def test_runner_output_order_and_sync(rtmdet_onnx, tmp_path, monkeypatch):
     np.testing.assert_array_equal(got["labels"], ref[1])
     runner.sync()
     assert runner.device.syncs == 1
-    assert len(runner.device_time(number=2, repeat=3)) == 3
+    assert len(runner.device_time(x, number=2, repeat=3)) == 3
 
 
 def test_unavailable_sdk_is_a_clear_configuration_error(rtmdet_onnx, shared_data, tmp_path):

@@ -79,7 +79,7 @@ class TvmRunner(Runner):
     def device_time(self, x: np.ndarray, number: int = 3, repeat: int = 3) -> list:
         """Per-run seconds of the compiled function alone (the VM's time_evaluator; input already on device)."""
         evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return list(evaluator(self._tensor(x)).results)
+        return list(evaluator(self._tensor(self.pad(x))).results)
 
 
 class TvmBackend(Backend):
