@@ -66,6 +66,10 @@ def _common_args(p: argparse.ArgumentParser):
     p.add_argument("--cache-dir", default=env("ENGINE_CACHE_DIR"), help="engine cache (default: <repo>/.cache/engines)")
     p.add_argument("--threads", type=_nonneg_int, default=int(env("SUITE_THREADS", "0") or 0),
                    help="runtime threads (0 = runtime default)")
+    p.add_argument("--calib-dir", default=env("CALIB_DIR"),
+                   help="int8: calibration images, never the evaluation images (refused when they are; "
+                        "default: $CALIB_DIR)")
+    p.add_argument("--calib-images", type=_positive_int, default=32, help="int8: calibration images used (default 32)")
     p.add_argument("--no-record", action="store_true", help="print only; write no result record")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -103,7 +107,8 @@ def _config(args) -> RunConfig:
     cfg = RunConfig(model=args.model, variant=args.variant, precision=args.precision, batch_size=args.batch_size,
                     backend=args.backend, device=args.device, onnx=args.onnx, dataset_dir=args.dataset_dir,
                     annotation=args.annotation, images_dir=args.images_dir, results_dir=args.results_dir,
-                    threads=args.threads, checkpoint=args.checkpoint, config=args.config, opset=args.opset)
+                    threads=args.threads, checkpoint=args.checkpoint, config=args.config, opset=args.opset,
+                    calib_dir=args.calib_dir, calib_images=args.calib_images)
     if args.cache_dir:
         cfg.cache_dir = args.cache_dir
     if args.command == "accuracy":
