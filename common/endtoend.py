@@ -10,7 +10,9 @@ from .decode import get_decoder
 from .preprocess import Preprocessor
 from .timing import TimingStats, measure, summarize
 
-E2E_MAX_ITERS = 20     # iterations after warm-up, at most: JPEG decoding dominates and varies little
+# After warm-up: at least E2E_MIN_ITERS iterations and E2E_MIN_S seconds (or the run's minimum duration if shorter), at most E2E_MAX_ITERS iterations
+# (JPEG decoding dominates and varies little; a CPU batch of 32 takes over a second).
+E2E_MIN_ITERS, E2E_MIN_S, E2E_MAX_ITERS = 5, 2.0, 20
 E2E_IMAGES = 64        # distinct images cycled through, so one cached image is not timed over and over
 
 
@@ -25,7 +27,8 @@ def e2e_items(dataset_dir, annotation, images_dir) -> tuple[list[ImageItem] | No
     return image_items(read_annotations(ann), images, E2E_IMAGES), None
 
 
-def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int, warmup_s: float) -> TimingStats:
+def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int, warmup_s: float,
+                       min_duration_s: float) -> TimingStats:
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     decoder = get_decoder(variant.output)
     x = np.empty((batch_size, 3, variant.height, variant.width), np.float32)
@@ -41,7 +44,8 @@ def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int,
         decoder(outputs, np.stack(meta), variant.output)
 
     return measure(step, runner.sync, batch_size, warmup_iters=2, warmup_s=min(warmup_s, 1.0),
-                   min_iters=E2E_MAX_ITERS, min_duration_s=0.0, max_iters=E2E_MAX_ITERS)
+                   min_iters=E2E_MIN_ITERS, min_duration_s=min(E2E_MIN_S, min_duration_s),
+                   max_iters=E2E_MAX_ITERS)
 
 
 def compute_time(runner, x: np.ndarray, engine_stats: TimingStats) -> dict:

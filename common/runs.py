@@ -275,7 +275,8 @@ def run_performance(cfg: RunConfig) -> dict:
     values = {"fps": stats.fps, "latency_mean_ms": stats.mean_ms, "latency_p50_ms": stats.p50_ms,
               "latency_p90_ms": stats.p90_ms, "latency_p99_ms": stats.p99_ms}
     items, no_e2e = e2e_items(cfg.dataset_dir, cfg.annotation or p.variant.annotation, cfg.images_dir)
-    e2e = {"stats": measure_end_to_end(p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s).as_dict(),
+    e2e = {"stats": measure_end_to_end(p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s,
+                                             cfg.min_duration_s).as_dict(),
            "images": len(items), "reason": None} if items else {"stats": None, "images": 0, "reason": no_e2e}
     record = new_record("performance", **_base_fields(cfg, p), input=source, timing=stats.as_dict(),
                         compute=compute_time(p.runner, x, stats), end_to_end=e2e,

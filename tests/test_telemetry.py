@@ -117,7 +117,7 @@ def test_performance_record_on_simulated_igie_with_fake_ixsmi(rtmdet_onnx, share
     rec = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
     assert rec["compute"]["method"] == "time_evaluator" and rec["compute"]["iterations"] == 5
     e2e = rec["end_to_end"]
-    assert e2e["images"] == 64 and e2e["stats"]["iterations"] == 20 and e2e["reason"] is None
+    assert e2e["images"] == 64 and 5 <= e2e["stats"]["iterations"] <= 20 and e2e["reason"] is None
     assert e2e["stats"]["batch_size"] == 2 and e2e["stats"]["mean_ms"] > 0
     tel = rec["telemetry"]
     assert tel["memory"]["source"] == "ixsmi" and tel["memory"]["peak_mib"] in (1021.0, 2301.0, 2345.0)
