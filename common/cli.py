@@ -19,6 +19,7 @@ from .evaluate import ENGINES, format_stats
 from .results import exit_code_of, write_record
 from .runs import RunConfig, run_accuracy, run_performance
 from .specs import PRECISIONS
+from .telemetry import format_telemetry
 from .timing import TimingStats, format_timing
 
 
@@ -65,6 +66,10 @@ def _common_args(p: argparse.ArgumentParser):
     p.add_argument("--cache-dir", default=env("ENGINE_CACHE_DIR"), help="engine cache (default: <repo>/.cache/engines)")
     p.add_argument("--threads", type=_nonneg_int, default=int(env("SUITE_THREADS", "0") or 0),
                    help="runtime threads (0 = runtime default)")
+    p.add_argument("--calib-dir", default=env("CALIB_DIR"),
+                   help="int8: calibration images, never the evaluation images (refused when they are; "
+                        "default: $CALIB_DIR)")
+    p.add_argument("--calib-images", type=_positive_int, default=32, help="int8: calibration images used (default 32)")
     p.add_argument("--no-record", action="store_true", help="print only; write no result record")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -105,7 +110,8 @@ def _config(args) -> RunConfig:
     cfg = RunConfig(model=args.model, variant=args.variant, precision=args.precision, batch_size=args.batch_size,
                     backend=args.backend, device=args.device, onnx=args.onnx, dataset_dir=args.dataset_dir,
                     annotation=args.annotation, images_dir=args.images_dir, results_dir=args.results_dir,
-                    threads=args.threads, checkpoint=args.checkpoint, config=args.config, opset=args.opset)
+                    threads=args.threads, checkpoint=args.checkpoint, config=args.config, opset=args.opset,
+                    calib_dir=args.calib_dir, calib_images=args.calib_images)
     if args.cache_dir:
         cfg.cache_dir = args.cache_dir
     if args.command == "accuracy":
@@ -142,6 +148,13 @@ def print_summary(record: dict, path=None):
     else:
         print(f" input: {record['input']}")
         print(format_timing(TimingStats(**record["timing"])))
+        if "compute" in record:
+            c, e = record["compute"], record["end_to_end"]
+            print(f" compute     {c['mean_ms']:.3f} ms mean per batch ({c['method']})")
+            print(f" end-to-end  " + (f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS "
+                                      f"(read + preprocess + infer + decode, {e['images']} images)" if e["stats"]
+                                      else f"not measured: {e['reason']}"))
+            print(format_telemetry(record["telemetry"]))
     for c in record["checks"]:
         if c["status"] == "not_applicable":
             continue

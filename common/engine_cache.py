@@ -88,6 +88,10 @@ class EngineCache:
             hit = self.lookup(key, suffix)
             if hit is not None:
                 return hit, True
+            # holding the lock, any temp file of this key is what a killed build (kill -9) left behind
+            for stale in self.root.glob(f".{key}.*.tmp"):
+                with _suppress_oserror():
+                    stale.unlink()
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=f"{suffix}.tmp")
             os.close(fd)
             try:

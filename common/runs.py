@@ -21,6 +21,7 @@ from .backends import get_backend
 from .backends.base import BuildRequest, Runner
 from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder, nonfinite_counts
+from .endtoend import compute_time, e2e_items, measure_end_to_end
 from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
@@ -29,6 +30,7 @@ from .replay import OutputRecorder
 from .run_state import RunState
 from .results import check_targets, new_record, verdict_of
 from .specs import Variant, load_model
+from .telemetry import Sampler
 from .timing import measure
 
 
@@ -62,6 +64,8 @@ class RunConfig:
     min_duration_s: float = 5.0
     min_iters: int = 100
     backend_options: dict = field(default_factory=dict)
+    calib_dir: str | None = None       # int8: calibration images (never the evaluation set, common/calibration.py)
+    calib_images: int = 32
     resume: bool = True  # pick up the per-batch predictions an interrupted identical run left behind
     checkpoint_s: float = 1.0  # how often finished predictions are saved for resuming (0 = after every batch)
 
@@ -98,6 +102,19 @@ def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
     return path
 
 
+def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256: str) -> BuildRequest:
+    """What an engine is built from (scripts/build_engine.py builds the same request as a run)."""
+    options = dict(variant.extra.get("build", {}))
+    options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
+    if cfg.calib_dir:
+        from .calibration import CalibrationSet
+        options["calibration"] = CalibrationSet.for_variant(cfg.calib_dir, variant, cfg)
+    return BuildRequest(onnx_path=onnx_path, onnx_sha256=onnx_sha256, precision=cfg.precision,
+                        batch_size=cfg.batch_size, input_name=variant.input_name,
+                        input_shape=(3, variant.height, variant.width), cache=EngineCache(cfg.cache_dir),
+                        options=options)
+
+
 def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None,
             onnx_path: Path | None = None) -> Prepared:
     """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
@@ -108,11 +125,7 @@ def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | N
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.streams) if cfg.streams > 1 else 0)
     backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
     digest = onnx_sha256 or file_sha256(onnx_path)
-    options = dict(variant.extra.get("build", {}))
-    options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
-    req = BuildRequest(onnx_path=onnx_path, onnx_sha256=digest, precision=cfg.precision, batch_size=cfg.batch_size,
-                       input_name=variant.input_name, input_shape=(3, variant.height, variant.width),
-                       cache=EngineCache(cfg.cache_dir), options=options)
+    req = build_request(cfg, variant, onnx_path, digest)
     engine, hit = backend.build(req)
     runner = backend.load(engine, req)
     return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)
@@ -285,12 +298,18 @@ def run_performance(cfg: RunConfig) -> dict:
     def step():
         last["out"] = _infer(p.runner, x)
 
-    stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
-                    min_duration_s=cfg.min_duration_s)
+    with Sampler(p.backend.name, p.backend.device()) as sampler:  # device memory / power while timing
+        stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
+                        min_duration_s=cfg.min_duration_s)
     # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
     values = {"fps": stats.fps, "latency_mean_ms": stats.mean_ms, "latency_p50_ms": stats.p50_ms,
               "latency_p90_ms": stats.p90_ms, "latency_p99_ms": stats.p99_ms}
+    items, no_e2e = e2e_items(cfg.dataset_dir, cfg.annotation or p.variant.annotation, cfg.images_dir)
+    e2e = {"stats": measure_end_to_end(p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s,
+                                             cfg.min_duration_s).as_dict(),
+           "images": len(items), "reason": None} if items else {"stats": None, "images": 0, "reason": no_e2e}
     record = new_record("performance", **_base_fields(cfg, p), input=source, timing=stats.as_dict(),
-                        metrics=values)
+                        compute=compute_time(p.runner, x, stats), end_to_end=e2e,
+                        telemetry=sampler.summary(stats.fps), metrics=values)
     return _finish(record, values, _targets(p, cfg), reasons)

@@ -93,7 +93,7 @@ def test_runner_output_order_and_sync(rtmdet_onnx, tmp_path, monkeypatch):
     np.testing.assert_array_equal(got["labels"], ref[1])
     runner.sync()
     assert runner.device.syncs == 1
-    assert len(runner.device_time(number=2, repeat=3)) == 3
+    assert len(runner.device_time(x, number=2, repeat=3)) == 3
 
 
 def test_unavailable_sdk_is_a_clear_configuration_error(rtmdet_onnx, shared_data, tmp_path):
@@ -101,3 +101,105 @@ def test_unavailable_sdk_is_a_clear_configuration_error(rtmdet_onnx, shared_data
                      *_args(rtmdet_onnx, shared_data, tmp_path, "--max-images", 2), env={"PYTHONPATH": ""})
     assert res.returncode == 2
     assert "backend 'igie' is unavailable" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---- INT8: calibration images through IGIE's quantization API (simulated), never the evaluation set ----
+
+def _calib_images(folder, n=5, seed=0):
+    """Calibration JPEGs that are not evaluation images: seeded scenes of coloured shapes on noise."""
+    import cv2
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = rng.integers(0, 256, (240 + 40 * i, 320, 3), dtype=np.uint8)
+        for _ in range(4):
+            x, y = (int(v) for v in rng.integers(0, 200, 2))
+            cv2.rectangle(img, (x, y), (x + 60, y + 90), tuple(int(c) for c in rng.integers(0, 256, 3)), -1)
+        cv2.imwrite(str(folder / f"calib_{i:03d}.jpg"), img)
+    return folder
+
+
+def _build(rtmdet_onnx, shared_data, cache, calib, log, *extra):
+    import subprocess
+    import sys
+    cmd = [sys.executable, str(REPO / "scripts" / "build_engine.py"), "--model", "rtmdet", "--onnx", str(rtmdet_onnx),
+           "--backend", "igie", "--precision", "int8", "--bs", "2", "--cache-dir", str(cache),
+           "--images-dir", str(shared_data / "coco" / "val2017"),
+           "--ann", str(shared_data / "coco" / "annotations" / PERSON350), "--json",
+           *(["--calib-dir", str(calib)] if calib else []), *map(str, extra)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **_env(log)})
+
+
+def test_int8_build_calibrates_on_the_calibration_images(rtmdet_onnx, shared_data, tmp_path):
+    from common.data import read_image
+    from common.preprocess import Preprocessor
+    from common.specs import load_model
+    calib = _calib_images(tmp_path / "calib")
+    log = tmp_path / "calls.jsonl"
+    res = _build(rtmdet_onnx, shared_data, tmp_path / "engines", calib, log)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["cache"] == "miss" and info["calibration"]["num_images"] == 5
+    calls = _calls(log)
+    names = [c["call"] for c in calls]
+    assert names.index("import_model_to_igie") < names.index("tvm.transform.PassContext") \
+        < names.index("relay.quantize.quantize") < names.index("tvm.relay.build")
+    assert next(c for c in calls if c["call"] == "tvm.transform.PassContext")["opt_level"] == 3
+    q = next(c for c in calls if c["call"] == "relay.quantize.quantize")
+    assert q["config"] == {"calibrate_mode": "percentile", "weight_scale": "max"}
+    assert q["batches"] == [{"input": [2, 3, 320, 320]}] * 3  # 5 images at the engine's batch, last one padded
+    # the calibration data is the images preprocessed exactly as the evaluation inputs are
+    variant = load_model("rtmdet").variant()
+    pre = Preprocessor(variant.preprocess, variant.height, variant.width)
+    x = np.stack([pre(read_image(str(calib / f"calib_{i:03d}.jpg")))[0] for i in (0, 1)])
+    assert q["means"][0] == pytest.approx(float(x.mean()), rel=1e-5)
+    assert next(c for c in calls if c["call"] == "tvm.relay.build")["precision"] == "int8"
+
+    log.unlink()
+    again = _build(rtmdet_onnx, shared_data, tmp_path / "engines", calib, log)
+    assert json.loads(again.stdout)["cache"] == "hit" and "relay.quantize.quantize" not in str(_calls(log))
+    # other calibration images are another engine
+    (calib / "calib_004.jpg").unlink()
+    other = json.loads(_build(rtmdet_onnx, shared_data, tmp_path / "engines", calib, log).stdout)
+    assert other["cache"] == "miss" and other["engine"] != info["engine"]
+
+
+def test_int8_accuracy_run_with_calibration(rtmdet_onnx, shared_data, tmp_path):
+    log = tmp_path / "calls.jsonl"
+    calib = _calib_images(tmp_path / "calib", n=3)
+    res = run_script("scripts/suite", "accuracy", "--model", "rtmdet", "--precision", "int8", "--calib-dir", calib,
+                     *_args(rtmdet_onnx, shared_data, tmp_path, "--bs", 2, "--max-images", 4), env=_env(log))
+    assert res.returncode in (0, 1), res.stderr
+    rec = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
+    assert rec["precision"] == "int8" and rec["backend"] == "igie"
+    assert "relay.quantize.quantize" in [c["call"] for c in _calls(log)]
+
+
+def test_int8_refuses_the_evaluation_set_for_calibration(rtmdet_onnx, shared_data, tmp_path):
+    import shutil
+    val = shared_data / "coco" / "val2017"
+    eval_name = sorted(p.name for p in val.iterdir())[0]
+    copied = _calib_images(tmp_path / "copied", n=2)
+    shutil.copy(val / eval_name, copied / eval_name)
+    linked = _calib_images(tmp_path / "linked", n=2)
+    (linked / "renamed.jpg").symlink_to(val / eval_name)
+    named = tmp_path / "elsewhere" / "val2017"
+    _calib_images(named, n=2)
+    cases = [(val, [], "is the evaluation images dir"),
+             (copied, [], "belong to the evaluation set"),
+             (linked, [], "belong to the evaluation set"),
+             (None, [], "needs calibration images"),
+             (tmp_path / "nope", [], "calibration images dir not found")]
+    for calib, extra, words in cases:
+        log = tmp_path / "calls.jsonl"
+        res = _build(rtmdet_onnx, shared_data, tmp_path / "engines", calib, log, *extra)
+        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, (calib, res.stderr)
+        assert "tvm.relay.build" not in str(_calls(log))
+    # without an evaluation set configured, a val2017 folder is still refused by its name
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "build_engine.py"), "--model", "rtmdet", "--onnx",
+                          str(rtmdet_onnx), "--backend", "igie", "--precision", "int8", "--calib-dir", str(named),
+                          "--cache-dir", str(tmp_path / "engines")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **_env(tmp_path / "l.jsonl"), "DATASETS_DIR": "", "COCO_ANNOTATION": ""})
+    assert res.returncode == 2 and "val2017 folder" in res.stderr, res.stderr

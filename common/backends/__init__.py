@@ -9,6 +9,7 @@ BACKENDS = {
     "onnxruntime": ("common.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
     "igie": ("common.backends.igie_backend", "IgieBackend"),
     "replay": ("common.backends.replay_backend", "ReplayBackend"),
+    "tvm": ("common.backends.tvm_backend", "TvmBackend"),
 }
 DEFAULT_BACKEND = "onnxruntime"
 

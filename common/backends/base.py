@@ -40,15 +40,20 @@ class Runner:
     def sync(self):
         """Wait until the device has finished all submitted work (no-op on synchronous runtimes)."""
 
-    def infer(self, x: np.ndarray, image_ids: np.ndarray | None = None) -> dict:
-        """Outputs for the batch x; image_ids name its images for runners that serve stored outputs."""
+    def pad(self, x: np.ndarray) -> np.ndarray:
+        """x as the engine takes it: a partial batch padded by repeating its last image (static-batch engines)."""
         n = x.shape[0]
         if self.static_batch is not None and n != self.static_batch:
             if n > self.static_batch:
                 raise InputError(f"batch of {n} for an engine built for batch {self.static_batch}; rebuild or "
                                  f"re-export the model for batch {n}, or use --bs {self.static_batch}")
-            # The last partial batch is padded by repeating its last image; the padded rows are dropped.
             x = np.concatenate([x, np.repeat(x[-1:], self.static_batch - n, axis=0)])
+        return x
+
+    def infer(self, x: np.ndarray, image_ids: np.ndarray | None = None) -> dict:
+        """Outputs for the batch x; image_ids name its images for runners that serve stored outputs."""
+        n = x.shape[0]
+        x = self.pad(x)  # the padded rows are dropped below
         outs = self._run(x)
         return {name: out[:n] if out.ndim and out.shape[0] == x.shape[0] else out
                 for name, out in zip(self.output_names, outs)}

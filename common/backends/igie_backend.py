@@ -5,6 +5,8 @@ Build:  tvm.relay.import_model.import_model_to_igie(onnx, {input: shape}, backen
         lib.export_library(engine)
 Run:    tvm.runtime.load_module(engine); tvm.contrib.graph_executor.GraphModule(lib["default"](device));
         set_input / run / get_output; device.sync() before any clock is read.
+INT8:   relay.quantize.quantize(mod, params, dataset=[{input: tvm.nd.array(batch)}, ...]) on calibration images
+        (common/calibration.py) under relay.quantize.qconfig(...), before relay.build(precision="int8").
 Engines are compiled for one batch size; the harness pads the last partial batch (Runner.static_batch).
 """
 from __future__ import annotations
@@ -19,7 +21,12 @@ from .base import Backend, BuildRequest, Runner
 
 TARGET_MODEL = "MR"
 TARGET_OPTIONS = "-libs=cudnn,cublas,ixinfer"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+# INT8 follows Iluvatar's public IGIE recipes (their quantization utility): relay.quantize.quantize under a
+# qconfig with data-aware "percentile" calibration and max weight scales, inside PassContext(opt_level=3), then
+# relay.build(..., precision="int8"). Read from those recipes, not checked against an installed SDK.
+CALIBRATE_MODE = "percentile"
+WEIGHT_SCALE = "max"
 
 
 def _output_names(onnx_path: Path) -> list:
@@ -54,8 +61,10 @@ class IgieRunner(Runner):
     def sync(self):
         self.device.sync()
 
-    def device_time(self, number: int = 10, repeat: int = 5) -> list:
-        """Per-run seconds measured on the device by the runtime's own time_evaluator (compute only)."""
+    def device_time(self, x: np.ndarray, number: int = 10, repeat: int = 5) -> list:
+        """Per-run seconds measured on the device by the runtime's own time_evaluator (compute only: the input
+        is set once, before)."""
+        self.module.set_input(self.input_name, self.tvm.nd.array(np.ascontiguousarray(self.pad(x)), self.device))
         evaluator = self.module.module.time_evaluator("run", self.device, number=number, repeat=repeat)
         return list(evaluator().results)
 
@@ -94,23 +103,39 @@ class IgieBackend(Backend):
 
     def build(self, req: BuildRequest):
         if req.precision not in PRECISIONS:
-            raise ConfigError(f"igie backend: precision {req.precision} is not supported here (fp32, fp16; int8 "
-                              "needs a calibration set and is not wired in yet)")
+            raise ConfigError(f"igie backend: precision {req.precision} is not supported ({', '.join(PRECISIONS)})")
+        calib = req.options.get("calibration")
+        if req.precision == "int8" and calib is None:
+            raise ConfigError("igie int8 needs calibration images: pass --calib-dir DIR (images that are not the "
+                              "evaluation set)")
         shape = [req.batch_size, *req.input_shape]
+        calib_key = calib.sha256 if req.precision == "int8" else None
         key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, input=req.input_name,
-                        shape=shape, runtime=self.runtime_version(), target=[TARGET_MODEL, TARGET_OPTIONS])
+                        shape=shape, runtime=self.runtime_version(), target=[TARGET_MODEL, TARGET_OPTIONS],
+                        **({"calibration": [calib_key, CALIBRATE_MODE, WEIGHT_SCALE]} if calib_key else {}))
 
         def compile_to(tmp: Path):
             tvm = self._tvm()
             mod, params = tvm.relay.import_model.import_model_to_igie(str(req.onnx_path), {req.input_name: shape},
                                                                        backend="igie")
+            if req.precision == "int8":
+                mod = self._quantize(tvm, mod, params, calib, req)
             lib = tvm.relay.build(mod, target=self.target(), params=params, precision=req.precision)
             lib.export_library(str(tmp))
 
-        return req.cache.get_or_build(key, self.engine_suffix, compile_to,
-                                      {"backend": self.name, "precision": req.precision, "shape": shape,
-                                       "onnx": str(req.onnx_path), "onnx_sha256": req.onnx_sha256,
-                                       "runtime": self.runtime_version()})
+        describe = {"backend": self.name, "precision": req.precision, "shape": shape, "onnx": str(req.onnx_path),
+                    "onnx_sha256": req.onnx_sha256, "runtime": self.runtime_version()}
+        if calib_key:
+            describe["calibration"] = calib.describe()
+        return req.cache.get_or_build(key, self.engine_suffix, compile_to, describe)
+
+    @staticmethod
+    def _quantize(tvm, mod, params, calib, req: BuildRequest):
+        import tvm.relay.quantize  # noqa: F401
+        dataset = [{req.input_name: tvm.nd.array(b)} for b in calib.batches(req.batch_size)]
+        with tvm.transform.PassContext(opt_level=3):
+            with tvm.relay.quantize.qconfig(calibrate_mode=CALIBRATE_MODE, weight_scale=WEIGHT_SCALE):
+                return tvm.relay.quantize.quantize(mod, params, dataset=dataset)
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
         tvm = self._tvm()

@@ -1,8 +1,11 @@
 """SIMULATED IGIE 'tvm' package for contract tests; see ../README.md. Not the real SDK."""
-from . import contrib, nd, relay, runtime, target  # noqa: F401
+import os
+
+from . import contrib, nd, relay, runtime, target, transform  # noqa: F401
 from ._sim import log
 
-__version__ = "0.0-sim"
+# tests change the "SDK version" to prove that a new SDK rebuilds cached engines
+__version__ = os.environ.get("SIM_IGIE_VERSION", "0.0-sim")
 SIMULATION = True
 
 

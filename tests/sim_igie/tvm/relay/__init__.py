@@ -1,7 +1,9 @@
 import json
+import os
+import time
 
 from .._sim import log
-from . import import_model  # noqa: F401
+from . import import_model, quantize  # noqa: F401
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -12,8 +14,15 @@ class BuiltLib:
 
     def export_library(self, path: str):
         log("lib.export_library", path=path)
+        data = json.dumps(self.header).encode() + b"\n" + self.onnx_bytes
+        stall = float(os.environ.get("SIM_IGIE_EXPORT_STALL", "0"))
         with open(path, "wb") as f:
-            f.write(json.dumps(self.header).encode() + b"\n" + self.onnx_bytes)
+            if stall:  # tests: a build killed half-way through writing its engine
+                f.write(data[:len(data) // 2])
+                f.flush()
+                log("export_library.stalled", path=path)
+                time.sleep(stall)
+            f.write(data[f.tell():])
 
 
 def build(mod, target=None, params=None, precision="fp32", **kwargs):
@@ -22,6 +31,8 @@ def build(mod, target=None, params=None, precision="fp32", **kwargs):
         raise ValueError("simulated IGIE builds only for tvm.target.iluvatar")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision}")
+    if precision == "int8" and not getattr(mod, "quantized", False):
+        raise ValueError("simulated IGIE: an int8 build needs a module quantized with calibration data")
     import onnx
     model = onnx.load(mod.path)
     if precision in ("fp16", "int8"):  # the simulation runs int8 engines in fp16

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Build (or find in the cache) the engine of one model for one backend, precision, batch and input shape.
+
+    scripts/build_engine.py --model rtmdet [--variant V] --backend igie --precision fp16 --bs 32
+    scripts/build_engine.py --onnx model.onnx --input-shape 3x640x640 --backend tvm --precision fp32 --bs 1
+    scripts/build_engine.py --model rtmdet --backend igie --precision int8 --calib-dir calib/ --bs 8
+
+Prints the engine path and whether it came from the cache (`cache: hit` / `cache: miss`); `--json` prints one
+JSON object instead. The run commands (scripts/suite) build through the same code and the same cache, so an
+engine built here is the one they load. Exit codes as the suite's: 2 bad input, 3 the build failed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.backends import BACKENDS, get_backend  # noqa: E402
+from common.backends.base import BuildRequest  # noqa: E402
+from common.engine_cache import EngineCache, file_sha256  # noqa: E402
+from common.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
+from common.runs import RunConfig, build_request, resolve_onnx  # noqa: E402
+from common.specs import PRECISIONS, load_model  # noqa: E402
+
+
+def _shape(text: str) -> tuple:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CxHxW or HxW, got {text!r}") from None
+    if len(dims) == 2:
+        dims = (3, *dims)
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected CxHxW or HxW with positive sizes, got {text!r}")
+    return dims
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv=None):
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="build_engine.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model under models/ (its spec gives the input name, shape and preprocessing)")
+    p.add_argument("--variant", default=env("MODEL_VARIANT"))
+    p.add_argument("--onnx", help="ONNX model (default: $ONNX_MODEL, then the spec's)")
+    p.add_argument("--checkpoint", default=env("CHECKPOINT"), help="export this checkpoint first (with --model)")
+    p.add_argument("--config", default=env("MODEL_CONFIG"))
+    p.add_argument("--backend", default=env("BACKEND", "onnxruntime"), help=f"one of {', '.join(sorted(BACKENDS))}")
+    p.add_argument("--device", default=env("DEVICE"))
+    p.add_argument("--precision", choices=PRECISIONS, default=env("PRECISION", "fp32"))
+    p.add_argument("--bs", "--batch-size", dest="batch_size", type=_positive, default=1)
+    p.add_argument("--input-shape", type=_shape, help="CxHxW (or HxW) of one image; default: the spec's")
+    p.add_argument("--input-name", help="input tensor name (default: the spec's, else the ONNX's first input)")
+    p.add_argument("--cache-dir", default=env("ENGINE_CACHE_DIR"), help="engine cache (default: <repo>/.cache/engines)")
+    p.add_argument("--calib-dir", default=env("CALIB_DIR"),
+                   help="int8: calibration images (never the evaluation images; checked against --ann)")
+    p.add_argument("--calib-images", type=_positive, default=32, help="int8: calibration images used (default 32)")
+    p.add_argument("--dataset-dir", default=env("DATASETS_DIR"), help="the evaluation set the calibration must avoid")
+    p.add_argument("--ann", "--annotation", dest="annotation", default=env("COCO_ANNOTATION"))
+    p.add_argument("--images-dir", default=env("COCO_IMAGES_DIR"))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--debug", action="store_true")
+    return p.parse_args(argv)
+
+
+def _onnx_input(onnx_path: Path) -> tuple[str, tuple | None]:
+    """The first real input of an ONNX graph and its fixed C, H, W (None where any is dynamic)."""
+    import onnx
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises several decode error types
+        raise InputError(f"cannot load ONNX model ({type(exc).__name__})", onnx_path) from None
+    inits = {i.name for i in model.graph.initializer}
+    inp = next((i for i in model.graph.input if i.name not in inits), None)
+    if inp is None:
+        raise InputError("the ONNX graph has no input", onnx_path)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    return inp.name, tuple(dims[1:]) if len(dims) == 4 and None not in dims[1:] else None
+
+
+def build(args) -> dict:
+    cfg = RunConfig(model=args.model or "", variant=args.variant, precision=args.precision,
+                    batch_size=args.batch_size, backend=args.backend, device=args.device, onnx=args.onnx,
+                    checkpoint=args.checkpoint, config=args.config, dataset_dir=args.dataset_dir,
+                    annotation=args.annotation, images_dir=args.images_dir, calib_dir=args.calib_dir,
+                    calib_images=args.calib_images)
+    if args.cache_dir:
+        cfg.cache_dir = args.cache_dir
+    backend = get_backend(args.backend, args.device)
+    if args.model:
+        variant = load_model(args.model).variant(args.variant)
+        if args.input_shape:
+            if args.input_shape[0] != 3:
+                raise ConfigError(f"--input-shape {args.input_shape}: the model's preprocessing makes 3 channels")
+            variant = dataclasses.replace(variant, height=args.input_shape[1], width=args.input_shape[2])
+        if args.input_name:
+            variant = dataclasses.replace(variant, input_name=args.input_name)
+        onnx_path = resolve_onnx(cfg, variant)
+        req = build_request(cfg, variant, onnx_path, file_sha256(onnx_path))
+    else:
+        if not (args.onnx or os.environ.get("ONNX_MODEL")):
+            raise ConfigError("pass --model NAME (with its spec) or --onnx PATH")
+        onnx_path = Path(args.onnx or os.environ["ONNX_MODEL"])
+        if not onnx_path.is_file():
+            raise InputError("ONNX model not found", onnx_path)
+        if args.calib_dir:
+            raise ConfigError("--calib-dir needs --model: calibration images are preprocessed as the model's "
+                              "spec says")
+        name, fixed = _onnx_input(onnx_path)
+        shape = args.input_shape or fixed
+        if shape is None:
+            raise ConfigError(f"input '{name}' of {onnx_path} has a dynamic image shape: pass --input-shape CxHxW")
+        req = BuildRequest(onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), precision=args.precision,
+                           batch_size=args.batch_size, input_name=args.input_name or name, input_shape=tuple(shape),
+                           cache=EngineCache(cfg.cache_dir), options={})
+    t0 = time.perf_counter()
+    try:
+        engine, hit = backend.build(req)
+    except SuiteError:
+        raise
+    except Exception as exc:  # the compilers raise their own exception types
+        raise RuntimeFailure(f"{args.backend} engine build failed: {type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", onnx_path) from exc
+    # fp32 on ONNX Runtime runs the ONNX itself: nothing is built or cached
+    cache = "none (the ONNX runs as it is)" if Path(engine) == req.onnx_path else "hit" if hit else "miss"
+    return {"engine": str(engine), "cache": cache, "backend": backend.name,
+            "runtime": backend.runtime_version(), "precision": req.precision, "batch_size": req.batch_size,
+            "input": {req.input_name: [req.batch_size, *req.input_shape]}, "onnx": str(req.onnx_path),
+            "onnx_sha256": req.onnx_sha256, "seconds": round(time.perf_counter() - t0, 3),
+            **({"calibration": req.options["calibration"].describe()} if "calibration" in req.options else {})}
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # so a killed build removes its temp file
+    try:
+        info = build(args)
+    except SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc), "exit_code": exc.exit_code,
+                              **({"portability": exc.as_dict()} if hasattr(exc, "as_dict") else {})}))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: no engine was published", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line, traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: internal failure: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        return EXIT_RUNTIME
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"engine: {info['engine']}")
+        print(f"cache: {info['cache']}  ({info['backend']} {info['runtime']}, {info['precision']}, "
+              f"input {info['input']}, {info['seconds']:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
