@@ -7,6 +7,8 @@ weights into 'state_dict' before saving (the raw weights, if kept at all, go to 
 """
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
 
 from common.checkpoints import load_torch_checkpoint
@@ -33,15 +35,16 @@ def read_config(path: str | Path):
     except ImportError:
         raise ConfigError("reading an mmdet config needs mmengine (pip install mmengine-lite==0.10.7, see "
                           "requirements.txt)", path) from None
+    scoped = sorted(set(re.findall(r"""['"](\w+)::""", path.read_text(errors="replace"))))
+    for package in scoped:
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"the config inherits from '{package}::...', which needs the {package} package "
+                              "installed; use a self-contained config instead (models/rtmdet/configs/, or the full "
+                              "config mmdet dumps into its work_dir)", path)
     try:
         cfg = Config.fromfile(str(path))
     except Exception as exc:  # noqa: BLE001 - mmengine raises SyntaxError, ImportError, KeyError, ... for bad files
-        hint = ""
-        if "mmdet" in str(exc) or "::" in str(exc):
-            hint = (" (a config that inherits from 'mmdet::...' needs mmdet installed; use a self-contained config, "
-                    "e.g. one of models/rtmdet/configs/, or the dumped config mmdet writes to its work_dir)")
-        raise ConfigError(f"not a readable mmengine config: {type(exc).__name__}: {_first_line(exc)}{hint}",
-                          path) from None
+        raise ConfigError(f"not a readable mmengine config: {type(exc).__name__}: {_first_line(exc)}", path) from None
     model = cfg.get("model")
     if not isinstance(model, dict) or model.get("type") != "RTMDet":
         raise ConfigError(f"model.type must be 'RTMDet', got {model.get('type') if isinstance(model, dict) else None!r}",
