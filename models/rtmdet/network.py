@@ -115,7 +115,9 @@ class CSPLayer(nn.Module):
         self.attention = ChannelAttention(2 * mid) if channel_attention else None
 
     def forward(self, x):
-        y = torch.cat((self.blocks(self.main_conv(x)), self.short_conv(x)), dim=1)
+        # short branch first, as mmdet runs it: exported graphs then list their convs in mmdet's order
+        short = self.short_conv(x)
+        y = torch.cat((self.blocks(self.main_conv(x)), short), dim=1)
         if self.attention is not None:
             y = self.attention(y)
         return self.final_conv(y)
@@ -253,9 +255,9 @@ class RTMDetSepBNHead(nn.Module):
             cls_feat, reg_feat = x, x
             for layer in self.cls_convs[level]:
                 cls_feat = layer(cls_feat)
+            cls_scores.append(self.rtm_cls[level](cls_feat))
             for layer in self.reg_convs[level]:
                 reg_feat = layer(reg_feat)
-            cls_scores.append(self.rtm_cls[level](cls_feat))
             reg = self.rtm_reg[level](reg_feat)
             distances.append((reg.exp() if self.exp_on_reg else reg) * stride)
         return cls_scores, distances
