@@ -17,6 +17,7 @@ import torch
 
 from common.errors import ConfigError, InputError
 from common.exporting import DEFAULT_OPSET, batch_is_dynamic, export_cached
+from common.runs import RunConfig, run_accuracy
 from common.specs import load_model
 from models.rtmdet import export as rtm_export
 from models.rtmdet.build import build_network, load_rtmdet, load_weights, read_config
@@ -241,6 +242,12 @@ def test_export_cli_check_on_images(work, tmp_path):
                           "--variant", "nano-person-obj365", "--check", "--images",
                           str(work["coco"] / "images" / "val2017")])
     assert rc == 0 and out.is_file()
+    # the exported raw-head ONNX runs as --onnx of its variant
+    cfg = RunConfig(model="rtmdet", variant="nano-person-obj365", onnx=str(out), dataset_dir=str(work["coco"]),
+                    annotation="instances_val2017.json", max_images=2, results_dir=str(tmp_path / "results"),
+                    cache_dir=str(tmp_path / "cache"), progress=False)
+    record = run_accuracy(cfg)
+    assert record["dataset"]["num_images"] == 2 and record["metrics"]["AP"] < 0.05
 
 
 def test_export_cli_bad_checkpoint_exit_code(work, tmp_path, capsys):
@@ -300,3 +307,26 @@ def test_script_bad_checkpoint_is_exit_2(work, tmp_path):
     assert proc.returncode == 2
     assert "missing keys: backbone.stem.0.conv.weight" in proc.stderr and str(bad) in proc.stderr
 
+
+
+def test_fp16_conversion_with_a_shared_resize_scales_constant(tmp_path):
+    """Two Resize nodes reading one `scales` Constant (as in every exported PAFPN) convert to an FP16 graph
+    ONNX Runtime loads and that matches FP32."""
+    from onnx import TensorProto, helper
+
+    from common.backends.onnxruntime_backend import convert_fp16
+    scales = helper.make_node("Constant", [], ["scales"], value=helper.make_tensor("s", TensorProto.FLOAT, [4],
+                                                                                    [1, 1, 2, 2]))
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 2, 1, 1], [0.5, 0.25, -0.5, 1.0])
+    nodes = [scales, helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Resize", ["c", "", "scales"], ["up1"], mode="nearest"),
+             helper.make_node("Resize", ["up1", "", "scales"], ["y"], mode="nearest")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 12, 12])], [w])
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
+    convert_fp16(src, dst)
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
