@@ -11,6 +11,23 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def load_torch_checkpoint(path: str | Path):
+    """The whole object of a .pth file (weights and any metadata), read with torch.load(weights_only=True)."""
+    import pickle
+
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError("refused: the checkpoint is a pickle that needs arbitrary code to load "
+                         f"(torch.load weights_only=True: {_first_line(exc)})", path) from None
+    except Exception as exc:  # noqa: BLE001 - on garbage bytes torch's unpickler raises IndexError, struct.error, ...
+        raise InputError(f"not a readable PyTorch checkpoint ({_first_line(exc)})", path) from None
+
+
 def load_state_dict(path: str | Path, key: str | None = None) -> dict:
     """Tensors of a checkpoint as {name: tensor}.
 
@@ -28,16 +45,7 @@ def load_state_dict(path: str | Path, key: str | None = None) -> dict:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"not a readable safetensors file ({exc})", path) from None
-    import pickle
-
-    import torch
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError("refused: the checkpoint is a pickle that needs arbitrary code to load "
-                         f"(torch.load weights_only=True: {_first_line(exc)})", path) from None
-    except Exception as exc:  # noqa: BLE001 - on garbage bytes torch's unpickler raises IndexError, struct.error, ...
-        raise InputError(f"not a readable PyTorch checkpoint ({_first_line(exc)})", path) from None
+    obj = load_torch_checkpoint(path)
     for name in ([key] if key else []) + ["state_dict", "model", "ema"]:
         if isinstance(obj, dict) and isinstance(obj.get(name), dict):
             inner = obj[name]

@@ -78,6 +78,9 @@ def export_cached(variant, checkpoint: str | Path, config: str | Path | None, ca
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise InputError("checkpoint not found", checkpoint)
+    if not config and (variant.extra.get("checkpoint") or {}).get("config"):
+        # the spec ships a config for its checkpoint: a user with only the .pth needs no --config
+        config = REPO_ROOT / variant.extra["checkpoint"]["config"]
     config = Path(config) if config else None
     if config is not None and not config.is_file():
         raise InputError("model config not found", config)

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# RTMDet FP32 accuracy run. Flags: --bs N, --variant, --onnx, --ann, ... (scripts/suite accuracy --help)
+# RTMDet FP32 accuracy run. Flags: --bs N, --variant, --onnx (or --checkpoint [--config]), --ann, ... (scripts/suite accuracy --help)
 set -euo pipefail
 exec "$(dirname "${BASH_SOURCE[0]}")/../../../scripts/suite" accuracy --model rtmdet --precision fp32 "$@"
