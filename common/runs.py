@@ -158,6 +158,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
     items = image_items(annotations, images_dir, cfg.max_images)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator)
     decoder = get_decoder(variant.output)
+    # decoders of normalised boxes need the input size; the spec's own output fields win
+    decode_cfg = {"input_height": variant.height, "input_width": variant.width, **variant.output}
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     onnx_path = resolve_onnx(cfg, variant)
     onnx_sha256 = file_sha256(onnx_path)
@@ -195,7 +197,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
                 recorder.add(batch.image_ids, outputs)
             counts = nonfinite_counts(outputs)
             nonfinite.update(counts)
-            bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
+            bi, boxes, scores, labels = decoder(outputs, batch.meta, decode_cfg)
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
             ids = batch.image_ids[bi[finite]]
             evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
