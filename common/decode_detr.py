@@ -15,7 +15,8 @@ output layout to flat detections in original image pixels, vectorised over the w
   rows stacked [sum(N_i), 6] with a count output [B] (bbox_num). Boxes are in the pixel space that the graph's
   im_shape / scale_factor inputs define; the spec feeds im_shape = input size and scale_factor = 1, which puts
   them in input pixels, and the suite's own geometry maps them back (`boxes_in: input`, the default).
-  `boxes_in: original` takes them as already in original image pixels. Rows with class < 0 are padding.
+  `boxes_in: original` takes them as already in original image pixels. Rows with class < 0 are padding. Without
+  `rows`, the one output shaped [..., 6] is taken (Paddle names outputs after internal tensors).
 
 Every convention drops detections at or below `score_threshold` (a floor: keeping all 300 queries of every image
 makes prediction files of gigabytes and adds nothing to AP) and keeps at most `max_per_img` per image.
@@ -155,9 +156,16 @@ def decode_ultralytics(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections
 
 @register("paddle_rows")
 def decode_paddle_rows(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
-    rows = _output(outputs, cfg.get("rows", "rows"))
-    batch = len(meta)
     count_name = cfg.get("count")
+    if cfg.get("rows"):
+        rows = _output(outputs, cfg["rows"])
+    else:                               # Paddle exports name outputs after internal tensors: take the one of rows
+        named = [k for k, v in outputs.items() if k != count_name and v.ndim in (2, 3) and v.shape[-1] == 6]
+        if len(named) != 1:
+            raise InputError(f"cannot tell which output holds the rows (class, score, x1, y1, x2, y2) among "
+                             f"{ {k: v.shape for k, v in outputs.items()} }; name it in output.rows")
+        rows = outputs[named[0]]
+    batch = len(meta)
     if rows.ndim == 2:
         _check(rows, 2, 6, "paddle rows must be [sum(N), 6] or [B, N, 6]")
         if count_name:

@@ -110,7 +110,8 @@ def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | N
     options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
     req = BuildRequest(onnx_path=onnx_path, onnx_sha256=digest, precision=cfg.precision, batch_size=cfg.batch_size,
                        input_name=variant.input_name, input_shape=(3, variant.height, variant.width),
-                       cache=EngineCache(cfg.cache_dir), options=options)
+                       cache=EngineCache(cfg.cache_dir), options=options,
+                       extra_inputs=tuple(variant.extra_inputs.items()))
     engine, hit = backend.build(req)
     runner = backend.load(engine, req)
     return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)

@@ -39,6 +39,29 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     onnx.save(converted, str(out_path))
 
 
+_ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _extra_inputs(session, req: BuildRequest, engine: Path) -> dict:
+    """The spec's constant extra inputs, checked against the graph's inputs (each declared one must exist and every
+    graph input must be fed), in the dtype the graph wants."""
+    graph = {i.name: i for i in session.get_inputs()}
+    declared = dict(req.extra_inputs)
+    unknown = sorted(set(declared) - set(graph))
+    unfed = sorted(set(graph) - set(declared) - {req.input_name})
+    if unknown or unfed:
+        raise InputError(f"graph inputs {sorted(graph)}; the spec feeds '{req.input_name}'"
+                         + (f" and declares extra inputs {unknown} the graph does not have" if unknown else "")
+                         + (f"; inputs {unfed} are not fed: declare them under input.extra" if unfed else ""), engine)
+    feeds = {}
+    for name, values in declared.items():
+        dtype = _ORT_FLOATS.get(graph[name].type)
+        if dtype is None:
+            raise InputError(f"extra input '{name}' is {graph[name].type}; the suite feeds float tensors", engine)
+        feeds[name] = np.asarray(values, dtype)
+    return feeds
+
+
 class OrtRunner(Runner):
     def __init__(self, session, input_name: str):
         self.session = session
@@ -52,7 +75,7 @@ class OrtRunner(Runner):
         self.output_names = [o.name for o in session.get_outputs()]
 
     def _run(self, x: np.ndarray) -> list:
-        return self.session.run(self.output_names, {self.input_name: x})
+        return self.session.run(self.output_names, {self.input_name: x, **self.extra_feeds(x.shape[0])})
 
 
 class OnnxRuntimeBackend(Backend):
@@ -117,6 +140,7 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"onnxruntime cannot load it ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})",
                              engine) from None
         runner = OrtRunner(session, req.input_name)
+        runner.extra_inputs = _extra_inputs(session, req, engine)
         if runner.input_type != "tensor(float)":
             raise InputError(f"input '{req.input_name}' is {runner.input_type}; the suite feeds float32", engine)
         # a fixed C/H/W that differs from the spec would only fail at the first batch, with a runtime message
