@@ -33,6 +33,7 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_ALWAYS_FP32) | set(block_list))
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
                                                  node_block_list=list(block_nodes), disable_shape_infer=False)
+    _drop_duplicate_casts(converted.graph)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     if n16 == 0:
         raise RuntimeFailure("FP16 conversion produced no float16 weights: refusing to run FP32 as FP16", model_path)
@@ -60,6 +61,28 @@ def _extra_inputs(session, req: BuildRequest, engine: Path) -> dict:
             raise InputError(f"extra input '{name}' is {graph[name].type}; the suite feeds float tensors", engine)
         feeds[name] = np.asarray(values, dtype)
     return feeds
+
+
+def _drop_duplicate_casts(graph):
+    """The converter names the float32 Cast it puts in front of a blocked node after the input tensor, so when two
+    blocked nodes read one tensor it adds the same Cast twice (same name, same output): an invalid graph. The copies
+    are identical; keep the first."""
+    seen, keep = set(), []
+    for node in graph.node:
+        key = (node.op_type, node.name, tuple(node.input), tuple(node.output))
+        if node.op_type == "Cast" and key in seen:
+            continue
+        seen.add(key)
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+        infos, names = list(graph.value_info), set()
+        del graph.value_info[:]
+        for vi in infos:
+            if vi.name not in names:
+                names.add(vi.name)
+                graph.value_info.append(vi)
 
 
 class OrtRunner(Runner):
@@ -117,7 +140,7 @@ class OnnxRuntimeBackend(Backend):
         block_ops = tuple(req.options.get("fp16_block_ops", ()))
         block_nodes = tuple(req.options.get("fp16_block_nodes", ()))
         key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, runtime=self.runtime_version(),
-                        block_ops=block_ops, block_nodes=block_nodes, converter=2)
+                        block_ops=block_ops, block_nodes=block_nodes, converter=3)
         return req.cache.get_or_build(
             key, self.engine_suffix, lambda tmp: convert_fp16(req.onnx_path, tmp, block_ops, block_nodes),
             {"backend": self.name, "precision": req.precision, "onnx": str(req.onnx_path),

@@ -55,16 +55,23 @@ def build_config(cfg: dict, overrides: dict | None = None):
     from transformers import RTDetrConfig, RTDetrV2Config
 
     cls = RTDetrConfig if cfg["model_type"] == "rt_detr" else RTDetrV2Config
-    cfg = {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version", "architectures")}
-    cfg.update(overrides or {})
-    return cls(**cfg)
+    unknown = set(overrides or {}) - set(cls().to_dict())
+    if unknown:
+        raise ConfigError(f"export.config_overrides: {sorted(unknown)} are not {cls.__name__} fields")
+    if cfg["model_type"] == "rt_detr_v2" and (overrides or {}).get("decoder_method", "default") not in \
+            ("default", "discrete"):
+        raise ConfigError("export.config_overrides.decoder_method must be default or discrete")
+    return cls.from_dict({**cfg, **(overrides or {})})
+
+
+def network_class(config):
+    from transformers import RTDetrForObjectDetection, RTDetrV2ForObjectDetection
+
+    return RTDetrForObjectDetection if config.model_type == "rt_detr" else RTDetrV2ForObjectDetection
 
 
 def new_network(config):
-    from transformers import RTDetrForObjectDetection, RTDetrV2ForObjectDetection
-
-    cls = RTDetrForObjectDetection if config.model_type == "rt_detr" else RTDetrV2ForObjectDetection
-    return cls(config)
+    return network_class(config)(config)
 
 
 def _overrides(variant) -> dict:
@@ -78,18 +85,17 @@ def load_network(checkpoint: Path, config: Path | None, variant=None):
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         cfg_path = Path(config) if config else checkpoint / "config.json"
-        net = new_network(build_config(_read_config(cfg_path), _overrides(variant)))
-        weights = sorted(checkpoint.glob("*.safetensors"))
-        if not weights:
+        config_obj = build_config(_read_config(cfg_path), _overrides(variant))
+        if not sorted(checkpoint.glob("*.safetensors")):
             raise InputError("no *.safetensors weights in the checkpoint directory", checkpoint)
-        from safetensors.torch import load_file
-        state = {}
-        for w in weights:
-            try:
-                state.update(load_file(str(w)))
-            except Exception as exc:  # safetensors raises its own SafetensorError
-                raise InputError(f"cannot read safetensors weights ({exc})", w) from None
-        _load_state(net, state, checkpoint)
+        # from_pretrained, not a plain load_state_dict: it applies transformers' own renaming of older key layouts
+        try:
+            net, info = network_class(config_obj).from_pretrained(str(checkpoint), config=config_obj,
+                                                                   output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise InputError(f"transformers cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                             checkpoint) from None
+        _check_loading(info.get("missing_keys", []), info.get("unexpected_keys", []), checkpoint)
     elif checkpoint.is_file():
         if config is None:
             raise ConfigError("an original RT-DETR .pth needs --config: a transformers config.json of the same "
@@ -107,13 +113,16 @@ def load_network(checkpoint: Path, config: Path | None, variant=None):
     return net.eval()
 
 
+def _check_loading(missing, unexpected, source: Path):
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    if missing or unexpected:
+        raise InputError(f"weights do not fit the network: {len(missing)} missing (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})", source)
+
+
 def _load_state(net, state: dict, source: Path):
     result = net.load_state_dict(state, strict=False)
-    # the decoder's class / box heads are shared with the model's prediction heads under two names
-    missing = [k for k in result.missing_keys if not k.startswith(("class_embed.", "bbox_embed."))]
-    if missing or result.unexpected_keys:
-        raise InputError(f"weights do not fit the network: {len(missing)} missing (e.g. {missing[:3]}), "
-                         f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})", source)
+    _check_loading(result.missing_keys, result.unexpected_keys, source)
 
 
 class DetrOutputs:
