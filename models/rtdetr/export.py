@@ -107,7 +107,7 @@ def load_network(checkpoint: Path, config: Path | None, variant=None):
             raw = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle / zip errors of a damaged or foreign file
             raise InputError(f"cannot load as a PyTorch checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
-        _load_state(net, to_transformers(raw, checkpoint), checkpoint)
+        _load_state(net, to_transformers(raw, checkpoint, net.config.decoder_layers), checkpoint)
     else:
         raise InputError("checkpoint not found", checkpoint)
     return net.eval()
@@ -122,7 +122,9 @@ def _check_loading(missing, unexpected, source: Path):
 
 def _load_state(net, state: dict, source: Path):
     result = net.load_state_dict(state, strict=False)
-    _check_loading(result.missing_keys, result.unexpected_keys, source)
+    # RT-DETRv2's top-level class_embed / bbox_embed are the decoder's heads under a second name (tied)
+    missing = [k for k in result.missing_keys if not k.startswith(("class_embed.", "bbox_embed."))]
+    _check_loading(missing, result.unexpected_keys, source)
 
 
 class DetrOutputs:
