@@ -87,6 +87,17 @@ def test_fp16_engine_keeps_sensitive_ops_float32(work):
     assert layer_norms and not any(i in f16 for n in layer_norms for i in n.input)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert all(n.input[1] in f16 for n in convs)
+    # and its detections agree with the FP32 graph's (same metric as export --check, FP16 score tolerance)
+    import onnxruntime as ort
+    fp32 = next((work["root"] / "cache" / "exports").rglob("*.onnx"))
+    x = np.random.default_rng(5).random((2, 3, SIZE, SIZE), np.float32)
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits", "pred_boxes"],
+                                                                                  {"images": x})
+            for p in (fp32, engines[0])]
+    dets = [rtdetr_export._detections(lg, bx, SIZE, SIZE, 100, 0.05) for lg, bx in outs]
+    matched, n32, n16 = np.array([rtdetr_export.match_detections(a, b, 0.9, 0.02)
+                                  for a, b in zip(*dets)]).sum(axis=0)
+    assert n32 > 0 and matched / max(n32, n16) >= 0.9, (matched, n32, n16)
 
 
 @pytest.mark.slow

@@ -6,10 +6,13 @@ detections well separated, so a detection-level comparison of PyTorch and ONNX R
 not float noise on near-ties:
 - num_queries equals the number of encoder tokens (8x8 + 4x4 + 2x2 = 84), so the encoder's top-k query selection
   selects every token: which tokens are picked cannot flip (only their order can, and the decoder does not care);
-- the final class heads are scaled up so sigmoid scores spread over (0, 1) instead of all sitting near 0.5.
+- every weight is drawn afresh at a unit-preserving scale (transformers' own init zeroes the box heads and shrinks
+  others, which leaves a random decoder's features at float-noise level) and the final class heads are scaled up,
+  so sigmoid scores spread over (0, 1) instead of all sitting near 0.5.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -40,8 +43,22 @@ def tiny_network(model_type: str = "rt_detr", seed: int = 0, **overrides):
     torch.manual_seed(seed)
     net = new_network(build_config(tiny_config_dict(model_type, **overrides)))
     with torch.no_grad():
+        # transformers' init zeroes or shrinks several layers (box heads, attention weights...), which collapses a
+        # random network's decoder features to float noise; draw every weight afresh at a unit-preserving scale
+        for name, p in net.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))
+            elif name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.1)
+        for name, b in net.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                b.normal_(0.0, 0.1)
         for head in net.model.decoder.class_embed:
-            head.weight.mul_(8.0)
+            head.weight.mul_(4.0)
     return net.eval()
 
 
