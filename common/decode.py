@@ -68,4 +68,4 @@ def nonfinite_counts(outputs: dict) -> dict:
             if bad:
                 counts[name] = bad
     return counts
-from . import decode_dense  # noqa: E402,F401  registers conventions
+from . import decode_dense, decode_detr  # noqa: E402,F401  registers conventions

@@ -71,12 +71,34 @@ def load_exporter(model_dir: Path):
     return module, path
 
 
+def checkpoint_digest(path: Path) -> str:
+    """sha256 of a checkpoint file, or of a checkpoint directory's files (names and contents, e.g. a
+    transformers directory with config.json + model.safetensors), so any edit inside it means a new export."""
+    if path.is_file():
+        return file_sha256(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError("checkpoint directory has no files", path)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def exporter_digest(model_dir: Path) -> str:
+    """Hash of every Python source of the model folder: export.py may import its own sibling modules."""
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).rglob("*.py")):
+        h.update(f"{f.relative_to(model_dir).as_posix()}\0".encode() + f.read_bytes())
+    return h.hexdigest()
+
+
 def export_cached(variant, checkpoint: str | Path, config: str | Path | None, cache_dir: str | Path,
                   opset: int = DEFAULT_OPSET) -> Path:
     """The simplified ONNX for a checkpoint (+ config), exported once and reused while the checkpoint, the
     config, the exporter's source and the opset are unchanged."""
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         raise InputError("checkpoint not found", checkpoint)
     if not config and (variant.extra.get("checkpoint") or {}).get("config"):
         # the spec ships a config for its checkpoint: a user with only the .pth needs no --config
@@ -86,8 +108,8 @@ def export_cached(variant, checkpoint: str | Path, config: str | Path | None, ca
         raise InputError("model config not found", config)
     model_dir = REPO_ROOT / "models" / variant.model
     module, exporter = load_exporter(model_dir)
-    key = cache_key(file_sha256(checkpoint), config=file_sha256(config) if config else None,
-                    exporter=hashlib.sha256(exporter.read_bytes()).hexdigest(), opset=opset,
+    key = cache_key(checkpoint_digest(checkpoint), config=file_sha256(config) if config else None,
+                    exporter=exporter_digest(model_dir), opset=opset,
                     variant=variant.name, kind="export")
 
     def build(tmp: Path):

@@ -112,7 +112,7 @@ def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256
     return BuildRequest(onnx_path=onnx_path, onnx_sha256=onnx_sha256, precision=cfg.precision,
                         batch_size=cfg.batch_size, input_name=variant.input_name,
                         input_shape=(3, variant.height, variant.width), cache=EngineCache(cfg.cache_dir),
-                        options=options)
+                        options=options, extra_inputs=tuple(variant.extra_inputs.items()))
 
 
 def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None,
@@ -187,6 +187,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
     items = image_items(annotations, images_dir, cfg.max_images)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator)
     decoder = get_decoder(variant.output)
+    # decoders of normalised boxes need the input size; the spec's own output fields win
+    decode_cfg = {"input_height": variant.height, "input_width": variant.width, **variant.output}
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     onnx_path = resolve_onnx(cfg, variant)
     onnx_sha256 = file_sha256(onnx_path)
@@ -232,7 +234,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
                 recorder.add(batch.image_ids, outputs)
             counts = nonfinite_counts(outputs)
             nonfinite.update(counts)
-            bi, boxes, scores, labels = decoder(outputs, batch.meta, variant.output)
+            bi, boxes, scores, labels = decoder(outputs, batch.meta, decode_cfg)
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
             ids = batch.image_ids[bi[finite]]
             evaluator.add(ids, boxes[finite], scores[finite], labels[finite])

@@ -70,6 +70,9 @@ class Variant:
     targets: tuple
     reference: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    # further graph inputs fed with the same values for every image, {name: (v, ...)} -> [N, len] float32
+    # (e.g. PaddleDetection's im_shape / scale_factor)
+    extra_inputs: dict = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -198,6 +201,12 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
     height, width = r.get(inp, "height", f"{where}.input", int), r.get(inp, "width", f"{where}.input", int)
     if height <= 0 or width <= 0:
         r.fail(f"{where}.input", "height and width must be positive")
+    extra_inputs = {}
+    for k, v in r.get(inp, "extra", f"{where}.input", dict, {}).items():
+        if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v):
+            r.fail(f"{where}.input.extra.{k}", f"expected a non-empty list of numbers, got {v!r}")
+        extra_inputs[str(k)] = tuple(float(x) for x in v)
     known = {"description", "onnx", "input", "preprocess", "output", "labels", "evaluation", "targets", "reference"}
     return Variant(
         model=model, name=name, description=r.get(raw, "description", where, str, ""),
@@ -207,7 +216,7 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
         annotation=r.get(ev, "annotation", f"{where}.evaluation", str),
         categories=None if cats is None else tuple(int(c) for c in cats),
         targets=targets, reference=r.get(raw, "reference", where, dict, {}),
-        extra={k: v for k, v in raw.items() if k not in known},
+        extra={k: v for k, v in raw.items() if k not in known}, extra_inputs=extra_inputs,
     )
 
 

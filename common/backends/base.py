@@ -24,6 +24,7 @@ class BuildRequest:
     input_shape: tuple           # (C, H, W)
     cache: EngineCache
     options: dict
+    extra_inputs: tuple = ()     # ((name, (values...)), ...): constant per-image inputs besides input_name
 
 
 class Runner:
@@ -33,6 +34,10 @@ class Runner:
     output_names: list
     static_batch: int | None = None   # set when the engine only accepts one batch size
     concurrent: bool = False          # infer() may run in several threads at once (one runner serves all streams)
+    extra_inputs: dict = {}           # {name: [K] array}: fed as [N, K], the same row for every image
+
+    def extra_feeds(self, n: int) -> dict:
+        return {name: np.ascontiguousarray(np.broadcast_to(v, (n, *v.shape))) for name, v in self.extra_inputs.items()}
 
     def _run(self, x: np.ndarray) -> list:
         raise NotImplementedError

@@ -55,6 +55,8 @@ class IgieRunner(Runner):
 
     def _run(self, x: np.ndarray) -> list:
         self.module.set_input(self.input_name, self.tvm.nd.array(np.ascontiguousarray(x), self.device))
+        for name, value in self.extra_feeds(x.shape[0]).items():
+            self.module.set_input(name, self.tvm.nd.array(value, self.device))
         self.module.run()
         return [self.module.get_output(i).numpy() for i in range(len(self.output_names))]
 
@@ -110,13 +112,15 @@ class IgieBackend(Backend):
                               "evaluation set)")
         shape = [req.batch_size, *req.input_shape]
         calib_key = calib.sha256 if req.precision == "int8" else None
+        shapes = {req.input_name: shape, **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs}}
         key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, input=req.input_name,
-                        shape=shape, runtime=self.runtime_version(), target=[TARGET_MODEL, TARGET_OPTIONS],
+                        shape=shape, extra_inputs=list(req.extra_inputs), runtime=self.runtime_version(),
+                        target=[TARGET_MODEL, TARGET_OPTIONS],
                         **({"calibration": [calib_key, CALIBRATE_MODE, WEIGHT_SCALE]} if calib_key else {}))
 
         def compile_to(tmp: Path):
             tvm = self._tvm()
-            mod, params = tvm.relay.import_model.import_model_to_igie(str(req.onnx_path), {req.input_name: shape},
+            mod, params = tvm.relay.import_model.import_model_to_igie(str(req.onnx_path), shapes,
                                                                        backend="igie")
             if req.precision == "int8":
                 mod = self._quantize(tvm, mod, params, calib, req)
@@ -140,4 +144,6 @@ class IgieBackend(Backend):
     def load(self, engine: Path, req: BuildRequest) -> Runner:
         tvm = self._tvm()
         device = tvm.device(self.target().kind.name, 0)
-        return IgieRunner(tvm, engine, device, req.input_name, req.batch_size, _output_names(req.onnx_path))
+        runner = IgieRunner(tvm, engine, device, req.input_name, req.batch_size, _output_names(req.onnx_path))
+        runner.extra_inputs = {name: np.asarray(v, np.float32) for name, v in req.extra_inputs}
+        return runner

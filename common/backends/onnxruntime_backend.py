@@ -75,10 +75,56 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     _unshare_float_constants(model, set(ops))
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
                                                  node_block_list=list(block_nodes), disable_shape_infer=False)
+    _drop_duplicate_casts(converted.graph)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     if n16 == 0:
         raise RuntimeFailure("FP16 conversion produced no float16 weights: refusing to run FP32 as FP16", model_path)
     onnx.save(converted, str(out_path))
+
+
+_ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _extra_inputs(session, req: BuildRequest, engine: Path) -> dict:
+    """The spec's constant extra inputs, checked against the graph's inputs (each declared one must exist and every
+    graph input must be fed), in the dtype the graph wants."""
+    graph = {i.name: i for i in session.get_inputs()}
+    declared = dict(req.extra_inputs)
+    unknown = sorted(set(declared) - set(graph))
+    unfed = sorted(set(graph) - set(declared) - {req.input_name})
+    if unknown or unfed:
+        raise InputError(f"graph inputs {sorted(graph)}; the spec feeds '{req.input_name}'"
+                         + (f" and declares extra inputs {unknown} the graph does not have" if unknown else "")
+                         + (f"; inputs {unfed} are not fed: declare them under input.extra" if unfed else ""), engine)
+    feeds = {}
+    for name, values in declared.items():
+        dtype = _ORT_FLOATS.get(graph[name].type)
+        if dtype is None:
+            raise InputError(f"extra input '{name}' is {graph[name].type}; the suite feeds float tensors", engine)
+        feeds[name] = np.asarray(values, dtype)
+    return feeds
+
+
+def _drop_duplicate_casts(graph):
+    """The converter names the float32 Cast it puts in front of a blocked node after the input tensor, so when two
+    blocked nodes read one tensor it adds the same Cast twice (same name, same output): an invalid graph. The copies
+    are identical; keep the first."""
+    seen, keep = set(), []
+    for node in graph.node:
+        key = (node.op_type, node.name, tuple(node.input), tuple(node.output))
+        if node.op_type == "Cast" and key in seen:
+            continue
+        seen.add(key)
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+        infos, names = list(graph.value_info), set()
+        del graph.value_info[:]
+        for vi in infos:
+            if vi.name not in names:
+                names.add(vi.name)
+                graph.value_info.append(vi)
 
 
 class OrtRunner(Runner):
@@ -95,7 +141,7 @@ class OrtRunner(Runner):
         self.output_names = [o.name for o in session.get_outputs()]
 
     def _run(self, x: np.ndarray) -> list:
-        return self.session.run(self.output_names, {self.input_name: x})
+        return self.session.run(self.output_names, {self.input_name: x, **self.extra_feeds(x.shape[0])})
 
 
 class OnnxRuntimeBackend(Backend):
@@ -137,7 +183,7 @@ class OnnxRuntimeBackend(Backend):
         block_ops = tuple(req.options.get("fp16_block_ops", ()))
         block_nodes = tuple(req.options.get("fp16_block_nodes", ()))
         key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, runtime=self.runtime_version(),
-                        block_ops=block_ops, block_nodes=block_nodes, converter=2)
+                        block_ops=block_ops, block_nodes=block_nodes, converter=3)
         return req.cache.get_or_build(
             key, self.engine_suffix, lambda tmp: convert_fp16(req.onnx_path, tmp, block_ops, block_nodes),
             {"backend": self.name, "precision": req.precision, "onnx": str(req.onnx_path),
@@ -160,6 +206,7 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"onnxruntime cannot load it ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})",
                              engine) from None
         runner = OrtRunner(session, req.input_name)
+        runner.extra_inputs = _extra_inputs(session, req, engine)
         if runner.input_type != "tensor(float)":
             raise InputError(f"input '{req.input_name}' is {runner.input_type}; the suite feeds float32", engine)
         # a fixed C/H/W that differs from the spec would only fail at the first batch, with a runtime message

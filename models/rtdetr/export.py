@@ -1,0 +1,276 @@
+"""RT-DETR / RT-DETRv2 checkpoint -> ONNX (input `images` [N, 3, H, W], outputs `logits` and `pred_boxes`).
+
+Every line is exported through one network, the transformers implementation (RTDetrForObjectDetection /
+RTDetrV2ForObjectDetection), so the graph and its output convention ("detr" in common/decode_detr.py) are the same
+whatever form the weights came in:
+
+- a transformers checkpoint directory (config.json + model.safetensors, e.g. PekingU/rtdetr_r18vd as downloaded);
+- the authors' original .pth (RT-DETR / RT-DETRv2 releases) with `--config` naming a transformers config.json of
+  the same architecture; its state dict is renamed onto the transformers network by rtdetr_original_keys.py.
+
+The variant's `export.config_overrides` are applied to the transformers config before the network is built
+(e.g. `decoder_method: discrete` for RT-DETRv2's discrete sampling, which avoids GridSample).
+
+Command line (the suite's scripts call export_onnx through common/exporting.py instead):
+
+    python models/rtdetr/export.py --checkpoint DIR_OR_PTH [--config config.json] --variant r18 --out r18.onnx --check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from common.errors import ConfigError, InputError, SuiteError  # noqa: E402
+from common.exporting import DEFAULT_OPSET, simplify, torch_export  # noqa: E402
+
+OUTPUT_NAMES = ["logits", "pred_boxes"]
+MODEL_TYPES = ("rt_detr", "rt_detr_v2")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("transformers config not found", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid JSON: {exc}", path) from None
+    if not isinstance(cfg, dict) or cfg.get("model_type") not in MODEL_TYPES:
+        raise InputError(f"not a transformers RT-DETR config (model_type must be one of {', '.join(MODEL_TYPES)}, "
+                         f"got {cfg.get('model_type') if isinstance(cfg, dict) else cfg!r})", path)
+    return cfg
+
+
+def build_config(cfg: dict, overrides: dict | None = None):
+    """A transformers RT-DETR / RT-DETRv2 config object from a config.json dict (+ overrides)."""
+    from transformers import RTDetrConfig, RTDetrV2Config
+
+    cls = RTDetrConfig if cfg["model_type"] == "rt_detr" else RTDetrV2Config
+    unknown = set(overrides or {}) - set(cls().to_dict())
+    if unknown:
+        raise ConfigError(f"export.config_overrides: {sorted(unknown)} are not {cls.__name__} fields")
+    if cfg["model_type"] == "rt_detr_v2" and (overrides or {}).get("decoder_method", "default") not in \
+            ("default", "discrete"):
+        raise ConfigError("export.config_overrides.decoder_method must be default or discrete")
+    return cls.from_dict({**cfg, **(overrides or {})})
+
+
+def network_class(config):
+    from transformers import RTDetrForObjectDetection, RTDetrV2ForObjectDetection
+
+    return RTDetrForObjectDetection if config.model_type == "rt_detr" else RTDetrV2ForObjectDetection
+
+
+def new_network(config):
+    return network_class(config)(config)
+
+
+def _overrides(variant) -> dict:
+    return dict(((variant.extra.get("export") or {}).get("config_overrides") or {}) if variant is not None else {})
+
+
+def load_network(checkpoint: Path, config: Path | None, variant=None):
+    """The transformers network with the checkpoint's weights, in eval mode."""
+    import torch
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        cfg_path = Path(config) if config else checkpoint / "config.json"
+        config_obj = build_config(_read_config(cfg_path), _overrides(variant))
+        if not sorted(checkpoint.glob("*.safetensors")):
+            raise InputError("no *.safetensors weights in the checkpoint directory", checkpoint)
+        # from_pretrained, not a plain load_state_dict: it applies transformers' own renaming of older key layouts
+        try:
+            net, info = network_class(config_obj).from_pretrained(str(checkpoint), config=config_obj,
+                                                                   output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise InputError(f"transformers cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                             checkpoint) from None
+        _check_loading(info.get("missing_keys", []), info.get("unexpected_keys", []), checkpoint)
+    elif checkpoint.is_file():
+        if config is None:
+            raise ConfigError("an original RT-DETR .pth needs --config: a transformers config.json of the same "
+                              "architecture (e.g. the config.json of the matching PekingU/rtdetr_* checkpoint)",
+                              checkpoint)
+        from rtdetr_original_keys import to_transformers
+        net = new_network(build_config(_read_config(Path(config)), _overrides(variant)))
+        try:
+            raw = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle / zip errors of a damaged or foreign file
+            raise InputError(f"cannot load as a PyTorch checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
+        _load_state(net, to_transformers(raw, checkpoint, net.config.decoder_layers), checkpoint)
+    else:
+        raise InputError("checkpoint not found", checkpoint)
+    return net.eval()
+
+
+def _check_loading(missing, unexpected, source: Path):
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    if missing or unexpected:
+        raise InputError(f"weights do not fit the network: {len(missing)} missing (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})", source)
+
+
+def _load_state(net, state: dict, source: Path):
+    result = net.load_state_dict(state, strict=False)
+    # RT-DETRv2's top-level class_embed / bbox_embed are the decoder's heads under a second name (tied)
+    missing = [k for k in result.missing_keys if not k.startswith(("class_embed.", "bbox_embed."))]
+    _check_loading(missing, result.unexpected_keys, source)
+
+
+class DetrOutputs:
+    """Wraps the transformers model so the graph has plain outputs: logits [B, Q, C], pred_boxes [B, Q, 4]."""
+
+    def __new__(cls, net):
+        import torch
+
+        class _Wrapped(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, images):
+                out = self.inner(pixel_values=images)
+                return out.logits, out.pred_boxes
+
+        return _Wrapped(net).eval()
+
+
+def input_size(variant) -> tuple[int, int]:
+    return (variant.height, variant.width) if variant is not None else (640, 640)
+
+
+def export_onnx(checkpoint: Path, config: Path | None, out: Path, *, variant, opset: int = DEFAULT_OPSET):
+    import torch
+
+    if opset < 16:
+        raise ConfigError(f"RT-DETR needs opset >= 16 (GridSample), got {opset}")
+    net = load_network(checkpoint, config, variant)
+    h, w = input_size(variant)
+    example = torch.rand(2, 3, h, w)
+    torch_export(DetrOutputs(net), example, Path(out), input_name=variant.input_name if variant else "images",
+                 output_names=OUTPUT_NAMES, opset=opset)
+
+
+# ---- --check: detections from PyTorch and from ONNX Runtime must agree ------------------------------------------
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+def match_detections(ref, got, iou_min: float = 0.9, score_tol: float = 0.02) -> tuple[int, int, int]:
+    """Greedy one-to-one matching of two detection sets of one image, best reference score first: a pair matches
+    when the labels are equal, IoU >= iou_min and |score difference| <= score_tol. Returns (matched, n_ref, n_got).
+    ref / got: (boxes [N, 4], scores [N], labels [N])."""
+    rb, rs, rl = ref
+    gb, gs, gl = got
+    if len(rb) == 0 or len(gb) == 0:
+        return 0, len(rb), len(gb)
+    ok = (_iou(rb, gb) >= iou_min) & (rl[:, None] == gl[None]) & (np.abs(rs[:, None] - gs[None]) <= score_tol)
+    used = np.zeros(len(gb), bool)
+    matched = 0
+    for i in np.argsort(-rs, kind="stable"):     # at most top-k rows per image; the pair test is vectorised above
+        free = np.flatnonzero(ok[i] & ~used)
+        if free.size:
+            used[free[np.argmax(gs[free])]] = True
+            matched += 1
+    return matched, len(rb), len(gb)
+
+
+def _detections(logits, boxes, h: int, w: int, k: int, floor: float):
+    from common.decode import get_decoder
+
+    n = logits.shape[0]
+    meta = np.tile(np.array([1.0, 1.0, 0, 0, w, h]), (n, 1))
+    cfg = {"convention": "detr", "input_height": h, "input_width": w, "max_per_img": k, "score_threshold": floor}
+    bi, b, s, lab = get_decoder(cfg)({"logits": logits, "pred_boxes": boxes}, meta, cfg)
+    return [(b[bi == i], s[bi == i], lab[bi == i]) for i in range(n)]
+
+
+def check_onnx(net, onnx_path: Path, inputs: np.ndarray, *, k: int = 100, floor: float = 0.05,
+               iou_min: float = 0.9, score_tol: float = 0.02) -> dict:
+    """Run PyTorch and ONNX Runtime on the same inputs and compare the top-k detections of each image (score above
+    `floor`) with match_detections. Agreement = matched / max(n_torch, n_onnx) over all images."""
+    import onnxruntime as ort
+    import torch
+
+    with torch.no_grad():
+        logits, boxes = (t.numpy() for t in DetrOutputs(net)(torch.from_numpy(inputs)))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    o_logits, o_boxes = sess.run(OUTPUT_NAMES, {sess.get_inputs()[0].name: inputs})
+    h, w = inputs.shape[2:]
+    ref, got = _detections(logits, boxes, h, w, k, floor), _detections(o_logits, o_boxes, h, w, k, floor)
+    totals = np.array([match_detections(r, g, iou_min, score_tol) for r, g in zip(ref, got)]).sum(axis=0)
+    matched, n_ref, n_got = (int(v) for v in totals)
+    agreement = matched / max(n_ref, n_got) if max(n_ref, n_got) else 1.0
+    return {"matched": matched, "torch_detections": n_ref, "onnx_detections": n_got, "agreement": agreement,
+            "metric": f"top-{k} detections above {floor}: same label, IoU >= {iou_min}, |score diff| <= {score_tol}",
+            "max_abs_logit_diff": float(np.abs(logits - o_logits).max())}
+
+
+def check_inputs(images: list[Path], variant, n: int, seed: int = 0) -> np.ndarray:
+    """Preprocessed images (the spec's preprocessing) when given, else seeded random images in [0, 1]."""
+    h, w = input_size(variant)
+    if images:
+        from common.data import read_image
+        from common.preprocess import Preprocessor
+        pre = Preprocessor(variant.preprocess, h, w)
+        return np.stack([pre(read_image(p))[0] for p in images[:n]])
+    return np.random.default_rng(seed).random((n, 3, h, w), np.float32)
+
+
+def main(argv=None) -> int:
+    from common.specs import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="transformers dir (config.json + safetensors) or original .pth")
+    ap.add_argument("--config", help="transformers config.json (required for a .pth)")
+    ap.add_argument("--model", default="rtdetr", help="model name or model.yaml path (default rtdetr)")
+    ap.add_argument("--variant", help="variant of the spec (input size, config overrides)")
+    ap.add_argument("--out", required=True, help="simplified ONNX to write")
+    ap.add_argument("--opset", type=int, default=None)
+    ap.add_argument("--check", action="store_true", help="compare detections of PyTorch and ONNX Runtime")
+    ap.add_argument("--check-images", nargs="*", default=[], help="images for --check (default: random)")
+    ap.add_argument("--check-batch", type=int, default=2)
+    ap.add_argument("--min-agreement", type=float, default=0.98)
+    args = ap.parse_args(argv)
+    try:
+        variant = load_model(args.model).variant(args.variant)
+        opset = args.opset or (variant.extra.get("export") or {}).get("opset", DEFAULT_OPSET)
+        out = Path(args.out)
+        raw = out.with_suffix(".raw.onnx")
+        try:
+            export_onnx(Path(args.checkpoint), Path(args.config) if args.config else None, raw, variant=variant,
+                        opset=opset)
+            simplify(raw, out, variant.input_name)
+        finally:
+            raw.unlink(missing_ok=True)
+        print(f"wrote {out}")
+        if args.check:
+            net = load_network(Path(args.checkpoint), Path(args.config) if args.config else None, variant)
+            res = check_onnx(net, out, check_inputs([Path(p) for p in args.check_images], variant, args.check_batch))
+            print(json.dumps(res, indent=1))
+            if res["agreement"] < args.min_agreement:
+                print(f"CHECK FAILED: agreement {res['agreement']:.3f} < {args.min_agreement}")
+                return 1
+            print("check passed")
+    except SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# RT-DETR FP32 performance run. Flags: --bs N, --variant, --onnx | --checkpoint [--config], --ann, ... (scripts/suite performance --help)
+set -euo pipefail
+exec "$(dirname "${BASH_SOURCE[0]}")/../../../scripts/suite" performance --model rtdetr --precision fp32 "$@"

@@ -1,0 +1,165 @@
+"""DETR-family output conventions (common/decode_detr.py) on constructed outputs with known answers.
+
+Each test places known boxes in original image pixels, maps them into the network input through the suite's own
+preprocess geometry (letterbox and stretch), writes them in the convention's layout, decodes, and expects the
+original boxes, scores and labels back.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.decode import get_decoder
+from common.errors import InputError
+from common.preprocess import Preprocessor, boxes_to_input
+from common.specs import Preprocess
+
+H = W = 640
+# two images of different sizes; boxes in original pixels
+SIZES = [(480, 640), (300, 200)]      # (h, w)
+ORIG = [np.array([[10, 20, 110, 220], [300, 100, 620, 470]], np.float64),
+        np.array([[5, 5, 50, 60], [100, 150, 190, 290]], np.float64)]
+
+
+def _meta(resize: str) -> np.ndarray:
+    pre = Preprocessor(Preprocess(resize=resize, pad="bottom_right", color="rgb"), H, W)
+    return np.stack([pre(np.zeros((h, w, 3), np.uint8))[1] for h, w in SIZES])
+
+
+def _input_boxes(meta):
+    return np.stack([boxes_to_input(ORIG[i], meta[i]) for i in range(len(SIZES))])   # [B, 2, 4] xyxy
+
+
+def _cxcywh_norm(xyxy):
+    cx, cy = (xyxy[..., 0] + xyxy[..., 2]) / 2, (xyxy[..., 1] + xyxy[..., 3]) / 2
+    w, h = xyxy[..., 2] - xyxy[..., 0], xyxy[..., 3] - xyxy[..., 1]
+    return (np.stack([cx, cy, w, h], -1) / np.array([W, H, W, H])).astype(np.float32)
+
+
+def _logit(p):
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
+def _sorted(dets):
+    bi, boxes, scores, labels = dets
+    order = np.lexsort((-scores, bi))
+    return bi[order], boxes[order], scores[order], labels[order]
+
+
+CFG = {"input_height": H, "input_width": W}
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+def test_detr_logits_cxcywh_topk_floor(resize):
+    meta = _meta(resize)
+    q, c = 5, 4
+    inp = _input_boxes(meta)
+    boxes = np.full((2, q, 4), 0.5, np.float32)        # queries 2..4: background
+    boxes[:, :2] = _cxcywh_norm(inp)
+    probs = np.full((2, q, c), 0.001, np.float32)
+    probs[0, 0, 2], probs[0, 1, 0] = 0.9, 0.8
+    probs[1, 0, 3], probs[1, 1, 1] = 0.7, 0.95
+    probs[1, 1, 2] = 0.6                                 # a second class for the same query: kept (no NMS)
+    dets = get_decoder({"convention": "detr"})({"logits": _logit(probs), "pred_boxes": boxes}, meta,
+                                                {**CFG, "convention": "detr", "score_threshold": 0.01})
+    bi, got, scores, labels = _sorted(dets)
+    assert bi.tolist() == [0, 0, 1, 1, 1]
+    assert labels.tolist() == [2, 0, 1, 3, 2]
+    np.testing.assert_allclose(scores, [0.9, 0.8, 0.95, 0.7, 0.6], rtol=1e-5)
+    want = np.stack([ORIG[0][0], ORIG[0][1], ORIG[1][1], ORIG[1][0], ORIG[1][1]])
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_detr_topk_caps_per_image_and_floor_drops_the_rest():
+    meta = _meta("stretch")
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0.0, 0.5, (2, 50, 7)).astype(np.float32)
+    boxes = rng.uniform(0.2, 0.4, (2, 50, 4)).astype(np.float32)
+    out = {"logits": _logit(probs), "pred_boxes": boxes}
+    bi, _, scores, _ = get_decoder({"convention": "detr"})(out, meta, {**CFG, "max_per_img": 30, "score_threshold": 0})
+    assert np.bincount(bi).tolist() == [30, 30]
+    for i in range(2):                                   # exactly the 30 best of all 350 (query, class) pairs
+        np.testing.assert_allclose(np.sort(scores[bi == i]), np.sort(probs[i].ravel())[-30:], rtol=1e-5)
+    bi, _, scores, _ = get_decoder({"convention": "detr"})(out, meta, {**CFG, "score_threshold": 0.45})
+    assert (scores > 0.45).all() and len(scores) == int((probs > 0.45).sum())
+
+
+def test_detr_softmax_drops_no_object_class():
+    meta = _meta("stretch")[:1]
+    logits = np.array([[[0.0, 5.0, 0.0], [0.0, 0.0, 9.0]]], np.float32)   # query 1 is "no object"
+    boxes = np.full((1, 2, 4), 0.25, np.float32)
+    bi, _, scores, labels = get_decoder({"convention": "detr"})(
+        {"logits": logits, "pred_boxes": boxes}, meta, {**CFG, "activation": "softmax", "score_threshold": 0.5})
+    assert labels.tolist() == [1] and bi.tolist() == [0]
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+def test_absolute_boxes_labels_scores(resize):
+    meta = _meta(resize)
+    boxes = _input_boxes(meta).astype(np.float32)
+    out = {"boxes": boxes, "labels": np.array([[3, 7], [0, 1]], np.int64),
+           "scores": np.array([[0.9, 0.005], [0.4, 0.3]], np.float32)}
+    bi, got, scores, labels = _sorted(get_decoder({"convention": "boxes_labels_scores"})(out, meta, CFG))
+    assert bi.tolist() == [0, 1, 1] and labels.tolist() == [3, 0, 1]      # 0.005 is under the 0.01 floor
+    np.testing.assert_allclose(got, np.stack([ORIG[0][0], ORIG[1][0], ORIG[1][1]]), atol=1e-3)
+
+
+def test_ultralytics_rows():
+    meta = _meta("stretch")
+    preds = np.zeros((2, 3, 4 + 5), np.float32)
+    preds[:, :2, :4] = _cxcywh_norm(_input_boxes(meta))
+    preds[0, 0, 4 + 4], preds[0, 1, 4 + 1], preds[1, 0, 4 + 0], preds[1, 1, 4 + 2] = 0.8, 0.6, 0.7, 0.002
+    preds[0, 0, 4 + 3] = 0.5                            # not the best class of its query: not a detection
+    bi, got, scores, labels = _sorted(get_decoder({"convention": "ultralytics"})({"output0": preds}, meta, CFG))
+    assert bi.tolist() == [0, 0, 1] and labels.tolist() == [4, 1, 0]
+    np.testing.assert_allclose(scores, [0.8, 0.6, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(got, np.stack([ORIG[0][0], ORIG[0][1], ORIG[1][0]]), atol=1e-3)
+
+
+def _paddle_rows(meta):
+    inp = _input_boxes(meta)
+    rows = np.full((2, 4, 6), 0, np.float32)
+    rows[..., 0] = -1                                    # padding rows
+    rows[0, 0] = [5, 0.9, *inp[0, 0]]
+    rows[0, 1] = [2, 0.3, *inp[0, 1]]
+    rows[1, 2] = [0, 0.7, *inp[1, 1]]
+    return rows
+
+
+@pytest.mark.parametrize("layout", ["stacked_with_count", "batched", "ragged"])
+def test_paddle_rows(layout):
+    meta = _meta("letterbox")
+    rows = _paddle_rows(meta)
+    cfg = {**CFG, "rows": "rows"}
+    if layout == "batched":
+        out = {"rows": rows}
+    elif layout == "stacked_with_count":
+        out, cfg["count"] = {"rows": rows.reshape(-1, 6), "bbox_num": np.array([4, 4], np.int32)}, "bbox_num"
+    else:                                                # image 0 has 2 rows, image 1 has 3
+        out = {"rows": np.concatenate([rows[0, :2], rows[1, :3]]), "bbox_num": np.array([2, 3], np.int32)}
+        cfg["count"] = "bbox_num"
+    bi, got, scores, labels = _sorted(get_decoder({"convention": "paddle_rows"})(out, meta, cfg))
+    assert bi.tolist() == [0, 0, 1] and labels.tolist() == [5, 2, 0]
+    np.testing.assert_allclose(scores, [0.9, 0.3, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(got, np.stack([ORIG[0][0], ORIG[0][1], ORIG[1][1]]), atol=1e-3)
+
+
+def test_paddle_rows_in_original_pixels_and_bad_counts():
+    meta = _meta("letterbox")
+    rows = np.zeros((2, 1, 6), np.float32)
+    rows[0, 0] = [1, 0.5, *ORIG[0][0]]
+    rows[1, 0] = [1, 0.5, *ORIG[1][1]]
+    _, got, _, _ = get_decoder({"convention": "paddle_rows"})({"rows": rows}, meta, {**CFG, "boxes_in": "original"})
+    np.testing.assert_allclose(got, np.stack([ORIG[0][0], ORIG[1][1]]), atol=1e-6)
+    with pytest.raises(InputError, match="does not split"):
+        get_decoder({"convention": "paddle_rows"})({"rows": rows.reshape(-1, 6), "n": np.array([1, 3])}, meta,
+                                                   {**CFG, "count": "n"})
+
+
+def test_shape_errors_name_the_problem():
+    meta = _meta("stretch")
+    with pytest.raises(InputError, match=r"\[B, Q, 4\]"):
+        get_decoder({"convention": "detr"})({"logits": np.zeros((2, 3, 2)), "pred_boxes": np.zeros((2, 3, 5))},
+                                            meta, CFG)
+    with pytest.raises(InputError, match="no output 'logits'"):
+        get_decoder({"convention": "detr"})({"x": np.zeros(1)}, meta, CFG)
