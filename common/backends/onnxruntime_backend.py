@@ -33,10 +33,49 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_ALWAYS_FP32) | set(block_list))
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
                                                  node_block_list=list(block_nodes), disable_shape_infer=False)
+    _tidy_block_casts(converted.graph)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     if n16 == 0:
         raise RuntimeFailure("FP16 conversion produced no float16 weights: refusing to run FP32 as FP16", model_path)
     onnx.save(converted, str(out_path))
+
+
+def _tidy_block_casts(graph):
+    """Repair two habits of onnxruntime's float16 converter around blocked (FP32) nodes.
+
+    It casts every blocked node's output to float16 and back to float32 for each blocked reader, so a value
+    that only fits FP32 (|x| > 65504) overflows between two blocked nodes: such round trips become an Identity
+    of the FP32 value. And it gives the cast in front of each blocked reader a name made from the tensor's
+    name, so two blocked readers of one tensor produce two identical nodes (an invalid graph): keep one.
+    """
+    from onnx import TensorProto, helper
+
+    seen, nodes = set(), []
+    for node in graph.node:
+        key = (node.name, tuple(node.input), tuple(node.output)) if node.op_type == "Cast" else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        nodes.append(node)
+    producer = {out: n for n in nodes for out in n.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    # only the casts the converter inserted: after a blocked node / graph input, before a blocked node / output
+    to16 = lambda n: cast_to(n) == TensorProto.FLOAT16 and (  # noqa: E731
+        n.name.endswith("_cast_to_fp16_node") or n.name.startswith("graph_input_cast"))
+    for i, node in enumerate(nodes):
+        if not (cast_to(node) == TensorProto.FLOAT and (node.name.endswith("_cast_to_fp32_node")
+                                                          or node.name.startswith("graph_output_cast"))):
+            continue
+        first = producer.get(node.input[0])
+        if first is not None and to16(first):
+            nodes[i] = helper.make_node("Identity", [first.input[0]], list(node.output), name=node.name)
+    used = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if not (to16(n) and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 class OrtRunner(Runner):
@@ -94,7 +133,7 @@ class OnnxRuntimeBackend(Backend):
         block_ops = tuple(req.options.get("fp16_block_ops", ()))
         block_nodes = tuple(req.options.get("fp16_block_nodes", ()))
         key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, runtime=self.runtime_version(),
-                        block_ops=block_ops, block_nodes=block_nodes, converter=2)
+                        block_ops=block_ops, block_nodes=block_nodes, converter=3)
         return req.cache.get_or_build(
             key, self.engine_suffix, lambda tmp: convert_fp16(req.onnx_path, tmp, block_ops, block_nodes),
             {"backend": self.name, "precision": req.precision, "onnx": str(req.onnx_path),
