@@ -27,6 +27,7 @@ from .preprocess import Preprocessor
 from .specs import Variant
 
 FP16_MAX = 65504.0
+FP16_MIN_NORMAL = 6.104e-05   # below it float16 keeps fewer significant bits, and nothing below ~6e-8
 
 
 class FidelityFailure(SuiteError):
@@ -171,23 +172,27 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def match_detections(ref: tuple, cand: tuple, score_threshold: float, iou_min: float = 0.5) -> list:
-    """Greedy, highest reference score first: each reference detection at or above the threshold takes the
-    unmatched candidate detection of the same label with the highest IoU (>= iou_min), at any score.
-    Returns (iou, |score diff|) or None per reference detection."""
+    """Pairs each reference detection at or above the threshold with a candidate detection (any score) of the
+    same label and IoU >= iou_min, one to one. Pairs are taken globally by increasing (1 - IoU) + |score diff|,
+    so among near-identical boxes (DETR queries often overlap) a detection pairs with the one that also agrees
+    in score. Returns (iou, |score diff|) or None per reference detection."""
     rb, rs, rl = ref
     cb, cs, cl = cand
-    order = [i for i in np.argsort(-rs, kind="stable") if rs[i] >= score_threshold]
-    iou = box_iou(rb[order], cb) if len(order) and len(cb) else np.zeros((len(order), len(cb)))
-    taken = np.zeros(len(cb), bool)
-    result = []
-    for k, i in enumerate(order):
-        cands = np.where((cl == rl[i]) & ~taken & (iou[k] >= iou_min))[0]
-        if not len(cands):
-            result.append(None)
-            continue
-        j = cands[np.argmax(iou[k, cands])]
-        taken[j] = True
-        result.append((float(iou[k, j]), float(abs(cs[j] - rs[i]))))
+    keep = np.where(rs >= score_threshold)[0]
+    result: list = [None] * len(keep)
+    if not len(keep) or not len(cb):
+        return result
+    iou = box_iou(rb[keep], cb)
+    diff = np.abs(rs[keep][:, None] - cs[None, :])
+    feasible = (rl[keep][:, None] == cl[None, :]) & (iou >= iou_min)
+    k_idx, j_idx = np.nonzero(feasible)
+    cost = (1 - iou[k_idx, j_idx]) + diff[k_idx, j_idx]
+    used_k, used_j = np.zeros(len(keep), bool), np.zeros(len(cb), bool)
+    for t in np.argsort(cost, kind="stable"):
+        k, j = k_idx[t], j_idx[t]
+        if not used_k[k] and not used_j[j]:
+            used_k[k] = used_j[j] = True
+            result[k] = (float(iou[k, j]), float(diff[k, j]))
     return result
 
 
@@ -370,7 +375,7 @@ class NodeFinding:
     name: str
     op_type: str
     tensor: str
-    reason: str          # overflow | nonfinite | tolerance
+    reason: str          # overflow | underflow (the whole tensor below FP16's normal range) | nonfinite | tolerance
     cosine: float
     norm_err: float
     ref_max_abs: float
@@ -394,19 +399,33 @@ def _tensor_verdict(ref: list, cand: list, tol: Tolerance, held_in_fp16: bool):
     if (~np.isfinite(c) & np.isfinite(r)).any():
         return "nonfinite", s
     if s["cosine"] < tol.node_min_cosine or s["norm_err"] > tol.node_max_norm_err:
-        return "tolerance", s
+        return ("underflow" if held_in_fp16 and 0 < s["ref_max_abs"] < FP16_MIN_NORMAL else "tolerance"), s
     return None, s
+
+
+def _is_origin(reason: str, cosine: float, bad_inputs: list, worse_by: float = 0.05) -> bool:
+    """A bad tensor starts a problem when none of its inputs is bad, when it is the first to overflow or go
+    NaN/Inf, or when it is clearly worse than its worst input (a LayerNorm turning slightly-off tiny inputs into
+    zeros): a node that only passes its inputs' error on is not a culprit."""
+    if not bad_inputs:
+        return True
+    hard = ("overflow", "nonfinite")
+    if reason in hard and not any(r in hard for r, _ in bad_inputs):
+        return True
+    return cosine < min(c for _, c in bad_inputs) - worse_by
 
 
 def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol: Tolerance, block_ops=(),
                        block_nodes=(), chunk: int = 1500, workdir: Path | None = None) -> dict:
-    """One localisation pass: the first nodes (in topological order) whose FP16 outputs are bad while every
-    input they read from other nodes is still good.
+    """One localisation pass: the nodes whose FP16 outputs are bad while the inputs they read from other nodes
+    are good (or clearly less bad: see _is_origin).
 
-    Intermediates are exposed in chunks of `chunk` tensors in topological order, scanning forward and
-    stopping after the first chunk that holds a culprit: on a small graph that is one pass exposing every
-    tensor (cheapest: one run of each graph), on a large one memory stays bounded and the scan stops early.
-    A bisection would need the same exposure (a DAG has no single cut point to test), so it would not save runs.
+    One forward scan over every tensor, exposed in chunks of `chunk` tensors in topological order: on a small
+    graph that is a single run of each graph exposing every tensor (the cheapest there is), on a large one memory
+    stays bounded by the chunk. It is not a bisection: a bisection tests one cut at a time and finds one
+    culprit, assuming errors only grow downstream; FP16 problems are often several independent ones (a
+    harmless underflow early, a broken score head late) and a later one can hide behind an earlier one, so the
+    scan judges every node against its own inputs and reports all of them in one pass.
     Tensors computed from integer tensors that differ (TopK / NMS indices, data-dependent shapes) select
     different elements in the two graphs: they are marked diverged and not judged elementwise.
     """
@@ -432,7 +451,7 @@ def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol: Tol
             name16 = alt if node.name in blocked and alt in produced16 else out
             if name16 in produced16 and types16.get(name16):
                 watch.append((node, out, name16))
-    bad: set = set()
+    bad: dict = {}        # tensor -> (reason, cosine)
     diverged: set = set()
     findings: list[NodeFinding] = []
     scanned = 0
@@ -451,22 +470,20 @@ def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol: Tol
             if reason == "diverged":
                 diverged.add(out)
                 continue
-            bad.add(out)
-            if not any(i in bad for i in node.input):
+            bad[out] = (reason, s["cosine"])
+            if _is_origin(reason, s["cosine"], [bad[i] for i in node.input if i in bad]):
                 findings.append(NodeFinding(node.name, node.op_type, out, reason, s["cosine"], s["norm_err"],
                                             s["ref_max_abs"]))
         del ref, cand
-        if findings:
-            break
     consumers: dict = {}
     for node in model32.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node.name)
-    # A value beyond the FP16 range must also be read in FP32: its readers join the block list.
+    # A value outside the FP16 range must also be read in FP32: its readers join the block list.
     to_block = []
     for f in findings:
         to_block.append(f.name)
-        if f.reason == "overflow":
+        if f.reason in ("overflow", "underflow"):
             to_block += consumers.get(f.tensor, [])
     return {"watched": len(watch), "scanned": scanned, "diverged": len(diverged), "findings": findings,
             "to_block": list(dict.fromkeys(n for n in to_block if n))}

@@ -23,6 +23,7 @@ from .decode import get_decoder, nonfinite_counts
 from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
+from .fidelity import needs_preflight, preflight
 from .preprocess import Preprocessor
 from .replay import OutputRecorder
 from .run_state import RunState
@@ -62,6 +63,7 @@ class RunConfig:
     min_iters: int = 100
     backend_options: dict = field(default_factory=dict)
     resume: bool = True  # pick up the per-batch predictions an interrupted identical run left behind
+    preflight: int = 0   # accuracy: compare with the FP32 reference on this many images first (common/fidelity.py)
 
 
 @dataclass
@@ -174,6 +176,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
     with BatchLoader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
                      cache_dir=None if done else cfg.input_cache) as loader:
         p = prepare(cfg, variant, onnx_sha256, onnx_path)
+        if needs_preflight(cfg):  # a broken engine fails here in seconds, not after the full pass
+            preflight(cfg, p, items, annotations)
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
