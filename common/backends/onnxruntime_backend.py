@@ -75,7 +75,29 @@ def _tidy_block_casts(graph):
     used = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
     nodes = [n for n in nodes if not (to16(n) and n.output[0] not in used)]
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {t.name for t in graph.initializer}))
+
+
+def _topological(nodes: list, available: set) -> list:
+    """The converter appends its casts at the end; ONNX wants producers before readers. Stable: the original
+    order wherever it is already valid. Nodes that read names from nowhere (subgraph scopes) keep their place."""
+    available = set(available) | {""}
+    produced = {o for n in nodes for o in n.output}
+    ready = lambda n: all(i in available or i not in produced for i in n.input)  # noqa: E731
+    pending, ordered = list(nodes), []
+    while pending:
+        rest = []
+        for n in pending:
+            if ready(n):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):   # a cycle cannot happen in a valid graph: keep the rest as it was
+            ordered += rest
+            break
+        pending = rest
+    return ordered
 
 
 class OrtRunner(Runner):
