@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--input-cache", metavar="DIR", default=os.environ.get("INPUT_CACHE_DIR"),
                      help="reuse decoded + preprocessed inputs stored here (default: $INPUT_CACHE_DIR; off)")
     acc.add_argument("--save-detections", metavar="PATH", help="also write the detections as COCO results JSON")
+    acc.add_argument("--preflight", type=_nonneg_int, default=int(os.environ.get("SUITE_PREFLIGHT", "4") or 0),
+                     metavar="N", help="before the full pass, compare the engine with the FP32 reference on N images "
+                     "and stop (exit 1) when out of tolerance; 0 = off (default 4, $SUITE_PREFLIGHT)")
     acc.add_argument("--no-progress", action="store_true")
     acc.add_argument("--checkpoint-interval", type=float, default=float(os.environ.get("SUITE_CHECKPOINT_S", "1") or 1),
                      metavar="S", help="save finished predictions for resuming every S seconds (0 = after every "
@@ -129,6 +132,7 @@ def _config(args) -> RunConfig:
             max(0, min(4, cores - 2 * cfg.streams)) if cpu else max(1, min(4, cores - 1)))
         cfg.resume = not args.no_resume
         cfg.checkpoint_s = args.checkpoint_interval
+        cfg.preflight = args.preflight
     else:
         cfg.warmup_s, cfg.min_duration_s, cfg.min_iters = args.warmup, args.min_duration, args.min_iters
     return cfg

@@ -25,6 +25,7 @@ from .endtoend import compute_time, e2e_items, measure_end_to_end
 from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
+from .fidelity import needs_preflight, preflight
 from .preprocess import Preprocessor
 from .replay import OutputRecorder
 from .run_state import RunState
@@ -68,6 +69,7 @@ class RunConfig:
     calib_images: int = 32
     resume: bool = True  # pick up the per-batch predictions an interrupted identical run left behind
     checkpoint_s: float = 1.0  # how often finished predictions are saved for resuming (0 = after every batch)
+    preflight: int = 0   # accuracy: compare with the FP32 reference on this many images first (common/fidelity.py)
 
 
 @dataclass
@@ -212,6 +214,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
             future = setup.submit(prepare, cfg, variant, onnx_sha256, onnx_path)
             ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // cfg.batch_size))
             p = future.result()
+        if needs_preflight(cfg):  # a broken engine fails here in seconds, not after the full pass
+            preflight(cfg, p, items, annotations)
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in

@@ -86,3 +86,42 @@ variants:
 {common}    export: {{opset: 17, config_overrides: {{decoder_method: discrete}}}}
 """)
     return path
+
+
+def build_tiny_rtdetr_end2end(out: Path, seed: int = 0) -> Path:
+    """tiny_network exported with its logits / normalised cxcywh boxes wrapped into end2end outputs: dets [B, Q, 5]
+    (x1, y1, x2, y2, score in input pixels) and labels [B, Q]. Used by the FP16 fidelity tests."""
+    import torch
+
+    from common.exporting import torch_export
+
+    class End2End(torch.nn.Module):
+        def __init__(self, detr):
+            super().__init__()
+            self.detr = detr
+
+        def forward(self, images):
+            out = self.detr(pixel_values=images)
+            score, labels = out.logits.sigmoid().max(-1)
+            cx, cy, w, h = out.pred_boxes.unbind(-1)
+            xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * SIZE
+            return torch.cat([xyxy, score.unsqueeze(-1)], -1), labels
+
+    torch_export(End2End(tiny_network(seed=seed)), torch.zeros(1, 3, SIZE, SIZE), out, input_name="images",
+                 output_names=["dets", "labels"])
+    return out
+
+
+def tiny_end2end_spec(path: Path, onnx_path: Path) -> Path:
+    path.write_text(f"""schema: 1
+name: tinyrtdetr
+variants:
+  tiny:
+    onnx: {onnx_path}
+    input: {{name: images, height: {SIZE}, width: {SIZE}}}
+    preprocess: {{resize: stretch, color: rgb, mean: [0, 0, 0], std: [255, 255, 255]}}
+    output: {{convention: end2end, dets: dets, labels: labels, score_threshold: 0.0}}
+    labels: {list(CATEGORIES)}
+    evaluation: {{annotation: instances_val2017_person_subset350.json, categories: [1]}}
+""")
+    return path

@@ -75,7 +75,7 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     _unshare_float_constants(model, set(ops))
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
                                                  node_block_list=list(block_nodes), disable_shape_infer=False)
-    _drop_duplicate_casts(converted.graph)
+    _tidy_block_casts(converted.graph)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     if n16 == 0:
         raise RuntimeFailure("FP16 conversion produced no float16 weights: refusing to run FP32 as FP16", model_path)
@@ -105,26 +105,64 @@ def _extra_inputs(session, req: BuildRequest, engine: Path) -> dict:
     return feeds
 
 
-def _drop_duplicate_casts(graph):
-    """The converter names the float32 Cast it puts in front of a blocked node after the input tensor, so when two
-    blocked nodes read one tensor it adds the same Cast twice (same name, same output): an invalid graph. The copies
-    are identical; keep the first."""
-    seen, keep = set(), []
+def _tidy_block_casts(graph):
+    """Repair two habits of onnxruntime's float16 converter around blocked (FP32) nodes.
+
+    It casts every blocked node's output to float16 and back to float32 for each blocked reader, so a value
+    that only fits FP32 (|x| > 65504) overflows between two blocked nodes: such round trips become an Identity
+    of the FP32 value. And it gives the cast in front of each blocked reader a name made from the tensor's
+    name, so two blocked readers of one tensor produce two identical nodes (an invalid graph): keep one.
+    """
+    from onnx import TensorProto, helper
+
+    seen, nodes = set(), []
     for node in graph.node:
-        key = (node.op_type, node.name, tuple(node.input), tuple(node.output))
-        if node.op_type == "Cast" and key in seen:
+        key = (node.name, tuple(node.input), tuple(node.output)) if node.op_type == "Cast" else None
+        if key is not None and key in seen:
             continue
         seen.add(key)
-        keep.append(node)
-    if len(keep) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep)
-        infos, names = list(graph.value_info), set()
-        del graph.value_info[:]
-        for vi in infos:
-            if vi.name not in names:
-                names.add(vi.name)
-                graph.value_info.append(vi)
+        nodes.append(node)
+    producer = {out: n for n in nodes for out in n.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    # only the casts the converter inserted: after a blocked node / graph input, before a blocked node / output
+    to16 = lambda n: cast_to(n) == TensorProto.FLOAT16 and (  # noqa: E731
+        n.name.endswith("_cast_to_fp16_node") or n.name.startswith("graph_input_cast"))
+    for i, node in enumerate(nodes):
+        if not (cast_to(node) == TensorProto.FLOAT and (node.name.endswith("_cast_to_fp32_node")
+                                                          or node.name.startswith("graph_output_cast"))):
+            continue
+        first = producer.get(node.input[0])
+        if first is not None and to16(first):
+            nodes[i] = helper.make_node("Identity", [first.input[0]], list(node.output), name=node.name)
+    used = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if not (to16(n) and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {t.name for t in graph.initializer}))
+
+
+def _topological(nodes: list, available: set) -> list:
+    """The converter appends its casts at the end; ONNX wants producers before readers. Stable: the original
+    order wherever it is already valid. Nodes that read names from nowhere (subgraph scopes) keep their place."""
+    available = set(available) | {""}
+    produced = {o for n in nodes for o in n.output}
+    ready = lambda n: all(i in available or i not in produced for i in n.input)  # noqa: E731
+    pending, ordered = list(nodes), []
+    while pending:
+        rest = []
+        for n in pending:
+            if ready(n):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):   # a cycle cannot happen in a valid graph: keep the rest as it was
+            ordered += rest
+            break
+        pending = rest
+    return ordered
 
 
 class OrtRunner(Runner):

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""FP16 fidelity: a candidate engine against the FP32 reference on real images (docs/fidelity.md).
+
+    scripts/compare.py --model rtmdet --precision fp16 --dataset-dir DIR --ann FILE [--images 8] [--report PATH]
+
+Reference: ONNX Runtime on the CPU running the ONNX as it is. Candidate: any backend / device / precision, built
+as the accuracy run builds it. When they disagree and the candidate is ONNX Runtime FP16, the first nodes whose
+FP16 values leave tolerance or overflow are found, an FP16 conversion keeping them in FP32 is built and compared
+again, and the block list is printed as a spec snippet (and written beside the report).
+
+Exit codes: 0 within tolerance, 1 out of tolerance, 2 bad input or configuration, 3 runtime failure,
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.cli import _common_args, _nonneg_int, _positive_int, _on_sigterm  # noqa: E402
+from common.errors import EXIT_INTERRUPTED, EXIT_PASS, EXIT_RUNTIME, EXIT_TARGET_FAILED, SuiteError  # noqa: E402
+from common.fidelity import run_compare, write_json  # noqa: E402
+from common.runs import RunConfig  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
+    _common_args(p)
+    p.set_defaults(precision=os.environ.get("PRECISION", "fp16"))
+    p.add_argument("--images", type=_positive_int, default=8, help="images compared (the first N by id)")
+    p.add_argument("--localise-images", type=_positive_int, default=1,
+                   help="images the localisation runs on (every intermediate tensor is kept for each)")
+    p.add_argument("--localise", action="store_true", help="localise even when the candidate is within tolerance")
+    p.add_argument("--no-fix", action="store_true", help="report only: no localisation, no fixed conversion")
+    p.add_argument("--report", metavar="PATH",
+                   help="JSON report (default: <results-dir>/compare/<model>_<variant>_<backend>_<precision>.json)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cfg = RunConfig(model=args.model, variant=args.variant, precision=args.precision, backend=args.backend,
+                        device=args.device, onnx=args.onnx, checkpoint=args.checkpoint, config=args.config,
+                        opset=args.opset, dataset_dir=args.dataset_dir, annotation=args.annotation,
+                        images_dir=args.images_dir, results_dir=args.results_dir, threads=args.threads)
+        if args.cache_dir:
+            cfg.cache_dir = args.cache_dir
+        report_path = Path(args.report) if args.report else None
+        out_dir = report_path.parent if report_path else Path(args.results_dir) / "compare"
+        report = run_compare(cfg, args.images, args.localise_images, fix=not args.no_fix, out_dir=out_dir,
+                             always_localise=args.localise)
+        if not args.no_record:
+            report_path = report_path or out_dir / (f"{report['model']}_{report['variant']}_{args.backend}_"
+                                                    f"{args.precision}.json")
+            write_json(report_path, report)
+            print(f" report: {report_path}")
+        return EXIT_PASS if report["verdict"] == "pass" else EXIT_TARGET_FAILED
+    except SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected runtime failure: one line
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: internal failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())
