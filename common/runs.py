@@ -108,7 +108,7 @@ def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256
     """What an engine is built from (scripts/build_engine.py builds the same request as a run)."""
     options = dict(variant.extra.get("build", {}))
     options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
-    if cfg.calib_dir:
+    if cfg.calib_dir and cfg.precision == "int8":  # only INT8 calibrates; $CALIB_DIR must not affect others
         from .calibration import CalibrationSet
         options["calibration"] = CalibrationSet.for_variant(cfg.calib_dir, variant, cfg)
     return BuildRequest(onnx_path=onnx_path, onnx_sha256=onnx_sha256, precision=cfg.precision,
