@@ -30,7 +30,7 @@ def e2e_items(dataset_dir, annotation, images_dir) -> tuple[list[ImageItem] | No
 def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int, warmup_s: float,
                        min_duration_s: float) -> TimingStats:
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    decoder = get_decoder(variant.output)
+    decoder = get_decoder(variant.decode_cfg)
     x = np.empty((batch_size, 3, variant.height, variant.width), np.float32)
     meta = [None] * batch_size
     state = {"next": 0}
@@ -41,7 +41,7 @@ def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int,
             state["next"] += 1
             _, meta[i] = pre(read_image(item.path), out=x[i])
         outputs = runner.infer(x)
-        decoder(outputs, np.stack(meta), variant.output)
+        decoder(outputs, np.stack(meta), variant.decode_cfg)
 
     return measure(step, runner.sync, batch_size, warmup_iters=2, warmup_s=min(warmup_s, 1.0),
                    min_iters=E2E_MIN_ITERS, min_duration_s=min(E2E_MIN_S, min_duration_s),

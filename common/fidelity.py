@@ -197,10 +197,10 @@ def match_detections(ref: tuple, cand: tuple, score_threshold: float, iou_min: f
 
 
 def _detections(variant: Variant, outputs: list[dict], images: Images) -> list[tuple]:
-    decoder = get_decoder(variant.output)
+    decoder = get_decoder(variant.decode_cfg)
     dets = []
     for i, out in enumerate(outputs):
-        _, boxes, scores, labels = decoder(out, images.meta[i:i + 1], variant.output)
+        _, boxes, scores, labels = decoder(out, images.meta[i:i + 1], variant.decode_cfg)
         finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
         dets.append((boxes[finite], scores[finite], labels[finite].astype(np.int64)))
     return dets

@@ -152,6 +152,8 @@ def enumerate_cases(models: list[str], filters: Filters | None = None) -> list[C
     for given in models:
         spec = load_model(given)
         for variant in spec.variants.values():
+            if "matrix" not in variant.extra:
+                continue  # opt-in: a variant that needs its own checkpoint or ONNX is no case by default
             m = matrix_section(spec, variant)
             for backend in m["backends"]:
                 for precision in m["precisions"]:

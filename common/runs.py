@@ -190,7 +190,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator)
     decoder = get_decoder(variant.output)
     # decoders of normalised boxes need the input size; the spec's own output fields win
-    decode_cfg = {"input_height": variant.height, "input_width": variant.width, **variant.output}
+    decode_cfg = variant.decode_cfg
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     onnx_path = resolve_onnx(cfg, variant)
     onnx_sha256 = file_sha256(onnx_path)

@@ -78,6 +78,11 @@ class Variant:
     def id(self) -> str:
         return f"{self.model}/{self.name}"
 
+    @property
+    def decode_cfg(self) -> dict:
+        """The output section plus the network input size, which decoders of normalised boxes need."""
+        return {"input_height": self.height, "input_width": self.width, **self.output}
+
     def targets_for(self, backend: str, device: str, precision: str, batch_size: int) -> list[Target]:
         return [t for t in self.targets if t.applies(backend, device, precision, batch_size)]
 
