@@ -47,8 +47,8 @@ def read_config(path: str | Path):
         raise ConfigError(f"not a readable mmengine config: {type(exc).__name__}: {_first_line(exc)}", path) from None
     model = cfg.get("model")
     if not isinstance(model, dict) or model.get("type") != "RTMDet":
-        raise ConfigError(f"model.type must be 'RTMDet', got {model.get('type') if isinstance(model, dict) else None!r}",
-                          path)
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise ConfigError(f"model.type must be 'RTMDet', got {kind!r}", path)
     return cfg
 
 

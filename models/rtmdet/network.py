@@ -157,9 +157,9 @@ class CSPNeXt(nn.Module):
             stage = [conv_block(use_depthwise)(cin, cout, 3, 2, **kw)]
             if spp:
                 stage.append(SPPBottleneck(cout, cout, spp_kernal_sizes, **kw))
-            stage.append(CSPLayer(cout, cout, expand_ratio=expand_ratio, num_blocks=max(round(blocks * deepen_factor), 1),
-                                  add_identity=identity, depthwise=use_depthwise,
-                                  channel_attention=channel_attention, **kw))
+            n_blocks = max(round(blocks * deepen_factor), 1)
+            stage.append(CSPLayer(cout, cout, expand_ratio=expand_ratio, num_blocks=n_blocks, add_identity=identity,
+                                  depthwise=use_depthwise, channel_attention=channel_attention, **kw))
             self.add_module(f"stage{i + 1}", nn.Sequential(*stage))
             self.layers.append(f"stage{i + 1}")
 
@@ -225,6 +225,8 @@ class RTMDetSepBNHead(nn.Module):
         if share_conv and use_depthwise:
             raise UnsupportedConfig("bbox_head share_conv=True with use_depthwise=True")
         generator = dict(anchor_generator or {"offset": 0, "strides": [8, 16, 32]})
+        if generator.get("type", "MlvlPointGenerator") != "MlvlPointGenerator":
+            raise UnsupportedConfig(f"anchor_generator {generator.get('type')} (RTMDet uses MlvlPointGenerator)")
         if generator.get("offset", 0.5) != 0:
             raise UnsupportedConfig(f"anchor_generator offset {generator.get('offset', 0.5)} (rtmdet_raw decoding "
                                     "puts priors at offset 0)")
