@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.decode import get_decoder
-from common.errors import InputError
+from common.errors import ConfigError, InputError
 from common.preprocess import Preprocessor, boxes_to_input
 from common.specs import Preprocess
 
@@ -154,6 +154,17 @@ def test_paddle_rows_in_original_pixels_and_bad_counts():
     with pytest.raises(InputError, match="does not split"):
         get_decoder({"convention": "paddle_rows"})({"rows": rows.reshape(-1, 6), "n": np.array([1, 3])}, meta,
                                                    {**CFG, "count": "n"})
+    with pytest.raises(ConfigError, match="output.count"):
+        get_decoder({"convention": "paddle_rows"})({"rows": rows.reshape(-1, 6)}, meta, CFG)
+
+
+def test_paddle_rows_of_a_padded_static_batch():
+    """A static-batch engine ran 2 copies for 1 image; the runner cut the count to [B] but not the stacked rows."""
+    meta = _meta("letterbox")[:1]
+    rows = _paddle_rows(_meta("letterbox"))[[0, 0]].reshape(-1, 6)          # image 0 twice, 4 rows each
+    bi, got, _, labels = get_decoder({"convention": "paddle_rows"})(
+        {"rows": rows, "bbox_num": np.array([4])}, meta, {**CFG, "count": "bbox_num"})
+    assert bi.tolist() == [0, 0] and sorted(labels.tolist()) == [2, 5]
 
 
 def test_shape_errors_name_the_problem():
