@@ -174,3 +174,17 @@ def test_shape_errors_name_the_problem():
                                             meta, CFG)
     with pytest.raises(InputError, match="no output 'logits'"):
         get_decoder({"convention": "detr"})({"x": np.zeros(1)}, meta, CFG)
+
+
+def test_nonfinite_outputs_are_counted_and_never_become_detections():
+    from common.decode import nonfinite_counts
+    meta = _meta("stretch")
+    logits = np.full((2, 3, 2), 2.0, np.float32)
+    logits[0, 0, 0], logits[1, 2, 1] = np.nan, np.inf
+    boxes = np.full((2, 3, 4), 0.3, np.float32)
+    boxes[1, 1, 2] = np.nan
+    out = {"logits": logits, "pred_boxes": boxes}
+    assert nonfinite_counts(out) == {"logits": 2, "pred_boxes": 1}
+    bi, got, scores, _ = get_decoder({"convention": "detr"})(out, meta, CFG)
+    assert np.isfinite(scores).all() and len(scores) == 12 - 1      # the NaN score is dropped, +inf -> 1.0 kept
+    assert (~np.isfinite(got).all(axis=1)).sum() == 2               # NaN box rows: the accuracy run drops these
