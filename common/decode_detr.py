@@ -12,7 +12,7 @@ output layout to flat detections in original image pixels, vectorised over the w
 - "ultralytics": one tensor [B, N, 4 + C]: normalised (cx, cy, w, h) then per-class scores that are already
   probabilities (Ultralytics RT-DETR ONNX); one detection per query, its best class (Ultralytics' predictor).
 - "paddle_rows": rows (class, score, x1, y1, x2, y2), either [B, N, 6] or the PaddleDetection layout: all images'
-  rows stacked [sum(N_i), 6] with a count output [B] (bbox_num). Boxes are in the pixel space that the graph's
+  rows stacked [sum(N_i), 6] with a count output [B] (bbox_num, required then: `count`). Boxes are in the pixel space that the graph's
   im_shape / scale_factor inputs define; the spec feeds im_shape = input size and scale_factor = 1, which puts
   them in input pixels, and the suite's own geometry maps them back (`boxes_in: input`, the default).
   `boxes_in: original` takes them as already in original image pixels. Rows with class < 0 are padding. Without
@@ -168,25 +168,24 @@ def decode_paddle_rows(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections
     batch = len(meta)
     if rows.ndim == 2:
         _check(rows, 2, 6, "paddle rows must be [sum(N), 6] or [B, N, 6]")
-        if count_name:
-            counts = _output(outputs, count_name).astype(np.int64).reshape(-1)
-            if counts.shape[0] != batch or counts.sum() != rows.shape[0] or (counts < 0).any():
-                raise InputError(f"'{count_name}' {counts.tolist()[:8]} does not split {rows.shape[0]} rows "
-                                 f"into {batch} images")
-            if batch and (counts == counts[0]).all():
-                rows = rows.reshape(batch, int(counts[0]), 6)
-            else:                       # ragged: pad each image's rows to the longest with class -1
-                width = int(counts.max()) if batch else 0
-                padded = np.full((batch, width, 6), -1, np.float32)
-                image = np.repeat(np.arange(batch), counts)
-                slot = np.arange(rows.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
-                padded[image, slot] = rows
-                rows = padded
-        elif rows.shape[0] % max(batch, 1) == 0:
-            rows = rows.reshape(batch, rows.shape[0] // max(batch, 1), 6)
-        else:
-            raise InputError(f"{rows.shape[0]} paddle rows cannot be split evenly over {batch} images; "
-                             "declare the count output (output.count, e.g. bbox_num)")
+        if not count_name:
+            raise ConfigError("stacked paddle rows [sum(N), 6] need the per-image count output: set output.count "
+                              "(e.g. bbox_num)")
+        # a static-batch engine may have run padded copies of the last image: their counts and rows come last
+        counts = _output(outputs, count_name).astype(np.int64).reshape(-1)[:batch]
+        if counts.shape[0] != batch or counts.sum() > rows.shape[0] or (counts < 0).any():
+            raise InputError(f"'{count_name}' {counts.tolist()[:8]} does not split {rows.shape[0]} rows "
+                             f"into {batch} images")
+        rows = rows[:counts.sum()]
+        if batch and (counts == counts[0]).all():
+            rows = rows.reshape(batch, int(counts[0]), 6)
+        else:                           # ragged: pad each image's rows to the longest with class -1
+            width = int(counts.max()) if batch else 0
+            padded = np.full((batch, width, 6), -1, np.float32)
+            image = np.repeat(np.arange(batch), counts)
+            slot = np.arange(rows.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
+            padded[image, slot] = rows
+            rows = padded
     _check(rows, 3, 6, "paddle rows must be [sum(N), 6] or [B, N, 6]")
     labels = rows[..., 0]
     scores = np.where(labels >= 0, rows[..., 1], -np.inf).astype(np.float32)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.decode import get_decoder
-from common.errors import InputError
+from common.errors import ConfigError, InputError
 from common.preprocess import Preprocessor, boxes_to_input
 from common.specs import Preprocess
 
@@ -154,6 +154,17 @@ def test_paddle_rows_in_original_pixels_and_bad_counts():
     with pytest.raises(InputError, match="does not split"):
         get_decoder({"convention": "paddle_rows"})({"rows": rows.reshape(-1, 6), "n": np.array([1, 3])}, meta,
                                                    {**CFG, "count": "n"})
+    with pytest.raises(ConfigError, match="output.count"):
+        get_decoder({"convention": "paddle_rows"})({"rows": rows.reshape(-1, 6)}, meta, CFG)
+
+
+def test_paddle_rows_of_a_padded_static_batch():
+    """A static-batch engine ran 2 copies for 1 image; the runner cut the count to [B] but not the stacked rows."""
+    meta = _meta("letterbox")[:1]
+    rows = _paddle_rows(_meta("letterbox"))[[0, 0]].reshape(-1, 6)          # image 0 twice, 4 rows each
+    bi, got, _, labels = get_decoder({"convention": "paddle_rows"})(
+        {"rows": rows, "bbox_num": np.array([4])}, meta, {**CFG, "count": "bbox_num"})
+    assert bi.tolist() == [0, 0] and sorted(labels.tolist()) == [2, 5]
 
 
 def test_shape_errors_name_the_problem():
@@ -163,3 +174,17 @@ def test_shape_errors_name_the_problem():
                                             meta, CFG)
     with pytest.raises(InputError, match="no output 'logits'"):
         get_decoder({"convention": "detr"})({"x": np.zeros(1)}, meta, CFG)
+
+
+def test_nonfinite_outputs_are_counted_and_never_become_detections():
+    from common.decode import nonfinite_counts
+    meta = _meta("stretch")
+    logits = np.full((2, 3, 2), 2.0, np.float32)
+    logits[0, 0, 0], logits[1, 2, 1] = np.nan, np.inf
+    boxes = np.full((2, 3, 4), 0.3, np.float32)
+    boxes[1, 1, 2] = np.nan
+    out = {"logits": logits, "pred_boxes": boxes}
+    assert nonfinite_counts(out) == {"logits": 2, "pred_boxes": 1}
+    bi, got, scores, _ = get_decoder({"convention": "detr"})(out, meta, CFG)
+    assert np.isfinite(scores).all() and len(scores) == 12 - 1      # the NaN score is dropped, +inf -> 1.0 kept
+    assert (~np.isfinite(got).all(axis=1)).sum() == 2               # NaN box rows: the accuracy run drops these

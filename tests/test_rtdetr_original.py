@@ -40,11 +40,14 @@ def _save_authors_pth(net, path, extra_layer: bool = False):
     return state
 
 
-@pytest.mark.parametrize("model_type", ["rt_detr", "rt_detr_v2"])
-def test_authors_layout_loads_to_the_same_network(tmp_path, model_type):
-    net = tiny_network(model_type, seed=4, num_denoising=10)
+@pytest.mark.parametrize("model_type,layer_type", [("rt_detr", "basic"), ("rt_detr_v2", "basic"),
+                                                   ("rt_detr", "bottleneck")])
+def test_authors_layout_loads_to_the_same_network(tmp_path, model_type, layer_type):
+    net = tiny_network(model_type, seed=4, num_denoising=10, layer_type=layer_type)
     state = _save_authors_pth(net, tmp_path / "release.pth", extra_layer=True)
     assert set(AUTHORS_KEYS) <= set(state), sorted(set(AUTHORS_KEYS) - set(state))
+    if layer_type == "bottleneck":
+        assert "backbone.res_layers.3.blocks.0.branch2c.norm.running_mean" in state
     assert not any(k.startswith("model.") for k in state)
     net.config.to_json_file(str(tmp_path / "config.json"))
     loaded = rtdetr_export.load_network(tmp_path / "release.pth", tmp_path / "config.json")

@@ -86,3 +86,26 @@ def test_undeclared_or_absent_extra_inputs_are_config_errors(work, tmp_path):
     spec = paddle_spec(tmp_path / "c.yaml", plain, extra="{}")          # a graph with the image input only
     res = _run("infer_rtdetr_fp32_accuracy.sh", work, "--workers", 0, "--no-progress", spec=spec)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_igie_backend_feeds_the_extra_inputs(work, tmp_path):
+    """On the simulated IGIE SDK (tests/sim_igie, test-only): the extra inputs are part of the compiled shapes and
+    are set before every run, and the detections are the known ones."""
+    import os
+
+    from helpers import REPO
+    log = tmp_path / "calls.jsonl"
+    env = {"PYTHONPATH": f"{REPO / 'tests' / 'sim_igie'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "SIM_IGIE_LOG": str(log)}
+    dets = tmp_path / "dets.json"
+    res = run_script("models/rtdetr/scripts/infer_rtdetr_fp16_accuracy.sh", "--model", work["spec"], "--backend",
+                     "igie", "--dataset-dir", work["root"] / "coco", "--ann", "instances_val2017.json", "--bs", 2,
+                     "--results-dir", tmp_path / "res", "--cache-dir", tmp_path / "cache", "--workers", 0,
+                     "--no-progress", "--save-detections", dets, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    imp = next(c for c in calls if c["call"] == "import_model_to_igie")
+    assert imp["input_dict"] == {"image": [2, 3, SIZE, SIZE], "im_shape": [2, 2], "scale_factor": [2, 2]}
+    names = [c["name"] for c in calls if c["call"] == "set_input"]
+    assert names.count("im_shape") == names.count("scale_factor") == names.count("image") == 3   # 5 images, bs 2
+    assert len(json.loads(dets.read_text())) == N * len(work["images"])

@@ -23,10 +23,13 @@ SIZE, TOKENS, CLASSES = 64, 84, 3
 CATEGORIES = (1, 3, 18)          # datasets/synthetic_coco.py's default categories
 
 
-def tiny_config_dict(model_type: str = "rt_detr", **overrides) -> dict:
-    backbone = {"model_type": "rt_detr_resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 32, 64],
-                "depths": [1, 1, 1, 1], "layer_type": "basic", "out_features": ["stage2", "stage3", "stage4"]}
-    cfg = {"model_type": model_type, "backbone_config": backbone, "encoder_in_channels": [16, 32, 64],
+def tiny_config_dict(model_type: str = "rt_detr", layer_type: str = "basic", **overrides) -> dict:
+    """basic blocks: the R18 / R34 backbone family; bottleneck: R50 / R101."""
+    # bottleneck stages widen 4x like ResNet-50 (so the first block has a projection shortcut, as the authors' has)
+    sizes = [8, 16, 32, 64] if layer_type == "basic" else [32, 32, 64, 64]
+    backbone = {"model_type": "rt_detr_resnet", "embedding_size": 8, "hidden_sizes": sizes,
+                "depths": [1, 2, 1, 1], "layer_type": layer_type, "out_features": ["stage2", "stage3", "stage4"]}
+    cfg = {"model_type": model_type, "backbone_config": backbone, "encoder_in_channels": sizes[1:],
            "encoder_hidden_dim": 16, "d_model": 16, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32,
            "encoder_attention_heads": 2, "decoder_attention_heads": 2, "decoder_layers": 2,
            "decoder_in_channels": [16, 16, 16], "num_queries": TOKENS, "num_labels": CLASSES, "num_denoising": 0,

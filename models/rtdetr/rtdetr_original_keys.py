@@ -85,7 +85,7 @@ _FIELDS = {
     "i": (r"\d+", r"\d+", str, str), "j": (r"\d+", r"\d+", str, str), "rest": (r".+", r".+", str, str),
     "kind": (r"weight|bias", r"weight|bias", str, str), "qkv": (None, r"[qkv]", str, str),
     "stem": (r"[1-9]", r"[0-8]", lambda v: str(int(v) - 1), lambda v: str(int(v) + 1)),
-    "br": (r"[abc]", r"[012]", lambda v: "abc".index(v).__str__(), lambda v: "abc"[int(v)]),
+    "br": (r"[abc]", r"[012]", lambda v: str("abc".index(v)), lambda v: "abc"[int(v)]),
 }
 
 
