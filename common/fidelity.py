@@ -41,7 +41,10 @@ class Tolerance:
     """Defaults suited to a real FP16 engine on real images (FP16 keeps ~3 decimal digits)."""
 
     min_cosine: float = 0.999          # per output, flattened
-    max_norm_err: float = 0.02         # per output: max |cand - ref| / max |ref|
+    # per output: max |cand - ref| / max |ref|. A single element decides it, and real FP16 has outliers (RTMDet's
+    # raw box distances: 0.10 of the range at cosine 0.99994 with every detection matched), so it only catches
+    # gross breakage; cosine and the detection checks carry the precision.
+    max_norm_err: float = 0.25
     outputs: tuple | None = None       # outputs whose tensor errors gate the verdict (None: every float output)
     score_threshold: float = 0.3       # reference detections at or above this must be found by the candidate
     min_matched: float = 0.95          # share of those matched (IoU >= 0.5, same label)
