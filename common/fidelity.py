@@ -451,7 +451,10 @@ def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol: Tol
         model16 = onnx.load(str(fp16_path))
     types32, types16 = _types(model32), _types(model16)
     produced16 = {o for n in model16.graph.node for o in n.output}
-    blocked = {n.name for n in model32.graph.node if n.name in set(block_nodes) or n.op_type in set(block_ops)}
+    from onnxruntime.transformers import float16
+    from .backends.onnxruntime_backend import FP16_ALWAYS_FP32
+    ops = set(block_ops) | set(FP16_ALWAYS_FP32) | set(float16.DEFAULT_OP_BLOCK_LIST)
+    blocked = {n.name for n in model32.graph.node if n.name in set(block_nodes) or n.op_type in ops}
     # (node, tensor in the FP32 graph, tensor holding the value the node computed in the FP16 graph)
     watch = []
     for node in model32.graph.node:
@@ -570,6 +573,8 @@ def run_compare(cfg, num_images: int, localise_images: int = 1, fix: bool = True
                        tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ())),
                        log=log)
         report["localisation"] = loc
+        if not loc["clean"]:
+            log(f"after {len(loc['rounds'])} rounds some nodes still leave tolerance: the block list below is partial")
         if loc["added"]:
             fixed_variant = with_block_nodes(variant, loc["block_nodes"])
             fixed_p = prepare(cfg, fixed_variant, sha, onnx_path)
