@@ -41,7 +41,10 @@ class Tolerance:
     """Defaults suited to a real FP16 engine on real images (FP16 keeps ~3 decimal digits)."""
 
     min_cosine: float = 0.999          # per output, flattened
-    max_norm_err: float = 0.02         # per output: max |cand - ref| / max |ref|
+    # per output: max |cand - ref| / max |ref|. A single element decides it, and real FP16 has outliers (RTMDet's
+    # raw box distances: 0.10 of the range at cosine 0.99994 with every detection matched), so it only catches
+    # gross breakage; cosine and the detection checks carry the precision.
+    max_norm_err: float = 0.25
     outputs: tuple | None = None       # outputs whose tensor errors gate the verdict (None: every float output)
     score_threshold: float = 0.3       # reference detections at or above this must be found by the candidate
     min_matched: float = 0.95          # share of those matched (IoU >= 0.5, same label)
@@ -61,7 +64,7 @@ def tolerance_of(variant: Variant) -> Tolerance:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
     known = {f.name for f in dataclasses.fields(Tolerance)}
-    unknown = sorted(set(raw) - known - {"fp16_block_nodes_note"})
+    unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {unknown}; known: {', '.join(sorted(known))}")
     values = {}
@@ -103,10 +106,18 @@ def load_images(variant: Variant, dataset_dir, annotation, images_dir, n: int, i
     return Images(np.array([it.image_id for it in items], np.int64), x, meta, annotations)
 
 
-def run_images(runner, images: Images) -> list[dict]:
-    """Per-image outputs (one image per call: any engine's batch size works, padding is the runner's job)."""
+def run_images(runner, images: Images, batch: int = 1) -> list[dict]:
+    """Per-image outputs, inferred `batch` images per call (a fixed-batch engine pads the last call itself)."""
     from .runs import _infer
-    return [_infer(runner, images.inputs[i:i + 1], images.image_ids[i:i + 1]) for i in range(len(images.image_ids))]
+    per_image = []
+    for s in range(0, len(images.image_ids), batch):
+        ids = images.image_ids[s:s + batch]
+        out = _infer(runner, images.inputs[s:s + batch], ids)
+        if all(v.ndim and v.shape[0] == len(ids) for v in out.values()):
+            per_image += [{k: v[i:i + 1] for k, v in out.items()} for i in range(len(ids))]
+        else:  # an output without a batch dimension: one image per call
+            per_image += [_infer(runner, images.inputs[s + i:s + i + 1], ids[i:i + 1]) for i in range(len(ids))]
+    return per_image
 
 
 def reference_config(cfg):
@@ -322,7 +333,8 @@ def preflight(cfg, prepared, items, annotations) -> dict:
     tol = tolerance_of(variant)
     images = load_images(variant, None, None, None, cfg.preflight, items=items, annotations=annotations)
     ref = prepare(reference_config(cfg), variant, prepared.onnx_sha256, prepared.onnx_path)
-    report = compare_runs(variant, run_images(ref.runner, images), run_images(prepared.runner, images), images, tol)
+    report = compare_runs(variant, run_images(ref.runner, images),
+                          run_images(prepared.runner, images, cfg.batch_size), images, tol)
     status = "ok" if report["verdict"] == "pass" else "FAIL"
     print(f"preflight: {cfg.backend} {cfg.precision} vs FP32 reference on {len(images.image_ids)} image(s): {status}")
     if report["verdict"] != "pass":
@@ -439,7 +451,10 @@ def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol: Tol
         model16 = onnx.load(str(fp16_path))
     types32, types16 = _types(model32), _types(model16)
     produced16 = {o for n in model16.graph.node for o in n.output}
-    blocked = {n.name for n in model32.graph.node if n.name in set(block_nodes) or n.op_type in set(block_ops)}
+    from onnxruntime.transformers import float16
+    from .backends.onnxruntime_backend import FP16_ALWAYS_FP32
+    ops = set(block_ops) | set(FP16_ALWAYS_FP32) | set(float16.DEFAULT_OP_BLOCK_LIST)
+    blocked = {n.name for n in model32.graph.node if n.name in set(block_nodes) or n.op_type in ops}
     # (node, tensor in the FP32 graph, tensor holding the value the node computed in the FP16 graph)
     watch = []
     for node in model32.graph.node:
@@ -556,8 +571,10 @@ def run_compare(cfg, num_images: int, localise_images: int = 1, fix: bool = True
             f"or overflow (|x| > {FP16_MAX:g})")
         loc = localise(onnx_path, images.inputs[:localise_images], variant.input_name, tol,
                        tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ())),
-                       workdir=Path(cfg.cache_dir).parent if cfg.cache_dir else None, log=log)
+                       log=log)
         report["localisation"] = loc
+        if not loc["clean"]:
+            log(f"after {len(loc['rounds'])} rounds some nodes still leave tolerance: the block list below is partial")
         if loc["added"]:
             fixed_variant = with_block_nodes(variant, loc["block_nodes"])
             fixed_p = prepare(cfg, fixed_variant, sha, onnx_path)

@@ -171,3 +171,16 @@ def test_preflight_stops_an_accuracy_run_on_a_broken_engine(tiny, coco_layout, t
     assert "preflight:" not in full.stdout and len(list((tmp_path / "full").glob("*.json"))) == 1
     good = _accuracy(tiny["clean"], coco_layout, tmp_path / "good", tiny["cache"], "--max-images", 8)
     assert good.returncode == 0 and "preflight: onnxruntime fp16 vs FP32 reference on 4 image(s): ok" in good.stdout
+
+
+def test_rtmdet_raw_head_fp16_tensors_are_within_tolerance(rtmdet_onnx, coco_layout, tmp_path):
+    """The raw-head variant is judged tensor by tensor too (fixed shapes): real FP16 keeps cosine > 0.999."""
+    raw = tmp_path / "raw.onnx"
+    onnx.utils.extract_model(str(rtmdet_onnx), str(raw), ["input"], ["y", "y.8", "y.16", "y.4", "y.12", "y.20"])
+    res = _compare("--model", "rtmdet", "--variant", "nano-person-raw", "--onnx", raw, "--dataset-dir", coco_layout,
+                   "--ann", ANN, "--images", 8, "--cache-dir", tmp_path / "engines", "--report", tmp_path / "r.json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    outputs = json.loads((tmp_path / "r.json").read_text())["outputs"]
+    assert set(outputs) == {"y", "y.8", "y.16", "y.4", "y.12", "y.20"}
+    assert all(0.999 < s["cosine"] < 1.0 and s["nan"] == s["inf"] == 0 and s["max_abs_err"] > 0
+               for s in outputs.values())

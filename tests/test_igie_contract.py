@@ -42,9 +42,10 @@ def test_accuracy_run_through_the_igie_api(rtmdet_onnx, shared_data, tmp_path):
     assert build["precision"] == "fp16" and build["target"].startswith("iluvatar")
     assert names.index("import_model_to_igie") < names.index("tvm.relay.build") < names.index("lib.export_library") \
         < names.index("tvm.runtime.load_module") < names.index("GraphModule")
-    # 10 images at batch 4: three calls, the last one padded to the compiled batch
+    # the pre-flight's 4 images vs the FP32 reference (one call), then 10 images at batch 4: three calls, the
+    # last one padded to the compiled batch
     shapes = [c["shape"] for c in calls if c["call"] == "set_input"]
-    assert shapes == [[4, 3, 320, 320]] * 3
+    assert shapes == [[4, 3, 320, 320]] * (1 + 3)
     rec = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
     assert rec["backend"] == "igie" and rec["device"] == "mr-v100" and rec["dataset"]["num_images"] == 10
     assert rec["engine"]["cache_hit"] is False
