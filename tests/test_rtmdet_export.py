@@ -266,7 +266,8 @@ def _accuracy(work, tmp_path, variant, checkpoint, *extra):
     return run_script(FP16_ACC, "--variant", variant, "--checkpoint", checkpoint, *extra,
                       "--dataset-dir", work["coco"], "--ann", "instances_val2017.json", "--max-images", 4,
                       "--results-dir", tmp_path / "results", "--cache-dir", tmp_path / "cache", "--no-progress",
-                      "--bs", 2, timeout=300)
+                      "--bs", 2, "--preflight", 0, timeout=300)  # random weights: FP16 flips near-tied boxes,
+    # which the pre-flight rightly flags (tests/test_fidelity.py); here the subject is the checkpoint flow
 
 
 def _check_accuracy_record(proc, tmp_path, variant):

@@ -79,6 +79,7 @@ def tiny_rtdetr_spec(path: Path, name: str = "rtdetr") -> Path:
     labels: {list(CATEGORIES)}
     evaluation: {{annotation: instances_val2017.json}}
     build: {{fp16_block_ops: [LayerNormalization, GridSample, Log, ReduceMax]}}
+    fidelity: {{outputs: []}}
 """
     path.write_text(f"""schema: 1
 name: {name}
