@@ -155,7 +155,7 @@ def print_summary(record: dict, path=None):
         if "compute" in record:
             c, e = record["compute"], record["end_to_end"]
             print(f" compute     {c['mean_ms']:.3f} ms mean per batch ({c['method']})")
-            print(f" end-to-end  " + (f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS "
+            print(" end-to-end  " + (f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS "
                                       f"(read + preprocess + infer + decode, {e['images']} images)" if e["stats"]
                                       else f"not measured: {e['reason']}"))
             print(format_telemetry(record["telemetry"]))
@@ -175,29 +175,41 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # argparse exits with 2 on bad flags, as documented
+def guarded(action, debug: bool = False, interrupted: str = "interrupted", on_error=None) -> int:
+    """Run `action() -> exit code` the way every suite command ends: SIGTERM acts like Ctrl-C, a SuiteError is one
+    line on stderr and its exit code (after `on_error(exc)`), an interrupt exits 130, anything else is an internal
+    failure (exit 3) with the traceback only on --debug."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        return action()
+    except SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if on_error is not None:
+            on_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an unexpected runtime failure: one line, traceback on request
+        if debug:
+            traceback.print_exc()
+        print(f"error: internal failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)  # argparse exits with 2 on bad flags, as documented
+
+    def run() -> int:
         cfg = _config(args)
         record = run_accuracy(cfg) if args.command == "accuracy" else run_performance(cfg)
         path = None if args.no_record else write_record(cfg.results_dir, record)
         print_summary(record, path)
         return exit_code_of(record["verdict"])
-    except SuiteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: no record was written; an accuracy run resumes from its finished batches "
-              "when the same command is run again", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug or an unexpected runtime failure: one line, traceback on request
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: internal failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_RUNTIME
+
+    return guarded(run, args.debug, "interrupted: no record was written; an accuracy run resumes from its finished "
+                                    "batches when the same command is run again")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 
 MIB = 1 << 20
 # Which device tool watches which backend/device; everything else runs on the host CPU.

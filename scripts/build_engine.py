@@ -15,10 +15,8 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.backends import BACKENDS, get_backend  # noqa: E402
 from common.backends.base import BuildRequest  # noqa: E402
 from common.engine_cache import EngineCache, file_sha256  # noqa: E402
-from common.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
+from common.cli import guarded  # noqa: E402
+from common.errors import ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
 from common.runs import RunConfig, build_request, resolve_onnx  # noqa: E402
 from common.specs import PRECISIONS, load_model  # noqa: E402
 
@@ -143,29 +142,23 @@ def build(args) -> dict:
             **({"calibration": req.options["calibration"].describe()} if "calibration" in req.options else {})}
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)  # so a killed build removes its temp file
-    try:
-        info = build(args)
-    except SuiteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    result: dict = {}
+
+    def run() -> int:  # SIGTERM is an interrupt, so a killed build removes its temp file
+        result.update(build(args))
+        return 0
+
+    def json_error(exc):
         if args.json:
             print(json.dumps({"error": str(exc), "exit_code": exc.exit_code,
                               **({"portability": exc.as_dict()} if hasattr(exc, "as_dict") else {})}))
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: no engine was published", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug: one line, traceback on request
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: internal failure: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
-        return EXIT_RUNTIME
+
+    code = guarded(run, args.debug, "interrupted: no engine was published", json_error)
+    if code:
+        return code
+    info = result
     if args.json:
         print(json.dumps(info))
     else:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.cli import _common_args, _nonneg_int, _positive_int, _on_sigterm  # noqa: E402
-from common.errors import EXIT_INTERRUPTED, EXIT_PASS, EXIT_RUNTIME, EXIT_TARGET_FAILED, SuiteError  # noqa: E402
+from common.cli import _common_args, _positive_int, guarded  # noqa: E402
+from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402
 from common.fidelity import run_compare, write_json  # noqa: E402
 from common.runs import RunConfig  # noqa: E402
 
@@ -44,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
+
+    def run() -> int:
         cfg = RunConfig(model=args.model, variant=args.variant, precision=args.precision, backend=args.backend,
                         device=args.device, onnx=args.onnx, checkpoint=args.checkpoint, config=args.config,
                         opset=args.opset, dataset_dir=args.dataset_dir, annotation=args.annotation,
@@ -62,18 +60,8 @@ def main(argv=None) -> int:
             write_json(report_path, report)
             print(f" report: {report_path}")
         return EXIT_PASS if report["verdict"] == "pass" else EXIT_TARGET_FAILED
-    except SuiteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected runtime failure: one line
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: internal failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_RUNTIME
+
+    return guarded(run, args.debug)
 
 
 if __name__ == "__main__":
