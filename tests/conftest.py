@@ -40,3 +40,17 @@ def coco_layout(shared_data, tmp_path_factory) -> Path:
     (root / "images" / "val2017").symlink_to(shared_data / "coco" / "val2017")
     (root / "annotations").symlink_to(shared_data / "coco" / "annotations")
     return root
+
+
+@pytest.fixture(scope="session")
+def rtmdet_raw_onnx(rtmdet_onnx, tmp_path_factory) -> Path:
+    """The shared end2end model cut at its raw head outputs (the nano-person-raw variant's output names): the
+    trained network without the graph's own NMS."""
+    import onnx.utils
+
+    from common.specs import load_model
+
+    out = load_model("rtmdet").variant("nano-person-raw").output
+    path = tmp_path_factory.mktemp("rawcut") / "rtmdet_nano_raw.onnx"
+    onnx.utils.extract_model(str(rtmdet_onnx), str(path), ["input"], list(out["cls"]) + list(out["reg"]))
+    return path

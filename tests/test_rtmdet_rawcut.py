@@ -1,20 +1,15 @@
 """Real-weights proof: the shared end2end RTMDet-nano graph cut at its raw head outputs, decoded by the suite's
 rtmdet_raw convention, gives the same person AP as the graph's own built-in NMS (within 0.01)."""
-import onnx.utils
 import pytest
 
 from common.runs import RunConfig, run_accuracy
-from common.specs import load_model
 
 ANN = "instances_val2017_person_subset350.json"
 
 
 @pytest.fixture(scope="module")
-def raw_onnx(rtmdet_onnx, tmp_path_factory):
-    out = load_model("rtmdet").variant("nano-person-raw").output
-    path = tmp_path_factory.mktemp("rawcut") / "rtmdet_nano_raw.onnx"
-    onnx.utils.extract_model(str(rtmdet_onnx), str(path), ["input"], list(out["cls"]) + list(out["reg"]))
-    return path
+def raw_onnx(rtmdet_raw_onnx):
+    return rtmdet_raw_onnx
 
 
 def test_raw_head_decoding_matches_end2end_ap(rtmdet_onnx, raw_onnx, coco_layout, tmp_path):

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx.utils
 import pytest
 
 from common.backends import get_backend
@@ -37,11 +36,8 @@ IMAGES = ["000000000139.jpg", "000000000785.jpg", "000000000802.jpg"]
 
 
 @pytest.fixture(scope="module")
-def raw_onnx(rtmdet_onnx, tmp_path_factory):
-    out = load_model("rtmdet").variant("nano-person-raw").output
-    path = tmp_path_factory.mktemp("tvm_rawcut") / "rtmdet_nano_raw.onnx"
-    onnx.utils.extract_model(str(rtmdet_onnx), str(path), ["input"], list(out["cls"]) + list(out["reg"]))
-    return path
+def raw_onnx(rtmdet_raw_onnx):
+    return rtmdet_raw_onnx
 
 
 @pytest.fixture(scope="module")
