@@ -3,12 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import InputError
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+from .errors import InputError, first_line
 
 
 def load_torch_checkpoint(path: str | Path):
@@ -23,9 +18,9 @@ def load_torch_checkpoint(path: str | Path):
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError("refused: the checkpoint is a pickle that needs arbitrary code to load "
-                         f"(torch.load weights_only=True: {_first_line(exc)})", path) from None
+                         f"(torch.load weights_only=True: {first_line(exc)})", path) from None
     except Exception as exc:  # noqa: BLE001 - on garbage bytes torch's unpickler raises IndexError, struct.error, ...
-        raise InputError(f"not a readable PyTorch checkpoint ({_first_line(exc)})", path) from None
+        raise InputError(f"not a readable PyTorch checkpoint ({first_line(exc)})", path) from None
 
 
 def load_state_dict(path: str | Path, key: str | None = None) -> dict:

@@ -7,6 +7,12 @@ EXIT_RUNTIME = 3        # the backend or runtime failed while running
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name): runtimes' messages run to pages."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class SuiteError(Exception):
     """An error the suite reports as one clear line, never as a traceback."""
 

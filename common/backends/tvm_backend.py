@@ -39,7 +39,8 @@ class PortabilityError(RuntimeFailure):
         return {"compiler": "apache-tvm", "stage": self.stage, "op": self.op, "detail": self.detail}
 
 
-def _first_line(exc: Exception) -> str:
+def _tvm_message(exc: Exception) -> str:
+    """The last line of a TVM error (TVM puts its own backtrace first), operator reprs shortened."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # TVM spells an operator as its whole ir.Op(...) repr; its name is enough
     text = re.sub(r'Operator ir\.Op\(.*?name="([\w.]+)".*?support_level=\d+\)', r"\1", lines[-1] if lines else "")
@@ -59,7 +60,7 @@ class TvmRunner(Runner):
         try:
             self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(engine)), self.device)
         except Exception as exc:  # TVMError and friends
-            raise RuntimeFailure(f"TVM cannot load the engine ({_first_line(exc)})", engine) from None
+            raise RuntimeFailure(f"TVM cannot load the engine ({_tvm_message(exc)})", engine) from None
         self.input_name, self.static_batch, self.output_names = input_name, batch_size, output_names
 
     def _tensor(self, x: np.ndarray):
@@ -151,9 +152,9 @@ def compile_onnx(onnx_path: Path, input_name: str, shape: list, out: Path):
             mod = from_onnx(model, shape_dict={input_name: shape}, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises TypeError/ValueError/TVMError/NotImplementedError...
         match = _CONVERT_ERROR.search(printed.getvalue())
-        raise PortabilityError("import", match.group(1) if match else None, _first_line(exc), onnx_path) from None
+        raise PortabilityError("import", match.group(1) if match else None, _tvm_message(exc), onnx_path) from None
     try:
         executable = tvm.compile(mod, target=TARGET)
     except Exception as exc:
-        raise PortabilityError("compile", None, _first_line(exc), onnx_path) from None
+        raise PortabilityError("compile", None, _tvm_message(exc), onnx_path) from None
     executable.export_library(str(out))

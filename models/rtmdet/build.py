@@ -12,17 +12,12 @@ import re
 from pathlib import Path
 
 from common.checkpoints import load_torch_checkpoint
-from common.errors import ConfigError, InputError
+from common.errors import ConfigError, InputError, first_line
 
 from models.rtmdet.network import RTMDet, UnsupportedConfig
 
 # mmdet's data preprocessor holds no persistent buffers; a checkpoint key under it is not a weight of the network
 IGNORED_PREFIXES = ("data_preprocessor.",)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_config(path: str | Path):
@@ -44,7 +39,7 @@ def read_config(path: str | Path):
     try:
         cfg = Config.fromfile(str(path))
     except Exception as exc:  # noqa: BLE001 - mmengine raises SyntaxError, ImportError, KeyError, ... for bad files
-        raise ConfigError(f"not a readable mmengine config: {type(exc).__name__}: {_first_line(exc)}", path) from None
+        raise ConfigError(f"not a readable mmengine config: {type(exc).__name__}: {first_line(exc)}", path) from None
     model = cfg.get("model")
     if not isinstance(model, dict) or model.get("type") != "RTMDet":
         kind = model.get("type") if isinstance(model, dict) else None
