@@ -10,27 +10,18 @@ from .decode import get_decoder
 from .preprocess import Preprocessor
 from .timing import TimingStats, measure, summarize
 
-# After warm-up: at least E2E_MIN_ITERS iterations and E2E_MIN_S seconds (or the run's minimum duration if shorter), at most E2E_MAX_ITERS iterations
+# After warm-up: at least E2E_MIN_ITERS iterations and E2E_MIN_S seconds (or the run's minimum duration if
+# shorter), at most E2E_MAX_ITERS iterations
 # (JPEG decoding dominates and varies little; a CPU batch of 32 takes over a second).
 E2E_MIN_ITERS, E2E_MIN_S, E2E_MAX_ITERS = 5, 2.0, 20
 E2E_IMAGES = 64        # distinct images cycled through, so one cached image is not timed over and over
 
 
-def e2e_items(dataset_dir, annotation, images_dir) -> tuple[list[ImageItem] | None, str | None]:
-    """(images to time end to end, None) or (None, why there are none)."""
-    from .data import image_items, read_annotations, resolve_dataset
-    from .errors import ConfigError
-    try:
-        images, ann = resolve_dataset(dataset_dir, annotation, images_dir)
-    except ConfigError as exc:
-        return None, f"no dataset configured ({exc}): end-to-end time needs real images"
-    return image_items(read_annotations(ann), images, E2E_IMAGES), None
-
-
 def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int, warmup_s: float,
                        min_duration_s: float) -> TimingStats:
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    decoder = get_decoder(variant.decode_cfg)
+    decode_cfg = variant.decode_cfg
+    decoder = get_decoder(decode_cfg)
     x = np.empty((batch_size, 3, variant.height, variant.width), np.float32)
     meta = [None] * batch_size
     state = {"next": 0}
@@ -41,7 +32,7 @@ def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int,
             state["next"] += 1
             _, meta[i] = pre(read_image(item.path), out=x[i])
         outputs = runner.infer(x)
-        decoder(outputs, np.stack(meta), variant.decode_cfg)
+        decoder(outputs, np.stack(meta), decode_cfg)
 
     return measure(step, runner.sync, batch_size, warmup_iters=2, warmup_s=min(warmup_s, 1.0),
                    min_iters=E2E_MIN_ITERS, min_duration_s=min(E2E_MIN_S, min_duration_s),

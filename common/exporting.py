@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import REPO_ROOT
 from .engine_cache import EngineCache, cache_key, file_sha256
-from .errors import ConfigError, InputError, RuntimeFailure
+from .errors import ConfigError, InputError, RuntimeFailure, first_line
 
 DEFAULT_OPSET = 17
 
@@ -50,7 +50,7 @@ def simplify(src: Path, dst: Path, input_name: str):
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim raises RuntimeError / onnx errors of its own
-        raise RuntimeFailure(f"onnxsim failed: {type(exc).__name__}: {str(exc).splitlines()[0]}", src) from None
+        raise RuntimeFailure(f"onnxsim failed: {type(exc).__name__}: {first_line(exc)}", src) from None
     if not ok:
         raise RuntimeFailure("onnxsim's check of the simplified graph against the original failed", src)
     if dynamic and not batch_is_dynamic(simplified, input_name):

@@ -21,7 +21,7 @@ from .backends import get_backend
 from .backends.base import BuildRequest, Runner
 from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder, nonfinite_counts
-from .endtoend import compute_time, e2e_items, measure_end_to_end
+from .endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
@@ -189,7 +189,6 @@ def run_accuracy(cfg: RunConfig) -> dict:
     items = image_items(annotations, images_dir, cfg.max_images)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator)
     decoder = get_decoder(variant.output)
-    # decoders of normalised boxes need the input size; the spec's own output fields win
     decode_cfg = variant.decode_cfg
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     onnx_path = resolve_onnx(cfg, variant)
@@ -280,25 +279,33 @@ def run_accuracy(cfg: RunConfig) -> dict:
     return record
 
 
-def timing_inputs(cfg: RunConfig, variant: Variant) -> tuple[np.ndarray, str]:
-    """Real preprocessed images when a dataset is at hand (post-processing inside a graph depends on the
-    content), else seeded random data."""
-    pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    x = np.empty((cfg.batch_size, 3, variant.height, variant.width), np.float32)
+def dataset_sample(cfg: RunConfig, variant: Variant, n: int) -> tuple[list | None, str]:
+    """(the first n images of the configured dataset, its annotation file name), or (None, why there are none)."""
     try:
         images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
-        items = image_items(read_annotations(ann_file), images_dir, cfg.batch_size)
-    except ConfigError:
+    except ConfigError as exc:
+        return None, f"no dataset configured ({exc})"
+    return image_items(read_annotations(ann_file), images_dir, n), ann_file.name
+
+
+def timing_inputs(cfg: RunConfig, variant: Variant, sample: tuple | None = None) -> tuple[np.ndarray, str]:
+    """Real preprocessed images when a dataset is at hand (post-processing inside a graph depends on the
+    content), else seeded random data. `sample`: dataset_sample()'s answer, when the caller has it already."""
+    pre = Preprocessor(variant.preprocess, variant.height, variant.width)
+    x = np.empty((cfg.batch_size, 3, variant.height, variant.width), np.float32)
+    items, source = sample or dataset_sample(cfg, variant, cfg.batch_size)
+    if items is None:
         x[:] = np.random.default_rng(0).standard_normal(x.shape, np.float32)
         return x, "random"
     for i in range(cfg.batch_size):
         x[i] = pre(read_image(items[i % len(items)].path))[0]
-    return x, f"{len(items)} image(s) from {ann_file.name}"
+    return x, f"{min(len(items), cfg.batch_size)} image(s) from {source}"
 
 
 def run_performance(cfg: RunConfig) -> dict:
     p = prepare(cfg)
-    x, source = timing_inputs(cfg, p.variant)
+    sample = dataset_sample(cfg, p.variant, max(cfg.batch_size, E2E_IMAGES))  # one read for both timings
+    x, source = timing_inputs(cfg, p.variant, sample)
     last: dict = {}
 
     def step():
@@ -311,10 +318,10 @@ def run_performance(cfg: RunConfig) -> dict:
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
     values = {"fps": stats.fps, "latency_mean_ms": stats.mean_ms, "latency_p50_ms": stats.p50_ms,
               "latency_p90_ms": stats.p90_ms, "latency_p99_ms": stats.p99_ms}
-    items, no_e2e = e2e_items(cfg.dataset_dir, cfg.annotation or p.variant.annotation, cfg.images_dir)
+    items = sample[0][:E2E_IMAGES] if sample[0] else None
     e2e = {"stats": measure_end_to_end(p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s,
-                                             cfg.min_duration_s).as_dict(),
-           "images": len(items), "reason": None} if items else {"stats": None, "images": 0, "reason": no_e2e}
+                                       cfg.min_duration_s).as_dict(), "images": len(items), "reason": None} \
+        if items else {"stats": None, "images": 0, "reason": f"{sample[1]}: end-to-end time needs real images"}
     record = new_record("performance", **_base_fields(cfg, p), input=source, timing=stats.as_dict(),
                         compute=compute_time(p.runner, x, stats), end_to_end=e2e,
                         telemetry=sampler.summary(stats.fps), metrics=values)

@@ -22,47 +22,6 @@ _DEVICE_PROVIDERS = {
 FP16_ALWAYS_FP32 = ["NonMaxSuppression", "TopK", "RoiAlign", "Range", "CumSum"]
 
 
-def _unshare_float_constants(model, kept_fp32_ops: set):
-    """Give every FP32-kept use of a float constant shared by several nodes its own copy.
-
-    The float16 converter puts one Cast (named after the tensor) in front of each use that must stay FP32 (a
-    block-listed op, or an input in its ALWAYS_FLOAT_INPUTS such as Resize's scales); when two such uses share
-    one constant (torch pools equal constants: both 2x upsamplings of an FPN read one `scales` tensor) the
-    graph gets two nodes with the same name and ONNX Runtime refuses to load it.
-    """
-    import onnx
-    from onnxruntime.transformers import float16
-
-    always_float = getattr(float16, "ALWAYS_FLOAT_INPUTS", {})
-
-    consts = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    consts.update({n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and
-                   n.attribute and n.attribute[0].t.data_type == onnx.TensorProto.FLOAT})
-    users = {}
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name in consts:
-                users.setdefault(name, []).append((node, i))
-    for name, uses in users.items():
-        kept = [(node, i) for node, i in uses
-                if node.op_type in kept_fp32_ops or i in always_float.get(node.op_type, ())]
-        if len(uses) < 2 or not kept:
-            continue
-        for k, (node, i) in enumerate(kept[1:] if len(kept) == len(uses) else kept, start=1):
-            copy_name = f"{name}_copy{k}"
-            src = consts[name]
-            if isinstance(src, onnx.TensorProto):
-                dup = onnx.TensorProto()
-                dup.CopyFrom(src)
-                dup.name = copy_name
-                model.graph.initializer.append(dup)
-            else:
-                dup = onnx.helper.make_node("Constant", [], [copy_name], name=f"{src.name or name}_copy{k}",
-                                            value=src.attribute[0].t)
-                model.graph.node.insert(list(model.graph.node).index(src) + 1, dup)
-            node.input[i] = copy_name
-
-
 def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()):
     import onnx
     from onnxruntime.transformers import float16
@@ -72,7 +31,6 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     except Exception as exc:  # onnx raises DecodeError / ValueError / OSError variants
         raise InputError(f"cannot load ONNX model ({type(exc).__name__}: {exc})", model_path) from None
     ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_ALWAYS_FP32) | set(block_list))
-    _unshare_float_constants(model, set(ops))
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
                                                  node_block_list=list(block_nodes), disable_shape_infer=False)
     _tidy_block_casts(converted.graph)
@@ -111,7 +69,8 @@ def _tidy_block_casts(graph):
     It casts every blocked node's output to float16 and back to float32 for each blocked reader, so a value
     that only fits FP32 (|x| > 65504) overflows between two blocked nodes: such round trips become an Identity
     of the FP32 value. And it gives the cast in front of each blocked reader a name made from the tensor's
-    name, so two blocked readers of one tensor produce two identical nodes (an invalid graph): keep one.
+    name, so two blocked readers of one tensor (two Resizes sharing one `scales` constant, two NMS-side ops
+    reading one score tensor) produce two identical nodes, an invalid graph: keep one.
     """
     from onnx import TensorProto, helper
 
@@ -221,7 +180,7 @@ class OnnxRuntimeBackend(Backend):
         block_ops = tuple(req.options.get("fp16_block_ops", ()))
         block_nodes = tuple(req.options.get("fp16_block_nodes", ()))
         key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, runtime=self.runtime_version(),
-                        block_ops=block_ops, block_nodes=block_nodes, converter=3)
+                        block_ops=block_ops, block_nodes=block_nodes, converter=4)
         return req.cache.get_or_build(
             key, self.engine_suffix, lambda tmp: convert_fp16(req.onnx_path, tmp, block_ops, block_nodes),
             {"backend": self.name, "precision": req.precision, "onnx": str(req.onnx_path),
