@@ -182,9 +182,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
 
 
-def match_detections(ref: tuple, cand: tuple, score_threshold: float, iou_min: float = 0.5) -> list:
-    """Pairs each reference detection at or above the threshold with a candidate detection (any score) of the
-    same label and IoU >= iou_min, one to one. Pairs are taken globally by increasing (1 - IoU) + |score diff|,
+def match_detections(ref: tuple, cand: tuple, score_threshold: float, iou_min: float = 0.5,
+                     score_tol: float | None = None) -> list:
+    """Pairs each reference detection at or above the threshold with a candidate detection (any score, or within
+    score_tol of the reference's when given) of the same label and IoU >= iou_min, one to one. Pairs are taken globally by increasing (1 - IoU) + |score diff|,
     so among near-identical boxes (DETR queries often overlap) a detection pairs with the one that also agrees
     in score. Returns (iou, |score diff|) or None per reference detection."""
     rb, rs, rl = ref
@@ -196,6 +197,8 @@ def match_detections(ref: tuple, cand: tuple, score_threshold: float, iou_min: f
     iou = box_iou(rb[keep], cb)
     diff = np.abs(rs[keep][:, None] - cs[None, :])
     feasible = (rl[keep][:, None] == cl[None, :]) & (iou >= iou_min)
+    if score_tol is not None:
+        feasible &= diff <= score_tol
     k_idx, j_idx = np.nonzero(feasible)
     cost = (1 - iou[k_idx, j_idx]) + diff[k_idx, j_idx]
     used_k, used_j = np.zeros(len(keep), bool), np.zeros(len(cb), bool)

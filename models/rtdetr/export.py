@@ -163,30 +163,14 @@ def export_onnx(checkpoint: Path, config: Path | None, out: Path, *, variant, op
 
 # ---- --check: detections from PyTorch and from ONNX Runtime must agree ------------------------------------------
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=-1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
-
-
 def match_detections(ref, got, iou_min: float = 0.9, score_tol: float = 0.02) -> tuple[int, int, int]:
-    """Greedy one-to-one matching of two detection sets of one image, best reference score first: a pair matches
-    when the labels are equal, IoU >= iou_min and |score difference| <= score_tol. Returns (matched, n_ref, n_got).
+    """One-to-one matching of two detection sets of one image (common/fidelity.py's matcher): a pair matches when
+    the labels are equal, IoU >= iou_min and |score difference| <= score_tol. Returns (matched, n_ref, n_got).
     ref / got: (boxes [N, 4], scores [N], labels [N])."""
-    rb, rs, rl = ref
-    gb, gs, gl = got
-    if len(rb) == 0 or len(gb) == 0:
-        return 0, len(rb), len(gb)
-    ok = (_iou(rb, gb) >= iou_min) & (rl[:, None] == gl[None]) & (np.abs(rs[:, None] - gs[None]) <= score_tol)
-    used = np.zeros(len(gb), bool)
-    matched = 0
-    for i in np.argsort(-rs, kind="stable"):     # at most top-k rows per image; the pair test is vectorised above
-        free = np.flatnonzero(ok[i] & ~used)
-        if free.size:
-            used[free[np.argmax(gs[free])]] = True
-            matched += 1
-    return matched, len(rb), len(gb)
+    from common.fidelity import match_detections as pair
+
+    pairs = pair(ref, got, score_threshold=-np.inf, iou_min=iou_min, score_tol=score_tol)
+    return sum(p is not None for p in pairs), len(ref[0]), len(got[0])
 
 
 def _detections(logits, boxes, h: int, w: int, k: int, floor: float):
