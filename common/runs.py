@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
@@ -181,6 +183,64 @@ def _read_ahead(batches, future, limit: int) -> list:
     return ahead
 
 
+def _in_streams(batches, runners: list, infer):
+    """(batch, infer(runner, batch)) for every batch, in order, with one thread per runner.
+
+    Each stream thread takes the next batch itself, so when the loader decodes in-process the decoding runs in
+    that stream's thread: each stream alternates between decoding and inference and there is one busy thread per
+    stream, rather than a separate decoding thread competing with every stream for the cores (measured on 2
+    cores: 6.05 s instead of 6.31 s for the loop over 350 images). A failure, in decoding or in inference, is
+    raised once every batch before it has been yielded, so the caller keeps all of them.
+    """
+    lock = threading.Lock()
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    taken = 0
+
+    def stream(runner):
+        nonlocal taken
+        while not stop.is_set():
+            with lock:
+                seq, taken = taken, taken + 1
+                try:
+                    batch = next(batches, None)
+                except BaseException as exc:  # noqa: BLE001 - raised in order by the consuming thread
+                    results.put((seq, None, exc))
+                    break
+            if batch is None:
+                break
+            try:
+                results.put((seq, batch, infer(runner, batch)))
+            except BaseException as exc:  # noqa: BLE001 - as above
+                results.put((seq, None, exc))
+                break
+        results.put(None)
+
+    threads = [threading.Thread(target=stream, args=(r,), daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    done, nxt, running = {}, 0, len(threads)
+    try:
+        while True:
+            while nxt in done:
+                batch, result = done.pop(nxt)
+                nxt += 1
+                if batch is None:
+                    raise result
+                yield batch, result
+            if not running:
+                return
+            item = results.get()
+            if item is None:
+                running -= 1
+            else:
+                done[item[0]] = item[1:]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
 def run_accuracy(cfg: RunConfig) -> dict:
     t_start = time.perf_counter()
     variant = load_model(cfg.model).variant(cfg.variant)
@@ -218,7 +278,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
-        # flight at once while worker processes decode the next images: the device, not the harness, sets the pace.
+        # flight at once while the next images decode: the device, not the harness, sets the pace.
         runners = [p.runner] * cfg.streams if p.runner.concurrent else \
             [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
         infer_s = 0.0
@@ -229,9 +289,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
             out = _infer(runner, batch.inputs, batch.image_ids)
             return out, time.perf_counter() - t0
 
-        def consume(batch, future):
+        def consume(batch, outputs, seconds):
             nonlocal infer_s, start
-            outputs, seconds = future.result()
             infer_s += seconds
             if recorder is not None:
                 recorder.add(batch.image_ids, outputs)
@@ -244,15 +303,9 @@ def run_accuracy(cfg: RunConfig) -> dict:
             state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
             start += len(batch.image_ids)
 
-        pending: deque = deque()
         try:
-            with ThreadPoolExecutor(cfg.streams) as pool:
-                for i, batch in enumerate(chain(ahead, batches)):
-                    if len(pending) >= cfg.streams:
-                        consume(*pending.popleft())
-                    pending.append((batch, pool.submit(timed_infer, runners[i % cfg.streams], batch)))
-                while pending:
-                    consume(*pending.popleft())
+            for batch, (outputs, seconds) in _in_streams(chain(ahead, batches), runners, timed_infer):
+                consume(batch, outputs, seconds)
         except BaseException:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
             raise

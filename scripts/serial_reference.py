@@ -62,6 +62,36 @@ def serial_accuracy(onnx_path, images_dir, ann_file, size=320, mean=(103.53, 116
     return list(ev.stats), results, time.perf_counter() - t0
 
 
+def loop_floor(onnx_path, images_dir, ann_file, threads=2, size=320, mean=(103.53, 116.28, 123.675),
+               std=(57.375, 57.12, 58.395)):
+    """Seconds for the per-image work alone (read, preprocess, run) split over `threads` threads, each running its
+    share one image at a time on a shared 1-thread session: no start-up, no evaluation, no harness. On a
+    CPU-bound machine no accuracy run can go below this; it shows how much of a run is the hardware's."""
+    import threading
+
+    import onnxruntime as ort
+
+    with open(ann_file) as f:
+        files = [f"{images_dir}/{im['file_name']}" for im in json.load(f)["images"]]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    in_name = sess.get_inputs()[0].name
+
+    def work(share):
+        for path in share:
+            x, _, _ = letterbox_input(cv2.imread(path), size, mean, std)
+            sess.run(None, {in_name: x})
+
+    workers = [threading.Thread(target=work, args=(files[i::threads],)) for i in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t0
+
+
 if __name__ == "__main__":
     import argparse
     ap = argparse.ArgumentParser(description=__doc__)
@@ -69,6 +99,10 @@ if __name__ == "__main__":
     ap.add_argument("--images-dir", required=True)
     ap.add_argument("--ann", required=True)
     ap.add_argument("--max-images", type=int)
+    ap.add_argument("--floor-threads", type=int, help="time only the per-image work over this many threads")
     a = ap.parse_args()
+    if a.floor_threads:
+        print(json.dumps({"loop_seconds": loop_floor(a.onnx, a.images_dir, a.ann, a.floor_threads)}))
+        raise SystemExit(0)
     stats, _, secs = serial_accuracy(a.onnx, a.images_dir, a.ann, max_images=a.max_images)
     print(json.dumps({"AP": stats[0], "AP50": stats[1], "seconds": secs}))
