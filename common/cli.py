@@ -19,8 +19,6 @@ from .evaluate import ENGINES, format_stats
 from .results import exit_code_of, write_record
 from .runs import RunConfig, run_accuracy, run_performance
 from .specs import PRECISIONS
-from .telemetry import format_telemetry
-from .timing import TimingStats, format_timing
 
 
 def _positive_int(text: str) -> int:
@@ -150,6 +148,8 @@ def print_summary(record: dict, path=None):
         r = record["run"]
         print(f" run: {r['wall_s']:.1f} s wall, {r['images_per_s']:.1f} images/s")
     else:
+        from .telemetry import format_telemetry
+        from .timing import TimingStats, format_timing
         print(f" input: {record['input']}")
         print(format_timing(TimingStats(**record["timing"])))
         if "compute" in record:

@@ -322,12 +322,6 @@ def write_json(path, data: dict):
 
 # ---------------------------------------------------------------- the pre-flight of an accuracy run
 
-def needs_preflight(cfg) -> bool:
-    """Only a candidate that is not the reference itself (and not a replay of stored outputs)."""
-    return bool(cfg.preflight) and cfg.backend != "replay" and not (
-        cfg.backend == "onnxruntime" and (cfg.device or "cpu") == "cpu" and cfg.precision == "fp32")
-
-
 def preflight(cfg, prepared, items, annotations) -> dict:
     """Compare the accuracy run's engine with the FP32 reference on the first cfg.preflight images; raise
     FidelityFailure (exit 1) when out of tolerance, so a broken engine fails before the full pass."""

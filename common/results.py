@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import SCHEMA_VERSION
-from .envinfo import environment
 from .errors import EXIT_PASS, EXIT_TARGET_FAILED
 
 PASS, FAIL, UNCHECKED = "pass", "fail", "unchecked"
@@ -53,6 +52,7 @@ def exit_code_of(verdict: str) -> int:
 
 
 def new_record(kind: str, **fields) -> dict:
+    from .envinfo import environment  # importlib.metadata: kept off every command's start-up
     return {"schema_version": SCHEMA_VERSION, "kind": kind,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields,
             "environment": environment()}

@@ -27,7 +27,6 @@ from .endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
-from .fidelity import needs_preflight, preflight
 from .preprocess import Preprocessor
 from .replay import OutputRecorder
 from .run_state import RunState
@@ -169,6 +168,19 @@ def _finish(record: dict, values: dict, targets, extra_reasons: list[str]) -> di
     return record
 
 
+def _read_environment():
+    """Package versions and git state for the record (cached), imported and read off the start-up path:
+    importlib.metadata and the git calls cost ~55 ms that a thread fills while the images run."""
+    from .envinfo import environment
+    environment()
+
+
+def needs_preflight(cfg: RunConfig) -> bool:
+    """Only a candidate that is not the reference itself (and not a replay of stored outputs)."""
+    return bool(cfg.preflight) and cfg.backend != "replay" and not (
+        cfg.backend == "onnxruntime" and (cfg.device or "cpu") == "cpu" and cfg.precision == "fp32")
+
+
 READ_AHEAD_IMAGES = 64
 
 
@@ -269,11 +281,14 @@ def run_accuracy(cfg: RunConfig) -> dict:
         batches = iter(loader)
         # The engine is built / loaded while the first images decode: a cold start would otherwise leave the
         # decoding core idle for as long as a session set-up (or an engine build) takes.
-        with ThreadPoolExecutor(1) as setup:
-            future = setup.submit(prepare, cfg, variant, onnx_sha256, onnx_path)
-            ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // cfg.batch_size))
-            p = future.result()
+        setup = ThreadPoolExecutor(1)
+        future = setup.submit(prepare, cfg, variant, onnx_sha256, onnx_path)
+        ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // cfg.batch_size))
+        p = future.result()
+        setup.submit(_read_environment)
+        setup.shutdown(wait=False)
         if needs_preflight(cfg):  # a broken engine fails here in seconds, not after the full pass
+            from .fidelity import preflight  # only here: the reference run's own imports cost every run ~20 ms
             preflight(cfg, p, items, annotations)
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
