@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_args(acc)
     acc.add_argument("--max-images", type=_positive_int, default=None, help="evaluate only the first N images")
     acc.add_argument("--workers", type=_nonneg_int, default=None,
-                     help="decoding worker processes (0 = decode in the main process; default: the cores the "
-                          "runtime leaves free, up to 4)")
+                     help="decoding worker processes (0 = in-process: each stream decodes its own next batch; "
+                          "default: the cores the runtime leaves free, up to 4)")
     acc.add_argument("--streams", type=_positive_int, default=int(os.environ.get("SUITE_STREAMS", "0") or 0) or None,
                      help="inference requests in flight, each at --bs (default: 2 on a CPU with >= 2 cores, else 1)")
     acc.add_argument("--evaluator", choices=ENGINES, default=None,
@@ -124,7 +124,7 @@ def _config(args) -> RunConfig:
         cores = os.cpu_count() or 1
         cpu = args.backend == "onnxruntime" and (args.device or "cpu") == "cpu"
         cfg.streams = args.streams or (2 if cpu and cores >= 2 else 1)
-        # A CPU runtime already keeps every core busy (measured on 2 cores: decoding in the main thread beside
+        # A CPU runtime already keeps every core busy (measured on 2 cores: decoding in-process beside
         # two 1-thread sessions beat a separate decoding process); an accelerator leaves the host cores free.
         cfg.workers = args.workers if args.workers is not None else (
             max(0, min(4, cores - 2 * cfg.streams)) if cpu else max(1, min(4, cores - 1)))
