@@ -3,8 +3,8 @@
 Both run as fresh processes (imports, model load, every image, COCO evaluation included), alternating, and the
 script prints each wall time, the ratio suite / serial, and both APs with their difference (the serial loop is an
 independent implementation of the documented preprocessing, so the AP difference is also a truth check). It also
-times the bare per-image work (read, preprocess, run) split over one thread per core with no start-up and no
-evaluation: on a CPU-bound machine no accuracy run can be faster, so it shows what part of the ratio is the hardware's.
+times the serial loop's bare per-image work (read, preprocess, run) split over one thread per core with no start-up
+and no evaluation: what part of the ratio is the model's and the machine's, whatever the harness does.
 
     python scripts/bench_accuracy_run.py --onnx ../shared/data/models/rtmdet-nano-person/rtmdet_nano.onnx \
         --images-dir ../shared/data/coco/val2017 --ann ../shared/data/coco/annotations/instances_val2017_person_subset350.json

@@ -25,8 +25,12 @@ def letterbox_input(img, size, mean, std, pad_value=114.0):
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), nw / w, nh / h
 
 
-def serial_accuracy(onnx_path, images_dir, ann_file, size=320, mean=(103.53, 116.28, 123.675),
-                    std=(57.375, 57.12, 58.395), category_id=1, max_images=None, session_options=None):
+# RTMDet-nano person, as documented in ../shared/data/PROVENANCE.md
+SIZE, MEAN, STD = 320, (103.53, 116.28, 123.675), (57.375, 57.12, 58.395)
+
+
+def serial_accuracy(onnx_path, images_dir, ann_file, size=SIZE, mean=MEAN, std=STD, category_id=1, max_images=None,
+                    session_options=None):
     """Returns (metrics stats list, detections list, seconds)."""
     import onnxruntime as ort
     from pycocotools.coco import COCO
@@ -62,11 +66,10 @@ def serial_accuracy(onnx_path, images_dir, ann_file, size=320, mean=(103.53, 116
     return list(ev.stats), results, time.perf_counter() - t0
 
 
-def loop_floor(onnx_path, images_dir, ann_file, threads=2, size=320, mean=(103.53, 116.28, 123.675),
-               std=(57.375, 57.12, 58.395)):
-    """Seconds for the per-image work alone (read, preprocess, run) split over `threads` threads, each running its
-    share one image at a time on a shared 1-thread session: no start-up, no evaluation, no harness. On a
-    CPU-bound machine no accuracy run can go below this; it shows how much of a run is the hardware's."""
+def loop_floor(onnx_path, images_dir, ann_file, threads=2, size=SIZE, mean=MEAN, std=STD):
+    """Seconds for this loop's per-image work alone (read, preprocess, run) split over `threads` threads, each
+    running its share one image at a time on a shared 1-thread session: no start-up, no evaluation, no harness.
+    It shows how much of a run's time is the model's and the decoder's on this machine, whatever the harness."""
     import threading
 
     import onnxruntime as ort
