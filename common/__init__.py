@@ -2,4 +2,7 @@
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# What a process needs on sys.path to import the suite (common, models) without the repo root, whose
+# `datasets/` folder would shadow Hugging Face's `datasets` package for transformers.
+IMPORT_PATH = REPO_ROOT / ".importpath"
 SCHEMA_VERSION = 1

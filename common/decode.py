@@ -1,71 +1,7 @@
-"""Raw network outputs -> flat detections in original image pixels.
+"""Raw network outputs -> flat detections in original image pixels: the entry point of the decoders.
 
-A decoder is chosen by the `output.convention` a spec declares, never guessed from file names. Every decoder
-takes the runner's outputs for one batch and the batch's geometry rows and returns flat arrays
-(batch_index [M], boxes xyxy [M, 4] in original pixels, scores [M], model labels [M]); no per-box Python loops.
+A decoder is chosen by the `output.convention` a spec declares, never guessed from file names (registry and
+shared helpers: common/decode_base.py; dense heads: decode_dense.py; DETR family: decode_detr.py).
 """
-from __future__ import annotations
-
-from typing import Callable
-
-import numpy as np
-
-from .errors import ConfigError, InputError
-from .preprocess import boxes_to_original
-
-Detections = tuple  # (batch_index, boxes, scores, labels)
-DECODERS: dict[str, Callable] = {}
-
-
-def register(name: str):
-    def deco(fn):
-        DECODERS[name] = fn
-        return fn
-    return deco
-
-
-def get_decoder(output_cfg: dict) -> Callable:
-    name = output_cfg.get("convention")
-    if name not in DECODERS:
-        raise ConfigError(f"unknown output convention {name!r}; known: {', '.join(sorted(DECODERS))}")
-    return DECODERS[name]
-
-
-def _output(outputs: dict, name: str) -> np.ndarray:
-    if name not in outputs:
-        raise InputError(f"the model has no output '{name}' (it has: {', '.join(outputs)}); "
-                         "check the spec's output names")
-    return outputs[name]
-
-
-def _flatten(mask: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, meta: np.ndarray):
-    batch_index, det_index = np.nonzero(mask)
-    mapped = boxes_to_original(boxes, meta)[batch_index, det_index]
-    return batch_index, mapped, scores[batch_index, det_index], labels[batch_index, det_index]
-
-
-@register("end2end")
-def decode_end2end(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
-    """Detections already made inside the graph (e.g. mmdeploy end2end): dets [B, N, 5] rows of
-    (x1, y1, x2, y2, score) in input pixels, labels [B, N]. Rows at or below the score floor are dropped,
-    which also drops the zero-score rows some exports pad with."""
-    dets = _output(outputs, cfg.get("dets", "dets"))
-    labels = _output(outputs, cfg.get("labels", "labels"))
-    if dets.ndim != 3 or dets.shape[-1] != 5 or labels.shape != dets.shape[:2]:
-        raise InputError(f"end2end outputs must be dets [B, N, 5] and labels [B, N]; got {dets.shape} and "
-                         f"{labels.shape}")
-    scores = dets[..., 4]
-    mask = scores > float(cfg.get("score_threshold", 0.0))
-    return _flatten(mask, dets[..., :4], scores, labels.astype(np.int64), meta)
-
-
-def nonfinite_counts(outputs: dict) -> dict:
-    """{output name: count of NaN/Inf values} for the outputs that have any."""
-    counts = {}
-    for name, value in outputs.items():
-        if np.issubdtype(value.dtype, np.floating):
-            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-            if bad:
-                counts[name] = bad
-    return counts
-from . import decode_dense, decode_detr  # noqa: E402,F401  registers conventions
+from . import decode_dense, decode_detr  # noqa: F401  register their conventions
+from .decode_base import DECODERS, OUTPUT_KEYS, get_decoder, nonfinite_counts  # noqa: F401

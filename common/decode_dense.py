@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .decode import Detections, _output, register
+from .decode_base import Detections, _output, register
 from .errors import InputError
 from .preprocess import boxes_to_original
 
@@ -53,7 +53,7 @@ def _flatten_levels(outputs: dict, cfg: dict, input_hw: tuple[int, int]):
     return np.concatenate(logits, axis=1), np.concatenate(boxes, axis=1)
 
 
-@register("rtmdet_raw")
+@register("rtmdet_raw", keys=("cls", "reg", "strides", "nms_pre", "iou_threshold"))
 def decode_rtmdet_raw(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     settings = {**RTMDET_TEST_CFG, **{k: cfg[k] for k in RTMDET_TEST_CFG if k in cfg}}
     input_hw = (int(cfg.get("input_height", 0) or 1 << 30), int(cfg.get("input_width", 0) or 1 << 30))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .decode import Detections, _output, register
+from .decode_base import Detections, _output, register
 from .errors import ConfigError, InputError
 from .preprocess import boxes_to_original
 
@@ -99,7 +99,7 @@ def _check(arr: np.ndarray, ndim: int, last: int | None, what: str):
         raise InputError(f"{what}; got shape {arr.shape}")
 
 
-@register("detr")
+@register("detr", keys=("logits", "boxes", "activation", "box_format", "normalized"))
 def decode_detr(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     logits = _output(outputs, cfg.get("logits", "logits"))
     boxes = _output(outputs, cfg.get("boxes", "pred_boxes"))
@@ -128,7 +128,7 @@ def decode_detr(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     return _select(picked, np.take_along_axis(flat, idx, axis=1), label, meta, floor, keep)
 
 
-@register("boxes_labels_scores")
+@register("boxes_labels_scores", keys=("boxes", "labels", "scores", "box_format", "normalized"))
 def decode_boxes_labels_scores(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     boxes = _output(outputs, cfg.get("boxes", "boxes"))
     labels = _output(outputs, cfg.get("labels", "labels"))
@@ -141,7 +141,7 @@ def decode_boxes_labels_scores(outputs: dict, meta: np.ndarray, cfg: dict) -> De
     return _select(xyxy, scores.astype(np.float32), labels.astype(np.int64), meta, floor, keep)
 
 
-@register("ultralytics")
+@register("ultralytics", keys=("output", "box_format", "normalized"))
 def decode_ultralytics(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     preds = _output(outputs, cfg.get("output", "output0"))
     if preds.ndim != 3 or preds.shape[-1] < 5:
@@ -154,7 +154,7 @@ def decode_ultralytics(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections
     return _select(xyxy, scores, labels, meta, floor, keep)
 
 
-@register("paddle_rows")
+@register("paddle_rows", keys=("rows", "count", "boxes_in"))
 def decode_paddle_rows(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     count_name = cfg.get("count")
     if cfg.get("rows"):

@@ -121,9 +121,12 @@ def run_images(runner, images: Images, batch: int = 1) -> list[dict]:
 
 
 def reference_config(cfg):
-    """The FP32 reference of a run: ONNX Runtime on the CPU, the ONNX as it is."""
-    return dataclasses.replace(cfg, backend="onnxruntime", device="cpu", precision="fp32", batch_size=1,
-                               backend_options={}, streams=1)
+    """The FP32 reference of a run: the backend whose capabilities say it is the reference, on its first device,
+    running the ONNX as it is."""
+    from .backends import reference_backend
+    cls = reference_backend()
+    return dataclasses.replace(cfg, backend=cls.name, device=cls.capabilities.devices[0], precision="fp32",
+                               batch_size=1, backend_options={}, streams=1)
 
 
 # ---------------------------------------------------------------- tensor and detection comparison

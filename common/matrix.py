@@ -21,12 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .specs import MODELS_DIR, PRECISIONS, ModelSpec, Variant, load_model
+from .specs import MODELS_DIR, PRECISIONS, VARIANT_SECTIONS, ModelSpec, Variant, load_model
 
 KINDS = ("accuracy", "performance")
 DEFAULT_RELATIVE = {"AP": 0.2, "AP50": 0.2}   # points (0-100 scale), as the recipes quote AP
-MATRIX_KEYS = {"backends", "precisions", "batch_sizes", "accuracy_batch_sizes", "annotation", "max_images", "onnx",
-               "relative"}
+MATRIX_KEYS = VARIANT_SECTIONS["matrix"]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import REPO_ROOT
+from . import IMPORT_PATH, REPO_ROOT
 from .engine_cache import atomic_write_bytes
 from .errors import ConfigError, InputError
 from .history import append_run, last_good, read_history
@@ -78,7 +78,7 @@ def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
 def _run_process(cmd: list[str], timeout_s: float, log) -> tuple[int | None, str]:
     """(exit code or None on timeout, combined output). The case runs in its own process group so a timeout
     also ends its decode workers."""
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(IMPORT_PATH) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:

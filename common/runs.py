@@ -5,6 +5,7 @@ performance: spec -> engine (cached) -> runner timed -> stats -> record -> check
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -12,14 +13,14 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
 from . import REPO_ROOT
-from .backends import get_backend
+from .backends import backend_class, get_backend
 from .backends.base import BuildRequest, Runner
 from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder, nonfinite_counts
@@ -31,46 +32,10 @@ from .preprocess import Preprocessor
 from .replay import OutputRecorder
 from .run_state import RunState
 from .results import check_targets, new_record, verdict_of
+from .options import RunConfig, parallelism
 from .specs import Variant, load_model
 from .telemetry import Sampler
 from .timing import measure
-
-
-@dataclass
-class RunConfig:
-    model: str
-    variant: str | None = None
-    precision: str = "fp32"
-    batch_size: int = 1
-    backend: str = "onnxruntime"
-    device: str | None = None
-    onnx: str | None = None
-    checkpoint: str | None = None      # with `config`: export to ONNX first (cached, common/exporting.py)
-    config: str | None = None
-    opset: int | None = None
-    dataset_dir: str | None = None
-    annotation: str | None = None
-    images_dir: str | None = None
-    max_images: int | None = None
-    results_dir: str = "results"
-    detections_out: str | None = None
-    evaluator: str | None = None
-    record_outputs: str | None = None
-    input_cache: str | None = None
-    cache_dir: str = str(REPO_ROOT / ".cache" / "engines")
-    workers: int = 1
-    streams: int = 1
-    threads: int = 0
-    progress: bool = True
-    warmup_s: float = 1.0
-    min_duration_s: float = 5.0
-    min_iters: int = 100
-    backend_options: dict = field(default_factory=dict)
-    calib_dir: str | None = None       # int8: calibration images (never the evaluation set, common/calibration.py)
-    calib_images: int = 32
-    resume: bool = True  # pick up the per-batch predictions an interrupted identical run left behind
-    checkpoint_s: float = 1.0  # how often finished predictions are saved for resuming (0 = after every batch)
-    preflight: int = 0   # accuracy: compare with the FP32 reference on this many images first (common/fidelity.py)
 
 
 @dataclass
@@ -86,9 +51,9 @@ class Prepared:
 
 
 def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
-    """The ONNX to run: --onnx / $ONNX_MODEL, else one exported (once, cached) from --checkpoint [+ --config],
-    else the spec's."""
-    value = cfg.onnx or os.environ.get("ONNX_MODEL")
+    """The ONNX to run: --onnx (or $ONNX_MODEL, read with the flags), else one exported (once, cached) from
+    --checkpoint [+ --config], else the spec's."""
+    value = cfg.onnx
     if not value and cfg.checkpoint:
         from .exporting import DEFAULT_OPSET, export_cached
         return export_cached(variant, cfg.checkpoint, cfg.config, Path(cfg.cache_dir) / "exports",
@@ -125,7 +90,8 @@ def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | N
         raise ConfigError(f"batch size must be >= 1, got {cfg.batch_size}")
     variant = variant or load_model(cfg.model).variant(cfg.variant)
     onnx_path = onnx_path or resolve_onnx(cfg, variant)
-    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.streams) if cfg.streams > 1 else 0)
+    streams = cfg.streams or 1
+    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // streams) if streams > 1 else 0)
     backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
     digest = onnx_sha256 or file_sha256(onnx_path)
     req = build_request(cfg, variant, onnx_path, digest)
@@ -175,10 +141,9 @@ def _read_environment():
     environment()
 
 
-def needs_preflight(cfg: RunConfig) -> bool:
+def needs_preflight(cfg: RunConfig, backend) -> bool:
     """Only a candidate that is not the reference itself (and not a replay of stored outputs)."""
-    return bool(cfg.preflight) and cfg.backend != "replay" and not (
-        cfg.backend == "onnxruntime" and (cfg.device or "cpu") == "cpu" and cfg.precision == "fp32")
+    return bool(cfg.preflight) and not backend.capabilities.replays and not backend.is_reference(cfg.precision)
 
 
 READ_AHEAD_IMAGES = 64
@@ -255,6 +220,8 @@ def _in_streams(batches, runners: list, infer):
 
 def run_accuracy(cfg: RunConfig) -> dict:
     t_start = time.perf_counter()
+    streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
+    cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
     variant = load_model(cfg.model).variant(cfg.variant)
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
     annotations = read_annotations(ann_file)
@@ -287,7 +254,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
         p = future.result()
         setup.submit(_read_environment)
         setup.shutdown(wait=False)
-        if needs_preflight(cfg):  # a broken engine fails here in seconds, not after the full pass
+        if needs_preflight(cfg, p.backend):  # a broken engine fails here in seconds, not after the full pass
             from .fidelity import preflight  # only here: the reference run's own imports cost every run ~20 ms
             preflight(cfg, p, items, annotations)
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
@@ -379,7 +346,7 @@ def run_performance(cfg: RunConfig) -> dict:
     def step():
         last["out"] = _infer(p.runner, x)
 
-    with Sampler(p.backend.name, p.backend.device()) as sampler:  # device memory / power while timing
+    with Sampler(p.backend.telemetry_tool()) as sampler:  # device memory / power while timing
         stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
                         min_duration_s=cfg.min_duration_s)
     # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.

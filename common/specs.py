@@ -18,6 +18,23 @@ from .evaluate import STAT_NAMES
 
 MODELS_DIR = REPO_ROOT / "models"
 PRECISIONS = ("fp32", "fp16", "int8")
+# Every key a variant may hold, and the keys of each of its sections: anything else is a misspelling, reported
+# with the file and the field at load (a silently ignored section would drop out of the CI matrix or fall back
+# to default tolerances). The output section's keys depend on its convention (common/decode_base.py).
+VARIANT_SECTIONS = {
+    "description": None, "onnx": None, "labels": None, "targets": None, "reference": None,
+    "input": {"name", "height", "width", "extra"},
+    "preprocess": {"resize", "pad", "pad_value", "color", "mean", "std", "interpolation"},
+    "output": None,
+    "evaluation": {"annotation", "categories"},
+    "build": {"fp16_block_ops", "fp16_block_nodes"},
+    "export": {"opset", "config_overrides"},
+    "checkpoint": {"url", "sha256", "sha256_prefix", "config", "upstream_config"},
+    "matrix": {"backends", "precisions", "batch_sizes", "accuracy_batch_sizes", "annotation", "max_images", "onnx",
+               "relative"},
+    "fidelity": {"min_cosine", "max_norm_err", "outputs", "score_threshold", "min_matched", "min_mean_iou",
+                 "max_score_diff", "max_ap_diff", "node_min_cosine", "node_max_norm_err"},
+}
 # Every name a target may put a threshold on: the 12 COCO stats and the performance figures.
 TIMING_METRICS = ("fps", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms")
 METRICS = STAT_NAMES + TIMING_METRICS
@@ -172,8 +189,32 @@ def _read_target(r: _Reader, raw: dict, where: str) -> Target:
                   minimum=minimum, maximum=maximum)
 
 
+def _check_keys(r: _Reader, raw: dict, where: str):
+    """Unknown keys of a variant and of its sections are errors naming the field."""
+    from .decode import OUTPUT_KEYS
+    if not isinstance(raw, dict):
+        r.fail(where, f"expected a mapping, got {type(raw).__name__}")
+    for key, value in raw.items():
+        if key not in VARIANT_SECTIONS:
+            r.fail(f"{where}.{key}", f"unknown key; known: {', '.join(sorted(VARIANT_SECTIONS))}")
+        known = VARIANT_SECTIONS[key]
+        if key == "output" and isinstance(value, dict):
+            known = OUTPUT_KEYS.get(value.get("convention"))
+            if known is None:
+                r.fail(f"{where}.output.convention", f"unknown output convention {value.get('convention')!r}; "
+                       f"known: {', '.join(sorted(OUTPUT_KEYS))}")
+        if known is None or value is None:
+            continue
+        if not isinstance(value, dict):
+            r.fail(f"{where}.{key}", f"expected a mapping, got {value!r}")
+        for k in value:
+            if k not in known:
+                r.fail(f"{where}.{key}.{k}", f"unknown key; known: {', '.join(sorted(known))}")
+
+
 def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
     where = f"variants.{name}"
+    _check_keys(r, raw, where)
     inp = r.get(raw, "input", where, dict)
     pre = r.get(raw, "preprocess", where, dict)
     pw = f"{where}.preprocess"
@@ -240,6 +281,11 @@ def load_spec(path: str | Path) -> ModelSpec:
     r = _Reader(path)
     if not isinstance(raw, dict):
         r.fail("top level", "expected a mapping")
+    for key in raw:  # x-* keys hold YAML anchors shared by variants
+        if key not in ("schema", "name", "description", "default_variant", "variants") and \
+                not str(key).startswith("x-"):
+            r.fail(str(key), "unknown top-level key; known: schema, name, description, default_variant, variants "
+                             "(and x-* anchors)")
     if r.get(raw, "schema", "top level", int) != 1:
         r.fail("schema", f"unsupported schema version {raw.get('schema')!r} (this suite reads 1)")
     name = r.get(raw, "name", "top level", str)

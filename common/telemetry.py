@@ -14,13 +14,7 @@ import subprocess
 import threading
 
 MIB = 1 << 20
-# Which device tool watches which backend/device; everything else runs on the host CPU.
-_GPU_TOOLS = {("igie", None): "ixsmi", ("onnxruntime", "cuda"): "nvidia-smi", ("onnxruntime", "tensorrt"): "nvidia-smi"}
 _POWER_FIELDS = {"ixsmi": ("gpu.power.draw", "power.draw"), "nvidia-smi": ("power.draw",)}
-
-
-def tool_for(backend: str, device: str) -> str | None:
-    return _GPU_TOOLS.get((backend, device)) or _GPU_TOOLS.get((backend, None))
 
 
 def _number(text: str) -> float | None:
@@ -75,12 +69,13 @@ class SmiProbe:
 
 
 class Sampler:
-    """with Sampler(backend, device) as s: ...; s.summary() -> the record's `telemetry` block."""
+    """with Sampler(tool) as s: ...; s.summary() -> the record's `telemetry` block. `tool`: the SMI tool that
+    watches the device (the backend's telemetry_tool()), None for a runtime on the host CPU."""
 
-    def __init__(self, backend: str, device: str, interval_s: float = 0.2, gpu_index: int | None = None):
+    def __init__(self, tool: str | None, interval_s: float = 0.2, gpu_index: int | None = None):
         import psutil
         self.process = psutil.Process()
-        self.tool = tool_for(backend, device)
+        self.tool = tool
         index = gpu_index if gpu_index is not None else int(os.environ.get("SUITE_GPU_INDEX", "0") or 0)
         self.probe = SmiProbe(self.tool, index) if self.tool else None
         self.interval_s = interval_s

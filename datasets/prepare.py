@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
 
 from common.archive import extract  # noqa: E402
 from common.data import image_items, read_annotations, read_image, resolve_dataset  # noqa: E402

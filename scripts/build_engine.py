@@ -14,20 +14,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
 
-from common.backends import BACKENDS, get_backend  # noqa: E402
+from common.backends import get_backend  # noqa: E402
 from common.backends.base import BuildRequest  # noqa: E402
 from common.engine_cache import EngineCache, file_sha256  # noqa: E402
 from common.cli import guarded  # noqa: E402
 from common.errors import ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
-from common.runs import RunConfig, build_request, resolve_onnx  # noqa: E402
-from common.specs import PRECISIONS, load_model  # noqa: E402
+from common.options import add_groups, config_from_args  # noqa: E402
+from common.runs import build_request, resolve_onnx  # noqa: E402
+from common.specs import load_model  # noqa: E402
 
 
 def _shape(text: str) -> tuple:
@@ -43,35 +43,14 @@ def _shape(text: str) -> tuple:
     return dims
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def parse_args(argv=None):
-    env = os.environ.get
     p = argparse.ArgumentParser(prog="build_engine.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="model under models/ (its spec gives the input name, shape and preprocessing)")
-    p.add_argument("--variant", default=env("MODEL_VARIANT"))
-    p.add_argument("--onnx", help="ONNX model (default: $ONNX_MODEL, then the spec's)")
-    p.add_argument("--checkpoint", default=env("CHECKPOINT"), help="export this checkpoint first (with --model)")
-    p.add_argument("--config", default=env("MODEL_CONFIG"))
-    p.add_argument("--backend", default=env("BACKEND", "onnxruntime"), help=f"one of {', '.join(sorted(BACKENDS))}")
-    p.add_argument("--device", default=env("DEVICE"))
-    p.add_argument("--precision", choices=PRECISIONS, default=env("PRECISION", "fp32"))
-    p.add_argument("--bs", "--batch-size", dest="batch_size", type=_positive, default=1)
-    p.add_argument("--input-shape", type=_shape, help="CxHxW (or HxW) of one image; default: the spec's")
-    p.add_argument("--input-name", help="input tensor name (default: the spec's, else the ONNX's first input)")
-    p.add_argument("--cache-dir", default=env("ENGINE_CACHE_DIR"), help="engine cache (default: <repo>/.cache/engines)")
-    p.add_argument("--calib-dir", default=env("CALIB_DIR"),
-                   help="int8: calibration images (never the evaluation images; checked against --ann)")
-    p.add_argument("--calib-images", type=_positive, default=32, help="int8: calibration images used (default 32)")
-    p.add_argument("--dataset-dir", default=env("DATASETS_DIR"), help="the evaluation set the calibration must avoid")
-    p.add_argument("--ann", "--annotation", dest="annotation", default=env("COCO_ANNOTATION"))
-    p.add_argument("--images-dir", default=env("COCO_IMAGES_DIR"))
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--debug", action="store_true")
+    add_groups(p, "model", "engine", "dataset", required=())
+    own = p.add_argument_group("build options")
+    own.add_argument("--input-shape", type=_shape, help="CxHxW (or HxW) of one image (default: the spec's)")
+    own.add_argument("--input-name", help="input tensor name (default: the spec's, else the ONNX's first input)")
+    own.add_argument("--json", action="store_true", help="print one JSON object")
+    own.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return p.parse_args(argv)
 
 
@@ -91,16 +70,10 @@ def _onnx_input(onnx_path: Path) -> tuple[str, tuple | None]:
 
 
 def build(args) -> dict:
-    cfg = RunConfig(model=args.model or "", variant=args.variant, precision=args.precision,
-                    batch_size=args.batch_size, backend=args.backend, device=args.device, onnx=args.onnx,
-                    checkpoint=args.checkpoint, config=args.config, dataset_dir=args.dataset_dir,
-                    annotation=args.annotation, images_dir=args.images_dir, calib_dir=args.calib_dir,
-                    calib_images=args.calib_images)
-    if args.cache_dir:
-        cfg.cache_dir = args.cache_dir
-    backend = get_backend(args.backend, args.device)
-    if args.model:
-        variant = load_model(args.model).variant(args.variant)
+    cfg = config_from_args(args)
+    backend = get_backend(cfg.backend, cfg.device)
+    if cfg.model:
+        variant = load_model(cfg.model).variant(cfg.variant)
         if args.input_shape:
             if args.input_shape[0] != 3:
                 raise ConfigError(f"--input-shape {args.input_shape}: the model's preprocessing makes 3 channels")
@@ -110,20 +83,20 @@ def build(args) -> dict:
         onnx_path = resolve_onnx(cfg, variant)
         req = build_request(cfg, variant, onnx_path, file_sha256(onnx_path))
     else:
-        if not (args.onnx or os.environ.get("ONNX_MODEL")):
+        if not cfg.onnx:
             raise ConfigError("pass --model NAME (with its spec) or --onnx PATH")
-        onnx_path = Path(args.onnx or os.environ["ONNX_MODEL"])
+        onnx_path = Path(cfg.onnx)
         if not onnx_path.is_file():
             raise InputError("ONNX model not found", onnx_path)
-        if args.calib_dir:
+        if cfg.calib_dir:
             raise ConfigError("--calib-dir needs --model: calibration images are preprocessed as the model's "
                               "spec says")
         name, fixed = _onnx_input(onnx_path)
         shape = args.input_shape or fixed
         if shape is None:
             raise ConfigError(f"input '{name}' of {onnx_path} has a dynamic image shape: pass --input-shape CxHxW")
-        req = BuildRequest(onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), precision=args.precision,
-                           batch_size=args.batch_size, input_name=args.input_name or name, input_shape=tuple(shape),
+        req = BuildRequest(onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), precision=cfg.precision,
+                           batch_size=cfg.batch_size, input_name=args.input_name or name, input_shape=tuple(shape),
                            cache=EngineCache(cfg.cache_dir), options={})
     t0 = time.perf_counter()
     try:
@@ -131,7 +104,7 @@ def build(args) -> dict:
     except SuiteError:
         raise
     except Exception as exc:  # the compilers raise their own exception types
-        raise RuntimeFailure(f"{args.backend} engine build failed: {type(exc).__name__}: "
+        raise RuntimeFailure(f"{cfg.backend} engine build failed: {type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", onnx_path) from exc
     # fp32 on ONNX Runtime runs the ONNX itself: nothing is built or cached
     cache = "none (the ONNX runs as it is)" if Path(engine) == req.onnx_path else "hit" if hit else "miss"

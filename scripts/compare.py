@@ -14,25 +14,23 @@ Exit codes: 0 within tolerance, 1 out of tolerance, 2 bad input or configuration
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
 
-from common.cli import _common_args, _positive_int, guarded  # noqa: E402
+from common.cli import guarded  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402
 from common.fidelity import run_compare, write_json  # noqa: E402
-from common.runs import RunConfig  # noqa: E402
+from common.options import add_groups, config_from_args, positive_int  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
-    _common_args(p)
-    p.set_defaults(precision=os.environ.get("PRECISION", "fp16"))
-    p.add_argument("--images", type=_positive_int, default=8, help="images compared (the first N by id)")
-    p.add_argument("--localise-images", type=_positive_int, default=1,
-                   help="images the localisation runs on (every intermediate tensor is kept for each)")
+    add_groups(p, "model", "engine", "dataset", "output", defaults={"precision": "fp16"})
+    p.add_argument("--images", type=positive_int, default=8, help="images compared, the first N by id (default: 8)")
+    p.add_argument("--localise-images", type=positive_int, default=1,
+                   help="images the localisation runs on; every intermediate tensor is kept for each (default: 1)")
     p.add_argument("--localise", action="store_true", help="localise even when the candidate is within tolerance")
     p.add_argument("--no-fix", action="store_true", help="report only: no localisation, no fixed conversion")
     p.add_argument("--report", metavar="PATH",
@@ -44,19 +42,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        cfg = RunConfig(model=args.model, variant=args.variant, precision=args.precision, backend=args.backend,
-                        device=args.device, onnx=args.onnx, checkpoint=args.checkpoint, config=args.config,
-                        opset=args.opset, dataset_dir=args.dataset_dir, annotation=args.annotation,
-                        images_dir=args.images_dir, results_dir=args.results_dir, threads=args.threads)
-        if args.cache_dir:
-            cfg.cache_dir = args.cache_dir
+        cfg = config_from_args(args)
         report_path = Path(args.report) if args.report else None
-        out_dir = report_path.parent if report_path else Path(args.results_dir) / "compare"
+        out_dir = report_path.parent if report_path else Path(cfg.results_dir) / "compare"
         report = run_compare(cfg, args.images, args.localise_images, fix=not args.no_fix, out_dir=out_dir,
                              always_localise=args.localise)
         if not args.no_record:
-            report_path = report_path or out_dir / (f"{report['model']}_{report['variant']}_{args.backend}_"
-                                                    f"{args.precision}.json")
+            report_path = report_path or out_dir / (f"{report['model']}_{report['variant']}_{cfg.backend}_"
+                                                    f"{cfg.precision}.json")
             write_json(report_path, report)
             print(f" report: {report_path}")
         return EXIT_PASS if report["verdict"] == "pass" else EXIT_TARGET_FAILED

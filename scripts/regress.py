@@ -19,7 +19,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
 
 from common.errors import EXIT_INTERRUPTED, SuiteError  # noqa: E402
 from common.matrix import KINDS, Filters, all_model_names, enumerate_cases, parse_shard, shard  # noqa: E402

@@ -109,3 +109,18 @@ def test_igie_backend_feeds_the_extra_inputs(work, tmp_path):
     names = [c["name"] for c in calls if c["call"] == "set_input"]
     assert names.count("im_shape") == names.count("scale_factor") == names.count("image") == 3   # 5 images, bs 2
     assert len(json.loads(dets.read_text())) == N * len(work["images"])
+
+
+def test_tvm_backend_feeds_the_extra_inputs(work, tmp_path):
+    """Upstream TVM (the optional extra): the extra inputs are compiled into the module's signature and fed from
+    the spec like on every runtime, so the Paddle layout gives the known detections here too."""
+    pytest.importorskip("tvm.relax.frontend.onnx", reason="the tvm extra (requirements-tvm.txt) is not installed")
+    dets = tmp_path / "dets.json"
+    res = _run("infer_rtdetr_fp32_accuracy.sh", work, "--backend", "tvm", "--bs", 2, "--workers", 0,
+               "--no-progress", "--save-detections", dets, "--preflight", 0)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got, want = json.loads(dets.read_text()), _expected(work)
+    assert len(got) == N * len(work["images"])
+    for image_id, rows in want.items():
+        mine = sorted((d for d in got if d["image_id"] == image_id), key=lambda d: -d["score"])
+        np.testing.assert_allclose([d["score"] for d in mine], [r[0] for r in rows], atol=1e-4)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from common.backends import backend_class
 from common.telemetry import Sampler
 from helpers import REPO, run_script
 
@@ -39,7 +40,7 @@ printf '%s\\n' "{lines}" | sed -n "$(( (n - 1) % {len(readings)} + 1 ))p"
 
 def sampled(backend, device, monkeypatch, bin_dir, seconds=0.7, fps=100.0):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin:/bin")
-    with Sampler(backend, device, interval_s=0.05) as s:
+    with Sampler(backend_class(backend)(device).telemetry_tool(), interval_s=0.05) as s:
         time.sleep(seconds)
     return s.summary(fps)
 
@@ -92,7 +93,7 @@ def test_absent_or_failing_tools_are_null_with_a_reason_never_zero(tmp_path, mon
 
 def test_cpu_backend_records_host_rss_for_real(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no GPU tool is even looked for on the CPU
-    with Sampler("onnxruntime", "cpu", interval_s=0.02) as s:
+    with Sampler(backend_class("onnxruntime")("cpu").telemetry_tool(), interval_s=0.02) as s:
         time.sleep(0.1)
         base = s.rss[-1]
         block = np.ones(300 << 20, np.uint8)  # 300 MiB, touched

@@ -1,7 +1,8 @@
 """The one small interface every runtime sits behind.
 
 Backend.build(onnx, precision, batch, ...) -> engine file (cached); Backend.load(engine, ...) -> Runner;
-Runner.infer(batch) -> {output name: array}. Nothing outside a backend module knows a runtime's insides.
+Runner.infer(batch or {input name: array}) -> {output name: array}. A backend says what it can do in its
+`capabilities`; nothing outside a backend module names a runtime or knows its insides.
 """
 from __future__ import annotations
 
@@ -11,7 +12,29 @@ from pathlib import Path
 import numpy as np
 
 from ..engine_cache import EngineCache
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime can do, asked by the CLI, the CI matrix, fidelity and telemetry instead of its name."""
+    precisions: tuple                  # precisions it builds
+    devices: tuple                     # devices it accepts; the first is the default
+    dynamic_batch: bool                # one engine serves every batch size (else one engine per batch size)
+    device_timer: bool                 # the runtime times compute alone on the device (time_evaluator)
+    host_compute: bool                 # computes on the host's cores, competing with the harness for them
+    telemetry: tuple = ()              # (device, tool) pairs: the SMI tool that reads device memory / power
+                                       # (ixsmi, nvidia-smi); devices not named are watched on the host
+    reference: bool = False            # at fp32 on its first device it is the FP32 reference of fidelity checks
+    replays: bool = False              # serves stored outputs instead of computing (needs image ids)
+
+    def supports(self, precision: str, device: str | None = None) -> str | None:
+        """None when the cell can run, else why not."""
+        if precision not in self.precisions:
+            return f"precision {precision} is not supported ({', '.join(self.precisions)})"
+        if device is not None and device not in self.devices:
+            return f"device {device!r} is not supported ({', '.join(self.devices)})"
+        return None
 
 
 @dataclass(frozen=True)
@@ -28,7 +51,9 @@ class BuildRequest:
 
 
 class Runner:
-    """Runs a loaded engine. Subclasses implement _run(x) -> list of arrays in output_names order."""
+    """Runs a loaded engine. Subclasses implement _run(feeds) -> list of arrays in output_names order, where
+    feeds maps every graph input to its array: the image batch and the spec's constant extra inputs, fed the
+    same way on every runtime."""
 
     input_name: str
     output_names: list
@@ -36,10 +61,13 @@ class Runner:
     concurrent: bool = False          # infer() may run in several threads at once (one runner serves all streams)
     extra_inputs: dict = {}           # {name: [K] array}: fed as [N, K], the same row for every image
 
-    def extra_feeds(self, n: int) -> dict:
-        return {name: np.ascontiguousarray(np.broadcast_to(v, (n, *v.shape))) for name, v in self.extra_inputs.items()}
+    def feeds(self, x: np.ndarray) -> dict:
+        """Every graph input for the image batch x: x itself and the extra inputs, one row per image."""
+        n = x.shape[0]
+        return {self.input_name: x, **{name: np.ascontiguousarray(np.broadcast_to(v, (n, *v.shape)))
+                                       for name, v in self.extra_inputs.items()}}
 
-    def _run(self, x: np.ndarray) -> list:
+    def _run(self, feeds: dict) -> list:
         raise NotImplementedError
 
     def sync(self):
@@ -55,12 +83,17 @@ class Runner:
             x = np.concatenate([x, np.repeat(x[-1:], self.static_batch - n, axis=0)])
         return x
 
-    def infer(self, x: np.ndarray, image_ids: np.ndarray | None = None) -> dict:
-        """Outputs for the batch x; image_ids name its images for runners that serve stored outputs."""
-        n = x.shape[0]
-        x = self.pad(x)  # the padded rows are dropped below
-        outs = self._run(x)
-        return {name: out[:n] if out.ndim and out.shape[0] == x.shape[0] else out
+    def infer(self, x, image_ids: np.ndarray | None = None) -> dict:
+        """Outputs for the batch x (the image batch, or {input name: array} naming inputs explicitly; extra
+        inputs not named are fed from the spec); image_ids name its images for runners that serve stored
+        outputs."""
+        given = dict(x) if isinstance(x, dict) else {self.input_name: x}
+        n = given[self.input_name].shape[0]
+        padded = self.pad(given[self.input_name])  # the padded rows are dropped below
+        feeds = self.feeds(padded)
+        feeds.update({k: self.pad(v) for k, v in given.items() if k != self.input_name})
+        outs = self._run(feeds)
+        return {name: out[:n] if out.ndim and out.shape[0] == padded.shape[0] else out
                 for name, out in zip(self.output_names, outs)}
 
     def close(self):
@@ -70,6 +103,7 @@ class Runner:
 class Backend:
     name = "base"
     engine_suffix = ".engine"
+    capabilities: Capabilities
 
     def __init__(self, device: str | None = None, **options):
         self.requested_device = device
@@ -81,7 +115,20 @@ class Backend:
         return True, ""
 
     def device(self) -> str:
-        raise NotImplementedError
+        """The device this backend runs on: the one asked for, checked against the capabilities."""
+        device = self.requested_device or self.capabilities.devices[0]
+        if device not in self.capabilities.devices:
+            raise ConfigError(f"{self.name} backend: unknown device {device!r}; known: "
+                              f"{', '.join(self.capabilities.devices)}")
+        return device
+
+    def telemetry_tool(self) -> str | None:
+        """The device tool that watches this backend's device, None for the host."""
+        return dict(self.capabilities.telemetry).get(self.device())
+
+    def is_reference(self, precision: str) -> bool:
+        """Whether this run is the FP32 reference itself (nothing to compare it with)."""
+        return self.capabilities.reference and precision == "fp32" and self.device() == self.capabilities.devices[0]
 
     def runtime_version(self) -> str:
         raise NotImplementedError

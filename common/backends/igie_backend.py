@@ -17,7 +17,8 @@ import numpy as np
 
 from ..engine_cache import cache_key
 from ..errors import ConfigError, InputError, RuntimeFailure
-from .base import Backend, BuildRequest, Runner
+from .base import Backend, BuildRequest, Capabilities, Runner
+from .graph_io import extra_input_arrays, graph_io
 
 TARGET_MODEL = "MR"
 TARGET_OPTIONS = "-libs=cudnn,cublas,ixinfer"
@@ -27,15 +28,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # relay.build(..., precision="int8"). Read from those recipes, not checked against an installed SDK.
 CALIBRATE_MODE = "percentile"
 WEIGHT_SCALE = "max"
-
-
-def _output_names(onnx_path: Path) -> list:
-    import onnx
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises several decode error types
-        raise InputError(f"cannot load ONNX model ({type(exc).__name__})", onnx_path) from None
-    return [o.name for o in model.graph.output]
 
 
 class IgieRunner(Runner):
@@ -53,10 +45,9 @@ class IgieRunner(Runner):
             raise RuntimeFailure(f"the engine has {n} outputs, the ONNX model {len(output_names)}", engine)
         self.output_names = output_names
 
-    def _run(self, x: np.ndarray) -> list:
-        self.module.set_input(self.input_name, self.tvm.nd.array(np.ascontiguousarray(x), self.device))
-        for name, value in self.extra_feeds(x.shape[0]).items():
-            self.module.set_input(name, self.tvm.nd.array(value, self.device))
+    def _run(self, feeds: dict) -> list:
+        for name, value in feeds.items():
+            self.module.set_input(name, self.tvm.nd.array(np.ascontiguousarray(value), self.device))
         self.module.run()
         return [self.module.get_output(i).numpy() for i in range(len(self.output_names))]
 
@@ -74,6 +65,8 @@ class IgieRunner(Runner):
 class IgieBackend(Backend):
     name = "igie"
     engine_suffix = ".so"
+    capabilities = Capabilities(precisions=PRECISIONS, devices=("mr-v100",), dynamic_batch=False,
+                                device_timer=True, telemetry=(("mr-v100", "ixsmi"),), host_compute=False)
 
     @classmethod
     def availability(cls):
@@ -93,9 +86,6 @@ class IgieBackend(Backend):
         import tvm
         import tvm.relay.import_model  # noqa: F401
         return tvm
-
-    def device(self) -> str:
-        return self.requested_device or "mr-v100"
 
     def runtime_version(self) -> str:
         return f"igie-tvm-{getattr(self._tvm(), '__version__', 'unknown')}"
@@ -144,6 +134,7 @@ class IgieBackend(Backend):
     def load(self, engine: Path, req: BuildRequest) -> Runner:
         tvm = self._tvm()
         device = tvm.device(self.target().kind.name, 0)
-        runner = IgieRunner(tvm, engine, device, req.input_name, req.batch_size, _output_names(req.onnx_path))
-        runner.extra_inputs = {name: np.asarray(v, np.float32) for name, v in req.extra_inputs}
+        io = graph_io(req.onnx_path)
+        runner = IgieRunner(tvm, engine, device, req.input_name, req.batch_size, io.outputs)
+        runner.extra_inputs = extra_input_arrays(io, req.input_name, req.extra_inputs, req.onnx_path)
         return runner

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError, InputError, RuntimeFailure
-from .base import Backend, BuildRequest, Runner
+from .base import Backend, BuildRequest, Capabilities, Runner
+from .graph_io import extra_input_arrays, graph_io
 
 _DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -38,29 +39,6 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     if n16 == 0:
         raise RuntimeFailure("FP16 conversion produced no float16 weights: refusing to run FP32 as FP16", model_path)
     onnx.save(converted, str(out_path))
-
-
-_ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-
-
-def _extra_inputs(session, req: BuildRequest, engine: Path) -> dict:
-    """The spec's constant extra inputs, checked against the graph's inputs (each declared one must exist and every
-    graph input must be fed), in the dtype the graph wants."""
-    graph = {i.name: i for i in session.get_inputs()}
-    declared = dict(req.extra_inputs)
-    unknown = sorted(set(declared) - set(graph))
-    unfed = sorted(set(graph) - set(declared) - {req.input_name})
-    if unknown or unfed:
-        raise InputError(f"graph inputs {sorted(graph)}; the spec feeds '{req.input_name}'"
-                         + (f" and declares extra inputs {unknown} the graph does not have" if unknown else "")
-                         + (f"; inputs {unfed} are not fed: declare them under input.extra" if unfed else ""), engine)
-    feeds = {}
-    for name, values in declared.items():
-        dtype = _ORT_FLOATS.get(graph[name].type)
-        if dtype is None:
-            raise InputError(f"extra input '{name}' is {graph[name].type}; the suite feeds float tensors", engine)
-        feeds[name] = np.asarray(values, dtype)
-    return feeds
 
 
 def _tidy_block_casts(graph):
@@ -137,13 +115,15 @@ class OrtRunner(Runner):
         self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.output_names = [o.name for o in session.get_outputs()]
 
-    def _run(self, x: np.ndarray) -> list:
-        return self.session.run(self.output_names, {self.input_name: x, **self.extra_feeds(x.shape[0])})
+    def _run(self, feeds: dict) -> list:
+        return self.session.run(self.output_names, feeds)
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     engine_suffix = ".onnx"
+    capabilities = Capabilities(precisions=("fp32", "fp16"), devices=tuple(_DEVICE_PROVIDERS), dynamic_batch=True,
+                                device_timer=False, telemetry=(("cuda", "nvidia-smi"), ("tensorrt", "nvidia-smi")), host_compute=True, reference=True)
 
     @classmethod
     def availability(cls):
@@ -153,15 +133,9 @@ class OnnxRuntimeBackend(Backend):
             return False, f"onnxruntime is not importable ({exc})"
         return True, ""
 
-    def device(self) -> str:
-        return self.requested_device or "cpu"
-
     def providers(self) -> list:
         import onnxruntime as ort
-        device = self.device()
-        if device not in _DEVICE_PROVIDERS:
-            raise ConfigError(f"onnxruntime backend: unknown device {device!r}; known: {', '.join(_DEVICE_PROVIDERS)}")
-        wanted = _DEVICE_PROVIDERS[device]
+        wanted = _DEVICE_PROVIDERS[self.device()]
         if wanted[0] not in ort.get_available_providers():
             raise BackendUnavailable(f"onnxruntime has no {wanted[0]} here "
                                      f"(available: {', '.join(ort.get_available_providers())})")
@@ -203,7 +177,8 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"onnxruntime cannot load it ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})",
                              engine) from None
         runner = OrtRunner(session, req.input_name)
-        runner.extra_inputs = _extra_inputs(session, req, engine)
+        runner.extra_inputs = extra_input_arrays(graph_io(req.onnx_path), req.input_name, req.extra_inputs,
+                                                 req.onnx_path)
         if runner.input_type != "tensor(float)":
             raise InputError(f"input '{req.input_name}' is {runner.input_type}; the suite feeds float32", engine)
         # a fixed C/H/W that differs from the spec would only fail at the first batch, with a runtime message

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..replay import Recording
-from .base import Backend, BuildRequest, Runner
+from .base import Backend, BuildRequest, Capabilities, Runner
 
 
 class ReplayRunner(Runner):
@@ -23,9 +23,8 @@ class ReplayRunner(Runner):
 
 class ReplayBackend(Backend):
     name = "replay"
-
-    def device(self) -> str:
-        return "replay"
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), devices=("replay",), dynamic_batch=True,
+                                device_timer=False, host_compute=False, replays=True)
 
     def runtime_version(self) -> str:
         return "replay-1"

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..engine_cache import cache_key
 from ..errors import ConfigError, RuntimeFailure
-from .base import Backend, BuildRequest, Runner
+from .base import Backend, BuildRequest, Capabilities, Runner
+from .graph_io import extra_input_arrays, graph_io
 
 TARGET = "llvm"
 PRECISIONS = ("fp32",)
@@ -47,13 +48,8 @@ def _tvm_message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def _output_names(onnx_path: Path) -> list:
-    from .igie_backend import _output_names as names
-    return names(onnx_path)
-
-
 class TvmRunner(Runner):
-    def __init__(self, engine: Path, input_name: str, batch_size: int, output_names: list):
+    def __init__(self, engine: Path, input_name: str, batch_size: int, io):
         import tvm
         from tvm import relax
         self.tvm, self.device = tvm, tvm.cpu(0)
@@ -61,13 +57,17 @@ class TvmRunner(Runner):
             self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(engine)), self.device)
         except Exception as exc:  # TVMError and friends
             raise RuntimeFailure(f"TVM cannot load the engine ({_tvm_message(exc)})", engine) from None
-        self.input_name, self.static_batch, self.output_names = input_name, batch_size, output_names
+        self.input_name, self.static_batch, self.output_names = input_name, batch_size, io.outputs
+        self.input_order = list(io.inputs)   # Relax's main takes the graph inputs positionally, in graph order
 
     def _tensor(self, x: np.ndarray):
-        return self.tvm.runtime.tensor(np.ascontiguousarray(x, np.float32), self.device)
+        return self.tvm.runtime.tensor(np.ascontiguousarray(x), self.device)
 
-    def _run(self, x: np.ndarray) -> list:
-        out = self.vm["main"](self._tensor(x))
+    def _args(self, feeds: dict) -> list:
+        return [self._tensor(feeds[name]) for name in self.input_order]
+
+    def _run(self, feeds: dict) -> list:
+        out = self.vm["main"](*self._args(feeds))
         outs = [out] if hasattr(out, "numpy") else list(out)
         if len(outs) != len(self.output_names):
             raise RuntimeFailure(f"the TVM engine returned {len(outs)} outputs, the ONNX model has "
@@ -80,12 +80,14 @@ class TvmRunner(Runner):
     def device_time(self, x: np.ndarray, number: int = 3, repeat: int = 3) -> list:
         """Per-run seconds of the compiled function alone (the VM's time_evaluator; input already on device)."""
         evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return list(evaluator(self._tensor(self.pad(x))).results)
+        return list(evaluator(*self._args(self.feeds(self.pad(x)))).results)
 
 
 class TvmBackend(Backend):
     name = "tvm"
     engine_suffix = ".so"
+    capabilities = Capabilities(precisions=PRECISIONS, devices=("cpu",), dynamic_batch=False, device_timer=True,
+                                host_compute=True)
 
     @classmethod
     def availability(cls):
@@ -99,12 +101,6 @@ class TvmBackend(Backend):
             return False, f"tvm {getattr(tvm, '__version__', '?')} has no tvm.compile (needs apache-tvm >= 0.20)"
         return True, ""
 
-    def device(self) -> str:
-        device = self.requested_device or "cpu"
-        if device != "cpu":
-            raise ConfigError(f"tvm backend: only device 'cpu' (target {TARGET}) is supported, not {device!r}")
-        return device
-
     def runtime_version(self) -> str:
         import tvm
         return f"apache-tvm-{tvm.__version__}"
@@ -115,16 +111,20 @@ class TvmBackend(Backend):
             raise ConfigError(f"tvm backend: precision {req.precision} is not supported (fp32 only: it checks "
                               "numerics and IGIE portability, not reduced precision)")
         shape = [req.batch_size, *req.input_shape]
+        shapes = {req.input_name: shape, **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs}}
         key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, input=req.input_name,
-                        shape=shape, runtime=self.runtime_version(), target=TARGET)
-        return req.cache.get_or_build(key, self.engine_suffix, lambda tmp: compile_onnx(req.onnx_path, req.input_name,
-                                                                                         shape, tmp),
+                        shape=shape, extra_inputs=list(req.extra_inputs), runtime=self.runtime_version(),
+                        target=TARGET)
+        return req.cache.get_or_build(key, self.engine_suffix, lambda tmp: compile_onnx(req.onnx_path, shapes, tmp),
                                       {"backend": self.name, "precision": req.precision, "shape": shape,
                                        "onnx": str(req.onnx_path), "onnx_sha256": req.onnx_sha256,
                                        "runtime": self.runtime_version(), "target": TARGET})
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
-        return TvmRunner(engine, req.input_name, req.batch_size, _output_names(req.onnx_path))
+        io = graph_io(req.onnx_path)
+        runner = TvmRunner(engine, req.input_name, req.batch_size, io)
+        runner.extra_inputs = extra_input_arrays(io, req.input_name, req.extra_inputs, req.onnx_path)
+        return runner
 
 
 def unsupported_ops(model) -> list:
@@ -137,7 +137,7 @@ def unsupported_ops(model) -> list:
     return sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type not in known})
 
 
-def compile_onnx(onnx_path: Path, input_name: str, shape: list, out: Path):
+def compile_onnx(onnx_path: Path, shapes: dict, out: Path):
     """ONNX -> Relax -> llvm .so at `out`; PortabilityError naming the stage (and operator) that failed."""
     import onnx
     import tvm
@@ -149,7 +149,7 @@ def compile_onnx(onnx_path: Path, input_name: str, shape: list, out: Path):
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            mod = from_onnx(model, shape_dict={input_name: shape}, keep_params_in_input=False)
+            mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises TypeError/ValueError/TVMError/NotImplementedError...
         match = _CONVERT_ERROR.search(printed.getvalue())
         raise PortabilityError("import", match.group(1) if match else None, _tvm_message(exc), onnx_path) from None

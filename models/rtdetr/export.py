@@ -26,7 +26,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-for p in (str(ROOT), str(HERE)):
+for p in (str(ROOT / ".importpath"), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # run as a script, or loaded by path from common/exporting.py
-    sys.path.insert(0, str(REPO_ROOT))
+if str(REPO_ROOT / ".importpath") not in sys.path:  # run as a script, or loaded by path from common/exporting.py
+    sys.path.insert(0, str(REPO_ROOT / ".importpath"))
 
 from common.errors import ConfigError, InputError, SuiteError  # noqa: E402
 from models.rtmdet.build import input_size, load_rtmdet  # noqa: E402
