@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
+from common.interpreter import use_project_python  # noqa: E402
+
+use_project_python()
 
 from common.archive import extract  # noqa: E402
 from common.data import image_items, read_annotations, read_image, resolve_dataset  # noqa: E402

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
+from common.interpreter import use_project_python  # noqa: E402
+
+use_project_python()
 
 from common.backends import get_backend  # noqa: E402
 from common.backends.base import BuildRequest  # noqa: E402

@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
+from common.interpreter import use_project_python  # noqa: E402
+
+use_project_python()
 
 from common.cli import guarded  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402

@@ -20,6 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
+from common.interpreter import use_project_python  # noqa: E402
+
+use_project_python()
 
 from common.errors import EXIT_INTERRUPTED, SuiteError  # noqa: E402
 from common.matrix import KINDS, Filters, all_model_names, enumerate_cases, parse_shard, shard  # noqa: E402

@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# Create <repo>/.venv and install everything the suite and its tests need (CPU, from the package registry).
-# Idempotent: a second call only installs what is missing.
+# Create <repo>/.venv and install the suite (CPU, from the package registry). Idempotent.
+#
+#   bash scripts/setup.sh            everything: core, export (torch, transformers, mmengine), tvm, test (CI does this)
+#   bash scripts/setup.sh --core     the core only: runs from ONNX files, no torch (an accelerator node)
+#   bash scripts/setup.sh --core --test    the core and pytest
+#
+# SUITE_SYSTEM_SITE_PACKAGES=1 makes the venv see the interpreter's own packages (a vendor SDK's torch and
+# runtime): pip then installs only what is missing, into .venv, and never touches the SDK's site-packages.
+# PYTHON_FOR_VENV picks the interpreter (default python3); SUITE_NO_TVM=1 skips the tvm layer.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
 python="${PYTHON_FOR_VENV:-python3}"
-if [[ ! -x "$root/.venv/bin/python" ]]; then
-  "$python" -m venv "$root/.venv"
+layers=(core export tvm test)
+if [[ $# -gt 0 ]]; then
+  layers=()
+  for arg in "$@"; do
+    case "$arg" in
+      --core) layers+=(core) ;;
+      --export|--tvm|--test) layers+=(core "${arg#--}") ;;
+      *) echo "setup.sh: unknown option '$arg' (--core, --export, --tvm, --test)" >&2; exit 2 ;;
+    esac
+  done
 fi
-pip=("$root/.venv/bin/python" -m pip --disable-pip-version-check)
+[[ -n "${SUITE_NO_TVM:-}" ]] && layers=("${layers[@]/tvm}")
+if [[ ! -x .venv/bin/python ]]; then
+  venv_flags=()
+  [[ -n "${SUITE_SYSTEM_SITE_PACKAGES:-}" ]] && venv_flags+=(--system-site-packages)
+  "$python" -m venv "${venv_flags[@]}" .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip
-# torch is pinned to the CPU build: an unpinned torch pulls a multi-GB CUDA build.
-"${pip[@]}" install -q -r "$root/requirements.txt"
-# The tvm backend's optional extra (upstream apache-tvm, ~100 MB); CI installs it so its tests run.
-if [[ -z "${SUITE_NO_TVM:-}" ]]; then
-  "${pip[@]}" install -q -r "$root/requirements-tvm.txt"
-fi
-echo "setup: $("$root/.venv/bin/python" --version) ready in $root/.venv"
+files=()
+for layer in "${layers[@]}"; do
+  case "$layer" in
+    core) files+=(-r requirements.txt) ;;
+    export|tvm|test) files+=(-r "requirements-$layer.txt") ;;
+  esac
+done
+"${pip[@]}" install -q "${files[@]}"
+# the suite itself (common/, models/) and its `suite` command; its requirements are the files above
+"${pip[@]}" install -q --no-deps -e .
+echo "setup: $(.venv/bin/python --version), layers: $(printf '%s ' "${layers[@]}" | tr -s ' ' | sort -u | xargs), ready in $root/.venv"
