@@ -1,0 +1,134 @@
+"""Every command written in README.md and docs/*.md is parsed by the real command's own argument parser, so a
+flag that a doc names and the code lacks (or a renamed script) fails here. Placeholders (`[--opt X]`, `...`,
+`<what>`) stand for values the reader fills in; commands of other programs are not checked."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+_SCRIPT = re.compile(r"(?:^|/)(scripts/(?:compare|build_engine|regress|bench_\w+|serial_reference)\.py|"
+                     r"datasets/prepare\.py|models/\w+/export\.py)$")
+_MODEL_SCRIPT = re.compile(r"models/(\w+)/scripts/infer_\1_(\w+)_(accuracy|performance)\.sh$")
+
+
+def fenced_commands(text: str) -> list[str]:
+    """Shell command lines inside ``` fences: continuation lines joined, `$ ` prompts and comments dropped,
+    `a && b` split."""
+    out, inside, pending = [], False, ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            inside, pending = not inside, ""
+            continue
+        if not inside:
+            continue
+        line = re.sub(r"(^|\s+)#(\s.*)?$", "", line.strip())
+        if line.startswith("$ "):
+            line = line[2:]
+        pending += line
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        out += [part.strip() for part in pending.split("&&") if part.strip()]
+        pending = ""
+    return out
+
+
+def _words(command: str) -> list[str]:
+    """The command's words: optional groups ([--x X]) and ellipses dropped, <placeholders> filled."""
+    text = command
+    while (shorter := re.sub(r"\[[^\[\]]*\]", " ", text)) != text:  # nested groups, innermost first
+        text = shorter
+    text = re.sub(r"<[^<>]*>", "PLACEHOLDER", text)
+    return [a for a in shlex.split(text) if a not in ("...", "…") and not a.endswith("...")]
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _parse_only(monkeypatch, argv: list[str], run):
+    """Run `run()` with sys.argv = argv until its parser has parsed: a parse error is SystemExit(2)."""
+    real = argparse.ArgumentParser.parse_args
+
+    def parse(self, args=None, namespace=None):
+        real(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(_Parsed):
+        run()
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"_doc_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_command(command: str, monkeypatch) -> str | None:
+    """Parse one documented command; the program's name when it is one of the suite's, else None."""
+    words = _words(command)
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+        words = words[1:]  # environment assignments
+    if words and words[0] in ("bash", "python", "python3") or (words and words[0].endswith("/python")):
+        words = words[1:]
+    if not words:
+        return None
+    program, args = words[0], words[1:]
+    if (m := _MODEL_SCRIPT.search(program)):
+        from common.cli import main
+        _parse_only(monkeypatch, ["suite"], lambda: main([m.group(3), "--model", m.group(1), "--precision",
+                                                          m.group(2), *args]))
+        return program
+    if program.endswith("scripts/suite"):
+        from common.cli import main
+        _parse_only(monkeypatch, ["suite"], lambda: main(args))
+        return program
+    if (m := _SCRIPT.search(program)):
+        module = _load(REPO / m.group(1))
+        _parse_only(monkeypatch, [program, *args], lambda: module.main())
+        return program
+    if program == "scripts/setup.sh":
+        allowed = {"--core", "--export", "--tvm", "--test"}
+        assert set(args) <= allowed, f"setup.sh takes {allowed}, the doc says {args}"
+        return program
+    return None
+
+
+def _all_commands():
+    return [pytest.param(doc, cmd, id=f"{doc.name}:{i}") for doc in DOCS
+            for i, cmd in enumerate(fenced_commands(doc.read_text()))]
+
+
+@pytest.mark.parametrize("doc,command", _all_commands())
+def test_documented_command_parses(doc, command, monkeypatch):
+    try:
+        check_command(command, monkeypatch)
+    except SystemExit as exc:
+        pytest.fail(f"{doc.name}: `{command}` is refused by its parser (exit {exc.code})")
+
+
+def test_the_check_catches_a_drifted_flag(monkeypatch):
+    with pytest.raises(SystemExit):
+        check_command("bash models/rtmdet/scripts/infer_rtmdet_fp16_accuracy.sh --no-such-flag 3", monkeypatch)
+    with pytest.raises(SystemExit):
+        check_command("scripts/compare.py --model rtmdet --imagez 4", monkeypatch)
+    assert check_command("scripts/compare.py --model rtmdet [--variant V] --images 4 ...", monkeypatch)
+    assert check_command("ls -la", monkeypatch) is None
+
+
+def test_the_readme_commands_are_found():
+    found = fenced_commands((REPO / "README.md").read_text())
+    assert any("infer_rtmdet_fp16_accuracy.sh" in c for c in found)
+    assert any("pytest" in c for c in found)
