@@ -89,17 +89,23 @@ def test_fp16_engine_keeps_sensitive_ops_float32(work):
     assert layer_norms and not any(i in f16 for n in layer_norms for i in n.input)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert all(n.input[1] in f16 for n in convs)
-    # and its detections agree with the FP32 graph's (same metric as export --check, FP16 score tolerance)
+    # and its detections agree with the FP32 graph's (the comparator, export --check's metric, FP16 tolerance)
     import onnxruntime as ort
+
+    from common.comparator import FunctionRunner, compare, detections_agree, run_all
     fp32 = next((work["root"] / "cache" / "exports").rglob("*.onnx"))
     x = np.random.default_rng(5).random((2, 3, SIZE, SIZE), np.float32)
-    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits", "pred_boxes"],
-                                                                                  {"images": x})
-            for p in (fp32, engines[0])]
-    dets = [rtdetr_export._detections(lg, bx, SIZE, SIZE, 100, 0.05) for lg, bx in outs]
-    matched, n32, n16 = np.array([rtdetr_export.match_detections(a, b, 0.9, 0.02)
-                                  for a, b in zip(*dets)]).sum(axis=0)
-    assert n32 > 0 and matched / max(n32, n16) >= 0.9, (matched, n32, n16)
+    names = ["logits", "pred_boxes"]
+
+    def ort_runner(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return FunctionRunner(lambda x: session.run(names, {"images": x}), names)
+
+    runners = {"fp32": ort_runner(fp32), "fp16": ort_runner(engines[0])}
+    verdict = compare(run_all(runners, [x]), detections_agree(
+        lambda out: rtdetr_export._detections(out, SIZE, SIZE, 100, 0.05), 0.9, 0.02, min_agreement=0.9))
+    (v,) = verdict.values()
+    assert v.details["reference_detections"] > 0 and v.ok, v.details
 
 
 @pytest.mark.slow

@@ -163,45 +163,43 @@ def export_onnx(checkpoint: Path, config: Path | None, out: Path, *, variant, op
 
 # ---- --check: detections from PyTorch and from ONNX Runtime must agree ------------------------------------------
 
-def match_detections(ref, got, iou_min: float = 0.9, score_tol: float = 0.02) -> tuple[int, int, int]:
-    """One-to-one matching of two detection sets of one image (common/fidelity.py's matcher): a pair matches when
-    the labels are equal, IoU >= iou_min and |score difference| <= score_tol. Returns (matched, n_ref, n_got).
-    ref / got: (boxes [N, 4], scores [N], labels [N])."""
-    from common.fidelity import match_detections as pair
-
-    pairs = pair(ref, got, score_threshold=-np.inf, iou_min=iou_min, score_tol=score_tol)
-    return sum(p is not None for p in pairs), len(ref[0]), len(got[0])
-
-
-def _detections(logits, boxes, h: int, w: int, k: int, floor: float):
+def _detections(outputs: dict, h: int, w: int, k: int, floor: float) -> list:
     from common.decode import get_decoder
 
-    n = logits.shape[0]
+    n = outputs["logits"].shape[0]
     meta = np.tile(np.array([1.0, 1.0, 0, 0, w, h]), (n, 1))
     cfg = {"convention": "detr", "input_height": h, "input_width": w, "max_per_img": k, "score_threshold": floor}
-    bi, b, s, lab = get_decoder(cfg)({"logits": logits, "pred_boxes": boxes}, meta, cfg)
+    bi, b, s, lab = get_decoder(cfg)(outputs, meta, cfg)
     return [(b[bi == i], s[bi == i], lab[bi == i]) for i in range(n)]
 
 
 def check_onnx(net, onnx_path: Path, inputs: np.ndarray, *, k: int = 100, floor: float = 0.05,
                iou_min: float = 0.9, score_tol: float = 0.02) -> dict:
-    """Run PyTorch and ONNX Runtime on the same inputs and compare the top-k detections of each image (score above
-    `floor`) with match_detections. Agreement = matched / max(n_torch, n_onnx) over all images."""
+    """Run PyTorch and ONNX Runtime on the same inputs (the suite's comparator) and compare the top-k detections of
+    each image (score above `floor`): one to one, same label, IoU >= iou_min, |score diff| <= score_tol.
+    Agreement = matched / max(n_torch, n_onnx) over all images."""
     import onnxruntime as ort
     import torch
 
-    with torch.no_grad():
-        logits, boxes = (t.numpy() for t in DetrOutputs(net)(torch.from_numpy(inputs)))
+    from common.comparator import FunctionRunner, compare, detections_agree, run_all
+
+    def torch_forward(x):
+        with torch.no_grad():
+            return [t.numpy() for t in DetrOutputs(net)(torch.from_numpy(x))]
+
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    o_logits, o_boxes = sess.run(OUTPUT_NAMES, {sess.get_inputs()[0].name: inputs})
+    names = ["logits", "pred_boxes"]
+    results = run_all({"pytorch": FunctionRunner(torch_forward, names),
+                       "onnxruntime": FunctionRunner(lambda x: sess.run(OUTPUT_NAMES, {sess.get_inputs()[0].name: x}),
+                                                     names)}, [inputs])
     h, w = inputs.shape[2:]
-    ref, got = _detections(logits, boxes, h, w, k, floor), _detections(o_logits, o_boxes, h, w, k, floor)
-    totals = np.array([match_detections(r, g, iou_min, score_tol) for r, g in zip(ref, got)]).sum(axis=0)
-    matched, n_ref, n_got = (int(v) for v in totals)
-    agreement = matched / max(n_ref, n_got) if max(n_ref, n_got) else 1.0
-    return {"matched": matched, "torch_detections": n_ref, "onnx_detections": n_got, "agreement": agreement,
-            "metric": f"top-{k} detections above {floor}: same label, IoU >= {iou_min}, |score diff| <= {score_tol}",
-            "max_abs_logit_diff": float(np.abs(logits - o_logits).max())}
+    metric = f"top-{k} detections above {floor}: same label, IoU >= {iou_min}, |score diff| <= {score_tol}"
+    d = compare(results, detections_agree(lambda out: _detections(out, h, w, k, floor), iou_min, score_tol,
+                                          describe=metric))["onnxruntime"].details
+    return {"matched": d["matched"], "torch_detections": d["reference_detections"],
+            "onnx_detections": d["candidate_detections"], "agreement": d["agreement"], "metric": metric,
+            "max_abs_logit_diff": float(np.abs(results["pytorch"][0]["logits"]
+                                               - results["onnxruntime"][0]["logits"]).max())}
 
 
 def check_inputs(images: list[Path], variant, n: int, seed: int = 0) -> np.ndarray:

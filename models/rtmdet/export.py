@@ -85,29 +85,27 @@ def export_onnx(checkpoint, config, out, *, variant, opset):
 
 
 def check(onnx_path: Path, net, input_name: str, names: list, images: list[Path], preprocess, size) -> dict:
-    """ONNX Runtime vs PyTorch on the given images, one batch; per output max abs / rel difference."""
+    """ONNX Runtime vs PyTorch on the given images, one batch, through the suite's comparator: per output max abs /
+    rel difference against |diff| <= ATOL + RTOL * |torch|."""
     import numpy as np
     import onnxruntime as ort
     import torch
 
+    from common.comparator import FunctionRunner, allclose, compare, run_all
     from common.data import read_image
     from common.preprocess import Preprocessor
     pre = Preprocessor(preprocess, *size)
     batch = np.stack([pre(read_image(str(p)))[0] for p in images])
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = dict(zip(names, sess.run(names, {input_name: batch})))
-    with torch.no_grad():
-        want = dict(zip(names, (t.numpy() for t in net(torch.from_numpy(batch)))))
-    report, worst = {}, 0.0
-    for n in names:
-        diff = np.abs(got[n] - want[n])
-        # relative difference where the reference is not near zero (near zero it says nothing)
-        big = np.abs(want[n]) > 1e-2
-        rel = float((diff[big] / np.abs(want[n][big])).max()) if big.any() else 0.0
-        excess = float((diff - (ATOL + RTOL * np.abs(want[n]))).max())
-        worst = max(worst, excess)
-        report[n] = {"max_abs": float(diff.max()), "max_rel": rel, "ok": excess <= 0}
-    return {"outputs": report, "ok": worst <= 0, "images": len(images)}
+
+    def torch_forward(x):
+        with torch.no_grad():
+            return [t.numpy() for t in net(torch.from_numpy(x))]
+
+    results = run_all({"pytorch": FunctionRunner(torch_forward, names),
+                       "onnxruntime": FunctionRunner(lambda x: sess.run(names, {input_name: x}), names)}, [batch])
+    verdict = compare(results, allclose(ATOL, RTOL))["onnxruntime"]
+    return {"outputs": verdict.details, "ok": verdict.ok, "images": len(images)}
 
 
 def _preprocess_from_config(cfg):
