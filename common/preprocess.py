@@ -6,10 +6,26 @@ dividing by those factors. Padding is applied in pixel space (before normalisati
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
-from .specs import Preprocess
+
+@dataclass(frozen=True)
+class Preprocess:
+    resize: str = "letterbox"          # letterbox (keep ratio) | stretch (plain resize)
+    pad: str = "bottom_right"          # where letterbox padding goes: bottom_right | center
+    pad_value: float = 114.0
+    color: str = "bgr"                 # channel order the network expects: bgr | rgb
+    mean: tuple = (0.0, 0.0, 0.0)      # in the network's channel order, 0-255 units
+    std: tuple = (1.0, 1.0, 1.0)
+    interpolation: str = "linear"      # linear | nearest | cubic | area
+
+    def key(self, height: int, width: int) -> str:
+        return repr((self.resize, self.pad, self.pad_value, self.color, self.mean, self.std,
+                     self.interpolation, height, width))
+
 
 _INTERP = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC,
            "area": cv2.INTER_AREA}

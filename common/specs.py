@@ -14,7 +14,9 @@ import yaml
 
 from . import REPO_ROOT
 from .errors import ConfigError
+from .decode import OUTPUT_KEYS, load_family_decoders
 from .evaluate import STAT_NAMES
+from .preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
 
 MODELS_DIR = REPO_ROOT / "models"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -38,21 +40,6 @@ VARIANT_SECTIONS = {
 # Every name a target may put a threshold on: the 12 COCO stats and the performance figures.
 TIMING_METRICS = ("fps", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms")
 METRICS = STAT_NAMES + TIMING_METRICS
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    resize: str = "letterbox"          # letterbox (keep ratio) | stretch (plain resize)
-    pad: str = "bottom_right"          # where letterbox padding goes: bottom_right | center
-    pad_value: float = 114.0
-    color: str = "bgr"                 # channel order the network expects: bgr | rgb
-    mean: tuple = (0.0, 0.0, 0.0)      # in the network's channel order, 0-255 units
-    std: tuple = (1.0, 1.0, 1.0)
-    interpolation: str = "linear"      # linear | nearest | cubic | area
-
-    def key(self, height: int, width: int) -> str:
-        return repr((self.resize, self.pad, self.pad_value, self.color, self.mean, self.std,
-                     self.interpolation, height, width))
 
 
 @dataclass(frozen=True)
@@ -191,7 +178,6 @@ def _read_target(r: _Reader, raw: dict, where: str) -> Target:
 
 def _check_keys(r: _Reader, raw: dict, where: str):
     """Unknown keys of a variant and of its sections are errors naming the field."""
-    from .decode import OUTPUT_KEYS
     if not isinstance(raw, dict):
         r.fail(where, f"expected a mapping, got {type(raw).__name__}")
     for key, value in raw.items():
@@ -279,6 +265,7 @@ def load_spec(path: str | Path) -> ModelSpec:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"not valid YAML: {exc}".splitlines()[0], path) from None
     r = _Reader(path)
+    load_family_decoders(path.parent)  # the family's own output conventions, before the output sections are read
     if not isinstance(raw, dict):
         r.fail("top level", "expected a mapping")
     for key in raw:  # x-* keys hold YAML anchors shared by variants

@@ -7,7 +7,7 @@ so an mmdet state dict loads key for key; the arguments are those of mmdet's con
 
 The network stops at the head's raw outputs: per stride, class logits [B, C, H, W] and box distances
 [B, 4, H, W] (left, top, right, bottom) already multiplied by the stride, which is what the suite's `rtmdet_raw`
-decoder (common/decode_dense.py) reads.
+decoder (models/rtmdet/decode.py) reads.
 """
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .decode_base import Detections, _output, register
-from .errors import InputError
-from .preprocess import boxes_to_original
+from common.decode_base import Detections, _output, register
+from common.errors import InputError
+from common.preprocess import boxes_to_original
 
 # mmdet configs/rtmdet/rtmdet_l_8xb32-300e_coco.py model.test_cfg
 RTMDET_TEST_CFG = {"score_threshold": 0.001, "nms_pre": 30000, "iou_threshold": 0.65, "max_per_img": 300}
