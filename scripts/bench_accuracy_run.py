@@ -17,11 +17,15 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / ".importpath"))
+from common.interpreter import use_project_python  # noqa: E402
+
+use_project_python()
+from common.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
@@ -45,10 +49,15 @@ def main():
     ap.add_argument("--suite-args", default="", help="extra flags for the suite run, e.g. '--streams 1'")
     ap.add_argument("--floor-threads", type=int, default=os.cpu_count() or 1,
                     help="also time the bare per-image work over this many threads (0 = skip; default: the cores)")
+    add_keep_flag(ap)
     a = ap.parse_args()
+    with scratch_dir("bench-acc-", a.keep) as work:
+        run(a, str(work))
+
+
+def run(a, results_dir: str):
     serial_cmd = [sys.executable, str(ROOT / "scripts" / "serial_reference.py"), "--onnx", a.onnx,
                   "--images-dir", a.images_dir, "--ann", a.ann]
-    results_dir = tempfile.mkdtemp(prefix="bench-acc-")
     suite_cmd = [str(ROOT / "scripts" / "suite"), "accuracy", "--model", a.model, "--precision", a.precision,
                  "--bs", str(a.bs), "--onnx", a.onnx, "--images-dir", a.images_dir, "--ann", a.ann,
                  "--results-dir", results_dir, "--no-progress", *a.suite_args.split()]

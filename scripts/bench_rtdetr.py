@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / ".importpath"))
 sys.path.insert(0, str(ROOT / "models" / "rtdetr"))
+from common.interpreter import use_project_python  # noqa: E402
+
+use_project_python()
+from common.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
 
 R18 = {  # transformers RTDetrConfig fields of the R18 architecture
     "model_type": "rt_detr", "num_labels": 80, "num_queries": 300, "d_model": 256, "encoder_hidden_dim": 256,
@@ -54,8 +57,13 @@ def main():
     ap.add_argument("--onnx", help="an RT-DETR-R18 ONNX (input 'images' [N, 3, 640, 640]); default: export one")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run, both sides")
+    add_keep_flag(ap)
     a = ap.parse_args()
+    with scratch_dir("bench-rtdetr-", a.keep) as work:
+        run(a, work)
 
+
+def run(a, work: Path):
     import numpy as np
     import onnxruntime as ort
 
@@ -63,7 +71,6 @@ def main():
     from common.specs import load_model
 
     variant = load_model("rtdetr").variant("r18")
-    work = Path(tempfile.mkdtemp(prefix="bench-rtdetr-"))
     onnx_path = Path(a.onnx) if a.onnx else export_r18(work / "r18.onnx", variant)
     print(f"graph: {onnx_path}; machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} "
           "(other processes share these cores: compare the two columns, not absolute FPS)")

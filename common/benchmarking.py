@@ -1,0 +1,27 @@
+"""What every benchmark script shares: a scratch directory that is removed afterwards unless --keep."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def add_keep_flag(parser: argparse.ArgumentParser):
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (engines, records) and "
+                                                            "print where it is (default: removed at the end)")
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, keep: bool = False):
+    """A temporary directory for a benchmark's engines and records; removed on exit (also on Ctrl-C or an
+    error) unless `keep`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
