@@ -1,7 +1,7 @@
 """Is a candidate engine computing what the FP32 model computes? And if not, where does it go wrong?
 
 compare:   the FP32 reference (ONNX Runtime on the CPU, the ONNX as it is) and a candidate (any backend and
-           precision, built by runs.prepare) on the same real images -> per-output tensor errors, detection
+           precision, built by engine.prepare) on the same real images -> per-output tensor errors, detection
            matching and the AP difference, judged against the variant's `fidelity:` tolerances.
 localise:  for an ONNX Runtime FP16 candidate, the graph's intermediate tensors are exposed as outputs in both
            graphs and compared in topological order: the first nodes whose FP16 values leave the node tolerance or
@@ -108,7 +108,7 @@ def load_images(variant: Variant, dataset_dir, annotation, images_dir, n: int, i
 
 def run_images(runner, images: Images, batch: int = 1) -> list[dict]:
     """Per-image outputs, inferred `batch` images per call (a fixed-batch engine pads the last call itself)."""
-    from .runs import _infer
+    from .engine import infer as _infer
     per_image = []
     for s in range(0, len(images.image_ids), batch):
         ids = images.image_ids[s:s + batch]
@@ -328,7 +328,7 @@ def write_json(path, data: dict):
 def preflight(cfg, prepared, items, annotations) -> dict:
     """Compare the accuracy run's engine with the FP32 reference on the first cfg.preflight images; raise
     FidelityFailure (exit 1) when out of tolerance, so a broken engine fails before the full pass."""
-    from .runs import prepare
+    from .engine import prepare
     variant = prepared.variant
     tol = tolerance_of(variant)
     images = load_images(variant, None, None, None, cfg.preflight, items=items, annotations=annotations)
@@ -547,7 +547,7 @@ def run_compare(cfg, num_images: int, localise_images: int = 1, fix: bool = True
     """Reference vs candidate on real images; when out of tolerance and the candidate is an ONNX Runtime FP16
     engine, localise, build the conversion with the found nodes blocked and compare it again."""
     from .engine_cache import file_sha256
-    from .runs import prepare, resolve_onnx
+    from .engine import prepare, resolve_onnx
     from .specs import load_model
 
     variant = load_model(cfg.model).variant(cfg.variant)

@@ -7,106 +7,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import queue
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
-from . import REPO_ROOT
-from .backends import backend_class, get_backend
-from .backends.base import BuildRequest, Runner
+from .backends import backend_class
+from .engine import Prepared, infer, prepare, resolve_onnx
 from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder, nonfinite_counts
 from .endtoend import E2E_IMAGES, compute_time, measure_end_to_end
-from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
-from .errors import ConfigError, InputError, RuntimeFailure
+from .engine_cache import atomic_write_bytes, file_sha256
+from .errors import ConfigError
 from .evaluate import CocoEvaluator, to_coco_results
 from .preprocess import Preprocessor
 from .replay import OutputRecorder
 from .run_state import RunState
 from .results import check_targets, new_record, verdict_of
-from .options import RunConfig, parallelism
+from .options import RunConfig, parallelism  # noqa: F401  RunConfig: re-exported for callers of the drivers
 from .specs import Variant, load_model
 from .telemetry import Sampler
 from .timing import measure
-
-
-@dataclass
-class Prepared:
-    variant: Variant
-    onnx_path: Path
-    onnx_sha256: str
-    backend: object
-    request: BuildRequest
-    engine: Path
-    cache_hit: bool
-    runner: Runner
-
-
-def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
-    """The ONNX to run: --onnx (or $ONNX_MODEL, read with the flags), else one exported (once, cached) from
-    --checkpoint [+ --config], else the spec's."""
-    value = cfg.onnx
-    if not value and cfg.checkpoint:
-        from .exporting import DEFAULT_OPSET, export_cached
-        return export_cached(variant, cfg.checkpoint, cfg.config, Path(cfg.cache_dir) / "exports",
-                             cfg.opset or variant.extra.get("export", {}).get("opset", DEFAULT_OPSET))
-    value = value or variant.onnx
-    if not value:
-        raise ConfigError(f"no ONNX model for {variant.id}: pass --onnx or set ONNX_MODEL, "
-                          "or --checkpoint [--config] to export one")
-    path = Path(os.path.expandvars(value))
-    if not path.is_absolute() and not path.exists():
-        path = REPO_ROOT / path
-    if not path.is_file():
-        raise InputError("ONNX model not found", path)
-    return path
-
-
-def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256: str) -> BuildRequest:
-    """What an engine is built from (scripts/build_engine.py builds the same request as a run)."""
-    options = dict(variant.extra.get("build", {}))
-    options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
-    if cfg.calib_dir and cfg.precision == "int8":  # only INT8 calibrates; $CALIB_DIR must not affect others
-        from .calibration import CalibrationSet
-        options["calibration"] = CalibrationSet.for_variant(cfg.calib_dir, variant, cfg)
-    return BuildRequest(onnx_path=onnx_path, onnx_sha256=onnx_sha256, precision=cfg.precision,
-                        batch_size=cfg.batch_size, input_name=variant.input_name,
-                        input_shape=(3, variant.height, variant.width), cache=EngineCache(cfg.cache_dir),
-                        options=options, extra_inputs=tuple(variant.extra_inputs.items()))
-
-
-def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None,
-            onnx_path: Path | None = None) -> Prepared:
-    """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {cfg.batch_size}")
-    variant = variant or load_model(cfg.model).variant(cfg.variant)
-    onnx_path = onnx_path or resolve_onnx(cfg, variant)
-    streams = cfg.streams or 1
-    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // streams) if streams > 1 else 0)
-    backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
-    digest = onnx_sha256 or file_sha256(onnx_path)
-    req = build_request(cfg, variant, onnx_path, digest)
-    engine, hit = backend.build(req)
-    runner = backend.load(engine, req)
-    return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)
-
-
-def _infer(runner: Runner, x: np.ndarray, image_ids=None) -> dict:
-    try:
-        return runner.infer(x, image_ids=image_ids)
-    except Exception as exc:  # the runtimes raise their own exception types
-        if isinstance(exc, (InputError, RuntimeFailure)):
-            raise
-        raise RuntimeFailure(f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
 
 def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
@@ -268,7 +194,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
 
         def timed_infer(runner, batch):
             t0 = time.perf_counter()
-            out = _infer(runner, batch.inputs, batch.image_ids)
+            out = infer(runner, batch.inputs, batch.image_ids)
             return out, time.perf_counter() - t0
 
         def consume(batch, outputs, seconds):
@@ -344,7 +270,7 @@ def run_performance(cfg: RunConfig) -> dict:
     last: dict = {}
 
     def step():
-        last["out"] = _infer(p.runner, x)
+        last["out"] = infer(p.runner, x)
 
     with Sampler(p.backend.telemetry_tool()) as sampler:  # device memory / power while timing
         stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,

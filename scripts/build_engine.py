@@ -29,7 +29,7 @@ from common.engine_cache import EngineCache, file_sha256  # noqa: E402
 from common.cli import guarded  # noqa: E402
 from common.errors import ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
 from common.options import add_groups, config_from_args  # noqa: E402
-from common.runs import build_request, resolve_onnx  # noqa: E402
+from common.engine import build_request, resolve_onnx  # noqa: E402
 from common.specs import load_model  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine_cache import cache_key
-from ..errors import ConfigError, InputError, RuntimeFailure
+from ..errors import ConfigError, RuntimeFailure
 from .base import Backend, BuildRequest, Capabilities, Runner
 from .graph_io import extra_input_arrays, graph_io
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import BackendUnavailable, ConfigError, InputError, RuntimeFailure
 from .base import Backend, BuildRequest, Capabilities, Runner
 from .graph_io import extra_input_arrays, graph_io
