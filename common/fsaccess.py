@@ -6,10 +6,8 @@ reading mode bits; os.access is only used to point at the directory that blocks 
 """
 from __future__ import annotations
 
-import errno
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from .errors import InputError
@@ -76,21 +74,29 @@ def shared_file_mode() -> int:
 
 
 def ensure_writable_dir(path: str | Path, what: str) -> Path:
-    """Create `path` if needed and prove a file can be created in it; else InputError naming it (exit 2)."""
+    """`path` is, or can be created as, a directory this process may write into; else InputError naming it
+    (exit 2). Nothing is created: a run that then fails on its input leaves no empty dir behind. os.access
+    answers for the process's real rights, capabilities included, and says EROFS on a read-only mount."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{what} is not a directory", path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except FileExistsError:
-        raise InputError(f"{what}: a path component is not a directory", path) from None
-    except OSError as exc:
-        reason = "read-only file system" if exc.errno == errno.EROFS else exc.strerror
-        raise InputError(f"{what} is not writable ({reason})", path) from None
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        if existing == path:
+            raise InputError(f"{what} is not a directory", path)
+        raise InputError(f"{what} cannot be created: {existing} is not a directory", path)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(existing) else "permission denied"
+        where = "" if existing == path else f" (it would be created in {existing})"
+        raise InputError(f"{what} is not writable: {reason}{where}", path)
     return path
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_output_file(path: str | Path, what: str) -> Path:

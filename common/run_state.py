@@ -41,18 +41,25 @@ class RunState:
         self._pending_start = 0
         self._last_write = time.monotonic()
         self._lock = None
-        self.enabled = True  # False when another live run owns this state: nothing is read or written
+        self.enabled = True  # False when another live run owns this state (or it cannot be written)
+        self._foreign = False
 
     def claim(self) -> bool:
         """Take this state's lock (kept until clear() or the process ends). False when a live run holds it:
         then this run neither resumes nor checkpoints."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lock = open(self.dir / "lock", "a+b")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.dir / "lock", "a+b")
+        except OSError as exc:
+            print(f"warning: {self.dir}: cannot keep resume state ({exc.strerror}); the run goes on without "
+                  "checkpoints", file=sys.stderr)
+            self.enabled = False
+            return False
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            self.enabled = False
+            self.enabled, self._foreign = False, True
             print(f"note: an identical run is in progress ({self.dir}); this run computes every image itself "
                   "and keeps no resume state", file=sys.stderr)
             return False
@@ -118,14 +125,21 @@ class RunState:
         buf = io.BytesIO()
         np.savez(buf, count=np.int64(sum(count)), image_ids=np.concatenate(ids), boxes=np.concatenate(boxes),
                  scores=np.concatenate(scores), labels=np.concatenate(labels), nonfinite=np.array(json.dumps(merged)))
-        atomic_write_bytes(self.dir / f"{self._pending_start:09d}.npz", buf.getvalue(), durable=False)
+        try:
+            atomic_write_bytes(self.dir / f"{self._pending_start:09d}.npz", buf.getvalue(), durable=False)
+        except OSError as exc:
+            # checkpoints only make an interruption cheaper: a full disk must not end a run that can finish
+            # (and whose record may still fit), so the run goes on without them, saying so once
+            print(f"warning: {self.dir}: cannot save resume state ({exc.strerror}); the run goes on without "
+                  "checkpoints", file=sys.stderr)
+            self.enabled = False
         self._pending.clear()
         self._last_write = time.monotonic()
 
     def clear(self):
         """Forget the state once the run's record is safely written; the .run-state dir goes too when empty."""
-        if not self.enabled:
-            return
+        if self._foreign:
+            return  # the live owner's state
         shutil.rmtree(self.dir, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
