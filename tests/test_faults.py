@@ -421,3 +421,25 @@ def test_a_live_runs_state_is_not_adopted(env, tmp_path):
     finally:
         proc.kill()
         proc.communicate()
+
+
+# SIGTERM while the engine is still being set up (a session creation that takes minutes) --------------------------
+
+def test_sigterm_during_engine_setup_ends_the_run(env, tmp_path):
+    args = _cli(env, tmp_path / "res", "--workers", "0")[3:]
+    code = ("import sys, time, common.runs as r\n"
+            "def slow(*a, **k):\n"
+            "    print('setting up', file=sys.stderr, flush=True)\n"
+            "    time.sleep(300)\n"
+            "r.prepare = slow\n"
+            "from common import cli\n"
+            f"getattr(cli, 'exit_now', sys.exit)(cli.main({args!r}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr.readline().strip() == b"setting up"
+        time.sleep(0.5)  # let the main thread reach its wait for the set-up
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and b"interrupted" in err, (proc.returncode, err)
