@@ -136,6 +136,19 @@ class RunState:
         self._pending.clear()
         self._last_write = time.monotonic()
 
+    def release(self):
+        """The run ends without a record: keep the chunks for a rerun, but leave no dir that holds none."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        if self._foreign or any(self.dir.glob("*.npz")):
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            os.rmdir(self.root)
+        except OSError:
+            pass
+
     def clear(self):
         """Forget the state once the run's record is safely written; the .run-state dir goes too when empty."""
         if self._foreign:

@@ -295,6 +295,16 @@ def check_outputs(cfg: RunConfig, accuracy: bool, record: bool = True):
 def run_accuracy(cfg: RunConfig, publish=None) -> dict:
     """The accuracy run. `publish(record)`, when given, stores the record (cli: write_record); the resume
     state is only cleared once it has returned, so a record that cannot be written loses no work."""
+    states: list[RunState] = []
+    try:
+        return _run_accuracy(cfg, publish, states)
+    except BaseException:
+        for state in states:  # a run that fails before saving anything leaves no empty state dir behind
+            state.release()
+        raise
+
+
+def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     t_start = time.perf_counter()
     check_outputs(cfg, accuracy=True)
     variant = load_model(cfg.model).variant(cfg.variant)
@@ -312,6 +322,7 @@ def run_accuracy(cfg: RunConfig, publish=None) -> dict:
                      batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
                      annotation=file_sha256(ann_file), images_dir=str(images_dir.resolve()), n=len(items))
     # A recording of raw outputs must cover every image, so it always starts from the first one.
+    states.append(state)
     if state.claim() and not (cfg.resume and not cfg.record_outputs):
         state.discard()  # not resumed: chunks of an earlier run must not mix with this run's
     done, chunks = state.load() if cfg.resume and not cfg.record_outputs else (0, [])

@@ -443,3 +443,11 @@ def test_sigterm_during_engine_setup_ends_the_run(env, tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130 and b"interrupted" in err, (proc.returncode, err)
+
+
+def test_a_run_refused_after_claiming_its_state_leaves_no_state_dir(env, tmp_path):
+    f = tmp_path / "cachefile"
+    f.write_text("x")
+    with pytest.raises(InputError, match="engine cache path is not a directory"):
+        run_accuracy(_cfg(env, tmp_path, precision="fp16", cache_dir=str(f), max_images=2))
+    assert not (tmp_path / "res" / ".run-state").exists()
