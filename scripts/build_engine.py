@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.backends import BACKENDS, get_backend  # noqa: E402
 from common.backends.base import BuildRequest  # noqa: E402
 from common.engine_cache import EngineCache, file_sha256  # noqa: E402
-from common.cli import guarded  # noqa: E402
+from common.cli import exit_now, guarded  # noqa: E402
 from common.errors import ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
 from common.runs import RunConfig, build_request, resolve_onnx  # noqa: E402
 from common.specs import PRECISIONS, load_model  # noqa: E402
@@ -169,4 +169,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # after an interrupt: no wait for runtime threads

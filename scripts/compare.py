@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.cli import _common_args, _positive_int, guarded  # noqa: E402
+from common.cli import _common_args, _positive_int, exit_now, guarded  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402
 from common.fidelity import run_compare, write_json  # noqa: E402
 from common.runs import RunConfig  # noqa: E402
@@ -65,4 +65,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # after an interrupt: no wait for runtime threads
