@@ -278,18 +278,38 @@ class BatchLoader:
                 end = start + self.batch_size
                 yield Batch(ids[start:end], inputs[start:end], meta[start:end])
             return
-        writer = self.cache.writer() if self.cache is not None else None
+        writer = self._cache_writer()
         try:
             for batch in self._decoded():
                 if writer is not None:
                     writer.add(batch)
                 yield batch
             if writer is not None:
-                writer.commit()
+                try:
+                    writer.commit()
+                except OSError as exc:
+                    self._no_cache(exc)
+                    writer.discard()
                 writer = None
         finally:
             if writer is not None:
                 writer.discard()
+
+    def _cache_writer(self):
+        """The input cache only saves decoding time: a cache dir that cannot take the entry (read-only, full)
+        is a warning and the run goes on without it."""
+        if self.cache is None:
+            return None
+        try:
+            return self.cache.writer()
+        except OSError as exc:
+            self._no_cache(exc)
+            return None
+
+    def _no_cache(self, exc: OSError):
+        import sys
+        print(f"warning: {self.cache.root}: cannot store the input cache ({exc.strerror or exc}); the run goes "
+              "on without it", file=sys.stderr)
 
     def _decoded(self) -> Iterator[Batch]:
         if self.pool is not None:

@@ -451,3 +451,13 @@ def test_a_run_refused_after_claiming_its_state_leaves_no_state_dir(env, tmp_pat
     with pytest.raises(InputError, match="engine cache path is not a directory"):
         run_accuracy(_cfg(env, tmp_path, precision="fp16", cache_dir=str(f), max_images=2))
     assert not (tmp_path / "res" / ".run-state").exists()
+
+
+def test_input_cache_on_a_full_disk_is_a_warning(env, tmp_path, monkeypatch, capsys):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    rec = run_accuracy(_cfg(env, tmp_path, input_cache=str(tmp_path / "inputs"), max_images=6))
+    assert rec["verdict"] == "pass" and not rec["dataset"]["input_cache_hit"]
+    assert "cannot store the input cache (No space left" in capsys.readouterr().err
+    assert not [p for p in (tmp_path / "inputs").iterdir() if p.name.endswith(".tmp")]
