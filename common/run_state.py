@@ -137,7 +137,10 @@ class RunState:
         self._last_write = time.monotonic()
 
     def release(self):
-        """The run ends without a record: keep the chunks for a rerun, but leave no dir that holds none."""
+        """The run ends without a record: keep the finished batches (buffered ones written now) for a rerun,
+        but leave no dir that holds none."""
+        if self.enabled:
+            self.flush()  # a failure to write only warns (flush)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
