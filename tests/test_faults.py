@@ -19,7 +19,6 @@ from onnx import numpy_helper
 
 from common import cli
 from common.data import BatchLoader, image_items, read_annotations
-from common.engine_cache import EngineCache
 from common.errors import InputError, RuntimeFailure
 from common.preprocess import Preprocessor
 from common.results import write_record
