@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import threading
 import traceback
 
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
@@ -92,17 +94,41 @@ def print_summary(record: dict, path=None):
     print(f" verdict: {record['verdict'].upper()}" + (f"   record: {path}" if path else ""))
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
+class _Interrupts:
+    """SIGINT and SIGTERM while a command runs: the first raises KeyboardInterrupt in the main thread; every
+    later one is absorbed, so a second Ctrl-C (or a SIGTERM right after one) cannot interrupt the shutdown the
+    first one started (a KeyboardInterrupt inside clean-up gave a traceback; one while the interpreter tore
+    down a runtime whose threads still ran gave `terminate called without an active exception`, exit 134)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+
+    def install(self):
+        self.count = 0
+        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self)
+
+
+_interrupts = _Interrupts()
 
 
 def guarded(action, debug: bool = False, interrupted: str = "interrupted", on_error=None) -> int:
     """Run `action() -> exit code` the way every suite command ends: SIGTERM acts like Ctrl-C, a SuiteError is one
-    line on stderr and its exit code (after `on_error(exc)`), an interrupt exits 130, anything else is an internal
-    failure (exit 3) with the traceback only on --debug."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    line on stderr and its exit code (after `on_error(exc)`), an interrupt exits 130 (later interrupts are
+    absorbed), anything else is an internal failure (exit 3) with the traceback only on --debug."""
+    _interrupts.install()
     try:
-        return action()
+        try:
+            return action()
+        except KeyboardInterrupt:
+            _interrupts.count = max(_interrupts.count, 1)  # from here on, every further signal is absorbed
+            raise
     except SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if on_error is not None:
@@ -119,6 +145,18 @@ def guarded(action, debug: bool = False, interrupted: str = "interrupted", on_er
         return EXIT_RUNTIME
 
 
+def exit_now(code: int):
+    """End the process with `code`. After an interrupt the exit skips the interpreter's tear-down: runtime
+    threads may still be busy (an inference session being created, a request in flight), and joining or
+    destroying them could hang (the session creation runs to its end) or abort (exit 134). Everything that
+    must survive (resume chunks) is on disk by then; the decoding workers die with the process."""
+    if _interrupts.count:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits with 2 on bad flags, as documented
     if args.command == "env":
@@ -126,9 +164,18 @@ def main(argv=None) -> int:
 
     def run() -> int:
         cfg = config_from_args(args)  # a bad environment value is a ConfigError: exit 2 naming the variable
-        record = run_accuracy(cfg) if args.command == "accuracy" else run_performance(cfg)
-        path = None if args.no_record else write_record(cfg.results_dir, record)
-        print_summary(record, path)
+        written = {}
+
+        def publish(record):  # before an accuracy run drops its resume state
+            try:
+                written["path"] = write_record(cfg.results_dir, record)
+            except SuiteError:
+                print_summary(record)  # the metrics are not lost with the record
+                raise
+
+        runner = run_accuracy if args.command == "accuracy" else run_performance
+        record = runner(cfg, None if args.no_record else publish)
+        print_summary(record, written.get("path"))
         return exit_code_of(record["verdict"])
 
     return guarded(run, args.debug, "interrupted: no record was written; an accuracy run resumes from its finished "
@@ -136,4 +183,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

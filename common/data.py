@@ -8,6 +8,8 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 import os
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +17,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from .coco_checks import check_coco
 from .errors import ConfigError, InputError
+from .fsaccess import check_readable_dir, is_dir, is_file
 from .preprocess import Preprocessor
 
 
@@ -41,27 +45,29 @@ def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | 
     annotations/<annotation>. An absolute or existing annotation path is used as it is.
     """
     ann = Path(annotation)
-    if not ann.is_absolute() and not ann.exists():
+    if not ann.is_absolute() and not is_file(ann, "annotation file"):
         if not dataset_dir:
             raise ConfigError(f"annotation '{annotation}' not found and no dataset dir given "
                               "(set DATASETS_DIR or pass --dataset-dir)")
         ann = Path(dataset_dir) / "annotations" / annotation
-    if not ann.is_file():
+    if not is_file(ann, "annotation file"):
         raise InputError("annotation file not found", ann)
     if images_dir:
         images = Path(images_dir)
     elif dataset_dir:
         candidates = [Path(dataset_dir) / "images" / "val2017", Path(dataset_dir) / "val2017"]
-        images = next((c for c in candidates if c.is_dir()), candidates[0])
+        images = next((c for c in candidates if is_dir(c, "images directory")), candidates[0])
     else:
         raise ConfigError("no images dir: set DATASETS_DIR, or pass --dataset-dir or --images-dir")
-    if not images.is_dir():
+    if not is_dir(images, "images directory"):
         raise InputError("images directory not found", images)
+    check_readable_dir(images, "images directory")
     return images, ann
 
 
 def read_annotations(ann_file: str | Path) -> dict:
-    """Parse and sanity-check a COCO detection annotation file."""
+    """Parse and check a COCO detection annotation file (common/coco_checks.py): every defect is an InputError
+    naming the file and the field, before any inference."""
     ann_file = Path(ann_file)
     try:
         with open(ann_file, "rb") as f:
@@ -70,23 +76,7 @@ def read_annotations(ann_file: str | Path) -> dict:
         raise InputError(f"not valid JSON ({exc})", ann_file) from None
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", ann_file) from None
-    if not isinstance(data, dict):
-        raise InputError("not a COCO annotation file: top level is not an object", ann_file)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise InputError(f"not a COCO annotation file: '{key}' missing or not a list", ann_file)
-    ids = set()
-    for i, img in enumerate(data["images"]):
-        if not (isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get("file_name"), str)
-                and isinstance(img.get("width"), int) and isinstance(img.get("height"), int)):
-            raise InputError(f"images[{i}] needs integer id/width/height and a file_name", ann_file)
-        ids.add(img["id"])
-    for i, a in enumerate(data["annotations"]):
-        if not (isinstance(a, dict) and isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4):
-            raise InputError(f"annotations[{i}] has no 4-number bbox", ann_file)
-        if a.get("image_id") not in ids:
-            raise InputError(f"annotations[{i}] refers to image_id {a.get('image_id')!r}, which is not in 'images'",
-                             ann_file)
+    check_coco(data, ann_file)
     return data
 
 
@@ -98,26 +88,61 @@ def image_items(annotations: dict, images_dir: Path, max_images: int | None = No
         items = items[:max_images]
     if not items:
         raise InputError("the dataset has no images", images_dir)
-    missing = [it.path for it in items if not os.path.isfile(it.path)]
+    # is_file: an image the process may not reach (a directory without search permission) is a permission
+    # fault naming that directory, not a "missing" image
+    missing = [it.path for it in items if not is_file(it.path, "image")]
     if missing:
         raise InputError(f"{len(missing)} image(s) listed in the annotation file are missing, e.g. {missing[0]}",
                          images_dir)
     return items
 
 
+def jpeg_is_truncated(data: bytes) -> bool:
+    """Whether a JPEG ends before its end-of-image marker (FFD9).
+
+    The header segments are skipped by their lengths (an EXIF thumbnail in APP1 has its own FFD9), then the
+    marker is searched in the scan data, where a literal FF is always stuffed (FF00) so FFD9 cannot occur by
+    chance. Bytes after the marker (camera trailers, padding) are allowed: decoders ignore them. A header
+    that is not a sequence of markers is left to the decoder to refuse.
+    """
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False  # damaged, not truncated: the decoder says so
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data (and later scans)
+            return data.find(b"\xff\xd9", i + 2 + length) == -1
+        i += 2 + length
+    return True
+
+
+# IMREAD_IGNORE_ORIENTATION: COCO boxes refer to the stored pixels, so an EXIF orientation tag must not rotate
+# the image (plain IMREAD_COLOR applies it).
+_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
 def read_image(path: str) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 BGR by its content, not its extension (PNG named .jpg works;
-    grayscale and CMYK are converted by OpenCV)."""
+    grayscale and CMYK are converted by OpenCV), in its stored orientation."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise InputError(f"cannot read image: {exc.strerror}", path) from None
     # OpenCV decodes a truncated JPEG with only a warning, filling the missing rows with grey, which
-    # would silently lower the AP: a JPEG must end with its end-of-image marker (FFD9), padding aside.
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data.rstrip(b"\0")[-32:]:
+    # would silently lower the AP: a JPEG's scan data must reach its end-of-image marker.
+    if data[:2] == b"\xff\xd8" and jpeg_is_truncated(data):
         raise InputError("truncated JPEG (no end-of-image marker)", path)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_FLAGS) if data else None
     if img is None:
         raise InputError("cannot decode image (corrupt, truncated or not an image)", path)
     return img
@@ -129,7 +154,31 @@ _worker_pre: Preprocessor | None = None
 _worker_slots: np.ndarray | None = None
 
 
-def _init_worker(pre: Preprocessor, own_process: bool = True):
+def _die_with_parent(parent_pid: int, from_main_thread: bool):
+    """Make this worker end when the run's process ends, even by kill -9 (which runs no clean-up): a worker
+    left behind would hold the run's stdout/stderr open, and a CI log reader waiting for EOF would hang.
+    Linux: the kernel sends SIGKILL on the parent's death (PR_SET_PDEATHSIG). Elsewhere: a thread that
+    watches the parent id (also when the pool was made by another thread: the kernel signal follows the
+    death of the forking thread, not of the process)."""
+    try:
+        if not from_main_thread:
+            raise OSError("the pool was not forked by the main thread")
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        def watch():
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the watch was set up
+        os._exit(1)
+
+
+def _init_worker(pre: Preprocessor, own_process: bool = True, parent_pid: int | None = None,
+                 from_main_thread: bool = False):
     global _worker_pre
     _worker_pre = pre
     if not own_process:
@@ -137,6 +186,8 @@ def _init_worker(pre: Preprocessor, own_process: bool = True):
     # Ctrl-C / SIGTERM are handled once, by the parent, which then terminates the pool quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if parent_pid is not None:
+        _die_with_parent(parent_pid, from_main_thread)
 
 
 def _load_one(item: ImageItem, out: np.ndarray | None = None):
@@ -171,7 +222,8 @@ class BatchLoader:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.items, self.pre, self.batch_size, self.progress, self.desc = items, pre, batch_size, progress, desc
-        self.prefetch = max(4 * workers, 2 * batch_size)
+        # never more slots than images: a huge --bs on a small set would otherwise map gigabytes for nothing
+        self.prefetch = max(1, min(len(items), max(4 * workers, 2 * batch_size)))
         self.pool = None
         self.cache = self.cached = None
         if cache_dir:
@@ -185,7 +237,9 @@ class BatchLoader:
             if fork:  # inherited by the workers forked below
                 self.slots = _worker_slots = _shared_slots(self.prefetch, (3, pre.height, pre.width))
             ctx = mp.get_context("fork" if fork else "spawn")
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(pre,))
+            from_main = threading.current_thread() is threading.main_thread()
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                            initargs=(pre, True, os.getpid(), from_main))
             self.pool.submit(int).result()  # starts (forks) every worker now
 
     def _pooled(self) -> Iterator:
@@ -224,18 +278,38 @@ class BatchLoader:
                 end = start + self.batch_size
                 yield Batch(ids[start:end], inputs[start:end], meta[start:end])
             return
-        writer = self.cache.writer() if self.cache is not None else None
+        writer = self._cache_writer()
         try:
             for batch in self._decoded():
                 if writer is not None:
                     writer.add(batch)
                 yield batch
             if writer is not None:
-                writer.commit()
+                try:
+                    writer.commit()
+                except OSError as exc:
+                    self._no_cache(exc)
+                    writer.discard()
                 writer = None
         finally:
             if writer is not None:
                 writer.discard()
+
+    def _cache_writer(self):
+        """The input cache only saves decoding time: a cache dir that cannot take the entry (read-only, full)
+        is a warning and the run goes on without it."""
+        if self.cache is None:
+            return None
+        try:
+            return self.cache.writer()
+        except OSError as exc:
+            self._no_cache(exc)
+            return None
+
+    def _no_cache(self, exc: OSError):
+        import sys
+        print(f"warning: {self.cache.root}: cannot store the input cache ({exc.strerror or exc}); the run goes "
+              "on without it", file=sys.stderr)
 
     def _decoded(self) -> Iterator[Batch]:
         if self.pool is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import InputError
+from .fsaccess import shared_file_mode
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -42,6 +43,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), shared_file_mode())  # as open() would make it, not mkstemp's 0600
             f.write(data)
             if durable:
                 f.flush()
@@ -80,12 +82,26 @@ class EngineCache:
         return engine
 
     def get_or_build(self, key: str, suffix: str, build: Callable[[Path], None], describe: dict) -> tuple[Path, bool]:
-        """(engine path, True if it came from the cache). `build(tmp_path)` writes the engine to tmp_path."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """(engine path, True if it came from the cache). `build(tmp_path)` writes the engine to tmp_path.
+
+        A hit is served without taking the lock (engines and sidecars are published by rename and checked
+        against their checksum), so a read-only cache (a CI cache mounted read-only) serves its engines; a
+        miss there is an InputError naming the dir, since nothing can be built into it."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError("engine cache path is not a directory (--cache-dir / ENGINE_CACHE_DIR)", self.root)
+        hit = self.lookup(key, suffix)
+        if hit is not None:
+            return hit, True
         engine, info = self.paths(key, suffix)
-        with open(self.root / f"{key}.lock", "w") as lock:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / f"{key}.lock", "w")
+        except OSError as exc:
+            raise InputError(f"engine cache is not writable ({exc.strerror}) and does not hold this engine "
+                             f"({key}{suffix}); pass a writable --cache-dir", self.root) from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            hit = self.lookup(key, suffix)
+            hit = self.lookup(key, suffix)  # built by another run while this one waited for the lock
             if hit is not None:
                 return hit, True
             # holding the lock, any temp file of this key is what a killed build (kill -9) left behind
@@ -97,6 +113,7 @@ class EngineCache:
             try:
                 build(Path(tmp))
                 digest = file_sha256(tmp)
+                os.chmod(tmp, shared_file_mode())  # mkstemp's 0600 would hide a shared cache from other users
                 os.replace(tmp, engine)
             except BaseException:
                 with _suppress_oserror():

@@ -70,7 +70,8 @@ def default_engine() -> str:
 
 
 class CocoEvaluator:
-    def __init__(self, annotations: dict, label_map, categories=None, engine: str | None = None):
+    def __init__(self, annotations: dict, label_map, categories=None, engine: str | None = None, source=None):
+        """`source`: the annotation file, named by the errors about it."""
         self.annotations = annotations
         self.engine = engine or default_engine()
         if self.engine not in ENGINES:
@@ -80,7 +81,8 @@ class CocoEvaluator:
         self.categories = sorted(categories) if categories else sorted(known)
         unknown = [c for c in self.categories if c not in known]
         if unknown:
-            raise InputError(f"categories {unknown} to evaluate are not in the annotation file")
+            raise InputError(f"'categories': {unknown} to evaluate (the model spec's evaluation.categories) are not "
+                             "in the annotation file", source)
         self.store = DetectionStore()
         self._keep = np.isin(self.label_map, self.categories)  # per model label: evaluated or not
 

@@ -8,6 +8,7 @@ Size: 4 bytes x 3 x H x W per image (1.2 MB at 320x320, 4.9 MB at 640x640).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .fsaccess import shared_file_mode
 from .engine_cache import atomic_write_bytes
 
 
@@ -58,8 +60,22 @@ class _CacheWriter:
         self.cache = cache
         cache.root.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=cache.root, prefix=".inputs.", suffix=".npy.tmp")
-        os.close(fd)
-        self.inputs = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(cache.n, *cache.shape))
+        try:
+            os.fchmod(fd, shared_file_mode())  # shared by runs, possibly of other users: not mkstemp's 0600
+            self.inputs = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,
+                                                    shape=(cache.n, *cache.shape))
+            # reserve the blocks now: a full disk is an OSError here, not a SIGBUS when a mapped page is written
+            try:
+                os.posix_fallocate(fd, 0, os.path.getsize(self.tmp))
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                # a file system without fallocate: the mapping is written as before
+        except BaseException:
+            self.discard()
+            raise
+        finally:
+            os.close(fd)
         self.meta = np.empty((cache.n, 6), np.float64)
         self.done = 0
 

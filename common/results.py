@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import re
+import tempfile
 import time
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import SCHEMA_VERSION
-from .errors import EXIT_PASS, EXIT_TARGET_FAILED
+from .errors import EXIT_PASS, EXIT_TARGET_FAILED, RuntimeFailure
+from .fsaccess import shared_file_mode
 
 PASS, FAIL, UNCHECKED = "pass", "fail", "unchecked"
 
@@ -71,12 +73,18 @@ def record_filename(record: dict) -> str:
 
 def write_record(results_dir: str | Path, record: dict) -> Path:
     """Write the record under a unique name; never leaves a partial file behind, and two runs finishing in the
-    same second never overwrite each other (the name is claimed with an exclusive hard link)."""
+    same second never overwrite each other (the name is claimed with an exclusive hard link). The file gets
+    the mode the umask gives any new file (mkstemp alone would make it 0600, unreadable to a CI collector).
+    A file-system failure (full disk, read-only) is a RuntimeFailure naming the dir."""
     results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=".record.", suffix=".tmp")
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=".record.", suffix=".tmp")
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write the result record ({exc.strerror})", results_dir) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), shared_file_mode())
             f.write((json.dumps(record, indent=2, allow_nan=True) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
@@ -88,6 +96,9 @@ def write_record(results_dir: str | Path, record: dict) -> Path:
                 return path
             except FileExistsError:
                 continue
-        raise OSError(f"no free record name for {base} in {results_dir}")
+        raise RuntimeFailure(f"no free record name for {base}", results_dir)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write the result record ({exc.strerror or exc})", results_dir) from None
     finally:
-        os.unlink(tmp)
+        with suppress(OSError):
+            os.unlink(tmp)

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager, suppress
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
@@ -23,8 +24,9 @@ from .data import BatchLoader, image_items, read_annotations, read_image, resolv
 from .decode import get_decoder, nonfinite_counts
 from .endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from .engine_cache import atomic_write_bytes, file_sha256
-from .errors import ConfigError
+from .errors import ConfigError, InputError, RuntimeFailure
 from .evaluate import CocoEvaluator, to_coco_results
+from .fsaccess import check_output_file, ensure_writable_dir
 from .preprocess import Preprocessor
 from .replay import OutputRecorder
 from .run_state import RunState
@@ -86,7 +88,7 @@ def _read_ahead(batches, future, limit: int) -> list:
     return ahead
 
 
-def _in_streams(batches, runners: list, infer):
+def _in_streams(batches, runners: list, infer, ahead: int | None = None):
     """(batch, infer(runner, batch)) for every batch, in order, with one thread per runner.
 
     Each stream thread takes the next batch itself, so when the loader decodes in-process the decoding runs in
@@ -94,15 +96,25 @@ def _in_streams(batches, runners: list, infer):
     stream, rather than a separate decoding thread competing with every stream for the cores (measured on 2
     cores: 6.05 s instead of 6.31 s for the loop over 350 images). A failure, in decoding or in inference, is
     raised once every batch before it has been yielded, so the caller keeps all of them.
+
+    At most `ahead` batches (default two per stream) are taken but not yet handed to the consumer: a stream
+    waits for a free slot before taking the next batch, so raw outputs never pile up when the device (or the
+    input cache) is faster than the consumer, and a consumer that stops early stops the streams within that
+    bound whatever the scheduling.
     """
+    ahead = max(len(runners), ahead or 2 * len(runners))
     lock = threading.Lock()
     results: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(ahead)
     stop = threading.Event()
     taken = 0
 
     def stream(runner):
         nonlocal taken
-        while not stop.is_set():
+        while True:
+            slots.acquire()
+            if stop.is_set():
+                break
             with lock:
                 seq, taken = taken, taken + 1
                 try:
@@ -131,6 +143,7 @@ def _in_streams(batches, runners: list, infer):
                 if batch is None:
                     raise result
                 yield batch, result
+                slots.release()  # the consumer is done with this batch: a stream may take another
             if not running:
                 return
             item = results.get()
@@ -140,19 +153,58 @@ def _in_streams(batches, runners: list, infer):
                 done[item[0]] = item[1:]
     finally:
         stop.set()
+        for _ in threads:  # wake every stream waiting for a slot; each sees `stop` and ends
+            slots.release()
         for t in threads:
             t.join()
 
 
-def run_accuracy(cfg: RunConfig) -> dict:
+@contextmanager
+def _about_model(onnx_path: Path):
+    """Errors about the model that the runtimes, decoders and evaluator raise without a path (no such input or
+    output, a fixed batch smaller than --bs, a label outside the label map) name the ONNX file."""
+    try:
+        yield
+    except InputError as exc:
+        if type(exc) is InputError and exc.path is None:
+            raise InputError(str(exc), onnx_path) from None
+        raise
+
+
+def check_outputs(cfg: RunConfig, accuracy: bool, record: bool = True):
+    """Every place the run will write, checked before any work (exit 2 naming it) rather than failing after
+    the whole run: the results dir (records; an accuracy run's resume state), --save-detections,
+    --record-outputs."""
+    if record or accuracy:
+        ensure_writable_dir(cfg.results_dir, "results dir")
+    if accuracy and cfg.detections_out:
+        check_output_file(cfg.detections_out, "--save-detections file")
+    if accuracy and cfg.record_outputs:
+        ensure_writable_dir(cfg.record_outputs, "--record-outputs dir")
+
+
+def run_accuracy(cfg: RunConfig, publish=None) -> dict:
+    """The accuracy run. `publish(record)`, when given, stores the record (cli: write_record); the resume
+    state is only cleared once it has returned, so a record that cannot be written loses no work."""
+    states: list[RunState] = []
+    try:
+        return _run_accuracy(cfg, publish, states)
+    except BaseException:
+        for state in states:  # a run that fails before saving anything leaves no empty state dir behind
+            state.release()
+        raise
+
+
+def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     t_start = time.perf_counter()
     streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
+    check_outputs(cfg, accuracy=True)
     variant = load_model(cfg.model).variant(cfg.variant)
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
     annotations = read_annotations(ann_file)
     items = image_items(annotations, images_dir, cfg.max_images)
-    evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator)
+    evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator, source=ann_file)
     decoder = get_decoder(variant.output)
     decode_cfg = variant.decode_cfg
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
@@ -163,6 +215,9 @@ def run_accuracy(cfg: RunConfig) -> dict:
                      batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
                      annotation=file_sha256(ann_file), images_dir=str(images_dir.resolve()), n=len(items))
     # A recording of raw outputs must cover every image, so it always starts from the first one.
+    states.append(state)
+    if state.claim() and not (cfg.resume and not cfg.record_outputs):
+        state.discard()  # not resumed: chunks of an earlier run must not mix with this run's
     done, chunks = state.load() if cfg.resume and not cfg.record_outputs else (0, [])
     nonfinite: Counter = Counter()
     for c in chunks:
@@ -177,12 +232,14 @@ def run_accuracy(cfg: RunConfig) -> dict:
         setup = ThreadPoolExecutor(1)
         future = setup.submit(prepare, cfg, variant, onnx_sha256, onnx_path)
         ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // cfg.batch_size))
-        p = future.result()
+        with _about_model(onnx_path):
+            p = future.result()
         setup.submit(_read_environment)
         setup.shutdown(wait=False)
         if needs_preflight(cfg, p.backend):  # a broken engine fails here in seconds, not after the full pass
             from .fidelity import preflight  # only here: the reference run's own imports cost every run ~20 ms
-            preflight(cfg, p, items, annotations)
+            with _about_model(onnx_path):
+                preflight(cfg, p, items, annotations)
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
@@ -212,8 +269,9 @@ def run_accuracy(cfg: RunConfig) -> dict:
             start += len(batch.image_ids)
 
         try:
-            for batch, (outputs, seconds) in _in_streams(chain(ahead, batches), runners, timed_infer):
-                consume(batch, outputs, seconds)
+            with _about_model(onnx_path):
+                for batch, (outputs, seconds) in _in_streams(chain(ahead, batches), runners, timed_infer):
+                    consume(batch, outputs, seconds)
         except BaseException:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
             raise
@@ -223,8 +281,6 @@ def run_accuracy(cfg: RunConfig) -> dict:
     t_eval = time.perf_counter()
     metrics = evaluator.evaluate(image_ids)
     evaluate_s = time.perf_counter() - t_eval
-    if cfg.detections_out:
-        atomic_write_bytes(cfg.detections_out, json.dumps(to_coco_results(evaluator.store.rows())).encode())
     wall = time.perf_counter() - t_start
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in sorted(nonfinite.items())]
     record = new_record("accuracy", **_base_fields(cfg, p),
@@ -236,7 +292,23 @@ def run_accuracy(cfg: RunConfig) -> dict:
                              "images_per_s": len(items) / wall,
                              "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
     record = _finish(record, metrics, _targets(p, cfg), reasons)
-    state.clear()  # the record now holds everything; a rerun should measure afresh
+    try:
+        if cfg.detections_out:
+            try:
+                atomic_write_bytes(cfg.detections_out, json.dumps(to_coco_results(evaluator.store.rows())).encode())
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
+        if publish is not None:
+            publish(record)
+    except BaseException as exc:
+        # nothing is lost: every prediction stays in the resume state, and a rerun only evaluates and writes
+        with suppress(OSError):
+            state.flush()
+        if isinstance(exc, RuntimeFailure) and state.enabled and cfg.resume:
+            raise RuntimeFailure(f"{exc}; the predictions are kept in {state.dir}: once fixed, rerun the same "
+                                 "command to evaluate and write without recomputing them") from None
+        raise
+    state.clear()  # the record is safely written; a rerun should measure afresh
     return record
 
 
@@ -263,8 +335,20 @@ def timing_inputs(cfg: RunConfig, variant: Variant, sample: tuple | None = None)
     return x, f"{min(len(items), cfg.batch_size)} image(s) from {source}"
 
 
-def run_performance(cfg: RunConfig) -> dict:
-    p = prepare(cfg)
+def run_performance(cfg: RunConfig, publish=None) -> dict:
+    """The performance run; `publish(record)` as in run_accuracy (its destination is checked first)."""
+    if publish is not None:
+        check_outputs(cfg, accuracy=False)
+    variant = load_model(cfg.model).variant(cfg.variant)
+    onnx_path = resolve_onnx(cfg, variant)
+    with _about_model(onnx_path):
+        record = _measure_performance(cfg, prepare(cfg, variant, onnx_path=onnx_path))
+    if publish is not None:
+        publish(record)
+    return record
+
+
+def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
     sample = dataset_sample(cfg, p.variant, max(cfg.batch_size, E2E_IMAGES))  # one read for both timings
     x, source = timing_inputs(cfg, p.variant, sample)
     last: dict = {}

@@ -26,7 +26,7 @@ use_project_python()
 from common.backends import get_backend  # noqa: E402
 from common.backends.base import BuildRequest  # noqa: E402
 from common.engine_cache import EngineCache, file_sha256  # noqa: E402
-from common.cli import guarded  # noqa: E402
+from common.cli import exit_now, guarded  # noqa: E402
 from common.errors import ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
 from common.options import add_groups, config_from_args  # noqa: E402
 from common.engine import build_request, resolve_onnx  # noqa: E402
@@ -145,4 +145,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # after an interrupt: no wait for runtime threads

@@ -22,7 +22,7 @@ from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
 
-from common.cli import guarded  # noqa: E402
+from common.cli import exit_now, guarded  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402
 from common.fidelity import run_compare, write_json  # noqa: E402
 from common.options import add_groups, config_from_args, positive_int  # noqa: E402
@@ -61,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # after an interrupt: no wait for runtime threads

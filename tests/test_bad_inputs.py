@@ -103,6 +103,93 @@ def test_grayscale_cmyk_and_png_named_jpg_decode_to_bgr(tmp_path):
     assert np.abs(read_image(str(tmp_path / "cmyk.jpg")).astype(int) - rgb[..., ::-1]).mean() < 20
 
 
+def _with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF APP1 segment holding only the Orientation tag (0x0112), little-endian TIFF."""
+    ifd = (b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little")
+           + (0x0112).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little")
+           + orientation.to_bytes(2, "little") + b"\x00\x00" + (0).to_bytes(4, "little"))
+    payload = b"Exif\x00\x00" + ifd
+    return jpeg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def test_exif_orientation_is_ignored(tmp_path):
+    """COCO boxes refer to the stored pixels: an Orientation=6 (rotate 90) tag must not rotate the image."""
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, (20, 30, 3), np.uint8)
+    ok, enc = cv2.imencode(".jpg", stored)
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_with_orientation(enc.tobytes(), 6))
+    assert cv2.imread(str(path), cv2.IMREAD_COLOR).shape == (30, 20, 3), "the planted tag must be one OpenCV applies"
+    assert read_image(str(path)).shape == (20, 30, 3)
+
+
+def test_bytes_after_the_end_of_image_are_accepted(tmp_path):
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (24, 32, 3), np.uint8)
+    ok, enc = cv2.imencode(".jpg", img)
+    path = tmp_path / "trailer.jpg"
+    for trailer in (b"x" * 100, b"\0" * 4096, b"camera trailer without an end marker" * 10):
+        path.write_bytes(enc.tobytes() + trailer)
+        assert read_image(str(path)).shape == (24, 32, 3)
+    # an EXIF thumbnail has its own end marker, in the header: a file cut in its scan data is still truncated
+    data = _with_orientation(enc.tobytes(), 1)
+    thumb = b"\xff\xd8\xff\xd9"
+    data = data[:2] + b"\xff\xe2" + (len(thumb) + 2).to_bytes(2, "big") + thumb + data[2:]
+    path.write_bytes(data[: len(data) - 40])
+    with pytest.raises(InputError, match="truncated JPEG"):
+        read_image(str(path))
+
+
+def _coco_with(tmp_path, change):
+    images_dir, ann = make_synthetic_coco(tmp_path / "coco", n_images=3, seed=2)
+    data = json.loads(ann.read_text())
+    change(data)
+    ann.write_text(json.dumps(data))
+    return ann
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda d: d["images"].append(dict(d["images"][0])), r"images\[3\]: 'id' 1 is repeated"),
+    (lambda d: d["annotations"][1].pop("id"), r"annotations\[1\] has no integer 'id'"),
+    (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), r"annotations\[1\]: 'id' 1 is repeated"),
+    (lambda d: [a.pop("iscrowd") for a in d["annotations"]], r"annotations\[0\]: 'iscrowd'"),
+    (lambda d: [a.pop("area") for a in d["annotations"]], r"annotations\[0\]: 'area'"),
+    (lambda d: d["annotations"][0].update(bbox=[None, "x", 10, 10]), r"annotations\[0\]: 'bbox'.*finite numbers"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4]), r"annotations\[0\]: 'bbox'.*negative"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2, float("nan"), 4]), r"annotations\[0\]: 'bbox'"),
+    (lambda d: d["annotations"][0].update(category_id=999), r"annotations\[0\]: 'category_id' 999"),
+    (lambda d: d["categories"].append(dict(d["categories"][0])), r"categories\[80\]: 'id' 1 is repeated"),
+    (lambda d: d["images"][0].update(width=0), r"images\[0\]: 'width'/'height' must be positive"),
+])
+def test_incomplete_or_inconsistent_annotations_are_refused(tmp_path, change, field):
+    ann = _coco_with(tmp_path, change)
+    with pytest.raises(InputError, match=field) as ei:
+        read_annotations(ann)
+    assert str(ann) in str(ei.value) and ei.value.exit_code == EXIT_BAD_INPUT
+
+
+def test_annotation_faults_stop_the_run_before_inference(tmp_path):
+    """The CLI refuses a bad annotation file before the model is even looked at (the ONNX here does not
+    exist: had the run got that far, the error would be about it)."""
+    from helpers import run_script
+    ann = _coco_with(tmp_path, lambda d: d["annotations"][0].pop("id"))
+    res = run_script("models/rtmdet/scripts/infer_rtmdet_fp32_accuracy.sh", "--onnx", tmp_path / "none.onnx",
+                     "--images-dir", ann.parent.parent / "images" / "val2017", "--ann", ann, "--results-dir",
+                     tmp_path / "r", "--no-progress")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert str(ann) in res.stderr and "'id'" in res.stderr and "none.onnx" not in res.stderr
+
+
+def test_categories_not_in_the_file_name_it(tmp_path):
+    from common.evaluate import CocoEvaluator
+    from common.specs import COCO80_TO_91
+    ann = _coco_with(tmp_path, lambda d: d.update(categories=[c for c in d["categories"] if c["id"] != 1]
+                                                  ) or [a.update(category_id=3) for a in d["annotations"]])
+    with pytest.raises(InputError, match=r"categories.*\[1\].*not in the annotation file") as ei:
+        CocoEvaluator(read_annotations(ann), COCO80_TO_91, categories=[1], source=ann)
+    assert str(ann) in str(ei.value)
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("this must never run",))

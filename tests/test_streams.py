@@ -62,8 +62,27 @@ def test_the_consumer_stopping_early_stops_the_streams():
         return batch
 
     with pytest.raises(KeyboardInterrupt):
-        for batch, _ in _in_streams(iter(range(10_000)), [{}, {}], infer):
+        for batch, _ in _in_streams(iter(range(10_000)), [{}, {}], infer, ahead=4):
             if batch == 5:
                 raise KeyboardInterrupt
     assert _no_stream_threads_left(before)
-    assert len(started) < 10_000
+    # batches 0-4 were released by the consumer, 5 was being consumed: at most 4 more can have been taken,
+    # however the threads were scheduled (a bound, not a race)
+    assert len(started) <= 5 + 4
+
+
+def test_streams_never_run_more_than_ahead_batches_past_the_consumer():
+    pulled = [0]
+
+    def batches():
+        for i in range(300):
+            pulled[0] += 1
+            yield i
+
+    worst = 0
+    for k, (batch, result) in enumerate(_in_streams(batches(), [{}, {}, {}], lambda r, b: b, ahead=3)):
+        assert batch == result == k
+        worst = max(worst, pulled[0] - k)  # taken so far minus the batches the consumer has finished with
+        if k % 50 == 0:
+            time.sleep(0.01)  # a slow consumer: without the bound the streams race through every batch
+    assert worst <= 3, f"the streams ran {worst} batches ahead of the consumer"
