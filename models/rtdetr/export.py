@@ -30,6 +30,7 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from common.checkpoints import check_safetensors, load_torch_checkpoint  # noqa: E402
 from common.errors import ConfigError, InputError, SuiteError  # noqa: E402
 from common.exporting import DEFAULT_OPSET, simplify, torch_export  # noqa: E402
 
@@ -80,14 +81,15 @@ def _overrides(variant) -> dict:
 
 def load_network(checkpoint: Path, config: Path | None, variant=None):
     """The transformers network with the checkpoint's weights, in eval mode."""
-    import torch
-
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         cfg_path = Path(config) if config else checkpoint / "config.json"
         config_obj = build_config(_read_config(cfg_path), _overrides(variant))
-        if not sorted(checkpoint.glob("*.safetensors")):
+        weights = sorted(checkpoint.glob("*.safetensors"))
+        if not weights:
             raise InputError("no *.safetensors weights in the checkpoint directory", checkpoint)
+        for path in weights:    # the suite's checks first: a truncated file is bad input (2), named, not a crash
+            check_safetensors(path)
         # from_pretrained, not a plain load_state_dict: it applies transformers' own renaming of older key layouts
         try:
             net, info = network_class(config_obj).from_pretrained(str(checkpoint), config=config_obj,
@@ -103,10 +105,7 @@ def load_network(checkpoint: Path, config: Path | None, variant=None):
                               checkpoint)
         from rtdetr_original_keys import to_transformers
         net = new_network(build_config(_read_config(Path(config)), _overrides(variant)))
-        try:
-            raw = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle / zip errors of a damaged or foreign file
-            raise InputError(f"cannot load as a PyTorch checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
+        raw = load_torch_checkpoint(checkpoint)     # weights_only; garbage / code pickles refused with the reason
         _load_state(net, to_transformers(raw, checkpoint, net.config.decoder_layers), checkpoint)
     else:
         raise InputError("checkpoint not found", checkpoint)
