@@ -89,6 +89,23 @@ def _more_after(url: str, size: int, timeout: float) -> bool | None:
         return None
 
 
+def _range_start(value: str | None) -> int | None:
+    """The first byte of a `Content-Range: bytes S-E/T` header, or None."""
+    try:
+        return int(value.split()[1].split("-")[0]) if value else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _range_total(value: str | None) -> int | None:
+    """T of `Content-Range: bytes */T` (a 416's), or None."""
+    try:
+        total = value.rsplit("/", 1)[1] if value else "*"
+        return None if total == "*" else int(total)
+    except (IndexError, ValueError):
+        return None
+
+
 def download(url: str, dest: str | Path, sha256: str | None = None, timeout: float = 60.0,
              chunk: int = 1 << 20, complete: Callable[[Path], bool] | None = None) -> Path:
     """Fetch `url` to `dest` (skipped when `dest` already has the expected hash); returns `dest`.
@@ -112,8 +129,18 @@ def download(url: str, dest: str | Path, sha256: str | None = None, timeout: flo
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             resumed = bool(have) and response.status == 206   # otherwise the server ignored Range: start over
+            start = _range_start(response.headers.get("Content-Range"))
+            if resumed and start is not None and start != have:  # bytes from elsewhere would corrupt the file
+                part.unlink(missing_ok=True)
+                raise RuntimeFailure(f"download failed: asked for bytes from {have}, the server sent bytes from "
+                                     f"{start} ({url}); the partial file was deleted: rerun to start over", dest)
             h, _, known = _receive(response, part, resumed, chunk)
     except urllib.error.HTTPError as exc:
+        total = _range_total(exc.headers.get("Content-Range") if exc.headers else None)
+        if exc.code == 416 and have and total is not None and total != have:
+            part.unlink(missing_ok=True)  # longer than the file itself: not a prefix of it
+            raise RuntimeFailure(f"download failed: the partial file has {have} bytes but the file has {total} "
+                                 f"({url}); the partial file was deleted: rerun to start over", dest) from None
         if exc.code == 416 and have:  # nothing left to fetch: the .part is already complete
             h, known = _hash_of(part), True
         else:

@@ -44,6 +44,7 @@ class _Server(http.server.BaseHTTPRequestHandler):
         if start >= len(cls.payload) and rng:
             self.send_response(416)
             self.send_header("Content-Length", "0")
+            self.send_header("Content-Range", f"bytes */{len(cls.payload)}")
             self.end_headers()
             return
         self.send_response(206 if rng else 200)
@@ -146,3 +147,13 @@ def test_archive_structure_decides_where_nothing_else_can(server, tmp_path):
         _get(server, dest, complete=archive_is_complete)             # the cut copy has no central directory
     assert not dest.exists()
     assert _get(server, dest, complete=archive_is_complete).read_bytes() == _Server.payload
+
+
+def test_a_resume_answered_from_the_wrong_offset_or_a_too_long_part_starts_over(server, tmp_path):
+    dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
+    part.write_bytes(PAYLOAD[:1000] + b"x" * (len(PAYLOAD) + 10))       # longer than the file: not its prefix
+    _Server.cuts_left = 0
+    with pytest.raises(RuntimeFailure, match="rerun to start over"):
+        _get(server, dest, sha256=SHA)
+    assert not part.exists() and not dest.exists()
+    assert _get(server, dest, sha256=SHA).read_bytes() == PAYLOAD
