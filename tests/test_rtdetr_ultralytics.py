@@ -69,18 +69,52 @@ def test_the_6_column_layout_read_as_per_class_scores_is_refused(standins, tmp_p
     assert any("scores outside [0, 1]" in r for r in record["reasons"]), record["reasons"]
 
 
+def _ultralytics_predictor_on(recording, sizes, images_dir, conf):
+    """Ultralytics' own RTDETRPredictor.postprocess on the suite's recorded output0, image by image."""
+    from types import SimpleNamespace
+
+    import cv2
+    import numpy as np
+    import torch
+    from ultralytics.models.rtdetr.predict import RTDETRPredictor
+
+    from common.specs import COCO80_TO_91
+    predictor = RTDETRPredictor(overrides={"conf": conf, "max_det": 300, "verbose": False})
+    predictor.model = SimpleNamespace(names={i: str(i) for i in range(80)})
+    ref = {}
+    for image_id in recording.manifest["image_ids"]:
+        out = recording.batch([image_id])["output0"]
+        w, h = sizes[image_id]
+        img = cv2.imread(str(images_dir / f"{image_id:012d}.jpg"))
+        assert img.shape[:2] == (h, w)
+        predictor.batch = [[f"{image_id}.jpg"]]
+        boxes = predictor.postprocess(torch.from_numpy(np.ascontiguousarray(out)), None, [img])[0].boxes
+        ref[image_id] = (boxes.xyxy.numpy().astype(np.float64), boxes.conf.numpy().astype(np.float64),
+                         np.asarray(COCO80_TO_91)[boxes.cls.numpy().astype(np.int64)])
+    return ref
+
+
 @pytest.mark.slow
 def test_real_ultralytics_export_through_the_scripts(tmp_path, monkeypatch):
+    """Where ultralytics is installed: its own export, through the suite, and its own predictor's post-processing
+    of the suite's recorded outputs matched with the suite's detections (>= 99%)."""
     ultralytics = pytest.importorskip("ultralytics", reason="ultralytics (AGPL-3.0) is an optional extra")
     import onnx
+
+    from common.replay import Recording
+    from test_detr_reference_postprocess import _suite_detections, match_fraction
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)                             # Ultralytics writes the export beside the model
     size = 320
     model = ultralytics.RTDETR("rtdetr-l.yaml")            # architecture only: random weights, no download
     onnx_path = model.export(format="onnx", imgsz=size, dynamic=True, simplify=False)
-    out = onnx.load(str(onnx_path)).graph.output
-    assert [o.name for o in out] == ["output0"]
-    assert out[0].type.tensor_type.shape.dim[2].dim_value in (6, 4 + 80)
+    assert [o.name for o in onnx.load(str(onnx_path)).graph.output] == ["output0"]
+    import numpy as np
+    import onnxruntime as ort
+    # the graph declares the last dimension symbolically (8.4.190: 'anchors'): its value is what a run gives
+    (out,) = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": np.zeros((1, 3, size, size), np.float32)})
+    assert out.shape[1:] in ((300, 6), (300, 4 + 80)), out.shape
     make_synthetic_coco(tmp_path / "coco", n_images=3, seed=2)
     spec = tmp_path / "model.yaml"
     spec.write_text(f"""schema: 1
@@ -96,5 +130,13 @@ variants:
 """)
     res = run_script("models/rtdetr/scripts/infer_rtdetr_fp32_accuracy.sh", "--model", spec, "--dataset-dir",
                      tmp_path / "coco", "--ann", "instances_val2017.json", "--results-dir", tmp_path / "res",
-                     "--cache-dir", tmp_path / "cache", "--workers", 0, "--no-progress")
+                     "--cache-dir", tmp_path / "cache", "--workers", 0, "--no-progress",
+                     "--record-outputs", tmp_path / "rec", "--save-detections", tmp_path / "dets.json")
     assert res.returncode == 0, res.stdout + res.stderr
+    ann = json.loads((tmp_path / "coco" / "annotations" / "instances_val2017.json").read_text())
+    sizes = {im["id"]: (im["width"], im["height"]) for im in ann["images"]}
+    ref = _ultralytics_predictor_on(Recording(tmp_path / "rec"), sizes, tmp_path / "coco" / "images" / "val2017",
+                                    conf=0.01)
+    fraction, n_ref = match_fraction(ref, _suite_detections(tmp_path / "dets.json"))
+    print(f"\nreal ultralytics {ultralytics.__version__}: matched {fraction:.4f} of {n_ref} detections")
+    assert n_ref > 0 and fraction >= 0.99, fraction
