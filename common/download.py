@@ -117,6 +117,10 @@ def download(url: str, dest: str | Path, sha256: str | None = None, timeout: flo
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    for path in (dest, part):   # appending to / replacing a link would write into a file the suite did not create
+        if path.is_symlink():
+            raise InputError(f"is a link (to {os.readlink(path)}): the suite never downloads through a link; "
+                             "remove it", path)
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url)
     if have:

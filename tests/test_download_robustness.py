@@ -157,3 +157,12 @@ def test_a_resume_answered_from_the_wrong_offset_or_a_too_long_part_starts_over(
         _get(server, dest, sha256=SHA)
     assert not part.exists() and not dest.exists()
     assert _get(server, dest, sha256=SHA).read_bytes() == PAYLOAD
+
+
+def test_never_downloads_through_a_link(server, tmp_path):
+    theirs = tmp_path / "theirs.bin"
+    theirs.write_bytes(b"user data")
+    (tmp_path / "f.bin.part").symlink_to(theirs)
+    with pytest.raises(InputError, match="is a link"):
+        _get(server, tmp_path / "f.bin", sha256=SHA)
+    assert theirs.read_bytes() == b"user data"

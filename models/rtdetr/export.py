@@ -31,7 +31,7 @@ for p in (str(ROOT), str(HERE)):
         sys.path.insert(0, p)
 
 from common.checkpoints import check_safetensors, load_torch_checkpoint  # noqa: E402
-from common.errors import ConfigError, InputError, SuiteError  # noqa: E402
+from common.errors import ConfigError, InputError, SuiteError, first_line  # noqa: E402
 from common.exporting import DEFAULT_OPSET, simplify, torch_export  # noqa: E402
 
 OUTPUT_NAMES = ["logits", "pred_boxes"]
@@ -94,8 +94,10 @@ def load_network(checkpoint: Path, config: Path | None, variant=None):
         try:
             net, info = network_class(config_obj).from_pretrained(str(checkpoint), config=config_obj,
                                                                    output_loading_info=True)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise InputError(f"transformers cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error type is no OSError / ValueError
+            if not (isinstance(exc, (OSError, ValueError, RuntimeError)) or type(exc).__name__ == "SafetensorError"):
+                raise
+            raise InputError(f"transformers cannot load it ({type(exc).__name__}: {first_line(exc)})",
                              checkpoint) from None
         _check_loading(info.get("missing_keys", []), info.get("unexpected_keys", []), checkpoint)
     elif checkpoint.is_file():
