@@ -82,8 +82,10 @@ def _end2end_scores(outputs: dict, cfg: dict) -> dict:
 
 
 # Keys of the fault counts an accuracy run keeps (and its resume state stores): a plain output name counts NaN/Inf
-# values (the original form), "<name>" + SCORE_FAULT counts scores outside [0, 1].
+# values (the original form), "<name>" + SCORE_FAULT counts scores outside [0, 1], "<name>" + CLASS_FAULT class
+# values that are no class index (a score check returns that key itself).
 SCORE_FAULT = "#scores_outside_0_1"
+CLASS_FAULT = "#class_not_an_index"
 
 
 def output_faults(outputs: dict, cfg: dict) -> dict:
@@ -94,14 +96,18 @@ def output_faults(outputs: dict, cfg: dict) -> dict:
     if check is not None:
         for name, n in check(outputs, cfg).items():
             if n:
-                counts[name + SCORE_FAULT] = n
+                counts[name if name.endswith(CLASS_FAULT) else name + SCORE_FAULT] = n
     return counts
 
 
 def fault_reasons(counts: dict) -> list[str]:
     reasons = []
     for key, n in sorted(counts.items()):
-        if key.endswith(SCORE_FAULT):
+        if key.endswith(CLASS_FAULT):
+            name = key[:-len(CLASS_FAULT)]
+            reasons.append(f"output '{name}' has {n} class values that are no class index (negative or not whole) "
+                           f"where the convention expects class indices: the output layout does not match the model")
+        elif key.endswith(SCORE_FAULT):
             name = key[:-len(SCORE_FAULT)]
             reasons.append(f"output '{name}' has {n} scores outside [0, 1] where the convention expects "
                            f"probabilities: the output layout or convention does not match the model")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .decode import Detections, _output, out_of_unit_range, register, register_score_check
+from .decode import CLASS_FAULT, Detections, _output, out_of_unit_range, register, register_score_check
 from .errors import ConfigError, InputError
 from .preprocess import boxes_to_original
 
@@ -194,10 +194,12 @@ def decode_ultralytics(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections
     layout = _ultralytics_layout(preds, cfg)
     floor, keep = _settings(cfg)
     if layout == "topk":
-        scores = preds[..., 4].astype(np.float32)
-        # a class that is not a whole number is a score of an old 4 + 2 layout: refused (the score check counts it)
-        labels = np.where(np.isfinite(preds[..., 5]), preds[..., 5], -1).astype(np.float64)
-        labels = np.rint(labels).astype(np.int64)
+        # a class that is no class index (e.g. a score of an old 4 + 2 layout) fails the run through the score
+        # check; its row is never a detection
+        classes = preds[..., 5].astype(np.float64)
+        valid = np.isfinite(classes) & (classes >= 0)
+        labels = np.rint(np.where(valid, classes, 0)).astype(np.int64)
+        scores = np.where(valid, preds[..., 4], -np.inf).astype(np.float32)
     else:
         cls = preds[..., 4:].astype(np.float32, copy=False)
         labels = cls.argmax(axis=-1)
@@ -215,7 +217,7 @@ def _ultralytics_scores(outputs: dict, cfg: dict) -> dict:
     classes = preds[..., 5]
     # the class column must hold class indices: anything else means the layout is not (.., score, class)
     not_index = np.isfinite(classes) & ((classes < 0) | (np.abs(classes - np.rint(classes)) > 1e-3))
-    return {name: out_of_unit_range(preds[..., 4]) + int(np.count_nonzero(not_index))}
+    return {name: out_of_unit_range(preds[..., 4]), name + CLASS_FAULT: int(np.count_nonzero(not_index))}
 
 
 @register("paddle_rows")

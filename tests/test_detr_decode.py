@@ -232,13 +232,17 @@ def test_detr_boxes_are_not_clipped_unless_asked():
 
 
 def test_scores_outside_0_1_are_counted_for_every_probability_convention():
-    from common.decode import SCORE_FAULT, fault_reasons, output_faults
+    from common.decode import CLASS_FAULT, SCORE_FAULT, fault_reasons, output_faults
     ok6 = np.zeros((1, 3, 6), np.float32)
     ok6[0, :, 4:] = [[0.9, 3], [0.1, 0], [1.0, 79]]
     assert output_faults({"output0": ok6}, {"convention": "ultralytics"}) == {}
     bad6 = ok6.copy()
     bad6[0, 0, 4], bad6[0, 1, 5] = 7.0, 2.5                           # a logit; a class that is no index
-    assert output_faults({"output0": bad6}, {"convention": "ultralytics"}) == {"output0" + SCORE_FAULT: 2}
+    assert output_faults({"output0": bad6}, {"convention": "ultralytics"}) == {"output0" + SCORE_FAULT: 1,
+                                                                               "output0" + CLASS_FAULT: 1}
+    bad6[0, 2, 5] = -1                                               # never a detection, counted
+    _, _, _, labels = get_decoder({"convention": "ultralytics"})({"output0": bad6}, _meta("stretch")[:1], CFG)
+    assert (labels >= 0).all() and len(labels) == 2
     per_class = np.concatenate([np.zeros((1, 3, 4)), np.array([[[0.2, 1.3, 0], [-0.1, 0.5, 0], [0.0, 1.0, 0]]])], -1)
     assert output_faults({"output0": per_class}, {"convention": "ultralytics"}) == {"output0" + SCORE_FAULT: 2}
     bls = {"boxes": np.zeros((1, 2, 4)), "labels": np.zeros((1, 2)), "scores": np.array([[0.5, 12.0]])}
@@ -254,6 +258,7 @@ def test_scores_outside_0_1_are_counted_for_every_probability_convention():
     nan = {"logits": np.array([[[np.nan, 0.5]]]), "pred_boxes": np.zeros((1, 1, 4))}
     counts = output_faults(nan, {"convention": "detr", "activation": "none"})
     assert counts == {"logits": 1}
+    assert "class values that are no class index" in fault_reasons({"output0" + CLASS_FAULT: 2})[0]
     assert fault_reasons({"logits": 1, "output0" + SCORE_FAULT: 3}) == [
         "output 'logits' has 1 NaN/Inf values",
         "output 'output0' has 3 scores outside [0, 1] where the convention expects probabilities: the output "
