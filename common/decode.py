@@ -10,7 +10,8 @@ import importlib.util
 from pathlib import Path
 
 from . import REPO_ROOT, decode_detr  # noqa: F401  registers its conventions
-from .decode_base import DECODERS, OUTPUT_KEYS, get_decoder, nonfinite_counts  # noqa: F401
+from .decode_base import (CLASS_FAULT, DECODERS, OUTPUT_KEYS, SCORE_CHECKS, SCORE_FAULT,  # noqa: F401
+                          fault_reasons, get_decoder, nonfinite_counts, output_faults)
 
 _loaded: set = set()
 

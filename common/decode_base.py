@@ -15,6 +15,9 @@ from .preprocess import boxes_to_original
 
 Detections = tuple  # (batch_index, boxes, scores, labels)
 DECODERS: dict[str, Callable] = {}
+# convention -> fn(outputs, cfg) -> {output name: number of score values outside [0, 1]}, for the conventions
+# whose scores are probabilities: logits or class indices in a score slot must fail the run, not become a low AP
+SCORE_CHECKS: dict[str, Callable] = {}
 # the keys a spec's output section may hold for each convention (a misspelt key is an error, never a default)
 OUTPUT_KEYS: dict[str, frozenset] = {}
 COMMON_KEYS = ("convention", "score_threshold", "max_per_img", "input_height", "input_width")
@@ -27,6 +30,19 @@ def register(name: str, keys=()):
         OUTPUT_KEYS[name] = frozenset(COMMON_KEYS) | frozenset(keys)
         return fn
     return deco
+
+
+def register_score_check(name: str):
+    def deco(fn):
+        SCORE_CHECKS[name] = fn
+        return fn
+    return deco
+
+
+def out_of_unit_range(values: np.ndarray) -> int:
+    """How many values lie outside [0, 1] (NaN is not counted here: nonfinite_counts() counts it)."""
+    values = np.asarray(values)
+    return int(np.count_nonzero((values < 0) | (values > 1)))
 
 
 def get_decoder(output_cfg: dict) -> Callable:
@@ -63,6 +79,47 @@ def decode_end2end(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     scores = dets[..., 4]
     mask = scores > float(cfg.get("score_threshold", 0.0))
     return _flatten(mask, dets[..., :4], scores, labels.astype(np.int64), meta)
+
+
+@register_score_check("end2end")
+def _end2end_scores(outputs: dict, cfg: dict) -> dict:
+    name = cfg.get("dets", "dets")
+    return {name: out_of_unit_range(_output(outputs, name)[..., 4])}
+
+
+# Keys of the fault counts an accuracy run keeps (and its resume state stores): a plain output name counts NaN/Inf
+# values (the original form), "<name>" + SCORE_FAULT counts scores outside [0, 1], "<name>" + CLASS_FAULT class
+# values that are no class index (a score check returns that key itself).
+SCORE_FAULT = "#scores_outside_0_1"
+CLASS_FAULT = "#class_not_an_index"
+
+
+def output_faults(outputs: dict, cfg: dict) -> dict:
+    """{key: count} of what makes a batch's outputs garbage: NaN/Inf values, and scores outside [0, 1] where the
+    convention's scores are probabilities. Any non-zero count fails the accuracy run (fault_reasons)."""
+    counts = nonfinite_counts(outputs)
+    check = SCORE_CHECKS.get(cfg.get("convention"))
+    if check is not None:
+        for name, n in check(outputs, cfg).items():
+            if n:
+                counts[name if name.endswith(CLASS_FAULT) else name + SCORE_FAULT] = n
+    return counts
+
+
+def fault_reasons(counts: dict) -> list[str]:
+    reasons = []
+    for key, n in sorted(counts.items()):
+        if key.endswith(CLASS_FAULT):
+            name = key[:-len(CLASS_FAULT)]
+            reasons.append(f"output '{name}' has {n} class values that are no class index (negative or not whole) "
+                           f"where the convention expects class indices: the output layout does not match the model")
+        elif key.endswith(SCORE_FAULT):
+            name = key[:-len(SCORE_FAULT)]
+            reasons.append(f"output '{name}' has {n} scores outside [0, 1] where the convention expects "
+                           f"probabilities: the output layout or convention does not match the model")
+        else:
+            reasons.append(f"output '{key}' has {n} NaN/Inf values")
+    return reasons
 
 
 def nonfinite_counts(outputs: dict) -> dict:

@@ -9,8 +9,13 @@ output layout to flat detections in original image pixels, vectorised over the w
   all Q x C are kept, one query may give several classes, as RT-DETR's own post-processor does.
 - "boxes_labels_scores": boxes [B, N, 4] (xyxy in input pixels, or normalised / cxcywh when declared),
   labels [B, N], scores [B, N]: graphs that already contain the post-processing.
-- "ultralytics": one tensor [B, N, 4 + C]: normalised (cx, cy, w, h) then per-class scores that are already
-  probabilities (Ultralytics RT-DETR ONNX); one detection per query, its best class (Ultralytics' predictor).
+- "ultralytics": one tensor `output0`, normalised (cx, cy, w, h) of the input canvas first, in one of two layouts
+  that the last dimension tells apart (`layout` overrides):
+  * [B, N, 6] = (cx, cy, w, h, score, class) (Ultralytics >= 8.4: RTDETRDecoder.postprocess already took the top N
+    (query, class) pairs over all queries x classes, scores sigmoid probabilities, best first);
+  * [B, N, 4 + C] per-class probabilities (older exports): one detection per query, its best class (their
+    predictor's `score.max(-1)`).
+  A 2-class model of the old layout is also 6 wide: declare `layout: per_class` then.
 - "paddle_rows": rows (class, score, x1, y1, x2, y2), either [B, N, 6] or the PaddleDetection layout: all images'
   rows stacked [sum(N_i), 6] with a count output [B] (bbox_num, required then: `count`). Boxes are in the pixel space that the graph's
   im_shape / scale_factor inputs define; the spec feeds im_shape = input size and scale_factor = 1, which puts
@@ -20,12 +25,19 @@ output layout to flat detections in original image pixels, vectorised over the w
 
 Every convention drops detections at or below `score_threshold` (a floor: keeping all 300 queries of every image
 makes prediction files of gigabytes and adds nothing to AP) and keeps at most `max_per_img` per image.
+
+Boxes are not clipped to the image: transformers' post_process_object_detection, the authors' RTDETRPostProcessor,
+Ultralytics' predictor and validator and PaddleDetection's DETRPostProcess all leave them as predicted, and the
+published APs come from those boxes. `clip_boxes: true` clips them where a user wants it.
+
+Each convention whose scores are probabilities registers a score check (common/decode.py, SCORE_CHECKS): an
+accuracy run with any score outside [0, 1] fails with exit 1 and the reason, instead of scoring garbage.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .decode_base import Detections, _output, register
+from .decode_base import CLASS_FAULT, Detections, _output, out_of_unit_range, register, register_score_check
 from .errors import ConfigError, InputError
 from .preprocess import boxes_to_original
 
@@ -76,8 +88,15 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def _clip(cfg: dict) -> bool:
+    clip = cfg.get("clip_boxes", False)
+    if not isinstance(clip, bool):
+        raise ConfigError(f"output.clip_boxes must be true or false, got {clip!r}")
+    return clip
+
+
 def _select(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, meta: np.ndarray, floor: float,
-            keep: int, boxes_in_original: bool = False) -> Detections:
+            keep: int, clip: bool, boxes_in_original: bool = False) -> Detections:
     """Per image: the `keep` best detections above the floor, mapped to original pixels; flat arrays."""
     if scores.shape[1] > keep:
         idx = _top_k(scores, keep)
@@ -86,10 +105,10 @@ def _select(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, meta: np.
     batch_index, det_index = np.nonzero(scores > floor)
     if boxes_in_original:
         mapped = np.asarray(boxes, np.float64)[batch_index, det_index]
-        sizes = np.asarray(meta, np.float64)[batch_index][:, [4, 5, 4, 5]]
-        mapped = np.clip(mapped, 0, sizes)
+        if clip:
+            mapped = np.clip(mapped, 0, np.asarray(meta, np.float64)[batch_index][:, [4, 5, 4, 5]])
     else:
-        mapped = boxes_to_original(boxes, meta)[batch_index, det_index]
+        mapped = boxes_to_original(boxes, meta, clip=clip)[batch_index, det_index]
     return (batch_index.astype(np.int64), mapped, scores[batch_index, det_index].astype(np.float32),
             labels[batch_index, det_index].astype(np.int64))
 
@@ -99,7 +118,7 @@ def _check(arr: np.ndarray, ndim: int, last: int | None, what: str):
         raise InputError(f"{what}; got shape {arr.shape}")
 
 
-@register("detr", keys=("logits", "boxes", "activation", "box_format", "normalized"))
+@register("detr", keys=("logits", "boxes", "activation", "box_format", "normalized", "clip_boxes"))
 def decode_detr(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     logits = _output(outputs, cfg.get("logits", "logits"))
     boxes = _output(outputs, cfg.get("boxes", "pred_boxes"))
@@ -125,10 +144,19 @@ def decode_detr(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     query, label = np.divmod(idx, c)
     xyxy = _to_input_pixels(boxes, cfg, cfg.get("box_format", "cxcywh"), bool(cfg.get("normalized", True)))
     picked = np.take_along_axis(xyxy, query[..., None], axis=1)
-    return _select(picked, np.take_along_axis(flat, idx, axis=1), label, meta, floor, keep)
+    return _select(picked, np.take_along_axis(flat, idx, axis=1), label, meta, floor, keep, _clip(cfg))
 
 
-@register("boxes_labels_scores", keys=("boxes", "labels", "scores", "box_format", "normalized"))
+@register_score_check("detr")
+def _detr_scores(outputs: dict, cfg: dict) -> dict:
+    """Only `activation: none` takes the logits output as probabilities; sigmoid / softmax always give them."""
+    if cfg.get("activation", "sigmoid") != "none":
+        return {}
+    name = cfg.get("logits", "logits")
+    return {name: out_of_unit_range(_output(outputs, name))}
+
+
+@register("boxes_labels_scores", keys=("boxes", "labels", "scores", "box_format", "normalized", "clip_boxes"))
 def decode_boxes_labels_scores(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     boxes = _output(outputs, cfg.get("boxes", "boxes"))
     labels = _output(outputs, cfg.get("labels", "labels"))
@@ -138,23 +166,61 @@ def decode_boxes_labels_scores(outputs: dict, meta: np.ndarray, cfg: dict) -> De
         raise InputError(f"labels {labels.shape} and scores {scores.shape} must be [B, N] like boxes {boxes.shape}")
     floor, keep = _settings(cfg)
     xyxy = _to_input_pixels(boxes, cfg, cfg.get("box_format", "xyxy"), bool(cfg.get("normalized", False)))
-    return _select(xyxy, scores.astype(np.float32), labels.astype(np.int64), meta, floor, keep)
+    return _select(xyxy, scores.astype(np.float32), labels.astype(np.int64), meta, floor, keep, _clip(cfg))
 
 
-@register("ultralytics", keys=("output", "box_format", "normalized"))
+@register_score_check("boxes_labels_scores")
+def _bls_scores(outputs: dict, cfg: dict) -> dict:
+    name = cfg.get("scores", "scores")
+    return {name: out_of_unit_range(_output(outputs, name))}
+
+
+def _ultralytics_layout(preds: np.ndarray, cfg: dict) -> str:
+    """"topk" for [B, N, 6] (cx, cy, w, h, score, class), "per_class" for [B, N, 4 + C]."""
+    layout = cfg.get("layout", "auto")
+    if layout not in ("auto", "topk", "per_class"):
+        raise ConfigError(f"output.layout must be auto, topk or per_class, got {layout!r}")
+    if preds.ndim != 3 or preds.shape[-1] < 5 or (layout == "topk" and preds.shape[-1] != 6):
+        raise InputError(f"ultralytics output must be [B, N, 6] (cx, cy, w, h, score, class) or [B, N, 4 + C] "
+                         f"(per-class scores); got {preds.shape}")
+    if layout == "auto":
+        return "topk" if preds.shape[-1] == 6 else "per_class"
+    return layout
+
+
+@register("ultralytics", keys=("output", "box_format", "normalized", "layout", "clip_boxes"))
 def decode_ultralytics(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     preds = _output(outputs, cfg.get("output", "output0"))
-    if preds.ndim != 3 or preds.shape[-1] < 5:
-        raise InputError(f"ultralytics output must be [B, N, 4 + C]; got {preds.shape}")
+    layout = _ultralytics_layout(preds, cfg)
     floor, keep = _settings(cfg)
-    cls = preds[..., 4:].astype(np.float32, copy=False)
-    labels = cls.argmax(axis=-1)
-    scores = np.take_along_axis(cls, labels[..., None], axis=-1)[..., 0]
+    if layout == "topk":
+        # a class that is no class index (e.g. a score of an old 4 + 2 layout) fails the run through the score
+        # check; its row is never a detection
+        classes = preds[..., 5].astype(np.float64)
+        valid = np.isfinite(classes) & (classes >= 0)
+        labels = np.rint(np.where(valid, classes, 0)).astype(np.int64)
+        scores = np.where(valid, preds[..., 4], -np.inf).astype(np.float32)
+    else:
+        cls = preds[..., 4:].astype(np.float32, copy=False)
+        labels = cls.argmax(axis=-1)
+        scores = np.take_along_axis(cls, labels[..., None], axis=-1)[..., 0]
     xyxy = _to_input_pixels(preds[..., :4], cfg, cfg.get("box_format", "cxcywh"), bool(cfg.get("normalized", True)))
-    return _select(xyxy, scores, labels, meta, floor, keep)
+    return _select(xyxy, scores, labels, meta, floor, keep, _clip(cfg))
 
 
-@register("paddle_rows", keys=("rows", "count", "boxes_in"))
+@register_score_check("ultralytics")
+def _ultralytics_scores(outputs: dict, cfg: dict) -> dict:
+    name = cfg.get("output", "output0")
+    preds = _output(outputs, name)
+    if _ultralytics_layout(preds, cfg) == "per_class":
+        return {name: out_of_unit_range(preds[..., 4:])}
+    classes = preds[..., 5]
+    # the class column must hold class indices: anything else means the layout is not (.., score, class)
+    not_index = np.isfinite(classes) & ((classes < 0) | (np.abs(classes - np.rint(classes)) > 1e-3))
+    return {name: out_of_unit_range(preds[..., 4]), name + CLASS_FAULT: int(np.count_nonzero(not_index))}
+
+
+@register("paddle_rows", keys=("rows", "count", "boxes_in", "clip_boxes"))
 def decode_paddle_rows(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     count_name = cfg.get("count")
     if cfg.get("rows"):
@@ -194,4 +260,15 @@ def decode_paddle_rows(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections
     if where not in ("input", "original"):
         raise ConfigError(f"output.boxes_in must be input or original, got {where!r}")
     return _select(rows[..., 2:6].astype(np.float32), scores, np.rint(labels).astype(np.int64), meta, floor, keep,
-                   boxes_in_original=where == "original")
+                   _clip(cfg), boxes_in_original=where == "original")
+
+
+@register_score_check("paddle_rows")
+def _paddle_scores(outputs: dict, cfg: dict) -> dict:
+    """Scores of the real rows (class >= 0); padding rows may hold anything."""
+    named = [cfg["rows"]] if cfg.get("rows") else \
+        [k for k, v in outputs.items() if k != cfg.get("count") and v.ndim in (2, 3) and v.shape[-1] == 6]
+    if len(named) != 1:
+        return {}                       # the decoder itself refuses this with the reason
+    rows = _output(outputs, named[0])
+    return {named[0]: out_of_unit_range(rows[..., 1][rows[..., 0] >= 0])}

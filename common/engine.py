@@ -77,6 +77,10 @@ def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | N
     req = build_request(cfg, variant, onnx_path, digest)
     engine, hit = backend.build(req)
     runner = backend.load(engine, req)
+    if runner.static_batch is not None and cfg.batch_size > runner.static_batch:   # say it in the user's terms
+        raise ConfigError(f"batch of {cfg.batch_size} for an engine built for batch {runner.static_batch} "
+                          f"(--bs {cfg.batch_size}); rebuild or re-export the model for batch {cfg.batch_size}, "
+                          f"or use --bs {runner.static_batch}", onnx_path)
     return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)
 
 

@@ -60,22 +60,23 @@ class Tolerance:
 def tolerance_of(variant: Variant) -> Tolerance:
     """The variant's `fidelity:` block over the defaults; every mistake names the spec field."""
     raw = variant.extra.get("fidelity") or {}
-    where = f"models/{variant.model} variants.{variant.name}.fidelity"
+    where = f"variants.{variant.name}.fidelity"
+    spec = variant.source or f"models/{variant.model}/model.yaml"     # the file the user wrote, named in every error
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}", spec)
     known = {f.name for f in dataclasses.fields(Tolerance)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: {', '.join(sorted(known))}", spec)
     values = {}
     for key, value in raw.items():
         if key == "outputs":
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise ConfigError(f"{where}.outputs: expected a list of output names, got {value!r}")
+                raise ConfigError(f"{where}.outputs: expected a list of output names, got {value!r}", spec)
             values[key] = tuple(value)
         elif key in known:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {value!r}")
+                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {value!r}", spec)
             values[key] = float(value)
     return Tolerance(**values)
 

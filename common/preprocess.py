@@ -75,8 +75,9 @@ class Preprocessor:
         return out, meta
 
 
-def boxes_to_original(boxes: np.ndarray, meta: np.ndarray) -> np.ndarray:
-    """Map xyxy boxes in input pixels back to original image pixels, clipped to the image.
+def boxes_to_original(boxes: np.ndarray, meta: np.ndarray, clip: bool = True) -> np.ndarray:
+    """Map xyxy boxes in input pixels back to original image pixels, clipped to the image unless clip=False
+    (DETR lines' reference post-processors do not clip: common/decode_detr.py).
 
     boxes: [..., N, 4]; meta: [..., 6] rows as produced by Preprocessor (leading dims broadcast).
     """
@@ -84,8 +85,9 @@ def boxes_to_original(boxes: np.ndarray, meta: np.ndarray) -> np.ndarray:
     out = np.empty(boxes.shape, np.float64)
     out[..., 0::2] = (boxes[..., 0::2] - meta[..., 2:3]) / meta[..., 0:1]
     out[..., 1::2] = (boxes[..., 1::2] - meta[..., 3:4]) / meta[..., 1:2]
-    np.clip(out[..., 0::2], 0, meta[..., 4:5], out=out[..., 0::2])
-    np.clip(out[..., 1::2], 0, meta[..., 5:6], out=out[..., 1::2])
+    if clip:
+        np.clip(out[..., 0::2], 0, meta[..., 4:5], out=out[..., 0::2])
+        np.clip(out[..., 1::2], 0, meta[..., 5:6], out=out[..., 1::2])
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from .backends import backend_class
 from .engine import Prepared, infer, prepare, resolve_onnx
 from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
-from .decode import get_decoder, nonfinite_counts
+from .decode import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from .endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from .engine_cache import atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
@@ -259,7 +259,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             infer_s += seconds
             if recorder is not None:
                 recorder.add(batch.image_ids, outputs)
-            counts = nonfinite_counts(outputs)
+            counts = output_faults(outputs, decode_cfg)   # NaN/Inf, and scores outside [0, 1]
             nonfinite.update(counts)
             bi, boxes, scores, labels = decoder(outputs, batch.meta, decode_cfg)
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
@@ -282,14 +282,14 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     metrics = evaluator.evaluate(image_ids)
     evaluate_s = time.perf_counter() - t_eval
     wall = time.perf_counter() - t_start
-    reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in sorted(nonfinite.items())]
+    reasons = fault_reasons(nonfinite)
     record = new_record("accuracy", **_base_fields(cfg, p),
                         dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
                                  "num_images": len(items), "categories": evaluator.categories,
                                  "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None},
                         metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                         run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
-                             "images_per_s": len(items) / wall,
+                             "images_per_s": (len(items) - done) / wall,   # this run's images only
                              "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
     record = _finish(record, metrics, _targets(p, cfg), reasons)
     try:

@@ -77,6 +77,7 @@ class Variant:
     # further graph inputs fed with the same values for every image, {name: (v, ...)} -> [N, len] float32
     # (e.g. PaddleDetection's im_shape / scale_factor)
     extra_inputs: dict = field(default_factory=dict)
+    source: str = field(default="", compare=False, repr=False)   # the spec file, for messages about its fields
 
     @property
     def id(self) -> str:
@@ -248,7 +249,7 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
         annotation=r.get(ev, "annotation", f"{where}.evaluation", str),
         categories=None if cats is None else tuple(int(c) for c in cats),
         targets=targets, reference=r.get(raw, "reference", where, dict, {}),
-        extra={k: v for k, v in raw.items() if k not in known}, extra_inputs=extra_inputs,
+        extra={k: v for k, v in raw.items() if k not in known}, extra_inputs=extra_inputs, source=str(r.path),
     )
 
 

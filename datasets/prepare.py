@@ -5,7 +5,9 @@
     python -m datasets.prepare --out data/coco --images-zip URL --images-sha256 HEX --annotations-zip URL ...
 
 Zips may be local files or http(s) URLs (downloaded resumably into <out>/downloads, sha256-checked when a hash
-is given). Verification parses the annotation file and checks every listed image is present (and, with
+is given). Extraction never writes through a link: after --from-dir, <out>/annotations and <out>/images/val2017
+are links to the user's own dataset, and extracting zips into the same --out is refused (exit 2) instead of
+changing the user's files. Verification parses the annotation file and checks every listed image is present (and, with
 --check-images, decodes each one). Exit codes as for the suite: 0 ok, 2 bad input, 3 download failed.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
 
-from common.archive import extract  # noqa: E402
+from common.archive import archive_is_complete, extract  # noqa: E402
 from common.data import image_items, read_annotations, read_image, resolve_dataset  # noqa: E402
 from common.download import download  # noqa: E402
 from common.engine_cache import file_sha256  # noqa: E402
@@ -31,7 +33,12 @@ DEFAULT_ANNOTATION = "instances_val2017.json"
 
 def _fetch(source: str, out: Path, sha256: str | None) -> Path:
     if source.startswith(("http://", "https://")):
-        return download(source, out / "downloads" / source.rstrip("/").rsplit("/", 1)[-1], sha256)
+        if (out / "downloads").is_symlink():
+            raise InputError("is a link: the suite never downloads through a link into a directory it did not "
+                             "create; remove it or choose another --out", out / "downloads")
+        # a server that sends no length and ignores Range: the archive's own structure tells a complete file
+        return download(source, out / "downloads" / source.rstrip("/").rsplit("/", 1)[-1], sha256,
+                        complete=archive_is_complete)
     path = Path(source)
     if not path.is_file():
         raise InputError("archive not found", path)

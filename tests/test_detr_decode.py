@@ -188,3 +188,78 @@ def test_nonfinite_outputs_are_counted_and_never_become_detections():
     bi, got, scores, _ = get_decoder({"convention": "detr"})(out, meta, CFG)
     assert np.isfinite(scores).all() and len(scores) == 12 - 1      # the NaN score is dropped, +inf -> 1.0 kept
     assert (~np.isfinite(got).all(axis=1)).sum() == 2               # NaN box rows: the accuracy run drops these
+
+
+def test_ultralytics_84_topk_rows_6_columns():
+    """Ultralytics >= 8.4: output0 [B, N, 6] = (cx, cy, w, h, score, class), chosen by the last dimension."""
+    meta = _meta("stretch")
+    preds = np.zeros((2, 3, 6), np.float32)
+    preds[:, :2, :4] = _cxcywh_norm(_input_boxes(meta))
+    preds[0, :, 4:] = [[0.8, 4], [0.6, 1], [0.005, 7]]            # the last under the floor
+    preds[1, :, 4:] = [[0.7, 79], [0.3, 0], [0.2, 3]]
+    preds[1, 2, :4] = preds[1, 0, :4]                                # one query, a second class
+    bi, got, scores, labels = _sorted(get_decoder({"convention": "ultralytics"})({"output0": preds}, meta, CFG))
+    assert bi.tolist() == [0, 0, 1, 1, 1] and labels.tolist() == [4, 1, 79, 0, 3]
+    np.testing.assert_allclose(scores, [0.8, 0.6, 0.7, 0.3, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(got[:4], np.stack([ORIG[0][0], ORIG[0][1], ORIG[1][0], ORIG[1][1]]), atol=1e-3)
+    np.testing.assert_allclose(got[4], ORIG[1][0], atol=1e-3)
+    # a 2-class model of the old layout is 6 wide too: `layout: per_class` reads it so
+    _, _, _, labels = _sorted(get_decoder({"convention": "ultralytics"})({"output0": preds}, meta,
+                                                                          {**CFG, "layout": "per_class"}))
+    assert set(labels.tolist()) <= {0, 1}
+    with pytest.raises(ConfigError, match="layout"):
+        get_decoder({"convention": "ultralytics"})({"output0": preds}, meta, {**CFG, "layout": "rows"})
+    with pytest.raises(InputError, match=r"\[B, N, 6\]"):
+        get_decoder({"convention": "ultralytics"})({"output0": preds[..., :5]}, meta, {**CFG, "layout": "topk"})
+
+
+def test_detr_boxes_are_not_clipped_unless_asked():
+    """The lines' reference post-processors leave boxes past the image as predicted; clip_boxes: true clips."""
+    meta = _meta("stretch")
+    preds = np.zeros((2, 1, 6), np.float32)
+    preds[:, 0] = [0.05, 0.5, 0.3, 0.4, 0.9, 1]                    # x1 = -0.1 of the canvas
+    dec = get_decoder({"convention": "ultralytics"})
+    _, got, _, _ = dec({"output0": preds}, meta, CFG)
+    h, w = SIZES[0]
+    np.testing.assert_allclose(got[0], [-0.1 * w, 0.3 * h, 0.2 * w, 0.7 * h], rtol=1e-5)
+    _, got, _, _ = dec({"output0": preds}, meta, {**CFG, "clip_boxes": True})
+    np.testing.assert_allclose(got[0], [0, 0.3 * h, 0.2 * w, 0.7 * h], rtol=1e-5)
+    with pytest.raises(ConfigError, match="clip_boxes"):
+        dec({"output0": preds}, meta, {**CFG, "clip_boxes": "yes"})
+    logits = np.full((2, 1, 2), 3.0, np.float32)
+    _, got, _, _ = get_decoder({"convention": "detr"})({"logits": logits, "pred_boxes": preds[..., :4]}, meta, CFG)
+    assert (got[:, 0] < 0).all()
+
+
+def test_scores_outside_0_1_are_counted_for_every_probability_convention():
+    from common.decode import CLASS_FAULT, SCORE_FAULT, fault_reasons, output_faults
+    ok6 = np.zeros((1, 3, 6), np.float32)
+    ok6[0, :, 4:] = [[0.9, 3], [0.1, 0], [1.0, 79]]
+    assert output_faults({"output0": ok6}, {"convention": "ultralytics"}) == {}
+    bad6 = ok6.copy()
+    bad6[0, 0, 4], bad6[0, 1, 5] = 7.0, 2.5                           # a logit; a class that is no index
+    assert output_faults({"output0": bad6}, {"convention": "ultralytics"}) == {"output0" + SCORE_FAULT: 1,
+                                                                               "output0" + CLASS_FAULT: 1}
+    bad6[0, 2, 5] = -1                                               # never a detection, counted
+    _, _, _, labels = get_decoder({"convention": "ultralytics"})({"output0": bad6}, _meta("stretch")[:1], CFG)
+    assert (labels >= 0).all() and len(labels) == 2
+    per_class = np.concatenate([np.zeros((1, 3, 4)), np.array([[[0.2, 1.3, 0], [-0.1, 0.5, 0], [0.0, 1.0, 0]]])], -1)
+    assert output_faults({"output0": per_class}, {"convention": "ultralytics"}) == {"output0" + SCORE_FAULT: 2}
+    bls = {"boxes": np.zeros((1, 2, 4)), "labels": np.zeros((1, 2)), "scores": np.array([[0.5, 12.0]])}
+    assert output_faults(bls, {"convention": "boxes_labels_scores"}) == {"scores" + SCORE_FAULT: 1}
+    rows = np.array([[[1, 0.5, 0, 0, 1, 1], [3, 4.0, 0, 0, 1, 1], [-1, 99.0, 0, 0, 0, 0]]], np.float32)
+    assert output_faults({"rows": rows}, {"convention": "paddle_rows"}) == {"rows" + SCORE_FAULT: 1}  # not padding
+    dets = np.zeros((1, 2, 5), np.float32)
+    dets[0, 1, 4] = -3
+    assert output_faults({"dets": dets}, {"convention": "end2end"}) == {"dets" + SCORE_FAULT: 1}
+    logits = {"logits": np.array([[[5.0, -2.0]]]), "pred_boxes": np.zeros((1, 1, 4))}
+    assert output_faults(logits, {"convention": "detr"}) == {}                   # sigmoid makes probabilities
+    assert output_faults(logits, {"convention": "detr", "activation": "none"}) == {"logits" + SCORE_FAULT: 2}
+    nan = {"logits": np.array([[[np.nan, 0.5]]]), "pred_boxes": np.zeros((1, 1, 4))}
+    counts = output_faults(nan, {"convention": "detr", "activation": "none"})
+    assert counts == {"logits": 1}
+    assert "class values that are no class index" in fault_reasons({"output0" + CLASS_FAULT: 2})[0]
+    assert fault_reasons({"logits": 1, "output0" + SCORE_FAULT: 3}) == [
+        "output 'logits' has 1 NaN/Inf values",
+        "output 'output0' has 3 scores outside [0, 1] where the convention expects probabilities: the output "
+        "layout or convention does not match the model"]

@@ -30,7 +30,8 @@ for p in (str(ROOT / ".importpath"), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from common.errors import ConfigError, InputError, SuiteError  # noqa: E402
+from common.checkpoints import check_safetensors, load_torch_checkpoint  # noqa: E402
+from common.errors import ConfigError, InputError, SuiteError, first_line  # noqa: E402
 from common.exporting import DEFAULT_OPSET, simplify, torch_export  # noqa: E402
 
 OUTPUT_NAMES = ["logits", "pred_boxes"]
@@ -80,20 +81,23 @@ def _overrides(variant) -> dict:
 
 def load_network(checkpoint: Path, config: Path | None, variant=None):
     """The transformers network with the checkpoint's weights, in eval mode."""
-    import torch
-
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         cfg_path = Path(config) if config else checkpoint / "config.json"
         config_obj = build_config(_read_config(cfg_path), _overrides(variant))
-        if not sorted(checkpoint.glob("*.safetensors")):
+        weights = sorted(checkpoint.glob("*.safetensors"))
+        if not weights:
             raise InputError("no *.safetensors weights in the checkpoint directory", checkpoint)
+        for path in weights:    # the suite's checks first: a truncated file is bad input (2), named, not a crash
+            check_safetensors(path)
         # from_pretrained, not a plain load_state_dict: it applies transformers' own renaming of older key layouts
         try:
             net, info = network_class(config_obj).from_pretrained(str(checkpoint), config=config_obj,
                                                                    output_loading_info=True)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise InputError(f"transformers cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error type is no OSError / ValueError
+            if not (isinstance(exc, (OSError, ValueError, RuntimeError)) or type(exc).__name__ == "SafetensorError"):
+                raise
+            raise InputError(f"transformers cannot load it ({type(exc).__name__}: {first_line(exc)})",
                              checkpoint) from None
         _check_loading(info.get("missing_keys", []), info.get("unexpected_keys", []), checkpoint)
     elif checkpoint.is_file():
@@ -103,10 +107,7 @@ def load_network(checkpoint: Path, config: Path | None, variant=None):
                               checkpoint)
         from rtdetr_original_keys import to_transformers
         net = new_network(build_config(_read_config(Path(config)), _overrides(variant)))
-        try:
-            raw = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle / zip errors of a damaged or foreign file
-            raise InputError(f"cannot load as a PyTorch checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
+        raw = load_torch_checkpoint(checkpoint)     # weights_only; garbage / code pickles refused with the reason
         _load_state(net, to_transformers(raw, checkpoint, net.config.decoder_layers), checkpoint)
     else:
         raise InputError("checkpoint not found", checkpoint)
