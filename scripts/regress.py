@@ -27,7 +27,7 @@ from common.errors import EXIT_INTERRUPTED, SuiteError  # noqa: E402
 from common.matrix import (KINDS, Filters, ModelMap, all_model_names, enumerate_cases, parse_shard,  # noqa: E402
                            shard)
 from common.regress import (EXIT_CONFIG, EXIT_REGRESSION, CaseOptions, ReportOptions, absolute_path,  # noqa: E402
-                            confirm_fps_failures, merge_runs, report, run_matrix, verdicts_of)
+                            completeness, confirm_fps_failures, merge_runs, report, run_matrix, verdicts_of)
 from common.specs import load_model  # noqa: E402
 from common.verdicts import BaselineRefused, FpsRule, update_baselines  # noqa: E402
 
@@ -182,6 +182,11 @@ def main(argv=None) -> int:
         # baseline-update
         run_dir = Path(absolute_path(args.run_dir))
         outcomes, verdicts = verdicts_of(run_dir, ropts)
+        gaps = completeness(run_dir, outcomes)
+        if gaps and not args.force:
+            print(f"error: refusing to store baselines from an incomplete run ({'; '.join(gaps[:3])}); "
+                  "pass --force to store the cases it has", file=sys.stderr)
+            return EXIT_REGRESSION
         globs = [g for g in (args.cases or "").split(",") if g]
         only = (lambda v: any(fnmatch.fnmatch(v["id"], g) for g in globs)) if globs else None
         try:

@@ -140,6 +140,17 @@ def test_planted_fps_regression_is_caught_against_the_stored_baseline(tmp_path, 
     # reporting again never appends the same run twice
     regress("report", slow, "--baselines", baselines, "--history", history, "--no-plots")
     assert len(read_history(history)) == 6
+    # an SDK upgrade: the baseline only exists for an older runtime version -> compared with it, and said so
+    renamed = path.with_name("onnxruntime-0.1.0.json")
+    path.rename(renamed)
+    assert regress("report", slow, "--baselines", baselines, "--no-plots") == 1
+    (v,) = verdicts(slow).values()
+    assert v["status"] == FAILED and any("compared with the newest older one (onnxruntime-0.1.0)" in n
+                                         for n in v["notes"])
+    assert regress("report", good, "--baselines", baselines, "--no-plots", "--fps-max-cov", "1") == 0
+    # baseline-update refuses the failing run; --force stores it, printing old -> new
+    assert regress("baseline-update", slow, "--baselines", baselines) == 1
+    assert not path.exists()
 
 
 def test_example_ci_configs_call_the_runner_with_valid_flags():
@@ -153,11 +164,16 @@ def test_example_ci_configs_call_the_runner_with_valid_flags():
     from regress_helpers import REPO, regress_script
 
     gitlab = yaml.safe_load((REPO / "ci/examples/gitlab-ci.yml").read_text())
-    assert gitlab["regress"]["parallel"] >= 2 and gitlab["merge"]["needs"] == ["regress"]
-    assert gitlab["merge"]["artifacts"]["reports"]["junit"].endswith("junit.xml")
+    assert gitlab["regress:mr-v100"]["parallel"] >= 2 and gitlab["merge:mr-v100"]["needs"] == ["regress:mr-v100"]
+    assert gitlab["merge:mr-v100"]["artifacts"]["reports"]["junit"].endswith("junit.xml")
     github = yaml.safe_load((REPO / "ci/examples/github-actions.yml").read_text())
     assert len(github["jobs"]["shard"]["strategy"]["matrix"]["shard"]) >= 2
     assert github["jobs"]["merge"]["needs"] == "shard"
+    # accelerator jobs measure IGIE on the device, CPU jobs ONNX Runtime; every verdict job is strict
+    for text in ((REPO / "ci/examples/gitlab-ci.yml").read_text(), (REPO / "ci/examples/github-actions.yml").read_text()):
+        runs = [ln for ln in text.replace("\\\n", " ").splitlines() if "regress.py run" in ln]
+        assert any("--backend igie" in ln and "--shard" in ln for ln in runs)
+        assert any("--backend onnxruntime" in ln and "--strict" in ln for ln in runs)
     commands = []
     for path in ("ci/examples/gitlab-ci.yml", "ci/examples/github-actions.yml"):
         text = (REPO / path).read_text().replace("\\\n", " ")
@@ -165,6 +181,7 @@ def test_example_ci_configs_call_the_runner_with_valid_flags():
         commands += [line.split("scripts/regress.py", 1)[1].split("||")[0]
                      for line in re.sub(r"\n\s{8,}(?=--)", " ", text).splitlines() if "scripts/regress.py" in line]
     assert {c.split()[0] for c in commands} == {"run", "merge", "baseline-update"}
+    assert all("--strict" in c for c in commands if c.split()[0] == "merge" and "regress/merged" in c)
     parser = regress_script.build_parser()
     env = {"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "4", "ONNX_RTMDET": "/m.onnx"}
     for command in commands:
