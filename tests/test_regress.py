@@ -224,3 +224,32 @@ def test_relative_accuracy_rule_needs_a_comparable_fp32_reference(tmp_path):
     assert got["fp32"][0] == "error" and got["fp16"][0] == WARN
     assert "image count" in status_of(_acc_outcome("fp32", 0.4, images=20), _acc_outcome("fp16", 0.1))["fp16"][1]
     assert "device" in status_of(_acc_outcome("fp32", 0.4, device="cuda"), _acc_outcome("fp16", 0.1))["fp16"][1]
+
+
+def test_relative_paths_from_another_cwd_no_env_leak_and_a_rerun_replaces_the_old_cases(tmp_path, tiny,
+                                                                                         monkeypatch):
+    """Started outside the repo root with relative --out / --cache-dir / --onnx, with an ONNX_MODEL (a file
+    that is no model) and DEVICE / BACKEND in the environment: the cases run the given model where asked."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "models").mkdir()
+    (work / "models" / "fast.onnx").write_bytes(tiny["fast"].read_bytes())
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("ONNX_MODEL", str(tmp_path / "nothing.onnx"))
+    monkeypatch.setenv("DEVICE", "gpu0")
+    monkeypatch.setenv("BACKEND", "tvm")
+    common = ["--models", tiny["spec"], "--variant", "tiny", "--kind", "performance", "--repeats", "1",
+              "--cache-dir", "engines", "--baselines", "baselines", "--no-plots", *FAST_PERF,
+              "--onnx", "tinydetr/tiny=models/fast.onnx"]
+    assert regress("run", *common, "--bs", "1,2", "--precision", "fp32", "--out", "out") == 0
+    v = verdicts(work / "out")
+    assert len(v) == 2 and all(x["status"] == WARN for x in v.values())     # measured; no baseline yet
+    record = json.loads(next((work / "out" / "records").rglob("*.json")).read_text())
+    assert record["onnx"]["path"] == str(work / "models" / "fast.onnx") and record["device"] == "cpu"
+    cmd = json.loads(next((work / "out" / "cases").glob("*.json")).read_text())["command"]
+    assert cmd[cmd.index("--cache-dir") + 1] == str(work / "engines")   # against the caller's cwd
+    assert "--device" not in cmd
+    # a second, smaller run into the same --out: only its own case is reported
+    assert regress("run", *common, "--bs", "1", "--precision", "fp16", "--out", "out") == 0
+    assert list(verdicts(work / "out")) == ["tinydetr/tiny/onnxruntime/fp16/bs1/performance"]
+    assert len(list((work / "out" / "cases").glob("*.json"))) == 1
