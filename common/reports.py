@@ -13,7 +13,8 @@ from .verdicts import ERROR, FAILED, PASS, UNSUPPORTED, WARN
 
 README_START = "<!-- regress:results:start -->"
 README_END = "<!-- regress:results:end -->"
-ICON = {PASS: "✅ pass", WARN: "⚠️ warn", FAILED: "❌ fail", ERROR: "💥 error", UNSUPPORTED: "⏭️ unsupported"}
+ICON = {PASS: "✅ pass", WARN: "⚠️ warn", FAILED: "❌ fail", ERROR: "💥 error",
+        UNSUPPORTED: "⏭️ unsupported"}
 
 
 def counts(verdicts: list[dict]) -> Counter:

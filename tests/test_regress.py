@@ -170,7 +170,8 @@ def test_example_ci_configs_call_the_runner_with_valid_flags():
     assert len(github["jobs"]["shard"]["strategy"]["matrix"]["shard"]) >= 2
     assert github["jobs"]["merge"]["needs"] == "shard"
     # accelerator jobs measure IGIE on the device, CPU jobs ONNX Runtime; every verdict job is strict
-    for text in ((REPO / "ci/examples/gitlab-ci.yml").read_text(), (REPO / "ci/examples/github-actions.yml").read_text()):
+    for name in ("gitlab-ci.yml", "github-actions.yml"):
+        text = (REPO / "ci" / "examples" / name).read_text()
         runs = [ln for ln in text.replace("\\\n", " ").splitlines() if "regress.py run" in ln]
         assert any("--backend igie" in ln and "--shard" in ln for ln in runs)
         assert any("--backend onnxruntime" in ln and "--strict" in ln for ln in runs)
@@ -212,7 +213,8 @@ def test_relative_accuracy_rule_needs_a_comparable_fp32_reference(tmp_path):
         base = tmp_path / "cpu" / "rt-1.json"
         base.parent.mkdir(exist_ok=True)
         base.write_text(json.dumps({"entries": entries}))
-        return {v["case"]["precision"]: (v["status"], next((n for n in v["notes"] if "FP32" in n or "crashed" in n), ""))
+        return {v["case"]["precision"]: (v["status"], next((n for n in v["notes"] if "FP32" in n or "crashed" in n),
+                                                           ""))
                 for v in judge(list(outcomes), rules, tmp_path)}
 
     assert status_of(_acc_outcome("fp32", 0.400), _acc_outcome("fp16", 0.3985))["fp16"][0] == PASS  # -0.15 pt

@@ -139,7 +139,8 @@ def _run_github(wf: dict, checkout: Path, run_id: int, log: list) -> dict:
         for shard in shards:
             env = _base_env(checkout)
             ctx = {"github.run_id": str(run_id), "github.run_attempt": "1", "matrix.shard": str(shard)}
-            sub = lambda text: re.sub(r"\$\{\{\s*([\w.]+)\s*\}\}", lambda m: ctx.get(m.group(1), ""), text)  # noqa: E731
+            sub = lambda text: re.sub(r"\$\{\{\s*([\w.]+)\s*\}\}",  # noqa: E731
+                                      lambda m: ctx.get(m.group(1), ""), text)
             for key, val in {**wf.get("env", {}), **job.get("env", {})}.items():
                 env[key] = sub(str(val))
             failed = 0

@@ -17,7 +17,7 @@ from common.errors import ConfigError
 from common.history import append_run, last_good, read_history
 from common.matrix import ModelMap
 from common.regress import (EXIT_INCOMPLETE, EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, CaseOptions, absolute_path,
-                            case_command, case_env, completeness, exit_code, load_outcomes, merge_runs)
+                            case_command, case_env, completeness, exit_code, load_outcomes)
 from common.reports import junit_xml
 from common.timing import summarize, validity_reasons
 from common.verdicts import (FAILED, PASS, WARN, BaselineRefused, FpsRule, compare_accuracy, compare_fps,
@@ -343,4 +343,5 @@ def test_cases_get_no_environment_defaults_and_absolute_paths(tmp_path, monkeypa
     case = Case("m", "v", "onnxruntime", "fp32", 1, "accuracy", "m", onnx="/abs/m.onnx")
     cmd = case_command(case, CaseOptions(dataset_dir=absolute_path("data")), Path("rel/records"))
     assert cmd[cmd.index("--results-dir") + 1] == str(tmp_path / "rel" / "records")
-    assert cmd[cmd.index("--onnx") + 1] == "/abs/m.onnx" and cmd[cmd.index("--dataset-dir") + 1] == str(tmp_path / "data")
+    assert cmd[cmd.index("--onnx") + 1] == "/abs/m.onnx"
+    assert cmd[cmd.index("--dataset-dir") + 1] == str(tmp_path / "data")
