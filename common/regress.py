@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -241,17 +241,60 @@ def confirm_fps_failures(cases: list[Case], opts: CaseOptions, run_dir: Path, ro
     by_id = {c.id: c for c in cases}
     redo = [v["id"] for v in verdicts if v["case"]["kind"] == "performance" and v["status"] == FAILED
             and any(n.startswith("FPS regression") for n in v["notes"]) and v["id"] in by_id]
+    vby_id = {v["id"]: v for v in verdicts}
     for cid in redo:
         case = by_id[cid]
-        echo(f"[confirm] {cid}: FPS below the band, re-measuring ...", end="", flush=True)
-        o = run_case(case, opts, run_dir, sub="confirm")
         path = run_dir / "cases" / f"{case.slug}.json"
         outcome = json.loads(path.read_text())
-        outcome["confirm_records"] = o["records"] if o["status"] == "ok" else []
-        outcome["confirm_error"] = o["error"]
+        base_onnx = _baseline_model(vby_id[cid], ropts)
+        if base_onnx:
+            echo(f"[confirm] {cid}: FPS below the band, A/B/A/B with the baseline's model ...", end="", flush=True)
+            a, b, error = _interleaved(case, replace(case, onnx=base_onnx), opts, run_dir)
+            outcome.update(confirm_records=a, confirm_base_records=b, confirm_error=error)
+        else:
+            echo(f"[confirm] {cid}: FPS below the band, re-measuring ...", end="", flush=True)
+            o = run_case(case, opts, run_dir, sub="confirm")
+            outcome.update(confirm_records=o["records"] if o["status"] == "ok" else [], confirm_error=o["error"])
         _write_json(path, outcome)
-        echo(f" {o['status']}" + (f": {o['error']}" if o["error"] else ""))
+        echo(f" {'error: ' + outcome['confirm_error'] if outcome.get('confirm_error') else 'done'}")
     return redo
+
+
+def _baseline_model(v: dict, ropts: "ReportOptions") -> str | None:
+    """The ONNX the case's baseline was measured with, when it can run now as it ran then: the same runtime
+    version (an SDK change is the very thing under test, so the old model on the new SDK would hide it) and
+    the file still there with the same content."""
+    from .baselines import Baselines, baseline_key
+    from .engine_cache import file_sha256
+    base, _, note = Baselines(ropts.baselines_dir).lookup(ropts.device_name or v["device"], v["sdk"],
+                                                          baseline_key(v["case"]))
+    onnx = (base or {}).get("onnx_path")
+    if note or not onnx or base.get("runtime") != v["sdk"] or not Path(onnx).is_file():
+        return None
+    try:
+        return onnx if file_sha256(onnx) == base.get("onnx_sha256") else None
+    except OSError:
+        return None
+
+
+def _interleaved(case: Case, base_case: Case, opts: CaseOptions, run_dir: Path, rounds: int = 2):
+    """A/B/A/B: the case and the baseline's model, alternately, one process each, so both see the same state of
+    the node. Returns (case records, baseline-model records, error)."""
+    dirs = {k: run_dir / "records" / case.slug / k for k in ("confirm", "confirm_base")}
+    for d in dirs.values():
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    log_path = run_dir / "logs" / f"{case.slug}.confirm.log"
+    error = None
+    with open(log_path, "w", encoding="utf-8") as log:
+        for _ in range(rounds):
+            for key, c in (("confirm", case), ("confirm_base", base_case)):
+                code, out = _run_process(case_command(c, opts, dirs[key]), opts.timeout_s, log)
+                if code not in (0, 1):
+                    error = f"{key}: {_error_text(code, out, opts.timeout_s)}"
+                    return [], [], error
+    recs = {k: sorted(str(p.relative_to(run_dir)) for p in d.glob("*.json")) for k, d in dirs.items()}
+    return recs["confirm"], recs["confirm_base"], error
 
 
 def load_outcomes(run_dir: Path) -> list[dict]:
@@ -261,7 +304,8 @@ def load_outcomes(run_dir: Path) -> list[dict]:
         try:
             o = json.loads(path.read_text())
             o["records"] = [json.loads((run_dir / r).read_text()) for r in o["records"]]
-            o["confirm_records"] = [json.loads((run_dir / r).read_text()) for r in o.get("confirm_records") or []]
+            for key in ("confirm_records", "confirm_base_records"):
+                o[key] = [json.loads((run_dir / r).read_text()) for r in o.get(key) or []]
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise InputError(f"unreadable case outcome or record ({exc})", path) from None
         outcomes.append(o)

@@ -79,14 +79,26 @@ def compare_fps(stats: dict, base: dict, rule: FpsRule) -> tuple[str, str, dict]
 
 
 def confirm_fps(first: tuple[str, str, dict], confirm_records: list[dict] | None, base: dict,
-                rule: FpsRule) -> tuple[str, str, dict]:
-    """A drop past the band fails only when an independent re-measurement (a fresh run of the case after the
-    matrix, see regress.confirm_fps_failures) is below the band too; the message states both figures."""
+                rule: FpsRule, base_records: list[dict] | None = None) -> tuple[str, str, dict]:
+    """A drop past the band fails only when an independent re-measurement (after the matrix, see
+    regress.confirm_fps_failures) confirms it; the message states both figures. With `base_records` the
+    re-measurement was A/B/A/B, interleaved with the baseline's own model on the same runtime: the case is then
+    judged by its FPS relative to that model measured under the same conditions (drift of the node cancels)."""
     status, text, nums = first
     if status != FAILED or not text.startswith("FPS regression"):
         return first
     if not confirm_records:
         return FAILED, f"{text}; not re-measured (no confirmation run)", nums
+    if base_records:
+        now, then = fps_stats(confirm_records), fps_stats(base_records)
+        ratio = now["fps"] / then["fps"] if then["fps"] > 0 else float("inf")
+        band = nums["band"]
+        nums = {**nums, "confirm_fps": now["fps"], "ab_baseline_fps": then["fps"], "confirm_ratio": ratio}
+        ab = (f"A/B interleaved with the baseline's model: {now['fps']:.1f} vs {then['fps']:.1f} FPS "
+              f"({(ratio - 1) * 100:+.1f}%, band ±{band * 100:.1f}%)")
+        if ratio < 1 - band:
+            return FAILED, f"FPS regression confirmed: first {text[len('FPS regression: '):]}; {ab}", nums
+        return WARN, f"unconfirmed FPS drop: first {text[len('FPS regression: '):]}; {ab}, inside the band", nums
     stats2 = fps_stats(confirm_records)
     status2, text2, nums2 = compare_fps(stats2, base, rule)
     nums = {**nums, "confirm_fps": stats2["fps"], "confirm_ratio": nums2["ratio"]}
@@ -259,7 +271,8 @@ def _judge_performance(v: dict, outcome: dict, bases: Baselines, device: str, ru
         return [WARN]
     if note:
         v["notes"].append(note)
-    status, text, nums = confirm_fps(compare_fps(stats, base, rule), outcome.get("confirm_records"), base, rule)
+    status, text, nums = confirm_fps(compare_fps(stats, base, rule), outcome.get("confirm_records"), base, rule,
+                                     outcome.get("confirm_base_records"))
     v["values"].update(nums)
     v["notes"].append(text)
     return [status]
@@ -314,7 +327,8 @@ def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASE
 
 def _provenance(v: dict, record: dict, outcome: dict | None) -> dict:
     env = record.get("environment") or {}
-    return {"onnx_sha256": (record.get("onnx") or {}).get("sha256"), "runtime": v["sdk"],
+    onnx = record.get("onnx") or {}
+    return {"onnx_sha256": onnx.get("sha256"), "onnx_path": onnx.get("path"), "runtime": v["sdk"],
             "threads": (outcome or {}).get("threads"), "timing_settings": record.get("timing_settings"),
             "host": env.get("hostname") or socket.gethostname(), "cpu": env.get("cpu"),
             "git_commit": v.get("git_commit")}

@@ -130,6 +130,11 @@ def test_fps_regression_fails_only_when_the_re_measurement_confirms_it():
     assert status == WARN and "unconfirmed FPS drop" in text and "99.0" in text and "70.0" in text
     # no re-measurement possible (report of an old run): still a failure, said so
     assert confirm_fps(first, None, base, rule)[1].endswith("not re-measured (no confirmation run)")
+    # A/B/A/B with the baseline's model: judged against that model measured now, so node drift cancels
+    status, text, nums = confirm_fps(first, [_perf_record(70.0)], base, rule, [_perf_record(100.0)])
+    assert status == FAILED and "A/B interleaved with the baseline's model: 70.0 vs 100.0 FPS" in text
+    status, text, _ = confirm_fps(first, [_perf_record(70.0)], base, rule, [_perf_record(72.0)])   # all slower
+    assert status == WARN and "unconfirmed FPS drop" in text
     # passes and jumps are not re-measured
     assert confirm_fps(compare_fps({"fps": 99.0, "cov": 0.01}, base, rule), None, base, rule)[0] == PASS
 
@@ -345,3 +350,20 @@ def test_cases_get_no_environment_defaults_and_absolute_paths(tmp_path, monkeypa
     assert cmd[cmd.index("--results-dir") + 1] == str(tmp_path / "rel" / "records")
     assert cmd[cmd.index("--onnx") + 1] == "/abs/m.onnx"
     assert cmd[cmd.index("--dataset-dir") + 1] == str(tmp_path / "data")
+
+
+def test_ab_confirmation_only_with_the_same_runtime_and_the_same_model_file(tmp_path):
+    from common.engine_cache import file_sha256
+    from common.regress import ReportOptions, _baseline_model
+    onnx = tmp_path / "old.onnx"
+    onnx.write_bytes(b"model")
+    key = "m/v/onnxruntime/fp32/bs1"
+    _write_baseline(tmp_path / "b", {key: {"fps": 100.0, "cov": 0.01, "onnx_path": str(onnx), "runtime": RT,
+                                           "onnx_sha256": file_sha256(onnx)}})
+    ropts = ReportOptions(baselines_dir=str(tmp_path / "b"))
+    v = {"case": _case(), "device": "cpu", "sdk": RT}
+    assert _baseline_model(v, ropts) == str(onnx)
+    # a new SDK: the old model on it would hide an SDK slowdown -> plain re-measurement instead
+    assert _baseline_model({**v, "sdk": "onnxruntime-9.0.0"}, ropts) is None
+    onnx.write_bytes(b"changed")                                   # not the model the baseline measured
+    assert _baseline_model(v, ropts) is None
