@@ -88,7 +88,9 @@ def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
              ("--config", None if case.onnx else case.config), ("--dataset-dir", opts.dataset_dir),
              ("--ann", opts.annotation or case.annotation), ("--cache-dir", opts.cache_dir)]
     if case.kind == "accuracy":
-        pairs += [("--max-images", opts.max_images or case.max_images), ("--workers", opts.workers)]
+        pairs += [("--max-images", opts.max_images or case.max_images), ("--workers", opts.workers),
+                  # the performance cases' timed outputs are checked against these (common/timed_outputs.py)
+                  ("--save-detections", (results_dir / DETECTIONS).resolve())]
         cmd.append("--no-progress")
     else:
         pairs += [("--warmup", opts.warmup_s), ("--min-duration", opts.min_duration_s),
@@ -199,6 +201,7 @@ def run_case(case: Case, opts: CaseOptions, run_dir: Path, sub: str = "", unavai
     return outcome
 
 
+DETECTIONS = "dets/detections.json"   # under records/<case>/: not a record (records are records/<case>/*.json)
 RUN_OUTPUTS = ("cases", "records", "logs", "plots", "verdicts.json", "junit.xml", "summary.md", "run.json")
 
 
@@ -303,6 +306,8 @@ def load_outcomes(run_dir: Path) -> list[dict]:
     for path in sorted((run_dir / "cases").glob("*.json")):
         try:
             o = json.loads(path.read_text())
+            dets = run_dir / "records" / Path(o["records"][0]).parent.name / DETECTIONS if o["records"] else None
+            o["detections_path"] = str(dets) if dets is not None and dets.is_file() else None
             o["records"] = [json.loads((run_dir / r).read_text()) for r in o["records"]]
             for key in ("confirm_records", "confirm_base_records"):
                 o[key] = [json.loads((run_dir / r).read_text()) for r in o.get(key) or []]

@@ -33,6 +33,7 @@ from .run_state import RunState
 from .results import check_targets, new_record, verdict_of
 from .specs import Variant, load_model
 from .telemetry import Sampler
+from .timed_outputs import from_timing_sample
 from .timing import measure, validity_reasons
 
 
@@ -395,5 +396,6 @@ def run_performance(cfg: RunConfig) -> dict:
                         timing_settings={"warmup_s": cfg.warmup_s, "min_duration_s": cfg.min_duration_s,
                                          "min_iters": cfg.min_iters, "threads": cfg.threads},
                         compute=compute_time(p.runner, x, stats), end_to_end=e2e,
+                        timed_detections=from_timing_sample(p.variant, last["out"], sample[0], cfg.batch_size),
                         telemetry=sampler.summary(stats.fps), metrics=values)
     return _finish(record, values, _targets(p, cfg), reasons)

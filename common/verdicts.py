@@ -257,10 +257,39 @@ def _judge_acc_baseline(v: dict, outcome: dict, bases: Baselines, device: str, r
     return statuses
 
 
+def _judge_timed_outputs(v: dict, outcome: dict, outcomes: list[dict]) -> list[str]:
+    """The detections the performance run timed against the accuracy run's on the same image (same model,
+    variant, backend and precision): a fast engine that computes something else fails."""
+    from .timed_outputs import accuracy_detections, compare
+    c = outcome["case"]
+    timed = [r.get("timed_detections") for r in outcome["records"] if r.get("timed_detections")]
+    if not timed:
+        return []          # records written before the check existed
+    if "image_id" not in timed[0]:
+        v["notes"].append(f"timed outputs not compared: {timed[0].get('reason')}")
+        return []
+    acc = next((o for o in outcomes if o["case"]["kind"] == "accuracy" and o.get("detections_path")
+                and all(o["case"][k] == c[k] for k in ("model", "variant", "backend", "precision"))), None)
+    if acc is None:
+        v["notes"].append("timed outputs not compared: no accuracy run of this model and precision in the run")
+        return []
+    statuses = []
+    for t in timed:
+        ok, text, nums = compare(t, accuracy_detections(Path(acc["detections_path"]), t["image_id"]))
+        statuses.append(PASS if ok else FAILED)
+        v.setdefault("values", {}).update(nums)
+        if not ok:
+            v["notes"].append(f"timed outputs differ from the accuracy run's: {text}")
+            break
+    else:
+        v["notes"].append(f"timed outputs match the accuracy run's ({text})")
+    return statuses
+
+
 def _judge_performance(v: dict, outcome: dict, bases: Baselines, device: str, rule: FpsRule) -> list[str]:
     """Status of the mean FPS of the repeats against the case's baseline entry."""
     stats = fps_stats(outcome["records"])
-    v["values"] = stats
+    v["values"].update(stats)
     key = baseline_key(outcome["case"])
     base, path, note = bases.lookup(device, v["sdk"], key)
     v["baseline_file"] = str(path)
@@ -320,6 +349,7 @@ def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASE
                 v["status"] = ERROR
                 v["notes"].append("invalid performance run: " + "; ".join(dict.fromkeys(invalid)))
                 continue
+            statuses += _judge_timed_outputs(v, o, outcomes)
             statuses += _judge_performance(v, o, bases, device, rule)
         v["status"] = _worst(statuses)
     return verdicts

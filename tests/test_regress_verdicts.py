@@ -367,3 +367,30 @@ def test_ab_confirmation_only_with_the_same_runtime_and_the_same_model_file(tmp_
     assert _baseline_model({**v, "sdk": "onnxruntime-9.0.0"}, ropts) is None
     onnx.write_bytes(b"changed")                                   # not the model the baseline measured
     assert _baseline_model(v, ropts) is None
+
+
+def test_timed_outputs_that_differ_from_the_accuracy_run_fail(tmp_path):
+    """A performance run whose engine computed something else than the evaluated one (boxes moved by 60 px, a
+    lost detection) fails, however fast it was."""
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [10, 10, 100, 200], "score": 0.9},
+                                {"image_id": 7, "category_id": 1, "bbox": [300, 50, 80, 160], "score": 0.6},
+                                {"image_id": 8, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.9}]))
+    same = {"image_id": 7, "boxes": [[10.5, 10, 110, 210], [300, 50, 380, 210]], "scores": [0.91, 0.58],
+            "categories": [1, 1]}
+    moved = {**same, "boxes": [[70, 70, 170, 270], [360, 110, 440, 270]]}
+    lost = {**same, "boxes": same["boxes"][:1], "scores": [0.91], "categories": [1]}
+    acc = _outcome(_case("accuracy"), [_acc_record(0.5)], detections_path=str(dets))
+
+    def run(timed):
+        perf = _outcome(_case(), [{**_perf_record(100.0), "timed_detections": timed}])
+        return next(v for v in judge([acc, perf], RULES, tmp_path) if v["case"]["kind"] == "performance")
+
+    assert run(same)["status"] == WARN and any(n.startswith("timed outputs match") for n in run(same)["notes"])
+    for bad in (moved, lost):
+        v = run(bad)
+        assert v["status"] == FAILED and any(n.startswith("timed outputs differ from the accuracy run's: image 7")
+                                             for n in v["notes"])
+    # no image was timed (random inputs): said, not judged
+    v = run({"reason": "timed on random inputs: no image to compare"})
+    assert v["status"] == WARN and "timed outputs not compared: timed on random inputs" in v["notes"][-2]
