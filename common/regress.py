@@ -102,7 +102,10 @@ def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
 
 
 def case_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in CASE_ENV_BLOCKLIST}
+    # SUITE_* are the suite's own defaults (namespaced, more may come): none reaches a case, except the
+    # telemetry's choice of GPU, which changes what is sampled, not what is measured
+    env = {k: v for k, v in os.environ.items() if k not in CASE_ENV_BLOCKLIST
+           and not (k.startswith("SUITE_") and k != "SUITE_GPU_INDEX")}
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     return env
 

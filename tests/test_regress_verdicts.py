@@ -336,6 +336,7 @@ def test_cases_get_no_environment_defaults_and_absolute_paths(tmp_path, monkeypa
     for name in ("ONNX_MODEL", "CHECKPOINT", "DATASETS_DIR", "COCO_ANNOTATION", "DEVICE", "BACKEND", "PRECISION",
                  "SUITE_THREADS", "RESULTS_DIR"):
         monkeypatch.setenv(name, "/leaked")
+    monkeypatch.setenv("SUITE_SOMETHING_NEW", "/leaked")
     monkeypatch.setenv("KEEP_ME", "1")
     env = case_env()
     assert not any(v == "/leaked" for v in env.values()) and env["KEEP_ME"] == "1"
