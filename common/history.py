@@ -30,9 +30,13 @@ def read_history(path: str | Path) -> list[dict]:
 
 
 def append_run(path: str | Path, run_id: str, verdicts: list[dict], records_by_id: dict) -> int:
-    """Append every record of a run once; a run already in the history is not appended again."""
+    """Append every record of a run once. Shards of one pipeline share the run id and report one after the
+    other, then the merge reports them all: a case is keyed (run id, case id), so every shard's cases are
+    appended by the first report that has them and by no later one."""
     path = Path(path)
-    if any(row.get("run_id") == run_id for row in read_history(path)):
+    stored = {(row.get("run_id"), row.get("case_id")) for row in read_history(path)}
+    verdicts = [v for v in verdicts if (run_id, v["id"]) not in stored]
+    if not verdicts:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -60,11 +64,12 @@ def metric_series(rows: list[dict], case_id: str, metric: str) -> list[tuple[str
 
 
 def last_good(rows: list[dict], case_id: str, before_run: str | None = None) -> dict | None:
-    """The latest history row of a case whose status was pass (optionally only runs before `before_run`)."""
+    """The latest history row of a case whose status was pass or warn (a warn passed: noisy, no baseline yet),
+    optionally only runs before `before_run`."""
     best = None
     for row in rows:
         if before_run is not None and row.get("run_id") == before_run:
             break
-        if row.get("case_id") == case_id and row.get("status") == "pass":
+        if row.get("case_id") == case_id and row.get("status") in ("pass", "warn"):
             best = row
     return best

@@ -12,6 +12,12 @@ Variant.extra), narrowed by command-line filters, and are sliced deterministical
       max_images: 200                  # optional cap on accuracy images
       onnx: {int8: path/to/qdq.onnx}   # optional precision-specific ONNX (else --onnx / the variant's)
       relative: {AP: 0.2, AP50: 0.2}   # max drop in AP *points* against FP32 on the same backend
+      accuracy_noise: 2.5              # per-image noise scale of AP (common/acc_tolerance.py)
+      reference_fraction: 0.99         # of the variant's published `reference:` figures (full set only)
+
+A variant is in the matrix only when the run has a model for it: the spec's own `onnx`, the section's
+precision-specific `onnx`, or an entry of the run's model map (ModelMap: `--onnx MODEL[/VARIANT]=PATH`,
+`--models-manifest FILE`). The others are listed as skipped, never run against a wrong or missing model.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .acc_tolerance import DEFAULT_NOISE
 from .errors import ConfigError
 from .specs import MODELS_DIR, PRECISIONS, VARIANT_SECTIONS, ModelSpec, Variant, load_model
 
@@ -40,6 +47,8 @@ class Case:
     annotation: str | None = None
     max_images: int | None = None
     onnx: str | None = None
+    checkpoint: str | None = None
+    config: str | None = None
 
     @property
     def id(self) -> str:
@@ -119,6 +128,12 @@ def matrix_section(spec: ModelSpec, variant: Variant) -> dict:
     onnx = raw.get("onnx", {})
     if not isinstance(onnx, dict) or not set(onnx) <= set(PRECISIONS):
         raise ConfigError(f"{where}.onnx: expected {{precision: path}}, got {onnx!r}", spec.path)
+    for key in ("accuracy_noise", "reference_fraction"):
+        val = raw.get(key)
+        if val is not None and (not isinstance(val, (int, float)) or isinstance(val, bool) or val <= 0
+                                or (key == "reference_fraction" and val > 1)):
+            raise ConfigError(f"{where}.{key}: expected a number > 0{' and <= 1' if 'fraction' in key else ''}, "
+                              f"got {val!r}", spec.path)
     max_images = raw.get("max_images")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ConfigError(f"{where}.max_images: expected a positive integer, got {max_images!r}", spec.path)
@@ -126,7 +141,9 @@ def matrix_section(spec: ModelSpec, variant: Variant) -> dict:
             "batch_sizes": _int_list(raw, "batch_sizes", [1], where, spec.path),
             "accuracy_batch_sizes": _int_list(raw, "accuracy_batch_sizes", [1], where, spec.path),
             "annotation": raw.get("annotation"), "max_images": max_images, "onnx": dict(onnx),
-            "relative": {str(k): float(v) for k, v in relative.items()}}
+            "relative": {str(k): float(v) for k, v in relative.items()},
+            "accuracy_noise": float(raw.get("accuracy_noise", DEFAULT_NOISE)),
+            "reference_fraction": float(raw.get("reference_fraction", 0.99))}
 
 
 def _spec_arg(spec: ModelSpec, given: str) -> str:
@@ -143,9 +160,11 @@ def all_model_names() -> list[str]:
     return sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
 
 
-def enumerate_cases(models: list[str], filters: Filters | None = None) -> list[Case]:
+def enumerate_cases(models: list[str], filters: Filters | None = None, model_map: "ModelMap | None" = None,
+                    skipped: list | None = None) -> list[Case]:
     """Every case of the given models (names or .yaml paths) that passes the filters, in matrix order
-    (model, variant, backend, precision, kind, batch size)."""
+    (model, variant, backend, precision, kind, batch size). With a model map, a variant with no model (no spec
+    `onnx`, no precision-specific one, no map entry) is left out and named in `skipped` when given."""
     filters = filters or Filters()
     cases = []
     for given in models:
@@ -154,16 +173,80 @@ def enumerate_cases(models: list[str], filters: Filters | None = None) -> list[C
             if "matrix" not in variant.extra:
                 continue  # opt-in: a variant that needs its own checkpoint or ONNX is no case by default
             m = matrix_section(spec, variant)
+            entry = (model_map or ModelMap()).get(spec, variant.name)
             for backend in m["backends"]:
                 for precision in m["precisions"]:
+                    onnx = m["onnx"].get(precision) or entry.get("onnx")
+                    if model_map is not None and not (onnx or entry.get("checkpoint") or variant.onnx):
+                        if skipped is not None:
+                            skipped.append(f"{spec.name}/{variant.name}/{precision}")
+                        continue
                     common = dict(model=spec.name, variant=variant.name, backend=backend, precision=precision,
-                                  spec=_spec_arg(spec, given), onnx=m["onnx"].get(precision))
+                                  spec=_spec_arg(spec, given), onnx=onnx, checkpoint=entry.get("checkpoint"),
+                                  config=entry.get("config"))
                     for bs in m["accuracy_batch_sizes"]:
                         cases.append(Case(batch_size=bs, kind="accuracy", annotation=m["annotation"],
                                           max_images=m["max_images"], **common))
                     for bs in m["batch_sizes"]:
                         cases.append(Case(batch_size=bs, kind="performance", annotation=m["annotation"], **common))
+    if skipped is not None:
+        skipped[:] = sorted(dict.fromkeys(skipped))
     return sorted({c.id: c for c in cases if filters.accepts(c)}.values(), key=lambda c: c.order)
+
+
+class ModelMap:
+    """Which model file each variant runs: `--onnx MODEL=PATH` (the model's default variant only: one file is
+    one network), `--onnx MODEL/VARIANT=PATH`, and a YAML manifest {MODEL/VARIANT: PATH | {onnx: PATH} |
+    {checkpoint: PATH, config: PATH}}. Relative paths are resolved against the caller's working directory
+    (command line) or the manifest's folder, so cases, which run from the repo root, get absolute paths."""
+
+    def __init__(self, entries: dict | None = None):
+        self.entries = dict(entries or {})   # "model" or "model/variant" -> {"onnx"|"checkpoint"|"config": path}
+
+    @classmethod
+    def parse(cls, items: list[str] | None, manifest: str | None = None, cwd: Path | None = None) -> "ModelMap":
+        cwd = Path(cwd or Path.cwd())
+        entries: dict = {}
+        if manifest:
+            entries.update(cls._manifest(Path(cwd, manifest)))
+        for item in items or []:
+            key, sep, path = item.partition("=")
+            if not sep or not key or not path or key.count("/") > 1:
+                raise ConfigError(f"--onnx expects MODEL=PATH or MODEL/VARIANT=PATH, got {item!r}")
+            entries[key] = {"onnx": str((cwd / path).resolve())}
+        return cls(entries)
+
+    @staticmethod
+    def _manifest(path: Path) -> dict:
+        import yaml
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read the models manifest ({exc.strerror})", path) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"models manifest is not valid YAML ({exc})", path) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("models manifest: expected a mapping MODEL/VARIANT -> path", path)
+        out = {}
+        for key, val in raw.items():
+            if isinstance(val, str):
+                val = {"onnx": val}
+            if not isinstance(key, str) or key.count("/") > 1 or not isinstance(val, dict) or not val \
+                    or set(val) - {"onnx", "checkpoint", "config"} or not all(isinstance(x, str) for x in val.values()):
+                raise ConfigError(f"models manifest entry {key!r}: expected PATH or {{onnx|checkpoint|config: "
+                                  f"PATH}}, got {val!r}", path)
+            out[key] = {k: str((path.parent / x).resolve()) for k, x in val.items()}
+        return out
+
+    def get(self, spec: ModelSpec, variant: str) -> dict:
+        exact = self.entries.get(f"{spec.name}/{variant}")
+        if exact is not None:
+            return exact
+        return self.entries.get(spec.name, {}) if variant == spec.default_variant else {}
+
+    def unknown_keys(self, specs: list[ModelSpec]) -> list[str]:
+        known = {s.name for s in specs} | {f"{s.name}/{v}" for s in specs for v in s.variants}
+        return sorted(k for k in self.entries if k not in known)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -182,5 +265,14 @@ def shard(cases: list[Case], k: int, n: int) -> list[Case]:
 
 def relative_rules(case_model_spec: str, variant: str) -> dict:
     """The relative-accuracy rule ({metric: max drop in points}) of a model variant."""
+    return case_rules(case_model_spec, variant)["relative"]
+
+
+def case_rules(case_model_spec: str, variant: str) -> dict:
+    """What the verdicts need from a variant's spec: the relative rule, the accuracy noise scale, the published
+    reference figures with their fraction, and the spec's evaluation annotation (where the reference holds)."""
     spec = load_model(case_model_spec)
-    return matrix_section(spec, spec.variant(variant))["relative"]
+    v = spec.variant(variant)
+    m = matrix_section(spec, v)
+    return {"relative": m["relative"], "accuracy_noise": m["accuracy_noise"], "reference": dict(v.reference),
+            "reference_fraction": m["reference_fraction"], "evaluation_annotation": v.annotation}

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from .engine_cache import atomic_write_bytes
 from .history import metric_series
-from .verdicts import ERROR, FAILED, PASS, WARN
+from .verdicts import ERROR, FAILED, PASS, UNSUPPORTED, WARN
 
 README_START = "<!-- regress:results:start -->"
 README_END = "<!-- regress:results:end -->"
-ICON = {PASS: "✅ pass", WARN: "⚠️ warn", FAILED: "❌ fail", ERROR: "💥 error"}
+ICON = {PASS: "✅ pass", WARN: "⚠️ warn", FAILED: "❌ fail", ERROR: "💥 error",
+        UNSUPPORTED: "⏭️ unsupported"}
 
 
 def counts(verdicts: list[dict]) -> Counter:
@@ -29,31 +30,78 @@ def _value_text(v: dict) -> str:
     return ""
 
 
-def junit_xml(verdicts: list[dict], name: str = "regress") -> bytes:
-    """One <testsuite> per model/variant, one <testcase> per case; regressions are <failure>, crashes <error>."""
-    root = ET.Element("testsuites", name=name)
+# XML 1.0 allows tab, newline and carriage return below 0x20, no surrogates and not U+FFFE/U+FFFF: anything else
+# (an ANSI colour escape in a path or an SDK log line) makes the whole report unparseable for the CI system.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text) -> str:
+    return _XML_INVALID.sub("", str(text))
+
+
+def _properties(v: dict, environment: dict) -> list[tuple[str, str]]:
+    vals = v.get("values") or {}
+    props = [("status", v["status"]), ("device", v.get("device") or environment.get("device")),
+             ("runtime", v.get("sdk") or environment.get("runtime")),
+             ("git_commit", v.get("git_commit") or environment.get("git_commit"))]
+    for key in ("fps", "baseline_fps", "confirm_fps", "AP", "AP50", "baseline_AP", "baseline_AP50", "ref_AP",
+                "images", "tolerance_points"):
+        if isinstance(vals.get(key), (int, float)):
+            props.append((key, f"{vals[key]:.6g}"))
+    if v.get("baseline_file"):
+        props.append(("baseline_file", v["baseline_file"]))
+    return [(k, val) for k, val in props if val is not None]
+
+
+def junit_xml(verdicts: list[dict], name: str = "regress", environment: dict | None = None,
+              incomplete: list[str] = (), strict: bool = False) -> bytes:
+    """One <testsuite> per model/variant, one <testcase> per case; regressions are <failure>, crashes <error>,
+    warnings and unsupported cells <skipped> with their message; each case carries FPS / AP / device / runtime /
+    commit as <properties>. Missing outcomes of an incomplete run are <error> cases of their own suite."""
+    environment = environment or {}
+    root = ET.Element("testsuites", name=xml_text(name))
+    props = ET.SubElement(root, "properties")
+    for key, val in sorted(environment.items()):
+        ET.SubElement(props, "property", name=key, value=xml_text(val))
     suites: dict = {}
     for v in verdicts:
         c = v["case"]
-        key = f"{c['model']}.{c['variant']}"
+        key = xml_text(f"{c['model']}.{c['variant']}")
         if key not in suites:
             suites[key] = ET.SubElement(root, "testsuite", name=key)
         tc = ET.SubElement(suites[key], "testcase", classname=key,
-                           name=f"{c['backend']}.{c['precision']}.bs{c['batch_size']}.{c['kind']}",
+                           name=xml_text(f"{c['backend']}.{c['precision']}.bs{c['batch_size']}.{c['kind']}"),
                            time=f"{v.get('duration_s', 0.0):.3f}")
-        text = "\n".join(v["notes"])
+        tprops = ET.SubElement(tc, "properties")
+        for k, val in _properties(v, environment):
+            ET.SubElement(tprops, "property", name=k, value=xml_text(val))
+        notes = [xml_text(n) for n in v["notes"]]
+        text = "\n".join(notes)
         if v["status"] == FAILED:
-            ET.SubElement(tc, "failure", message=next((n for n in v["notes"] if "regression" in n or "target:" in n
-                                                       or "jump" in n), v["notes"][0] if v["notes"] else "failed"),
+            ET.SubElement(tc, "failure", message=next((n for n in notes if "regression" in n or "target:" in n
+                                                       or "jump" in n or "noisy" in n),
+                                                      notes[0] if notes else "failed")[:500],
                           type="regression").text = text
         elif v["status"] == ERROR:
-            ET.SubElement(tc, "error", message=(v["notes"] or ["error"])[0][:500], type="case-error").text = text
-        ET.SubElement(tc, "system-out").text = f"{_value_text(v)}\n{text}"
+            ET.SubElement(tc, "error", message=(notes or ["error"])[0][:500], type="case-error").text = text
+        elif v["status"] in (WARN, UNSUPPORTED):
+            gaps = v.get("gaps") or []
+            lead = f"strict: fails the run ({', '.join(gaps)}): " if strict and gaps else f"{v['status']}: "
+            interesting = [n for n in notes if not n.startswith("targets held") and n != "no absolute target applies"]
+            ET.SubElement(tc, "skipped", message=(lead + "; ".join(interesting or notes))[:500])
+        ET.SubElement(tc, "system-out").text = xml_text(f"{_value_text(v)}\n{text}")
+    if incomplete:
+        suite = ET.SubElement(root, "testsuite", name="incomplete")
+        for i, gap in enumerate(incomplete, 1):
+            tc = ET.SubElement(suite, "testcase", classname="incomplete", name=f"gap{i}", time="0.000")
+            ET.SubElement(tc, "error", message=xml_text(gap)[:500], type="incomplete-run").text = xml_text(gap)
+        suites["incomplete"] = suite
     for key, suite in suites.items():
         cases = suite.findall("testcase")
         suite.set("tests", str(len(cases)))
         suite.set("failures", str(sum(tc.find("failure") is not None for tc in cases)))
         suite.set("errors", str(sum(tc.find("error") is not None for tc in cases)))
+        suite.set("skipped", str(sum(tc.find("skipped") is not None for tc in cases)))
         suite.set("time", f"{sum(float(tc.get('time')) for tc in cases):.3f}")
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
@@ -70,17 +118,22 @@ def summary_table(verdicts: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_summary(verdicts: list[dict], run_id: str, plots: list[str] = (), last_good: dict | None = None) -> str:
+def markdown_summary(verdicts: list[dict], run_id: str, plots: list[str] = (), last_good: dict | None = None,
+                     incomplete: list[str] = (), strict: bool = False, code: int | None = None) -> str:
     n = counts(verdicts)
-    verdict = "FAILED" if n[FAILED] or n[ERROR] else "PASSED"
-    out = [f"## Regression run `{run_id}`: {verdict}", "",
-           f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error", "",
-           summary_table(verdicts)]
+    gaps = strict and any(v.get("gaps") for v in verdicts)
+    verdict = ("FAILED" if n[FAILED] or n[ERROR] else "INCOMPLETE" if incomplete or gaps else "PASSED")
+    out = [f"## Regression run `{run_id}`: {verdict}" + (f" (exit {code})" if code is not None else ""), "",
+           f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error, "
+           f"{n[UNSUPPORTED]} unsupported" + (" (strict)" if strict else ""), ""]
+    if incomplete:
+        out += ["**Incomplete run:**", ""] + [f"- {_md_escape(g)}" for g in incomplete] + [""]
+    out.append(summary_table(verdicts))
     if last_good:
         out += ["", "### Last good run of the failing cases", ""]
         for case_id, row in last_good.items():
-            out.append(f"- `{case_id}`: " + (f"run `{row['run_id']}` at {row['time']}, commit "
-                                             f"`{(row.get('environment') or {}).get('git_commit')}`" if row
+            out.append(f"- `{case_id}`: " + (f"run `{row['run_id']}` at {row['time']} ({row.get('status')}), "
+                                             f"commit `{(row.get('environment') or {}).get('git_commit')}`" if row
                                              else "none in the history"))
     if plots:
         out += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
@@ -96,7 +149,8 @@ def text_table(verdicts: list[dict]) -> str:
                            if not n.startswith("targets held") and n != "no absolute target applies")
         lines.append(f"{v['id']:<{width}}  {v['status']:<6}  {_value_text(v)}  {detail}")
     n = counts(verdicts)
-    lines.append(f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error")
+    lines.append(f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error, "
+                 f"{n[UNSUPPORTED]} unsupported")
     return "\n".join(lines)
 
 
@@ -104,7 +158,7 @@ def results_rows(verdicts: list[dict]) -> dict:
     """{(model, variant, backend, device): {(precision, batch): {fps, AP50, AP}}} from a run's verdicts."""
     table: dict = {}
     for v in verdicts:
-        if v["status"] == ERROR:
+        if v["status"] in (ERROR, UNSUPPORTED) or not v.get("values"):
             continue
         c = v["case"]
         row = table.setdefault((c["model"], c["variant"], c["backend"], v.get("device", "?")), {}) \

@@ -34,7 +34,8 @@ from .results import check_targets, new_record, verdict_of
 from .options import RunConfig, parallelism  # noqa: F401  RunConfig: re-exported for callers of the drivers
 from .specs import Variant, load_model
 from .telemetry import Sampler
-from .timing import measure
+from .timed_outputs import from_timing_sample
+from .timing import measure, validity_reasons
 
 
 def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
@@ -361,6 +362,7 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
                         min_duration_s=cfg.min_duration_s)
     # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
+    reasons += validity_reasons(stats, cfg.min_iters, cfg.min_duration_s)
     values = {"fps": stats.fps, "latency_mean_ms": stats.mean_ms, "latency_p50_ms": stats.p50_ms,
               "latency_p90_ms": stats.p90_ms, "latency_p99_ms": stats.p99_ms}
     items = sample[0][:E2E_IMAGES] if sample[0] else None
@@ -368,6 +370,9 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
                                        cfg.min_duration_s).as_dict(), "images": len(items), "reason": None} \
         if items else {"stats": None, "images": 0, "reason": f"{sample[1]}: end-to-end time needs real images"}
     record = new_record("performance", **_base_fields(cfg, p), input=source, timing=stats.as_dict(),
+                        timing_settings={"warmup_s": cfg.warmup_s, "min_duration_s": cfg.min_duration_s,
+                                         "min_iters": cfg.min_iters, "threads": cfg.threads},
                         compute=compute_time(p.runner, x, stats), end_to_end=e2e,
+                        timed_detections=from_timing_sample(p.variant, last["out"], sample[0], cfg.batch_size),
                         telemetry=sampler.summary(stats.fps), metrics=values)
     return _finish(record, values, _targets(p, cfg), reasons)

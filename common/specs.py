@@ -33,7 +33,7 @@ VARIANT_SECTIONS = {
     "export": {"opset", "config_overrides"},
     "checkpoint": {"url", "sha256", "sha256_prefix", "config", "upstream_config"},
     "matrix": {"backends", "precisions", "batch_sizes", "accuracy_batch_sizes", "annotation", "max_images", "onnx",
-               "relative"},
+               "relative", "accuracy_noise", "reference_fraction"},
     "fidelity": {"min_cosine", "max_norm_err", "outputs", "score_threshold", "min_matched", "min_mean_iou",
                  "max_score_diff", "max_ap_diff", "node_min_cosine", "node_max_norm_err"},
 }

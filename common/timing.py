@@ -72,6 +72,17 @@ def measure(step: Callable[[], object], sync: Callable[[], None], batch_size: in
     return summarize(samples, batch_size)
 
 
+def validity_reasons(stats: TimingStats, min_iters: int, min_duration_s: float) -> list[str]:
+    """MLPerf's rule: a run that timed fewer iterations or less time than its minimums (a max_iters cap, a
+    clock that stopped early) is invalid, not merely noisy: its figure must not be reported as a result."""
+    out = []
+    if stats.iterations < min_iters:
+        out.append(f"invalid performance run: {stats.iterations} timed iterations < the minimum {min_iters}")
+    if stats.total_s < min_duration_s - 1e-9:
+        out.append(f"invalid performance run: {stats.total_s:.3f} s timed < the minimum duration {min_duration_s:g} s")
+    return out
+
+
 def format_timing(t: TimingStats) -> str:
     lines = [f" throughput  {t.fps:10.2f} FPS   (batch {t.batch_size}, {t.iterations} iterations, {t.total_s:.2f} s)",
              f" latency ms  mean {t.mean_ms:.3f}  p50 {t.p50_ms:.3f}  p90 {t.p90_ms:.3f}  p99 {t.p99_ms:.3f}  "

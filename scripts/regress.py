@@ -6,8 +6,10 @@
     scripts/regress.py report results/regress/RUN [--history results/history.jsonl] [--update-readmes]
     scripts/regress.py baseline-update results/regress/RUN [--cases 'rtmdet/*/bs1/*']
 
-Exit codes: 0 every case passed, 1 a regression, failed target or crashed case, 2 configuration error,
-130 interrupted (Ctrl-C or SIGTERM: the running case is stopped with it).
+Exit codes: 0 every case passed; 1 a regression or failed target; 2 configuration error; 3 infrastructure error
+(a case crashed, timed out, wrote no record or measured invalidly); 4 incomplete (a merge missing shards or
+outcomes; with --strict also a missing baseline / FP32 reference or an unsupported cell); 130 interrupted
+(Ctrl-C or SIGTERM: the running case is stopped with it). The first that applies in this order wins.
 """
 from __future__ import annotations
 
@@ -25,48 +27,50 @@ from common.interpreter import use_project_python  # noqa: E402
 use_project_python()
 
 from common.errors import EXIT_INTERRUPTED, SuiteError  # noqa: E402
-from common.matrix import KINDS, Filters, all_model_names, enumerate_cases, parse_shard, shard  # noqa: E402
-from common.regress import (EXIT_CONFIG, CaseOptions, ReportOptions, merge_runs, report, run_matrix,  # noqa: E402
-                            verdicts_of)
-from common.verdicts import FpsRule, update_baselines  # noqa: E402
+from common.matrix import (KINDS, Filters, ModelMap, all_model_names, enumerate_cases, parse_shard,  # noqa: E402
+                           shard)
+from common.regress import (EXIT_CONFIG, EXIT_REGRESSION, CaseOptions, ReportOptions, absolute_path,  # noqa: E402
+                            completeness, confirm_fps_failures, merge_runs, report, run_matrix, verdicts_of)
+from common.specs import load_model  # noqa: E402
+from common.verdicts import BaselineRefused, FpsRule, update_baselines  # noqa: E402
 
 
 def _report_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("verdicts and reports")
-    g.add_argument("--baselines", default=None, help="baseline directory (default: <repo>/baselines)")
+    g.add_argument("--baselines", default=os.environ.get("REGRESS_BASELINES"),
+                   help="baseline directory (default: $REGRESS_BASELINES, else <repo>/baselines)")
     g.add_argument("--device-name", default=os.environ.get("REGRESS_DEVICE_NAME"),
                    help="baseline device key, e.g. the accelerator model (default: the record's device)")
     g.add_argument("--fps-k", type=float, default=3.0, help="tolerance band = k x combined CoV (default 3)")
     g.add_argument("--fps-min-band", type=float, default=0.05, help="narrowest band, relative (default 0.05)")
     g.add_argument("--fps-max-band", type=float, default=0.30, help="widest band, relative (default 0.30)")
-    g.add_argument("--fps-max-cov", type=float, default=0.10, help="CoV above which FPS is flagged noisy")
-    g.add_argument("--jumps", choices=("fail", "warn"), default="fail", help="an FPS rise beyond the band")
-    g.add_argument("--noisy", choices=("warn", "fail"), default="warn", help="a noisy FPS inside the band")
+    g.add_argument("--fps-max-cov", type=float, default=0.10,
+                   help="combined CoV above which an FPS inside the band is flagged noisy (default 0.10)")
+    g.add_argument("--jumps", choices=("fail", "warn"), default="fail",
+                   help="verdict of an FPS rise beyond the band (default fail)")
+    g.add_argument("--noisy", choices=("warn", "fail"), default="warn",
+                   help="verdict of a noisy FPS inside the band (default warn)")
+    g.add_argument("--acc-z", type=float, default=3.0,
+                   help="accuracy baseline tolerance in standard deviations of the paired AP difference "
+                        "(default 3; docs/ci-regression.md)")
+    g.add_argument("--strict", action="store_true",
+                   help="a missing baseline or FP32 reference and an unsupported cell fail the run (exit 4)")
     g.add_argument("--history", default=os.environ.get("REGRESS_HISTORY"),
                    help="append-only JSONL history to append to and plot from")
     g.add_argument("--update-readmes", action="store_true",
                    help="write the results table into models/<name>/README.md")
-    g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--no-plots", action="store_true", help="write no PNG plots")
 
 
 def _report_options(args) -> ReportOptions:
-    ro = ReportOptions(device_name=args.device_name, history=args.history, update_readmes=args.update_readmes,
-                       plots=not args.no_plots, step_summary=os.environ.get("GITHUB_STEP_SUMMARY"),
+    ro = ReportOptions(device_name=args.device_name, history=absolute_path(args.history),
+                       update_readmes=args.update_readmes, plots=not args.no_plots,
+                       step_summary=os.environ.get("GITHUB_STEP_SUMMARY"), strict=args.strict,
                        rule=FpsRule(k_sigma=args.fps_k, min_band=args.fps_min_band, max_band=args.fps_max_band,
-                                    max_cov=args.fps_max_cov, jumps=args.jumps, noisy=args.noisy))
+                                    max_cov=args.fps_max_cov, jumps=args.jumps, noisy=args.noisy, acc_z=args.acc_z))
     if args.baselines:
-        ro.baselines_dir = args.baselines
+        ro.baselines_dir = absolute_path(args.baselines)
     return ro
-
-
-def _onnx_map(items) -> dict:
-    out = {}
-    for item in items or []:
-        model, sep, path = item.partition("=")
-        if not sep or not model or not path:
-            raise SuiteError(f"--onnx expects MODEL=PATH, got {item!r}")
-        out[model] = path
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,17 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     c = run.add_argument_group("case options (passed to every `python -m common.cli` case)")
     c.add_argument("--timeout", type=float, default=1800.0, help="seconds per case (default 1800)")
     c.add_argument("--repeats", type=int, default=3, help="performance measurements per case (default 3)")
-    c.add_argument("--device", default=None)
-    c.add_argument("--dataset-dir", default=os.environ.get("DATASETS_DIR"))
-    c.add_argument("--ann", default=None, help="annotation file for every accuracy case")
-    c.add_argument("--max-images", type=int, default=None)
-    c.add_argument("--onnx", action="append", help="MODEL=PATH (repeatable)")
-    c.add_argument("--cache-dir", default=os.environ.get("ENGINE_CACHE_DIR"))
-    c.add_argument("--threads", type=int, default=0)
-    c.add_argument("--workers", type=int, default=1)
-    c.add_argument("--warmup", type=float, default=None)
-    c.add_argument("--min-duration", type=float, default=None)
-    c.add_argument("--min-iters", type=int, default=None)
+    c.add_argument("--no-confirm", action="store_true",
+                   help="do not re-measure a performance case whose FPS fell below its band (default: re-measure "
+                        "once; the case fails only when both measurements are below)")
+    c.add_argument("--device", default=None, help="backend device of every case (default: the backend's)")
+    c.add_argument("--dataset-dir", default=os.environ.get("DATASETS_DIR"),
+                   help="COCO dir (default: $DATASETS_DIR)")
+    c.add_argument("--ann", default=os.environ.get("REGRESS_ANN"),
+                   help="annotation file for every accuracy case: a name under <dataset>/annotations or a path "
+                        "(default: $REGRESS_ANN, else the matrix section's, else the spec's)")
+    c.add_argument("--max-images", type=int, default=None, help="cap on accuracy images (default: the matrix's)")
+    c.add_argument("--onnx", action="append", metavar="MODEL[/VARIANT]=PATH",
+                   help="the ONNX of a variant (MODEL alone: its default variant); repeatable")
+    c.add_argument("--models-manifest", default=os.environ.get("REGRESS_MODELS"), metavar="FILE",
+                   help="YAML {MODEL/VARIANT: PATH | {onnx|checkpoint|config: PATH}} (default: $REGRESS_MODELS)")
+    c.add_argument("--cache-dir", default=os.environ.get("ENGINE_CACHE_DIR"),
+                   help="engine cache (default: $ENGINE_CACHE_DIR, else the suite's)")
+    c.add_argument("--threads", type=int, default=0, help="runtime threads (default 0 = the runtime's)")
+    c.add_argument("--workers", type=int, default=1, help="accuracy decode workers (default 1)")
+    c.add_argument("--warmup", type=float, default=None, help="performance warm-up seconds (default: the suite's)")
+    c.add_argument("--min-duration", type=float, default=None,
+                   help="performance minimum timed seconds (default: the suite's)")
+    c.add_argument("--min-iters", type=int, default=None,
+                   help="performance minimum timed iterations (default: the suite's)")
     _report_args(run)
     merge = sub.add_parser("merge", help="combine shard run directories into one report")
     merge.add_argument("shards", nargs="+")
@@ -107,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="(re)compute verdicts and reports of a run directory")
     rep.add_argument("run_dir")
     _report_args(rep)
-    base = sub.add_parser("baseline-update", help="store a run's measured FPS as the baseline")
+    base = sub.add_parser("baseline-update", help="store a run's FPS and accuracy figures as the baseline")
     base.add_argument("run_dir")
     base.add_argument("--cases", default=None, help="comma-separated globs over case ids (default: all)")
+    base.add_argument("--force", action="store_true", help="store failing cases too (default: refuse them)")
     _report_args(base)
     return parser
 
@@ -124,44 +141,67 @@ def main(argv=None) -> int:
         ropts = _report_options(args)
         if args.command == "run":
             models = args.models.split(",") if args.models else all_model_names()
+            models = [m if not m.endswith((".yaml", ".yml")) else absolute_path(m) for m in models]
+            model_map = ModelMap.parse(args.onnx, absolute_path(args.models_manifest))
+            unknown = model_map.unknown_keys([load_model(m) for m in models])
+            if unknown:
+                raise SuiteError(f"--onnx / manifest names no model or variant of the matrix: {', '.join(unknown)}")
+            skipped: list = []
             cases = enumerate_cases(models, Filters(models=None, variants=args.variant, precisions=args.precision,
                                                     batch_sizes=args.batch_size, backends=args.backend,
-                                                    kinds=args.kind))
+                                                    kinds=args.kind), model_map, skipped)
+            if skipped:
+                print(f"not in the matrix (no model given; --onnx MODEL/VARIANT=PATH): {', '.join(skipped)}")
             if args.shard:
                 k, n = parse_shard(args.shard)
                 cases = shard(cases, k, n)
             if not cases and not args.shard:
-                raise SuiteError("the filters select no case of the matrix")
+                raise SuiteError("the filters select no case of the matrix" + (
+                    " that has a model: give one with --onnx MODEL[/VARIANT]=PATH or --models-manifest"
+                    if skipped else ""))
             if args.list:
                 print("\n".join(c.id for c in cases))
                 return 0
             run_id = args.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-            out = Path(args.out or Path("results") / "regress" / run_id)
+            out = Path(absolute_path(args.out) if args.out else Path("results", "regress", run_id).resolve())
             opts = CaseOptions(timeout_s=args.timeout, repeats=max(1, args.repeats), device=args.device,
-                               dataset_dir=args.dataset_dir, annotation=args.ann, max_images=args.max_images,
-                               onnx=_onnx_map(args.onnx), cache_dir=args.cache_dir, threads=args.threads,
-                               workers=args.workers, warmup_s=args.warmup, min_duration_s=args.min_duration,
-                               min_iters=args.min_iters)
+                               dataset_dir=absolute_path(args.dataset_dir),
+                               annotation=absolute_path(args.ann, only_if_exists=True), max_images=args.max_images,
+                               cache_dir=absolute_path(args.cache_dir), threads=args.threads, workers=args.workers,
+                               warmup_s=args.warmup, min_duration_s=args.min_duration, min_iters=args.min_iters,
+                               confirm=not args.no_confirm)
             run_matrix(cases, opts, out, run_id, args.shard)
             if not cases:
                 print(f"shard {args.shard} has no case: nothing to run")
                 return 0
+            confirm_fps_failures(cases, opts, out, ropts)
             return report(out, ropts)
         if args.command == "merge":
-            out = Path(args.out)
-            merge_runs([Path(s) for s in args.shards], out)
+            out = Path(absolute_path(args.out))
+            merge_runs([Path(absolute_path(s)) for s in args.shards], out)
             return report(out, ropts)
         if args.command == "report":
-            return report(Path(args.run_dir), ropts)
+            return report(Path(absolute_path(args.run_dir)), ropts)
         # baseline-update
-        _, verdicts = verdicts_of(Path(args.run_dir), ropts)
+        run_dir = Path(absolute_path(args.run_dir))
+        outcomes, verdicts = verdicts_of(run_dir, ropts)
+        gaps = completeness(run_dir, outcomes)
+        if gaps and not args.force:
+            print(f"error: refusing to store baselines from an incomplete run ({'; '.join(gaps[:3])}); "
+                  "pass --force to store the cases it has", file=sys.stderr)
+            return EXIT_REGRESSION
         globs = [g for g in (args.cases or "").split(",") if g]
         only = (lambda v: any(fnmatch.fnmatch(v["id"], g) for g in globs)) if globs else None
-        written = update_baselines(verdicts, ropts.baselines_dir, ropts.device_name, only)
+        try:
+            written = update_baselines(verdicts, ropts.baselines_dir, ropts.device_name, only,
+                                       {o["case"]["id"]: o for o in outcomes}, force=args.force)
+        except BaselineRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_REGRESSION
         for path in written:
             print(f"baseline written: {path}")
         if not written:
-            print("no performance result to store")
+            print("no result to store")
         return 0
     except SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,7 +26,8 @@ def verdicts(run_dir: Path) -> dict:
 
 
 def junit_cases(run_dir: Path) -> dict:
-    """{classname.name: (outcome tag or 'pass', message)} parsed back from junit.xml."""
+    """{classname.name: (outcome tag or 'pass', message)} parsed back from junit.xml (tag: failure, error or
+    skipped)."""
     root = ET.parse(run_dir / "junit.xml").getroot()
     assert root.tag == "testsuites"
     out = {}
@@ -35,8 +36,9 @@ def junit_cases(run_dir: Path) -> dict:
         assert int(suite.get("tests")) == len(tcs)
         assert int(suite.get("failures")) == sum(tc.find("failure") is not None for tc in tcs)
         assert int(suite.get("errors")) == sum(tc.find("error") is not None for tc in tcs)
+        assert int(suite.get("skipped")) == sum(tc.find("skipped") is not None for tc in tcs)
         for tc in tcs:
-            bad = tc.find("failure") if tc.find("failure") is not None else tc.find("error")
+            bad = next((tc.find(t) for t in ("failure", "error", "skipped") if tc.find(t) is not None), None)
             out[f"{tc.get('classname')}.{tc.get('name')}"] = ((bad.tag, bad.get("message")) if bad is not None
                                                               else ("pass", None))
     return out

@@ -1,0 +1,196 @@
+"""The shipped CI examples (ci/examples/*.yml) run as shipped on a runner that has only the shared data next to
+its checkout: each YAML is parsed, its jobs are run in stage / dependency order with their own variables, and
+every command of every job runs in a fresh copy of the repository, the way the CI system would, with small
+limits appended to the regression commands (few images, one repeat, short timing, batch size 1, FP32) and a wide
+FPS band (this test checks the pipeline, not the speed of a loaded CPU).
+
+Stand-ins, and only these: the install line (`pip install -r requirements.txt`) is skipped, the test's virtual
+environment being linked as .venv; the MR-V100 runner's IGIE SDK is the test-only simulation in tests/sim_igie
+(on PYTHONPATH); `actions/checkout` / `upload-artifact` are no-ops and `download-artifact` copies the shard
+folders where the real one puts them.
+
+GitLab: the first pipeline on a new device stops with exit 4 (strict: no baselines), the manual baseline-update
+jobs store them, the next pipeline passes. GitHub Actions then passes against the same baselines."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.options import ENV
+from regress_helpers import REPO
+
+RUN_LIMITS = ("--bs 1 --precision fp32 --max-images 8 --repeats 1 --warmup 0.05 --min-duration 0.2 --min-iters 3 "
+              "--workers 0 --timeout 300")
+REPORT_LIMITS = "--fps-min-band 0.95 --fps-max-band 10 --jumps warn --no-plots"
+
+
+def _with_limits(line: str) -> str:
+    """Append the small limits to a regress.py command (before its `||` handler: the command's own flags come
+    first, so the limits win)."""
+    m = re.search(r"scripts/regress\.py (run|merge|report|baseline-update)\b", line)
+    if not m:
+        return line
+    limits = (RUN_LIMITS + " " if m.group(1) == "run" else "") + REPORT_LIMITS
+    head, sep, tail = line.partition(" || ")
+    return f"{head} {limits}{sep}{tail}"
+
+
+@pytest.fixture()
+def runner(tmp_path, shared_data):
+    """A CI runner's working copy: the repository's files (not its ignored outputs) in <root>/checkout and the
+    shared data at <root>/shared/data, as the examples expect (../shared/data from the checkout)."""
+    root = tmp_path / "runner"
+    checkout = root / "checkout"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, checkout / name)
+    (checkout / ".venv").symlink_to(Path(sys.executable).resolve().parent.parent
+                                    if not (REPO / ".venv").exists() else (REPO / ".venv").resolve())
+    (root / "shared").mkdir()
+    (root / "shared" / "data").symlink_to(shared_data)
+    shutil.rmtree(checkout / "baselines" / "cpu-ci", ignore_errors=True)   # a new device: no baselines yet
+    shutil.rmtree(checkout / "baselines" / "mr-v100", ignore_errors=True)
+    return checkout
+
+
+def _base_env(checkout: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ENV and not k.startswith("REGRESS_")
+           and k not in ("GITHUB_STEP_SUMMARY", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(checkout / "tests" / "sim_igie")     # the simulated IGIE SDK of the MR-V100 runner
+    return env
+
+
+def _expand(value: str, env: dict) -> str:
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), str(value))
+
+
+def _sh(line: str, checkout: Path, env: dict, log: list) -> int:
+    line = _with_limits(line)
+    proc = subprocess.run(["bash", "-c", line], cwd=checkout, env=env, capture_output=True, text=True,
+                          timeout=900)
+    log.append(f"$ {line}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}[exit {proc.returncode}]")
+    return proc.returncode
+
+
+# --- GitLab ----------------------------------------------------------------------------------------------------------
+
+def _gitlab_jobs(ci: dict) -> list[tuple[str, dict]]:
+    """Jobs in stage order, `extends` resolved, `parallel: N` expanded into N jobs with CI_NODE_INDEX/TOTAL."""
+    stages = ci.get("stages", ["test"])
+    jobs = []
+    for name, job in ci.items():
+        if name.startswith(".") or not isinstance(job, dict) or "script" not in job:
+            continue
+        for parent in [job["extends"]] if isinstance(job.get("extends"), str) else job.get("extends", []):
+            job = {**ci[parent], **job}
+        n = job.get("parallel", 1)
+        for k in range(1, n + 1):
+            node = dict(job, node_vars={"CI_NODE_INDEX": str(k), "CI_NODE_TOTAL": str(n)} if n > 1 else {},
+                        base_name=name)
+            jobs.append((f"{name} {k}/{n}" if n > 1 else name, node))
+    return sorted(jobs, key=lambda j: stages.index(j[1].get("stage", "test")))
+
+
+def _run_gitlab(ci: dict, checkout: Path, pipeline: int, manual: bool, log: list) -> dict:
+    results: dict = {}      # base job name -> worst exit code of its instances
+    for name, job in _gitlab_jobs(ci):
+        if (job.get("when") == "manual") != manual:
+            continue
+        needs = job.get("needs", [])
+        if any(results.get(n, 0) != 0 for n in needs) and job.get("when") != "always":
+            results[job["base_name"]] = "skipped"
+            continue
+        env = _base_env(checkout)
+        env.update(CI_PIPELINE_ID=str(pipeline), **job["node_vars"])
+        for key, val in {**ci.get("variables", {}), **job.get("variables", {})}.items():
+            env[key] = _expand(val, env)
+        code = 0
+        for line in job.get("before_script", []) + job["script"]:
+            if "pip install" in line:
+                continue          # the test's virtual environment stands in for the install
+            code = _sh(line, checkout, env, log)
+            if code:
+                break
+        prev = results.get(job["base_name"], 0)
+        results[job["base_name"]] = code if code else prev
+    return results
+
+
+# --- GitHub Actions ---------------------------------------------------------------------------------------------------
+
+def _run_github(wf: dict, checkout: Path, run_id: int, log: list) -> dict:
+    results: dict = {}
+    order = ["cpu", "shard", "merge"]
+    assert sorted(wf["jobs"]) == sorted(order)
+    for name in order:
+        job = wf["jobs"][name]
+        shards = job.get("strategy", {}).get("matrix", {}).get("shard", [None])
+        for shard in shards:
+            env = _base_env(checkout)
+            ctx = {"github.run_id": str(run_id), "github.run_attempt": "1", "matrix.shard": str(shard)}
+            sub = lambda text: re.sub(r"\$\{\{\s*([\w.]+)\s*\}\}",  # noqa: E731
+                                      lambda m: ctx.get(m.group(1), ""), text)
+            for key, val in {**wf.get("env", {}), **job.get("env", {})}.items():
+                env[key] = sub(str(val))
+            failed = 0
+            for step in job["steps"]:
+                cond = str(step.get("if", ""))
+                if "inputs.baseline_update" in cond:
+                    continue          # workflow_dispatch input: false on a pull request
+                if failed and "always()" not in cond:
+                    continue
+                uses = step.get("uses", "")
+                if uses.startswith("actions/download-artifact"):
+                    for d in sorted((checkout / "regress").glob("shard-*")):
+                        dst = checkout / "shards" / f"regress-{d.name}" / d.name
+                        shutil.copytree(d, dst, dirs_exist_ok=True)
+                    continue
+                if uses:
+                    continue          # checkout / upload-artifact
+                script = sub(step["run"]).replace("\\\n", " ")
+                if "pip install" in script:
+                    continue
+                for line in filter(str.strip, script.splitlines()):
+                    code = _sh(line, checkout, env, log)
+                    if code:
+                        failed = code
+                        break
+            results[name] = failed or results.get(name, 0)
+    return results
+
+
+def test_shipped_ci_examples_run_as_shipped(runner):
+    log: list = []
+    try:
+        gitlab = yaml.safe_load((runner / "ci/examples/gitlab-ci.yml").read_text())
+        first = _run_gitlab(gitlab, runner, 1, manual=False, log=log)
+        # a new device: strict mode stops the CPU job and the merge with exit 4, never a silent pass
+        assert first == {"regress:cpu": 4, "regress:mr-v100": 0, "merge:mr-v100": 4}, first
+        accepted = _run_gitlab(gitlab, runner, 1, manual=True, log=log)
+        assert accepted == {"baseline-update:mr-v100": 0, "baseline-update:cpu": 0}, accepted
+        stored = sorted(str(p.relative_to(runner / "baselines")) for p in (runner / "baselines").rglob("*.json"))
+        assert [p.split("/")[0] for p in stored] == ["cpu-ci", "mr-v100"], stored
+        shutil.rmtree(runner / "regress")                       # the next pipeline has a fresh checkout
+        second = _run_gitlab(gitlab, runner, 2, manual=False, log=log)
+        assert second == {"regress:cpu": 0, "regress:mr-v100": 0, "merge:mr-v100": 0}, second
+        merged = (runner / "regress" / "merged" / "summary.md").read_text()
+        assert "PASSED" in merged and "igie" in merged and "onnxruntime" not in merged
+        assert "onnxruntime" in (runner / "regress" / "cpu" / "summary.md").read_text()
+
+        shutil.rmtree(runner / "regress")
+        github = yaml.safe_load((runner / "ci/examples/github-actions.yml").read_text())
+        assert _run_github(github, runner, 3, log) == {"cpu": 0, "shard": 0, "merge": 0}
+    except BaseException:
+        print("\n\n".join(log[-8:]))
+        raise
