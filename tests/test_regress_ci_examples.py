@@ -52,7 +52,10 @@ def runner(tmp_path, shared_data):
                            capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, files):
         src = REPO / name
-        if src.is_file():
+        if src.is_symlink():   # .importpath/common -> ../common: the copy's code must be its own
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            (checkout / name).symlink_to(src.readlink())
+        elif src.is_file():
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, checkout / name)
     (checkout / ".venv").symlink_to(Path(sys.executable).resolve().parent.parent
