@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -288,8 +289,17 @@ def run_accuracy(cfg: RunConfig) -> dict:
         setup.submit(_read_environment)
         setup.shutdown(wait=False)
         if needs_preflight(cfg):  # a broken engine fails here in seconds, not after the full pass
-            from .fidelity import preflight  # only here: the reference run's own imports cost every run ~20 ms
-            preflight(cfg, p, items, annotations)
+            from .fidelity import FidelityFailure, preflight  # only here: its imports cost every run ~20 ms
+            try:
+                preflight(cfg, p, items, annotations)
+            except FidelityFailure as exc:  # exit 1 promises a record: verdict fail, the pre-flight's reasons
+                print(f"error: {exc}", file=sys.stderr)
+                return _finish(new_record("accuracy", **_base_fields(cfg, p), metrics={},
+                                          dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
+                                                   "num_images": 0, "stopped_by": "preflight"},
+                                          preflight=getattr(exc, "report", None)),
+                               {}, _targets(p, cfg), ["preflight: " + r for r in getattr(exc, "report", {}).get("reasons", [])]
+                               or [str(exc)])
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in

@@ -119,6 +119,9 @@ def _worst(statuses) -> str:
 def _judge_accuracy(v: dict, outcome: dict, outcomes: list[dict], rule: dict) -> list[str]:
     """Statuses of the relative rule: this case's metrics against its FP32 reference (none for FP32 itself)."""
     c, record = outcome["case"], outcome["records"][0]
+    if record["dataset"].get("stopped_by"):   # the pre-flight failed it: a record with reasons, no metrics
+        v["notes"].append(f"stopped by the {record['dataset']['stopped_by']}: " + "; ".join(record["reasons"]))
+        return [FAILED]
     m = record["metrics"]
     v["values"] = {"AP": m["AP"], "AP50": m["AP50"], "images": record["dataset"]["num_images"]}
     if c["precision"] == "fp32":
