@@ -74,14 +74,27 @@ def session_with_outputs(model, names: list, types: dict):
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def run_exposed(model, names: list, types: dict, input_name: str, x: np.ndarray, extra=None) -> dict:
-    """{tensor: [value per image]} with every named tensor exposed as an output (one image per call)."""
+def images_per_call(model, input_name: str, n: int) -> int:
+    """All images in one call when the graph's batch dimension is free (far fewer runs of a graph with every
+    tensor exposed), else one image per call."""
+    dim = next((i.type.tensor_type.shape.dim[0] for i in model.graph.input if i.name == input_name), None)
+    return n if dim is not None and not dim.HasField("dim_value") else 1
+
+
+def run_exposed(model, names: list, types: dict, input_name: str, x: np.ndarray, extra=None,
+                step: int = 1) -> dict:
+    """{tensor: [value per call of `step` images]} with every named tensor exposed as an output. `extra`: the
+    other graph inputs, one row each ([1, ...]), repeated for every image of a call."""
     if not names:
         return {}
     sess = session_with_outputs(model, names, types)
-    values = [sess.run(names, {input_name: x[i:i + 1], **(extra or {})}) for i in range(len(x))]
+    values = []
+    for i in range(0, len(x), step):
+        xi = x[i:i + step]
+        feeds = {k: np.ascontiguousarray(np.broadcast_to(v, (len(xi), *np.shape(v)[1:])))
+                 for k, v in (extra or {}).items()}
+        values.append(sess.run(names, {input_name: xi, **feeds}))
     return {n: [v[k] for v in values] for k, n in enumerate(names)}
-
 
 
 def source_map(model32, model16) -> dict:
@@ -255,10 +268,11 @@ class Scan:
     unmapped: list = field(default_factory=list)  # float tensors of the FP16 graph with no FP32 source
 
 
-def _input_values(input_name, x, extra) -> dict:
-    vals = {input_name: [x[i:i + 1] for i in range(len(x))]}
+def _input_values(input_name, x, extra, step) -> dict:
+    calls = [x[i:i + step] for i in range(0, len(x), step)]
+    vals = {input_name: calls}
     for k, v in (extra or {}).items():
-        vals[k] = [v] * len(x)
+        vals[k] = [np.broadcast_to(v, (len(c), *np.shape(v)[1:])) for c in calls]
     return vals
 
 
@@ -296,7 +310,8 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
     outs = [(n, o) for n in nodes for o in n.output if o and types16.get(o)]
     scan.watched = len(outs) + len(scan.checks)
     cache = ref_cache if ref_cache is not None and len(outs) <= chunk else {}
-    inputs_ref = _input_values(input_name, x, extra_inputs)
+    step = images_per_call(model32, input_name, len(x))
+    inputs_ref = _input_values(input_name, x, extra_inputs, step)
     diverged: set = set()
     ranges: dict = {}
     for start in range(0, len(outs), chunk):
@@ -306,8 +321,8 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
             if s is None and types16[o] in floats:
                 scan.unmapped.append(o)
         need = sorted({s for _, _, s in mapped if s and s in produced32 and s not in cache and types32.get(s)})
-        cache.update(run_exposed(model32, need, types32, input_name, x, extra_inputs))
-        cand = run_exposed(model16, [o for _, o, _ in mapped], types16, input_name, x, extra_inputs)
+        cache.update(run_exposed(model32, need, types32, input_name, x, extra_inputs, step))
+        cand = run_exposed(model16, [o for _, o, _ in mapped], types16, input_name, x, extra_inputs, step)
         for n, o, s in mapped:
             if s is None:
                 continue

@@ -164,7 +164,12 @@ def test_preflight_stops_an_accuracy_run_on_a_broken_engine(tiny, coco_layout, t
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "preflight: onnxruntime fp16 vs FP32 reference on 4 image(s): FAIL" in bad.stdout
     assert "reference detections" in bad.stdout and "out of tolerance" in bad.stderr
-    assert not list((tmp_path / "bad").glob("*.json"))       # stopped before the full pass: no record
+    # stopped before the full pass, and exit 1 comes with its record: verdict fail, the pre-flight's reasons
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "bad").glob("*.json")]
+    assert record["verdict"] == "fail" and record["dataset"]["stopped_by"] == "preflight"
+    assert any(r.startswith("preflight: FP16 range:") and "overflow" in r for r in record["reasons"])
+    assert record["preflight"]["fp16_range"]["verdict"] == "fail" and record["metrics"] == {}
+    assert "stopped by the preflight before the full pass" in bad.stdout
     # the same broken engine without the pre-flight goes through the whole pass
     full = _accuracy(tiny["planted"], coco_layout, tmp_path / "full", tiny["cache"], "--preflight", 0,
                      "--max-images", 40)
