@@ -115,7 +115,8 @@ def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol, blo
         if f.reason in ("nonfinite", "tolerance"):
             to_block.append(nodes[f.name])
     names = [n.name for n in to_block if n.name and n.op_type not in op_blocked]
-    return {"watched": scan.watched, "scanned": len(scan.checks), "diverged": scan.diverged, "findings": findings,
+    return {"watched": scan.watched, "scanned": scan.scanned, "unmapped": scan.unmapped, "diverged": scan.diverged,
+            "findings": findings,
             "to_block": list(dict.fromkeys(names)), "range": summarise(scan),
             "clean": not any(c.reason for c in scan.checks)}
 

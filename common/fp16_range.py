@@ -264,6 +264,7 @@ class TensorCheck:
 class Scan:
     checks: list = field(default_factory=list)    # TensorCheck, in the FP16 graph's order
     watched: int = 0
+    scanned: int = 0       # tensors compared with their FP32 source (integer ones for equality only)
     diverged: int = 0
     unmapped: list = field(default_factory=list)  # float tensors of the FP16 graph with no FP32 source
 
@@ -287,7 +288,6 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
     import onnx
     from onnx import numpy_helper
     FLOAT16 = onnx.TensorProto.FLOAT16
-    floats = (onnx.TensorProto.FLOAT, FLOAT16, onnx.TensorProto.DOUBLE)
     types32, types16 = graph_types(model32), graph_types(model16)
     src = source_map(model32, model16)
     want_norm = getattr(tol, "node_max_norm_err", 1.0) < 1.0
@@ -304,6 +304,7 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
         reason = "overflow" if rng.overflow else ("underflow" if rng.quant_cosine < tol.node_min_cosine else None)
         scan.checks.append(TensorCheck(t.name, s, None, (), True, reason, rng.quant_cosine, rng.max_abs,
                                        rng.overflow or rng.flushed))
+        scan.scanned += 1
     graph_inputs = {i.name for i in model32.graph.input}
     produced32 = {o for n in model32.graph.node for o in n.output}
     nodes = [n for n in model16.graph.node]
@@ -318,7 +319,7 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
         part = outs[start:start + chunk]
         mapped = [(n, o, src.get(o)) for n, o in part]
         for n, o, s in mapped:
-            if s is None and types16[o] in floats:
+            if s is None:
                 scan.unmapped.append(o)
         need = sorted({s for _, _, s in mapped if s and s in produced32 and s not in cache and types32.get(s)})
         cache.update(run_exposed(model32, need, types32, input_name, x, extra_inputs, step))
@@ -328,7 +329,9 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
                 continue
             ref = cache.get(s) if s not in graph_inputs else inputs_ref.get(s)
             if ref is None:
+                scan.unmapped.append(o)
                 continue
+            scan.scanned += 1
             c = cand[o]
             is16 = types16[o] == FLOAT16
             if any(a.shape != b.shape for a, b in zip(ref, c)) or any(i in diverged for i in n.input):
