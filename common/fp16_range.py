@@ -371,24 +371,43 @@ def range_findings(scan: Scan) -> list:
     return [c for c in scan.checks if c.reason in RANGE_REASONS]
 
 
-def summarise(scan: Scan, limit: int = 8) -> dict:
-    """The range check's verdict and reasons, as stored in a report."""
+def _downstream_of_range(scan: Scan) -> set:
+    """Tensors computed (directly or not) from a tensor with a range finding."""
+    ranged, after = set(), set()
+    for c in scan.checks:
+        if any(i in ranged or i in after for i in c.inputs):
+            after.add(c.tensor)
+        if c.reason in RANGE_REASONS:
+            ranged.add(c.tensor)
+    return after
+
+
+def summarise(scan: Scan, limit: int = 5) -> dict:
+    """The range check's verdict and reasons, as stored in a report. NaN / Inf that follows an overflow is
+    counted, not listed: the overflow is the news."""
     found = range_findings(scan)
+    after = _downstream_of_range(scan)
     reasons = []
     for reason, what in (("overflow", "overflow float16 (finite FP32 values beyond 65504: Inf on an FP16 device)"),
                          ("underflow", "lose their values below float16's range (cosine of the float16 rounding "
                                        "below the node tolerance)"),
                          ("nonfinite", "hold NaN / Inf in the FP16 graph where the FP32 reference is finite")):
         hits = [c for c in found if c.reason == reason]
-        if hits:
-            names = ", ".join(f"{c.tensor} (|ref| max {c.ref_max_abs:.4g}, {c.count} values)" for c in hits[:limit])
-            more = f" and {len(hits) - limit} more" if len(hits) > limit else ""
-            reasons.append(f"FP16 range: {len(hits)} tensor(s) {what}: {names}{more}")
+        if not hits:
+            continue
+        listed = [c for c in hits if reason != "nonfinite" or c.tensor not in after]
+        names = ", ".join(f"{c.tensor} (|ref| max {c.ref_max_abs:.4g}, {c.count} values)" for c in listed[:limit])
+        more = f" and {len(listed) - limit} more" if len(listed) > limit else ""
+        follow = len(hits) - len(listed)
+        tail = (f"{': ' + names if names else ''}{more}"
+                + (f"{'; ' if names else ': '}{follow} of them downstream of the tensors above" if follow else ""))
+        reasons.append(f"FP16 range: {len(hits)} tensor(s) {what}{tail}")
     n16 = sum(1 for c in scan.checks if c.float16)
     return {"verdict": "fail" if found else "pass", "reasons": reasons, "float16_tensors": n16,
             "tensors": len(scan.checks), "diverged": scan.diverged, "unmapped": len(scan.unmapped),
             "findings": [{"tensor": c.tensor, "source": c.source, "node": c.node, "reason": c.reason,
-                          "count": c.count, "ref_max_abs": c.ref_max_abs} for c in found]}
+                          "count": c.count, "ref_max_abs": c.ref_max_abs, "downstream": c.tensor in after}
+                         for c in found]}
 
 
 def load_fp16_graph(onnx_path: Path, engine: Path | None = None, block_ops=(), block_nodes=(),

@@ -293,7 +293,8 @@ def run_accuracy(cfg: RunConfig) -> dict:
             try:
                 preflight(cfg, p, items, annotations)
             except FidelityFailure as exc:  # exit 1 promises a record: verdict fail, the pre-flight's reasons
-                print(f"error: {exc}", file=sys.stderr)
+                print("error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
+                      "and in the record; see docs/fidelity.md; --preflight 0 skips this check)", file=sys.stderr)
                 return _finish(new_record("accuracy", **_base_fields(cfg, p), metrics={},
                                           dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
                                                    "num_images": 0, "stopped_by": "preflight"},
