@@ -254,6 +254,15 @@ def _in_streams(batches, runners: list, infer):
             t.join()
 
 
+def _preflight_record(cfg: RunConfig, p: Prepared, exc, images_dir, ann_file) -> dict:
+    """The record of an accuracy run the pre-flight stopped: no metrics, verdict fail, its reasons and report."""
+    report = getattr(exc, "report", None) or {}
+    record = new_record("accuracy", **_base_fields(cfg, p), metrics={}, preflight=report or None,
+                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file), "num_images": 0,
+                                 "stopped_by": "preflight"})
+    return _finish(record, {}, _targets(p, cfg), ["preflight: " + r for r in report.get("reasons", [])] or [str(exc)])
+
+
 def run_accuracy(cfg: RunConfig) -> dict:
     t_start = time.perf_counter()
     variant = load_model(cfg.model).variant(cfg.variant)
@@ -295,12 +304,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
             except FidelityFailure as exc:  # exit 1 promises a record: verdict fail, the pre-flight's reasons
                 print("error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
                       "and in the record; see docs/fidelity.md; --preflight 0 skips this check)", file=sys.stderr)
-                return _finish(new_record("accuracy", **_base_fields(cfg, p), metrics={},
-                                          dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
-                                                   "num_images": 0, "stopped_by": "preflight"},
-                                          preflight=getattr(exc, "report", None)),
-                               {}, _targets(p, cfg), ["preflight: " + r for r in getattr(exc, "report", {}).get("reasons", [])]
-                               or [str(exc)])
+                return _preflight_record(cfg, p, exc, images_dir, ann_file)
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
