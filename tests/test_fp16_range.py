@@ -192,3 +192,14 @@ def test_compare_fails_the_pool_concat_plant_the_cpu_runs_cleanly(plants, coco_l
     assert all(s["nan"] == 0 and s["inf"] == 0 for s in report["outputs"].values())   # the CPU hides it
     assert any("overflow float16" in r for r in report["reasons"])
     assert "float16 storage" in res.stdout
+
+
+def test_regression_counts_a_preflight_stopped_record_as_failed():
+    """A record the pre-flight stopped has no metrics: the regression verdict fails it with the reason."""
+    from common.verdicts import FAILED, _judge_accuracy
+    v = {"notes": []}
+    outcome = {"case": {"precision": "fp16"}, "records": [
+        {"dataset": {"stopped_by": "preflight", "num_images": 0}, "metrics": {},
+         "reasons": ["preflight: FP16 range: 1 tensor(s) overflow float16"]}]}
+    assert _judge_accuracy(v, outcome, [outcome], {"AP": 1.0}) == [FAILED]
+    assert "FP16 range" in v["notes"][0]
