@@ -112,7 +112,7 @@ def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol, blo
         to_block += ([p] if p is not None else []) + [r for r in readers.get(c.source, [])
                                                       if r.op_type not in _SHAPE_ONLY]
     for f in findings:
-        if f.reason in ("nonfinite", "tolerance"):
+        if f.reason in ("nonfinite", "tolerance") and f.name in nodes:
             to_block.append(nodes[f.name])
     names = [n.name for n in to_block if n.name and n.op_type not in op_blocked]
     return {"watched": scan.watched, "scanned": scan.scanned, "unmapped": scan.unmapped, "diverged": scan.diverged,

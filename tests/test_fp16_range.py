@@ -99,7 +99,7 @@ def plants(rtmdet_raw_onnx, coco_layout, tmp_path_factory):
     made = {}
     for name, (args, origin, minimal) in _plant_args(onnx.load(str(rtmdet_raw_onnx)).graph).items():
         made[name] = (plant_around(rtmdet_raw_onnx, d / f"{name}.onnx", **args), origin, minimal)
-    return {"raw": rtmdet_raw_onnx, "x": x, "plants": made, "dir": d}
+    return {"raw": rtmdet_raw_onnx, "x": x, "plants": made, "dir": d, "raw_outputs": _outputs(rtmdet_raw_onnx, x)}
 
 
 def _outputs(path, x):
@@ -133,7 +133,7 @@ def test_planted_fp16_problem_is_localised_to_a_sound_block_list(plants, plant, 
     path, origin, minimal = plants["plants"][plant]
     x = plants["x"]
     # the plant leaves the FP32 model as it was
-    for a, b in zip(_outputs(plants["raw"], x), _outputs(path, x)):
+    for a, b in zip(plants["raw_outputs"], _outputs(path, x)):
         assert np.abs(a - b).max() / np.abs(a).max() < 1e-4
 
     loc = localise(path, x, "input", Tolerance(), log=lambda *_: None)
@@ -144,8 +144,9 @@ def test_planted_fp16_problem_is_localised_to_a_sound_block_list(plants, plant, 
     assert loc["clean"] and len(loc["block_nodes"]) <= len(minimal) + 2, loc["block_nodes"]
     assert loc["range"]["verdict"] == "pass"
     assert _float16_tensors_sound(path, loc["block_nodes"], x, tmp_path) > 300
-    # the minimal list is sound too (so it is a fair yardstick) and nothing shorter is asked for by the plant
-    _float16_tensors_sound(path, minimal, x, tmp_path)
+    # the minimal list is sound too, so it is a fair yardstick (checked above when the two lists agree)
+    if sorted(loc["block_nodes"]) != sorted(minimal):
+        _float16_tensors_sound(path, minimal, x, tmp_path)
 
 
 def test_real_model_fp16_has_no_finding(plants):
