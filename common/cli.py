@@ -63,7 +63,9 @@ def print_summary(record: dict, path=None):
     head = (f"== {record['model']}/{record['variant']} | {record['backend']} {record['device']} "
             f"{record['precision']} | batch {record['batch_size']} | {record['kind']} ==")
     print(head)
-    if record["kind"] == "accuracy":
+    if record["kind"] == "accuracy" and record["dataset"].get("stopped_by"):
+        print(f" stopped by the {record['dataset']['stopped_by']} before the full pass: no metrics")
+    elif record["kind"] == "accuracy":
         m, d = record["metrics"], record["dataset"]
         print(f" dataset: {d['num_images']} images, categories {d['categories']}, {d['annotation']}")
         print(format_stats(m))

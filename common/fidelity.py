@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +24,12 @@ from .errors import EXIT_TARGET_FAILED, ConfigError, InputError, SuiteError
 from .evaluate import CocoEvaluator
 from .preprocess import Preprocessor
 from .specs import Variant
+from .tolerances import Tolerance  # noqa: F401 - re-exported
 
-FP16_MAX = 65504.0
-FP16_MIN_NORMAL = 6.104e-05   # below it float16 keeps fewer significant bits, and nothing below ~6e-8
+# the FP16 range check and the localisation live in their own modules (neither imports this one)
+from .fp16_localise import NodeFinding, find_fp16_culprits, localise  # noqa: F401 - re-exported
+from .fp16_range import FP16_MAX, FP16_MIN_NORMAL, range_check  # noqa: F401 - re-exported
+from .fp16_range import graph_types as _types, run_exposed as _run_exposed  # noqa: F401 - tests use them
 
 
 class FidelityFailure(SuiteError):
@@ -36,49 +38,9 @@ class FidelityFailure(SuiteError):
     exit_code = EXIT_TARGET_FAILED
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Defaults suited to a real FP16 engine on real images (FP16 keeps ~3 decimal digits)."""
-
-    min_cosine: float = 0.999          # per output, flattened
-    # per output: max |cand - ref| / max |ref|. A single element decides it, and real FP16 has outliers (RTMDet's
-    # raw box distances: 0.10 of the range at cosine 0.99994 with every detection matched), so it only catches
-    # gross breakage; cosine and the detection checks carry the precision.
-    max_norm_err: float = 0.25
-    outputs: tuple | None = None       # outputs whose tensor errors gate the verdict (None: every float output)
-    score_threshold: float = 0.3       # reference detections at or above this must be found by the candidate
-    min_matched: float = 0.95          # share of those matched (IoU >= 0.5, same label)
-    min_mean_iou: float = 0.9
-    max_score_diff: float = 0.02       # mean |score diff| of the matched pairs
-    max_ap_diff: float = 0.02          # |AP(candidate) - AP(reference)| on the compared images
-    # localisation: an intermediate tensor leaves tolerance below this cosine or above this max error (share of
-    # its range; 1.0 = off by default: one element of a Sigmoid fed by an FP16 Conv can be 0.3 off harmlessly)
-    node_min_cosine: float = 0.999
-    node_max_norm_err: float = 1.0
-
-
 def tolerance_of(variant: Variant) -> Tolerance:
-    """The variant's `fidelity:` block over the defaults; every mistake names the spec field."""
-    raw = variant.extra.get("fidelity") or {}
-    where = f"variants.{variant.name}.fidelity"
-    spec = variant.source or f"models/{variant.model}/model.yaml"     # the file the user wrote, named in every error
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}", spec)
-    known = {f.name for f in dataclasses.fields(Tolerance)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; known: {', '.join(sorted(known))}", spec)
-    values = {}
-    for key, value in raw.items():
-        if key == "outputs":
-            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise ConfigError(f"{where}.outputs: expected a list of output names, got {value!r}", spec)
-            values[key] = tuple(value)
-        elif key in known:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {value!r}", spec)
-            values[key] = float(value)
-    return Tolerance(**values)
+    """The variant's `fidelity:` section, typed and validated when the spec was loaded (common/tolerances.py)."""
+    return variant.fidelity
 
 
 # ---------------------------------------------------------------- images and engines
@@ -133,7 +95,8 @@ def reference_config(cfg):
 # ---------------------------------------------------------------- tensor and detection comparison
 
 def tensor_stats(ref: np.ndarray, cand: np.ndarray) -> dict:
-    """Errors of cand against ref (same shape), computed in float64 over the finite reference values."""
+    """Errors of cand against ref (same shape), computed in float64 over the values finite in both (a handful of
+    outputs, so float64 costs nothing here); cosine is 0 when cand holds NaN / Inf where ref is finite."""
     r = np.asarray(ref, np.float64).ravel()
     c = np.asarray(cand, np.float64).ravel()
     stats = {"size": int(r.size), "ref_nonfinite": int(r.size - np.isfinite(r).sum()),
@@ -149,6 +112,8 @@ def tensor_stats(ref: np.ndarray, cand: np.ndarray) -> dict:
     rel = d / np.maximum(np.abs(r[ok]), 1e-6 * max(stats["ref_max_abs"], 1e-30))
     nr, nc = np.linalg.norm(r[ok]), np.linalg.norm(c[ok])
     cosine = 1.0 if nr == 0 and nc == 0 else float(np.dot(r[ok], c[ok]) / max(nr * nc, 1e-300))
+    if (np.isfinite(r) & ~np.isfinite(c)).any():
+        cosine = 0.0   # NaN / Inf where the reference is finite: the finite part says nothing about the tensor
     stats.update(max_abs_err=float(d.max()), mean_abs_err=float(d.mean()), max_rel_err=float(rel.max()),
                  mean_rel_err=float(rel.mean()),
                  norm_err=float(d.max() / stats["ref_max_abs"]) if stats["ref_max_abs"] else float(d.max()),
@@ -326,9 +291,33 @@ def write_json(path, data: dict):
 
 # ---------------------------------------------------------------- the pre-flight of an accuracy run
 
+def add_fp16_range(report: dict, cfg, prepared, ref_prepared, x: np.ndarray, tol: Tolerance, log=print) -> None:
+    """For an FP16 candidate: the FP16 range check (common/fp16_range.py) of its graph on the images `x`, stored
+    under `fp16_range`; a failure fails the report. The CPU's FP16 outputs can be perfect while the graph
+    overflows on a device, so this, not the outputs, is what says the FP16 graph is sound."""
+    if cfg.precision != "fp16":
+        return
+    variant = prepared.variant
+    build = variant.extra.get("build") or {}
+    own = prepared.backend.capabilities.fp16_onnx
+    log(f"fp16 on {prepared.backend.name} {prepared.backend.device()}: "
+        f"{prepared.backend.precision_note('fp16')}")
+    result = range_check(prepared.onnx_path, x, variant.input_name, tol, prepared.engine if own else None,
+                         tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ())),
+                         extra_inputs=ref_prepared.runner.extra_feeds(1))
+    result["graph"] = "the candidate engine" if own else "the ONNX Runtime float16 conversion (stand-in)"
+    report["fp16_range"] = result
+    log(f" FP16 range check on {result['images']} image(s), {result['float16_tensors']} float16 tensor(s) of "
+        f"{result['graph']}: {result['verdict'].upper()}")
+    if result["verdict"] != "pass":
+        report["verdict"] = "fail"
+        report["reasons"] = list(report["reasons"]) + result["reasons"]
+
+
 def preflight(cfg, prepared, items, annotations) -> dict:
-    """Compare the accuracy run's engine with the FP32 reference on the first cfg.preflight images; raise
-    FidelityFailure (exit 1) when out of tolerance, so a broken engine fails before the full pass."""
+    """Compare the accuracy run's engine with the FP32 reference on the first cfg.preflight images (and, for FP16,
+    range-check its graph); raise FidelityFailure (exit 1, carrying the report) when out of tolerance, so a broken
+    engine fails before the full pass."""
     from .engine import prepare
     variant = prepared.variant
     tol = tolerance_of(variant)
@@ -336,196 +325,25 @@ def preflight(cfg, prepared, items, annotations) -> dict:
     ref = prepare(reference_config(cfg), variant, prepared.onnx_sha256, prepared.onnx_path)
     report = compare_runs(variant, run_images(ref.runner, images),
                           run_images(prepared.runner, images, cfg.batch_size), images, tol)
+    add_fp16_range(report, cfg, prepared, ref, images.inputs, tol, log=lambda *_: None)
     status = "ok" if report["verdict"] == "pass" else "FAIL"
     print(f"preflight: {cfg.backend} {cfg.precision} vs FP32 reference on {len(images.image_ids)} image(s): {status}")
+    if "fp16_range" in report:
+        r = report["fp16_range"]
+        print(f" fp16 on {prepared.backend.name} {prepared.backend.device()}: "
+              f"{prepared.backend.precision_note('fp16')}")
+        print(f" FP16 range check: {r['float16_tensors']} float16 tensor(s) of {r['graph']}: {r['verdict'].upper()}")
     if report["verdict"] != "pass":
         print(format_report(report))
-        raise FidelityFailure("preflight: the engine is out of tolerance against the FP32 reference on "
+        exc = FidelityFailure("preflight: the engine is out of tolerance against the FP32 reference on "
                               f"{len(images.image_ids)} image(s): " + "; ".join(report["reasons"])
                               + " (see docs/fidelity.md; --preflight 0 skips this check)")
+        exc.report = report
+        raise exc
     return report
 
 
-# ---------------------------------------------------------------- localisation (ONNX Runtime FP16)
-
-def _types(model) -> dict:
-    import onnx
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - large or unusual graphs: fall back to what the file declares
-        inferred = model
-    g = inferred.graph
-    return {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output) + list(g.input)
-            if v.type.HasField("tensor_type")}
-
-
-def _session_with_outputs(model, names: list, types: dict):
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in have:
-            m.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    # graph optimisations would fuse nodes away and with them the tensors we ask for
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess
-
-
-def _run_exposed(model, names: list, types: dict, input_name: str, x: np.ndarray) -> dict:
-    sess = _session_with_outputs(model, names, types)
-    values = [sess.run(names, {input_name: x[i:i + 1]}) for i in range(len(x))]
-    return {n: [v[k] for v in values] for k, n in enumerate(names)}
-
-
-@dataclass
-class NodeFinding:
-    name: str
-    op_type: str
-    tensor: str
-    reason: str          # overflow | underflow (the whole tensor below FP16's normal range) | nonfinite | tolerance
-    cosine: float
-    norm_err: float
-    ref_max_abs: float
-
-    def line(self) -> str:
-        return (f"{self.name} ({self.op_type}) -> {self.tensor}: {self.reason}; |ref| max {self.ref_max_abs:.4g}, "
-                f"cosine {self.cosine:.6f}, max err {self.norm_err:.4f} of range")
-
-
-def _tensor_verdict(ref: list, cand: list, tol: Tolerance, held_in_fp16: bool):
-    if any(a.shape != b.shape for a, b in zip(ref, cand)):
-        return "diverged", None
-    r = np.concatenate([a.ravel() for a in ref])
-    c = np.concatenate([a.ravel() for a in cand])
-    if not np.issubdtype(r.dtype, np.floating):
-        # indices, shapes, masks: when they differ, everything downstream selects different elements
-        return (None if np.array_equal(r, c) else "diverged"), None
-    s = tensor_stats(r, c)
-    if held_in_fp16 and s["ref_max_abs"] > FP16_MAX:
-        return "overflow", s
-    if (~np.isfinite(c) & np.isfinite(r)).any():
-        return "nonfinite", s
-    if s["cosine"] < tol.node_min_cosine or s["norm_err"] > tol.node_max_norm_err:
-        return ("underflow" if held_in_fp16 and 0 < s["ref_max_abs"] < FP16_MIN_NORMAL else "tolerance"), s
-    return None, s
-
-
-def _is_origin(reason: str, cosine: float, bad_inputs: list, worse_by: float = 0.05) -> bool:
-    """A bad tensor starts a problem when none of its inputs is bad, when it is the first to overflow or go
-    NaN/Inf, or when it is clearly worse than its worst input (a LayerNorm turning slightly-off tiny inputs into
-    zeros): a node that only passes its inputs' error on is not a culprit."""
-    if not bad_inputs:
-        return True
-    hard = ("overflow", "nonfinite")
-    if reason in hard and not any(r in hard for r, _ in bad_inputs):
-        return True
-    return cosine < min(c for _, c in bad_inputs) - worse_by
-
-
-def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol: Tolerance, block_ops=(),
-                       block_nodes=(), chunk: int = 1500, workdir: Path | None = None) -> dict:
-    """One localisation pass: the nodes whose FP16 outputs are bad while the inputs they read from other nodes
-    are good (or clearly less bad: see _is_origin).
-
-    One forward scan over every tensor, exposed in chunks of `chunk` tensors in topological order: on a small
-    graph that is a single run of each graph exposing every tensor (the cheapest there is), on a large one memory
-    stays bounded by the chunk. It is not a bisection: a bisection tests one cut at a time and finds one
-    culprit, assuming errors only grow downstream; FP16 problems are often several independent ones (a
-    harmless underflow early, a broken score head late) and a later one can hide behind an earlier one, so the
-    scan judges every node against its own inputs and reports all of them in one pass.
-    Tensors computed from integer tensors that differ (TopK / NMS indices, data-dependent shapes) select
-    different elements in the two graphs: they are marked diverged and not judged elementwise.
-    """
-    import onnx
-    from .backends.onnxruntime_backend import convert_fp16
-
-    model32 = onnx.load(str(onnx_path))
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        fp16_path = Path(tmp) / "fp16.onnx"
-        convert_fp16(onnx_path, fp16_path, block_ops, block_nodes)
-        model16 = onnx.load(str(fp16_path))
-    types32, types16 = _types(model32), _types(model16)
-    produced16 = {o for n in model16.graph.node for o in n.output}
-    from onnxruntime.transformers import float16
-    from .backends.onnxruntime_backend import FP16_ALWAYS_FP32
-    ops = set(block_ops) | set(FP16_ALWAYS_FP32) | set(float16.DEFAULT_OP_BLOCK_LIST)
-    blocked = {n.name for n in model32.graph.node if n.name in set(block_nodes) or n.op_type in ops}
-    # (node, tensor in the FP32 graph, tensor holding the value the node computed in the FP16 graph)
-    watch = []
-    for node in model32.graph.node:
-        for out in node.output:
-            if not out or not types32.get(out):
-                continue
-            # a blocked node computes in FP32 under a renamed output; its old name then holds the FP16 cast
-            alt = out + "_cast_to_fp16"
-            name16 = alt if node.name in blocked and alt in produced16 else out
-            if name16 in produced16 and types16.get(name16):
-                watch.append((node, out, name16))
-    bad: dict = {}        # tensor -> (reason, cosine)
-    diverged: set = set()
-    findings: list[NodeFinding] = []
-    scanned = 0
-    for start in range(0, len(watch), chunk):
-        part = watch[start:start + chunk]
-        ref = _run_exposed(model32, [w[1] for w in part], types32, input_name, x)
-        cand = _run_exposed(model16, [w[2] for w in part], types16, input_name, x)
-        for node, out, name16 in part:
-            scanned += 1
-            if any(i in diverged for i in node.input):
-                diverged.add(out)
-                continue
-            reason, s = _tensor_verdict(ref[out], cand[name16], tol, held_in_fp16=node.name not in blocked)
-            if reason is None:
-                continue
-            if reason == "diverged":
-                diverged.add(out)
-                continue
-            bad[out] = (reason, s["cosine"])
-            if _is_origin(reason, s["cosine"], [bad[i] for i in node.input if i in bad]):
-                findings.append(NodeFinding(node.name, node.op_type, out, reason, s["cosine"], s["norm_err"],
-                                            s["ref_max_abs"]))
-        del ref, cand
-    consumers: dict = {}
-    for node in model32.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node.name)
-    # A value outside the FP16 range must also be read in FP32: its readers join the block list.
-    to_block = []
-    for f in findings:
-        to_block.append(f.name)
-        if f.reason in ("overflow", "underflow"):
-            to_block += consumers.get(f.tensor, [])
-    return {"watched": len(watch), "scanned": scanned, "diverged": len(diverged), "findings": findings,
-            "to_block": list(dict.fromkeys(n for n in to_block if n))}
-
-
-def localise(onnx_path: Path, x: np.ndarray, input_name: str, tol: Tolerance, block_ops=(), block_nodes=(),
-             max_rounds: int = 6, workdir: Path | None = None, log=print) -> dict:
-    """Rounds of find_fp16_culprits, each blocking what the last one found, until no node leaves tolerance.
-    Returns the first round's culprits (where FP16 first goes wrong) and the block list that fixes it."""
-    blocked = list(block_nodes)
-    rounds = []
-    for k in range(max_rounds):
-        res = find_fp16_culprits(onnx_path, x, input_name, tol, block_ops, blocked, workdir=workdir)
-        rounds.append({"blocked_before": list(blocked), "scanned": res["scanned"], "watched": res["watched"],
-                       "findings": [dataclasses.asdict(f) for f in res["findings"]]})
-        for f in res["findings"]:
-            log(f"  round {k + 1}: {f.line()}")
-        new = [n for n in res["to_block"] if n not in blocked]
-        if not res["findings"] or not new:
-            break
-        blocked += new
-    first = rounds[0]["findings"]
-    clean = not rounds[-1]["findings"]
-    return {"first_nodes": first, "rounds": rounds, "block_nodes": blocked, "added": blocked[len(block_nodes):],
-            "clean": clean}
-
+# ---------------------------------------------------------------- localisation: common/fp16_localise.py
 
 def block_list_yaml(variant: Variant, nodes: list) -> str:
     """The `build:` snippet to put under the variant in the model's spec."""
@@ -543,10 +361,11 @@ def with_block_nodes(variant: Variant, nodes: list) -> Variant:
 
 # ---------------------------------------------------------------- the compare command
 
-def run_compare(cfg, num_images: int, localise_images: int = 1, fix: bool = True, out_dir: Path | None = None,
-                always_localise: bool = False, log=print) -> dict:
-    """Reference vs candidate on real images; when out of tolerance and the candidate is an ONNX Runtime FP16
-    engine, localise, build the conversion with the found nodes blocked and compare it again."""
+def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True, out_dir: Path | None = None,
+                always_localise: bool = False, log=print, range_images: int = 4) -> dict:
+    """Reference vs candidate on real images, plus the FP16 range check of an FP16 candidate's graph on the first
+    `range_images`; when out of tolerance and the candidate is an ONNX Runtime FP16 engine, localise, build the
+    conversion with the found nodes blocked and compare (and range-check) it again."""
     from .engine_cache import file_sha256
     from .engine import prepare, resolve_onnx
     from .specs import load_model
@@ -556,23 +375,25 @@ def run_compare(cfg, num_images: int, localise_images: int = 1, fix: bool = True
     onnx_path = resolve_onnx(cfg, variant)
     sha = file_sha256(onnx_path)
     images = load_images(variant, cfg.dataset_dir, cfg.annotation, cfg.images_dir, num_images)
-    ref = run_images(prepare(reference_config(cfg), variant, sha, onnx_path).runner, images)
+    ref_p = prepare(reference_config(cfg), variant, sha, onnx_path)
+    ref = run_images(ref_p.runner, images)
     cand_p = prepare(cfg, variant, sha, onnx_path)
     report = compare_runs(variant, ref, run_images(cand_p.runner, images), images, tol)
+    log(f"== {variant.id}: {cand_p.backend.name} {cand_p.backend.device()} {cfg.precision} vs FP32 reference ==")
+    add_fp16_range(report, cfg, cand_p, ref_p, images.inputs[:range_images], tol, log)
     report.update(model=variant.model, variant=variant.name, onnx=str(onnx_path), onnx_sha256=sha,
                   candidate={"backend": cand_p.backend.name, "device": cand_p.backend.device(),
                              "precision": cfg.precision, "engine": str(cand_p.engine)})
-    log(f"== {variant.id}: {cand_p.backend.name} {cand_p.backend.device()} {cfg.precision} vs FP32 reference ==")
     log(format_report(report))
-    localisable = cfg.backend == "onnxruntime" and cfg.precision == "fp16"
+    localisable = cand_p.backend.capabilities.fp16_onnx and cfg.precision == "fp16"
     if (report["verdict"] == "fail" and fix or always_localise) and localisable:
         build = variant.extra.get("build") or {}
-        log(f"localising on {min(localise_images, len(images.image_ids))} image(s): first nodes whose FP16 values "
-            f"leave tolerance (cosine < {tol.node_min_cosine} or max err > {tol.node_max_norm_err} of range) "
-            f"or overflow (|x| > {FP16_MAX:g})")
+        log(f"localising on {min(localise_images, len(images.image_ids))} image(s): the nodes where FP16 starts to "
+            f"go wrong (a float16 tensor beyond {FP16_MAX:g} or below float16's range, NaN / Inf, or cosine < "
+            f"{tol.node_min_cosine}) and the nodes to keep in FP32, round by round until none is left")
         loc = localise(onnx_path, images.inputs[:localise_images], variant.input_name, tol,
                        tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ())),
-                       log=log)
+                       log=log, extra_inputs=ref_p.runner.extra_feeds(1))
         report["localisation"] = loc
         if not loc["clean"]:
             log(f"after {len(loc['rounds'])} rounds some nodes still leave tolerance: the block list below is partial")
@@ -580,10 +401,12 @@ def run_compare(cfg, num_images: int, localise_images: int = 1, fix: bool = True
             fixed_variant = with_block_nodes(variant, loc["block_nodes"])
             fixed_p = prepare(cfg, fixed_variant, sha, onnx_path)
             fixed = compare_runs(fixed_variant, ref, run_images(fixed_p.runner, images), images, tol)
+            add_fp16_range(fixed, cfg, fixed_p, ref_p, images.inputs[:range_images], tol, log=lambda *_: None)
             snippet = block_list_yaml(variant, loc["block_nodes"])
             report["fix"] = {"block_nodes": loc["block_nodes"], "engine": str(fixed_p.engine),
                              "verdict": fixed["verdict"], "reasons": fixed["reasons"], "outputs": fixed["outputs"],
-                             "detections": fixed["detections"], "spec_snippet": snippet}
+                             "detections": fixed["detections"], "fp16_range": fixed.get("fp16_range"),
+                             "spec_snippet": snippet}
             log(f"FP16 conversion with {len(loc['block_nodes'])} node(s) kept in FP32, compared again:")
             log(format_report(fixed))
             log("put this under the variant in the model's spec (models/<name>/model.yaml):")

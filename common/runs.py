@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -160,6 +161,15 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
             t.join()
 
 
+def _preflight_record(cfg: RunConfig, p: Prepared, exc, images_dir, ann_file) -> dict:
+    """The record of an accuracy run the pre-flight stopped: no metrics, verdict fail, its reasons and report."""
+    report = getattr(exc, "report", None) or {}
+    record = new_record("accuracy", **_base_fields(cfg, p), metrics={}, preflight=report or None,
+                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file), "num_images": 0,
+                                 "stopped_by": "preflight"})
+    return _finish(record, {}, _targets(p, cfg), ["preflight: " + r for r in report.get("reasons", [])] or [str(exc)])
+
+
 @contextmanager
 def _about_model(onnx_path: Path):
     """Errors about the model that the runtimes, decoders and evaluator raise without a path (no such input or
@@ -238,9 +248,17 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         setup.submit(_read_environment)
         setup.shutdown(wait=False)
         if needs_preflight(cfg, p.backend):  # a broken engine fails here in seconds, not after the full pass
-            from .fidelity import preflight  # only here: the reference run's own imports cost every run ~20 ms
-            with _about_model(onnx_path):
-                preflight(cfg, p, items, annotations)
+            from .fidelity import FidelityFailure, preflight  # only here: its imports cost every run ~20 ms
+            try:
+                with _about_model(onnx_path):
+                    preflight(cfg, p, items, annotations)
+            except FidelityFailure as exc:  # exit 1 promises a record: verdict fail, the pre-flight's reasons
+                print("error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
+                      "and in the record; see docs/fidelity.md; --preflight 0 skips this check)", file=sys.stderr)
+                record = _preflight_record(cfg, p, exc, images_dir, ann_file)
+                if publish is not None:
+                    publish(record)
+                return record
         recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
             if cfg.record_outputs else None
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in

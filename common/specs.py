@@ -17,6 +17,7 @@ from .errors import ConfigError
 from .decode import OUTPUT_KEYS, load_family_decoders
 from .evaluate import STAT_NAMES
 from .preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
+from .tolerances import Tolerance, parse_tolerance
 
 MODELS_DIR = REPO_ROOT / "models"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -34,8 +35,7 @@ VARIANT_SECTIONS = {
     "checkpoint": {"url", "sha256", "sha256_prefix", "config", "upstream_config"},
     "matrix": {"backends", "precisions", "batch_sizes", "accuracy_batch_sizes", "annotation", "max_images", "onnx",
                "relative", "accuracy_noise", "reference_fraction"},
-    "fidelity": {"min_cosine", "max_norm_err", "outputs", "score_threshold", "min_matched", "min_mean_iou",
-                 "max_score_diff", "max_ap_diff", "node_min_cosine", "node_max_norm_err"},
+    "fidelity": None,   # typed by common/tolerances.py
 }
 # Every name a target may put a threshold on: the 12 COCO stats and the performance figures.
 TIMING_METRICS = ("fps", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms")
@@ -78,6 +78,7 @@ class Variant:
     # (e.g. PaddleDetection's im_shape / scale_factor)
     extra_inputs: dict = field(default_factory=dict)
     source: str = field(default="", compare=False, repr=False)   # the spec file, for messages about its fields
+    fidelity: Tolerance = field(default_factory=Tolerance)        # the `fidelity:` section
 
     @property
     def id(self) -> str:
@@ -250,6 +251,7 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
         categories=None if cats is None else tuple(int(c) for c in cats),
         targets=targets, reference=r.get(raw, "reference", where, dict, {}),
         extra={k: v for k, v in raw.items() if k not in known}, extra_inputs=extra_inputs, source=str(r.path),
+        fidelity=parse_tolerance(raw.get("fidelity"), f"{where}.fidelity", r.path),
     )
 
 

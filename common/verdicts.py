@@ -172,6 +172,9 @@ def _rules_of(raw: dict) -> dict:
 def _judge_relative(v: dict, outcome: dict, outcomes: list[dict], relative: dict) -> list[str]:
     """Statuses of the relative rule: this case's metrics against its FP32 reference (none for FP32 itself)."""
     c, record = outcome["case"], outcome["records"][0]
+    if record["dataset"].get("stopped_by"):   # the pre-flight failed it: a record with reasons, no metrics
+        v["notes"].append(f"stopped by the {record['dataset']['stopped_by']}: " + "; ".join(record["reasons"]))
+        return [FAILED]
     m = record["metrics"]
     if c["precision"] == "fp32":
         return []

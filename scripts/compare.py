@@ -4,9 +4,11 @@
     scripts/compare.py --model rtmdet --precision fp16 --dataset-dir DIR --ann FILE [--images 8] [--report PATH]
 
 Reference: ONNX Runtime on the CPU running the ONNX as it is. Candidate: any backend / device / precision, built
-as the accuracy run builds it. When they disagree and the candidate is ONNX Runtime FP16, the first nodes whose
-FP16 values leave tolerance or overflow are found, an FP16 conversion keeping them in FP32 is built and compared
-again, and the block list is printed as a spec snippet (and written beside the report).
+as the accuracy run builds it. An FP16 candidate's graph is also range-checked: every float16 tensor judged from
+the FP32 values (overflow, underflow, NaN / Inf), which the CPU's FP16 outputs can hide. When they disagree and
+the candidate is ONNX Runtime FP16, the nodes where FP16 starts to go wrong are found, an FP16 conversion keeping
+them in FP32 is built and compared again, and the block list is printed as a spec snippet (and written beside
+the report).
 
 Exit codes: 0 within tolerance, 1 out of tolerance, 2 bad input or configuration, 3 runtime failure,
 130 interrupted.
@@ -32,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
     add_groups(p, "model", "engine", "dataset", "output", defaults={"precision": "fp16"})
     p.add_argument("--images", type=positive_int, default=8, help="images compared, the first N by id (default: 8)")
-    p.add_argument("--localise-images", type=positive_int, default=1,
-                   help="images the localisation runs on; every intermediate tensor is kept for each (default: 1)")
+    p.add_argument("--range-images", type=positive_int, default=4,
+                   help="FP16: images the range check of every float16 tensor runs on, the first N compared "
+                        "(default: 4)")
+    p.add_argument("--localise-images", type=positive_int, default=4,
+                   help="images the localisation runs on; every intermediate tensor is kept for each (default: 4)")
     p.add_argument("--localise", action="store_true", help="localise even when the candidate is within tolerance")
     p.add_argument("--no-fix", action="store_true", help="report only: no localisation, no fixed conversion")
     p.add_argument("--report", metavar="PATH",
@@ -49,7 +54,7 @@ def main(argv=None) -> int:
         report_path = Path(args.report) if args.report else None
         out_dir = report_path.parent if report_path else Path(cfg.results_dir) / "compare"
         report = run_compare(cfg, args.images, args.localise_images, fix=not args.no_fix, out_dir=out_dir,
-                             always_localise=args.localise)
+                             always_localise=args.localise, range_images=args.range_images)
         if not args.no_record:
             report_path = report_path or out_dir / (f"{report['model']}_{report['variant']}_{cfg.backend}_"
                                                     f"{cfg.precision}.json")

@@ -49,3 +49,35 @@ def plant_overflow(src: Path, dst: Path, tensor: str) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return dst
+
+
+def plant_around(src: Path, dst: Path, tensor: str, after: str, factor: float, readers=None,
+                 scale_initializers=()) -> Path:
+    """The graph with `tensor` multiplied by `factor` ('planted_amplify', for `readers` only, default all of
+    them) and the tensor `after` divided by it ('planted_shrink', for every reader): in FP32 the readers of
+    `after` see the same values, in FP16 everything in between holds `factor` times the value (overflow for a
+    large factor, underflow for a tiny one). `scale_initializers` are multiplied by the factor instead (a Conv's
+    weights and bias: its output is scaled with no amplify node; pass tensor=None)."""
+    model = onnx.load(str(src))
+    nodes = list(model.graph.node)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "planted_factor"))
+    for init in model.graph.initializer:
+        if init.name in scale_initializers:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    new = {}
+    if tensor is not None:
+        for n in nodes:
+            if tensor in n.input and (readers is None or n.name in readers):
+                n.input[list(n.input).index(tensor)] = "planted_in"
+        new[tensor] = helper.make_node("Mul", [tensor, "planted_factor"], ["planted_in"], name="planted_amplify")
+    for n in nodes:
+        if after in n.input:
+            n.input[list(n.input).index(after)] = "planted_out"
+    new[after] = helper.make_node("Div", [after, "planted_factor"], ["planted_out"], name="planted_shrink")
+    # each planted node right after its input's producer (or first, for a graph input): the order stays valid
+    for name, node in new.items():
+        at = next((i + 1 for i, n in enumerate(model.graph.node) if name in n.output), 0)
+        model.graph.node.insert(at, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return dst

@@ -93,8 +93,8 @@ def test_fidelity_block_is_validated(tmp_path):
     onnx_path = build_tiny_detr(tmp_path / "tiny.onnx")
     spec = tiny_detr_spec(tmp_path / "model.yaml", onnx_path)
     spec.write_text(spec.read_text().replace("    build:", "    fidelity: {min_cosin: 0.99}\n    build:"))
-    with pytest.raises(ConfigError, match="fidelity: unknown keys \\['min_cosin'\\]"):
-        tolerance_of(load_spec(spec).variant())
+    with pytest.raises(ConfigError, match="fidelity.min_cosin: unknown key"):   # at load, naming the file
+        load_spec(spec)
     spec.write_text(spec.read_text().replace("min_cosin: 0.99", "min_cosine: 0.99, outputs: [dets]"))
     tol = tolerance_of(load_spec(spec).variant())
     assert tol.min_cosine == 0.99 and tol.outputs == ("dets",) and tol.max_ap_diff == Tolerance().max_ap_diff
@@ -164,7 +164,12 @@ def test_preflight_stops_an_accuracy_run_on_a_broken_engine(tiny, coco_layout, t
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "preflight: onnxruntime fp16 vs FP32 reference on 4 image(s): FAIL" in bad.stdout
     assert "reference detections" in bad.stdout and "out of tolerance" in bad.stderr
-    assert not list((tmp_path / "bad").glob("*.json"))       # stopped before the full pass: no record
+    # stopped before the full pass, and exit 1 comes with its record: verdict fail, the pre-flight's reasons
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "bad").glob("*.json")]
+    assert record["verdict"] == "fail" and record["dataset"]["stopped_by"] == "preflight"
+    assert any(r.startswith("preflight: FP16 range:") and "overflow" in r for r in record["reasons"])
+    assert record["preflight"]["fp16_range"]["verdict"] == "fail" and record["metrics"] == {}
+    assert "stopped by the preflight before the full pass" in bad.stdout
     # the same broken engine without the pre-flight goes through the whole pass
     full = _accuracy(tiny["planted"], coco_layout, tmp_path / "full", tiny["cache"], "--preflight", 0,
                      "--max-images", 40)

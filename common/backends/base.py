@@ -26,6 +26,8 @@ class Capabilities:
     telemetry: tuple = ()              # (device, tool) pairs: the SMI tool that reads device memory / power
                                        # (ixsmi, nvidia-smi); devices not named are watched on the host
     reference: bool = False            # at fp32 on its first device it is the FP32 reference of fidelity checks
+    fp16_onnx: bool = False            # its FP16 engine is an ONNX float16 graph: the FP16 range check and the
+                                       # localisation read that graph itself, not a stand-in conversion
     replays: bool = False              # serves stored outputs instead of computing (needs image ids)
 
     def supports(self, precision: str, device: str | None = None) -> str | None:
@@ -121,6 +123,13 @@ class Backend:
             raise ConfigError(f"{self.name} backend: unknown device {device!r}; known: "
                               f"{', '.join(self.capabilities.devices)}")
         return device
+
+    def precision_note(self, precision: str) -> str:
+        """What `precision` means on this backend, said in the run's output (docs/fidelity.md)."""
+        if precision == "fp16":
+            return ("the backend's own FP16 build (computation in float16 where its compiler chooses); the FP16 "
+                    "range check judges the ONNX Runtime float16 conversion with the spec's block list as a stand-in")
+        return ""
 
     def telemetry_tool(self) -> str | None:
         """The device tool that watches this backend's device, None for the host."""

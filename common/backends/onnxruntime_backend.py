@@ -1,8 +1,10 @@
 """ONNX Runtime: the embedded default backend (CPU; CUDA / TensorRT execution providers where present).
 
-FP16 here is a real FP16 graph: weights and activations converted to float16 with the graph's inputs and
-outputs kept float32, and the ops that must stay in float32 (NMS, TopK, ... plus a model's own block list)
-left in float32. A conversion that yields no float16 tensor is refused rather than run as FP32.
+FP16 here is a float16 graph: weights and activations stored in float16 with the graph's inputs and outputs kept
+float32, and the ops that must stay in float32 (NMS, TopK, ... plus a model's own block list) left in float32.
+The CPU provider has no float16 kernel for many ops (Conv among them) and computes them in FP32 between casts,
+so its FP16 outputs can hide an overflow a device shows: common/fp16_range.py judges the graph itself. A
+conversion that yields no float16 tensor is refused rather than run as FP32.
 """
 from __future__ import annotations
 
@@ -121,7 +123,18 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     engine_suffix = ".onnx"
     capabilities = Capabilities(precisions=("fp32", "fp16"), devices=tuple(_DEVICE_PROVIDERS), dynamic_batch=True,
-                                device_timer=False, telemetry=(("cuda", "nvidia-smi"), ("tensorrt", "nvidia-smi")), host_compute=True, reference=True)
+                                device_timer=False, host_compute=True, reference=True, fp16_onnx=True,
+                                telemetry=(("cuda", "nvidia-smi"), ("tensorrt", "nvidia-smi")))
+
+    def precision_note(self, precision: str) -> str:
+        if precision != "fp16":
+            return ""
+        if self.device() == "cpu":
+            return ("float16 storage of weights and activations; onnxruntime's CPU provider computes many ops in FP32 "
+                    "between casts, so the CPU hides overflow a device shows: the FP16 range check judges every "
+                    "float16 tensor from the FP32 values")
+        return (f"a float16 graph (weights and activations) run by the {self.device()} provider; the FP16 range check "
+                "judges every float16 tensor from the FP32 values")
 
     @classmethod
     def availability(cls):
