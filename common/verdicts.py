@@ -172,9 +172,6 @@ def _rules_of(raw: dict) -> dict:
 def _judge_relative(v: dict, outcome: dict, outcomes: list[dict], relative: dict) -> list[str]:
     """Statuses of the relative rule: this case's metrics against its FP32 reference (none for FP32 itself)."""
     c, record = outcome["case"], outcome["records"][0]
-    if record["dataset"].get("stopped_by"):   # the pre-flight failed it: a record with reasons, no metrics
-        v["notes"].append(f"stopped by the {record['dataset']['stopped_by']}: " + "; ".join(record["reasons"]))
-        return [FAILED]
     m = record["metrics"]
     if c["precision"] == "fp32":
         return []
@@ -339,7 +336,11 @@ def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASE
         v["device"], v["sdk"] = first["device"], first["engine"]["runtime"]
         v["git_commit"] = first.get("environment", {}).get("git_commit")
         device = device_name or v["device"]
-        if c["kind"] == "accuracy":
+        if c["kind"] == "accuracy" and first["dataset"].get("stopped_by"):
+            # the pre-flight failed it: a record with reasons and no metrics, so no rule can be applied
+            v["notes"].append(f"stopped by the {first['dataset']['stopped_by']}: " + "; ".join(first["reasons"]))
+            statuses.append(FAILED)
+        elif c["kind"] == "accuracy":
             rules = _rules_of(relative[(c["spec"], c["variant"])])
             m = first["metrics"]
             v["values"] = {"AP": m["AP"], "AP50": m["AP50"], "images": first["dataset"]["num_images"]}

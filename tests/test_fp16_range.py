@@ -197,10 +197,12 @@ def test_compare_fails_the_pool_concat_plant_the_cpu_runs_cleanly(plants, coco_l
 
 def test_regression_counts_a_preflight_stopped_record_as_failed():
     """A record the pre-flight stopped has no metrics: the regression verdict fails it with the reason."""
-    from common.verdicts import FAILED, _judge_accuracy
-    v = {"notes": []}
-    outcome = {"case": {"precision": "fp16"}, "records": [
-        {"dataset": {"stopped_by": "preflight", "num_images": 0}, "metrics": {},
+    from common.verdicts import FAILED, judge
+    case = {"id": "m/v/onnxruntime/fp16/bs1/accuracy", "spec": "m", "variant": "v", "precision": "fp16",
+            "kind": "accuracy"}
+    outcome = {"case": case, "status": "ok", "records": [
+        {"dataset": {"stopped_by": "preflight", "num_images": 0}, "metrics": {}, "device": "cpu",
+         "engine": {"runtime": "onnxruntime-1"}, "verdict": "fail", "checks": [],
          "reasons": ["preflight: FP16 range: 1 tensor(s) overflow float16"]}]}
-    assert _judge_accuracy(v, outcome, [outcome], {"AP": 1.0}) == [FAILED]
-    assert "FP16 range" in v["notes"][0]
+    (v,) = judge([outcome], {("m", "v"): {"AP": 1.0}})
+    assert v["status"] == FAILED and any("FP16 range" in n for n in v["notes"])

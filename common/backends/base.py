@@ -63,11 +63,13 @@ class Runner:
     concurrent: bool = False          # infer() may run in several threads at once (one runner serves all streams)
     extra_inputs: dict = {}           # {name: [K] array}: fed as [N, K], the same row for every image
 
+    def extra_feeds(self, n: int) -> dict:
+        """The extra inputs for a batch of n images: the same row for every image."""
+        return {name: np.ascontiguousarray(np.broadcast_to(v, (n, *v.shape))) for name, v in self.extra_inputs.items()}
+
     def feeds(self, x: np.ndarray) -> dict:
-        """Every graph input for the image batch x: x itself and the extra inputs, one row per image."""
-        n = x.shape[0]
-        return {self.input_name: x, **{name: np.ascontiguousarray(np.broadcast_to(v, (n, *v.shape)))
-                                       for name, v in self.extra_inputs.items()}}
+        """Every graph input for the image batch x: x itself and the extra inputs."""
+        return {self.input_name: x, **self.extra_feeds(x.shape[0])}
 
     def _run(self, feeds: dict) -> list:
         raise NotImplementedError
