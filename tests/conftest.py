@@ -54,3 +54,25 @@ def rtmdet_raw_onnx(rtmdet_onnx, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("rawcut") / "rtmdet_nano_raw.onnx"
     onnx.utils.extract_model(str(rtmdet_onnx), str(path), ["input"], list(out["cls"]) + list(out["reg"]))
     return path
+
+
+PERSON350 = "instances_val2017_person_subset350.json"
+
+
+@pytest.fixture(scope="session")
+def rtmdet_fp32_pass(rtmdet_onnx, shared_data, tmp_path_factory):
+    """The FP32 pass of the shared RTMDet-nano person graph (ONNX Runtime, CPU) over the 350 shared images,
+    computed once per test session: its record, its detections (COCO results JSON), its raw outputs (a replay
+    recording) and its input cache. Tests that only need these reuse them rather than recompute the pass."""
+    from types import SimpleNamespace
+
+    from common.runs import RunConfig, run_accuracy
+
+    work = tmp_path_factory.mktemp("fp32pass")
+    cfg = RunConfig(model="rtmdet", onnx=str(rtmdet_onnx), dataset_dir=str(shared_data / "coco"),
+                    annotation=PERSON350, results_dir=str(work / "results"), cache_dir=str(work / "engines"),
+                    record_outputs=str(work / "recording"), input_cache=str(work / "inputs"),
+                    detections_out=str(work / "detections.json"), progress=False, preflight=0)
+    record = run_accuracy(cfg)
+    return SimpleNamespace(cfg=cfg, record=record, detections=work / "detections.json",
+                           recording=work / "recording", input_cache=work / "inputs")

@@ -4,20 +4,14 @@ import pytest
 
 from common.data import read_annotations
 from common.evaluate import STAT_NAMES, coco_metrics
-from common.runs import RunConfig, run_accuracy
 
 pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is not installed")
 
 
 @pytest.fixture(scope="module")
-def rtmdet_rows(rtmdet_onnx, shared_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dets") / "dets.json"
-    cfg = RunConfig(model="rtmdet", onnx=str(rtmdet_onnx), images_dir=str(shared_data / "coco" / "val2017"),
-                    annotation=str(shared_data / "coco" / "annotations" / "instances_val2017_person_subset350.json"),
-                    progress=False, workers=0, detections_out=str(out))
-    run_accuracy(cfg)
+def rtmdet_rows(rtmdet_fp32_pass):
     import json
-    dets = json.loads(out.read_text())
+    dets = json.loads(rtmdet_fp32_pass.detections.read_text())
     return np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets], np.float64)
 
 

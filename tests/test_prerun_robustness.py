@@ -165,7 +165,7 @@ def test_fidelity_error_names_the_spec_file_given_by_path(tmp_path):
     spec.write_text(spec.read_text().replace("    build:", "    fidelity: {min_cosin: 0.99}\n    build:"))
     with pytest.raises(ConfigError) as ei:
         tolerance_of(load_model(str(spec)).variant())
-    assert str(ei.value).startswith(f"{spec}: variants.tiny.fidelity: unknown keys"), str(ei.value)
+    assert str(ei.value).startswith(f"{spec}: variants.tiny.fidelity.min_cosin: unknown key"), str(ei.value)
     assert "models/" not in str(ei.value)
 
 
@@ -195,7 +195,7 @@ def test_resumed_run_counts_only_its_own_images_per_second(tmp_path, monkeypatch
     from tiny_detector import make_tiny_detector
     onnx_path = make_tiny_detector(tmp_path / "m.onnx")
     cfg = _tiny_run(tmp_path, onnx_path, n_images=10, checkpoint_s=0.0, streams=1)
-    real, calls = runs._infer, {"n": 0}
+    real, calls = runs.infer, {"n": 0}
 
     def failing(runner, x, image_ids=None):
         calls["n"] += 1
@@ -203,10 +203,10 @@ def test_resumed_run_counts_only_its_own_images_per_second(tmp_path, monkeypatch
             raise RuntimeFailure("planted failure after 6 batches")
         return real(runner, x, image_ids)
 
-    monkeypatch.setattr(runs, "_infer", failing)
+    monkeypatch.setattr(runs, "infer", failing)
     with pytest.raises(RuntimeFailure):
         runs.run_accuracy(cfg)
-    monkeypatch.setattr(runs, "_infer", real)
+    monkeypatch.setattr(runs, "infer", real)
     rec = runs.run_accuracy(cfg)
     resumed = rec["run"]["resumed_images"]
     assert 1 <= resumed < 10

@@ -333,8 +333,8 @@ def test_the_matrix_holds_only_variants_with_a_model(capsys):
 
 
 def test_cases_get_no_environment_defaults_and_absolute_paths(tmp_path, monkeypatch):
-    for name in ("ONNX_MODEL", "CHECKPOINT", "DATASETS_DIR", "COCO_ANNOTATION", "DEVICE", "BACKEND", "PRECISION",
-                 "SUITE_THREADS", "RESULTS_DIR"):
+    from common.options import ENV
+    for name in ENV:   # every variable the suite reads as a default
         monkeypatch.setenv(name, "/leaked")
     monkeypatch.setenv("SUITE_SOMETHING_NEW", "/leaked")
     monkeypatch.setenv("KEEP_ME", "1")

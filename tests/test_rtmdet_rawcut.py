@@ -12,13 +12,11 @@ def raw_onnx(rtmdet_raw_onnx):
     return rtmdet_raw_onnx
 
 
-def test_raw_head_decoding_matches_end2end_ap(rtmdet_onnx, raw_onnx, coco_layout, tmp_path):
-    def ap(variant, model):
-        cfg = RunConfig(model="rtmdet", variant=variant, onnx=str(model), dataset_dir=str(coco_layout),
-                        annotation=ANN, results_dir=str(tmp_path / variant), cache_dir=str(tmp_path / "cache"),
-                        progress=False, batch_size=8)
-        return run_accuracy(cfg)["metrics"]["AP"]
-    end2end, raw = ap("nano-person", rtmdet_onnx), ap("nano-person-raw", raw_onnx)
+def test_raw_head_decoding_matches_end2end_ap(rtmdet_fp32_pass, raw_onnx, coco_layout, tmp_path):
+    cfg = RunConfig(model="rtmdet", variant="nano-person-raw", onnx=str(raw_onnx), dataset_dir=str(coco_layout),
+                    annotation=ANN, results_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), progress=False,
+                    batch_size=8, input_cache=rtmdet_fp32_pass.cfg.input_cache)   # same preprocessing
+    end2end, raw = rtmdet_fp32_pass.record["metrics"]["AP"], run_accuracy(cfg)["metrics"]["AP"]
     print(f"person AP end2end={end2end:.4f} raw-head+suite decode={raw:.4f}")
     assert end2end > 0.3
     assert abs(end2end - raw) <= 0.01

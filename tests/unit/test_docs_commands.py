@@ -21,17 +21,23 @@ _MODEL_SCRIPT = re.compile(r"models/(\w+)/scripts/infer_\1_(\w+)_(accuracy|perfo
 
 
 def fenced_commands(text: str) -> list[str]:
-    """Shell command lines inside ``` fences: continuation lines joined, `$ ` prompts and comments dropped,
-    `a && b` split."""
-    out, inside, pending = [], False, ""
-    for line in text.splitlines():
+    """Shell command lines inside ``` fences: continuation lines joined, comments dropped, `a && b` split. In a
+    fence that shows `$ ` prompts only the prompted lines are commands (the rest is their output)."""
+    out, inside, pending, prompted = [], False, "", False
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
         if line.lstrip().startswith("```"):
             inside, pending = not inside, ""
+            if inside:
+                end = next((j for j in range(i + 1, len(lines)) if lines[j].lstrip().startswith("```")), len(lines))
+                prompted = any(ln.lstrip().startswith("$ ") for ln in lines[i + 1:end])
             continue
         if not inside:
             continue
         line = re.sub(r"(^|\s+)#(\s.*)?$", "", line.strip())
-        if line.startswith("$ "):
+        if prompted and not pending:
+            if not line.startswith("$ "):
+                continue
             line = line[2:]
         pending += line
         if pending.endswith("\\"):
