@@ -275,6 +275,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
     for c in chunks:
         evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"])
         nonfinite.update(c["nonfinite"])
+    evaluator.complete([it.image_id for it in items[:done]])
     # The loader forks its workers before prepare() starts the runtime's threads.
     with BatchLoader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
                      cache_dir=None if done else cfg.input_cache) as loader:
@@ -315,6 +316,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
             ids = batch.image_ids[bi[finite]]
             evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
+            evaluator.complete(batch.image_ids)  # matched in the background while the next batches infer
             state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
             start += len(batch.image_ids)
 
@@ -323,6 +325,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
                 consume(batch, outputs, seconds)
         except BaseException:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
+            evaluator.close()
             raise
         if recorder is not None:
             recorder.write()
