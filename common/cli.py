@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="COCO metrics engine (default: faster-coco-eval when installed; same 12 stats)")
     acc.add_argument("--record-outputs", metavar="DIR", help="also record the raw outputs for the replay backend")
     acc.add_argument("--replay-dir", metavar="DIR", help="replay backend: the recording to serve")
+    acc.add_argument("--replay-fps", type=float, default=None, metavar="F",
+                     help="replay backend: also simulate a device of F images/s (each batch sleeps bs/F s, no CPU)")
     acc.add_argument("--input-cache", metavar="DIR", default=os.environ.get("INPUT_CACHE_DIR"),
                      help="reuse decoded + preprocessed inputs stored here (default: $INPUT_CACHE_DIR; off)")
     acc.add_argument("--save-detections", metavar="PATH", help="also write the detections as COCO results JSON")
@@ -121,6 +123,8 @@ def _config(args) -> RunConfig:
         cfg.record_outputs, cfg.input_cache = args.record_outputs, args.input_cache
         if args.replay_dir:
             cfg.backend_options["replay_dir"] = args.replay_dir
+        if args.replay_fps is not None:
+            cfg.backend_options["replay_fps"] = args.replay_fps
         cores = os.cpu_count() or 1
         cpu = args.backend == "onnxruntime" and (args.device or "cpu") == "cpu"
         cfg.streams = args.streams or (2 if cpu and cores >= 2 else 1)

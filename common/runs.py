@@ -21,11 +21,12 @@ import numpy as np
 from . import REPO_ROOT
 from .backends import get_backend
 from .backends.base import BuildRequest, Runner
-from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
+from .data import image_items, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder, nonfinite_counts
 from .endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from .engine_cache import EngineCache, atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
+from .loader import open_loader
 from .evaluate import CocoEvaluator, to_coco_results
 from .preprocess import Preprocessor
 from .replay import OutputRecorder
@@ -195,6 +196,14 @@ def _read_ahead(batches, future, limit: int) -> list:
     return ahead
 
 
+def _drain(batches: list):
+    """The list's batches in order, each dropped from the list as it is taken (a loader may reuse its buffer once
+    the consumer is done with it)."""
+    batches.reverse()
+    while batches:
+        yield batches.pop()
+
+
 def _in_streams(batches, runners: list, infer):
     """(batch, infer(runner, batch)) for every batch, in order, with one thread per runner.
 
@@ -277,7 +286,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
         nonfinite.update(c["nonfinite"])
     evaluator.complete([it.image_id for it in items[:done]])
     # The loader forks its workers before prepare() starts the runtime's threads.
-    with BatchLoader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
+    with open_loader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
                      cache_dir=None if done else cfg.input_cache) as loader:
         batches = iter(loader)
         # The engine is built / loaded while the first images decode: a cold start would otherwise leave the
@@ -321,7 +330,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
             start += len(batch.image_ids)
 
         try:
-            for batch, (outputs, seconds) in _in_streams(chain(ahead, batches), runners, timed_infer):
+            for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
                 consume(batch, outputs, seconds)
         except BaseException:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
@@ -343,6 +352,7 @@ def run_accuracy(cfg: RunConfig) -> dict:
                                  "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None},
                         metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                         run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
+                             "simulated_device_s": getattr(p.runner, "simulated_device_s", None),
                              "images_per_s": len(items) / wall,
                              "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
     record = _finish(record, metrics, _targets(p, cfg), reasons)
