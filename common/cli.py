@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--streams", type=_positive_int, default=int(os.environ.get("SUITE_STREAMS", "0") or 0) or None,
                      help="inference requests in flight, each at --bs (default: 2 on a CPU with >= 2 cores, else 1)")
     acc.add_argument("--evaluator", choices=ENGINES, default=None,
-                     help="COCO metrics engine (default: faster-coco-eval when installed; same 12 stats)")
+                     help="COCO metrics engine (default: incremental, matched per image during the run; same 12 stats)")
     acc.add_argument("--record-outputs", metavar="DIR", help="also record the raw outputs for the replay backend")
     acc.add_argument("--replay-dir", metavar="DIR", help="replay backend: the recording to serve")
     acc.add_argument("--replay-fps", type=float, default=None, metavar="F",
