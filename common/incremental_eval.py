@@ -149,35 +149,40 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params) -> dict:
         matched = np.concatenate([e[2] for e in entries], axis=2)
         ignored = np.concatenate([e[3] for e in entries], axis=2)
         npig_all = np.sum([e[4] for e in entries], axis=0)
+        npig = npig_all.astype(np.int64)                                          # [A]
+        areas = np.flatnonzero(npig > 0)
+        if not len(areas):
+            continue
         for m, max_det in enumerate(params.maxDets):
-            sel = rank < max_det
-            s = scores[sel]
-            inds = np.argsort(-s, kind="mergesort")
-            s_sorted = s[inds]
-            for a in range(A):
-                npig = int(npig_all[a])
-                if npig == 0:
-                    continue
-                dtm = matched[a][:, sel][:, inds]
-                dig = ignored[a][:, sel][:, inds]
-                tp = np.cumsum(dtm & ~dig, axis=1).astype(float)
-                fp = np.cumsum(~dtm & ~dig, axis=1).astype(float)
-                nd = tp.shape[1]
-                rc = tp / npig
-                pr = tp / (fp + tp + np.spacing(1))
-                recall[:, k, a, m] = rc[:, -1] if nd else 0
-                pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # the same as the loop from the right
-                # searchsorted(rc[t], rec_thrs, 'left') for every t at once: rc rows are non-decreasing, so the
-                # insertion point is the count of values below the threshold
-                if nd * T * R <= 4_000_000:
-                    pi = (rc[:, :, None] < rec_thrs[None, None, :]).sum(axis=1)             # [T, R]
-                else:
-                    pi = np.stack([np.searchsorted(rc[t], rec_thrs, side="left") for t in range(T)])
-                ok = pi < nd  # pycocotools fills until the first index past the end: pi is sorted, `ok` a prefix
-                safe = np.where(ok, pi, 0)
-                tt = np.arange(T)[:, None]
-                precision[:, :, k, a, m] = np.where(ok, pr[tt, safe] if nd else 0.0, 0.0)
-                scores_out[:, :, k, a, m] = np.where(ok, s_sorted[safe] if nd else 0.0, 0.0)
+            sel = np.flatnonzero(rank < max_det)
+            inds = sel[np.argsort(-scores[sel], kind="mergesort")]
+            s_sorted = scores[inds]
+            nd = len(inds)
+            # every area range at once: [A', T, nd]
+            dtm = matched[areas][:, :, inds]
+            dig = ignored[areas][:, :, inds]
+            tp = np.cumsum(dtm & ~dig, axis=2).astype(float)
+            fp = np.cumsum(~dtm & ~dig, axis=2).astype(float)
+            rc = tp / npig[areas][:, None, None]
+            pr = tp / (fp + tp + np.spacing(1))
+            recall[:, k, areas, m] = (rc[:, :, -1] if nd else np.zeros((len(areas), T))).T
+            pr = np.maximum.accumulate(pr[:, :, ::-1], axis=2)[:, :, ::-1]  # the same as the loop from the right
+            # searchsorted(rc, rec_thrs, 'left') per row: rc rows are non-decreasing, so the insertion point is
+            # the count of values below the threshold
+            if nd * T * R * len(areas) <= 4_000_000:
+                pi = (rc[:, :, :, None] < rec_thrs).sum(axis=2)                         # [A', T, R]
+            else:
+                pi = np.stack([np.stack([np.searchsorted(rc[i, t], rec_thrs, side="left") for t in range(T)])
+                               for i in range(len(areas))])
+            ok = pi < nd  # pycocotools fills until the first index past the end: pi is sorted, `ok` a prefix
+            safe = np.where(ok, pi, 0)
+            if nd:
+                q = np.where(ok, np.take_along_axis(pr, safe, axis=2), 0.0)
+                ss = np.where(ok, s_sorted[safe], 0.0)
+            else:
+                q = ss = np.zeros(pi.shape)
+            precision[:, :, k, areas, m] = q.transpose(1, 2, 0)
+            scores_out[:, :, k, areas, m] = ss.transpose(1, 2, 0)
     return {"precision": precision, "recall": recall, "scores": scores_out, "counts": [T, R, K, A, M]}
 
 

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -47,8 +48,14 @@ from common.runs import RunConfig, run_accuracy  # noqa: E402
 from common.specs import load_model  # noqa: E402
 
 
-def per_image_floor(onnx: str, files: list[str], cores: int) -> float:
-    """Sum over the images of (read + letterbox + 1-thread ORT) seconds, divided by the cores."""
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def per_image_floor(onnx: str, files: list[str], cores: int, cpu: list | None = None) -> float:
+    """Sum over the images of (read + letterbox + 1-thread ORT) seconds, divided by the cores (and, appended to
+    `cpu`, the CPU seconds of that work: a figure the machine's other load hardly changes)."""
     import cv2
     import onnxruntime as ort
     from serial_reference import letterbox_input
@@ -58,24 +65,28 @@ def per_image_floor(onnx: str, files: list[str], cores: int) -> float:
     name = sess.get_inputs()[0].name
     sess.run(None, {name: letterbox_input(cv2.imread(files[0]), 320, (0, 0, 0), (1, 1, 1))[0]})  # warm-up
     total = 0.0
+    c0 = time.process_time()
     for path in files:
         t0 = time.perf_counter()
         x, _, _ = letterbox_input(cv2.imread(path), 320, (103.53, 116.28, 123.675), (57.375, 57.12, 58.395))
         sess.run(None, {name: x})
         total += time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(time.process_time() - c0)
     return total / cores
 
 
-def decode_rate(files: list[str], pre: Preprocessor) -> float:
-    """Images/s of one process doing only cv2.imread + the letterbox resize (as in the issue's figure)."""
+def decode_rate(files: list[str], pre: Preprocessor) -> tuple[float, float]:
+    """(images/s, CPU s per image) of one process doing only cv2.imread + the letterbox resize (the issue's
+    figure)."""
     import cv2
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for path in files:
         img = cv2.imread(path)
         h, w = img.shape[:2]
         r = min(pre.height / h, pre.width / w)
         cv2.resize(img, (int(round(w * r)), int(round(h * r))), interpolation=cv2.INTER_LINEAR)
-    return len(files) / (time.perf_counter() - t0)
+    return len(files) / (time.perf_counter() - t0), (time.process_time() - c0) / len(files)
 
 
 def fce_seconds(ann: dict, dets_file: Path, ids, cats) -> float:
@@ -130,33 +141,42 @@ def run(a, cores: int, work: Path):
         suite = [str(ROOT / "scripts" / "suite"), "accuracy", "--model", a.model, "--bs", "1", "--onnx", a.onnx,
                  "--images-dir", a.images_dir, "--ann", a.ann, "--results-dir", str(work / "acc"), "--no-progress",
                  "--no-resume", "--save-detections", str(work / "acc-dets.json")]
-        suite_t, floor_t = [], []
+        suite_t, floor_t, suite_cpu, floor_cpu = [], [], [], []
         for i in range(a.repeats):
             for what in (("suite", "floor") if i % 2 == 0 else ("floor", "suite")):
                 if what == "suite":
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), children_cpu()
                     out = subprocess.run(suite, capture_output=True, text=True)
                     suite_t.append(time.perf_counter() - t0)
+                    suite_cpu.append(children_cpu() - c0)
                     if out.returncode not in (0, 1):
                         sys.exit(f"suite run failed ({out.returncode}): {out.stderr[-2000:]}")
                 else:
-                    floor_t.append(per_image_floor(a.onnx, files, cores)
+                    floor_t.append(per_image_floor(a.onnx, files, cores, floor_cpu)
                                    + fce_seconds(ann, work / "dets.json", ids, cats))
         s, f = statistics.median(suite_t), statistics.median(floor_t)
         print(f"1. accuracy run (--bs 1, whole process) {s:.2f} s vs machine floor {f:.2f} s (per-image work over "
               f"{cores} cores + faster-coco-eval): ratio {s / f:.3f} (target <= 1.10); runs "
               f"{' '.join(f'{t:.2f}' for t in suite_t)} / {' '.join(f'{t:.2f}' for t in floor_t)}")
+        sc, fc = statistics.median(suite_cpu), statistics.median(floor_cpu)
+        print(f"   CPU seconds (less sensitive to other load): suite process {sc:.2f} vs the bare per-image work "
+              f"{fc:.2f}: ratio {sc / fc:.3f}")
 
     # 2. decode limit, loader scaling, replay without the input cache
-    one = max(decode_rate(files, pre) for _ in range(2))
+    one, one_cpu = max(decode_rate(files, pre) for _ in range(2))
     limit = one * cores
-    scaling = []
+    scaling, loader_cpu = [], []
     for w in range(1, cores + 1):
+        c0, p0 = children_cpu(), time.process_time()
         with open_loader(items, pre, a.bs, workers=w) as loader:
             t0 = time.perf_counter()
             for _ in loader:
                 pass
             scaling.append(n / (time.perf_counter() - t0))
+        loader_cpu.append((children_cpu() - c0 + time.process_time() - p0) / n)  # workers joined by close()
+    print(f"   CPU per image: one process read + letterbox {one_cpu * 1e3:.2f} ms; the loader (workers + parent, "
+          f"full preprocessing into the batch) {', '.join(f'{w}: {c * 1e3:.2f} ms' for w, c in enumerate(loader_cpu, 1))}"
+          f" -> with N idle cores the loader reaches about N x {1 / max(loader_cpu):.0f} images/s")
     replay = dict(base, backend="replay", batch_size=a.bs, backend_options={"replay_dir": str(work / "rec")})
     cold = [run_accuracy(RunConfig(**replay, workers=cores, streams=1, evaluator="incremental"))["run"]
             for _ in range(a.repeats)]
@@ -187,7 +207,9 @@ def run(a, cores: int, work: Path):
           f"(target <= 1.10); overhead above the device alone {r['wall_s'] - device_s:+.3f} s")
 
     # 4. replay with the input cache, evaluation excluded
-    warm = [run_accuracy(RunConfig(**replay, input_cache=cache, workers=0, streams=1))["run"]
+    # faster-coco-eval runs after the loop: wall - evaluate_s is the harness alone, with no evaluation in it
+    warm = [run_accuracy(RunConfig(**replay, input_cache=cache, workers=0, streams=1,
+                                   evaluator="faster-coco-eval"))["run"]
             for _ in range(a.repeats)]
     rate = max(n / (w["wall_s"] - w["evaluate_s"]) for w in warm)
     print(f"4. replay with the input cache, evaluation excluded: {rate:.0f} images/s (target >= 10000)")
@@ -200,8 +222,13 @@ def run(a, cores: int, work: Path):
         parts = line.split("|")
         if len(parts) == 3 and parts[1].strip().isdigit():
             rows.append((int(parts[1]), len(parts[2]) - len(parts[2].lstrip()), parts[2].strip()))
-    top = sorted((r for r in rows if r[1] == 1), reverse=True)[:6]
     total = sum(r[0] for r in rows if r[1] == 1)
+    per_package: dict = {}
+    for us, _, name in rows:  # a package's largest cumulative entry is its root import
+        top_name = name.split(".")[0]
+        if top_name not in ("common", "encodings", "site"):
+            per_package[top_name] = max(per_package.get(top_name, 0), us)
+    top = sorted(((us, 0, name) for name, us in per_package.items()), reverse=True)[:6]
     t0 = time.perf_counter()
     one_run = subprocess.run([str(ROOT / "scripts" / "suite"), "accuracy", "--model", a.model, "--bs", "1",
                               "--onnx", a.onnx, "--images-dir", a.images_dir, "--ann", a.ann, "--max-images", "1",
