@@ -174,18 +174,21 @@ def run(a, cores: int, work: Path):
                 pass
             scaling.append(n / (time.perf_counter() - t0))
         loader_cpu.append((children_cpu() - c0 + time.process_time() - p0) / n)  # workers joined by close()
-    print(f"   CPU per image: one process read + letterbox {one_cpu * 1e3:.2f} ms; the loader (workers + parent, "
-          f"full preprocessing into the batch) {', '.join(f'{w}: {c * 1e3:.2f} ms' for w, c in enumerate(loader_cpu, 1))}"
-          f" -> with N idle cores the loader reaches about N x {1 / max(loader_cpu):.0f} images/s")
     replay = dict(base, backend="replay", batch_size=a.bs, backend_options={"replay_dir": str(work / "rec")})
-    cold = [run_accuracy(RunConfig(**replay, workers=cores, streams=1, evaluator="incremental"))["run"]
-            for _ in range(a.repeats)]
-    best = max(n / r["wall_s"] for r in cold)
+    # the CLI's default for an accelerator leaves one core to the parent (cores - 1 workers); try all of them too
+    cold = {w: max(n / run_accuracy(RunConfig(**replay, workers=w, streams=1))["run"]["wall_s"]
+                   for _ in range(a.repeats)) for w in sorted({max(1, cores - 1), cores})}
+    best_w = max(cold, key=cold.get)
+    best = cold[best_w]
     print(f"2. decode limit: one process cv2.imread + letterbox {one:.0f} images/s, x {cores} cores = {limit:.0f}")
     print("   loader alone (batch {}), workers 1..{}: {}".format(
         a.bs, cores, ", ".join(f"{w}: {r:.0f} images/s ({r / (one * w):.2f} of {w} x one process)"
                                for w, r in enumerate(scaling, 1))))
-    print(f"   replay without input cache, batch {a.bs}, {cores} workers, evaluation included: {best:.0f} images/s "
+    print(f"   CPU per image: one process read + letterbox {one_cpu * 1e3:.2f} ms; the loader (workers + parent, "
+          f"full preprocessing into the batch) {', '.join(f'{w}: {c * 1e3:.2f} ms' for w, c in enumerate(loader_cpu, 1))}"
+          f" -> with N idle cores and the parent not the bottleneck, about N x {1 / max(loader_cpu):.0f} images/s")
+    print(f"   replay without input cache, batch {a.bs}, evaluation included: "
+          f"{', '.join(f'{w} workers {r:.0f}' for w, r in cold.items())} images/s; best {best:.0f} images/s "
           f"= {best / limit:.3f} of the decode limit (target >= 0.75)")
 
     # 3. simulated device with the input cache

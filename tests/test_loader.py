@@ -84,3 +84,20 @@ def test_dead_worker_is_reported_not_waited_for(items):
 def test_open_loader_picks_by_workers(items):
     with open_loader(items, PRE, 4, workers=0) as a, open_loader(items, PRE, 4, workers=1) as b:
         assert type(a) is BatchLoader and type(b) is SharedBatchLoader
+
+
+def test_accuracy_run_with_shared_loader_workers(shared_data, rtmdet_onnx, tmp_path):
+    """The whole accuracy path with decoding workers (the shared-memory loader), two streams and the input cache
+    gives the same metrics and detections as in-process decoding."""
+    from common.runs import RunConfig, run_accuracy
+    base = dict(model="rtmdet", onnx=str(rtmdet_onnx), images_dir=str(shared_data / "coco" / "val2017"),
+                annotation=str(shared_data / "coco" / "annotations" / "instances_val2017_person_subset350.json"),
+                progress=False, max_images=24, results_dir=str(tmp_path / "res"))
+    ref = run_accuracy(RunConfig(**base, workers=0, record_outputs=str(tmp_path / "rec")))
+    replay = dict(base, backend="replay", backend_options={"replay_dir": str(tmp_path / "rec")})
+    for bs, streams in ((1, 1), (5, 2)):
+        for _ in range(2):  # the second run reads the input cache the first one wrote
+            got = run_accuracy(RunConfig(**replay, batch_size=bs, streams=streams, workers=2,
+                                         input_cache=str(tmp_path / f"in{bs}")))
+            assert got["metrics"] == ref["metrics"] and got["num_detections"] == ref["num_detections"]
+        assert got["dataset"]["input_cache_hit"]
