@@ -211,19 +211,25 @@ class IncrementalCocoEval:
         self._error: BaseException | None = None
         self._entries: dict = {}      # category -> [(image_id, scores [D], matched [A,T,D], ignored [A,T,D], npig [A])]
         self._matched_images: set = set()
+        # started by the first message, so an evaluator that is never fed (a run failing early) leaves no thread
         self._thread = threading.Thread(target=self._run, name="incremental-coco-eval", daemon=True)
-        self._thread.start()
+
+    def _put(self, message):
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
+        self._queue.put(message)
 
     def add(self, rows: np.ndarray):
         """Rows (image_id, x, y, w, h, score, category) of evaluated categories (DetectionStore's layout)."""
         if len(rows):
-            self._queue.put(("add", np.array(rows, np.float64)))
+            self._put(("add", np.array(rows, np.float64)))
 
     def complete(self, image_ids):
-        self._queue.put(("complete", [int(i) for i in image_ids]))
+        if len(image_ids):
+            self._put(("complete", [int(i) for i in image_ids]))
 
     def result(self, image_ids) -> np.ndarray:
-        self._queue.put(("finish", sorted(set(int(i) for i in image_ids))))
+        self._put(("finish", sorted(set(int(i) for i in image_ids))))
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -234,6 +240,7 @@ class IncrementalCocoEval:
         """Stop the thread without a result (a failed run)."""
         if self._thread.is_alive():
             self._queue.put(("stop", None))
+            self._thread.join()
 
     # -- the matching thread
 
