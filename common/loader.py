@@ -33,6 +33,7 @@ from .errors import RuntimeFailure
 # Images per worker task: enough to make the per-task messages negligible, few enough to balance the workers.
 MAX_TASK_IMAGES = 8
 WORKER_POLL_S = 1.0
+MAX_BUFFER_BYTES = 1 << 30
 
 
 def _shared(shape, dtype) -> np.ndarray:
@@ -76,9 +77,11 @@ class SharedBatchLoader(BatchLoader):
             return
         # Buffers: enough batches in flight to keep every worker busy, plus the ones the consumer may hold
         # (stream threads, the re-ordering of results, the input cache writer).
-        self.ahead = max(2, math.ceil(2 * workers * MAX_TASK_IMAGES / batch_size))
-        self.n_buffers = buffers or self.ahead + 4
         shape = (batch_size, 3, pre.height, pre.width)
+        wanted = max(2, math.ceil(2 * workers * MAX_TASK_IMAGES / batch_size)) + 4
+        # bounded in memory (many workers and large inputs): at least 4 buffers, else at most MAX_BUFFER_BYTES
+        self.n_buffers = buffers or min(wanted, max(4, MAX_BUFFER_BYTES // (int(np.prod(shape)) * 4)))
+        self.ahead = max(1, self.n_buffers - 4)
         # one mapping per buffer: an array made over one of them is the base of every view of that batch
         self.maps = [mmap.mmap(-1, int(np.prod(shape)) * 4) for _ in range(self.n_buffers)]
         self.inputs = [np.frombuffer(m, np.float32).reshape(shape) for m in self.maps]
