@@ -73,6 +73,7 @@ class SharedBatchLoader(BatchLoader):
         super().__init__(items, pre, batch_size, 0, progress, desc, cache_dir)
         self.workers = workers
         self.procs: list = []
+        self._finished = False
         if self.cached is not None or workers < 1:
             return
         # Buffers: enough batches in flight to keep every worker busy, plus the ones the consumer may hold
@@ -179,6 +180,7 @@ class SharedBatchLoader(BatchLoader):
                     del inputs
                 if bar is not None:
                     bar.update(end - start)
+            self._finished = True
         finally:
             if bar is not None:
                 bar.close()
@@ -187,10 +189,12 @@ class SharedBatchLoader(BatchLoader):
         procs, self.procs = self.procs, []
         if not procs:
             return super().close()
-        for _ in procs:
-            self.tasks.put(None)
-        for p in procs:
-            p.join(timeout=2.0)
+        if self._finished:  # nothing queued: let them leave by themselves
+            for _ in procs:
+                self.tasks.put(None)
+            for p in procs:
+                p.join(timeout=2.0)
+        for p in procs:  # stopped early (error, Ctrl-C, consumer gone): queued tasks are not worth waiting for
             if p.exitcode is None:
                 p.terminate()
                 p.join(timeout=2.0)

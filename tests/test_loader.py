@@ -101,3 +101,12 @@ def test_accuracy_run_with_shared_loader_workers(shared_data, rtmdet_onnx, tmp_p
                                          input_cache=str(tmp_path / f"in{bs}")))
             assert got["metrics"] == ref["metrics"] and got["num_detections"] == ref["num_detections"]
         assert got["dataset"]["input_cache_hit"]
+
+
+def test_consumer_stopping_early_ends_the_workers(items):
+    loader = SharedBatchLoader(items, PRE, 1, workers=2)
+    procs = list(loader.procs)
+    for b in loader:
+        break
+    loader.close()
+    assert all(p.exitcode is not None for p in procs)
