@@ -129,9 +129,8 @@ def _config(args) -> RunConfig:
         cpu = args.backend == "onnxruntime" and (args.device or "cpu") == "cpu"
         cfg.streams = args.streams or (2 if cpu and cores >= 2 else 1)
         # A CPU runtime already keeps every core busy (measured on 2 cores: decoding in-process beside
-        # two 1-thread sessions beat a separate decoding process); an accelerator leaves the host cores free.
-        # an accelerator host decodes on every core but the parent's (~300 images/s each: a 2627 images/s
-        # device needs ~9 of them without the input cache)
+        # two 1-thread sessions beat a separate decoding process); an accelerator leaves the host cores free, so
+        # it decodes on every core but the parent's (~300 images/s each: a 2627 images/s device needs ~9).
         cfg.workers = args.workers if args.workers is not None else (
             max(0, min(4, cores - 2 * cfg.streams)) if cpu else max(1, cores - 1))
         cfg.resume = not args.no_resume

@@ -20,7 +20,6 @@ import mmap
 import multiprocessing as mp
 import os
 import queue
-import signal
 import threading
 import weakref
 from typing import Iterator
