@@ -1,7 +1,8 @@
 """Detections -> COCO metrics.
 
-Two engines give the same 12 stats: pycocotools (the reference implementation) and faster-coco-eval (the same
-algorithm in C++, several times faster on large runs), used by default when installed.
+Three engines give the same 12 stats: pycocotools (the reference implementation), faster-coco-eval (the same
+algorithm in C++, several times faster on large runs) and "incremental" (the default, common/incremental_eval.py:
+pycocotools' matching done image by image while the run still infers, only the accumulation after the last image).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class DetectionStore:
         rows[:, 5] = scores
         rows[:, 6] = categories
         self._chunks.append(rows)
+        return rows
 
     def rows(self) -> np.ndarray:
         return np.concatenate(self._chunks) if self._chunks else np.empty((0, 7), np.float64)
@@ -58,15 +60,11 @@ def to_coco_results(rows: np.ndarray) -> list[dict]:
              "score": float(r[5])} for r in rows]
 
 
-ENGINES = ("faster-coco-eval", "pycocotools")
+ENGINES = ("incremental", "faster-coco-eval", "pycocotools")
 
 
 def default_engine() -> str:
-    try:
-        import faster_coco_eval  # noqa: F401
-    except ImportError:
-        return "pycocotools"
-    return "faster-coco-eval"
+    return "incremental"
 
 
 class CocoEvaluator:
@@ -85,6 +83,10 @@ class CocoEvaluator:
                              "in the annotation file", source)
         self.store = DetectionStore()
         self._keep = np.isin(self.label_map, self.categories)  # per model label: evaluated or not
+        self._incremental = None
+        if self.engine == "incremental":
+            from .incremental_eval import IncrementalCocoEval
+            self._incremental = IncrementalCocoEval(annotations, self.categories)
 
     def add(self, image_ids, boxes_xyxy, scores, labels):
         """Flat detections (one entry per box) with model labels; mapped to COCO ids, other categories dropped."""
@@ -95,10 +97,24 @@ class CocoEvaluator:
                              f"of {len(self.label_map)} classes")
         cats = self.label_map[labels]
         keep = self._keep[labels]
-        self.store.add(np.asarray(image_ids)[keep], np.asarray(boxes_xyxy)[keep], np.asarray(scores)[keep],
-                       cats[keep])
+        rows = self.store.add(np.asarray(image_ids)[keep], np.asarray(boxes_xyxy)[keep], np.asarray(scores)[keep],
+                              cats[keep])
+        if self._incremental is not None:
+            self._incremental.add(rows)
+
+    def complete(self, image_ids):
+        """These images will get no more detections: the incremental engine may match them now."""
+        if self._incremental is not None:
+            self._incremental.complete(image_ids)
+
+    def close(self):
+        """Stop background matching (a run that ends without evaluating)."""
+        if self._incremental is not None:
+            self._incremental.close()
 
     def evaluate(self, image_ids) -> dict:
+        if self._incremental is not None:
+            return {name: float(v) for name, v in zip(STAT_NAMES, self._incremental.result(image_ids))}
         return coco_metrics(self.annotations, self.store.rows(), image_ids, self.categories, self.engine)
 
 

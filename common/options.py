@@ -18,7 +18,7 @@ from . import REPO_ROOT
 from .errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-EVALUATORS = ("faster-coco-eval", "pycocotools")
+EVALUATORS = ("incremental", "faster-coco-eval", "pycocotools")   # common/evaluate.py ENGINES
 MAX_THREADS = 256   # runtime threads: beyond this a typo (--threads 100000) only exhausts memory
 
 
@@ -79,13 +79,14 @@ def parallelism(cfg: RunConfig, caps) -> tuple[int, int]:
     """(streams, workers) of an accuracy run: the ones asked for, else what the backend's capabilities say.
 
     A runtime that computes on the host's cores already keeps every core busy (measured on 2 cores: decoding
-    in-process beside two 1-thread sessions beat a separate decoding process); an accelerator leaves them free.
+    in-process beside two 1-thread sessions beat a separate decoding process); an accelerator leaves them free,
+    so it decodes on every core but the parent's (~300 images/s each: a 2627 images/s device needs ~9).
     """
     cores = os.cpu_count() or 1
     streams = cfg.streams or (2 if caps.host_compute and cores >= 2 else 1)
     if cfg.workers is not None:
         return streams, cfg.workers
-    return streams, max(0, min(4, cores - 2 * streams)) if caps.host_compute else max(1, min(4, cores - 1))
+    return streams, max(0, min(4, cores - 2 * streams)) if caps.host_compute else max(1, cores - 1)
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -112,6 +113,16 @@ def _seconds(text: str) -> float:
         value = math.nan
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
@@ -182,14 +193,18 @@ def _groups() -> dict:
                  shown="all"),
             Flag(("--workers",), "workers", "decoding worker processes; 0 = each stream decodes its own next "
                  "batch", nonneg_int, env="SUITE_WORKERS",
-                 shown="from the backend: the cores a host-computing runtime leaves free, up to 4"),
+                 shown="from the backend: the cores a host-computing runtime leaves free, up to 4; for an "
+                       "accelerator every core but one"),
             Flag(("--streams",), "streams", "inference requests in flight, each at --bs", positive_int,
                  env="SUITE_STREAMS", shown="2 for a host-computing runtime on >= 2 cores, else 1"),
-            Flag(("--evaluator",), "evaluator", "COCO metrics engine (same 12 stats)", choices=EVALUATORS,
-                 shown="faster-coco-eval when installed"),
+            Flag(("--evaluator",), "evaluator", "COCO metrics engine (same 12 stats): incremental matches each "
+                 "image while later ones infer", choices=EVALUATORS, shown="incremental"),
             Flag(("--record-outputs",), "record_outputs", "also record the raw outputs for the replay backend",
                  metavar="DIR"),
             Flag(("--replay-dir",), "replay_dir", "replay backend: the recording to serve", metavar="DIR"),
+            Flag(("--replay-fps",), "replay_fps", "replay backend: also simulate a device of F images/s (each "
+                 "batch waits bs/F s on one shared device clock, using no CPU)", _positive_float, metavar="F",
+                 shown="off: serve as fast as the harness asks"),
             Flag(("--input-cache",), "input_cache", "keep decoded + preprocessed inputs here as a memory-mapped "
                  "file shared by every precision and batch size", env="INPUT_CACHE_DIR", metavar="DIR",
                  shown="off"),
@@ -288,8 +303,9 @@ def config_from_args(args: argparse.Namespace, environ=None) -> RunConfig:
         kw["progress"] = not get("no_progress")
     if "no_resume" in present:
         kw["resume"] = not get("no_resume")
-    if "replay_dir" in present and get("replay_dir"):
-        kw["backend_options"] = {"replay_dir": get("replay_dir")}
+    replay = {k: get(k) for k in ("replay_dir", "replay_fps") if k in present and get(k)}
+    if replay:
+        kw["backend_options"] = replay
     return RunConfig(model=kw.pop("model", None) or "", **kw)
 
 
@@ -311,9 +327,9 @@ def to_flags(cfg: RunConfig, kind: str | None = None) -> list[str]:
             elif f.dest == "no_resume":
                 if not cfg.resume:
                     out.append("--no-resume")
-            elif f.dest == "replay_dir":
-                if cfg.backend_options.get("replay_dir"):
-                    out += ["--replay-dir", str(cfg.backend_options["replay_dir"])]
+            elif f.dest in ("replay_dir", "replay_fps"):
+                if cfg.backend_options.get(f.dest):
+                    out += [f.names[0], str(cfg.backend_options[f.dest])]
             else:
                 v = getattr(cfg, f.dest)
                 if v is not None and v != getattr(base, f.dest):

@@ -21,11 +21,12 @@ import numpy as np
 
 from .backends import backend_class
 from .engine import Prepared, infer, prepare, resolve_onnx
-from .data import BatchLoader, image_items, read_annotations, read_image, resolve_dataset
+from .data import image_items, read_annotations, read_image, resolve_dataset
 from .decode import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from .endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from .engine_cache import atomic_write_bytes, file_sha256
 from .errors import ConfigError, InputError, RuntimeFailure
+from .loader import open_loader
 from .evaluate import CocoEvaluator, to_coco_results
 from .fsaccess import check_output_file, ensure_writable_dir
 from .preprocess import Preprocessor
@@ -88,6 +89,14 @@ def _read_ahead(batches, future, limit: int) -> list:
             break
         ahead.append(batch)
     return ahead
+
+
+def _drain(batches: list):
+    """The list's batches in order, each dropped from the list as it is taken (a loader may reuse its buffer once
+    the consumer is done with it)."""
+    batches.reverse()
+    while batches:
+        yield batches.pop()
 
 
 def _in_streams(batches, runners: list, infer, ahead: int | None = None):
@@ -234,8 +243,9 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     for c in chunks:
         evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"])
         nonfinite.update(c["nonfinite"])
+    evaluator.complete([it.image_id for it in items[:done]])
     # The loader forks its workers before prepare() starts the runtime's threads.
-    with BatchLoader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
+    with open_loader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
                      cache_dir=None if done else cfg.input_cache) as loader:
         batches = iter(loader)
         # The engine is built / loaded while the first images decode: a cold start would otherwise leave the
@@ -284,15 +294,17 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
             ids = batch.image_ids[bi[finite]]
             evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
+            evaluator.complete(batch.image_ids)  # matched in the background while the next batches infer
             state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
             start += len(batch.image_ids)
 
         try:
             with _about_model(onnx_path):
-                for batch, (outputs, seconds) in _in_streams(chain(ahead, batches), runners, timed_infer):
+                for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
                     consume(batch, outputs, seconds)
         except BaseException:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
+            evaluator.close()
             raise
         if recorder is not None:
             recorder.write()
@@ -308,6 +320,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
                                  "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None},
                         metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                         run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
+                             "simulated_device_s": getattr(p.runner, "simulated_device_s", None),
                              "images_per_s": (len(items) - done) / wall,   # this run's images only
                              "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
     record = _finish(record, metrics, _targets(p, cfg), reasons)

@@ -27,7 +27,7 @@ def test_to_flags_round_trips():
     cfg = RunConfig(model="m.yaml", variant="v", precision="fp16", batch_size=8, backend="tvm", threads=3,
                     dataset_dir="d", annotation="a.json", max_images=5, workers=0, streams=2, progress=False,
                     resume=False, checkpoint_s=0.0, preflight=0, warmup_s=0.5, min_iters=7, results_dir="r",
-                    backend_options={"replay_dir": "rec"}, evaluator="pycocotools")
+                    backend_options={"replay_dir": "rec", "replay_fps": 2627.0}, evaluator="pycocotools")
     assert _parse(to_flags(cfg)) == cfg
     acc = _parse(to_flags(cfg, "accuracy"), "model", "engine", "dataset", "output", "accuracy")
     assert acc == dataclasses.replace(cfg, warmup_s=1.0, min_iters=100)
