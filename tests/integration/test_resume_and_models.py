@@ -17,7 +17,7 @@ from common.runs import RunConfig, run_accuracy
 from synthetic_coco import make_synthetic_coco
 from tiny_detector import make_tiny_detector, write_tiny_spec
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO  # noqa: E402
 N_IMAGES = 40
 
 

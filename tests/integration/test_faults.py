@@ -28,7 +28,7 @@ from common.specs import load_model
 from synthetic_coco import make_synthetic_coco
 from tiny_detector import make_tiny_detector, write_tiny_spec
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO  # noqa: E402
 N_IMAGES = 40
 DROP_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
             "--bounding-set=-dac_override,-dac_read_search"]

@@ -20,7 +20,7 @@ from common.errors import ConfigError, InputError, RuntimeFailure
 from prepare import main as prepare_main
 from synthetic_coco import make_synthetic_coco
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO  # noqa: E402
 
 
 def _tree(root: Path) -> dict:
