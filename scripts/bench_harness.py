@@ -16,12 +16,15 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / ".importpath"))
+from common.interpreter import use_project_python  # noqa: E402
+
+use_project_python()
+from common.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
 
 from common.data import read_annotations  # noqa: E402
 from common.evaluate import STAT_NAMES, coco_metrics  # noqa: E402
@@ -29,7 +32,7 @@ from common.runs import RunConfig, timing_inputs, run_accuracy, run_performance 
 
 RSS_SNIPPET = """
 import json, resource, sys
-sys.path.insert(0, {root!r})
+sys.path.insert(0, {root!r} + "/.importpath")
 from common.runs import RunConfig, run_accuracy
 run_accuracy(RunConfig(**json.loads({cfg!r})))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -46,8 +49,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bs", type=int, default=32,
                     help="batch size of the replay runs (32: the batch of the public MR-V100 RTMDet figure)")
+    add_keep_flag(ap)
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-harness-"))
+    with scratch_dir("bench-harness-", a.keep) as work:
+        run(a, work)
+
+
+def run(a, work: Path):
     base = dict(model=a.model, onnx=a.onnx, images_dir=a.images_dir, annotation=a.ann, progress=False,
                 cache_dir=str(work / "engines"))
     rec = run_accuracy(RunConfig(**base, record_outputs=str(work / "rec"), detections_out=str(work / "dets.json")))

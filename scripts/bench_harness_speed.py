@@ -25,16 +25,18 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / ".importpath"))
+from common.interpreter import use_project_python  # noqa: E402
+
+use_project_python()
+from common.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
@@ -106,17 +108,10 @@ def main():
     ap.add_argument("--device-fps", type=float, default=2627.0, help="simulated device rate (default: MR-V100)")
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--skip-accuracy", action="store_true", help="skip figure 1 (the slow one: real inference)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_keep_flag(ap)
     a = ap.parse_args()
-    cores = os.cpu_count() or 1
-    work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
-    try:
-        run(a, cores, work)
-    finally:
-        if a.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with scratch_dir("bench-speed-", a.keep) as work:
+        run(a, os.cpu_count() or 1, work)
 
 
 def run(a, cores: int, work: Path):

@@ -54,7 +54,11 @@ def _words(command: str) -> list[str]:
     while (shorter := re.sub(r"\[[^\[\]]*\]", " ", text)) != text:  # nested groups, innermost first
         text = shorter
     text = re.sub(r"<[^<>]*>", "PLACEHOLDER", text)
-    return [a for a in shlex.split(text) if a not in ("...", "…") and not a.endswith("...")]
+    try:
+        words = shlex.split(text)
+    except ValueError:   # prose in a layout block ("the model's spec"): not a command, split it plainly
+        words = text.split()
+    return [a for a in words if a not in ("...", "…") and not a.endswith("...")]
 
 
 class _Parsed(Exception):
