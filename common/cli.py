@@ -67,7 +67,7 @@ def _common_args(p: argparse.ArgumentParser):
     p.add_argument("--calib-dir", default=env("CALIB_DIR"),
                    help="int8: calibration images, never the evaluation images (refused when they are; "
                         "default: $CALIB_DIR)")
-    p.add_argument("--calib-images", type=_positive_int, default=32, help="int8: calibration images used (default 32)")
+    p.add_argument("--calib-images", type=_positive_int, help="int8: calibration images used (default: the spec's int8 calib_images, else 32)")
     p.add_argument("--no-record", action="store_true", help="print only; write no result record")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -154,9 +154,11 @@ def print_summary(record: dict, path=None):
         print(format_timing(TimingStats(**record["timing"])))
         if "compute" in record:
             c, e = record["compute"], record["end_to_end"]
-            print(f" compute     {c['mean_ms']:.3f} ms mean per batch ({c['method']})")
-            print(" end-to-end  " + (f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS "
-                                      f"(read + preprocess + infer + decode, {e['images']} images)" if e["stats"]
+            print(f" compute     {c['mean_ms']:.3f} ms mean per batch, {c['fps']:.2f} FPS compute-only = fps_compute "
+                  f"({c['method']})")
+            print(" end-to-end  " + (f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS = "
+                                      f"fps_e2e (read + preprocess + infer + decode, {e['images']} images)"
+                                      if e["stats"]
                                       else f"not measured: {e['reason']}"))
             print(format_telemetry(record["telemetry"]))
     for c in record["checks"]:

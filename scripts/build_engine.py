@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=env("ENGINE_CACHE_DIR"), help="engine cache (default: <repo>/.cache/engines)")
     p.add_argument("--calib-dir", default=env("CALIB_DIR"),
                    help="int8: calibration images (never the evaluation images; checked against --ann)")
-    p.add_argument("--calib-images", type=_positive, default=32, help="int8: calibration images used (default 32)")
+    p.add_argument("--calib-images", type=_positive, help="int8: calibration images used (default: the spec's int8 calib_images, else 32)")
     p.add_argument("--dataset-dir", default=env("DATASETS_DIR"), help="the evaluation set the calibration must avoid")
     p.add_argument("--ann", "--annotation", dest="annotation", default=env("COCO_ANNOTATION"))
     p.add_argument("--images-dir", default=env("COCO_IMAGES_DIR"))
