@@ -16,7 +16,6 @@ failure, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -48,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-images", type=_positive_int, help="evaluation images used (default all)")
     p.add_argument("--error-images", type=_positive_int, default=2,
                    help="calibration images the per-node error is measured on (default 2)")
+    p.add_argument("--error-nodes", type=_positive_int,
+                   help="measure the per-node error of only the first N quantised nodes (graph order; quick checks: "
+                        "the others are ranked after them, unmeasured)")
     p.add_argument("--tolerance", type=float, default=0.02, help="AP below FP32 accepted (default 0.02)")
     p.add_argument("--max-keep", type=_positive_int, help="most nodes kept in FP32 the search tries")
     p.add_argument("--timing-runs", type=_positive_int, default=20, help="runs per engine per timing round")
@@ -123,11 +125,12 @@ def main(argv=None) -> int:
                   f"{time.perf_counter() - t0:.1f} s")
             import numpy as np
             x = np.concatenate(list(calib.batches(1))[:args.error_images])
-            rows = node_errors(float_path, full, x, variant.input_name, settings.op_types, log=print)
+            rows = node_errors(float_path, full, x, variant.input_name, settings.op_types, log=print,
+                               limit=args.error_nodes)
             rows = [r for r in rows if r["node"] not in settings.keep_fp32]
             print(f" per-node error on {len(x)} calibration image(s), worst first (SQNR vs FP32 at the last "
                   "quantisable tensors with only that node quantised; of the node's output in the INT8 graph):")
-            for r in rows[:10]:
+            for r in [r for r in rows if r["alone_db"] is not None][:10]:
                 print(f"   {r['node']:<24} {r['op_type']:<8} alone {r['alone_db']:6.2f} dB   in the INT8 graph "
                       f"{r['sqnr_db']:6.2f} dB")
             fp32_m, _ = evaluate_ap(onnx_path, variant, held)

@@ -134,7 +134,6 @@ def _build(rtmdet_onnx, shared_data, cache, calib, log, *extra):
 def test_int8_build_is_the_vendor_flow_on_a_quantised_onnx(rtmdet_onnx, shared_data, tmp_path):
     """INT8 as Iluvatar's recipes do it: ONNX Runtime quantises the ONNX on calibration images at batch 1, and
     that quantised ONNX goes through the same import and relay.build(precision="int8"); no relay.quantize."""
-    import onnx
     calib = _calib_images(tmp_path / "calib", n=3)
     log = tmp_path / "calls.jsonl"
     res = _build(rtmdet_onnx, shared_data, tmp_path / "engines", calib, log, "--calib-images", 3)
@@ -152,7 +151,6 @@ def test_int8_build_is_the_vendor_flow_on_a_quantised_onnx(rtmdet_onnx, shared_d
     # export_library picks the format by the suffix: the temporary name still ends in .so
     assert next(c for c in calls if c["call"] == "lib.export_library")["path"].endswith(".so")
     assert [p for p in (tmp_path / "engines").iterdir() if ".tmp" in p.name] == []
-    del onnx
 
     log.unlink()
     again = _build(rtmdet_onnx, shared_data, tmp_path / "engines", calib, log, "--calib-images", 3)
