@@ -23,7 +23,9 @@ the calibration settings, so rebuilding with another keep_fp32 list does not cal
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
@@ -233,8 +235,10 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
         quiet = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
         try:
-            quantize_static(str(float_path), str(out_path), reader, nodes_to_exclude=list(settings.keep_fp32),
-                            calibration_cache_path=str(ranges), **_quant_args(settings))
+            # the histogram calibrators print progress to stdout, which is the JSON of `build_engine.py --json`
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(str(float_path), str(out_path), reader, nodes_to_exclude=list(settings.keep_fp32),
+                                calibration_cache_path=str(ranges), **_quant_args(settings))
         except (InputError, RuntimeFailure):
             raise
         except Exception as exc:  # noqa: BLE001 - ORT's quantiser raises assorted exception types

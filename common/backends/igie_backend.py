@@ -29,18 +29,34 @@ TARGET_OPTIONS = "-libs=cudnn,cublas,ixinfer"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def _outputs(onnx_path: Path) -> list:
-    """[(name, shape)] of the ONNX's outputs; a shape lists ints for fixed dims and None for symbolic ones."""
+def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
+    """[(name, shape)] of the ONNX's outputs for the engine's fixed input shapes: a shape lists an int for a dim
+    known from the graph (ONNX Runtime's symbolic shape inference, as the exported files often declare every dim
+    symbolic) and a symbol name otherwise; one symbol stands for one size across all outputs."""
     import onnx
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # onnx raises several decode error types
         raise InputError(f"cannot load ONNX model ({type(exc).__name__})", onnx_path) from None
+    declared = model.graph.output
+    if input_shapes:
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+            for i in model.graph.input:
+                if i.name in input_shapes:
+                    dims = i.type.tensor_type.shape.dim
+                    for d, v in zip(dims, input_shapes[i.name]):
+                        d.ClearField("dim_param")
+                        d.dim_value = int(v)
+            declared = SymbolicShapeInference.infer_shapes(model, auto_merge=True).graph.output
+        except Exception:  # noqa: BLE001 - an op the inference does not know: the declared shapes are checked
+            pass
     outs = []
-    for o in model.graph.output:
-        dims = o.type.tensor_type.shape.dim if o.type.tensor_type.HasField("shape") else None
-        outs.append((o.name, None if dims is None else [d.dim_value if d.HasField("dim_value") else None
-                                                         for d in dims]))
+    for o in declared:
+        tt = o.type.tensor_type
+        dims = tt.shape.dim if tt.HasField("shape") else None
+        outs.append((o.name, None if dims is None else [d.dim_value if d.HasField("dim_value") else
+                                                         (d.dim_param or f"?{o.name}{k}") for k, d in enumerate(dims)]))
     return outs
 
 
@@ -69,17 +85,25 @@ class IgieRunner(Runner):
         self.output_names = [name for name, _ in outputs]
         self.output_shapes = [shape for _, shape in outputs]
 
-    def _check_shape(self, i: int, value: np.ndarray, batch: int):
-        """An output whose shape is not the ONNX's (rank, fixed dims; a symbolic first dim is the batch) is an
-        engine that computes something else: refused rather than decoded into wrong detections."""
-        want = self.output_shapes[i]
-        if want is None:
-            return
-        want = [batch if (k == 0 and d is None) else d for k, d in enumerate(want)]
-        if value.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, value.shape)):
-            shown = ["?" if d is None else d for d in want]
-            raise RuntimeFailure(f"IGIE output {i} '{self.output_names[i]}' has shape {list(value.shape)}, the ONNX "
-                                 f"model declares {shown}", self.engine)
+    def _check_shapes(self, outs: list):
+        """An output whose shape is not the ONNX's (rank, known dims, one size per symbolic dim across outputs)
+        is an engine that computes something else: refused rather than decoded into wrong detections."""
+        sizes = {}
+        for i, (value, want) in enumerate(zip(outs, self.output_shapes)):
+            if want is None:
+                continue
+            bad = value.ndim != len(want)
+            for w, g in zip(want, value.shape):
+                if isinstance(w, int):
+                    bad = bad or w != g
+                else:
+                    bad = bad or sizes.setdefault(w, g) != g
+            if bad:
+                shown = ", ".join(str(w) if isinstance(w, int) else "?" for w in want)
+                raise RuntimeFailure(f"IGIE output {i} '{self.output_names[i]}' has shape {list(value.shape)}, the "
+                                     f"ONNX model gives [{shown}]" + ("" if all(isinstance(w, int) for w in want) else
+                                                                      " (a '?' is one size across all outputs)"),
+                                     self.engine)
 
     def _run(self, x: np.ndarray) -> list:
         self.module.set_input(self.input_name, self.tvm.nd.array(np.ascontiguousarray(x), self.device))
@@ -87,8 +111,7 @@ class IgieRunner(Runner):
             self.module.set_input(name, self.tvm.nd.array(value, self.device))
         self.module.run()
         outs = [_to_numpy(self.module.get_output(i)) for i in range(len(self.output_names))]
-        for i, value in enumerate(outs):
-            self._check_shape(i, value, x.shape[0])
+        self._check_shapes(outs)
         return outs
 
     def sync(self):
@@ -170,7 +193,9 @@ class IgieBackend(Backend):
         # the device telemetry samples ($SUITE_GPU_INDEX, common/telemetry.py) is the one the engine runs on
         index = int(os.environ.get("SUITE_GPU_INDEX", "0") or 0)
         device = tvm.device(self.target().kind.name, index)
-        runner = IgieRunner(tvm, engine, device, req.input_name, req.batch_size, _outputs(req.onnx_path))
+        shapes = {req.input_name: [req.batch_size, *req.input_shape],
+                  **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs}}
+        runner = IgieRunner(tvm, engine, device, req.input_name, req.batch_size, _outputs(req.onnx_path, shapes))
         runner.device_index = index
         runner.extra_inputs = {name: np.asarray(v, np.float32) for name, v in req.extra_inputs}
         return runner
