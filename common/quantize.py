@@ -276,7 +276,8 @@ def spec_snippet(variant_name: str, settings: Int8Settings, keep: list) -> str:
     if settings.method == "percentile":
         lines.append(f"      percentile: {settings.percentile}")
     lines += [f"      calib_images: {settings.calib_images}",
-              f"      op_types: [{', '.join(settings.op_types)}]", "      keep_fp32:"]
+              f"      op_types: [{', '.join(settings.op_types)}]",
+              f"      float_outputs: [{', '.join(settings.float_outputs)}]", "      keep_fp32:"]
     lines += [f"        - {json.dumps(n)}" for n in keep] if keep else ["        []"]
     if not keep:
         lines[-2:] = ["      keep_fp32: []"]

@@ -151,6 +151,13 @@ def test_sensitivity_curve_and_snippet(rtmdet_onnx, shared_data, tmp_path):
     measured = [r for r in rep["node_errors"] if r["alone_db"] is not None]
     assert len(measured) == 3 and len(rep["node_errors"]) > 100       # the rest ranked after, unmeasured
     assert "int8:" in res.stdout and "keep_fp32: []" in res.stdout
+    # the snippet is a valid int8 section of the spec, with the settings the analysis used
+    import yaml
+
+    from common.quantize import read_int8_section
+    snippet = res.stdout.split("under variants:):\n", 1)[1].split("\n report:", 1)[0]
+    settings = read_int8_section(yaml.safe_load("variants:\n" + snippet)["variants"]["nano-person"]["int8"])
+    assert settings.calib_images == 2 and settings.keep_fp32 == ()
     # an impossible tolerance walks the curve (doubling) and says no node list was found: exit 1
     res = _sensitivity(rtmdet_onnx, shared_data, tmp_path, calib, held, "--max-keep", 1, "--tolerance", 0)
     assert res.returncode in (0, 1), res.stderr
