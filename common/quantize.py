@@ -16,6 +16,7 @@ Settings come from an `int8:` section of a model variant (read_int8_section; eve
       op_types: [Conv]         # op types quantised ([] = every type ONNX Runtime can quantise)
       keep_fp32: []            # node names left in FP32 (scripts/int8_sensitivity.py proposes them)
       float_outputs: [Conv]    # op types whose outputs stay float (the following activation reads them)
+      fidelity: {}             # the accuracy pre-flight's INT8 tolerance (defaults: Int8Settings.fidelity)
 
 Calibration runs at batch 1 (as the vendor's recipes do) on images that are never evaluation images
 (common/calibration.py refuses them). Its tensor ranges are cached by the float graph, the calibration set and
@@ -58,6 +59,10 @@ class Int8Settings:
     # output, as fused Conv+activation INT8 kernels do; quantising the pre-activation (ranges of +-200 for
     # values of mean magnitude ~4) costs most of RTMDet-nano's accuracy
     float_outputs: tuple = ("Conv",)
+    # the accuracy pre-flight's tolerance for INT8 (common.fidelity.Tolerance fields): FP16's is too tight for an
+    # engine that is meant to differ by a few score points; it still stops an INT8 engine that lost its accuracy
+    fidelity: tuple = (("min_cosine", 0.99), ("max_score_diff", 0.05), ("max_ap_diff", 0.05),
+                       ("min_mean_iou", 0.85), ("min_matched", 0.9))
 
     def calibration_key(self) -> dict:
         """What changes the calibration ranges (not the quantiser options applied after them)."""
@@ -65,8 +70,9 @@ class Int8Settings:
                 "op_types": sorted(self.op_types), "opset": self.target_opset(0)}
 
     def key(self) -> dict:
-        """Every setting, for the engine cache key."""
+        """Every setting that changes the engine, for the cache key."""
         d = asdict(self)
+        d.pop("fidelity")
         for k in ("op_types", "keep_fp32", "float_outputs"):
             d[k] = sorted(d[k])
         return d
@@ -76,7 +82,7 @@ class Int8Settings:
 
 
 _FIELDS = {"format", "per_channel", "activation_type", "weight_type", "method", "percentile", "calib_images",
-           "op_types", "keep_fp32", "float_outputs"}
+           "op_types", "keep_fp32", "float_outputs", "fidelity"}
 
 
 def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
@@ -122,7 +128,23 @@ def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
             if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
                 fail(key, f"expected a list of names, got {v!r}")
             values[key] = tuple(v)
+    if raw.get("fidelity") is not None:
+        from .fidelity import Tolerance
+        v, known = raw["fidelity"], {f for f in Tolerance.__dataclass_fields__ if f != "outputs"}
+        if not isinstance(v, dict):
+            fail("fidelity", f"expected a mapping, got {v!r}")
+        for k, x in v.items():
+            if k not in known:
+                fail(f"fidelity.{k}", f"unknown; known: {', '.join(sorted(known))}")
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0:
+                fail(f"fidelity.{k}", f"expected a number >= 0, got {x!r}")
+        values["fidelity"] = tuple(sorted({**dict(d.fidelity), **{k: float(x) for k, x in v.items()}}.items()))
     return replace(d, **values)
+
+
+def preflight_tolerance(variant, tol):
+    """The accuracy pre-flight's tolerance for an INT8 run: the variant's, loosened by its int8.fidelity."""
+    return replace(tol, **dict(settings_for(variant).fidelity))
 
 
 def settings_for(variant, calib_images: int | None = None) -> Int8Settings:

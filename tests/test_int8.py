@@ -46,6 +46,21 @@ def _request(onnx, cache, calib_dir, n, settings, shared_data):
                         {"calibration": calib, "int8": settings})
 
 
+def test_int8_preflight_tolerance():
+    """INT8's pre-flight tolerance is its own (looser than FP16's), and the spec's int8.fidelity overrides it."""
+    from dataclasses import replace
+
+    from common.fidelity import tolerance_of
+    from common.quantize import preflight_tolerance
+    from common.specs import load_model
+    v = load_model("rtmdet").variant()
+    fp16, int8 = tolerance_of(v), preflight_tolerance(v, tolerance_of(v))
+    assert int8.max_score_diff > fp16.max_score_diff and int8.min_cosine < fp16.min_cosine
+    assert int8.max_ap_diff == 0.05
+    v2 = replace(v, extra={**v.extra, "int8": {**v.extra["int8"], "fidelity": {"max_ap_diff": 0.01}}})
+    assert preflight_tolerance(v2, tolerance_of(v2)).max_ap_diff == 0.01
+
+
 def test_quantised_onnx_cached_by_calibration_and_settings(rtmdet_onnx, shared_data, tmp_path):
     from dataclasses import replace
 
@@ -130,8 +145,19 @@ def _held_apart(shared_data, tmp_path, ids):
     return path, [im["file_name"] for im in sub["images"]]
 
 
+def _spec_without_int8(tmp_path):
+    """The rtmdet spec without its int8 section (whose keep_fp32 list would leave little to analyse)."""
+    import yaml
+    doc = yaml.safe_load((REPO / "models" / "rtmdet" / "model.yaml").read_text())
+    doc["variants"]["nano-person"].pop("int8", None)
+    path = tmp_path / "rtmdet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 def _sensitivity(rtmdet_onnx, shared_data, tmp_path, calib, held, *extra):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "int8_sensitivity.py"), "--model", "rtmdet",
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "int8_sensitivity.py"), "--model",
+                           str(_spec_without_int8(tmp_path)), "--variant", "nano-person",
                            "--onnx", str(rtmdet_onnx), "--calib-dir", str(calib), "--calib-images", "2",
                            "--dataset-dir", str(shared_data / "coco"), "--ann", str(held), "--search-images", "3",
                            "--error-images", "1", "--error-nodes", "3", "--cache-dir", str(tmp_path / "c"),
