@@ -3,6 +3,7 @@ request, the backend's engine (built or from the cache) and its runner. Shared b
 fidelity comparisons and scripts/build_engine.py."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,13 @@ def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256
     """What an engine is built from (scripts/build_engine.py builds the same request as a run)."""
     options = dict(variant.extra.get("build", {}))
     options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
-    if cfg.calib_dir and cfg.precision == "int8":  # only INT8 calibrates; $CALIB_DIR must not affect others
-        from .calibration import CalibrationSet
-        options["calibration"] = CalibrationSet.for_variant(cfg.calib_dir, variant, cfg)
+    if cfg.precision == "int8":  # only INT8 calibrates; $CALIB_DIR must not affect others
+        from .quantize import settings_for
+        options["int8"] = settings_for(variant, cfg.calib_images)
+        if cfg.calib_dir:
+            from .calibration import CalibrationSet
+            options["calibration"] = CalibrationSet.for_variant(
+                cfg.calib_dir, variant, dataclasses.replace(cfg, calib_images=options["int8"].calib_images))
     return BuildRequest(onnx_path=onnx_path, onnx_sha256=onnx_sha256, precision=cfg.precision,
                         batch_size=cfg.batch_size, input_name=variant.input_name,
                         input_shape=(3, variant.height, variant.width), cache=EngineCache(cfg.cache_dir),

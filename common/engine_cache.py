@@ -105,7 +105,7 @@ class EngineCache:
             if hit is not None:
                 return hit, True
             # holding the lock, any temp file of this key is what a killed build (kill -9) left behind
-            for stale in self.root.glob(f".{key}.*.tmp"):
+            for stale in [*self.root.glob(f".{key}.*.tmp"), *self.root.glob(f".{key}.*.tmp.*")]:
                 with _suppress_oserror():
                     stale.unlink()
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=f"{suffix}.tmp")

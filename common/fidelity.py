@@ -321,6 +321,9 @@ def preflight(cfg, prepared, items, annotations) -> dict:
     from .engine import prepare
     variant = prepared.variant
     tol = tolerance_of(variant)
+    if cfg.precision == "int8":  # INT8 has its own, looser tolerance (common/quantize.py)
+        from .quantize import preflight_tolerance
+        tol = preflight_tolerance(variant, tol)
     images = load_images(variant, None, None, None, cfg.preflight, items=items, annotations=annotations)
     ref = prepare(reference_config(cfg), variant, prepared.onnx_sha256, prepared.onnx_path)
     report = compare_runs(variant, run_images(ref.runner, images),

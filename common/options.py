@@ -54,7 +54,7 @@ class RunConfig:
     min_iters: int = 100
     backend_options: dict = field(default_factory=dict)
     calib_dir: str | None = None       # int8: calibration images (never the evaluation set, common/calibration.py)
-    calib_images: int = 32
+    calib_images: int | None = None    # int8: None = the spec's int8 calib_images (common/quantize.py), else 32
     resume: bool = True                # pick up the per-batch predictions an interrupted identical run left behind
     checkpoint_s: float = 1.0          # how often finished predictions are saved for resuming (0 = every batch)
     preflight: int = 4                 # accuracy: compare with the FP32 reference on this many images first
@@ -173,7 +173,8 @@ def _groups() -> dict:
                  shown="<repo>/.cache/engines"),
             Flag(("--calib-dir",), "calib_dir", "int8: calibration images, never the evaluation images "
                  "(refused when they are)", env="CALIB_DIR"),
-            Flag(("--calib-images",), "calib_images", "int8: calibration images used", positive_int, default=32),
+            Flag(("--calib-images",), "calib_images", "int8: calibration images used", positive_int,
+                 shown="the spec's int8 calib_images, else 32"),
         ],
         "dataset": [
             Flag(("--dataset-dir",), "dataset_dir", "COCO dir with images/val2017 (or val2017) and annotations/",

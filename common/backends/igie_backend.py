@@ -5,33 +5,72 @@ Build:  tvm.relay.import_model.import_model_to_igie(onnx, {input: shape}, backen
         lib.export_library(engine)
 Run:    tvm.runtime.load_module(engine); tvm.contrib.graph_executor.GraphModule(lib["default"](device));
         set_input / run / get_output; device.sync() before any clock is read.
-INT8:   relay.quantize.quantize(mod, params, dataset=[{input: tvm.nd.array(batch)}, ...]) on calibration images
-        (common/calibration.py) under relay.quantize.qconfig(...), before relay.build(precision="int8").
-Engines are compiled for one batch size; the harness pads the last partial batch (Runner.static_batch).
+INT8:   as Iluvatar's public recipes do it: the ONNX is quantised with ONNX Runtime's static quantisation on
+        calibration images at batch 1 (common/quantize.py, never evaluation images), and that quantised ONNX goes
+        through the same import and relay.build(..., precision="int8"); relay.quantize is not used.
+Engines are compiled for one batch size; the harness pads the last partial batch (Runner.static_batch). Every
+output's shape is checked against the ONNX's, outputs are fetched through .numpy() or (older SDKs) .asnumpy(),
+the library is exported under a temporary name that still ends in .so (export_library picks the format by the
+suffix), and the engine runs on device $SUITE_GPU_INDEX, the one telemetry samples.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..engine_cache import cache_key
-from ..errors import ConfigError, RuntimeFailure
+from ..errors import ConfigError, InputError, RuntimeFailure
 from .base import Backend, BuildRequest, Capabilities, Runner
 from .graph_io import extra_input_arrays, graph_io
 
 TARGET_MODEL = "MR"
 TARGET_OPTIONS = "-libs=cudnn,cublas,ixinfer"
 PRECISIONS = ("fp32", "fp16", "int8")
-# INT8 follows Iluvatar's public IGIE recipes (their quantization utility): relay.quantize.quantize under a
-# qconfig with data-aware "percentile" calibration and max weight scales, inside PassContext(opt_level=3), then
-# relay.build(..., precision="int8"). Read from those recipes, not checked against an installed SDK.
-CALIBRATE_MODE = "percentile"
-WEIGHT_SCALE = "max"
+
+
+def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
+    """[(name, shape)] of the ONNX's outputs for the engine's fixed input shapes: a shape lists an int for a dim
+    known from the graph (ONNX Runtime's symbolic shape inference, as the exported files often declare every dim
+    symbolic) and a symbol name otherwise; one symbol stands for one size across all outputs."""
+    import onnx
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises several decode error types
+        raise InputError(f"cannot load ONNX model ({type(exc).__name__})", onnx_path) from None
+    declared = model.graph.output
+    if input_shapes:
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+            for i in model.graph.input:
+                if i.name in input_shapes:
+                    dims = i.type.tensor_type.shape.dim
+                    for d, v in zip(dims, input_shapes[i.name]):
+                        d.ClearField("dim_param")
+                        d.dim_value = int(v)
+            declared = SymbolicShapeInference.infer_shapes(model, auto_merge=True).graph.output
+        except Exception:  # noqa: BLE001 - an op the inference does not know: the declared shapes are checked
+            pass
+    outs = []
+    for o in declared:
+        tt = o.type.tensor_type
+        dims = tt.shape.dim if tt.HasField("shape") else None
+        outs.append((o.name, None if dims is None else [d.dim_value if d.HasField("dim_value") else
+                                                         (d.dim_param or f"?{o.name}{k}") for k, d in enumerate(dims)]))
+    return outs
+
+
+def _to_numpy(array) -> np.ndarray:
+    """An NDArray as numpy: .numpy() on current TVM / IGIE, .asnumpy() on older releases."""
+    fetch = getattr(array, "numpy", None) or getattr(array, "asnumpy", None)
+    if fetch is None:
+        raise RuntimeFailure(f"IGIE output of type {type(array).__name__} has neither numpy() nor asnumpy()")
+    return np.asarray(fetch())
 
 
 class IgieRunner(Runner):
-    def __init__(self, tvm, engine: Path, device, input_name: str, batch_size: int, output_names: list):
+    def __init__(self, tvm, engine: Path, device, input_name: str, batch_size: int, outputs: list):
         from tvm.contrib import graph_executor
         self.tvm, self.device = tvm, device
         try:
@@ -41,15 +80,39 @@ class IgieRunner(Runner):
             raise RuntimeFailure(f"IGIE cannot load the engine ({str(exc).splitlines()[0]})", engine) from None
         self.input_name, self.static_batch = input_name, batch_size
         n = self.module.get_num_outputs()
-        if n != len(output_names):
-            raise RuntimeFailure(f"the engine has {n} outputs, the ONNX model {len(output_names)}", engine)
-        self.output_names = output_names
+        if n != len(outputs):
+            raise RuntimeFailure(f"the engine has {n} outputs, the ONNX model {len(outputs)}", engine)
+        self.engine = engine
+        self.output_names = [name for name, _ in outputs]
+        self.output_shapes = [shape for _, shape in outputs]
+
+    def _check_shapes(self, outs: list):
+        """An output whose shape is not the ONNX's (rank, known dims, one size per symbolic dim across outputs)
+        is an engine that computes something else: refused rather than decoded into wrong detections."""
+        sizes = {}
+        for i, (value, want) in enumerate(zip(outs, self.output_shapes)):
+            if want is None:
+                continue
+            bad = value.ndim != len(want)
+            for w, g in zip(want, value.shape):
+                if isinstance(w, int):
+                    bad = bad or w != g
+                else:
+                    bad = bad or sizes.setdefault(w, g) != g
+            if bad:
+                shown = ", ".join(str(w) if isinstance(w, int) else "?" for w in want)
+                raise RuntimeFailure(f"IGIE output {i} '{self.output_names[i]}' has shape {list(value.shape)}, the "
+                                     f"ONNX model gives [{shown}]" + ("" if all(isinstance(w, int) for w in want) else
+                                                                      " (a '?' is one size across all outputs)"),
+                                     self.engine)
 
     def _run(self, feeds: dict) -> list:
         for name, value in feeds.items():
             self.module.set_input(name, self.tvm.nd.array(np.ascontiguousarray(value), self.device))
         self.module.run()
-        return [self.module.get_output(i).numpy() for i in range(len(self.output_names))]
+        outs = [_to_numpy(self.module.get_output(i)) for i in range(len(self.output_names))]
+        self._check_shapes(outs)
+        return outs
 
     def sync(self):
         self.device.sync()
@@ -96,45 +159,43 @@ class IgieBackend(Backend):
     def build(self, req: BuildRequest):
         if req.precision not in PRECISIONS:
             raise ConfigError(f"igie backend: precision {req.precision} is not supported ({', '.join(PRECISIONS)})")
-        calib = req.options.get("calibration")
-        if req.precision == "int8" and calib is None:
-            raise ConfigError("igie int8 needs calibration images: pass --calib-dir DIR (images that are not the "
-                              "evaluation set)")
         shape = [req.batch_size, *req.input_shape]
-        calib_key = calib.sha256 if req.precision == "int8" else None
         shapes = {req.input_name: shape, **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs}}
-        key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, input=req.input_name,
-                        shape=shape, extra_inputs=list(req.extra_inputs), runtime=self.runtime_version(),
-                        target=[TARGET_MODEL, TARGET_OPTIONS],
-                        **({"calibration": [calib_key, CALIBRATE_MODE, WEIGHT_SCALE]} if calib_key else {}))
+        build_parts = dict(input=req.input_name, shape=shape, extra_inputs=list(req.extra_inputs),
+                           target=[TARGET_MODEL, TARGET_OPTIONS])
 
-        def compile_to(tmp: Path):
+        def compile_to(onnx_path: Path, tmp: Path):
             tvm = self._tvm()
-            mod, params = tvm.relay.import_model.import_model_to_igie(str(req.onnx_path), shapes,
-                                                                       backend="igie")
-            if req.precision == "int8":
-                mod = self._quantize(tvm, mod, params, calib, req)
+            mod, params = tvm.relay.import_model.import_model_to_igie(str(onnx_path), shapes, backend="igie")
             lib = tvm.relay.build(mod, target=self.target(), params=params, precision=req.precision)
-            lib.export_library(str(tmp))
+            # export_library chooses how to link by the file name's suffix: the temporary name must end in .so
+            so = tmp.with_name(tmp.name + ".so")
+            try:
+                lib.export_library(str(so))
+                os.replace(so, tmp)
+            finally:
+                if so.exists():
+                    so.unlink()
 
+        if req.precision == "int8":
+            from ..quantize import build_int8
+            return build_int8(self.name, self.runtime_version(), req, self.engine_suffix, compile_to,
+                              key_extra=build_parts, describe_extra={"shape": shape})
+        key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision,
+                        runtime=self.runtime_version(), **build_parts)
         describe = {"backend": self.name, "precision": req.precision, "shape": shape, "onnx": str(req.onnx_path),
                     "onnx_sha256": req.onnx_sha256, "runtime": self.runtime_version()}
-        if calib_key:
-            describe["calibration"] = calib.describe()
-        return req.cache.get_or_build(key, self.engine_suffix, compile_to, describe)
-
-    @staticmethod
-    def _quantize(tvm, mod, params, calib, req: BuildRequest):
-        import tvm.relay.quantize  # noqa: F401
-        dataset = [{req.input_name: tvm.nd.array(b)} for b in calib.batches(req.batch_size)]
-        with tvm.transform.PassContext(opt_level=3):
-            with tvm.relay.quantize.qconfig(calibrate_mode=CALIBRATE_MODE, weight_scale=WEIGHT_SCALE):
-                return tvm.relay.quantize.quantize(mod, params, dataset=dataset)
+        return req.cache.get_or_build(key, self.engine_suffix, lambda tmp: compile_to(req.onnx_path, tmp), describe)
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
         tvm = self._tvm()
-        device = tvm.device(self.target().kind.name, 0)
-        io = graph_io(req.onnx_path)
-        runner = IgieRunner(tvm, engine, device, req.input_name, req.batch_size, io.outputs)
-        runner.extra_inputs = extra_input_arrays(io, req.input_name, req.extra_inputs, req.onnx_path)
+        # the device telemetry samples ($SUITE_GPU_INDEX, common/telemetry.py) is the one the engine runs on
+        index = int(os.environ.get("SUITE_GPU_INDEX", "0") or 0)
+        device = tvm.device(self.target().kind.name, index)
+        shapes = {req.input_name: [req.batch_size, *req.input_shape],
+                  **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs}}
+        runner = IgieRunner(tvm, engine, device, req.input_name, req.batch_size, _outputs(req.onnx_path, shapes))
+        runner.device_index = index
+        runner.extra_inputs = extra_input_arrays(graph_io(req.onnx_path), req.input_name, req.extra_inputs,
+                                                 req.onnx_path)
         return runner

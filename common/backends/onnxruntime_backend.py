@@ -159,8 +159,11 @@ class OnnxRuntimeBackend(Backend):
     def build(self, req: BuildRequest):
         if req.precision == "fp32":
             return req.onnx_path, True
+        if req.precision == "int8":
+            from ..quantize import build_int8
+            return build_int8(self.name, self.runtime_version(), req, ".onnx", lambda q, tmp: q.replace(tmp))
         if req.precision != "fp16":
-            raise ConfigError(f"onnxruntime backend supports fp32 and fp16, not {req.precision}")
+            raise ConfigError(f"onnxruntime backend supports fp32, fp16 and int8, not {req.precision}")
         from ..engine_cache import cache_key
         block_ops = tuple(req.options.get("fp16_block_ops", ()))
         block_nodes = tuple(req.options.get("fp16_block_nodes", ()))

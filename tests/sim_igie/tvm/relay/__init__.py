@@ -14,6 +14,9 @@ class BuiltLib:
 
     def export_library(self, path: str):
         log("lib.export_library", path=path)
+        # TVM picks the linker by the suffix: a name not ending in .so/.tar is not a shared library
+        if not str(path).endswith((".so", ".tar")):
+            raise ValueError(f"simulated IGIE: export_library cannot tell the format of {path!r} (no .so suffix)")
         data = json.dumps(self.header).encode() + b"\n" + self.onnx_bytes
         stall = float(os.environ.get("SIM_IGIE_EXPORT_STALL", "0"))
         with open(path, "wb") as f:
@@ -31,11 +34,17 @@ def build(mod, target=None, params=None, precision="fp32", **kwargs):
         raise ValueError("simulated IGIE builds only for tvm.target.iluvatar")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision}")
-    if precision == "int8" and not getattr(mod, "quantized", False):
-        raise ValueError("simulated IGIE: an int8 build needs a module quantized with calibration data")
     import onnx
     model = onnx.load(mod.path)
-    if precision in ("fp16", "int8"):  # the simulation runs int8 engines in fp16
+    q_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
+    quantised = any(n.op_type in q_ops for n in model.graph.node)
+    # the vendor's INT8 flow: an ONNX quantised beforehand (ONNX Runtime, calibration data), built with
+    # precision="int8"; the simulation runs that quantised graph as it is
+    if precision == "int8" and not (quantised or getattr(mod, "quantized", False)):
+        raise ValueError("simulated IGIE: an int8 build needs a quantised ONNX (QuantizeLinear/DequantizeLinear)")
+    log("tvm.relay.build.graph", quantised=quantised, opset=next(
+        (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0))
+    if precision == "fp16":
         from onnxruntime.transformers import float16
         model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(
             float16.DEFAULT_OP_BLOCK_LIST) + ["NonMaxSuppression", "TopK"])
