@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InputError, RuntimeFailure
+from .tolerances import Tolerance
 
 FORMATS = ("qdq", "qoperator")
 QUANT_TYPES = ("quint8", "qint8")
@@ -129,7 +130,6 @@ def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
                 fail(key, f"expected a list of names, got {v!r}")
             values[key] = tuple(v)
     if raw.get("fidelity") is not None:
-        from .fidelity import Tolerance
         v, known = raw["fidelity"], {f for f in Tolerance.__dataclass_fields__ if f != "outputs"}
         if not isinstance(v, dict):
             fail("fidelity", f"expected a mapping, got {v!r}")
@@ -149,8 +149,7 @@ def preflight_tolerance(variant, tol):
 
 def settings_for(variant, calib_images: int | None = None) -> Int8Settings:
     """The variant's int8 settings; an explicit calib_images (the --calib-images flag) wins over the spec's."""
-    from .specs import MODELS_DIR
-    s = read_int8_section(variant.extra.get("int8"), MODELS_DIR / variant.model / "model.yaml",
+    s = read_int8_section(variant.extra.get("int8"), variant.source or f"models/{variant.model}/model.yaml",
                           f"variants.{variant.name}.int8")
     return replace(s, calib_images=calib_images) if calib_images else s
 

@@ -17,6 +17,7 @@ from .errors import ConfigError
 from .decode import OUTPUT_KEYS, load_family_decoders
 from .evaluate import STAT_NAMES
 from .preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
+from .quantize import read_int8_section
 from .tolerances import Tolerance, parse_tolerance
 
 MODELS_DIR = REPO_ROOT / "models"
@@ -36,6 +37,7 @@ VARIANT_SECTIONS = {
     "matrix": {"backends", "precisions", "batch_sizes", "accuracy_batch_sizes", "annotation", "max_images", "onnx",
                "relative", "accuracy_noise", "reference_fraction"},
     "fidelity": None,   # typed by common/tolerances.py
+    "int8": None,       # typed by common/quantize.py
 }
 # Every name a target may put a threshold on: the 12 COCO stats and the performance figures.
 # fps: the harness timing; fps_compute: the engine alone (what published figures are); fps_e2e: end to end
@@ -244,7 +246,6 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
             r.fail(f"{where}.input.extra.{k}", f"expected a non-empty list of numbers, got {v!r}")
         extra_inputs[str(k)] = tuple(float(x) for x in v)
     if raw.get("int8") is not None:  # typed and checked by its own reader (common/quantize.py)
-        from .quantize import read_int8_section
         read_int8_section(raw["int8"], r.path, f"{where}.int8")
     known = {"description", "onnx", "input", "preprocess", "output", "labels", "evaluation", "targets", "reference"}
     return Variant(
