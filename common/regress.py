@@ -109,17 +109,24 @@ def case_env() -> dict:
 def backend_unavailable(backend: str) -> str | None:
     """Why the case's backend cannot run on this host (None when it can, or when it is unknown: the case then
     reports the configuration error itself)."""
-    import importlib
-
-    from .backends import BACKENDS
+    from .backends import BACKENDS, backend_class
     if backend not in BACKENDS:
         return None
-    module, cls_name = BACKENDS[backend]
     try:
-        ok, why = getattr(importlib.import_module(module), cls_name).availability()
+        ok, why = backend_class(backend).availability()
     except Exception as exc:  # noqa: BLE001 -- an SDK that fails to import is as unavailable as a missing one
         return f"backend '{backend}' failed to load here ({type(exc).__name__}: {exc})"
     return None if ok else f"backend '{backend}' is unavailable here: {why}"
+
+
+def cell_unsupported(case: Case, device: str | None) -> str | None:
+    """Why the backend cannot run this cell at all, from its capabilities (a precision or device it does not
+    have): reported as an unsupported cell, not run into a crash."""
+    from .backends import BACKENDS, backend_class
+    if case.backend not in BACKENDS:
+        return None
+    why = backend_class(case.backend).capabilities.supports(case.precision, device)
+    return f"backend '{case.backend}': {why}" if why else None
 
 
 def _run_process(cmd: list[str], timeout_s: float, log) -> tuple[int | None, str]:
@@ -226,7 +233,8 @@ def run_matrix(cases: list[Case], opts: CaseOptions, run_dir: Path, run_id: str,
         if case.backend not in availability:
             availability[case.backend] = backend_unavailable(case.backend)
         echo(f"[{i}/{len(cases)}] {case.id} ...", end="", flush=True)
-        o = run_case(case, opts, run_dir, unavailable=availability[case.backend])
+        o = run_case(case, opts, run_dir,
+                     unavailable=cell_unsupported(case, opts.device) or availability[case.backend])
         echo(f" {o['status']} ({o['duration_s']:.1f} s)" + (f": {o['error']}" if o["error"] else ""))
         outcomes.append(o)
     return outcomes

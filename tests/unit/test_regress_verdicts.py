@@ -395,3 +395,14 @@ def test_timed_outputs_that_differ_from_the_accuracy_run_fail(tmp_path):
     # no image was timed (random inputs): said, not judged
     v = run({"reason": "timed on random inputs: no image to compare"})
     assert v["status"] == WARN and "timed outputs not compared: timed on random inputs" in v["notes"][-2]
+
+
+def test_a_cell_the_backend_cannot_run_is_unsupported_not_a_crash():
+    """Asked from the backend's capabilities: TVM builds fp32 only, ONNX Runtime knows no 'gpu0' device."""
+    from common.matrix import Case
+    from common.regress import cell_unsupported
+    tvm_int8 = Case("m", "v", "tvm", "int8", 1, "accuracy", "m")
+    assert "precision int8 is not supported" in cell_unsupported(tvm_int8, None)
+    ort = Case("m", "v", "onnxruntime", "fp16", 1, "accuracy", "m")
+    assert cell_unsupported(ort, None) is None and cell_unsupported(ort, "cpu") is None
+    assert "device 'gpu0' is not supported" in cell_unsupported(ort, "gpu0")
