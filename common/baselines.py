@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from . import REPO_ROOT
-from .engine_cache import atomic_write_bytes
+from .engine_cache import atomic_write_json
 from .errors import ConfigError
 
 BASELINES_DIR = REPO_ROOT / "baselines"
@@ -97,4 +97,4 @@ class Baselines:
 
 def write_baseline(path: Path, device: str, sdk: str, entries: dict) -> None:
     data = {"device": device, "sdk": sdk, "entries": dict(sorted(entries.items()))}
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    atomic_write_json(path, data)

@@ -55,6 +55,12 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True):
         raise
 
 
+def atomic_write_json(path: str | Path, data, indent: int = 2):
+    """JSON (NaN allowed, unknown types as strings) written atomically: the one JSON writer of reports, baselines
+    and run metadata."""
+    atomic_write_bytes(path, (json.dumps(data, indent=indent, allow_nan=True, default=str) + "\n").encode())
+
+
 class _suppress_oserror:
     def __enter__(self):
         return self

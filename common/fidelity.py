@@ -19,7 +19,8 @@ import numpy as np
 
 from .data import image_items, read_annotations, read_image, resolve_dataset
 from .decode import get_decoder
-from .engine_cache import atomic_write_bytes
+from .comparator import Comparison, box_iou, compare, match_detections  # noqa: F401 - box_iou re-exported
+from .engine_cache import atomic_write_bytes, atomic_write_json
 from .errors import EXIT_TARGET_FAILED, ConfigError, InputError, SuiteError
 from .evaluate import CocoEvaluator
 from .preprocess import Preprocessor
@@ -143,42 +144,6 @@ def compare_outputs(ref: list[dict], cand: list[dict]) -> dict:
     return report
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
-
-
-def match_detections(ref: tuple, cand: tuple, score_threshold: float, iou_min: float = 0.5,
-                     score_tol: float | None = None) -> list:
-    """Pairs each reference detection at or above the threshold with a candidate detection (any score, or within
-    score_tol of the reference's when given) of the same label and IoU >= iou_min, one to one. Pairs are taken globally by increasing (1 - IoU) + |score diff|,
-    so among near-identical boxes (DETR queries often overlap) a detection pairs with the one that also agrees
-    in score. Returns (iou, |score diff|) or None per reference detection."""
-    rb, rs, rl = ref
-    cb, cs, cl = cand
-    keep = np.where(rs >= score_threshold)[0]
-    result: list = [None] * len(keep)
-    if not len(keep) or not len(cb):
-        return result
-    iou = box_iou(rb[keep], cb)
-    diff = np.abs(rs[keep][:, None] - cs[None, :])
-    feasible = (rl[keep][:, None] == cl[None, :]) & (iou >= iou_min)
-    if score_tol is not None:
-        feasible &= diff <= score_tol
-    k_idx, j_idx = np.nonzero(feasible)
-    cost = (1 - iou[k_idx, j_idx]) + diff[k_idx, j_idx]
-    used_k, used_j = np.zeros(len(keep), bool), np.zeros(len(cb), bool)
-    for t in np.argsort(cost, kind="stable"):
-        k, j = k_idx[t], j_idx[t]
-        if not used_k[k] and not used_j[j]:
-            used_k[k] = used_j[j] = True
-            result[k] = (float(iou[k, j]), float(diff[k, j]))
-    return result
-
-
 def _detections(variant: Variant, outputs: list[dict], images: Images) -> list[tuple]:
     decoder = get_decoder(variant.decode_cfg)
     dets = []
@@ -259,6 +224,23 @@ def compare_runs(variant: Variant, ref: list[dict], cand: list[dict], images: Im
             "reasons": reasons}
 
 
+def fidelity_check(variant: Variant, images: Images, tol: Tolerance):
+    """The compare function of a candidate against the FP32 reference, for comparator.compare: per-image outputs
+    of both -> tensors and detections judged within `tol` (the report is the Comparison's details)."""
+    def judge(ref: list[dict], cand: list[dict]) -> Comparison:
+        report = compare_runs(variant, ref, cand, images, tol)
+        return Comparison(report["verdict"] == "pass", report, report["reasons"])
+    return judge
+
+
+def against_reference(variant: Variant, images: Images, tol: Tolerance, ref_runner, cand_runner,
+                      batch: int = 1, ref_outputs: list | None = None) -> dict:
+    """Both runners on the same images through the comparator; the candidate's report."""
+    results = {"reference": ref_outputs if ref_outputs is not None else run_images(ref_runner, images),
+               "candidate": run_images(cand_runner, images, batch)}
+    return compare(results, fidelity_check(variant, images, tol))["candidate"].details
+
+
 def format_report(report: dict) -> str:
     lines = [f" {len(report['images'])} image(s); per output: cosine, max|err| (share of range), mean|err|, "
              f"max/mean rel err, NaN/Inf"]
@@ -286,7 +268,7 @@ def format_report(report: dict) -> str:
 
 
 def write_json(path, data: dict):
-    atomic_write_bytes(path, json.dumps(data, indent=1, default=str).encode())
+    atomic_write_json(path, data, indent=1)
 
 
 # ---------------------------------------------------------------- the pre-flight of an accuracy run
@@ -326,8 +308,7 @@ def preflight(cfg, prepared, items, annotations) -> dict:
         tol = preflight_tolerance(variant, tol)
     images = load_images(variant, None, None, None, cfg.preflight, items=items, annotations=annotations)
     ref = prepare(reference_config(cfg), variant, prepared.onnx_sha256, prepared.onnx_path)
-    report = compare_runs(variant, run_images(ref.runner, images),
-                          run_images(prepared.runner, images, cfg.batch_size), images, tol)
+    report = against_reference(variant, images, tol, ref.runner, prepared.runner, cfg.batch_size)
     add_fp16_range(report, cfg, prepared, ref, images.inputs, tol, log=lambda *_: None)
     status = "ok" if report["verdict"] == "pass" else "FAIL"
     print(f"preflight: {cfg.backend} {cfg.precision} vs FP32 reference on {len(images.image_ids)} image(s): {status}")
@@ -381,7 +362,7 @@ def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True
     ref_p = prepare(reference_config(cfg), variant, sha, onnx_path)
     ref = run_images(ref_p.runner, images)
     cand_p = prepare(cfg, variant, sha, onnx_path)
-    report = compare_runs(variant, ref, run_images(cand_p.runner, images), images, tol)
+    report = against_reference(variant, images, tol, ref_p.runner, cand_p.runner, ref_outputs=ref)
     log(f"== {variant.id}: {cand_p.backend.name} {cand_p.backend.device()} {cfg.precision} vs FP32 reference ==")
     add_fp16_range(report, cfg, cand_p, ref_p, images.inputs[:range_images], tol, log)
     report.update(model=variant.model, variant=variant.name, onnx=str(onnx_path), onnx_sha256=sha,
@@ -403,7 +384,7 @@ def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True
         if loc["added"]:
             fixed_variant = with_block_nodes(variant, loc["block_nodes"])
             fixed_p = prepare(cfg, fixed_variant, sha, onnx_path)
-            fixed = compare_runs(fixed_variant, ref, run_images(fixed_p.runner, images), images, tol)
+            fixed = against_reference(fixed_variant, images, tol, ref_p.runner, fixed_p.runner, ref_outputs=ref)
             add_fp16_range(fixed, cfg, fixed_p, ref_p, images.inputs[:range_images], tol, log=lambda *_: None)
             snippet = block_list_yaml(variant, loc["block_nodes"])
             report["fix"] = {"block_nodes": loc["block_nodes"], "engine": str(fixed_p.engine),

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import IMPORT_PATH, REPO_ROOT
-from .engine_cache import atomic_write_bytes
+from .engine_cache import atomic_write_bytes, atomic_write_json
 from .errors import ConfigError, InputError
 from .history import append_run, last_good, read_history
 from .matrix import Case, case_rules
@@ -61,7 +61,7 @@ class CaseOptions:
 
 
 def _write_json(path: Path, data) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
+    atomic_write_json(path, data)
 
 
 def absolute_path(value: str | None, cwd: Path | None = None, only_if_exists: bool = False) -> str | None:
