@@ -39,6 +39,8 @@ for layer in "${layers[@]}"; do
   esac
 done
 "${pip[@]}" install -q "${files[@]}"
-# the suite itself (common/, models/) and its `suite` command; its requirements are the files above
-"${pip[@]}" install -q --no-deps -e .
+# the suite itself (common/, models/) and its `suite` command; its requirements are the files above. Strict
+# editable mode: a static path entry to a tree of links (build/), not an import hook that every Python process
+# of the venv would load at start-up (~20 ms)
+"${pip[@]}" install -q --no-deps -e . --config-settings editable_mode=strict
 echo "setup: $(.venv/bin/python --version), layers: $(printf '%s ' "${layers[@]}" | tr -s ' ' | sort -u | xargs), ready in $root/.venv"
