@@ -106,24 +106,22 @@ def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
+def _finite_number(what: str, zero_ok: bool) -> Callable[[str], float]:
+    """A parser of finite numbers >= 0 (or > 0): nan, inf and negatives are refused, never taken silently."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"expected {what} {'>=' if zero_ok else '>'} 0, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+_seconds = _finite_number("a number of seconds", zero_ok=True)
+_positive_float = _finite_number("a number", zero_ok=False)
 
 
 positive_int = _int_at_least(1)
