@@ -8,6 +8,18 @@ import tempfile
 from pathlib import Path
 
 
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every benchmark on the real model and images takes, and --keep."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--onnx", required=True, help="the ONNX model")
+    ap.add_argument("--images-dir", required=True, help="the images (e.g. ../shared/data/coco/val2017)")
+    ap.add_argument("--ann", required=True, help="the annotation file")
+    ap.add_argument("--model", default="rtmdet", help="model spec (default: rtmdet)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternated repeats (default: 3)")
+    add_keep_flag(ap)
+    return ap
+
+
 def add_keep_flag(parser: argparse.ArgumentParser):
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (engines, records) and "
                                                             "print where it is (default: removed at the end)")

@@ -11,7 +11,6 @@ and no evaluation: what part of the ratio is the model's and the machine's, what
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT / ".importpath"))
 from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
-from common.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
+from common.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
@@ -38,18 +37,12 @@ def timed(cmd: list[str]) -> tuple[float, str]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--onnx", required=True)
-    ap.add_argument("--images-dir", required=True)
-    ap.add_argument("--ann", required=True)
-    ap.add_argument("--model", default="rtmdet")
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--bs", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--suite-args", default="", help="extra flags for the suite run, e.g. '--streams 1'")
     ap.add_argument("--floor-threads", type=int, default=os.cpu_count() or 1,
                     help="also time the bare per-image work over this many threads (0 = skip; default: the cores)")
-    add_keep_flag(ap)
     a = ap.parse_args()
     with scratch_dir("bench-acc-", a.keep) as work:
         run(a, str(work))

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT / ".importpath"))
 from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
-from common.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
+from common.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
 
 from common.data import read_annotations  # noqa: E402
 from common.evaluate import STAT_NAMES, coco_metrics  # noqa: E402
@@ -40,16 +39,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--onnx", required=True)
-    ap.add_argument("--images-dir", required=True)
-    ap.add_argument("--ann", required=True)
-    ap.add_argument("--model", default="rtmdet")
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bs", type=int, default=32,
                     help="batch size of the replay runs (32: the batch of the public MR-V100 RTMDet figure)")
-    add_keep_flag(ap)
     a = ap.parse_args()
     with scratch_dir("bench-harness-", a.keep) as work:
         run(a, work)

@@ -21,7 +21,6 @@ Timings are only meaningful on an otherwise idle machine: the load average is pr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT / ".importpath"))
 from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
-from common.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
+from common.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
@@ -99,16 +98,10 @@ def fce_seconds(ann: dict, dets_file: Path, ids, cats) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--onnx", required=True)
-    ap.add_argument("--images-dir", required=True)
-    ap.add_argument("--ann", required=True)
-    ap.add_argument("--model", default="rtmdet")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--device-fps", type=float, default=2627.0, help="simulated device rate (default: MR-V100)")
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--skip-accuracy", action="store_true", help="skip figure 1 (the slow one: real inference)")
-    add_keep_flag(ap)
     a = ap.parse_args()
     with scratch_dir("bench-speed-", a.keep) as work:
         run(a, os.cpu_count() or 1, work)

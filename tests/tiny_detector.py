@@ -78,3 +78,12 @@ variants:
 def write_tiny_spec(path, size=64) -> Path:
     Path(path).write_text(SPEC.format(size=size))
     return Path(path)
+
+
+def tiny_detector_env(d: Path, n_images: int) -> dict:
+    """A synthetic COCO set of n_images in d/coco, the tiny detector's spec, its ONNX and a slow variant of it:
+    what the resume and fault tests run on."""
+    from synthetic_coco import make_synthetic_coco
+    make_synthetic_coco(d / "coco", n_images=n_images, seed=0, size=(64, 80))
+    return {"dir": d, "spec": write_tiny_spec(d / "tiny.yaml"), "coco": d / "coco",
+            "onnx": make_tiny_detector(d / "m.onnx"), "slow": make_tiny_detector(d / "slow.onnx", slow=1024)}

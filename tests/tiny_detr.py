@@ -17,6 +17,21 @@ from onnx import TensorProto, helper, numpy_helper
 SIZE, PATCH, DIM, QUERIES, CLASSES = 64, 8, 32, 20, 3
 
 
+def query_trunk(patch: int) -> list:
+    """Patch embedding, then queries attending over the tokens: images -> hidden [B, Q, D]. Reads the
+    initializers patch_w, patch_b, tok_shape and query_w."""
+    return [
+        helper.make_node("Conv", ["images", "patch_w", "patch_b"], ["patches"], strides=[patch, patch]),
+        helper.make_node("Reshape", ["patches", "tok_shape"], ["tok_dt"]),
+        helper.make_node("Transpose", ["tok_dt"], ["tok_raw"], perm=[0, 2, 1]),
+        helper.make_node("Relu", ["tok_raw"], ["tok"]),                                  # [B, T, D]
+        helper.make_node("MatMul", ["tok", "query_w"], ["attn_tq"]),                     # [B, T, Q]
+        helper.make_node("Transpose", ["attn_tq"], ["attn_qt"], perm=[0, 2, 1]),
+        helper.make_node("Softmax", ["attn_qt"], ["attn"], axis=-1),
+        helper.make_node("MatMul", ["attn", "tok"], ["hidden"]),                         # [B, Q, D]
+    ]
+
+
 def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(array), name)
 
@@ -37,14 +52,7 @@ def build_tiny_detr(path: Path, seed: int = 0, slow: bool = False) -> Path:
         _init("scale", np.full(4, SIZE, f32)),
     ]
     nodes = [
-        helper.make_node("Conv", ["images", "patch_w", "patch_b"], ["patches"], strides=[PATCH, PATCH]),
-        helper.make_node("Reshape", ["patches", "tok_shape"], ["tok_dt"]),
-        helper.make_node("Transpose", ["tok_dt"], ["tok_raw"], perm=[0, 2, 1]),
-        helper.make_node("Relu", ["tok_raw"], ["tok"]),                                  # [B, T, D]
-        helper.make_node("MatMul", ["tok", "query_w"], ["attn_tq"]),                     # [B, T, Q]
-        helper.make_node("Transpose", ["attn_tq"], ["attn_qt"], perm=[0, 2, 1]),
-        helper.make_node("Softmax", ["attn_qt"], ["attn"], axis=-1),
-        helper.make_node("MatMul", ["attn", "tok"], ["hidden"]),                         # [B, Q, D]
+        *query_trunk(PATCH),
         helper.make_node("MatMul", ["hidden", "cls_w"], ["cls_logits"]),
         helper.make_node("MatMul", ["hidden", "box_w"], ["box_logits"]),
         helper.make_node("Sigmoid", ["box_logits"], ["cxcywh"]),

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tiny_detr import query_trunk
+
 SIZE, PATCH, DIM, QUERIES, CLASSES = 64, 8, 32, 300, 80
 LAYOUTS = ("detr", "ultra6", "ultra84", "ultra6_logits", "ultra84_logits")
 
@@ -46,14 +48,7 @@ def build_set_predictor(path: Path, layout: str, seed: int = 0) -> Path:
         _init("box_b", np.array([-1.5, -1.5, -1.5, -1.5], f32)),
     ]
     nodes = [
-        helper.make_node("Conv", ["images", "patch_w", "patch_b"], ["patches"], strides=[PATCH, PATCH]),
-        helper.make_node("Reshape", ["patches", "tok_shape"], ["tok_dt"]),
-        helper.make_node("Transpose", ["tok_dt"], ["tok_raw"], perm=[0, 2, 1]),
-        helper.make_node("Relu", ["tok_raw"], ["tok"]),                                  # [B, T, D]
-        helper.make_node("MatMul", ["tok", "query_w"], ["attn_tq"]),                     # [B, T, Q]
-        helper.make_node("Transpose", ["attn_tq"], ["attn_qt"], perm=[0, 2, 1]),
-        helper.make_node("Softmax", ["attn_qt"], ["attn"], axis=-1),
-        helper.make_node("MatMul", ["attn", "tok"], ["hidden"]),                         # [B, Q, D]
+        *query_trunk(PATCH),
         helper.make_node("MatMul", ["hidden", "cls_w"], ["cls_mm"]),
         helper.make_node("Add", ["cls_mm", "cls_b"], ["cls_logits"]),                    # [B, Q, C]
         helper.make_node("MatMul", ["hidden", "box_w"], ["box_mm"]),

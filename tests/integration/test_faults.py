@@ -25,8 +25,7 @@ from common.results import write_record
 from common.run_state import RunState
 from common.runs import RunConfig, run_accuracy
 from common.specs import load_model
-from synthetic_coco import make_synthetic_coco
-from tiny_detector import make_tiny_detector, write_tiny_spec
+from tiny_detector import make_tiny_detector, tiny_detector_env
 
 from helpers import REPO  # noqa: E402
 N_IMAGES = 40
@@ -36,10 +35,7 @@ DROP_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("faults")
-    make_synthetic_coco(d / "coco", n_images=N_IMAGES, seed=0, size=(64, 80))
-    return {"dir": d, "spec": write_tiny_spec(d / "tiny.yaml"), "coco": d / "coco",
-            "onnx": make_tiny_detector(d / "m.onnx"), "slow": make_tiny_detector(d / "slow.onnx", slow=1024)}
+    return tiny_detector_env(tmp_path_factory.mktemp("faults"), N_IMAGES)
 
 
 def _cfg(env, tmp, onnx_path=None, **kw):

@@ -1,7 +1,6 @@
 """Interrupted accuracy runs resume to the same metrics; model problems fail clearly; NaN outputs fail the case;
 concurrent runs sharing results dir and engine cache do not corrupt each other."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,7 @@ from onnx import TensorProto
 
 from common.errors import InputError
 from common.runs import RunConfig, run_accuracy
-from synthetic_coco import make_synthetic_coco
-from tiny_detector import make_tiny_detector, write_tiny_spec
+from tiny_detector import make_tiny_detector, tiny_detector_env
 
 from helpers import REPO  # noqa: E402
 N_IMAGES = 40
@@ -23,10 +21,7 @@ N_IMAGES = 40
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    make_synthetic_coco(d / "coco", n_images=N_IMAGES, seed=0, size=(64, 80))
-    return {"dir": d, "spec": write_tiny_spec(d / "tiny.yaml"), "coco": d / "coco",
-            "onnx": make_tiny_detector(d / "m.onnx"), "slow": make_tiny_detector(d / "slow.onnx", slow=1024)}
+    return tiny_detector_env(tmp_path_factory.mktemp("tiny"), N_IMAGES)
 
 
 def _cfg(env, onnx_path, tmp, **kw):
