@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from common.data import read_annotations
-from common.evaluate import STAT_NAMES, CocoEvaluator
-from common.specs import COCO80_TO_91
+from common.data.coco import read_annotations
+from common.evaluate.metrics import STAT_NAMES, CocoEvaluator
+from common.config.specs import COCO80_TO_91
 from synthetic_coco import make_synthetic_coco
 
 

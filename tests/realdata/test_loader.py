@@ -7,11 +7,11 @@ import signal
 import numpy as np
 import pytest
 
-from common.data import BatchLoader, image_items, read_annotations
+from common.data.coco import BatchLoader, image_items, read_annotations
 from common.errors import InputError, RuntimeFailure
-from common.loader import SharedBatchLoader, open_loader
-from common.preprocess import Preprocessor
-from common.specs import Preprocess
+from common.data.loader import SharedBatchLoader, open_loader
+from common.data.preprocess import Preprocessor
+from common.config.specs import Preprocess
 from synthetic_coco import make_synthetic_coco
 
 
@@ -89,7 +89,7 @@ def test_open_loader_picks_by_workers(items):
 def test_accuracy_run_with_shared_loader_workers(shared_data, rtmdet_onnx, tmp_path):
     """The whole accuracy path with decoding workers (the shared-memory loader), two streams and the input cache
     gives the same metrics and detections as in-process decoding."""
-    from common.runs import RunConfig, run_accuracy
+    from common.harness.runs import RunConfig, run_accuracy
     base = dict(model="rtmdet", onnx=str(rtmdet_onnx), images_dir=str(shared_data / "coco" / "val2017"),
                 annotation=str(shared_data / "coco" / "annotations" / "instances_val2017_person_subset350.json"),
                 progress=False, max_images=24, results_dir=str(tmp_path / "res"))
