@@ -26,13 +26,19 @@ from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
 
-from common.errors import EXIT_INTERRUPTED, SuiteError  # noqa: E402
 from common.ci.matrix import (KINDS, Filters, ModelMap, all_model_names, enumerate_cases, parse_shard,  # noqa: E402
-                           shard)
-from common.ci.regress import (EXIT_CONFIG, EXIT_REGRESSION, CaseOptions, ReportOptions, absolute_path,  # noqa: E402
-                            completeness, confirm_fps_failures, merge_runs, report, run_matrix, verdicts_of)
-from common.config.specs import load_model  # noqa: E402
+                              shard)
+from common.ci.regress import (EXIT_CONFIG, EXIT_REGRESSION, CaseOptions, ReportOptions,  # noqa: E402
+                               absolute_path, completeness, confirm_fps_failures, merge_runs, report, run_matrix,
+                               verdicts_of)
 from common.ci.verdicts import BaselineRefused, FpsRule, update_baselines  # noqa: E402
+from common.config import options  # noqa: E402
+from common.config.specs import load_model  # noqa: E402
+from common.errors import EXIT_INTERRUPTED, SuiteError  # noqa: E402
+
+# The suite's flags a case takes from the runner (CaseOptions' fields of the same names).
+CASE_FLAGS = ("device", "dataset_dir", "annotation", "max_images", "cache_dir", "threads", "workers", "warmup_s",
+              "min_duration_s", "min_iters")
 
 
 def _report_args(p: argparse.ArgumentParser):
@@ -95,26 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-confirm", action="store_true",
                    help="do not re-measure a performance case whose FPS fell below its band (default: re-measure "
                         "once; the case fails only when both measurements are below)")
-    c.add_argument("--device", default=None, help="backend device of every case (default: the backend's)")
-    c.add_argument("--dataset-dir", default=os.environ.get("DATASETS_DIR"),
-                   help="COCO dir (default: $DATASETS_DIR)")
-    c.add_argument("--ann", default=os.environ.get("REGRESS_ANN"),
-                   help="annotation file for every accuracy case: a name under <dataset>/annotations or a path "
-                        "(default: $REGRESS_ANN, else the matrix section's, else the spec's)")
-    c.add_argument("--max-images", type=int, default=None, help="cap on accuracy images (default: the matrix's)")
     c.add_argument("--onnx", action="append", metavar="MODEL[/VARIANT]=PATH",
                    help="the ONNX of a variant (MODEL alone: its default variant); repeatable")
     c.add_argument("--models-manifest", default=os.environ.get("REGRESS_MODELS"), metavar="FILE",
                    help="YAML {MODEL/VARIANT: PATH | {onnx|checkpoint|config: PATH}} (default: $REGRESS_MODELS)")
-    c.add_argument("--cache-dir", default=os.environ.get("ENGINE_CACHE_DIR"),
-                   help="engine cache (default: $ENGINE_CACHE_DIR, else the suite's)")
-    c.add_argument("--threads", type=int, default=0, help="runtime threads (default 0 = the runtime's)")
-    c.add_argument("--workers", type=int, default=1, help="accuracy decode workers (default 1)")
-    c.add_argument("--warmup", type=float, default=None, help="performance warm-up seconds (default: the suite's)")
-    c.add_argument("--min-duration", type=float, default=None,
-                   help="performance minimum timed seconds (default: the suite's)")
-    c.add_argument("--min-iters", type=int, default=None,
-                   help="performance minimum timed iterations (default: the suite's)")
+    # the suite's own flags, parsed and validated as `scripts/suite` parses them; a case gets them back as flags
+    options.add_flags(run, "suite options passed to every case (unset: the case's, from the matrix and the spec)",
+                      *CASE_FLAGS, defaults={"workers": 1},
+                      # only these three variables reach the cases, through the runner: the others the suite reads
+                      # are stripped from the cases' environment (common/ci/regress.py case_env)
+                      env={"annotation": "REGRESS_ANN", **{d: None for d in CASE_FLAGS
+                                                           if d not in ("dataset_dir", "cache_dir", "annotation")}})
     _report_args(run)
     merge = sub.add_parser("merge", help="combine shard run directories into one report")
     merge.add_argument("shards", nargs="+")
@@ -129,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--force", action="store_true", help="store failing cases too (default: refuse them)")
     _report_args(base)
     return parser
+
+
+def case_options(args, environ=None) -> CaseOptions:
+    """What every case of `run` gets from the runner's command line (paths made absolute)."""
+    suite = {dest: options.value(args, dest, environ) for dest in CASE_FLAGS}
+    suite.update(dataset_dir=absolute_path(suite["dataset_dir"]), cache_dir=absolute_path(suite["cache_dir"]),
+                 annotation=absolute_path(suite["annotation"], only_if_exists=True))
+    return CaseOptions(timeout_s=args.timeout, repeats=max(1, args.repeats), confirm=not args.no_confirm, **suite)
 
 
 def _on_sigterm(signum, frame):
@@ -164,12 +169,7 @@ def main(argv=None) -> int:
                 return 0
             run_id = args.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             out = Path(absolute_path(args.out) if args.out else Path("results", "regress", run_id).resolve())
-            opts = CaseOptions(timeout_s=args.timeout, repeats=max(1, args.repeats), device=args.device,
-                               dataset_dir=absolute_path(args.dataset_dir),
-                               annotation=absolute_path(args.ann, only_if_exists=True), max_images=args.max_images,
-                               cache_dir=absolute_path(args.cache_dir), threads=args.threads, workers=args.workers,
-                               warmup_s=args.warmup, min_duration_s=args.min_duration, min_iters=args.min_iters,
-                               confirm=not args.no_confirm)
+            opts = case_options(args)
             run_matrix(cases, opts, out, run_id, args.shard)
             if not cases:
                 print(f"shard {args.shard} has no case: nothing to run")

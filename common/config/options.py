@@ -236,6 +236,20 @@ def _flag(dest: str) -> Flag:
     return next(f for group in GROUPS.values() for f in group if f.dest == dest)
 
 
+def _add(group, f: Flag, default, needed: bool, env: str | None):
+    shown = default if default is not None else (f.shown or "unset")
+    note = "; ".join(x for x in (f"default: {shown}" if f.action is None and not needed else "",
+                                 f"${env}" if env else "") if x)
+    kw = {"dest": f.dest, "help": f"{f.help} ({note})" if note else f.help}
+    if f.action:
+        kw["action"] = f.action
+    else:
+        kw.update(default=None, type=f.type, choices=f.choices, metavar=f.metavar)
+        if needed:
+            kw["required"] = True
+    group.add_argument(*f.names, **kw)
+
+
 def add_groups(parser: argparse.ArgumentParser, *names: str, required=("model",), defaults: dict | None = None):
     """Add the flags of the named groups. `required`: dests that must be given; `defaults`: a command's own
     defaults (compare.py compares fp16 unless told otherwise)."""
@@ -243,34 +257,36 @@ def add_groups(parser: argparse.ArgumentParser, *names: str, required=("model",)
     for name in names:
         group = parser.add_argument_group(f"{name} options")
         for f in GROUPS[name]:
-            default = defaults.get(f.dest, f.default)
-            shown = default if default is not None else (f.shown or "unset")
-            needed = f.dest in required
-            note = "; ".join(x for x in (f"default: {shown}" if f.action is None and not needed else "",
-                                         f"${f.env}" if f.env else "") if x)
-            kw = {"dest": f.dest, "help": f"{f.help} ({note})" if note else f.help}
-            if f.action:
-                kw["action"] = f.action
-            else:
-                kw.update(default=None, type=f.type, choices=f.choices, metavar=f.metavar)
-                if needed:
-                    kw["required"] = True
-            group.add_argument(*f.names, **kw)
-    parser.set_defaults(_command_defaults=defaults)
+            _add(group, f, defaults.get(f.dest, f.default), f.dest in required, f.env)
+    parser.set_defaults(_command_defaults={**(parser.get_default("_command_defaults") or {}), **defaults})
 
 
-def _from_env(f: Flag, environ) -> object:
-    text = environ.get(f.env) if f.env else None
+def add_flags(parser: argparse.ArgumentParser, title: str, *dests: str, defaults: dict | None = None,
+              env: dict | None = None):
+    """Add single flags of the groups under `title`: the regression runner passes these through to every
+    case. `defaults` and `env` (dest -> variable name, None: none) are the command's own, where they differ."""
+    defaults, env = defaults or {}, env or {}
+    group = parser.add_argument_group(title)
+    for dest in dests:
+        f = _flag(dest)
+        _add(group, f, defaults.get(dest, f.default), False, env.get(dest, f.env))
+    parser.set_defaults(
+        _command_defaults={**(parser.get_default("_command_defaults") or {}), **defaults},
+        _command_env={**(parser.get_default("_command_env") or {}), **env})
+
+
+def _from_env(f: Flag, environ, name: str | None) -> object:
+    text = environ.get(name) if name else None
     if text is None or text == "":
         return None
     if f.choices and text not in f.choices:
-        raise ConfigError(f"${f.env}={text!r}: expected one of {', '.join(f.choices)}")
+        raise ConfigError(f"${name}={text!r}: expected one of {', '.join(f.choices)}")
     if f.type is None:
         return text
     try:
         return f.type(text)
     except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"${f.env}={text!r}: {exc}") from None
+        raise ConfigError(f"${name}={text!r}: {exc}") from None
 
 
 def value(args: argparse.Namespace, dest: str, environ=None):
@@ -282,7 +298,9 @@ def value(args: argparse.Namespace, dest: str, environ=None):
     f = _flag(dest)
     if f.action:
         return bool(given)
-    env_value = _from_env(f, os.environ if environ is None else environ)
+    command_env = getattr(args, "_command_env", None) or {}
+    env_value = _from_env(f, os.environ if environ is None else environ,
+                          command_env[dest] if dest in command_env else f.env)
     if env_value is not None:
         return env_value
     return getattr(args, "_command_defaults", {}).get(dest, f.default)

@@ -86,3 +86,38 @@ def test_frozen_config_validates_itself():
     for bad in ({"batch_size": 0}, {"threads": 10 ** 6}, {"checkpoint_s": float("nan")}, {"precision": "fp8"}):
         with pytest.raises(ConfigError):
             RunConfig(model="m", **bad)
+
+
+def _regress():
+    import importlib.util
+
+    from common import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("regress_script", REPO_ROOT / "scripts" / "regress.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regression_runner_parses_the_suites_flags_with_the_suites_rules(capsys):
+    regress = _regress()
+    parser = regress.build_parser()
+    for bad in (["--workers", "-1"], ["--threads", "100000"], ["--min-duration", "nan"], ["--max-images", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["run", *bad])
+        assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
+    opts = regress.case_options(parser.parse_args(["run", "--warmup", "0.5", "--threads", "3", "--ann", "x.json"]),
+                                environ={})
+    assert (opts.warmup_s, opts.threads, opts.annotation, opts.workers, opts.min_iters) == (0.5, 3, "x.json", 1, 100)
+
+
+def test_regression_runner_reads_only_its_own_variables():
+    """SUITE_DEVICE / SUITE_THREADS / SUITE_WORKERS / COCO_ANNOTATION are stripped from the cases' environment,
+    so the runner must not pass them on as flags either; REGRESS_ANN, DATASETS_DIR and ENGINE_CACHE_DIR it does."""
+    regress = _regress()
+    args = regress.build_parser().parse_args(["run"])
+    opts = regress.case_options(args, environ={"SUITE_DEVICE": "gpu7", "SUITE_THREADS": "9", "SUITE_WORKERS": "5",
+                                               "COCO_ANNOTATION": "suite.json"})
+    assert (opts.device, opts.threads, opts.workers, opts.annotation) == (None, 0, 1, None)
+    opts = regress.case_options(args, environ={"REGRESS_ANN": "ci.json", "DATASETS_DIR": "/data/coco",
+                                               "ENGINE_CACHE_DIR": "/cache"})
+    assert (opts.annotation, opts.dataset_dir, opts.cache_dir) == ("ci.json", "/data/coco", "/cache")
