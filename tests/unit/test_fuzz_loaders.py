@@ -44,6 +44,7 @@ atexit.register(shutil.rmtree, _DIR, True)
 
 def _write(data: bytes, suffix: str) -> Path:
     """Each example overwrites the same few files, so thousands of examples leave nothing behind."""
+    _DIR.mkdir(exist_ok=True)   # a clean-up of /tmp by another process must not fail the fuzzing
     p = _DIR / f"f{suffix}"
     p.write_bytes(data)
     shutil.rmtree(_DIR / "out", ignore_errors=True)
