@@ -62,17 +62,32 @@ PERSON350 = "instances_val2017_person_subset350.json"
 @pytest.fixture(scope="session")
 def rtmdet_fp32_pass(rtmdet_onnx, shared_data, tmp_path_factory):
     """The FP32 pass of the shared RTMDet-nano person graph (ONNX Runtime, CPU) over the 350 shared images,
-    computed once per test session: its record, its detections (COCO results JSON), its raw outputs (a replay
-    recording) and its input cache. Tests that only need these reuse them rather than recompute the pass."""
+    computed once per test session, however many pytest-xdist workers ask for it: its record, its detections (COCO
+    results JSON), its raw outputs (a replay recording) and its input cache. Tests that only need these reuse them
+    rather than recompute the pass."""
+    import fcntl
+    import json
     from types import SimpleNamespace
 
     from common.harness.runs import RunConfig, run_accuracy
 
-    work = tmp_path_factory.mktemp("fp32pass")
+    # the workers of one session share the parent of their base temp dirs (pytest-xdist's own layout)
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    base = tmp_path_factory.getbasetemp()
+    work = (base.parent if shared else base) / "fp32pass"
+    work.mkdir(exist_ok=True)
     cfg = RunConfig(model="rtmdet", onnx=str(rtmdet_onnx), dataset_dir=str(shared_data / "coco"),
                     annotation=PERSON350, results_dir=str(work / "results"), cache_dir=str(work / "engines"),
                     record_outputs=str(work / "recording"), input_cache=str(work / "inputs"),
                     detections_out=str(work / "detections.json"), progress=False, preflight=0)
-    record = run_accuracy(cfg)
+    done = work / "record.json"
+    with open(work / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)      # the other workers wait here for the one computing it
+        if not done.exists():
+            record = run_accuracy(cfg)
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(done)
+        record = json.loads(done.read_text())
     return SimpleNamespace(cfg=cfg, record=record, detections=work / "detections.json",
                            recording=work / "recording", input_cache=work / "inputs")

@@ -171,7 +171,9 @@ CASE = "rtmdet/nano-person/onnxruntime/fp32/bs1/accuracy"
 
 
 def test_unchanged_model_passes_its_accuracy_baseline_repeatedly(acc_baseline, rtmdet_onnx):
-    for i in range(5):
+    # ONNX Runtime on the CPU gives the same AP every time: a second run proves the verdict is stable, more
+    # repeats would recompute the same numbers
+    for i in range(2):
         out = acc_baseline["dir"] / f"again{i}"
         assert regress("run", *acc_baseline["args"], "--onnx", f"rtmdet={rtmdet_onnx}", "--out", out,
                        "--strict") == 0

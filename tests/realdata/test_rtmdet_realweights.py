@@ -76,7 +76,7 @@ def test_network_reproduces_trained_graph(rtmdet_onnx, rtmdet_raw_onnx, shared_d
 
 
 @pytest.mark.slow
-def test_checkpoint_flow_with_trained_weights(rtmdet_onnx, coco_layout, tmp_path):
+def test_checkpoint_flow_with_trained_weights(rtmdet_onnx, rtmdet_fp32_pass, coco_layout, tmp_path):
     """The transplanted trained weights saved as an mmdet checkpoint, run the way a user runs a .pth
     (--checkpoint/--config: export, onnxsim, FP16 engine, rtmdet_raw decoding), reach the person AP of the
     trained graph with its own NMS on the 350 shared images. The decode settings differ (the checkpoint variant
@@ -90,7 +90,8 @@ def test_checkpoint_flow_with_trained_weights(rtmdet_onnx, coco_layout, tmp_path
                         results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"), **kw)
         return run_accuracy(cfg)["metrics"]
 
-    graph = ap(variant="nano-person", onnx=str(rtmdet_onnx))
+    graph = rtmdet_fp32_pass.record["metrics"]       # the trained graph, FP32, the same 350 images
+    assert rtmdet_fp32_pass.record["dataset"]["num_images"] == 350
     checkpoint = ap(variant="nano-person-obj365", checkpoint=str(ckpt), config=str(CONFIG), precision="fp16")
     print(f"person AP: trained end2end graph FP32 {graph['AP']:.4f} / AP50 {graph['AP50']:.4f}; "
           f"same weights from a checkpoint, exported, FP16, suite decoding {checkpoint['AP']:.4f} / "
