@@ -120,7 +120,8 @@ def jpeg_is_truncated(data: bytes) -> bool:
             continue
         length = int.from_bytes(data[i + 2:i + 4], "big")
         if marker == 0xDA:  # start of scan: the rest is entropy-coded data (and later scans)
-            return data.find(b"\xff\xd9", i + 2 + length) == -1
+            # searched from the end, where the marker is: the same answer without scanning the whole scan data
+            return data.rfind(b"\xff\xd9", i + 2 + length) == -1
         i += 2 + length
     return True
 
