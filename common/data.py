@@ -310,6 +310,7 @@ class BatchLoader:
                 if writer is not None:
                     writer.add(batch)
                 yield batch
+                batch = None  # not held while the next one decodes: the shared loader may then reuse its buffer
             if writer is not None:
                 try:
                     writer.commit()

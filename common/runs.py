@@ -140,6 +140,8 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
             except BaseException as exc:  # noqa: BLE001 - as above
                 results.put((seq, None, exc))
                 break
+            # not kept while waiting for a slot: a loader reuses a batch's buffer only once no reference is left
+            batch = None
         results.put(None)
 
     threads = [threading.Thread(target=stream, args=(r,), daemon=True) for r in runners]
@@ -154,6 +156,7 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
                 if batch is None:
                     raise result
                 yield batch, result
+                batch = result = None  # as in the streams: nothing kept while waiting for the next one
                 slots.release()  # the consumer is done with this batch: a stream may take another
             if not running:
                 return
@@ -162,6 +165,7 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
                 running -= 1
             else:
                 done[item[0]] = item[1:]
+                item = None
     finally:
         stop.set()
         for _ in threads:  # wake every stream waiting for a slot; each sees `stop` and ends
@@ -330,6 +334,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             with _about_model(onnx_path):
                 for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
                     consume(batch, outputs, seconds)
+                    del batch, outputs  # its buffer goes back to the loader now, not when the next batch comes
         except BaseException:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
             evaluator.close()
