@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from .backends import backend_class
-from .engine import Prepared, infer, prepare, resolve_onnx
+from .engine import Prepared, infer, prepare, resolve_onnx, sha256_memo_dir
 from .data import image_items, read_annotations, read_image, resolve_dataset
 from .decode import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from .endtoend import E2E_IMAGES, compute_time, measure_end_to_end
-from .engine_cache import atomic_write_bytes, file_sha256
+from .engine_cache import atomic_write_bytes, file_sha256, file_sha256_memo
 from .errors import ConfigError, InputError, RuntimeFailure
 from .loader import open_loader
 from .evaluate import CocoEvaluator, to_coco_results
@@ -207,33 +207,6 @@ def check_outputs(cfg: RunConfig, accuracy: bool, record: bool = True):
         ensure_writable_dir(cfg.record_outputs, "--record-outputs dir")
 
 
-def _hash_given_onnx(cfg: RunConfig, variant: Variant):
-    """file_sha256 for the ONNX of the run, started now in a thread when --onnx names an existing file: hashing
-    releases the GIL, so it overlaps reading the annotations (~5 ms of a 4 MB model). Errors keep their order:
-    resolve_onnx still runs at its place, and an unexpected path or a failed early hash is hashed there again."""
-    if not cfg.onnx:
-        return file_sha256   # an export or the spec's model: resolved (and perhaps exported) at its place
-    try:
-        path = resolve_onnx(cfg, variant)
-    except (ConfigError, InputError):
-        return file_sha256
-    result: dict = {}
-
-    def work():
-        with suppress(Exception):
-            result["sha256"] = file_sha256(path)
-
-    thread = threading.Thread(target=work, name="onnx-sha256", daemon=True)
-    thread.start()
-
-    def sha256(onnx_path: Path) -> str:
-        thread.join()
-        if onnx_path != path or "sha256" not in result:
-            return file_sha256(onnx_path)
-        return result["sha256"]
-    return sha256
-
-
 def run_accuracy(cfg: RunConfig, publish=None) -> dict:
     """The accuracy run. `publish(record)`, when given, stores the record (cli: write_record); the resume
     state is only cleared once it has returned, so a record that cannot be written loses no work."""
@@ -252,7 +225,6 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
     check_outputs(cfg, accuracy=True)
     variant = load_model(cfg.model).variant(cfg.variant)
-    early_sha256 = _hash_given_onnx(cfg, variant)
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
     annotations = read_annotations(ann_file, polygons=False)
     items = image_items(annotations, images_dir, cfg.max_images)
@@ -261,7 +233,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     decode_cfg = variant.decode_cfg
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     onnx_path = resolve_onnx(cfg, variant)
-    onnx_sha256 = early_sha256(onnx_path)
+    onnx_sha256 = file_sha256_memo(onnx_path, sha256_memo_dir(cfg))
     state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, cfg.checkpoint_s, spec=repr(variant),
                      precision=cfg.precision,
                      batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
