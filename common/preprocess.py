@@ -44,8 +44,14 @@ class Preprocessor:
         self.pad_norm = ((spec.pad_value - mean) * self.inv_std).astype(np.float32)
         # Normalising a uint8 channel is a function of 256 values: a table made with the very same float32
         # operations (multiply, then add) gives bit-identical inputs in one pass (cv2.LUT) instead of two.
+        # The calls are those of the two-pass code, out= included, so the arithmetic's dtype is the same too.
         levels = np.arange(256, dtype=np.uint8)
-        self.luts = [np.multiply(levels, self.inv_std[c]) + self.bias[c] for c in range(len(mean))]
+        self.luts = []
+        for c in range(len(mean)):
+            table = np.empty(256, np.float32)
+            np.multiply(levels, self.inv_std[c], out=table)
+            table += self.bias[c]
+            self.luts.append(table)
 
     def geometry(self, img_h: int, img_w: int):
         """(new_w, new_h, offset_x, offset_y) of the resized image inside the input canvas."""
