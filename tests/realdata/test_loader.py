@@ -144,12 +144,14 @@ def test_consumer_stopping_early_ends_the_workers(items):
 def test_streamed_batches_are_not_pinned(items):
     """Through the run's streams (runs._in_streams) a batch is let go as soon as it is consumed: no loop variable
     of the loader, the streams or the consumer keeps it while the next one is awaited, so the loader cycles
-    through `ahead` + 1 buffers (each new one costs a page fault per page in its owner worker)."""
+    through `ahead` buffers (each new one costs a page fault per page in its owner worker). One batch in flight
+    between the stream and the consumer: the stream takes the next only once the consumer is done with the last,
+    so the count does not depend on scheduling."""
     from common.runs import _in_streams
     seen = set()
     with SharedBatchLoader(items * 4, PRE, 8, workers=2) as loader:
         address = {b.ctypes.data: s for s, b in enumerate(loader.inputs)}
-        for batch, _ in _in_streams(iter(loader), [None], lambda runner, b: None):
+        for batch, _ in _in_streams(iter(loader), [None], lambda runner, b: None, ahead=1):
             seen.add(address[batch.inputs.ctypes.data])
             del batch
-        assert len(seen) == loader.ahead + 1, (seen, loader.ahead)
+        assert len(seen) == loader.ahead, (seen, loader.ahead)
