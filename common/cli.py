@@ -4,7 +4,7 @@
     python -m common.cli performance --model rtmdet --precision fp16 --bs 32 [...]
     python -m common.cli env         (the runtimes and their capabilities)
 
-Flags, their defaults and environment variables are declared once, in common/options.py.
+Flags, their defaults and environment variables are declared once, in common/config/options.py.
 
 Exit codes: 0 every target held, 1 a target or an output check failed, 2 bad input or configuration,
 3 the runtime failed, 130 interrupted.
@@ -19,11 +19,11 @@ import sys
 import threading
 import traceback
 
-from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
-from .evaluate import format_stats
-from .results import exit_code_of, write_record
-from .options import add_groups, config_from_args
-from .runs import run_accuracy, run_performance
+from common.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
+from common.evaluate.metrics import format_stats
+from common.record.results import exit_code_of, write_record
+from common.config.options import add_groups, config_from_args
+from common.harness.runs import run_accuracy, run_performance
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_env(as_json: bool) -> int:
-    from .backends import environment_table
+    from common.runtime.backends import environment_table
     rows = environment_table()
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -73,8 +73,8 @@ def print_summary(record: dict, path=None):
         r = record["run"]
         print(f" run: {r['wall_s']:.1f} s wall, {r['images_per_s']:.1f} images/s")
     else:
-        from .telemetry import format_telemetry
-        from .timing import TimingStats, format_timing
+        from common.runtime.telemetry import format_telemetry
+        from common.harness.timing import TimingStats, format_timing
         print(f" input: {record['input']}")
         print(format_timing(TimingStats(**record["timing"])))
         if "compute" in record:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError
-from .fsaccess import shared_file_mode
+from common.errors import InputError
+from common.fsaccess import shared_file_mode
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

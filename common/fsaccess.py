@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import InputError
+from common.errors import InputError
 
 
 def denied_dir(path: str | Path) -> Path | None:

@@ -7,7 +7,7 @@ import importlib.util
 import os
 import sys
 
-from . import REPO_ROOT
+from common import REPO_ROOT
 
 NEEDED = ("numpy", "cv2", "onnxruntime", "yaml")
 

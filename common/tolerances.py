@@ -1,11 +1,11 @@
 """The `fidelity:` section of a variant: how far a candidate engine (FP16, INT8, another runtime) may stray from
-the FP32 reference (docs/fidelity.md). Typed and validated when the spec is loaded (common/specs.py)."""
+the FP32 reference (docs/fidelity.md). Typed and validated when the spec is loaded (common/config/specs.py)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from common.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
 
-from common.archive import archive_is_complete, extract  # noqa: E402
-from common.data import image_items, read_annotations, read_image, resolve_dataset  # noqa: E402
-from common.download import download  # noqa: E402
+from common.data.archive import archive_is_complete, extract  # noqa: E402
+from common.data.coco import image_items, read_annotations, read_image, resolve_dataset  # noqa: E402
+from common.data.download import download  # noqa: E402
 from common.engine_cache import file_sha256  # noqa: E402
 from common.errors import InputError, SuiteError  # noqa: E402
 

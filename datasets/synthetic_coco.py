@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.specs import COCO80_TO_91
+from common.config.specs import COCO80_TO_91
 
 
 def make_synthetic_coco(root: str | Path, n_images: int = 8, seed: int = 0, max_objects: int = 4,

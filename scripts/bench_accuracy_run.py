@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / ".importpath"))
 from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
-from common.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
+from common.harness.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:

@@ -23,16 +23,16 @@ sys.path.insert(0, str(ROOT / ".importpath"))
 from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
-from common.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
+from common.harness.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
 
-from common.data import read_annotations  # noqa: E402
-from common.evaluate import STAT_NAMES, coco_metrics  # noqa: E402
-from common.runs import RunConfig, timing_inputs, run_accuracy, run_performance  # noqa: E402
+from common.data.coco import read_annotations  # noqa: E402
+from common.evaluate.metrics import STAT_NAMES, coco_metrics  # noqa: E402
+from common.harness.runs import RunConfig, timing_inputs, run_accuracy, run_performance  # noqa: E402
 
 RSS_SNIPPET = """
 import json, resource, sys
 sys.path.insert(0, {root!r} + "/.importpath")
-from common.runs import RunConfig, run_accuracy
+from common.harness.runs import RunConfig, run_accuracy
 run_accuracy(RunConfig(**json.loads({cfg!r})))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -104,7 +104,7 @@ def run(a, work: Path):
     import onnxruntime as ort
     suite_fps, plain_fps = [], []
     sess = ort.InferenceSession(a.onnx, providers=["CPUExecutionProvider"])
-    from common.specs import load_model
+    from common.config.specs import load_model
     # the same preprocessed image the performance run times: in-graph NMS cost depends on the content
     x, _ = timing_inputs(RunConfig(**base), load_model(a.model).variant())
     name = sess.get_inputs()[0].name

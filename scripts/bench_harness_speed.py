@@ -35,17 +35,17 @@ sys.path.insert(0, str(ROOT / ".importpath"))
 from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
-from common.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
+from common.harness.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
 
-from common.data import image_items, read_annotations  # noqa: E402
-from common.evaluate import coco_metrics  # noqa: E402
-from common.loader import open_loader  # noqa: E402
-from common.preprocess import Preprocessor  # noqa: E402
-from common.runs import RunConfig, run_accuracy  # noqa: E402
-from common.specs import load_model  # noqa: E402
+from common.data.coco import image_items, read_annotations  # noqa: E402
+from common.evaluate.metrics import coco_metrics  # noqa: E402
+from common.data.loader import open_loader  # noqa: E402
+from common.data.preprocess import Preprocessor  # noqa: E402
+from common.harness.runs import RunConfig, run_accuracy  # noqa: E402
+from common.config.specs import load_model  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -215,7 +215,7 @@ def run(a, cores: int, work: Path):
     print(f"4. replay with the input cache, evaluation excluded: {rate:.0f} images/s (target >= 10000)")
 
     # 5. start-up
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import common.cli, common.runs"],
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import common.cli, common.harness.runs"],
                          capture_output=True, text=True, cwd=str(ROOT))
     rows = []
     for line in out.stderr.splitlines():

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "models" / "rtdetr"))
 from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
-from common.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
+from common.harness.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
 
 R18 = {  # transformers RTDetrConfig fields of the R18 architecture
     "model_type": "rt_detr", "num_labels": 80, "num_queries": 300, "d_model": 256, "encoder_hidden_dim": 256,
@@ -38,9 +38,9 @@ R18 = {  # transformers RTDetrConfig fields of the R18 architecture
 def export_r18(out: Path, variant) -> Path:
     import torch
 
-    from common.exporting import simplify
+    from common.export.pipeline import simplify
     from export import DetrOutputs, OUTPUT_NAMES, build_config, new_network
-    from common.exporting import torch_export
+    from common.export.pipeline import torch_export
 
     torch.manual_seed(0)
     net = new_network(build_config(R18)).eval()
@@ -67,8 +67,8 @@ def run(a, work: Path):
     import numpy as np
     import onnxruntime as ort
 
-    from common.runs import RunConfig, run_performance
-    from common.specs import load_model
+    from common.harness.runs import RunConfig, run_performance
+    from common.config.specs import load_model
 
     variant = load_model("rtdetr").variant("r18")
     onnx_path = Path(a.onnx) if a.onnx else export_r18(work / "r18.onnx", variant)

@@ -23,14 +23,14 @@ from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
 
-from common.backends import get_backend  # noqa: E402
-from common.backends.base import BuildRequest  # noqa: E402
+from common.runtime.backends import get_backend  # noqa: E402
+from common.runtime.backends.base import BuildRequest  # noqa: E402
 from common.engine_cache import EngineCache, file_sha256  # noqa: E402
 from common.cli import exit_now, guarded  # noqa: E402
 from common.errors import ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
-from common.options import add_groups, config_from_args  # noqa: E402
-from common.engine import build_request, resolve_onnx  # noqa: E402
-from common.specs import load_model  # noqa: E402
+from common.config.options import add_groups, config_from_args  # noqa: E402
+from common.harness.engine import build_request, resolve_onnx  # noqa: E402
+from common.config.specs import load_model  # noqa: E402
 
 
 def _shape(text: str) -> tuple:

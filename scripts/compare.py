@@ -26,8 +26,8 @@ use_project_python()
 
 from common.cli import exit_now, guarded  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402
-from common.fidelity import run_compare, write_json  # noqa: E402
-from common.options import add_groups, config_from_args, positive_int  # noqa: E402
+from common.harness.fidelity import run_compare, write_json  # noqa: E402
+from common.config.options import add_groups, config_from_args, positive_int  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

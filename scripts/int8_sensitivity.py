@@ -28,7 +28,7 @@ from common.interpreter import use_project_python  # noqa: E402
 
 use_project_python()
 from common.cli import guarded  # noqa: E402
-from common.options import positive_int as _positive_int  # noqa: E402
+from common.config.options import positive_int as _positive_int  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED, ConfigError  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def _time_side_by_side(paths: dict, x, input_name: str, runs: int, rounds: int =
     so that load from other processes on a shared CPU hits them alike."""
     import numpy as np
 
-    from common.int8_search import _session
+    from common.compare.int8_search import _session
     sessions = {k: _session(p) for k, p in paths.items()}
     times = {k: [] for k in paths}
     for s in sessions.values():
@@ -85,14 +85,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from common.calibration import CalibrationSet, check_not_evaluation_set
-        from common.data import read_annotations, resolve_dataset
-        from common.fidelity import load_images
-        from common.int8_search import chosen, evaluate_ap, node_errors, search
-        from common.quantize import prepare_float_model, quantize_onnx, settings_for, spec_snippet
-        from common.engine import resolve_onnx
-        from common.options import RunConfig
-        from common.specs import load_model
+        from common.data.calibration import CalibrationSet, check_not_evaluation_set
+        from common.data.coco import read_annotations, resolve_dataset
+        from common.harness.fidelity import load_images
+        from common.compare.int8_search import chosen, evaluate_ap, node_errors, search
+        from common.runtime.quantize import prepare_float_model, quantize_onnx, settings_for, spec_snippet
+        from common.harness.engine import resolve_onnx
+        from common.config.options import RunConfig
+        from common.config.specs import load_model
 
         if not 0 <= args.tolerance < 1:
             raise ConfigError(f"--tolerance must be in [0, 1), got {args.tolerance}")
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
                 print(f"\n no node list within {args.tolerance} AP of FP32 was found (the snippet keeps the most "
                       "nodes tried)")
         if args.report:
-            from common.fidelity import write_json
+            from common.harness.fidelity import write_json
             write_json(Path(args.report), report)
             print(f" report: {args.report}")
         return EXIT_PASS if best is not None else EXIT_TARGET_FAILED
@@ -172,9 +172,9 @@ def main(argv=None) -> int:
 
 def _evaluate_points(args, variant, onnx_path, calib, settings, points, cache_root, tmp, held_fp32) -> dict:
     """AP on the evaluation set and compute-only FPS of FP32 and of every curve point, side by side."""
-    from common.fidelity import load_images
-    from common.int8_search import evaluate_ap
-    from common.quantize import quantize_onnx
+    from common.harness.fidelity import load_images
+    from common.compare.int8_search import evaluate_ap
+    from common.runtime.quantize import quantize_onnx
     ev = load_images(variant, args.dataset_dir, args.eval_ann, args.images_dir, args.eval_images or 10 ** 9)
     paths = {"fp32": onnx_path}
     for p in points:

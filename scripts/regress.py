@@ -27,12 +27,12 @@ from common.interpreter import use_project_python  # noqa: E402
 use_project_python()
 
 from common.errors import EXIT_INTERRUPTED, SuiteError  # noqa: E402
-from common.matrix import (KINDS, Filters, ModelMap, all_model_names, enumerate_cases, parse_shard,  # noqa: E402
+from common.ci.matrix import (KINDS, Filters, ModelMap, all_model_names, enumerate_cases, parse_shard,  # noqa: E402
                            shard)
-from common.regress import (EXIT_CONFIG, EXIT_REGRESSION, CaseOptions, ReportOptions, absolute_path,  # noqa: E402
+from common.ci.regress import (EXIT_CONFIG, EXIT_REGRESSION, CaseOptions, ReportOptions, absolute_path,  # noqa: E402
                             completeness, confirm_fps_failures, merge_runs, report, run_matrix, verdicts_of)
-from common.specs import load_model  # noqa: E402
-from common.verdicts import BaselineRefused, FpsRule, update_baselines  # noqa: E402
+from common.config.specs import load_model  # noqa: E402
+from common.ci.verdicts import BaselineRefused, FpsRule, update_baselines  # noqa: E402
 
 
 def _report_args(p: argparse.ArgumentParser):

@@ -48,7 +48,7 @@ def rtmdet_raw_onnx(rtmdet_onnx, tmp_path_factory) -> Path:
     trained network without the graph's own NMS."""
     import onnx.utils
 
-    from common.specs import load_model
+    from common.config.specs import load_model
 
     out = load_model("rtmdet").variant("nano-person-raw").output
     path = tmp_path_factory.mktemp("rawcut") / "rtmdet_nano_raw.onnx"
@@ -66,7 +66,7 @@ def rtmdet_fp32_pass(rtmdet_onnx, shared_data, tmp_path_factory):
     recording) and its input cache. Tests that only need these reuse them rather than recompute the pass."""
     from types import SimpleNamespace
 
-    from common.runs import RunConfig, run_accuracy
+    from common.harness.runs import RunConfig, run_accuracy
 
     work = tmp_path_factory.mktemp("fp32pass")
     cfg = RunConfig(model="rtmdet", onnx=str(rtmdet_onnx), dataset_dir=str(shared_data / "coco"),

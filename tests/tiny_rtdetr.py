@@ -97,7 +97,7 @@ def build_tiny_rtdetr_end2end(out: Path, seed: int = 0) -> Path:
     (x1, y1, x2, y2, score in input pixels) and labels [B, Q]. Used by the FP16 fidelity tests."""
     import torch
 
-    from common.exporting import torch_export
+    from common.export.pipeline import torch_export
 
     class End2End(torch.nn.Module):
         def __init__(self, detr):

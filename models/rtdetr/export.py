@@ -1,7 +1,7 @@
 """RT-DETR / RT-DETRv2 checkpoint -> ONNX (input `images` [N, 3, H, W], outputs `logits` and `pred_boxes`).
 
 Every line is exported through one network, the transformers implementation (RTDetrForObjectDetection /
-RTDetrV2ForObjectDetection), so the graph and its output convention ("detr" in common/decode_detr.py) are the same
+RTDetrV2ForObjectDetection), so the graph and its output convention ("detr" in common/decode/detr.py) are the same
 whatever form the weights came in:
 
 - a transformers checkpoint directory (config.json + model.safetensors, e.g. PekingU/rtdetr_r18vd as downloaded);
@@ -11,7 +11,7 @@ whatever form the weights came in:
 The variant's `export.config_overrides` are applied to the transformers config before the network is built
 (e.g. `decoder_method: discrete` for RT-DETRv2's discrete sampling, which avoids GridSample).
 
-Command line (the suite's scripts call export_onnx through common/exporting.py instead):
+Command line (the suite's scripts call export_onnx through common/export/pipeline.py instead):
 
     python models/rtdetr/export.py --checkpoint DIR_OR_PTH [--config config.json] --variant r18 --out r18.onnx --check
 """
@@ -30,9 +30,9 @@ for p in (str(ROOT / ".importpath"), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from common.checkpoints import check_safetensors, load_torch_checkpoint  # noqa: E402
+from common.export.checkpoints import check_safetensors, load_torch_checkpoint  # noqa: E402
 from common.errors import ConfigError, InputError, SuiteError, first_line  # noqa: E402
-from common.exporting import DEFAULT_OPSET, simplify, torch_export  # noqa: E402
+from common.export.pipeline import DEFAULT_OPSET, simplify, torch_export  # noqa: E402
 
 OUTPUT_NAMES = ["logits", "pred_boxes"]
 MODEL_TYPES = ("rt_detr", "rt_detr_v2")
@@ -165,7 +165,7 @@ def export_onnx(checkpoint: Path, config: Path | None, out: Path, *, variant, op
 # ---- --check: detections from PyTorch and from ONNX Runtime must agree ------------------------------------------
 
 def _detections(outputs: dict, h: int, w: int, k: int, floor: float) -> list:
-    from common.decode import get_decoder
+    from common.decode.outputs import get_decoder
 
     n = outputs["logits"].shape[0]
     meta = np.tile(np.array([1.0, 1.0, 0, 0, w, h]), (n, 1))
@@ -182,7 +182,7 @@ def check_onnx(net, onnx_path: Path, inputs: np.ndarray, *, k: int = 100, floor:
     import onnxruntime as ort
     import torch
 
-    from common.comparator import FunctionRunner, compare, detections_agree, run_all
+    from common.compare.comparator import FunctionRunner, compare, detections_agree, run_all
 
     def torch_forward(x):
         with torch.no_grad():
@@ -207,15 +207,15 @@ def check_inputs(images: list[Path], variant, n: int, seed: int = 0) -> np.ndarr
     """Preprocessed images (the spec's preprocessing) when given, else seeded random images in [0, 1]."""
     h, w = input_size(variant)
     if images:
-        from common.data import read_image
-        from common.preprocess import Preprocessor
+        from common.data.coco import read_image
+        from common.data.preprocess import Preprocessor
         pre = Preprocessor(variant.preprocess, h, w)
         return np.stack([pre(read_image(p))[0] for p in images[:n]])
     return np.random.default_rng(seed).random((n, 3, h, w), np.float32)
 
 
 def main(argv=None) -> int:
-    from common.specs import load_model
+    from common.config.specs import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="transformers dir (config.json + safetensors) or original .pth")

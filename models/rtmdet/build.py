@@ -11,7 +11,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from common.checkpoints import load_torch_checkpoint
+from common.export.checkpoints import load_torch_checkpoint
 from common.errors import ConfigError, InputError, first_line
 
 from models.rtmdet.network import RTMDet, UnsupportedConfig

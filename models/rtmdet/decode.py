@@ -1,4 +1,4 @@
-"""Dense (anchor-free, point-prior) raw-head decoders, registered into common/decode.py's registry.
+"""Dense (anchor-free, point-prior) raw-head decoders, registered into common/decode/outputs.py's registry.
 
 "rtmdet_raw": the head outputs of mmdet's RTMDetSepBNHead before any post-processing, one class-logit map
 [B, C, H, W] and one distance map [B, 4, H, W] (left, top, right, bottom, already scaled to input pixels by the
@@ -11,9 +11,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from common.decode_base import Detections, _output, register
+from common.decode.registry import Detections, _output, register
 from common.errors import InputError
-from common.preprocess import boxes_to_original
+from common.data.preprocess import boxes_to_original
 
 # mmdet configs/rtmdet/rtmdet_l_8xb32-300e_coco.py model.test_cfg
 RTMDET_TEST_CFG = {"score_threshold": 0.001, "nms_pre": 30000, "iou_threshold": 0.65, "max_per_img": 300}

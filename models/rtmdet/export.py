@@ -8,7 +8,7 @@ input (the variant's input name, `input`) with a dynamic batch, and per stride a
 stride-scaled distance output named as the variant's `output.cls` / `output.reg` declare. It is simplified with
 onnxsim with the batch kept dynamic. `--check` runs real images through ONNX Runtime and PyTorch and compares.
 
-The scripts call export_onnx() through common/exporting.py (`--checkpoint/--config`, exported once and cached).
+The scripts call export_onnx() through common/export/pipeline.py (`--checkpoint/--config`, exported once and cached).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT / ".importpath") not in sys.path:  # run as a script, or loaded by path from common/exporting.py
+if str(REPO_ROOT / ".importpath") not in sys.path:  # run as a script, or loaded by path from common/export/pipeline.py
     sys.path.insert(0, str(REPO_ROOT / ".importpath"))
 
 from common.errors import ConfigError, InputError, SuiteError  # noqa: E402
@@ -76,10 +76,10 @@ def prepare(checkpoint, config, variant=None):
 
 
 def export_onnx(checkpoint, config, out, *, variant, opset):
-    """Raw (unsimplified) ONNX with a dynamic batch; the interface of common/exporting.py."""
+    """Raw (unsimplified) ONNX with a dynamic batch; the interface of common/export/pipeline.py."""
     import torch
 
-    from common.exporting import torch_export
+    from common.export.pipeline import torch_export
     net, _, name, (h, w), names = prepare(checkpoint, config, variant)
     torch_export(net, torch.zeros(1, 3, h, w), Path(out), input_name=name, output_names=names, opset=opset)
 
@@ -91,9 +91,9 @@ def check(onnx_path: Path, net, input_name: str, names: list, images: list[Path]
     import onnxruntime as ort
     import torch
 
-    from common.comparator import FunctionRunner, allclose, compare, run_all
-    from common.data import read_image
-    from common.preprocess import Preprocessor
+    from common.compare.comparator import FunctionRunner, allclose, compare, run_all
+    from common.data.coco import read_image
+    from common.data.preprocess import Preprocessor
     pre = Preprocessor(preprocess, *size)
     batch = np.stack([pre(read_image(str(p)))[0] for p in images])
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -109,7 +109,7 @@ def check(onnx_path: Path, net, input_name: str, names: list, images: list[Path]
 
 
 def _preprocess_from_config(cfg):
-    from common.specs import Preprocess
+    from common.config.specs import Preprocess
     dp = cfg["model"].get("data_preprocessor") or {}
     return Preprocess(resize="letterbox", pad="bottom_right", pad_value=114.0,
                       color="rgb" if dp.get("bgr_to_rgb") else "bgr",
@@ -119,7 +119,7 @@ def _preprocess_from_config(cfg):
 def main(argv=None) -> int:
     import argparse
 
-    from common.exporting import DEFAULT_OPSET, simplify
+    from common.export.pipeline import DEFAULT_OPSET, simplify
     ap = argparse.ArgumentParser(description="mmdet RTMDet checkpoint -> raw-head ONNX (dynamic batch, onnxsim)")
     ap.add_argument("--checkpoint", required=True, help="mmdet .pth (read with torch.load weights_only=True)")
     ap.add_argument("--config", help="mmdet config .py (default: the variant's shipped config)")
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         from common.engine_cache import atomic_write_bytes
-        from common.specs import load_model
+        from common.config.specs import load_model
         variant = load_model("rtmdet").variant(args.variant) if args.variant else None
         if args.check and not args.images:
             raise ConfigError("--check needs --images DIR")
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         try:
             import torch
 
-            from common.exporting import torch_export
+            from common.export.pipeline import torch_export
             torch_export(net, torch.zeros(1, 3, *size), raw, input_name=name, output_names=names, opset=args.opset)
             simplify(raw, simplified, name)
             atomic_write_bytes(out, simplified.read_bytes())

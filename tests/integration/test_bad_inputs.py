@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common.checkpoints import load_state_dict
-from common.data import image_items, read_annotations, read_image, resolve_dataset
+from common.export.checkpoints import load_state_dict
+from common.data.coco import image_items, read_annotations, read_image, resolve_dataset
 from common.errors import EXIT_BAD_INPUT, InputError
 from synthetic_coco import make_synthetic_coco
 
@@ -181,8 +181,8 @@ def test_annotation_faults_stop_the_run_before_inference(tmp_path):
 
 
 def test_categories_not_in_the_file_name_it(tmp_path):
-    from common.evaluate import CocoEvaluator
-    from common.specs import COCO80_TO_91
+    from common.evaluate.metrics import CocoEvaluator
+    from common.config.specs import COCO80_TO_91
     ann = _coco_with(tmp_path, lambda d: d.update(categories=[c for c in d["categories"] if c["id"] != 1]
                                                   ) or [a.update(category_id=3) for a in d["annotations"]])
     with pytest.raises(InputError, match=r"categories.*\[1\].*not in the annotation file") as ei:

@@ -13,8 +13,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from common.archive import archive_is_complete
-from common.download import download
+from common.data.archive import archive_is_complete
+from common.data.download import download
 from common.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, InputError, RuntimeFailure
 
 PAYLOAD = np.random.default_rng(20).integers(0, 256, 200_000, dtype=np.uint8).tobytes()  # fixed: test ids

@@ -9,8 +9,8 @@ import zipfile
 
 import pytest
 
-from common.archive import extract
-from common.download import download
+from common.data.archive import extract
+from common.data.download import download
 from common.errors import InputError, RuntimeFailure
 
 PAYLOAD = os.urandom(300_000)

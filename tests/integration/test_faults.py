@@ -18,13 +18,13 @@ import pytest
 from onnx import numpy_helper
 
 from common import cli
-from common.data import BatchLoader, image_items, read_annotations
+from common.data.coco import BatchLoader, image_items, read_annotations
 from common.errors import InputError, RuntimeFailure
-from common.preprocess import Preprocessor
-from common.results import write_record
-from common.run_state import RunState
-from common.runs import RunConfig, run_accuracy
-from common.specs import load_model
+from common.data.preprocess import Preprocessor
+from common.record.results import write_record
+from common.harness.run_state import RunState
+from common.harness.runs import RunConfig, run_accuracy
+from common.config.specs import load_model
 from tiny_detector import make_tiny_detector, tiny_detector_env
 
 from helpers import REPO  # noqa: E402
@@ -422,7 +422,7 @@ def test_a_live_runs_state_is_not_adopted(env, tmp_path):
 
 def test_sigterm_during_engine_setup_ends_the_run(env, tmp_path):
     args = _cli(env, tmp_path / "res", "--workers", "0")[3:]
-    code = ("import sys, time, common.runs as r\n"
+    code = ("import sys, time, common.harness.runs as r\n"
             "def slow(*a, **k):\n"
             "    print('setting up', file=sys.stderr, flush=True)\n"
             "    time.sleep(300)\n"

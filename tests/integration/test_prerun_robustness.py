@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.archive import extract
-from common.checkpoints import check_safetensors, load_state_dict, load_torch_checkpoint
+from common.data.archive import extract
+from common.export.checkpoints import check_safetensors, load_state_dict, load_torch_checkpoint
 from common.errors import ConfigError, InputError, RuntimeFailure
 from prepare import main as prepare_main
 from synthetic_coco import make_synthetic_coco
@@ -158,8 +158,8 @@ def test_garbage_pth_is_not_called_a_pickle(tmp_path, capsys):
 # ------------------------------------------------------------------ messages naming the user's own things
 
 def test_fidelity_error_names_the_spec_file_given_by_path(tmp_path):
-    from common.fidelity import tolerance_of
-    from common.specs import load_model
+    from common.harness.fidelity import tolerance_of
+    from common.config.specs import load_model
     from tiny_detr import build_tiny_detr, tiny_detr_spec
     spec = tiny_detr_spec(tmp_path / "t.yaml", build_tiny_detr(tmp_path / "tiny.onnx"))
     spec.write_text(spec.read_text().replace("    build:", "    fidelity: {min_cosin: 0.99}\n    build:"))
@@ -170,7 +170,7 @@ def test_fidelity_error_names_the_spec_file_given_by_path(tmp_path):
 
 
 def _tiny_run(tmp_path, onnx_path, **kw):
-    from common.runs import RunConfig
+    from common.harness.runs import RunConfig
     from tiny_detector import write_tiny_spec
     if not (tmp_path / "coco").exists():
         make_synthetic_coco(tmp_path / "coco", n_images=kw.pop("n_images", 3), seed=0, size=(64, 80))
@@ -181,7 +181,7 @@ def _tiny_run(tmp_path, onnx_path, **kw):
 
 
 def test_static_batch_message_names_the_asked_batch(tmp_path):
-    from common.runs import run_accuracy
+    from common.harness.runs import run_accuracy
     from tiny_detector import make_tiny_detector
     fixed = make_tiny_detector(tmp_path / "b1.onnx", batch=1)
     with pytest.raises(InputError) as ei:                  # --bs 4 on a dataset of 3 images
@@ -191,7 +191,7 @@ def test_static_batch_message_names_the_asked_batch(tmp_path):
 
 
 def test_resumed_run_counts_only_its_own_images_per_second(tmp_path, monkeypatch):
-    import common.runs as runs
+    import common.harness.runs as runs
     from tiny_detector import make_tiny_detector
     onnx_path = make_tiny_detector(tmp_path / "m.onnx")
     cfg = _tiny_run(tmp_path, onnx_path, n_images=10, checkpoint_s=0.0, streams=1)

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from common.errors import ConfigError
-from common.history import last_good, read_history
-from common.matrix import Filters, enumerate_cases, shard
-from common.verdicts import FAILED, PASS, WARN, FpsRule, compare_fps
+from common.record.history import last_good, read_history
+from common.ci.matrix import Filters, enumerate_cases, shard
+from common.ci.verdicts import FAILED, PASS, WARN, FpsRule, compare_fps
 from regress_helpers import FAST_PERF, junit_cases, regress, verdicts
 from tiny_detr import build_tiny_detr, tiny_detr_spec
 
@@ -204,7 +204,7 @@ def _acc_outcome(precision: str, ap: float, images: int = 50, device: str = "cpu
 
 
 def test_relative_accuracy_rule_needs_a_comparable_fp32_reference(tmp_path):
-    from common.verdicts import judge
+    from common.ci.verdicts import judge
     rules = {("m.yaml", "v"): {"AP": 0.2}}
 
     def status_of(*outcomes):

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto
 
 from common.errors import InputError
-from common.runs import RunConfig, run_accuracy
+from common.harness.runs import RunConfig, run_accuracy
 from tiny_detector import make_tiny_detector, tiny_detector_env
 
 from helpers import REPO  # noqa: E402

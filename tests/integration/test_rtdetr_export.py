@@ -30,8 +30,8 @@ def _records(results_dir):
 
 def test_export_check_agrees_and_batch_stays_dynamic(work):
     """The scripts' own export path (export_cached, into the cache the script test below then hits)."""
-    from common.exporting import export_cached
-    from common.specs import load_spec
+    from common.export.pipeline import export_cached
+    from common.config.specs import load_spec
     variant = load_spec(work["spec"]).variant("tiny")
     out = export_cached(variant, work["ckpt"], None, work["root"] / "cache" / "exports")
     x = np.random.default_rng(0).random((3, 3, SIZE, SIZE), np.float32)
@@ -92,7 +92,7 @@ def test_fp16_engine_keeps_sensitive_ops_float32(work):
     # and its detections agree with the FP32 graph's (the comparator, export --check's metric, FP16 tolerance)
     import onnxruntime as ort
 
-    from common.comparator import FunctionRunner, compare, detections_agree, run_all
+    from common.compare.comparator import FunctionRunner, compare, detections_agree, run_all
     fp32 = next((work["root"] / "cache" / "exports").rglob("*.onnx"))
     x = np.random.default_rng(5).random((2, 3, SIZE, SIZE), np.float32)
     names = ["logits", "pred_boxes"]

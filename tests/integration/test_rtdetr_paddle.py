@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common.preprocess import Preprocessor
-from common.specs import Preprocess
+from common.data.preprocess import Preprocessor
+from common.config.specs import Preprocess
 from helpers import run_script
 from synthetic_coco import make_synthetic_coco
 from tiny_paddle_rtdetr import BOXES_NORM, C, N, SIZE, build_paddle_rtdetr, expected_scores, paddle_spec

@@ -78,7 +78,7 @@ def _ultralytics_predictor_on(recording, sizes, images_dir, conf):
     import torch
     from ultralytics.models.rtdetr.predict import RTDETRPredictor
 
-    from common.specs import COCO80_TO_91
+    from common.config.specs import COCO80_TO_91
     predictor = RTDETRPredictor(overrides={"conf": conf, "max_det": 300, "verbose": False})
     predictor.model = SimpleNamespace(names={i: str(i) for i in range(80)})
     ref = {}
@@ -101,7 +101,7 @@ def test_real_ultralytics_export_through_the_scripts(tmp_path, monkeypatch):
     ultralytics = pytest.importorskip("ultralytics", reason="ultralytics (AGPL-3.0) is an optional extra")
     import onnx
 
-    from common.replay import Recording
+    from common.runtime.replay import Recording
     from test_detr_reference_postprocess import _suite_detections, match_fraction
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)                             # Ultralytics writes the export beside the model

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from common.errors import ConfigError, InputError
-from common.exporting import DEFAULT_OPSET, batch_is_dynamic, export_cached
-from common.runs import RunConfig, run_accuracy
-from common.specs import load_model
+from common.export.pipeline import DEFAULT_OPSET, batch_is_dynamic, export_cached
+from common.harness.runs import RunConfig, run_accuracy
+from common.config.specs import load_model
 from models.rtmdet import export as rtm_export
 from models.rtmdet.build import build_network, load_rtmdet, read_config
 from synthetic_coco import make_synthetic_coco
@@ -316,7 +316,7 @@ def test_fp16_conversion_with_a_shared_resize_scales_constant(tmp_path):
     ONNX Runtime loads and that matches FP32."""
     from onnx import TensorProto, helper
 
-    from common.backends.onnxruntime_backend import convert_fp16
+    from common.runtime.backends.onnxruntime_backend import convert_fp16
     scales = helper.make_node("Constant", [], ["scales"], value=helper.make_tensor("s", TensorProto.FLOAT, [4],
                                                                                     [1, 1, 2, 2]))
     w = helper.make_tensor("w", TensorProto.FLOAT, [2, 2, 1, 1], [0.5, 0.25, -0.5, 1.0])

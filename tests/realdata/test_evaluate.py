@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from common.data import read_annotations
-from common.evaluate import STAT_NAMES, CocoEvaluator
-from common.specs import COCO80_TO_91
+from common.data.coco import read_annotations
+from common.evaluate.metrics import STAT_NAMES, CocoEvaluator
+from common.config.specs import COCO80_TO_91
 from synthetic_coco import make_synthetic_coco
 
 
@@ -103,7 +103,7 @@ def test_label_outside_the_map_is_a_clear_error(synthetic):
 def test_coco_results_are_the_per_value_conversion():
     """to_coco_results converts columns at once: the same ints (truncated) and floats, hence the same JSON, as
     int()/float() value by value; no rows, no results."""
-    from common.evaluate import to_coco_results
+    from common.evaluate.metrics import to_coco_results
     rng = np.random.default_rng(3)
     rows = rng.random((500, 7)) * 1000
     rows[:, 0] = rng.integers(0, 10**12, 500)

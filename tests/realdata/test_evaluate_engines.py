@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from common.data import read_annotations
-from common.evaluate import STAT_NAMES, coco_metrics
+from common.data.coco import read_annotations
+from common.evaluate.metrics import STAT_NAMES, coco_metrics
 
 pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is not installed")
 

@@ -1,5 +1,5 @@
 """FP16 fidelity: compare a candidate engine with the FP32 reference, localise FP16 overflow to its node, fix it
-with a block list, and stop an accuracy run early when its engine is broken (common/fidelity.py)."""
+with a block list, and stop an accuracy run early when its engine is broken (common/harness/fidelity.py)."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from common.backends.onnxruntime_backend import convert_fp16
+from common.runtime.backends.onnxruntime_backend import convert_fp16
 from common.errors import ConfigError
-from common.fidelity import (Tolerance, _run_exposed, _types, compare_outputs, judge, localise, match_detections, tolerance_of,
+from common.harness.fidelity import (Tolerance, _run_exposed, _types, compare_outputs, judge, localise, match_detections, tolerance_of,
                              with_block_nodes)
-from common.specs import load_spec
+from common.config.specs import load_spec
 from fidelity_helpers import overflow_graph, plant_overflow
 from helpers import REPO
 from tiny_detr import build_tiny_detr, tiny_detr_spec

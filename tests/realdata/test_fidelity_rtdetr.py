@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from common.fidelity import FP16_MAX, find_fp16_culprits, load_images, run_compare, tolerance_of
-from common.runs import RunConfig
-from common.specs import load_spec
+from common.harness.fidelity import FP16_MAX, find_fp16_culprits, load_images, run_compare, tolerance_of
+from common.harness.runs import RunConfig
+from common.config.specs import load_spec
 from tiny_rtdetr import TOKENS, build_tiny_rtdetr_end2end, tiny_end2end_spec
 
 ANN = "instances_val2017_person_subset350.json"

@@ -1,4 +1,4 @@
-"""The FP16 range check and the origin-only localisation (common/fp16_range.py, common/fp16_localise.py).
+"""The FP16 range check and the origin-only localisation (common/compare/fp16_range.py, common/compare/fp16_localise.py).
 
 Four planted problems in the raw-head cut of the shared RTMDet-nano graph (FP32 outputs unchanged by each):
 a direct overflow (x1e4 around the SiLU Mul of Conv_91), an overflow through the SPP's three MaxPools and its
@@ -18,11 +18,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from common.backends.onnxruntime_backend import convert_fp16
-from common.fidelity import Tolerance, load_images, localise, range_check, tensor_stats
-from common.fp16_range import _pair_stats, _ref_range, graph_types, run_exposed
-from common.runs import RunConfig, run_accuracy
-from common.specs import load_model
+from common.runtime.backends.onnxruntime_backend import convert_fp16
+from common.harness.fidelity import Tolerance, load_images, localise, range_check, tensor_stats
+from common.compare.fp16_range import _pair_stats, _ref_range, graph_types, run_exposed
+from common.harness.runs import RunConfig, run_accuracy
+from common.config.specs import load_model
 from fidelity_helpers import overflow_graph, plant_around
 from helpers import REPO
 
@@ -197,7 +197,7 @@ def test_compare_fails_the_pool_concat_plant_the_cpu_runs_cleanly(plants, coco_l
 
 def test_regression_counts_a_preflight_stopped_record_as_failed():
     """A record the pre-flight stopped has no metrics: the regression verdict fails it with the reason."""
-    from common.verdicts import FAILED, judge
+    from common.ci.verdicts import FAILED, judge
     case = {"id": "m/v/onnxruntime/fp16/bs1/accuracy", "spec": "m", "variant": "v", "precision": "fp16",
             "kind": "accuracy"}
     outcome = {"case": case, "status": "ok", "records": [

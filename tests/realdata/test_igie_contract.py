@@ -78,8 +78,8 @@ def test_runner_output_order_and_sync(rtmdet_onnx, tmp_path, monkeypatch):
         monkeypatch.delitem(__import__("sys").modules, mod)
     import onnxruntime as ort
 
-    from common.backends import get_backend
-    from common.backends.base import BuildRequest
+    from common.runtime.backends import get_backend
+    from common.runtime.backends.base import BuildRequest
     from common.engine_cache import EngineCache, file_sha256
     backend = get_backend("igie")
     req = BuildRequest(rtmdet_onnx, file_sha256(rtmdet_onnx), "fp32", 2, "input", (3, 320, 320),
@@ -211,8 +211,8 @@ def test_igie_engine_runs_on_the_device_telemetry_samples(rtmdet_onnx, tmp_path,
     monkeypatch.setenv("SUITE_GPU_INDEX", "3")
     for mod in [m for m in list(__import__("sys").modules) if m == "tvm" or m.startswith("tvm.")]:
         monkeypatch.delitem(__import__("sys").modules, mod)
-    from common.backends import get_backend
-    from common.backends.base import BuildRequest
+    from common.runtime.backends import get_backend
+    from common.runtime.backends.base import BuildRequest
     from common.engine_cache import EngineCache, file_sha256
     backend = get_backend("igie")
     req = BuildRequest(rtmdet_onnx, file_sha256(rtmdet_onnx), "fp32", 1, "input", (3, 320, 320),

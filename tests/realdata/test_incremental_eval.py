@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from common.evaluate import STAT_NAMES, CocoEvaluator, coco_metrics
-from common.incremental_eval import IncrementalCocoEval
+from common.evaluate.metrics import STAT_NAMES, CocoEvaluator, coco_metrics
+from common.evaluate.incremental import IncrementalCocoEval
 from synthetic_coco import make_synthetic_coco
 
 
@@ -104,7 +104,7 @@ def test_detections_after_completion_are_an_error(tmp_path):
     ann = json.loads(ann_file.read_text())
     cats = sorted(c["id"] for c in ann["categories"])
     ids = [im["id"] for im in ann["images"]]
-    import common.incremental_eval as ie
+    import common.evaluate.incremental as ie
     ev = IncrementalCocoEval(ann, cats)
     old, ie.CHUNK_IMAGES = ie.CHUNK_IMAGES, 1
     try:
@@ -118,7 +118,7 @@ def test_detections_after_completion_are_an_error(tmp_path):
 
 def test_evaluator_engines_agree(tmp_path):
     """CocoEvaluator's default (incremental) and the pycocotools engine on the same model-label detections."""
-    from common.specs import COCO80_TO_91
+    from common.config.specs import COCO80_TO_91
     _, ann_file = make_synthetic_coco(tmp_path, n_images=10, seed=4)
     ann = json.loads(ann_file.read_text())
     cats = sorted(c["id"] for c in ann["categories"])

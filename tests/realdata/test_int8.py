@@ -15,7 +15,7 @@ ANN_A = "instances_val2017_subset150.json"
 
 def test_int8_section_is_typed_and_checked(tmp_path):
     from common.errors import ConfigError
-    from common.quantize import Int8Settings, read_int8_section
+    from common.runtime.quantize import Int8Settings, read_int8_section
     assert read_int8_section(None) == Int8Settings()
     s = read_int8_section({"format": "QOperator", "per_channel": False, "method": "percentile", "percentile": 99.9,
                            "calib_images": 8, "op_types": ["Conv", "MatMul"], "keep_fp32": ["Conv_3"]})
@@ -34,11 +34,11 @@ def test_int8_section_is_typed_and_checked(tmp_path):
 
 
 def _request(onnx, cache, calib_dir, n, settings, shared_data):
-    from common.backends.base import BuildRequest
-    from common.calibration import CalibrationSet
+    from common.runtime.backends.base import BuildRequest
+    from common.data.calibration import CalibrationSet
     from common.engine_cache import EngineCache, file_sha256
-    from common.runs import RunConfig
-    from common.specs import load_model
+    from common.harness.runs import RunConfig
+    from common.config.specs import load_model
     variant = load_model("rtmdet").variant()
     cfg = RunConfig(model="rtmdet", dataset_dir=str(shared_data / "coco"), annotation=PERSON350, calib_images=n)
     calib = CalibrationSet.for_variant(str(calib_dir), variant, cfg)
@@ -50,9 +50,9 @@ def test_int8_preflight_tolerance():
     """INT8's pre-flight tolerance is its own (looser than FP16's), and the spec's int8.fidelity overrides it."""
     from dataclasses import replace
 
-    from common.fidelity import tolerance_of
-    from common.quantize import preflight_tolerance
-    from common.specs import load_model
+    from common.harness.fidelity import tolerance_of
+    from common.runtime.quantize import preflight_tolerance
+    from common.config.specs import load_model
     v = load_model("rtmdet").variant()
     fp16, int8 = tolerance_of(v), preflight_tolerance(v, tolerance_of(v))
     assert int8.max_score_diff > fp16.max_score_diff and int8.min_cosine < fp16.min_cosine
@@ -66,8 +66,8 @@ def test_quantised_onnx_cached_by_calibration_and_settings(rtmdet_onnx, shared_d
 
     import onnx
 
-    from common.backends import get_backend
-    from common.quantize import Int8Settings
+    from common.runtime.backends import get_backend
+    from common.runtime.quantize import Int8Settings
     backend = get_backend("onnxruntime")
     calib = _calib_images(tmp_path / "calib", n=3)
     base = Int8Settings(calib_images=2)
@@ -107,7 +107,7 @@ def test_quantised_onnx_cached_by_calibration_and_settings(rtmdet_onnx, shared_d
 def test_keep_fp32_leaves_the_node_unquantised(rtmdet_onnx, shared_data, tmp_path):
     import onnx
 
-    from common.quantize import Int8Settings, quantize_onnx
+    from common.runtime.quantize import Int8Settings, quantize_onnx
     calib_dir = _calib_images(tmp_path / "calib", n=2)
     req = _request(rtmdet_onnx, tmp_path / "c", calib_dir, 2, Int8Settings(), shared_data)
     calib = req.options["calibration"]
@@ -180,7 +180,7 @@ def test_sensitivity_curve_and_snippet(rtmdet_onnx, shared_data, tmp_path):
     # the snippet is a valid int8 section of the spec, with the settings the analysis used
     import yaml
 
-    from common.quantize import read_int8_section
+    from common.runtime.quantize import read_int8_section
     snippet = res.stdout.split("under variants:):\n", 1)[1].split("\n report:", 1)[0]
     settings = read_int8_section(yaml.safe_load("variants:\n" + snippet)["variants"]["nano-person"]["int8"])
     assert settings.calib_images == 2 and settings.keep_fp32 == ()
@@ -233,7 +233,7 @@ def test_per_node_error_finds_a_planted_bad_quantisation(tmp_path):
     from onnx import numpy_helper
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    from common.int8_search import node_errors
+    from common.compare.int8_search import node_errors
     f = _tiny_convnet(tmp_path / "f.onnx")
     x = np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)
 

@@ -7,11 +7,11 @@ import signal
 import numpy as np
 import pytest
 
-from common.data import BatchLoader, image_items, read_annotations
+from common.data.coco import BatchLoader, image_items, read_annotations
 from common.errors import InputError, RuntimeFailure
-from common.loader import SharedBatchLoader, open_loader
-from common.preprocess import Preprocessor
-from common.specs import Preprocess
+from common.data.loader import SharedBatchLoader, open_loader
+from common.data.preprocess import Preprocessor
+from common.config.specs import Preprocess
 from synthetic_coco import make_synthetic_coco
 
 
@@ -50,7 +50,7 @@ def test_each_buffer_row_has_one_owner(items, monkeypatch, bs, workers):
     """Every row of every buffer is decoded by the same worker all run long (its pages stay faulted in that one
     process) and every worker gets work. Planted: the geometry row carries the pid of the process that decoded
     it."""
-    import common.loader as loader_module
+    import common.data.loader as loader_module
     real = loader_module._load_one
 
     def tagged(item, out=None):
@@ -118,7 +118,7 @@ def test_open_loader_picks_by_workers(items):
 def test_accuracy_run_with_shared_loader_workers(shared_data, rtmdet_onnx, tmp_path):
     """The whole accuracy path with decoding workers (the shared-memory loader), two streams and the input cache
     gives the same metrics and detections as in-process decoding."""
-    from common.runs import RunConfig, run_accuracy
+    from common.harness.runs import RunConfig, run_accuracy
     base = dict(model="rtmdet", onnx=str(rtmdet_onnx), images_dir=str(shared_data / "coco" / "val2017"),
                 annotation=str(shared_data / "coco" / "annotations" / "instances_val2017_person_subset350.json"),
                 progress=False, max_images=24, results_dir=str(tmp_path / "res"))
@@ -147,7 +147,7 @@ def test_streamed_batches_are_not_pinned(items):
     through `ahead` buffers (each new one costs a page fault per page in its owner worker). One batch in flight
     between the stream and the consumer: the stream takes the next only once the consumer is done with the last,
     so the count does not depend on scheduling."""
-    from common.runs import _in_streams
+    from common.harness.runs import _in_streams
     seen = set()
     with SharedBatchLoader(items * 4, PRE, 8, workers=2) as loader:
         address = {b.ctypes.data: s for s, b in enumerate(loader.inputs)}

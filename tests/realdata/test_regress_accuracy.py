@@ -11,7 +11,7 @@ import pytest
 import yaml
 from onnx import helper, numpy_helper
 
-from common.reports import README_END, README_START
+from common.ci.reports import README_END, README_START
 from regress_helpers import FAST_PERF, REPO, junit_cases, regress, verdicts
 from tiny_detr import build_tiny_detr, tiny_detr_spec
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.options import ENV
+from common.config.options import ENV
 from regress_helpers import REPO
 
 RUN_LIMITS = ("--bs 1 --precision fp32 --max-images 8 --repeats 1 --warmup 0.05 --min-duration 0.2 --min-iters 3 "

@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 
-from common.data import BatchLoader, image_items, read_annotations
+from common.data.coco import BatchLoader, image_items, read_annotations
 from common.errors import ConfigError
-from common.input_cache import InputCache
-from common.preprocess import Preprocessor
-from common.runs import RunConfig, run_accuracy
-from common.specs import Preprocess
+from common.data.input_cache import InputCache
+from common.data.preprocess import Preprocessor
+from common.harness.runs import RunConfig, run_accuracy
+from common.config.specs import Preprocess
 from synthetic_coco import make_synthetic_coco
 
 PERSON350 = "instances_val2017_person_subset350.json"
@@ -85,9 +85,9 @@ def test_concurrent_cache_builders_leave_one_valid_entry(tmp_path):
     images, ann = make_synthetic_coco(tmp_path / "syn", n_images=12, seed=4)
     code = f"""
 import sys; sys.path[:0] = {[str(p) for p in (tmp_path.parent, )]!r}
-from common.data import BatchLoader, image_items, read_annotations
-from common.preprocess import Preprocessor
-from common.specs import Preprocess
+from common.data.coco import BatchLoader, image_items, read_annotations
+from common.data.preprocess import Preprocessor
+from common.config.specs import Preprocess
 items = image_items(read_annotations({str(ann)!r}), __import__('pathlib').Path({str(images)!r}))
 pre = Preprocessor(Preprocess(), 96, 96)
 for _ in BatchLoader(items, pre, 1, workers=0, cache_dir={str(tmp_path / 'c')!r}): pass
@@ -106,8 +106,8 @@ def test_input_cache_key_is_unchanged(tmp_path):
     """The key's bytes are still json.dumps([id, path, size, mtime_ns]) per image after the settings' key, so the
     entries written before keep being found: names with quotes, backslashes, non-ASCII and control characters."""
     import hashlib
-    from common.data import ImageItem
-    from common.input_cache import cache_key
+    from common.data.coco import ImageItem
+    from common.data.input_cache import cache_key
     names = ["a.jpg", 'q"uote.jpg', "back\\slash.jpg", "caf\u00e9 \u4e2d.jpg", "tab\there.jpg"]
     items = []
     for i, name in enumerate(names):

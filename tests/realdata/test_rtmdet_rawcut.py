@@ -2,7 +2,7 @@
 rtmdet_raw convention, gives the same person AP as the graph's own built-in NMS (within 0.01)."""
 import pytest
 
-from common.runs import RunConfig, run_accuracy
+from common.harness.runs import RunConfig, run_accuracy
 
 ANN = "instances_val2017_person_subset350.json"
 

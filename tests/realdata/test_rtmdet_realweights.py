@@ -14,10 +14,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from common.data import read_image
-from common.runs import RunConfig, run_accuracy
-from common.preprocess import Preprocessor
-from common.specs import load_model
+from common.data.coco import read_image
+from common.harness.runs import RunConfig, run_accuracy
+from common.data.preprocess import Preprocessor
+from common.config.specs import load_model
 from helpers import REPO
 from models.rtmdet.build import build_network, read_config
 from models.rtmdet.network import ConvBN

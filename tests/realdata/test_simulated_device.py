@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from common.backends.replay_backend import ReplayBackend, SimulatedDevice
+from common.runtime.backends.replay_backend import ReplayBackend, SimulatedDevice
 from common.errors import ConfigError
 
 
@@ -71,7 +71,7 @@ def test_bad_rate_is_a_config_error(bad, tmp_path):
 
 
 def test_run_with_a_simulated_device_records_its_time(shared_data, rtmdet_onnx, tmp_path):
-    from common.runs import RunConfig, run_accuracy
+    from common.harness.runs import RunConfig, run_accuracy
     base = dict(model="rtmdet", onnx=str(rtmdet_onnx), images_dir=str(shared_data / "coco" / "val2017"),
                 annotation=str(shared_data / "coco" / "annotations" / "instances_val2017_person_subset350.json"),
                 progress=False, workers=0, max_images=40, results_dir=str(tmp_path / "res"))

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from common.backends import backend_class
-from common.telemetry import Sampler
+from common.runtime.backends import backend_class
+from common.runtime.telemetry import Sampler
 from helpers import REPO, run_script
 
 # one line per call, cycling: "<memory.used MiB>, <power W>"

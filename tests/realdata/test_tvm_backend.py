@@ -11,13 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from common.backends import get_backend
-from common.backends.base import BuildRequest
-from common.data import read_image
+from common.runtime.backends import get_backend
+from common.runtime.backends.base import BuildRequest
+from common.data.coco import read_image
 from common.engine_cache import EngineCache, file_sha256
 from common.errors import BackendUnavailable
-from common.preprocess import Preprocessor
-from common.specs import load_model
+from common.data.preprocess import Preprocessor
+from common.config.specs import load_model
 from helpers import REPO, run_script
 
 try:

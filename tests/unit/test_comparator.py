@@ -1,7 +1,7 @@
 """The one comparator: a planted difference must fail each compare function, an identical run must pass."""
 import numpy as np
 
-from common.comparator import FunctionRunner, allclose, compare, detections_agree, run_all
+from common.compare.comparator import FunctionRunner, allclose, compare, detections_agree, run_all
 
 
 def _runners(shift=0.0, nan=False):

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from common.data import image_items, iter_batches, read_annotations, resolve_dataset
+from common.data.coco import image_items, iter_batches, read_annotations, resolve_dataset
 from common.errors import ConfigError, InputError
-from common.preprocess import Preprocessor
-from common.specs import Preprocess
+from common.data.preprocess import Preprocessor
+from common.config.specs import Preprocess
 from synthetic_coco import make_synthetic_coco
 
 

@@ -1,4 +1,4 @@
-"""DETR-family output conventions (common/decode_detr.py) on constructed outputs with known answers.
+"""DETR-family output conventions (common/decode/detr.py) on constructed outputs with known answers.
 
 Each test places known boxes in original image pixels, maps them into the network input through the suite's own
 preprocess geometry (letterbox and stretch), writes them in the convention's layout, decodes, and expects the
@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.decode import get_decoder
+from common.decode.outputs import get_decoder
 from common.errors import ConfigError, InputError
-from common.preprocess import Preprocessor, boxes_to_input
-from common.specs import Preprocess
+from common.data.preprocess import Preprocessor, boxes_to_input
+from common.config.specs import Preprocess
 
 H = W = 640
 # two images of different sizes; boxes in original pixels
@@ -177,7 +177,7 @@ def test_shape_errors_name_the_problem():
 
 
 def test_nonfinite_outputs_are_counted_and_never_become_detections():
-    from common.decode import nonfinite_counts
+    from common.decode.outputs import nonfinite_counts
     meta = _meta("stretch")
     logits = np.full((2, 3, 2), 2.0, np.float32)
     logits[0, 0, 0], logits[1, 2, 1] = np.nan, np.inf
@@ -232,7 +232,7 @@ def test_detr_boxes_are_not_clipped_unless_asked():
 
 
 def test_scores_outside_0_1_are_counted_for_every_probability_convention():
-    from common.decode import CLASS_FAULT, SCORE_FAULT, fault_reasons, output_faults
+    from common.decode.outputs import CLASS_FAULT, SCORE_FAULT, fault_reasons, output_faults
     ok6 = np.zeros((1, 3, 6), np.float32)
     ok6[0, :, 4:] = [[0.9, 3], [0.1, 0], [1.0, 79]]
     assert output_faults({"output0": ok6}, {"convention": "ultralytics"}) == {}

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from common.cli import main
-from common.replay import Recording
-from common.specs import COCO80_TO_91
+from common.runtime.replay import Recording
+from common.config.specs import COCO80_TO_91
 from synthetic_coco import make_synthetic_coco
 from tiny_set_predictor import build_set_predictor, set_predictor_spec
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from common.errors import ConfigError
-from common.results import check_targets
-from common.specs import load_spec
+from common.record.results import check_targets
+from common.config.specs import load_spec
 from test_specs_and_results import BASE
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.archive import extract
-from common.checkpoints import load_state_dict
-from common.data import image_items, read_annotations, read_image
+from common.data.archive import extract
+from common.export.checkpoints import load_state_dict
+from common.data.coco import image_items, read_annotations, read_image
 from common.errors import SuiteError
-from common.specs import load_spec
+from common.config.specs import load_spec
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -90,8 +90,8 @@ def test_random_json_specs(doc):
 @FUZZ
 @given(st.binary(max_size=4096))
 def test_random_bytes_as_onnx_model(data):
-    from common.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from common.backends.base import BuildRequest
+    from common.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from common.runtime.backends.base import BuildRequest
     p = _write(data, ".onnx")
     req = BuildRequest(onnx_path=p, onnx_sha256="0", precision="fp32", batch_size=1, input_name="input",
                        input_shape=(3, 8, 8), cache=None, options={})

@@ -1,4 +1,4 @@
-"""common/options.py: one declaration per flag, the same defaults from Python and from the command line, only
+"""common/config/options.py: one declaration per flag, the same defaults from Python and from the command line, only
 documented environment variables read, bad values refused naming the flag or the variable."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from common import cli
 from common.errors import ConfigError
-from common.options import ENV, RunConfig, add_groups, config_from_args, to_flags
+from common.config.options import ENV, RunConfig, add_groups, config_from_args, to_flags
 
 
 def _parse(argv, *groups, environ=None, defaults=None):

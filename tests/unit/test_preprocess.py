@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from common.preprocess import Preprocessor, boxes_to_input, boxes_to_original
-from common.specs import Preprocess
+from common.data.preprocess import Preprocessor, boxes_to_input, boxes_to_original
+from common.config.specs import Preprocess
 
 MEAN, STD = (103.53, 116.28, 123.675), (57.375, 57.12, 58.395)
 SIZES = [(480, 640), (640, 480), (333, 1000), (1000, 211), (320, 320), (97, 53)]

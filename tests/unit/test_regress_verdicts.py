@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from common.acc_tolerance import tolerance_points
-from common.baselines import Baselines, split_sdk
+from common.ci.acc_tolerance import tolerance_points
+from common.ci.baselines import Baselines, split_sdk
 from common.errors import ConfigError
-from common.history import append_run, last_good, read_history
-from common.matrix import ModelMap
-from common.regress import (EXIT_INCOMPLETE, EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, CaseOptions, absolute_path,
+from common.record.history import append_run, last_good, read_history
+from common.ci.matrix import ModelMap
+from common.ci.regress import (EXIT_INCOMPLETE, EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, CaseOptions, absolute_path,
                             case_command, case_env, completeness, exit_code, load_outcomes)
-from common.reports import junit_xml
-from common.timing import summarize, validity_reasons
-from common.verdicts import (FAILED, PASS, WARN, BaselineRefused, FpsRule, compare_accuracy, compare_fps,
+from common.ci.reports import junit_xml
+from common.harness.timing import summarize, validity_reasons
+from common.ci.verdicts import (FAILED, PASS, WARN, BaselineRefused, FpsRule, compare_accuracy, compare_fps,
                              confirm_fps, judge, update_baselines)
 from regress_helpers import regress
 
@@ -206,7 +206,7 @@ def _fake_run(d: Path, run_id: str, shard: str | None, planned: list[dict], done
 
 
 def test_merge_of_missing_shards_or_unfinished_cases_is_incomplete(tmp_path, monkeypatch):
-    import common.regress as rg
+    import common.ci.regress as rg
     monkeypatch.setattr(rg, "case_rules", lambda spec, variant: RULES[("m.yaml", "v")])
     cases = [_case(bs=b) for b in (1, 2, 4, 8)]
     _fake_run(tmp_path / "s1", "p1", "1/2", cases[0::2], cases[0::2])
@@ -301,7 +301,7 @@ def test_baseline_update_refuses_failing_cases_and_records_provenance(tmp_path, 
 # --- model map, case environment, paths -------------------------------------------------------------------------------
 
 def test_model_map_is_per_variant_and_resolves_relative_paths(tmp_path):
-    from common.specs import load_model
+    from common.config.specs import load_model
     (tmp_path / "sub").mkdir()
     manifest = tmp_path / "sub" / "models.yaml"
     manifest.write_text("rtdetr/r18: r18.onnx\nrtdetr/v2-s: {checkpoint: ckpt/v2s.pth}\n")
@@ -323,7 +323,7 @@ def test_model_map_is_per_variant_and_resolves_relative_paths(tmp_path):
 
 
 def test_the_matrix_holds_only_variants_with_a_model(capsys):
-    from common.matrix import enumerate_cases
+    from common.ci.matrix import enumerate_cases
     skipped: list = []
     cases = enumerate_cases(["rtmdet", "rtdetr"], model_map=ModelMap.parse(["rtdetr/r18=/x/r18.onnx"]),
                             skipped=skipped)
@@ -333,7 +333,7 @@ def test_the_matrix_holds_only_variants_with_a_model(capsys):
 
 
 def test_cases_get_no_environment_defaults_and_absolute_paths(tmp_path, monkeypatch):
-    from common.options import ENV
+    from common.config.options import ENV
     for name in ENV:   # every variable the suite reads as a default
         monkeypatch.setenv(name, "/leaked")
     monkeypatch.setenv("SUITE_SOMETHING_NEW", "/leaked")
@@ -345,7 +345,7 @@ def test_cases_get_no_environment_defaults_and_absolute_paths(tmp_path, monkeypa
     assert absolute_path("instances.json", only_if_exists=True) == "instances.json"    # a name under annotations/
     (tmp_path / "mine.json").write_text("{}")
     assert absolute_path("mine.json", only_if_exists=True) == str(tmp_path / "mine.json")
-    from common.matrix import Case
+    from common.ci.matrix import Case
     case = Case("m", "v", "onnxruntime", "fp32", 1, "accuracy", "m", onnx="/abs/m.onnx")
     cmd = case_command(case, CaseOptions(dataset_dir=absolute_path("data")), Path("rel/records"))
     assert cmd[cmd.index("--results-dir") + 1] == str(tmp_path / "rel" / "records")
@@ -355,7 +355,7 @@ def test_cases_get_no_environment_defaults_and_absolute_paths(tmp_path, monkeypa
 
 def test_ab_confirmation_only_with_the_same_runtime_and_the_same_model_file(tmp_path):
     from common.engine_cache import file_sha256
-    from common.regress import ReportOptions, _baseline_model
+    from common.ci.regress import ReportOptions, _baseline_model
     onnx = tmp_path / "old.onnx"
     onnx.write_bytes(b"model")
     key = "m/v/onnxruntime/fp32/bs1"
@@ -399,8 +399,8 @@ def test_timed_outputs_that_differ_from_the_accuracy_run_fail(tmp_path):
 
 def test_a_cell_the_backend_cannot_run_is_unsupported_not_a_crash():
     """Asked from the backend's capabilities: TVM builds fp32 only, ONNX Runtime knows no 'gpu0' device."""
-    from common.matrix import Case
-    from common.regress import cell_unsupported
+    from common.ci.matrix import Case
+    from common.ci.regress import cell_unsupported
     tvm_int8 = Case("m", "v", "tvm", "int8", 1, "accuracy", "m")
     assert "precision int8 is not supported" in cell_unsupported(tvm_int8, None)
     ort = Case("m", "v", "onnxruntime", "fp16", 1, "accuracy", "m")

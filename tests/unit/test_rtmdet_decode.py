@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from common.decode import get_decoder
+from common.decode.outputs import get_decoder
 from common.errors import InputError
 
 CFG = {"convention": "rtmdet_raw", "cls": ["c8", "c16", "c32"], "reg": ["r8", "r16", "r32"],

@@ -1,7 +1,7 @@
 """Resume checkpoints: batches are buffered and written as one chunk per interval, and read back in order."""
 import numpy as np
 
-from common.run_state import RunState
+from common.harness.run_state import RunState
 
 
 def _batch(rng, start, n):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from common.specs import MODELS_DIR, load_model, load_spec
+from common.config.specs import MODELS_DIR, load_model, load_spec
 from helpers import run_script
 
 RTMDET = (MODELS_DIR / "rtmdet" / "model.yaml").read_text()

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from common.errors import ConfigError
-from common.results import check_targets, verdict_of, write_record
-from common.specs import COCO80_TO_91, MODELS_DIR, load_model, load_spec
+from common.record.results import check_targets, verdict_of, write_record
+from common.config.specs import COCO80_TO_91, MODELS_DIR, load_model, load_spec
 
 BASE = {
     "schema": 1, "name": "toy",

@@ -1,4 +1,4 @@
-"""The accuracy loop's stream threads (common.runs._in_streams): order, where decoding runs, and failures."""
+"""The accuracy loop's stream threads (common.harness.runs._in_streams): order, where decoding runs, and failures."""
 import random
 import threading
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 
 from common.errors import InputError, RuntimeFailure
-from common.runs import _in_streams
+from common.harness.runs import _in_streams
 
 
 def _batches(n, fail_at=None, loaded_in=None):

@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from common.timing import NOISY_COV, format_timing, measure, summarize
+from common.harness.timing import NOISY_COV, format_timing, measure, summarize
 
 
 def test_summary_statistics_match_numpy():

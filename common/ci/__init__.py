@@ -1,0 +1,1 @@
+"""Regression runs for CI: the matrix, baselines, verdicts and reports."""

@@ -1,0 +1,338 @@
+"""Flags and environment -> one typed, frozen RunConfig. Every flag, its default and its environment variable are
+declared once here; `scripts/suite`, `build_engine.py`, `compare.py` and the regression runner subscribe to the
+argument groups they need, and `to_flags()` writes options back out for a subprocess.
+
+Environment variables are read only when the command line is parsed (never deep inside a run), only the
+namespaced `SUITE_*` ones plus the recipe-compatible names in ENV, and a bad value is a ConfigError naming the
+variable (exit 2). A RunConfig built in Python gets exactly the defaults the command line gets.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+from common import REPO_ROOT
+from common.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+EVALUATORS = ("incremental", "faster-coco-eval", "pycocotools")   # common/evaluate/metrics.py ENGINES
+MAX_THREADS = 256   # runtime threads: beyond this a typo (--threads 100000) only exhausts memory
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What one run (accuracy or performance), one engine build or one comparison is asked to do."""
+    model: str
+    variant: str | None = None         # None: the spec's default_variant
+    precision: str = "fp32"
+    batch_size: int = 1
+    backend: str = "onnxruntime"
+    device: str | None = None          # None: the backend's default device
+    onnx: str | None = None
+    checkpoint: str | None = None      # with `config`: export to ONNX first (cached, common/export/pipeline.py)
+    config: str | None = None
+    opset: int | None = None
+    dataset_dir: str | None = None
+    annotation: str | None = None      # None: the spec's evaluation.annotation
+    images_dir: str | None = None
+    max_images: int | None = None
+    results_dir: str = "results"
+    detections_out: str | None = None
+    evaluator: str | None = None       # None: faster-coco-eval when installed
+    record_outputs: str | None = None
+    input_cache: str | None = None
+    cache_dir: str = str(REPO_ROOT / ".cache" / "engines")
+    workers: int | None = None         # None: from the backend's capabilities and the host's cores (parallelism())
+    streams: int | None = None         # None: likewise
+    threads: int = 0                   # runtime threads; 0 = the runtime's own choice
+    progress: bool = True
+    warmup_s: float = 1.0
+    min_duration_s: float = 5.0
+    min_iters: int = 100
+    backend_options: dict = field(default_factory=dict)
+    calib_dir: str | None = None       # int8: calibration images (never the evaluation set, common/data/calibration.py)
+    calib_images: int | None = None    # int8: None = the spec's int8 calib_images (common/runtime/quantize.py), else 32
+    resume: bool = True                # pick up the per-batch predictions an interrupted identical run left behind
+    checkpoint_s: float = 1.0          # how often finished predictions are saved for resuming (0 = every batch)
+    preflight: int = 4                 # accuracy: compare with the FP32 reference on this many images first
+
+    def __post_init__(self):
+        _check_range("batch size", self.batch_size, 1)
+        _check_range("threads", self.threads, 0, MAX_THREADS)
+        if not (isinstance(self.checkpoint_s, (int, float)) and math.isfinite(self.checkpoint_s)
+                and self.checkpoint_s >= 0):
+            raise ConfigError(f"checkpoint interval must be a finite number >= 0, got {self.checkpoint_s!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+
+
+def _check_range(what: str, value, low: int, high: int | None = None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+        raise ConfigError(f"{what} must be {bound}, got {value!r}")
+
+
+def parallelism(cfg: RunConfig, caps) -> tuple[int, int]:
+    """(streams, workers) of an accuracy run: the ones asked for, else what the backend's capabilities say.
+
+    A runtime that computes on the host's cores already keeps every core busy (measured on 2 cores: decoding
+    in-process beside two 1-thread sessions beat a separate decoding process); an accelerator leaves them free,
+    so it decodes on every core but the parent's (~300 images/s each: a 2627 images/s device needs ~9).
+    """
+    cores = os.cpu_count() or 1
+    streams = cfg.streams or (2 if caps.host_compute and cores >= 2 else 1)
+    if cfg.workers is not None:
+        return streams, cfg.workers
+    return streams, max(0, min(4, cores - 2 * streams)) if caps.host_compute else max(1, cores - 1)
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bound = "a positive integer" if low == 1 else f"an integer >= {low}"
+            raise argparse.ArgumentTypeError(f"expected {bound}" + (f" <= {high}" if high is not None else "")
+                                             + f", got {text!r}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _finite_number(what: str, zero_ok: bool) -> Callable[[str], float]:
+    """A parser of finite numbers >= 0 (or > 0): nan, inf and negatives are refused, never taken silently."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"expected {what} {'>=' if zero_ok else '>'} 0, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+_seconds = _finite_number("a number of seconds", zero_ok=True)
+_positive_float = _finite_number("a number", zero_ok=False)
+
+
+positive_int = _int_at_least(1)
+nonneg_int = _int_at_least(0)
+
+
+@dataclass(frozen=True)
+class Flag:
+    names: tuple
+    dest: str
+    help: str
+    type: Callable | None = None
+    default: object = None
+    env: str | None = None
+    choices: tuple | None = None
+    action: str | None = None          # "store_true" for switches
+    metavar: str | None = None
+    shown: str | None = None           # the default as --help describes it, where it is resolved later
+
+
+# The environment variables the suite reads (besides SUITE_SHARED_DATA for the tests): the recipe-compatible names
+# of the public IGIE scripts, and the suite's own SUITE_* ones. Nothing else in the environment changes a run.
+def _groups() -> dict:
+    backends = "onnxruntime (cpu, cuda, tensorrt), igie (MR-V100), tvm (cpu), replay; see `scripts/suite env`"
+    return {
+        "model": [
+            Flag(("--model",), "model", "model folder name under models/, or a model.yaml path"),
+            Flag(("--variant",), "variant", "variant of the model's spec", env="SUITE_VARIANT",
+                 shown="the spec's default_variant"),
+            Flag(("--onnx",), "onnx", "the ONNX model", env="ONNX_MODEL", shown="the spec's onnx"),
+            Flag(("--checkpoint",), "checkpoint", "without --onnx: export this checkpoint with the model's "
+                 "export.py first (cached)", env="CHECKPOINT"),
+            Flag(("--config",), "config", "the checkpoint's model config", env="MODEL_CONFIG"),
+            Flag(("--opset",), "opset", "ONNX opset of a checkpoint export", positive_int,
+                 shown="the spec's export.opset, else the exporter's"),
+        ],
+        "engine": [
+            Flag(("--precision",), "precision", "engine precision", choices=PRECISIONS, default="fp32"),
+            Flag(("--bs", "--batch-size"), "batch_size", "batch size of every inference call", positive_int,
+                 default=1),
+            Flag(("--backend",), "backend", f"runtime: {backends}", env="SUITE_BACKEND", default="onnxruntime"),
+            Flag(("--device",), "device", "the backend's device", env="SUITE_DEVICE",
+                 shown="the backend's default"),
+            Flag(("--threads",), "threads", f"runtime threads, 0 = the runtime's choice (at most {MAX_THREADS})",
+                 _int_at_least(0, MAX_THREADS), env="SUITE_THREADS", default=0),
+            Flag(("--cache-dir",), "cache_dir", "engine cache", env="ENGINE_CACHE_DIR",
+                 shown="<repo>/.cache/engines"),
+            Flag(("--calib-dir",), "calib_dir", "int8: calibration images, never the evaluation images "
+                 "(refused when they are)", env="CALIB_DIR"),
+            Flag(("--calib-images",), "calib_images", "int8: calibration images used", positive_int,
+                 shown="the spec's int8 calib_images, else 32"),
+        ],
+        "dataset": [
+            Flag(("--dataset-dir",), "dataset_dir", "COCO dir with images/val2017 (or val2017) and annotations/",
+                 env="DATASETS_DIR"),
+            Flag(("--ann", "--annotation"), "annotation", "annotation file: a name under <dataset>/annotations "
+                 "or a path", env="COCO_ANNOTATION", shown="the spec's evaluation.annotation"),
+            Flag(("--images-dir",), "images_dir", "images dir, overriding the layout", env="SUITE_IMAGES_DIR"),
+        ],
+        "output": [
+            Flag(("--results-dir",), "results_dir", "where result records go", env="RESULTS_DIR",
+                 default="results"),
+            Flag(("--no-record",), "no_record", "print only; write no result record", action="store_true"),
+            Flag(("--debug",), "debug", "show tracebacks of internal errors", action="store_true"),
+        ],
+        "accuracy": [
+            Flag(("--max-images",), "max_images", "evaluate only the first N images (by id)", positive_int,
+                 shown="all"),
+            Flag(("--workers",), "workers", "decoding worker processes; 0 = each stream decodes its own next "
+                 "batch", nonneg_int, env="SUITE_WORKERS",
+                 shown="from the backend: the cores a host-computing runtime leaves free, up to 4; for an "
+                       "accelerator every core but one"),
+            Flag(("--streams",), "streams", "inference requests in flight, each at --bs", positive_int,
+                 env="SUITE_STREAMS", shown="2 for a host-computing runtime on >= 2 cores, else 1"),
+            Flag(("--evaluator",), "evaluator", "COCO metrics engine (same 12 stats): incremental matches each "
+                 "image while later ones infer", choices=EVALUATORS, shown="incremental"),
+            Flag(("--record-outputs",), "record_outputs", "also record the raw outputs for the replay backend",
+                 metavar="DIR"),
+            Flag(("--replay-dir",), "replay_dir", "replay backend: the recording to serve", metavar="DIR"),
+            Flag(("--replay-fps",), "replay_fps", "replay backend: also simulate a device of F images/s (each "
+                 "batch waits bs/F s on one shared device clock, using no CPU)", _positive_float, metavar="F",
+                 shown="off: serve as fast as the harness asks"),
+            Flag(("--input-cache",), "input_cache", "keep decoded + preprocessed inputs here as a memory-mapped "
+                 "file shared by every precision and batch size", env="INPUT_CACHE_DIR", metavar="DIR",
+                 shown="off"),
+            Flag(("--save-detections",), "detections_out", "also write the detections as COCO results JSON",
+                 metavar="PATH"),
+            Flag(("--preflight",), "preflight", "first compare the engine with the FP32 reference on N images "
+                 "and stop (exit 1) when out of tolerance; 0 = off", nonneg_int, env="SUITE_PREFLIGHT",
+                 default=4, metavar="N"),
+            Flag(("--no-progress",), "no_progress", "no progress bar", action="store_true"),
+            Flag(("--checkpoint-interval",), "checkpoint_s", "save finished predictions for resuming every S "
+                 "seconds; 0 = after every batch", _seconds, env="SUITE_CHECKPOINT_S", default=1.0, metavar="S"),
+            Flag(("--no-resume",), "no_resume", "ignore the predictions an interrupted identical run left in "
+                 "<results-dir>/.run-state", action="store_true"),
+        ],
+        "timing": [
+            Flag(("--warmup",), "warmup_s", "warm-up seconds before timing", _seconds, default=1.0, metavar="S"),
+            Flag(("--min-duration",), "min_duration_s", "minimum measured seconds", _seconds, default=5.0,
+                 metavar="S"),
+            Flag(("--min-iters",), "min_iters", "minimum measured iterations", positive_int, default=100,
+                 metavar="N"),
+        ],
+    }
+
+
+GROUPS = _groups()
+ENV = {f.env: f for group in GROUPS.values() for f in group if f.env}
+
+
+def _flag(dest: str) -> Flag:
+    return next(f for group in GROUPS.values() for f in group if f.dest == dest)
+
+
+def add_groups(parser: argparse.ArgumentParser, *names: str, required=("model",), defaults: dict | None = None):
+    """Add the flags of the named groups. `required`: dests that must be given; `defaults`: a command's own
+    defaults (compare.py compares fp16 unless told otherwise)."""
+    defaults = defaults or {}
+    for name in names:
+        group = parser.add_argument_group(f"{name} options")
+        for f in GROUPS[name]:
+            default = defaults.get(f.dest, f.default)
+            shown = default if default is not None else (f.shown or "unset")
+            needed = f.dest in required
+            note = "; ".join(x for x in (f"default: {shown}" if f.action is None and not needed else "",
+                                         f"${f.env}" if f.env else "") if x)
+            kw = {"dest": f.dest, "help": f"{f.help} ({note})" if note else f.help}
+            if f.action:
+                kw["action"] = f.action
+            else:
+                kw.update(default=None, type=f.type, choices=f.choices, metavar=f.metavar)
+                if needed:
+                    kw["required"] = True
+            group.add_argument(*f.names, **kw)
+    parser.set_defaults(_command_defaults=defaults)
+
+
+def _from_env(f: Flag, environ) -> object:
+    text = environ.get(f.env) if f.env else None
+    if text is None or text == "":
+        return None
+    if f.choices and text not in f.choices:
+        raise ConfigError(f"${f.env}={text!r}: expected one of {', '.join(f.choices)}")
+    if f.type is None:
+        return text
+    try:
+        return f.type(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"${f.env}={text!r}: {exc}") from None
+
+
+def value(args: argparse.Namespace, dest: str, environ=None):
+    """A flag's value: the command line, else its environment variable, else the command's or the flag's
+    default (None where the default is described rather than a value)."""
+    given = getattr(args, dest, None)
+    if given is not None and given is not False:
+        return given
+    f = _flag(dest)
+    if f.action:
+        return bool(given)
+    env_value = _from_env(f, os.environ if environ is None else environ)
+    if env_value is not None:
+        return env_value
+    return getattr(args, "_command_defaults", {}).get(dest, f.default)
+
+
+def config_from_args(args: argparse.Namespace, environ=None) -> RunConfig:
+    """The RunConfig of a parsed command line (flags of the groups the command subscribed to)."""
+    present = {f.dest for group in GROUPS.values() for f in group if hasattr(args, f.dest)}
+    get = lambda dest: value(args, dest, environ)  # noqa: E731
+    kw = {}
+    for f in fields(RunConfig):
+        if f.name in present:
+            v = get(f.name)
+            if v is not None:
+                kw[f.name] = v
+    if "no_progress" in present:
+        kw["progress"] = not get("no_progress")
+    if "no_resume" in present:
+        kw["resume"] = not get("no_resume")
+    replay = {k: get(k) for k in ("replay_dir", "replay_fps") if k in present and get(k)}
+    if replay:
+        kw["backend_options"] = replay
+    return RunConfig(model=kw.pop("model", None) or "", **kw)
+
+
+def to_flags(cfg: RunConfig, kind: str | None = None) -> list[str]:
+    """The command-line flags that reproduce `cfg` in a subprocess (only what differs from the defaults; the
+    accuracy and timing groups only for their kind)."""
+    base = RunConfig(model=cfg.model)
+    skip = {"accuracy": {"timing"}, "performance": {"accuracy"}}.get(kind, set())
+    out = ["--model", cfg.model]
+    for name, group in GROUPS.items():
+        if name in skip or name == "output":
+            continue
+        for f in group:
+            if f.dest == "model":
+                continue
+            if f.dest == "no_progress":
+                if not cfg.progress:
+                    out.append("--no-progress")
+            elif f.dest == "no_resume":
+                if not cfg.resume:
+                    out.append("--no-resume")
+            elif f.dest in ("replay_dir", "replay_fps"):
+                if cfg.backend_options.get(f.dest):
+                    out += [f.names[0], str(cfg.backend_options[f.dest])]
+            else:
+                v = getattr(cfg, f.dest)
+                if v is not None and v != getattr(base, f.dest):
+                    out += [f.names[0], str(v)]
+    if cfg.results_dir != base.results_dir:
+        out += ["--results-dir", cfg.results_dir]
+    return out

@@ -1,0 +1,307 @@
+"""Read models/<name>/model.yaml into a typed, validated spec.
+
+Every mistake in a spec file is reported as a ConfigError naming the file and the field, so a typo in a
+target never turns into a target that is silently skipped.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common import REPO_ROOT
+from common.errors import ConfigError
+from common.decode.outputs import OUTPUT_KEYS, load_family_decoders
+from common.evaluate.metrics import STAT_NAMES
+from common.data.preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
+from common.runtime.quantize import read_int8_section
+from common.tolerances import Tolerance, parse_tolerance
+
+MODELS_DIR = REPO_ROOT / "models"
+PRECISIONS = ("fp32", "fp16", "int8")
+# Every key a variant may hold, and the keys of each of its sections: anything else is a misspelling, reported
+# with the file and the field at load (a silently ignored section would drop out of the CI matrix or fall back
+# to default tolerances). The output section's keys depend on its convention (common/decode/registry.py).
+VARIANT_SECTIONS = {
+    "description": None, "onnx": None, "labels": None, "targets": None, "reference": None,
+    "input": {"name", "height", "width", "extra"},
+    "preprocess": {"resize", "pad", "pad_value", "color", "mean", "std", "interpolation"},
+    "output": None,
+    "evaluation": {"annotation", "categories"},
+    "build": {"fp16_block_ops", "fp16_block_nodes"},
+    "export": {"opset", "config_overrides"},
+    "checkpoint": {"url", "sha256", "sha256_prefix", "config", "upstream_config"},
+    "matrix": {"backends", "precisions", "batch_sizes", "accuracy_batch_sizes", "annotation", "max_images", "onnx",
+               "relative", "accuracy_noise", "reference_fraction"},
+    "fidelity": None,   # typed by common/tolerances.py
+    "int8": None,       # typed by common/runtime/quantize.py
+}
+# Every name a target may put a threshold on: the 12 COCO stats and the performance figures.
+# fps: the harness timing; fps_compute: the engine alone (what published figures are); fps_e2e: end to end
+TIMING_METRICS = ("fps", "fps_compute", "fps_e2e", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms",
+                  "latency_p99_ms")
+METRICS = STAT_NAMES + TIMING_METRICS
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: str
+    device: str
+    precisions: tuple
+    batch_sizes: tuple | None
+    minimum: dict
+    maximum: dict
+
+    def applies(self, backend: str, device: str, precision: str, batch_size: int) -> bool:
+        return (fnmatch.fnmatch(backend, self.backend) and fnmatch.fnmatch(device, self.device)
+                and precision in self.precisions
+                and (self.batch_sizes is None or batch_size in self.batch_sizes))
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str
+    name: str
+    description: str
+    onnx: str | None
+    input_name: str
+    height: int
+    width: int
+    preprocess: Preprocess
+    output: dict
+    label_map: tuple                   # model label index -> COCO category id
+    annotation: str                    # default annotation file name inside <dataset>/annotations
+    categories: tuple | None           # COCO category ids evaluated; None = all in the annotation file
+    targets: tuple
+    reference: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    # further graph inputs fed with the same values for every image, {name: (v, ...)} -> [N, len] float32
+    # (e.g. PaddleDetection's im_shape / scale_factor)
+    extra_inputs: dict = field(default_factory=dict)
+    source: str = field(default="", compare=False, repr=False)   # the spec file, for messages about its fields
+    fidelity: Tolerance = field(default_factory=Tolerance)        # the `fidelity:` section
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}/{self.name}"
+
+    @property
+    def decode_cfg(self) -> dict:
+        """The output section plus the network input size, which decoders of normalised boxes need."""
+        return {"input_height": self.height, "input_width": self.width, **self.output}
+
+    def targets_for(self, backend: str, device: str, precision: str, batch_size: int) -> list[Target]:
+        return [t for t in self.targets if t.applies(backend, device, precision, batch_size)]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+    description: str
+    default_variant: str
+    variants: dict
+
+    def variant(self, name: str | None = None) -> Variant:
+        name = name or self.default_variant
+        if name not in self.variants:
+            raise ConfigError(f"unknown variant '{name}'; known: {', '.join(sorted(self.variants))}", self.path)
+        return self.variants[name]
+
+
+# COCO's 80 contiguous training labels -> the 91-id category ids of the annotation files.
+COCO80_TO_91 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+                31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+                56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+                85, 86, 87, 88, 89, 90)
+NAMED_LABEL_MAPS = {"coco80": COCO80_TO_91, "coco91": tuple(range(91)), "person": (1,)}
+
+
+class _Reader:
+    """Typed field access that names the file and the field path in every error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, message: str):
+        raise ConfigError(f"{where}: {message}", self.path)
+
+    def get(self, obj: dict, key: str, where: str, kind, default: Any = ..., choices=None):
+        if not isinstance(obj, dict):
+            self.fail(where, f"expected a mapping, got {type(obj).__name__}")
+        if key not in obj or obj[key] is None:
+            if default is ...:
+                self.fail(f"{where}.{key}", "missing")
+            return default
+        value = obj[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            self.fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        if choices is not None and value not in choices:
+            self.fail(f"{where}.{key}", f"{value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+
+    def numbers(self, obj: dict, key: str, where: str, length: int, default=...):
+        value = self.get(obj, key, where, list, default)
+        if value is default and not isinstance(value, list):
+            return value
+        if len(value) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            self.fail(f"{where}.{key}", f"expected {length} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+
+    def thresholds(self, obj: dict, key: str, where: str) -> dict:
+        value = self.get(obj, key, where, dict, {})
+        for k, v in value.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                self.fail(f"{where}.{key}.{k}", f"expected a number, got {v!r}")
+            if k not in METRICS:
+                self.fail(f"{where}.{key}.{k}", f"unknown metric; known: {', '.join(METRICS)}")
+        return {str(k): float(v) for k, v in value.items()}
+
+
+def _read_target(r: _Reader, raw: dict, where: str) -> Target:
+    precision = r.get(raw, "precision", where, (str, list))
+    precisions = tuple([precision] if isinstance(precision, str) else precision)
+    for p in precisions:
+        if p not in PRECISIONS:
+            r.fail(f"{where}.precision", f"{p!r} is not one of {', '.join(PRECISIONS)}")
+    batch = r.get(raw, "batch_size", where, (int, list), None)
+    minimum, maximum = r.thresholds(raw, "min", where), r.thresholds(raw, "max", where)
+    if not minimum and not maximum:
+        r.fail(where, "a target needs 'min' or 'max' thresholds")
+    unknown = set(raw) - {"backend", "device", "precision", "batch_size", "min", "max", "note"}
+    if unknown:
+        r.fail(where, f"unknown keys {sorted(unknown)}")
+    return Target(backend=r.get(raw, "backend", where, str), device=r.get(raw, "device", where, str, "*"),
+                  precisions=precisions,
+                  batch_sizes=None if batch is None else tuple([batch] if isinstance(batch, int) else batch),
+                  minimum=minimum, maximum=maximum)
+
+
+def _check_keys(r: _Reader, raw: dict, where: str):
+    """Unknown keys of a variant and of its sections are errors naming the field."""
+    if not isinstance(raw, dict):
+        r.fail(where, f"expected a mapping, got {type(raw).__name__}")
+    for key, value in raw.items():
+        if key not in VARIANT_SECTIONS:
+            r.fail(f"{where}.{key}", f"unknown key; known: {', '.join(sorted(VARIANT_SECTIONS))}")
+        known = VARIANT_SECTIONS[key]
+        if key == "output" and isinstance(value, dict):
+            known = OUTPUT_KEYS.get(value.get("convention"))
+            if known is None:
+                r.fail(f"{where}.output.convention", f"unknown output convention {value.get('convention')!r}; "
+                       f"known: {', '.join(sorted(OUTPUT_KEYS))}")
+        if known is None or value is None:
+            continue
+        if not isinstance(value, dict):
+            r.fail(f"{where}.{key}", f"expected a mapping, got {value!r}")
+        for k in value:
+            if k not in known:
+                r.fail(f"{where}.{key}.{k}", f"unknown key; known: {', '.join(sorted(known))}")
+
+
+def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
+    where = f"variants.{name}"
+    _check_keys(r, raw, where)
+    inp = r.get(raw, "input", where, dict)
+    pre = r.get(raw, "preprocess", where, dict)
+    pw = f"{where}.preprocess"
+    preprocess = Preprocess(
+        resize=r.get(pre, "resize", pw, str, "letterbox", choices=("letterbox", "stretch")),
+        pad=r.get(pre, "pad", pw, str, "bottom_right", choices=("bottom_right", "center")),
+        pad_value=r.get(pre, "pad_value", pw, float, 114.0),
+        color=r.get(pre, "color", pw, str, "bgr", choices=("bgr", "rgb")),
+        mean=r.numbers(pre, "mean", pw, 3, (0.0, 0.0, 0.0)),
+        std=r.numbers(pre, "std", pw, 3, (1.0, 1.0, 1.0)),
+        interpolation=r.get(pre, "interpolation", pw, str, "linear", choices=("linear", "nearest", "cubic", "area")),
+    )
+    if any(s == 0 for s in preprocess.std):
+        r.fail(f"{pw}.std", "must not contain 0")
+    output = r.get(raw, "output", where, dict)
+    r.get(output, "convention", f"{where}.output", str)
+    labels = r.get(raw, "labels", where, (str, list))
+    if isinstance(labels, str):
+        if labels not in NAMED_LABEL_MAPS:
+            r.fail(f"{where}.labels", f"unknown label map {labels!r}; known: {', '.join(NAMED_LABEL_MAPS)}")
+        label_map = NAMED_LABEL_MAPS[labels]
+    else:
+        if not labels or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+            r.fail(f"{where}.labels", "expected a non-empty list of COCO category ids")
+        label_map = tuple(labels)
+    ev = r.get(raw, "evaluation", where, dict)
+    cats = r.get(ev, "categories", f"{where}.evaluation", list, None)
+    targets = tuple(_read_target(r, t, f"{where}.targets[{i}]")
+                    for i, t in enumerate(r.get(raw, "targets", where, list, [])))
+    height, width = r.get(inp, "height", f"{where}.input", int), r.get(inp, "width", f"{where}.input", int)
+    if height <= 0 or width <= 0:
+        r.fail(f"{where}.input", "height and width must be positive")
+    extra_inputs = {}
+    for k, v in r.get(inp, "extra", f"{where}.input", dict, {}).items():
+        if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v):
+            r.fail(f"{where}.input.extra.{k}", f"expected a non-empty list of numbers, got {v!r}")
+        extra_inputs[str(k)] = tuple(float(x) for x in v)
+    if raw.get("int8") is not None:  # typed and checked by its own reader (common/runtime/quantize.py)
+        read_int8_section(raw["int8"], r.path, f"{where}.int8")
+    known = {"description", "onnx", "input", "preprocess", "output", "labels", "evaluation", "targets", "reference"}
+    return Variant(
+        model=model, name=name, description=r.get(raw, "description", where, str, ""),
+        onnx=r.get(raw, "onnx", where, str, None),
+        input_name=r.get(inp, "name", f"{where}.input", str, "input"), height=height, width=width,
+        preprocess=preprocess, output=dict(output), label_map=label_map,
+        annotation=r.get(ev, "annotation", f"{where}.evaluation", str),
+        categories=None if cats is None else tuple(int(c) for c in cats),
+        targets=targets, reference=r.get(raw, "reference", where, dict, {}),
+        extra={k: v for k, v in raw.items() if k not in known}, extra_inputs=extra_inputs, source=str(r.path),
+        fidelity=parse_tolerance(raw.get("fidelity"), f"{where}.fidelity", r.path),
+    )
+
+
+# libyaml's loader reads a model file ~8x faster than the pure-Python one (~40 ms of every run's start-up)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+    except FileNotFoundError:
+        raise ConfigError("spec file not found", path) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid YAML: {exc}".splitlines()[0], path) from None
+    r = _Reader(path)
+    load_family_decoders(path.parent)  # the family's own output conventions, before the output sections are read
+    if not isinstance(raw, dict):
+        r.fail("top level", "expected a mapping")
+    for key in raw:  # x-* keys hold YAML anchors shared by variants
+        if key not in ("schema", "name", "description", "default_variant", "variants") and \
+                not str(key).startswith("x-"):
+            r.fail(str(key), "unknown top-level key; known: schema, name, description, default_variant, variants "
+                             "(and x-* anchors)")
+    if r.get(raw, "schema", "top level", int) != 1:
+        r.fail("schema", f"unsupported schema version {raw.get('schema')!r} (this suite reads 1)")
+    name = r.get(raw, "name", "top level", str)
+    variants_raw = r.get(raw, "variants", "top level", dict)
+    if not variants_raw:
+        r.fail("variants", "no variants")
+    variants = {str(k): _read_variant(r, name, str(k), v) for k, v in variants_raw.items()}
+    default = r.get(raw, "default_variant", "top level", str, next(iter(variants)))
+    if default not in variants:
+        r.fail("default_variant", f"{default!r} is not a variant")
+    return ModelSpec(name=name, path=path, description=r.get(raw, "description", "top level", str, ""),
+                     default_variant=default, variants=variants)
+
+
+def load_model(name: str) -> ModelSpec:
+    """The spec of a model folder by name, or of an explicit .yaml path."""
+    if name.endswith((".yaml", ".yml")):
+        return load_spec(name)
+    path = MODELS_DIR / name / "model.yaml"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
+        raise ConfigError(f"unknown model '{name}'; known: {', '.join(known) or 'none'}", path)
+    return load_spec(path)

@@ -1,0 +1,1 @@
+"""COCO data on the host: the dataset layout and annotations, image decode, preprocessing, the batch loader."""

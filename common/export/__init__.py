@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX -> simplified, cleaned ONNX, shared by every model's export.py."""

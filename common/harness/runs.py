@@ -1,0 +1,429 @@
+"""The two drivers: an accuracy run and a performance run. Both share everything up to the runner.
+
+accuracy:    spec + dataset -> loader -> runner.infer -> decode -> evaluate -> record -> check -> exit code
+performance: spec -> engine (cached) -> runner timed -> stats -> record -> check -> exit code
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager, suppress
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from common.runtime.backends import backend_class
+from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256_memo_dir
+from common.data.coco import image_items, read_annotations, read_image, resolve_dataset
+from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
+from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
+from common.engine_cache import atomic_write_bytes, file_sha256, file_sha256_memo
+from common.errors import ConfigError, InputError, RuntimeFailure
+from common.data.loader import open_loader
+from common.evaluate.metrics import CocoEvaluator, to_coco_results
+from common.fsaccess import check_output_file, ensure_writable_dir
+from common.data.preprocess import Preprocessor
+from common.runtime.replay import OutputRecorder
+from common.harness.run_state import RunState
+from common.record.results import check_targets, new_record, verdict_of
+from common.config.options import RunConfig, parallelism  # noqa: F401  RunConfig: re-exported for callers of the drivers
+from common.config.specs import Variant, load_model
+from common.runtime.telemetry import Sampler
+from common.compare.timed_outputs import from_timing_sample
+from common.harness.timing import measure, validity_reasons
+
+
+def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
+    return {"model": p.variant.model, "variant": p.variant.name, "backend": p.backend.name,
+            "device": p.backend.device(), "precision": cfg.precision, "batch_size": cfg.batch_size,
+            "onnx": {"path": str(p.onnx_path), "sha256": p.onnx_sha256},
+            "engine": {"path": str(p.engine), "cache_hit": p.cache_hit, "runtime": p.backend.runtime_version()}}
+
+
+def _targets(p: Prepared, cfg: RunConfig):
+    return p.variant.targets_for(p.backend.name, p.backend.device(), cfg.precision, cfg.batch_size)
+
+
+def _target_dicts(targets) -> list:
+    return [{"backend": t.backend, "device": t.device, "precision": list(t.precisions),
+             "batch_size": None if t.batch_sizes is None else list(t.batch_sizes),
+             "min": t.minimum, "max": t.maximum} for t in targets]
+
+
+def _finish(record: dict, values: dict, targets, extra_reasons: list[str]) -> dict:
+    checks, reasons = check_targets(values, targets)
+    reasons = extra_reasons + reasons
+    record.update(targets=_target_dicts(targets), checks=checks, verdict=verdict_of(checks, reasons),
+                  reasons=reasons)
+    return record
+
+
+def _read_environment():
+    """Package versions and git state for the record (cached), imported and read off the start-up path:
+    importlib.metadata and the git calls cost ~55 ms that a thread fills while the images run."""
+    from common.record.envinfo import environment
+    environment()
+
+
+def needs_preflight(cfg: RunConfig, backend) -> bool:
+    """Only a candidate that is not the reference itself (and not a replay of stored outputs)."""
+    return bool(cfg.preflight) and not backend.capabilities.replays and not backend.is_reference(cfg.precision)
+
+
+READ_AHEAD_IMAGES = 64
+
+
+def _read_ahead(batches, future, limit: int) -> list:
+    """Decode batches until `future` is done (or `limit` batches wait)."""
+    ahead = []
+    while not future.done() and len(ahead) < limit:
+        batch = next(batches, None)
+        if batch is None:
+            break
+        ahead.append(batch)
+    return ahead
+
+
+def _drain(batches: list):
+    """The list's batches in order, each dropped from the list as it is taken (a loader may reuse its buffer once
+    the consumer is done with it)."""
+    batches.reverse()
+    while batches:
+        yield batches.pop()
+
+
+def _in_streams(batches, runners: list, infer, ahead: int | None = None):
+    """(batch, infer(runner, batch)) for every batch, in order, with one thread per runner.
+
+    Each stream thread takes the next batch itself, so when the loader decodes in-process the decoding runs in
+    that stream's thread: each stream alternates between decoding and inference and there is one busy thread per
+    stream, rather than a separate decoding thread competing with every stream for the cores (measured on 2
+    cores: 6.05 s instead of 6.31 s for the loop over 350 images). A failure, in decoding or in inference, is
+    raised once every batch before it has been yielded, so the caller keeps all of them.
+
+    At most `ahead` batches (default two per stream) are taken but not yet handed to the consumer: a stream
+    waits for a free slot before taking the next batch, so raw outputs never pile up when the device (or the
+    input cache) is faster than the consumer, and a consumer that stops early stops the streams within that
+    bound whatever the scheduling.
+    """
+    ahead = max(len(runners), ahead or 2 * len(runners))
+    lock = threading.Lock()
+    results: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(ahead)
+    stop = threading.Event()
+    taken = 0
+
+    def stream(runner):
+        nonlocal taken
+        while True:
+            slots.acquire()
+            if stop.is_set():
+                break
+            with lock:
+                seq, taken = taken, taken + 1
+                try:
+                    batch = next(batches, None)
+                except BaseException as exc:  # noqa: BLE001 - raised in order by the consuming thread
+                    results.put((seq, None, exc))
+                    break
+            if batch is None:
+                break
+            try:
+                results.put((seq, batch, infer(runner, batch)))
+            except BaseException as exc:  # noqa: BLE001 - as above
+                results.put((seq, None, exc))
+                break
+            # not kept while waiting for a slot: a loader reuses a batch's buffer only once no reference is left
+            batch = None
+        results.put(None)
+
+    threads = [threading.Thread(target=stream, args=(r,), daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    done, nxt, running = {}, 0, len(threads)
+    try:
+        while True:
+            while nxt in done:
+                batch, result = done.pop(nxt)
+                nxt += 1
+                if batch is None:
+                    raise result
+                yield batch, result
+                batch = result = None  # as in the streams: nothing kept while waiting for the next one
+                slots.release()  # the consumer is done with this batch: a stream may take another
+            if not running:
+                return
+            item = results.get()
+            if item is None:
+                running -= 1
+            else:
+                done[item[0]] = item[1:]
+                item = None
+    finally:
+        stop.set()
+        for _ in threads:  # wake every stream waiting for a slot; each sees `stop` and ends
+            slots.release()
+        for t in threads:
+            t.join()
+
+
+def _preflight_record(cfg: RunConfig, p: Prepared, exc, images_dir, ann_file) -> dict:
+    """The record of an accuracy run the pre-flight stopped: no metrics, verdict fail, its reasons and report."""
+    report = getattr(exc, "report", None) or {}
+    record = new_record("accuracy", **_base_fields(cfg, p), metrics={}, preflight=report or None,
+                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file), "num_images": 0,
+                                 "stopped_by": "preflight"})
+    return _finish(record, {}, _targets(p, cfg), ["preflight: " + r for r in report.get("reasons", [])] or [str(exc)])
+
+
+@contextmanager
+def _about_model(onnx_path: Path):
+    """Errors about the model that the runtimes, decoders and evaluator raise without a path (no such input or
+    output, a fixed batch smaller than --bs, a label outside the label map) name the ONNX file."""
+    try:
+        yield
+    except InputError as exc:
+        if type(exc) is InputError and exc.path is None:
+            raise InputError(str(exc), onnx_path) from None
+        raise
+
+
+def check_outputs(cfg: RunConfig, accuracy: bool, record: bool = True):
+    """Every place the run will write, checked before any work (exit 2 naming it) rather than failing after
+    the whole run: the results dir (records; an accuracy run's resume state), --save-detections,
+    --record-outputs."""
+    if record or accuracy:
+        ensure_writable_dir(cfg.results_dir, "results dir")
+    if accuracy and cfg.detections_out:
+        check_output_file(cfg.detections_out, "--save-detections file")
+    if accuracy and cfg.record_outputs:
+        ensure_writable_dir(cfg.record_outputs, "--record-outputs dir")
+
+
+def run_accuracy(cfg: RunConfig, publish=None) -> dict:
+    """The accuracy run. `publish(record)`, when given, stores the record (cli: write_record); the resume
+    state is only cleared once it has returned, so a record that cannot be written loses no work."""
+    states: list[RunState] = []
+    try:
+        return _run_accuracy(cfg, publish, states)
+    except BaseException:
+        for state in states:  # a run that fails before saving anything leaves no empty state dir behind
+            state.release()
+        raise
+
+
+def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
+    t_start = time.perf_counter()
+    streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
+    cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
+    check_outputs(cfg, accuracy=True)
+    variant = load_model(cfg.model).variant(cfg.variant)
+    images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+    annotations = read_annotations(ann_file, polygons=False)
+    items = image_items(annotations, images_dir, cfg.max_images)
+    evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator, source=ann_file)
+    decoder = get_decoder(variant.output)
+    decode_cfg = variant.decode_cfg
+    pre = Preprocessor(variant.preprocess, variant.height, variant.width)
+    onnx_path = resolve_onnx(cfg, variant)
+    onnx_sha256 = file_sha256_memo(onnx_path, sha256_memo_dir(cfg))
+    state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, cfg.checkpoint_s, spec=repr(variant),
+                     precision=cfg.precision,
+                     batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
+                     annotation=file_sha256(ann_file), images_dir=str(images_dir.resolve()), n=len(items))
+    # A recording of raw outputs must cover every image, so it always starts from the first one.
+    states.append(state)
+    if state.claim() and not (cfg.resume and not cfg.record_outputs):
+        state.discard()  # not resumed: chunks of an earlier run must not mix with this run's
+    done, chunks = state.load() if cfg.resume and not cfg.record_outputs else (0, [])
+    nonfinite: Counter = Counter()
+    for c in chunks:
+        evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"])
+        nonfinite.update(c["nonfinite"])
+    evaluator.complete([it.image_id for it in items[:done]])
+    # The loader forks its workers before prepare() starts the runtime's threads.
+    with open_loader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
+                     cache_dir=None if done else cfg.input_cache) as loader:
+        batches = iter(loader)
+        # The engine is built / loaded while the first images decode: a cold start would otherwise leave the
+        # decoding core idle for as long as a session set-up (or an engine build) takes.
+        setup = ThreadPoolExecutor(1)
+        future = setup.submit(prepare, cfg, variant, onnx_sha256, onnx_path)
+        ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // cfg.batch_size))
+        with _about_model(onnx_path):
+            p = future.result()
+        setup.submit(_read_environment)
+        setup.shutdown(wait=False)
+        if needs_preflight(cfg, p.backend):  # a broken engine fails here in seconds, not after the full pass
+            from common.harness.fidelity import FidelityFailure, preflight  # only here: its imports cost every run ~20 ms
+            try:
+                with _about_model(onnx_path):
+                    preflight(cfg, p, items, annotations)
+            except FidelityFailure as exc:  # exit 1 promises a record: verdict fail, the pre-flight's reasons
+                print("error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
+                      "and in the record; see docs/fidelity.md; --preflight 0 skips this check)", file=sys.stderr)
+                record = _preflight_record(cfg, p, exc, images_dir, ann_file)
+                if publish is not None:
+                    publish(record)
+                return record
+        recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
+            if cfg.record_outputs else None
+        # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
+        # flight at once while the next images decode: the device, not the harness, sets the pace.
+        runners = [p.runner] * cfg.streams if p.runner.concurrent else \
+            [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
+        infer_s = 0.0
+        start = done
+
+        def timed_infer(runner, batch):
+            t0 = time.perf_counter()
+            out = infer(runner, batch.inputs, batch.image_ids)
+            return out, time.perf_counter() - t0
+
+        def consume(batch, outputs, seconds):
+            nonlocal infer_s, start
+            infer_s += seconds
+            if recorder is not None:
+                recorder.add(batch.image_ids, outputs)
+            counts = output_faults(outputs, decode_cfg)   # NaN/Inf, and scores outside [0, 1]
+            nonfinite.update(counts)
+            bi, boxes, scores, labels = decoder(outputs, batch.meta, decode_cfg)
+            finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+            ids = batch.image_ids[bi[finite]]
+            evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
+            evaluator.complete(batch.image_ids)  # matched in the background while the next batches infer
+            state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
+            start += len(batch.image_ids)
+
+        try:
+            with _about_model(onnx_path):
+                for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
+                    consume(batch, outputs, seconds)
+                    del batch, outputs  # its buffer goes back to the loader now, not when the next batch comes
+        except BaseException:
+            state.flush()  # every batch consumed so far is complete: keep it for the resumed run
+            evaluator.close()
+            raise
+        if recorder is not None:
+            recorder.write()
+    image_ids = [it.image_id for it in items]
+    t_eval = time.perf_counter()
+    metrics = evaluator.evaluate(image_ids)
+    evaluate_s = time.perf_counter() - t_eval
+    wall = time.perf_counter() - t_start
+    reasons = fault_reasons(nonfinite)
+    record = new_record("accuracy", **_base_fields(cfg, p),
+                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
+                                 "num_images": len(items), "categories": evaluator.categories,
+                                 "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None},
+                        metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
+                        run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
+                             "simulated_device_s": getattr(p.runner, "simulated_device_s", None),
+                             "images_per_s": (len(items) - done) / wall,   # this run's images only
+                             "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
+    record = _finish(record, metrics, _targets(p, cfg), reasons)
+    try:
+        if cfg.detections_out:
+            try:
+                atomic_write_bytes(cfg.detections_out, json.dumps(to_coco_results(evaluator.store.rows())).encode())
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
+        if publish is not None:
+            publish(record)
+    except BaseException as exc:
+        # nothing is lost: every prediction stays in the resume state, and a rerun only evaluates and writes
+        with suppress(OSError):
+            state.flush()
+        if isinstance(exc, RuntimeFailure) and state.enabled and cfg.resume:
+            raise RuntimeFailure(f"{exc}; the predictions are kept in {state.dir}: once fixed, rerun the same "
+                                 "command to evaluate and write without recomputing them") from None
+        raise
+    state.clear()  # the record is safely written; a rerun should measure afresh
+    return record
+
+
+def dataset_sample(cfg: RunConfig, variant: Variant, n: int) -> tuple[list | None, str]:
+    """(the first n images of the configured dataset, its annotation file name), or (None, why there are none)."""
+    try:
+        images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+    except ConfigError as exc:
+        return None, f"no dataset configured ({exc})"
+    return image_items(read_annotations(ann_file, polygons=False), images_dir, n), ann_file.name
+
+
+def timing_inputs(cfg: RunConfig, variant: Variant, sample: tuple | None = None) -> tuple[np.ndarray, str]:
+    """Real preprocessed images when a dataset is at hand (post-processing inside a graph depends on the
+    content), else seeded random data. `sample`: dataset_sample()'s answer, when the caller has it already."""
+    pre = Preprocessor(variant.preprocess, variant.height, variant.width)
+    x = np.empty((cfg.batch_size, 3, variant.height, variant.width), np.float32)
+    items, source = sample or dataset_sample(cfg, variant, cfg.batch_size)
+    if items is None:
+        x[:] = np.random.default_rng(0).standard_normal(x.shape, np.float32)
+        return x, "random"
+    for i in range(cfg.batch_size):
+        x[i] = pre(read_image(items[i % len(items)].path))[0]
+    return x, f"{min(len(items), cfg.batch_size)} image(s) from {source}"
+
+
+FPS_DEFINITIONS = {
+    "fps": "harness: batch / mean time of runner.infer (padding, host/device copies, sync), the `timing` section",
+    "fps_compute": "compute only: batch * 1000 / mean ms of the engine alone (IGIE/TVM time_evaluator('run'), "
+                   "ONNX Runtime the session run), the `compute` section; what published MR-V100 figures are",
+    "fps_e2e": "end to end: JPEG read + decode, preprocessing, inference and output decoding, the `end_to_end` "
+               "section",
+}
+
+
+def run_performance(cfg: RunConfig, publish=None) -> dict:
+    """The performance run; `publish(record)` as in run_accuracy (its destination is checked first)."""
+    if publish is not None:
+        check_outputs(cfg, accuracy=False)
+    variant = load_model(cfg.model).variant(cfg.variant)
+    onnx_path = resolve_onnx(cfg, variant)
+    with _about_model(onnx_path):
+        record = _measure_performance(cfg, prepare(cfg, variant, onnx_path=onnx_path))
+    if publish is not None:
+        publish(record)
+    return record
+
+
+def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
+    sample = dataset_sample(cfg, p.variant, max(cfg.batch_size, E2E_IMAGES))  # one read for both timings
+    x, source = timing_inputs(cfg, p.variant, sample)
+    last: dict = {}
+
+    def step():
+        last["out"] = infer(p.runner, x)
+
+    with Sampler(p.backend.telemetry_tool(), gpu_index=getattr(p.runner, "device_index", None)) as sampler:
+        stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
+                        min_duration_s=cfg.min_duration_s)
+    # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.
+    reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
+    reasons += validity_reasons(stats, cfg.min_iters, cfg.min_duration_s)
+    values = {"fps": stats.fps, "latency_mean_ms": stats.mean_ms, "latency_p50_ms": stats.p50_ms,
+              "latency_p90_ms": stats.p90_ms, "latency_p99_ms": stats.p99_ms}
+    items = sample[0][:E2E_IMAGES] if sample[0] else None
+    e2e = {"stats": measure_end_to_end(p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s,
+                                       cfg.min_duration_s).as_dict(), "images": len(items), "reason": None} \
+        if items else {"stats": None, "images": 0, "reason": f"{sample[1]}: end-to-end time needs real images"}
+    compute = compute_time(p.runner, x, stats)
+    # Three FPS, each under its own name (targets name the one they mean; docs/engines.md "FPS definitions"):
+    # a published MR-V100 figure is compute-only (batch * 1000 / mean time_evaluator ms): compare it with
+    # fps_compute, never with fps (harness) or fps_e2e (with JPEG decoding and pre/post-processing)
+    values["fps_compute"] = compute.get("fps")
+    values["fps_e2e"] = e2e["stats"]["fps"] if e2e.get("stats") else None
+    record = new_record("performance", **_base_fields(cfg, p), input=source, timing=stats.as_dict(),
+                        timing_settings={"warmup_s": cfg.warmup_s, "min_duration_s": cfg.min_duration_s,
+                                         "min_iters": cfg.min_iters, "threads": cfg.threads},
+                        compute=compute, end_to_end=e2e, fps_definitions=FPS_DEFINITIONS,
+                        timed_detections=from_timing_sample(p.variant, last["out"], sample[0], cfg.batch_size),
+                        telemetry=sampler.summary(stats.fps), metrics=values)
+    return _finish(record, values, _targets(p, cfg), reasons)
