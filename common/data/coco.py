@@ -7,6 +7,7 @@ import multiprocessing as mp
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 import os
+import re
 import signal
 import threading
 import time
@@ -65,24 +66,48 @@ def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | 
     return images, ann
 
 
-def read_annotations(ann_file: str | Path) -> dict:
+# A polygon segmentation: a list of lists of numbers only. Parsing its numbers is three quarters of json.loads'
+# time on val2017 files, and a box evaluation never reads them. A number-only character class cannot run past a
+# string or an object, so only whole polygon values match (an RLE object or an empty list is left as it is).
+_POLYGONS = re.compile(rb'"segmentation"\s*:\s*\[\s*\[[-+0-9.eE,\s\[\]]*\]\s*\]')
+
+
+def read_annotations(ann_file: str | Path, polygons: bool = True) -> dict:
     """Parse and check a COCO detection annotation file (common/data/coco_checks.py): every defect is an InputError
-    naming the file and the field, before any inference."""
+    naming the file and the field, before any inference. polygons=False: polygon segmentations are read as empty
+    lists (a box-only reader; ~4x faster on val2017 files)."""
     ann_file = Path(ann_file)
     try:
         with open(ann_file, "rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not valid JSON ({exc})", ann_file) from None
+            raw = f.read()
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", ann_file) from None
+    try:
+        try:
+            data = json.loads(raw if polygons else _POLYGONS.sub(b'"segmentation":[]', raw))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if polygons:
+                raise
+            data = json.loads(raw)  # the defect's position in the file as it is, not in the shortened text
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid JSON ({exc})", ann_file) from None
     check_coco(data, ann_file)
     return data
 
 
 def image_items(annotations: dict, images_dir: Path, max_images: int | None = None) -> list[ImageItem]:
     """The images of the annotation file, in id order, checked to exist on disk."""
-    items = [ImageItem(img["id"], str(images_dir / img["file_name"]), img["width"], img["height"])
+    # str(images_dir / name) costs ~3 us an image in pathlib; for a plain file name (no "/", not "." or "") it
+    # is the directory, a "/" and the name, which string concatenation gives directly
+    base = str(images_dir)
+    prefix = "" if base == "." else base.rstrip("/") + "/"
+
+    def path_of(name):
+        if isinstance(name, str) and name and name != "." and "/" not in name:
+            return prefix + name
+        return str(images_dir / name)
+
+    items = [ImageItem(img["id"], path_of(img["file_name"]), img["width"], img["height"])
              for img in sorted(annotations["images"], key=lambda im: im["id"])]
     if max_images:
         items = items[:max_images]
@@ -120,7 +145,8 @@ def jpeg_is_truncated(data: bytes) -> bool:
             continue
         length = int.from_bytes(data[i + 2:i + 4], "big")
         if marker == 0xDA:  # start of scan: the rest is entropy-coded data (and later scans)
-            return data.find(b"\xff\xd9", i + 2 + length) == -1
+            # searched from the end, where the marker is: the same answer without scanning the whole scan data
+            return data.rfind(b"\xff\xd9", i + 2 + length) == -1
         i += 2 + length
     return True
 
@@ -284,6 +310,7 @@ class BatchLoader:
                 if writer is not None:
                     writer.add(batch)
                 yield batch
+                batch = None  # not held while the next one decodes: the shared loader may then reuse its buffer
             if writer is not None:
                 try:
                     writer.commit()

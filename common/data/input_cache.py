@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import tempfile
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,14 @@ from common.engine_cache import atomic_write_bytes
 
 
 def cache_key(items, pre) -> str:
-    h = hashlib.sha256(pre.spec.key(pre.height, pre.width).encode())
+    # Per image the bytes of json.dumps([id, path, size, mtime_ns]) (the key's format since the cache exists),
+    # formatted directly: json.dumps per image was half of this function's time on every run with the cache.
+    rows = []
     for it in items:
         st = os.stat(it.path)
-        h.update(json.dumps([it.image_id, it.path, st.st_size, st.st_mtime_ns]).encode())
+        rows.append(f"[{int(it.image_id)!r}, {encode_basestring_ascii(it.path)}, {st.st_size}, {st.st_mtime_ns}]")
+    h = hashlib.sha256(pre.spec.key(pre.height, pre.width).encode())
+    h.update("".join(rows).encode())
     return h.hexdigest()[:32]
 
 

@@ -102,19 +102,25 @@ def match_pairs(dets: list, gts: list, params) -> list:
     # Only detections overlapping some ground truth by at least the lowest threshold can match anything: loop over
     # those (in score order), every pair, area range and threshold at once.
     candidate = dvalid & (iou >= thr.min()).any(axis=2)
-    K = int(candidate.sum(axis=1).max()) if P else 0
+    n_candidates = candidate.sum(axis=1)
+    K = int(n_candidates.max()) if P else 0
     order = np.argsort(~candidate, axis=1, kind="stable")[:, :K]
-    live = np.take_along_axis(candidate, order, axis=1)
-    rows = np.arange(P)
     eligible_gt = gvalid[:, None, None, :]
     ignored4 = gt_ignored[:, :, None, :]
+    crowd4 = crowd[:, None, None, :]
+    thr4 = thr[None, None, :, None]
     for k in range(K):
-        d = order[:, k]
-        v = iou[rows, d][:, None, None, :]                                          # [P, 1, 1, G]
-        ok = (v >= thr[None, None, :, None]) & eligible_gt & (~gt_taken | crowd[:, None, None, :]) \
-            & live[:, k, None, None, None]
+        # Only the pairs that have a k-th candidate (the others can match nothing more): most pairs have one or two
+        # candidates and a few have dozens, so the later steps concern few pairs.
+        live = np.flatnonzero(n_candidates > k)
+        full = len(live) == P
+        d = order[live, k]
+        v = iou[live, d][:, None, None, :]                                          # [p, 1, 1, G]
+        taken, crowds = (gt_taken, crowd4) if full else (gt_taken[live], crowd4[live])
+        ok = (v >= thr4) & (eligible_gt if full else eligible_gt[live]) & (~taken | crowds)
+        ignored = ignored4 if full else ignored4[live]
         best = []
-        for group in (ok & ~ignored4, ok & ignored4):  # non-ignored ground truth first, as evaluateImg sorts it
+        for group in (ok & ~ignored, ok & ignored):  # non-ignored ground truth first, as evaluateImg sorts it
             score = np.where(group, v, -1.0)
             best.append((G - 1 - np.argmax(score[..., ::-1], axis=-1), group.any(axis=-1)))  # last of the best
         (m1, f1), (m2, f2) = best
@@ -124,6 +130,7 @@ def match_pairs(dets: list, gts: list, params) -> list:
             continue
         mm = m[pp, aa, tt]
         dd = d[pp]
+        pp = live[pp]
         gt_taken[pp, aa, tt, mm] = True
         matched_id[pp, aa, tt, dd] = gb[pp, mm, 6]
         det_ignored[pp, aa, tt, dd] = gt_ignored[pp, aa, mm]

@@ -13,7 +13,7 @@ import numpy as np
 from common import REPO_ROOT
 from common.runtime.backends import get_backend
 from common.runtime.backends.base import BuildRequest, Runner
-from common.engine_cache import EngineCache, file_sha256
+from common.engine_cache import EngineCache, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure
 from common.config.options import RunConfig
 from common.config.specs import Variant, load_model
@@ -68,6 +68,11 @@ def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256
                         options=options, extra_inputs=tuple(variant.extra_inputs.items()))
 
 
+def sha256_memo_dir(cfg: RunConfig) -> Path | None:
+    """Where the models' sha256 are remembered (engine_cache.file_sha256_memo): beside the engines."""
+    return Path(cfg.cache_dir) / "sha256" if cfg.cache_dir else None
+
+
 def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None,
             onnx_path: Path | None = None) -> Prepared:
     """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
@@ -78,7 +83,7 @@ def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | N
     streams = cfg.streams or 1
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // streams) if streams > 1 else 0)
     backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
-    digest = onnx_sha256 or file_sha256(onnx_path)
+    digest = onnx_sha256 or file_sha256_memo(onnx_path, sha256_memo_dir(cfg))
     req = build_request(cfg, variant, onnx_path, digest)
     engine, hit = backend.build(req)
     runner = backend.load(engine, req)

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from common.runtime.backends import backend_class
-from common.harness.engine import Prepared, infer, prepare, resolve_onnx
+from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256_memo_dir
 from common.data.coco import image_items, read_annotations, read_image, resolve_dataset
 from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
-from common.engine_cache import atomic_write_bytes, file_sha256
+from common.engine_cache import atomic_write_bytes, file_sha256, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure
 from common.data.loader import open_loader
 from common.evaluate.metrics import CocoEvaluator, to_coco_results
@@ -140,6 +140,8 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
             except BaseException as exc:  # noqa: BLE001 - as above
                 results.put((seq, None, exc))
                 break
+            # not kept while waiting for a slot: a loader reuses a batch's buffer only once no reference is left
+            batch = None
         results.put(None)
 
     threads = [threading.Thread(target=stream, args=(r,), daemon=True) for r in runners]
@@ -154,6 +156,7 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
                 if batch is None:
                     raise result
                 yield batch, result
+                batch = result = None  # as in the streams: nothing kept while waiting for the next one
                 slots.release()  # the consumer is done with this batch: a stream may take another
             if not running:
                 return
@@ -162,6 +165,7 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
                 running -= 1
             else:
                 done[item[0]] = item[1:]
+                item = None
     finally:
         stop.set()
         for _ in threads:  # wake every stream waiting for a slot; each sees `stop` and ends
@@ -222,14 +226,14 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     check_outputs(cfg, accuracy=True)
     variant = load_model(cfg.model).variant(cfg.variant)
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
-    annotations = read_annotations(ann_file)
+    annotations = read_annotations(ann_file, polygons=False)
     items = image_items(annotations, images_dir, cfg.max_images)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator, source=ann_file)
     decoder = get_decoder(variant.output)
     decode_cfg = variant.decode_cfg
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     onnx_path = resolve_onnx(cfg, variant)
-    onnx_sha256 = file_sha256(onnx_path)
+    onnx_sha256 = file_sha256_memo(onnx_path, sha256_memo_dir(cfg))
     state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, cfg.checkpoint_s, spec=repr(variant),
                      precision=cfg.precision,
                      batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
@@ -302,6 +306,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             with _about_model(onnx_path):
                 for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
                     consume(batch, outputs, seconds)
+                    del batch, outputs  # its buffer goes back to the loader now, not when the next batch comes
         except BaseException:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
             evaluator.close()
@@ -350,7 +355,7 @@ def dataset_sample(cfg: RunConfig, variant: Variant, n: int) -> tuple[list | Non
         images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
     except ConfigError as exc:
         return None, f"no dataset configured ({exc})"
-    return image_items(read_annotations(ann_file), images_dir, n), ann_file.name
+    return image_items(read_annotations(ann_file, polygons=False), images_dir, n), ann_file.name
 
 
 def timing_inputs(cfg: RunConfig, variant: Variant, sample: tuple | None = None) -> tuple[np.ndarray, str]:

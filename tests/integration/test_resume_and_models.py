@@ -125,3 +125,15 @@ def test_corrupted_cached_engine_is_rebuilt(env, tmp_path):
     assert not again["engine"]["cache_hit"] and again["metrics"] == first["metrics"]
     third = run_accuracy(_cfg(env, env["onnx"], tmp_path, precision="fp16", max_images=4))
     assert third["engine"]["cache_hit"]
+
+
+def test_graph_reading_thread_ends_with_the_load(env, tmp_path):
+    """The graph's inputs are read in a thread while the session is built: joined whether the session loads or
+    fails (a damaged model, the session's error first), never left running."""
+    import threading
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(InputError, match="onnxruntime cannot load it|not a loadable ONNX"):
+        run_accuracy(_cfg(env, bad, tmp_path))
+    assert run_accuracy(_cfg(env, env["onnx"], tmp_path, max_images=3))["verdict"] == "pass"
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("ort-load-")]

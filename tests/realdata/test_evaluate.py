@@ -98,3 +98,18 @@ def test_label_outside_the_map_is_a_clear_error(synthetic):
     ev = CocoEvaluator(ann, (1,))
     with pytest.raises(InputError, match="label 3"):
         ev.add(np.array([1000]), np.zeros((1, 4)), np.ones(1), np.array([3]))
+
+
+def test_coco_results_are_the_per_value_conversion():
+    """to_coco_results converts columns at once: the same ints (truncated) and floats, hence the same JSON, as
+    int()/float() value by value; no rows, no results."""
+    from common.evaluate.metrics import to_coco_results
+    rng = np.random.default_rng(3)
+    rows = rng.random((500, 7)) * 1000
+    rows[:, 0] = rng.integers(0, 10**12, 500)
+    rows[:, 6] = rng.integers(1, 91, 500)
+    rows[:3, 1:6] = [-0.0, 5e-324, 1e300, 2.5, 0.1]
+    ref = [{"image_id": int(r[0]), "category_id": int(r[6]), "bbox": [float(v) for v in r[1:5]],
+            "score": float(r[5])} for r in rows]
+    assert json.dumps(to_coco_results(rows)) == json.dumps(ref)
+    assert to_coco_results(np.empty((0, 7))) == []

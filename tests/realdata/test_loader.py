@@ -45,6 +45,35 @@ def test_same_batches_as_in_process(items, bs, workers):
         assert sorted(loader.free) == list(range(loader.n_buffers))  # every buffer came back
 
 
+@pytest.mark.parametrize("bs,workers", [(8, 2), (1, 2), (5, 3)])
+def test_each_buffer_row_has_one_owner(items, monkeypatch, bs, workers):
+    """Every row of every buffer is decoded by the same worker all run long (its pages stay faulted in that one
+    process) and every worker gets work. Planted: the geometry row carries the pid of the process that decoded
+    it."""
+    import common.data.loader as loader_module
+    real = loader_module._load_one
+
+    def tagged(item, out=None):
+        x, meta = real(item, out)
+        meta = meta.copy()
+        meta[0] = os.getpid()
+        return x, meta
+
+    monkeypatch.setattr(loader_module, "_load_one", tagged)
+    writers: dict = {}
+    with SharedBatchLoader(items + items, PRE, bs, workers) as loader:
+        address = {b.__array_interface__["data"][0]: s for s, b in enumerate(loader.inputs)}
+        for b in loader:
+            slot = address.get(b.inputs.__array_interface__["data"][0])
+            assert slot is not None  # nothing held: every batch came from a worker
+            for row, pid in enumerate(b.meta[:, 0].astype(int).tolist()):
+                writers.setdefault((slot, row), set()).add(pid)
+            del b
+        pids = [p.pid for p in loader.procs]
+        assert all(w == {pids[loader.owner(slot, row)]} for (slot, row), w in writers.items()), writers
+    assert set().union(*writers.values()) == set(pids)
+
+
 def test_held_batches_stay_intact(items):
     """Planted pressure: the consumer keeps every batch (more than there are buffers). A loader that reused a
     buffer still referenced would change an earlier batch; this one decodes in-process instead."""
@@ -110,3 +139,19 @@ def test_consumer_stopping_early_ends_the_workers(items):
         break
     loader.close()
     assert all(p.exitcode is not None for p in procs)
+
+
+def test_streamed_batches_are_not_pinned(items):
+    """Through the run's streams (runs._in_streams) a batch is let go as soon as it is consumed: no loop variable
+    of the loader, the streams or the consumer keeps it while the next one is awaited, so the loader cycles
+    through `ahead` buffers (each new one costs a page fault per page in its owner worker). One batch in flight
+    between the stream and the consumer: the stream takes the next only once the consumer is done with the last,
+    so the count does not depend on scheduling."""
+    from common.harness.runs import _in_streams
+    seen = set()
+    with SharedBatchLoader(items * 4, PRE, 8, workers=2) as loader:
+        address = {b.ctypes.data: s for s, b in enumerate(loader.inputs)}
+        for batch, _ in _in_streams(iter(loader), [None], lambda runner, b: None, ahead=1):
+            seen.add(address[batch.inputs.ctypes.data])
+            del batch
+        assert len(seen) == loader.ahead, (seen, loader.ahead)

@@ -100,3 +100,22 @@ for _ in BatchLoader(items, pre, 1, workers=0, cache_dir={str(tmp_path / 'c')!r}
     hit = InputCache(tmp_path / "c", items, Preprocessor(Preprocess(), 96, 96)).lookup()
     assert hit is not None and hit[0].shape == (12, 3, 96, 96)
     assert not list((tmp_path / "c").glob(".*"))
+
+
+def test_input_cache_key_is_unchanged(tmp_path):
+    """The key's bytes are still json.dumps([id, path, size, mtime_ns]) per image after the settings' key, so the
+    entries written before keep being found: names with quotes, backslashes, non-ASCII and control characters."""
+    import hashlib
+    from common.data.coco import ImageItem
+    from common.data.input_cache import cache_key
+    names = ["a.jpg", 'q"uote.jpg', "back\\slash.jpg", "caf\u00e9 \u4e2d.jpg", "tab\there.jpg"]
+    items = []
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(b"x" * i)
+        items.append(ImageItem(10**12 + i, str(tmp_path / name), 4, 3))
+    pre = Preprocessor(Preprocess(), 32, 48)
+    h = hashlib.sha256(pre.spec.key(pre.height, pre.width).encode())
+    for it in items:
+        st = os.stat(it.path)
+        h.update(json.dumps([it.image_id, it.path, st.st_size, st.st_mtime_ns]).encode())
+    assert cache_key(items, pre) == h.hexdigest()[:32]

@@ -55,3 +55,52 @@ def test_corrupt_image_names_the_file(synthetic, tmp_path):
     pre = Preprocessor(Preprocess(), 64, 64)
     with pytest.raises(InputError, match="cannot decode image|truncated JPEG"):
         list(iter_batches(image_items(data, bad_dir), pre, 2, workers=1))
+
+
+@pytest.mark.parametrize("base", [".", "imgs", "imgs/", "ABS"])
+def test_image_paths_are_pathlibs_joins(tmp_path, monkeypatch, base):
+    """The string join of plain file names gives exactly pathlib's path (the input cache key and every error
+    message carry it), and other names still go through pathlib."""
+    from pathlib import Path
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "imgs" if base == "ABS" else Path(base)
+    names = ["a.jpg", "c d.jpg", "..x.jpg", "sub/b.jpg", "./e.jpg", "sub//f.jpg"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    ann = {"images": [{"id": i, "file_name": n, "width": 1, "height": 1} for i, n in enumerate(names)]}
+    assert [it.path for it in image_items(ann, root)] == [str(root / n) for n in names]
+
+
+def test_box_only_reading_drops_only_polygons(tmp_path):
+    """polygons=False: polygon segmentations read as [], everything else as json.load reads it (an RLE object,
+    an empty list, text that looks like a polygon inside a string); a defect is reported at its place in the
+    file as it is."""
+    import json
+    ann = {"info": {"note": 'copied "segmentation": [[1, 2]] here'},
+           "images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],
+           "categories": [{"id": 1, "name": "person"}],
+           "annotations": [
+               {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0,
+                "segmentation": [[0.5, 1e-3, 2, -3.25E+2], [1, 2, 3, 4, 5, 6]]},
+               {"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2], "area": 4, "iscrowd": 1,
+                "segmentation": {"counts": [1, 2, 3], "size": [4, 4]}},
+               {"id": 3, "image_id": 1, "category_id": 1, "bbox": [1, 1, 1, 1], "area": 1, "iscrowd": 0,
+                "segmentation": []},
+               {"segmentation" : [ [ 1 , 2 ] ] , "id": 4, "image_id": 1, "category_id": 1, "bbox": [1, 1, 1, 1],
+                "area": 1, "iscrowd": 0}]}
+    path = tmp_path / "ann.json"
+    for indent in (None, 2):
+        path.write_text(json.dumps(ann, indent=indent))
+        full, boxes = read_annotations(path), read_annotations(path, polygons=False)
+        assert full == ann
+        expected = json.loads(json.dumps(ann))
+        expected["annotations"][0]["segmentation"] = []
+        expected["annotations"][3]["segmentation"] = []
+        assert boxes == expected
+    path.write_text(json.dumps(ann)[:-40])
+    with pytest.raises(InputError) as full_error:
+        read_annotations(path)
+    with pytest.raises(InputError) as box_error:
+        read_annotations(path, polygons=False)
+    assert str(box_error.value) == str(full_error.value) and "column" in str(box_error.value)

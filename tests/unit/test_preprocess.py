@@ -53,3 +53,39 @@ def test_boxes_are_clipped_to_the_image():
     meta = np.array([0.5, 0.5, 0, 0, 100, 50], np.float64)
     out = boxes_to_original(np.array([[-10.0, -5.0, 80.0, 40.0]]), meta)
     np.testing.assert_allclose(out[0], [0, 0, 100, 50])
+
+
+def _two_pass_reference(pre, img):
+    """The preprocessing before the lookup tables: the full canvas padded, then per channel a float32 multiply and
+    a float32 add (the numbers every recorded output and input cache were made with)."""
+    import cv2
+    img_h, img_w = img.shape[:2]
+    new_w, new_h, ox, oy = pre.geometry(img_h, img_w)
+    resized = img if (new_w, new_h) == (img_w, img_h) else cv2.resize(img, (new_w, new_h), interpolation=pre.interp)
+    out = np.empty((3, pre.height, pre.width), np.float32)
+    out[:] = pre.pad_norm[:, None, None]
+    channels = cv2.split(resized)
+    if pre.spec.color == "rgb":
+        channels = channels[::-1]
+    for c, channel in enumerate(channels):
+        region = out[c, oy:oy + new_h, ox:ox + new_w]
+        np.multiply(channel, pre.inv_std[c], out=region)
+        region += pre.bias[c]
+    return out
+
+
+@pytest.mark.parametrize("resize,pad,color", [("letterbox", "bottom_right", "bgr"), ("letterbox", "center", "rgb"),
+                                              ("stretch", "bottom_right", "rgb")])
+@pytest.mark.parametrize("h,w", SIZES)
+def test_bit_identical_to_the_two_pass_normalisation(resize, pad, color, h, w):
+    """Every uint8 level of every channel, the padding on every side and a canvas that held other data before (a
+    reused buffer): the same float32 bits as the two-pass arithmetic."""
+    pre = Preprocessor(Preprocess(resize=resize, pad=pad, color=color, mean=(1.5, 77.25, 255.0),
+                                  std=(0.3, 57.12, 3.0)), 96, 80)
+    img = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8)
+    img[0, :3] = [[0, 0, 0], [255, 255, 255], [128, 1, 254]]
+    canvas = np.full((3, 96, 80), np.nan, np.float32)
+    out, _ = pre(img, canvas)
+    assert out is canvas
+    ref = _two_pass_reference(pre, img)
+    assert out.view(np.uint32).tobytes() == ref.view(np.uint32).tobytes()

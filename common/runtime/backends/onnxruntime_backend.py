@@ -8,11 +8,39 @@ conversion that yields no float16 tensor is refused rather than run as FP32.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from common.errors import BackendUnavailable, ConfigError, InputError, RuntimeFailure
 from common.runtime.backends.base import Backend, BuildRequest, Capabilities, Runner
 from common.runtime.backends.graph_io import extra_input_arrays, graph_io
+
+
+class _Background:
+    """fn(*args) in a thread: result() joins it and returns its value or raises its exception."""
+
+    def __init__(self, fn, *args):
+        self._out: tuple = (None, None)
+
+        def run():
+            try:
+                self._out = (fn(*args), None)
+            except BaseException as exc:  # noqa: BLE001 - raised again by result() in the caller's thread
+                self._out = (None, exc)
+
+        self._thread = threading.Thread(target=run, name=f"ort-load-{fn.__name__}", daemon=True)
+        self._thread.start()
+
+    def join(self):
+        self._thread.join()
+
+    def result(self):
+        self.join()
+        value, exc = self._out
+        if exc is not None:
+            raise exc
+        return value
+
 
 _DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -182,6 +210,9 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             so.intra_op_num_threads = threads
         providers = self.providers()
+        # Building the session (~0.2 s) releases the GIL, so the graph's inputs (importing onnx and parsing the
+        # model, ~0.1 s) are read meanwhile in a thread; its errors come after the session's, as before.
+        graph = _Background(graph_io, req.onnx_path)
         try:
             session = ort.InferenceSession(str(engine), so, providers=providers)
         except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
@@ -190,9 +221,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - Fail, InvalidArgument, InvalidGraph... for a damaged model
             raise InputError(f"onnxruntime cannot load it ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})",
                              engine) from None
+        finally:
+            graph.join()  # on every path: no thread outlives load()
         runner = OrtRunner(session, req.input_name)
-        runner.extra_inputs = extra_input_arrays(graph_io(req.onnx_path), req.input_name, req.extra_inputs,
-                                                 req.onnx_path)
+        runner.extra_inputs = extra_input_arrays(graph.result(), req.input_name, req.extra_inputs, req.onnx_path)
         if runner.input_type != "tensor(float)":
             raise InputError(f"input '{req.input_name}' is {runner.input_type}; the suite feeds float32", engine)
         # a fixed C/H/W that differs from the spec would only fail at the first batch, with a runtime message

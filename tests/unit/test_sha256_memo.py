@@ -1,0 +1,71 @@
+"""The models' sha256 remembered by file identity and change stamps: the same digest as hashing, a changed file
+hashed again, a just-written file never remembered, and a memo that cannot be used only costs the hashing."""
+import os
+
+import pytest
+
+import common.engine_cache as ec
+from common.engine_cache import file_sha256, file_sha256_memo
+from common.errors import InputError
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """Files count as settled at once (a test cannot wait two seconds per file)."""
+    monkeypatch.setattr(ec, "_MEMO_SETTLED_NS", -10**18)
+
+
+def _no_hashing(monkeypatch):
+    def refuse(path, chunk=1 << 20):
+        raise AssertionError("hashed although remembered")
+    monkeypatch.setattr(ec, "file_sha256", refuse)
+
+
+def test_remembered_digest_is_the_files(tmp_path, monkeypatch, settled):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(os.urandom(3 << 20))
+    memo = tmp_path / "memo"
+    first = file_sha256_memo(model, memo)
+    assert first == file_sha256(model)
+    _no_hashing(monkeypatch)
+    assert file_sha256_memo(model, memo) == first  # served by the memo
+
+
+def test_changed_file_is_hashed_again(tmp_path, settled):
+    """Planted: the same size, rewritten in place (same inode): the change stamps move, so it is hashed anew."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"a" * 1000)
+    memo = tmp_path / "memo"
+    first = file_sha256_memo(model, memo)
+    st = os.stat(model)
+    with open(model, "r+b") as f:
+        f.write(b"b")
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with mtime put back, ctime has moved
+    assert file_sha256_memo(model, memo) == file_sha256(model) != first
+
+
+def test_fresh_file_is_not_remembered(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"fresh")
+    memo = tmp_path / "memo"
+    assert file_sha256_memo(model, memo) == file_sha256(model)
+    assert not memo.exists() or not list(memo.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["file", "none", "garbage"])
+def test_unusable_memo_only_costs_the_hashing(tmp_path, settled, kind):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x" * 5000)
+    memo = tmp_path / "memo"
+    if kind == "file":
+        memo.write_text("not a directory")
+    elif kind == "garbage":
+        file_sha256_memo(model, memo)
+        for entry in memo.iterdir():
+            entry.write_text("not a digest")
+    assert file_sha256_memo(model, None if kind == "none" else memo) == file_sha256(model)
+
+
+def test_missing_model_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="cannot read"):
+        file_sha256_memo(tmp_path / "absent.onnx", tmp_path / "memo")
