@@ -211,6 +211,9 @@ class SharedBatchLoader(BatchLoader):
             if p.exitcode is None:
                 p.terminate()
                 p.join(timeout=2.0)
+            if p.exitcode is None:  # SIGTERM landed before the worker reset its handlers (still starting up)
+                p.kill()
+                p.join(timeout=10.0)
         for q in (*self.tasks, self.results):  # end the queues' feeder threads now, not at some later collection
             q.cancel_join_thread()  # never block on tasks no worker will read (a worker that died)
             q.close()
