@@ -13,6 +13,13 @@ sys.path.insert(0, str(REPO / "datasets"))
 SHARED_ENV = "SUITE_SHARED_DATA"
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Files with slow tests first: pytest-xdist hands whole files to the workers in this order, so the long ones
+    start early and the many short ones fill the end, instead of one worker finishing a long file alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)   # stable: each file keeps its own order
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     value = os.environ.get(SHARED_ENV)

@@ -106,6 +106,7 @@ def test_crashing_and_hanging_cases_are_reported_while_others_pass(tmp_path, tin
     assert only["duration_s"] < 20
 
 
+@pytest.mark.slow
 def test_planted_fps_regression_is_caught_against_the_stored_baseline(tmp_path, tiny):
     baselines, history = tmp_path / "baselines", tmp_path / "history.jsonl"
     common = ["--models", tiny["spec"], "--variant", "tiny", "--precision", "fp32", "--bs", "1", "--kind",

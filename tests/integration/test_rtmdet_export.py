@@ -281,6 +281,7 @@ def _check_accuracy_record(proc, tmp_path, variant):
     assert 0.0 <= record["metrics"]["AP"] < 0.05
 
 
+@pytest.mark.slow
 def test_scripts_nano_from_checkpoint_and_config(work, tmp_path):
     proc = _accuracy(work, tmp_path, "nano-person-obj365", work["nano"], "--config", work["config"])
     _check_accuracy_record(proc, tmp_path, "nano-person-obj365")

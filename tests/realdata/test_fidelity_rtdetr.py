@@ -25,6 +25,7 @@ def _strip(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("candidate",)}
 
 
+@pytest.mark.slow
 def test_rtdetr_fp16_sensitive_nodes_are_reported_deterministically(rtdetr, coco_layout, capsys):
     spec, onnx_path, cache = rtdetr
     variant = load_spec(spec).variant()

@@ -95,7 +95,7 @@ def _plant_args(graph) -> dict:
 def plants(rtmdet_raw_onnx, coco_layout, tmp_path_factory):
     d = tmp_path_factory.mktemp("plants")
     variant = load_model("rtmdet").variant("nano-person-raw")
-    x = load_images(variant, str(coco_layout), ANN, None, 4).inputs
+    x = load_images(variant, str(coco_layout), ANN, None, 2).inputs   # the plants overflow on any image
     made = {}
     for name, (args, origin, minimal) in _plant_args(onnx.load(str(rtmdet_raw_onnx)).graph).items():
         made[name] = (plant_around(rtmdet_raw_onnx, d / f"{name}.onnx", **args), origin, minimal)
@@ -163,6 +163,7 @@ def _accuracy(onnx_path, coco_layout, tmp, **kw):
     return run_accuracy(cfg)
 
 
+@pytest.mark.slow
 def test_preflight_stops_every_unfixed_plant_and_passes_the_real_model(plants, coco_layout, tmp_path, capsys):
     for plant, (path, _, _) in plants["plants"].items():
         record = _accuracy(path, coco_layout, tmp_path, max_images=8)

@@ -26,6 +26,7 @@ def _args(rtmdet_onnx, shared_data, tmp_path, *extra):
             "--results-dir", tmp_path / "results", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_accuracy_run_through_the_igie_api(rtmdet_onnx, shared_data, tmp_path):
     log = tmp_path / "calls.jsonl"
     args = _args(rtmdet_onnx, shared_data, tmp_path, "--bs", 4, "--max-images", 10)

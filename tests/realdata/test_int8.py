@@ -61,6 +61,7 @@ def test_int8_preflight_tolerance():
     assert preflight_tolerance(v2, tolerance_of(v2)).max_ap_diff == 0.01
 
 
+@pytest.mark.slow
 def test_quantised_onnx_cached_by_calibration_and_settings(rtmdet_onnx, shared_data, tmp_path):
     from dataclasses import replace
 
@@ -165,6 +166,7 @@ def _sensitivity(rtmdet_onnx, shared_data, tmp_path, calib, held, *extra):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_sensitivity_curve_and_snippet(rtmdet_onnx, shared_data, tmp_path):
     calib = _calib_images(tmp_path / "calib", n=2)
     held, _ = _held_apart(shared_data, tmp_path, slice(0, 3))

@@ -51,6 +51,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("engines")
 
 
+@pytest.mark.slow
 def test_planted_accuracy_regression_is_caught(tmp_path, rtmdet_onnx, coco_layout, cache):
     common = ["--kind", "accuracy", "--onnx", f"rtmdet={rtmdet_onnx}", "--dataset-dir", coco_layout, "--ann", ANN,
               "--max-images", 16, "--workers", 0, "--cache-dir", cache, "--no-plots", "--baselines", tmp_path / "b"]
@@ -85,6 +86,7 @@ def _case_view(run_dir):
             for cid, v in verdicts(run_dir).items()}
 
 
+@pytest.mark.slow
 def test_sharded_runs_merged_equal_the_unsharded_run(tmp_path, rtmdet_onnx, coco_layout, cache):
     tiny_onnx = build_tiny_detr(tmp_path / "tiny.onnx")
     (tmp_path / "tiny").mkdir()

@@ -173,6 +173,7 @@ def _run_github(wf: dict, checkout: Path, run_id: int, log: list) -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_shipped_ci_examples_run_as_shipped(runner):
     log: list = []
     try:

@@ -22,6 +22,7 @@ def _only_record(results_dir: Path) -> dict:
     return json.loads(records[0].read_text())
 
 
+@pytest.mark.slow
 def test_fp16_accuracy_script_on_real_data(rtmdet_onnx, coco_layout, tmp_path):
     dets = tmp_path / "dets.json"
     res = run_script("models/rtmdet/scripts/infer_rtmdet_fp16_accuracy.sh", "--ann", PERSON350,
@@ -56,6 +57,7 @@ def test_fp16_accuracy_script_on_real_data(rtmdet_onnx, coco_layout, tmp_path):
     assert ev.stats[1] == pytest.approx(m["AP50"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_ap_agrees_with_an_independent_serial_implementation(rtmdet_onnx, shared_data, tmp_path):
     """The truth bar: within 0.005 AP of an independent implementation of the documented preprocessing."""
     ann = shared_data / "coco" / "annotations" / "instances_val2017_subset150.json"

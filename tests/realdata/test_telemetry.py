@@ -104,6 +104,7 @@ def test_cpu_backend_records_host_rss_for_real(monkeypatch, tmp_path):
     assert t["power"]["mean_w"] is None and "CPU" in t["power"]["reason"] and t["fps_per_watt"] is None
 
 
+@pytest.mark.slow
 def test_performance_record_on_simulated_igie_with_fake_ixsmi(rtmdet_onnx, shared_data, tmp_path):
     """A whole performance run: engine (padding, sync) timing, time_evaluator compute time, end-to-end time on
     real images, and ixsmi telemetry in the record."""

@@ -50,6 +50,7 @@ def _request(onnx_path, cache, batch=1):
                         EngineCache(cache), {})
 
 
+@pytest.mark.slow
 def test_raw_head_matches_onnxruntime_on_real_images(raw_onnx, engine_cache, shared_data):
     import onnxruntime as ort
     variant = load_model("rtmdet").variant("nano-person-raw")
@@ -74,6 +75,7 @@ def test_raw_head_matches_onnxruntime_on_real_images(raw_onnx, engine_cache, sha
     assert len(runner.device_time(x, number=1, repeat=2)) == 2
 
 
+@pytest.mark.slow
 def test_accuracy_run_through_the_suite(raw_onnx, engine_cache, shared_data, tmp_path):
     """The suite's own accuracy run on 4 images: the tvm backend's detections give the same AP as ONNX Runtime's."""
     def run(backend):
