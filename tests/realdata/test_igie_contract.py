@@ -250,3 +250,24 @@ def test_int8_refuses_the_evaluation_set_for_calibration(rtmdet_onnx, shared_dat
                           "--cache-dir", str(tmp_path / "engines")], capture_output=True, text=True, timeout=300,
                          env={**os.environ, **_env(tmp_path / "l.jsonl"), "DATASETS_DIR": "", "COCO_ANNOTATION": ""})
     assert res.returncode == 2 and "val2017 folder" in res.stderr, res.stderr
+
+
+def test_output_shapes_are_remembered_in_the_engine_cache(rtmdet_onnx, tmp_path):
+    """The ONNX's output shapes (ONNX Runtime's symbolic inference, which imports sympy) are worked out once per
+    file and input shapes; a planted entry shows that loads read it, a damaged one is worked out again."""
+    from common.engine_cache import EngineCache, file_sha256
+    from common.runtime.backends import igie_backend
+    from common.runtime.backends.base import BuildRequest
+    req = BuildRequest(rtmdet_onnx, file_sha256(rtmdet_onnx), "fp16", 2, "input", (3, 320, 320),
+                       EngineCache(tmp_path / "c"), {})
+    shapes = {"input": [2, 3, 320, 320]}
+    first = igie_backend._outputs_remembered(req, shapes)
+    assert first == igie_backend._outputs(rtmdet_onnx, shapes)
+    assert [(name, shape[0], shape[-1]) for name, shape in first] == [("dets", 2, 5), ("labels", 2, first[1][1][1])]
+    (memo,) = (tmp_path / "c" / "igie-outputs").glob("*.json")
+    memo.write_text(json.dumps([["dets", [9, 9, 9]]]))
+    assert igie_backend._outputs_remembered(req, shapes) == [("dets", [9, 9, 9])]
+    memo.write_text("{damaged")
+    assert igie_backend._outputs_remembered(req, shapes) == first
+    igie_backend._outputs_remembered(req, {"input": [4, 3, 320, 320]})   # another batch: another entry
+    assert len(list((tmp_path / "c" / "igie-outputs").glob("*.json"))) == 2
