@@ -1,6 +1,7 @@
 """COCO image sets: resolve the dataset layout, read the annotation file, decode + preprocess in workers."""
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import multiprocessing as mp
@@ -203,6 +204,22 @@ def _die_with_parent(parent_pid: int, from_main_thread: bool):
         os._exit(1)
 
 
+# Held back while workers are forked and until each has set its own handlers (below): a worker that took one
+# with the parent's handler (the CLI's raises KeyboardInterrupt) before multiprocessing's own code caught it would
+# unwind the parent's copied stack, running the run's clean-up and messages a second time, as if it were the run.
+WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait (pending, not lost) while this thread forks workers."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _init_worker(pre: Preprocessor, own_process: bool = True, parent_pid: int | None = None,
                  from_main_thread: bool = False):
     global _worker_pre
@@ -212,6 +229,7 @@ def _init_worker(pre: Preprocessor, own_process: bool = True, parent_pid: int | 
     # Ctrl-C / SIGTERM are handled once, by the parent, which then terminates the pool quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)   # held since the fork (signals_held)
     if parent_pid is not None:
         _die_with_parent(parent_pid, from_main_thread)
 
@@ -264,9 +282,10 @@ class BatchLoader:
                 self.slots = _worker_slots = _shared_slots(self.prefetch, (3, pre.height, pre.width))
             ctx = mp.get_context("fork" if fork else "spawn")
             from_main = threading.current_thread() is threading.main_thread()
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                            initargs=(pre, True, os.getpid(), from_main))
-            self.pool.submit(int).result()  # starts (forks) every worker now
+            with signals_held():
+                self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                                initargs=(pre, True, os.getpid(), from_main))
+                self.pool.submit(int).result()  # starts (forks) every worker now
 
     def _pooled(self) -> Iterator:
         """(input, meta) per item in order; with shared slots the input is a view of a slot that stays valid

@@ -32,7 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
-from common.data.coco import Batch, BatchLoader, _init_worker, _load_one
+from common.data.coco import Batch, BatchLoader, _init_worker, _load_one, signals_held
 from common.errors import RuntimeFailure
 
 # Images per worker task: enough to make the per-task messages negligible, few enough to balance the workers.
@@ -99,11 +99,12 @@ class SharedBatchLoader(BatchLoader):
         self.tasks, self.results = [ctx.Queue() for _ in range(workers)], ctx.Queue()
         self.free = list(range(self.n_buffers))
         self.free_lock = threading.Lock()
-        for w in range(workers):
-            p = ctx.Process(target=_worker, daemon=True,
-                            args=(items, pre, self.inputs, self.meta, self.tasks[w], self.results, os.getpid()))
-            p.start()
-            self.procs.append(p)
+        with signals_held():
+            for w in range(workers):
+                p = ctx.Process(target=_worker, daemon=True,
+                                args=(items, pre, self.inputs, self.meta, self.tasks[w], self.results, os.getpid()))
+                p.start()
+                self.procs.append(p)
 
     def owner(self, slot: int, row: int) -> int:
         """The worker that decodes row `row` of buffer `slot`, always the same one (see the module's notes)."""

@@ -155,3 +155,36 @@ def test_streamed_batches_are_not_pinned(items):
             seen.add(address[batch.inputs.ctypes.data])
             del batch
         assert len(seen) == loader.ahead, (seen, loader.ahead)
+
+
+def test_a_signal_reaching_a_starting_worker_never_runs_the_parents_handler(items, tmp_path, monkeypatch):
+    """Planted: each worker sends itself SIGTERM first thing, before it sets its own handlers. The parent's
+    handler (the CLI's raises KeyboardInterrupt, which would unwind the parent's copied stack in the worker) must
+    not run there: the signal waits until the worker has its own handlers, then ends it, and the parent reports
+    the dead worker."""
+    import common.data.loader as loader_module
+    handled = tmp_path / "handled"
+
+    def parents_handler(signum, frame):
+        with open(handled, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    real_worker = loader_module._worker
+
+    def signalled_worker(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_worker(*args)
+
+    monkeypatch.setattr(loader_module, "_worker", signalled_worker)
+    previous = signal.signal(signal.SIGTERM, parents_handler)
+    try:
+        with SharedBatchLoader(items, PRE, 4, workers=2) as loader:
+            for p in loader.procs:
+                p.join(timeout=10)
+            codes = [p.exitcode for p in loader.procs]
+            with pytest.raises(RuntimeFailure, match="decoding worker died"):
+                list(loader)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not handled.exists(), handled.read_text()
+    assert codes == [-signal.SIGTERM, -signal.SIGTERM]
