@@ -91,24 +91,26 @@ def test_sharded_runs_merged_equal_the_unsharded_run(tmp_path, rtmdet_onnx, coco
     tiny_onnx = build_tiny_detr(tmp_path / "tiny.onnx")
     (tmp_path / "tiny").mkdir()
     tiny_spec = tiny_detr_spec(tmp_path / "tiny" / "model.yaml", tiny_onnx)
-    tiny_spec.write_text(tiny_spec.read_text().replace("accuracy_batch_sizes: [1]", "accuracy_batch_sizes: []"))
+    # tiny DETR: FP16 performance at batch 1 and 2 only (two README rows and a FPS-vs-batch plot)
+    tiny_spec.write_text(tiny_spec.read_text().replace("accuracy_batch_sizes: [1]", "accuracy_batch_sizes: []")
+                         .replace("precisions: [fp32, fp16]", "precisions: [fp16]", 1))
     rtm_dir = tmp_path / "rtmdet"
     rtm_dir.mkdir()
     rtm_spec = _rtmdet_spec(rtm_dir / "model.yaml", perf_batch_sizes=())
-    # rtmdet: FP32 + FP16 accuracy; tiny DETR: FP32 + FP16 performance at batch 1 and 2
+    # rtmdet: FP32 + FP16 accuracy; tiny DETR: FP16 performance at batch 1 and 2
     args = ["--models", f"{rtm_spec},{tiny_spec}", "--onnx", f"rtmdet={rtmdet_onnx}", "--dataset-dir", coco_layout,
             "--ann", ANN, "--max-images", 12, "--workers", 0, "--repeats", 1, "--cache-dir", cache,
             "--baselines", tmp_path / "baselines", *FAST_PERF]
     whole = tmp_path / "whole"
     code_whole = regress("run", *args, "--out", whole, "--run-id", "whole")
     assert code_whole == 0
-    assert len(verdicts(whole)) == 6
+    assert len(verdicts(whole)) == 4
     shards = []
     for k in (1, 2, 3):
         d = tmp_path / f"shard{k}"
         assert regress("run", *args, "--shard", f"{k}/3", "--out", d, "--run-id", "sharded", "--no-plots") == 0
-        assert len(verdicts(d)) == 2
         shards.append(d)
+    assert sorted(len(verdicts(d)) for d in shards) == [1, 1, 2]     # 4 cases in 3 deterministic slices
     merged = tmp_path / "merged"
     assert regress("merge", *shards, "--out", merged, "--baselines", tmp_path / "baselines",
                    "--update-readmes") == code_whole
