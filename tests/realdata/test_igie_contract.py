@@ -183,8 +183,14 @@ def test_int8_igie_runs_the_same_quantised_onnx_as_onnxruntime(rtmdet_onnx, shar
     assert recs["igie"]["metrics"]["AP50"] == pytest.approx(recs["onnxruntime"]["metrics"]["AP50"], abs=1e-6)
 
 
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """One engine cache for the tests whose faults are planted at run time, not in the engine."""
+    return tmp_path_factory.mktemp("igie-engines")
+
+
 @pytest.mark.parametrize("fault", ["wrong_shape", "wrong_shape_labels", "old_ndarray"])
-def test_igie_outputs_checked_against_the_onnx(rtmdet_onnx, shared_data, tmp_path, fault):
+def test_igie_outputs_checked_against_the_onnx(rtmdet_onnx, shared_data, tmp_path, engines, fault):
     """An engine output whose shape is not the ONNX's is refused (exit 3, naming the output); outputs of older
     SDKs' NDArray (asnumpy() only) are read."""
     log = tmp_path / "calls.jsonl"
@@ -192,8 +198,8 @@ def test_igie_outputs_checked_against_the_onnx(rtmdet_onnx, shared_data, tmp_pat
     env.update({"wrong_shape": {"SIM_IGIE_BAD_OUTPUT_SHAPE": "0"}, "wrong_shape_labels": {"SIM_IGIE_BAD_OUTPUT_SHAPE": "1"},
                 "old_ndarray": {"SIM_IGIE_NDARRAY": "old"}}[fault])
     res = run_script("models/rtmdet/scripts/infer_rtmdet_fp16_accuracy.sh",
-                     *_args(rtmdet_onnx, shared_data, tmp_path, "--bs", 2, "--max-images", 2, "--preflight", 0),
-                     env=env)
+                     *_args(rtmdet_onnx, shared_data, tmp_path, "--bs", 2, "--max-images", 2, "--preflight", 0,
+                            "--cache-dir", engines), env=env)
     if fault == "wrong_shape":        # a known dim differs (the box rows lose their score column)
         assert res.returncode == 3, res.stderr
         assert "output 0 'dets' has shape [2, " in res.stderr and "the ONNX model gives [2, ?, 5]" in res.stderr
