@@ -20,12 +20,16 @@ from common.data.preprocess import Preprocessor
 from common.config.specs import load_model
 from helpers import REPO, run_script
 
-try:
-    get_backend("tvm")
-    NO_TVM = None
-except BackendUnavailable as exc:
-    NO_TVM = str(exc)
-pytestmark = pytest.mark.skipif(NO_TVM is not None, reason=f"{NO_TVM} (scripts/setup.sh installs it)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tvm_available():
+    """Skip, saying why, where TVM is not usable; asked when a test of this file runs, not at collection (importing
+    TVM takes ~2 s, which every parallel worker would pay)."""
+    try:
+        get_backend("tvm")
+    except BackendUnavailable as exc:
+        pytest.skip(f"{exc} (scripts/setup.sh installs it)")
 
 # float32 outputs of the same graph compiled by two compilers: the summation order differs, nothing else.
 # Raw-head logits are O(10) and box distances O(100) pixels: 2e-3 absolute + 1e-4 relative is far below anything
