@@ -2,6 +2,7 @@
 arguments, the static batch with a padded last batch, output order and the engine cache."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -72,11 +73,24 @@ def test_accuracy_run_through_the_igie_api(rtmdet_onnx, shared_data, tmp_path):
     assert abs(ort_rec["metrics"]["AP"] - latest[0]["metrics"]["AP"]) < 0.01
 
 
-def test_runner_output_order_and_sync(rtmdet_onnx, tmp_path, monkeypatch):
+def _tvm_modules() -> list:
+    return [m for m in sys.modules if m == "tvm" or m.startswith("tvm.")]
+
+
+@pytest.fixture()
+def sim_sdk(tmp_path, monkeypatch):
+    """The simulated IGIE SDK imported in this process, for one test: afterwards none of its modules stays in
+    sys.modules (a later `import tvm` in the same worker must find the real package again)."""
     monkeypatch.syspath_prepend(str(SIM))
     monkeypatch.setenv("SIM_IGIE_LOG", str(tmp_path / "log.jsonl"))
-    for mod in [m for m in list(__import__("sys").modules) if m == "tvm" or m.startswith("tvm.")]:
-        monkeypatch.delitem(__import__("sys").modules, mod)
+    for mod in _tvm_modules():
+        monkeypatch.delitem(sys.modules, mod)
+    yield
+    for mod in _tvm_modules():       # before monkeypatch puts the real ones back
+        del sys.modules[mod]
+
+
+def test_runner_output_order_and_sync(rtmdet_onnx, tmp_path, sim_sdk):
     import onnxruntime as ort
 
     from common.runtime.backends import get_backend
@@ -212,12 +226,8 @@ def test_igie_outputs_checked_against_the_onnx(rtmdet_onnx, shared_data, tmp_pat
         assert res.returncode == 0, res.stderr
 
 
-def test_igie_engine_runs_on_the_device_telemetry_samples(rtmdet_onnx, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(SIM))
-    monkeypatch.setenv("SIM_IGIE_LOG", str(tmp_path / "log.jsonl"))
+def test_igie_engine_runs_on_the_device_telemetry_samples(rtmdet_onnx, tmp_path, sim_sdk, monkeypatch):
     monkeypatch.setenv("SUITE_GPU_INDEX", "3")
-    for mod in [m for m in list(__import__("sys").modules) if m == "tvm" or m.startswith("tvm.")]:
-        monkeypatch.delitem(__import__("sys").modules, mod)
     from common.runtime.backends import get_backend
     from common.runtime.backends.base import BuildRequest
     from common.engine_cache import EngineCache, file_sha256
