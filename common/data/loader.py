@@ -212,7 +212,7 @@ class SharedBatchLoader(BatchLoader):
             if p.exitcode is None:
                 p.terminate()
                 p.join(timeout=2.0)
-            if p.exitcode is None:  # SIGTERM landed before the worker reset its handlers (still starting up)
+            if p.exitcode is None:  # still there 2 s after SIGTERM (stuck in a call that does not return)
                 p.kill()
                 p.join(timeout=10.0)
         for q in (*self.tasks, self.results):  # end the queues' feeder threads now, not at some later collection

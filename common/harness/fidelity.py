@@ -11,7 +11,6 @@ preflight: a compare on a few images before an accuracy run's full pass, failing
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from common.tolerances import Tolerance  # noqa: F401 - re-exported
 # the FP16 range check and the localisation live in their own modules (neither imports this one)
 from common.compare.fp16_localise import NodeFinding, find_fp16_culprits, localise  # noqa: F401 - re-exported
 from common.compare.fp16_range import FP16_MAX, FP16_MIN_NORMAL, range_check  # noqa: F401 - re-exported
-from common.compare.fp16_range import graph_types as _types, run_exposed as _run_exposed  # noqa: F401 - tests use them
 
 
 class FidelityFailure(SuiteError):

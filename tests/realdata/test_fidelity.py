@@ -13,8 +13,9 @@ import pytest
 
 from common.runtime.backends.onnxruntime_backend import convert_fp16
 from common.errors import ConfigError
-from common.harness.fidelity import (Tolerance, _run_exposed, _types, compare_outputs, judge, localise, match_detections, tolerance_of,
-                             with_block_nodes)
+from common.compare.fp16_range import graph_types as _types, run_exposed as _run_exposed
+from common.harness.fidelity import (Tolerance, compare_outputs, judge, localise, match_detections, tolerance_of,
+                                     with_block_nodes)
 from common.config.specs import load_spec
 from fidelity_helpers import overflow_graph, plant_overflow
 from helpers import REPO
