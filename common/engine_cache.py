@@ -105,6 +105,21 @@ class EngineCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    def remembered(self, kind: str, key: str, compute: Callable[[], object]) -> tuple[object, bool]:
+        """(compute()'s JSON answer, True when it was remembered), kept under <root>/<kind>/<key>.json for an
+        analysis whose answer is fixed by what the key holds (a file's content, the inputs, the settings, the
+        code's version). Only a cache: an entry that cannot be read is computed again, one that cannot be
+        written is skipped."""
+        entry = self.root / kind / f"{key}.json"
+        try:
+            return json.loads(entry.read_text()), True
+        except (OSError, ValueError):
+            pass
+        value = compute()
+        with _suppress_oserror():
+            atomic_write_json(entry, value)
+        return value, False
+
     def paths(self, key: str, suffix: str) -> tuple[Path, Path]:
         return self.root / f"{key}{suffix}", self.root / f"{key}.json"
 

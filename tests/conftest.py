@@ -12,6 +12,10 @@ sys.path.insert(0, str(REPO / "datasets"))
 
 SHARED_ENV = "SUITE_SHARED_DATA"
 
+# pytest-xdist already gives every core a worker: a runtime spreading each inference over all cores would only
+# have its threads wait (and spin) for the other workers' cores. The scripts the tests start inherit it.
+os.environ.setdefault("SUITE_THREADS", "1")
+
 
 def pytest_collection_modifyitems(session, config, items):
     """Files with slow tests first: pytest-xdist hands whole files to the workers in this order, so the long ones

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+RANGE_CHECK = 1               # the version of the check: change it when its answer changes (remembered answers)
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.104e-05   # below it float16 keeps fewer significant bits, and nothing below ~6e-8
 FP16_HALF_TINY = 2.0 ** -25   # a value below half the smallest subnormal rounds to zero
@@ -411,6 +412,17 @@ def load_fp16_graph(onnx_path: Path, engine: Path | None = None, block_ops=(), b
         out = Path(tmp) / "fp16.onnx"
         convert_fp16(onnx_path, out, block_ops, block_nodes)
         return model32, onnx.load(str(out))
+
+
+def inputs_digest(x: np.ndarray, extra_inputs=None) -> str:
+    """The images' tensor (and any other graph inputs) as one sha256: part of a remembered check's key."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, a in [("", x), *sorted((extra_inputs or {}).items())]:
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.data)
+    return h.hexdigest()
 
 
 def range_check(onnx_path: Path, x: np.ndarray, input_name: str, tol, engine: Path | None = None, block_ops=(),

@@ -28,7 +28,7 @@ from common.tolerances import Tolerance  # noqa: F401 - re-exported
 
 # the FP16 range check and the localisation live in their own modules (neither imports this one)
 from common.compare.fp16_localise import NodeFinding, find_fp16_culprits, localise  # noqa: F401 - re-exported
-from common.compare.fp16_range import FP16_MAX, FP16_MIN_NORMAL, range_check  # noqa: F401 - re-exported
+from common.compare.fp16_range import FP16_MAX, FP16_MIN_NORMAL, RANGE_CHECK, inputs_digest, range_check  # noqa: F401
 
 
 class FidelityFailure(SuiteError):
@@ -282,16 +282,36 @@ def add_fp16_range(report: dict, cfg, prepared, ref_prepared, x: np.ndarray, tol
     own = prepared.backend.capabilities.fp16_onnx
     log(f"fp16 on {prepared.backend.name} {prepared.backend.device()}: "
         f"{prepared.backend.precision_note('fp16')}")
-    result = range_check(prepared.onnx_path, x, variant.input_name, tol, prepared.engine if own else None,
-                         tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ())),
-                         extra_inputs=ref_prepared.runner.extra_feeds(1))
+    block_ops, block_nodes = tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ()))
+    extra = ref_prepared.runner.extra_feeds(1)
+    result, remembered = prepared.request.cache.remembered(
+        "fp16-range", _range_check_key(cfg, prepared, own, block_ops, block_nodes, x, extra, tol),
+        lambda: range_check(prepared.onnx_path, x, variant.input_name, tol, prepared.engine if own else None,
+                            block_ops, block_nodes, extra_inputs=extra))
     result["graph"] = "the candidate engine" if own else "the ONNX Runtime float16 conversion (stand-in)"
+    result["remembered"] = remembered
     report["fp16_range"] = result
     log(f" FP16 range check on {result['images']} image(s), {result['float16_tensors']} float16 tensor(s) of "
-        f"{result['graph']}: {result['verdict'].upper()}")
+        f"{result['graph']}: {result['verdict'].upper()}{' (remembered)' if remembered else ''}")
     if result["verdict"] != "pass":
         report["verdict"] = "fail"
         report["reasons"] = list(report["reasons"]) + result["reasons"]
+
+
+def _range_check_key(cfg, prepared, own: bool, block_ops, block_nodes, x, extra, tol) -> str:
+    """Everything the range check's answer depends on: the FP32 ONNX, the FP16 graph (the engine's own bytes, or
+    the float16 conversion's settings and version), the images, the node tolerances, the check's and the ONNX
+    Runtime's versions (it runs both graphs there). The same FP16 graph is judged once, not by every case of a
+    matrix (each batch size, each repeat)."""
+    import onnxruntime as ort
+
+    from common.engine_cache import cache_key, file_sha256_memo
+    from common.harness.engine import sha256_memo_dir
+    from common.runtime.backends.onnxruntime_backend import FP16_CONVERTER
+    graph = ({"engine": file_sha256_memo(prepared.engine, sha256_memo_dir(cfg))} if own else
+             {"block_ops": block_ops, "block_nodes": block_nodes, "converter": FP16_CONVERTER})
+    return cache_key(prepared.onnx_sha256, check=RANGE_CHECK, runtime=ort.__version__, **graph,
+                     inputs=inputs_digest(x, extra), node_tol=[tol.node_min_cosine, tol.node_max_norm_err])
 
 
 def preflight(cfg, prepared, items, annotations) -> dict:
@@ -314,7 +334,8 @@ def preflight(cfg, prepared, items, annotations) -> dict:
         r = report["fp16_range"]
         print(f" fp16 on {prepared.backend.name} {prepared.backend.device()}: "
               f"{prepared.backend.precision_note('fp16')}")
-        print(f" FP16 range check: {r['float16_tensors']} float16 tensor(s) of {r['graph']}: {r['verdict'].upper()}")
+        print(f" FP16 range check: {r['float16_tensors']} float16 tensor(s) of {r['graph']}: {r['verdict'].upper()}"
+              + (" (remembered: the same graph, images and tolerances were judged before)" if r["remembered"] else ""))
     if report["verdict"] != "pass":
         print(format_report(report))
         exc = FidelityFailure("preflight: the engine is out of tolerance against the FP32 reference on "

@@ -165,6 +165,10 @@ def _accuracy(onnx_path, coco_layout, tmp, **kw):
 
 @pytest.mark.slow
 def test_preflight_stops_every_unfixed_plant_and_passes_the_real_model(plants, coco_layout, tmp_path, capsys):
+    # the real model first: its remembered PASS (one engine cache for all runs) must not answer for any plant
+    assert "stopped_by" not in _accuracy(plants["raw"], coco_layout, tmp_path, max_images=4)["dataset"]
+    memo = tmp_path / "engines" / "fp16-range"
+    assert len(list(memo.glob("*.json"))) == 1
     for plant, (path, _, _) in plants["plants"].items():
         record = _accuracy(path, coco_layout, tmp_path, max_images=4)
         assert record["verdict"] == "fail" and record["dataset"]["stopped_by"] == "preflight", plant
@@ -173,9 +177,11 @@ def test_preflight_stops_every_unfixed_plant_and_passes_the_real_model(plants, c
         assert record["metrics"] == {} and found["verdict"] == "fail"
         kind = "underflow" if plant == "underflow" else "overflow"      # the planted kind of problem
         assert any(f["reason"] == kind for f in found["findings"]), found["findings"]
+    assert len(list(memo.glob("*.json"))) == 1 + len(plants["plants"])   # one answer per FP16 graph
     capsys.readouterr()
     record = _accuracy(plants["raw"], coco_layout, tmp_path, max_images=4)
     assert "stopped_by" not in record["dataset"] and record["metrics"]["AP"] > 0
+    assert len(list(memo.glob("*.json"))) == 1 + len(plants["plants"])   # the real model's answer, remembered
     out = capsys.readouterr().out
     assert "preflight: onnxruntime fp16 vs FP32 reference on 2 image(s): ok" in out
     assert "FP16 range check:" in out and "float16 storage" in out

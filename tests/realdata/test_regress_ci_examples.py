@@ -26,7 +26,7 @@ import yaml
 from common.config.options import ENV
 from regress_helpers import REPO
 
-RUN_LIMITS = ("--bs 1 --precision fp32 --max-images 8 --repeats 1 --warmup 0.05 --min-duration 0.2 --min-iters 3 "
+RUN_LIMITS = ("--bs 1 --precision fp32 --max-images 4 --repeats 1 --warmup 0.02 --min-duration 0.05 --min-iters 3 "
               "--workers 0 --timeout 300")
 REPORT_LIMITS = "--fps-min-band 0.95 --fps-max-band 10 --jumps warn --no-plots"
 

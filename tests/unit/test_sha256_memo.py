@@ -1,5 +1,6 @@
 """The models' sha256 remembered by file identity and change stamps: the same digest as hashing, a changed file
-hashed again, a just-written file never remembered, and a memo that cannot be used only costs the hashing."""
+hashed again, a just-written file never remembered, and a memo that cannot be used only costs the hashing; the same
+for the engine cache's remembered answers (EngineCache.remembered)."""
 import os
 
 import pytest
@@ -69,3 +70,25 @@ def test_unusable_memo_only_costs_the_hashing(tmp_path, settled, kind):
 def test_missing_model_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot read"):
         file_sha256_memo(tmp_path / "absent.onnx", tmp_path / "memo")
+
+
+def test_a_remembered_answer_is_computed_once_and_never_trusted_when_damaged(tmp_path):
+    cache = ec.EngineCache(tmp_path / "c")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"verdict": "fail", "n": len(calls)}
+    assert cache.remembered("check", "k1", compute) == ({"verdict": "fail", "n": 1}, False)
+    assert cache.remembered("check", "k1", compute) == ({"verdict": "fail", "n": 1}, True)
+    assert cache.remembered("check", "k2", compute) == ({"verdict": "fail", "n": 2}, False)   # another key
+    (tmp_path / "c" / "check" / "k1.json").write_text('{"verdict": "pa')                  # a torn entry
+    assert cache.remembered("check", "k1", compute) == ({"verdict": "fail", "n": 3}, False)
+    assert cache.remembered("check", "k1", compute)[1] is True
+
+
+def test_an_unwritable_cache_only_costs_the_computing(tmp_path):
+    (tmp_path / "file").write_text("")
+    cache = ec.EngineCache(tmp_path / "file" / "c")     # under a file: nothing can be read or written there
+    assert cache.remembered("check", "k", lambda: [1, 2]) == ([1, 2], False)
+    assert cache.remembered("check", "k", lambda: [1, 2]) == ([1, 2], False)

@@ -64,19 +64,13 @@ def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
 
 def _outputs_remembered(req: BuildRequest, shapes: dict) -> list:
     """_outputs, kept in the engine cache by the ONNX's content and the input shapes: ONNX Runtime's symbolic shape
-    inference imports sympy (about 1.5 s of every run's start-up), and its answer never changes for one file.
-    Only a cache: one that cannot be read or written is skipped."""
-    entry = req.cache.root / "igie-outputs" / f"{cache_key(req.onnx_sha256, shapes=shapes)}.json"
+    inference imports sympy (about 1.5 s of every run's start-up), and its answer never changes for one file."""
+    outputs, _ = req.cache.remembered("igie-outputs", cache_key(req.onnx_sha256, shapes=shapes),
+                                   lambda: _outputs(req.onnx_path, shapes))
     try:
-        return [(name, shape) for name, shape in json.loads(entry.read_text())]
-    except (OSError, ValueError, TypeError):
-        pass
-    outputs = _outputs(req.onnx_path, shapes)
-    try:
-        atomic_write_json(entry, outputs)
-    except OSError:
-        pass
-    return outputs
+        return [(name, shape) for name, shape in outputs]
+    except (ValueError, TypeError):   # an entry of another shape: not this cache's answer
+        return _outputs(req.onnx_path, shapes)
 
 
 def _to_numpy(array) -> np.ndarray:

@@ -49,6 +49,7 @@ _DEVICE_PROVIDERS = {
 }
 # Ops whose float16 versions are missing on some providers or lose what they compute (index/score logic).
 FP16_ALWAYS_FP32 = ["NonMaxSuppression", "TopK", "RoiAlign", "Range", "CumSum"]
+FP16_CONVERTER = 4   # the version of convert_fp16's graph: change it when its output changes (engine cache keys)
 
 
 def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()):
@@ -196,7 +197,7 @@ class OnnxRuntimeBackend(Backend):
         block_ops = tuple(req.options.get("fp16_block_ops", ()))
         block_nodes = tuple(req.options.get("fp16_block_nodes", ()))
         key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, runtime=self.runtime_version(),
-                        block_ops=block_ops, block_nodes=block_nodes, converter=4)
+                        block_ops=block_ops, block_nodes=block_nodes, converter=FP16_CONVERTER)
         return req.cache.get_or_build(
             key, self.engine_suffix, lambda tmp: convert_fp16(req.onnx_path, tmp, block_ops, block_nodes),
             {"backend": self.name, "precision": req.precision, "onnx": str(req.onnx_path),
