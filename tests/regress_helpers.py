@@ -17,7 +17,10 @@ FAST_PERF = ["--warmup", "0.1", "--min-duration", "0.3", "--min-iters", "5"]
 
 
 def regress(*argv) -> int:
-    return regress_script.main([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    if argv[:1] == ["run"] and "--threads" not in argv:
+        argv += ["--threads", "1"]     # the cases share the cores with the other test workers (tests/conftest.py)
+    return regress_script.main(argv)
 
 
 def verdicts(run_dir: Path) -> dict:

@@ -1,8 +1,8 @@
 """The shipped CI examples (ci/examples/*.yml) run as shipped on a runner that has only the shared data next to
 its checkout: each YAML is parsed, its jobs are run in stage / dependency order with their own variables, and
 every command of every job runs in a fresh copy of the repository, the way the CI system would, with small
-limits appended to the regression commands (few images, one repeat, short timing, batch size 1, FP32) and a wide
-FPS band (this test checks the pipeline, not the speed of a loaded CPU).
+limits appended to the regression commands (few images, one repeat, short timing, batch size 1, FP32, one runtime
+thread) and a wide FPS band (this test checks the pipeline, not the speed of a loaded CPU).
 
 Stand-ins, and only these: the install line (`pip install -r requirements.txt`) is skipped, the test's virtual
 environment being linked as .venv; the MR-V100 runner's IGIE SDK is the test-only simulation in tests/sim_igie
@@ -27,7 +27,7 @@ from common.config.options import ENV
 from regress_helpers import REPO
 
 RUN_LIMITS = ("--bs 1 --precision fp32 --max-images 4 --repeats 1 --warmup 0.02 --min-duration 0.05 --min-iters 3 "
-              "--workers 0 --timeout 300")
+              "--workers 0 --threads 1 --timeout 300")
 REPORT_LIMITS = "--fps-min-band 0.95 --fps-max-band 10 --jumps warn --no-plots"
 
 
