@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import mmap
 import multiprocessing as mp
@@ -19,7 +20,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from common.data.coco_checks import check_coco
+from common.data.coco_checks import COCO_CHECKS, check_coco
 from common.errors import ConfigError, InputError
 from common.fsaccess import check_readable_dir, is_dir, is_file
 from common.data.preprocess import Preprocessor
@@ -73,10 +74,12 @@ def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | 
 _POLYGONS = re.compile(rb'"segmentation"\s*:\s*\[\s*\[[-+0-9.eE,\s\[\]]*\]\s*\]')
 
 
-def read_annotations(ann_file: str | Path, polygons: bool = True) -> dict:
+def read_annotations(ann_file: str | Path, polygons: bool = True, remember=None) -> dict:
     """Parse and check a COCO detection annotation file (common/data/coco_checks.py): every defect is an InputError
     naming the file and the field, before any inference. polygons=False: polygon segmentations are read as empty
-    lists (a box-only reader; ~4x faster on val2017 files)."""
+    lists (a box-only reader; ~4x faster on val2017 files). remember: an EngineCache where a file that passed
+    the checks is remembered by its bytes' sha256, so the same file is not checked field by field at every run
+    (8 ms for the 350-image subset, ~0.1 s for val2017); a changed byte checks it again."""
     ann_file = Path(ann_file)
     try:
         with open(ann_file, "rb") as f:
@@ -92,7 +95,12 @@ def read_annotations(ann_file: str | Path, polygons: bool = True) -> dict:
             data = json.loads(raw)  # the defect's position in the file as it is, not in the shortened text
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"not valid JSON ({exc})", ann_file) from None
-    check_coco(data, ann_file)
+    if remember is None:
+        check_coco(data, ann_file)
+    else:
+        from common.engine_cache import cache_key
+        remember.remembered("coco-checked", cache_key(hashlib.sha256(raw).hexdigest(), checks=COCO_CHECKS),
+                            lambda: check_coco(data, ann_file) or True)   # a refusal raises: never remembered
     return data
 
 

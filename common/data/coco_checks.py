@@ -13,6 +13,8 @@ from pathlib import Path
 
 from common.errors import InputError
 
+COCO_CHECKS = 1   # the version of these checks: change it when they change (a remembered pass is then redone)
+
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)

@@ -24,7 +24,7 @@ from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256
 from common.data.coco import image_items, read_annotations, read_image, resolve_dataset
 from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
-from common.engine_cache import atomic_write_bytes, file_sha256, file_sha256_memo
+from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure
 from common.data.loader import open_loader
 from common.evaluate.metrics import CocoEvaluator, to_coco_results
@@ -226,7 +226,8 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     check_outputs(cfg, accuracy=True)
     variant = load_model(cfg.model).variant(cfg.variant)
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
-    annotations = read_annotations(ann_file, polygons=False)
+    annotations = read_annotations(ann_file, polygons=False,
+                                   remember=EngineCache(cfg.cache_dir) if cfg.cache_dir else None)
     items = image_items(annotations, images_dir, cfg.max_images)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator, source=ann_file)
     decoder = get_decoder(variant.output)
