@@ -14,7 +14,9 @@ from common.data.coco import image_items, read_annotations, read_image
 from common.errors import SuiteError
 from common.config.specs import load_spec
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same 60 examples every run, so a CI landing never depends on the draw (fuzzing further is a
+# campaign to run on purpose: more max_examples, derandomize off, not a chance finding in CI)
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12),
