@@ -18,7 +18,7 @@ from common.data.coco import read_image
 from common.harness.runs import RunConfig, run_accuracy
 from common.data.preprocess import Preprocessor
 from common.config.specs import load_model
-from helpers import REPO
+from helpers import REPO, detections_ap
 from models.rtmdet.build import build_network, read_config
 from models.rtmdet.network import ConvBN
 
@@ -78,22 +78,6 @@ def test_network_reproduces_trained_graph(rtmdet_onnx, rtmdet_raw_onnx, shared_d
 IMAGES = 150
 
 
-def _graph_metrics(fp32_pass, coco_layout, n: int) -> dict:
-    """pycocotools on the FP32 pass's detections of the first n images by id."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(coco_layout / "annotations" / ANN))
-        ev = COCOeval(gt, gt.loadRes(str(fp32_pass.detections)), "bbox")
-        ev.params.imgIds = sorted(gt.getImgIds())[:n]
-        ev.params.catIds = [1]
-        ev.evaluate(), ev.accumulate(), ev.summarize()
-    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
-
-
 @pytest.mark.slow
 def test_checkpoint_flow_with_trained_weights(rtmdet_onnx, rtmdet_fp32_pass, coco_layout, tmp_path):
     """The transplanted trained weights saved as an mmdet checkpoint, run the way a user runs a .pth
@@ -114,7 +98,7 @@ def test_checkpoint_flow_with_trained_weights(rtmdet_onnx, rtmdet_fp32_pass, coc
     assert rtmdet_fp32_pass.record["dataset"]["num_images"] == 350
     checkpoint = ap(variant="nano-person-obj365", checkpoint=str(ckpt), config=str(CONFIG), precision="fp16",
                     max_images=IMAGES)
-    graph = _graph_metrics(rtmdet_fp32_pass, coco_layout, IMAGES)   # the trained graph, FP32, the same images
+    graph = detections_ap(rtmdet_fp32_pass.detections, coco_layout / "annotations" / ANN, IMAGES)  # same images
     print(f"person AP: trained end2end graph FP32 {graph['AP']:.4f} / AP50 {graph['AP50']:.4f}; "
           f"same weights from a checkpoint, exported, FP16, suite decoding {checkpoint['AP']:.4f} / "
           f"AP50 {checkpoint['AP50']:.4f}")
