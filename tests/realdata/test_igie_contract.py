@@ -287,3 +287,28 @@ def test_output_shapes_are_remembered_in_the_engine_cache(rtmdet_onnx, tmp_path)
     assert igie_backend._outputs_remembered(req, shapes) == first
     igie_backend._outputs_remembered(req, {"input": [4, 3, 320, 320]})   # another batch: another entry
     assert len(list((tmp_path / "c" / "igie-outputs").glob("*.json"))) == 2
+
+
+def test_output_shapes_are_worked_out_without_importing_torch(rtmdet_onnx):
+    """onnxruntime/tools/__init__.py imports torch whenever it is installed (the vendor's torch on an MR-V100
+    node): the symbolic inference is loaded from its own file, so working out the shapes never pays for torch,
+    and the shapes are those of ONNX Runtime's module imported the usual way."""
+    import subprocess
+    import sys
+    pytest.importorskip("torch")       # only where torch is installed is there an import to avoid
+    code = ("import json, sys; from common.runtime.backends.igie_backend import _outputs; "
+            f"shapes = _outputs({str(rtmdet_onnx)!r}, {{'input': [2, 3, 320, 320]}}); "
+            "print(json.dumps([shapes, 'torch' in sys.modules]))")
+    res = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    shapes, torch_imported = json.loads(res.stdout)
+    assert not torch_imported
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    model = onnx.load(str(rtmdet_onnx))
+    for d, v in zip(model.graph.input[0].type.tensor_type.shape.dim, [2, 3, 320, 320]):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    want = [[o.name, [d.dim_value if d.HasField("dim_value") else d.dim_param for d in o.type.tensor_type.shape.dim]]
+            for o in SymbolicShapeInference.infer_shapes(model, auto_merge=True).graph.output]
+    assert shapes == want

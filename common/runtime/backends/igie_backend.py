@@ -31,6 +31,26 @@ TARGET_OPTIONS = "-libs=cudnn,cublas,ixinfer"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def _symbolic_shape_inference():
+    """ONNX Runtime's SymbolicShapeInference, loaded from its own file: the package around it
+    (onnxruntime/tools/__init__.py) imports torch whenever torch is installed, as on an MR-V100 node with the
+    vendor's torch (1.3 s of start-up, where the module itself needs only onnx, numpy and sympy)."""
+    import importlib.util
+    import sys
+    name = "onnxruntime.tools.symbolic_shape_infer"
+    if name in sys.modules:
+        return sys.modules[name].SymbolicShapeInference
+    ort = importlib.util.find_spec("onnxruntime")
+    path = Path(ort.origin).parent / "tools" / "symbolic_shape_infer.py" if ort and ort.origin else None
+    if path is None or not path.is_file():   # another layout: the package's own import, torch and all
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        return SymbolicShapeInference
+    spec = importlib.util.spec_from_file_location("_suite_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
+
+
 def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
     """[(name, shape)] of the ONNX's outputs for the engine's fixed input shapes: a shape lists an int for a dim
     known from the graph (ONNX Runtime's symbolic shape inference, as the exported files often declare every dim
@@ -43,7 +63,7 @@ def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
     declared = model.graph.output
     if input_shapes:
         try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+            SymbolicShapeInference = _symbolic_shape_inference()
             for i in model.graph.input:
                 if i.name in input_shapes:
                     dims = i.type.tensor_type.shape.dim
@@ -64,7 +84,7 @@ def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
 
 def _outputs_remembered(req: BuildRequest, shapes: dict) -> list:
     """_outputs, kept in the engine cache by the ONNX's content and the input shapes: ONNX Runtime's symbolic shape
-    inference imports sympy (about 1.5 s of every run's start-up), and its answer never changes for one file."""
+    inference (sympy and the graph walk, ~0.9 s of a run's start-up) gives the same answer for one file every time."""
     outputs, _ = req.cache.remembered("igie-outputs", cache_key(req.onnx_sha256, shapes=shapes),
                                    lambda: _outputs(req.onnx_path, shapes))
     try:
