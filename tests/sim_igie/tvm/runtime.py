@@ -10,7 +10,11 @@ class _Factory:
     def __init__(self, header, onnx_bytes, device):
         import onnxruntime as ort
         self.header, self.device = header, device
-        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        so = ort.SessionOptions()
+        # the simulated device computes in one lane of its own: a pool over every host core would only compete
+        # with the harness (and, in the test run, with the other pytest workers) for them
+        so.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
 
 
 class LoadedLib:
