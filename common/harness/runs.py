@@ -24,7 +24,7 @@ from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256
 from common.data.coco import image_items, read_annotations, read_image, resolve_dataset
 from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
-from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256, file_sha256_memo
+from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure
 from common.data.loader import open_loader
 from common.evaluate.metrics import CocoEvaluator, to_coco_results
@@ -238,7 +238,8 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, cfg.checkpoint_s, spec=repr(variant),
                      precision=cfg.precision,
                      batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
-                     annotation=file_sha256(ann_file), images_dir=str(images_dir.resolve()), n=len(items))
+                     annotation=file_sha256_memo(ann_file, sha256_memo_dir(cfg)),
+                     images_dir=str(images_dir.resolve()), n=len(items))
     # A recording of raw outputs must cover every image, so it always starts from the first one.
     states.append(state)
     if state.claim() and not (cfg.resume and not cfg.record_outputs):

@@ -33,3 +33,20 @@ def test_zero_interval_writes_every_batch_and_load_stops_at_a_gap(tmp_path):
     (state.dir / f"{2:09d}.npz").write_bytes(b"damaged")
     done, chunks = state.load()
     assert done == 2 and len(chunks) == 1, "a damaged chunk and everything after it are recomputed"
+
+
+def test_an_edited_annotation_file_never_resumes_the_old_chunks(tmp_path, monkeypatch):
+    """The run keys its state by the annotation file's remembered digest (file_sha256_memo): editing the file
+    changes the digest, so chunks matched against the old annotations are not resumed."""
+    import common.engine_cache as ec
+    monkeypatch.setattr(ec, "_MEMO_SETTLED_NS", -10**18)   # remembered at once, as an old file would be
+    ann, memo = tmp_path / "ann.json", tmp_path / "sha256"
+    ann.write_text('{"images": [], "annotations": [], "categories": []}')
+    rng = np.random.default_rng(2)
+    state = RunState(tmp_path / "s", "abc", interval_s=0, annotation=ec.file_sha256_memo(ann, memo))
+    state.save(0, 2, *_batch(rng, 0, 2), {})
+    again = RunState(tmp_path / "s", "abc", interval_s=0, annotation=ec.file_sha256_memo(ann, memo))
+    assert again.load()[0] == 2                                 # the same file: resumed
+    ann.write_text('{"images": [], "annotations": [], "categories": [{"id": 1}]}')   # planted: edited in place
+    edited = RunState(tmp_path / "s", "abc", interval_s=0, annotation=ec.file_sha256_memo(ann, memo))
+    assert edited.load() == (0, [])
