@@ -37,10 +37,16 @@ def _stat(path: str | Path, what: str):
         raise InputError(f"{what}: cannot access ({exc.strerror})", path) from None
 
 
+def file_stat(path: str | Path, what: str = "file") -> os.stat_result | None:
+    """The stat of a regular file, None when there is none; a permission fault is an InputError naming the
+    blocking directory."""
+    st = _stat(path, what)
+    return st if st is not None and stat.S_ISREG(st.st_mode) else None
+
+
 def is_file(path: str | Path, what: str = "file") -> bool:
     """Path.is_file, except that a permission fault is an InputError naming the blocking directory."""
-    st = _stat(path, what)
-    return st is not None and stat.S_ISREG(st.st_mode)
+    return file_stat(path, what) is not None
 
 
 def is_dir(path: str | Path, what: str = "directory") -> bool:

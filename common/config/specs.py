@@ -265,14 +265,28 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def load_spec(path: str | Path) -> ModelSpec:
-    path = Path(path)
+def _read_yaml(path: Path, remember=None):
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("spec file not found", path) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid YAML: {exc}".splitlines()[0], path) from None
+
+    def parse():
+        try:
+            return yaml.load(data.decode("utf-8"), Loader=_YAML_LOADER)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"not valid YAML: {exc}".splitlines()[0], path) from None
+    if remember is None:
+        return parse()
+    # even libyaml's parse is ~2 ms of every run's start for a model file; its remembered answer ~0.1 ms
+    return remember.parsed("specs", data, parse, version=f"PyYAML {yaml.__version__} {_YAML_LOADER.__name__}")
+
+
+def load_spec(path: str | Path, remember=None) -> ModelSpec:
+    """remember: an EngineCache where the parsed YAML is remembered by the file's bytes (EngineCache.parsed);
+    every check below still runs on it."""
+    path = Path(path)
+    raw = _read_yaml(path, remember)
     r = _Reader(path)
     load_family_decoders(path.parent)  # the family's own output conventions, before the output sections are read
     if not isinstance(raw, dict):
@@ -296,12 +310,12 @@ def load_spec(path: str | Path) -> ModelSpec:
                      default_variant=default, variants=variants)
 
 
-def load_model(name: str) -> ModelSpec:
-    """The spec of a model folder by name, or of an explicit .yaml path."""
+def load_model(name: str, remember=None) -> ModelSpec:
+    """The spec of a model folder by name, or of an explicit .yaml path (remember: as in load_spec)."""
     if name.endswith((".yaml", ".yml")):
-        return load_spec(name)
+        return load_spec(name, remember)
     path = MODELS_DIR / name / "model.yaml"
     if not path.is_file():
         known = sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
         raise ConfigError(f"unknown model '{name}'; known: {', '.join(known) or 'none'}", path)
-    return load_spec(path)
+    return load_spec(path, remember)

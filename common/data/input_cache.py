@@ -24,10 +24,15 @@ from common.engine_cache import atomic_write_bytes
 def cache_key(items, pre) -> str:
     # Per image the bytes of json.dumps([id, path, size, mtime_ns]) (the key's format since the cache exists),
     # formatted directly: json.dumps per image was half of this function's time on every run with the cache.
+    # The stamps image_items took while checking each file exists, else a stat here.
     rows = []
     for it in items:
-        st = os.stat(it.path)
-        rows.append(f"[{int(it.image_id)!r}, {encode_basestring_ascii(it.path)}, {st.st_size}, {st.st_mtime_ns}]")
+        if it.stamp is None:
+            st = os.stat(it.path)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        else:
+            size, mtime_ns = it.stamp
+        rows.append(f"[{int(it.image_id)!r}, {encode_basestring_ascii(it.path)}, {size}, {mtime_ns}]")
     h = hashlib.sha256(pre.spec.key(pre.height, pre.width).encode())
     h.update("".join(rows).encode())
     return h.hexdigest()[:32]

@@ -224,10 +224,10 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
     check_outputs(cfg, accuracy=True)
-    variant = load_model(cfg.model).variant(cfg.variant)
+    remember = EngineCache(cfg.cache_dir) if cfg.cache_dir else None
+    variant = load_model(cfg.model, remember).variant(cfg.variant)
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
-    annotations = read_annotations(ann_file, polygons=False,
-                                   remember=EngineCache(cfg.cache_dir) if cfg.cache_dir else None)
+    annotations = read_annotations(ann_file, polygons=False, remember=remember)
     items = image_items(annotations, images_dir, cfg.max_images)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator, source=ann_file)
     decoder = get_decoder(variant.output)

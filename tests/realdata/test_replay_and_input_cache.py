@@ -1,4 +1,5 @@
 """Replay backend and preprocessed-input cache on the real model and images."""
+import dataclasses
 import json
 import os
 
@@ -76,7 +77,7 @@ def test_input_cache_invalidation_and_partial_runs(tmp_path):
     assert InputCache(cache_dir, items, Preprocessor(Preprocess(mean=(0, 2, 3), std=(2, 2, 2)), 64, 80)).lookup() is None
     st = os.stat(items[0].path)
     os.utime(items[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    assert InputCache(cache_dir, items, pre).lookup() is None
+    assert InputCache(cache_dir, image_items(read_annotations(ann), images), pre).lookup() is None  # a run lists anew
 
 
 def test_concurrent_cache_builders_leave_one_valid_entry(tmp_path):
@@ -119,3 +120,8 @@ def test_input_cache_key_is_unchanged(tmp_path):
         st = os.stat(it.path)
         h.update(json.dumps([it.image_id, it.path, st.st_size, st.st_mtime_ns]).encode())
     assert cache_key(items, pre) == h.hexdigest()[:32]
+    # the stamps image_items takes give the same key; a file that changed since gives another one
+    stamped = [dataclasses.replace(it, stamp=(os.stat(it.path).st_size, os.stat(it.path).st_mtime_ns)) for it in items]
+    assert cache_key(stamped, pre) == h.hexdigest()[:32]
+    stamped[2] = dataclasses.replace(stamped[2], stamp=(stamped[2].stamp[0] + 1, stamped[2].stamp[1]))
+    assert cache_key(stamped, pre) != h.hexdigest()[:32]

@@ -108,21 +108,30 @@ def test_box_only_reading_drops_only_polygons(tmp_path):
     assert str(box_error.value) == str(full_error.value) and "column" in str(box_error.value)
 
 
-def test_a_passed_annotation_check_is_remembered_by_content_and_a_changed_byte_is_checked_again(tmp_path):
+def test_a_passed_annotation_file_is_remembered_parsed_by_content_and_a_changed_byte_is_read_again(tmp_path):
     from common.engine_cache import EngineCache
     cache = EngineCache(tmp_path / "c")
     path = tmp_path / "ann.json"
     good = {"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 3}],
             "categories": [{"id": 1, "name": "person"}],
-            "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0}]}
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0,
+                             "segmentation": [[0, 0, 2, 0, 2, 2]]}]}
     path.write_text(json.dumps(good))
     assert read_annotations(path, remember=cache) == good
-    assert len(list((tmp_path / "c" / "coco-checked").iterdir())) == 1
-    assert read_annotations(path, remember=cache) == good          # remembered: the same bytes
+    boxes = json.loads(json.dumps(good))
+    boxes["annotations"][0]["segmentation"] = []
+    assert read_annotations(path, polygons=False, remember=cache) == boxes   # each reader remembers its own form
+    entries = tmp_path / "c" / "coco-annotations"
+    assert len(list(entries.iterdir())) == 2
+    assert read_annotations(path, remember=cache) == good                    # remembered: the same bytes
+    moved = json.loads(json.dumps(good))
+    moved["annotations"][0]["bbox"] = [1, 0, 2, 2]                            # planted: one changed box
+    path.write_text(json.dumps(moved))
+    assert read_annotations(path, polygons=False, remember=cache)["annotations"][0]["bbox"] == [1, 0, 2, 2]
     bad = json.loads(json.dumps(good))
-    bad["annotations"][0]["iscrowd"] = None                         # planted: the defect the check exists for
+    bad["annotations"][0]["iscrowd"] = None                                   # planted: the defect the check exists for
     path.write_text(json.dumps(bad))
-    for _ in range(2):                                              # refused, and never remembered as passed
+    for _ in range(2):                                                        # refused, and never remembered as passed
         with pytest.raises(InputError, match="iscrowd"):
             read_annotations(path, remember=cache)
-    assert len(list((tmp_path / "c" / "coco-checked").iterdir())) == 1
+    assert len(list(entries.iterdir())) == 3

@@ -92,3 +92,49 @@ def test_an_unwritable_cache_only_costs_the_computing(tmp_path):
     cache = ec.EngineCache(tmp_path / "file" / "c")     # under a file: nothing can be read or written there
     assert cache.remembered("check", "k", lambda: [1, 2]) == ([1, 2], False)
     assert cache.remembered("check", "k", lambda: [1, 2]) == ([1, 2], False)
+
+
+def test_a_parsed_file_is_remembered_by_its_bytes_and_a_damaged_entry_is_parsed_again(tmp_path):
+    import datetime
+    cache = ec.EngineCache(tmp_path / "c")
+    calls = []
+
+    def parse(value):
+        def run():
+            calls.append(1)
+            return value
+        return run
+    doc = {"a": [1, 2.5, None, True], 3: "int key"}
+    assert cache.parsed("doc", b"bytes-1", parse(doc), "v1") == doc and len(calls) == 1
+    assert cache.parsed("doc", b"bytes-1", parse("unused"), "v1") == doc and len(calls) == 1      # remembered
+    assert cache.parsed("doc", b"bytes-2", parse("other"), "v1") == "other" and len(calls) == 2   # other bytes
+    assert cache.parsed("doc", b"bytes-1", parse("new"), "v2") == "new" and len(calls) == 3       # parser changed
+    fresh = ec.EngineCache(tmp_path / "fresh")
+    assert fresh.parsed("doc", b"bytes-1", parse(doc), "v1") == doc
+    (entry,) = (tmp_path / "fresh" / "doc").iterdir()
+    cache = fresh
+    blob = bytearray(entry.read_bytes())
+    blob[blob.index(bytes.fromhex("0000000000000440"))] ^= 1
+    # planted above: one flipped bit on disk, in the float 2.5 (marshal alone would read it as another number)
+    entry.write_bytes(bytes(blob))
+    assert cache.parsed("doc", b"bytes-1", parse({"fresh": 1}), "v1") == {"fresh": 1}
+    entry.write_bytes(entry.read_bytes()[:5])                                # planted: a torn entry
+    assert cache.parsed("doc", b"bytes-1", parse([7]), "v1") == [7]
+    assert cache.parsed("doc", b"bytes-1", parse("unused"), "v1") == [7]
+    when = {"at": datetime.date(2026, 11, 29)}                               # marshal cannot write it
+    assert cache.parsed("doc", b"dated", parse(when), "v1") == when
+    assert cache.parsed("doc", b"dated", parse("again"), "v1") == "again"  # so it was never remembered
+
+
+def test_a_refused_parse_is_never_remembered(tmp_path):
+    cache = ec.EngineCache(tmp_path / "c")
+
+    def refuse():
+        raise ValueError("bad file")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad file"):
+            cache.parsed("doc", b"x", refuse, "v1")
+    assert not (tmp_path / "c" / "doc").exists()
+    (tmp_path / "file").write_text("")
+    unwritable = ec.EngineCache(tmp_path / "file" / "c")
+    assert unwritable.parsed("doc", b"x", lambda: [1], "v1") == [1]

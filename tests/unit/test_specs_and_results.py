@@ -57,6 +57,29 @@ def test_spec_errors_name_the_file_and_the_field(tmp_path, mutate, needle):
     assert str(path) in str(err.value) and needle in str(err.value)
 
 
+def test_a_remembered_spec_equals_a_fresh_read_and_an_edit_is_read_again(tmp_path):
+    from common.engine_cache import EngineCache
+    cache = EngineCache(tmp_path / "cache")
+    for path in MODELS_DIR.glob("*/model.yaml"):                      # anchors and aliases included
+        assert load_spec(path, cache) == load_spec(path, cache) == load_spec(path)
+    assert len(list((tmp_path / "cache" / "specs").iterdir())) == 2
+    doc = json.loads(json.dumps(BASE))
+    path = _write(tmp_path, doc)
+    assert load_spec(path, cache).variant().targets[0].minimum == {"AP": 0.3}
+    doc["variants"]["a"]["targets"][0]["min"]["AP"] = 0.9             # planted: an edited target
+    path = _write(tmp_path, doc)
+    assert load_spec(path, cache).variant().targets[0].minimum == {"AP": 0.9}
+    doc["variants"]["a"]["targets"][0]["min"].update(mAP=0.3)          # and a misspelt one is still refused
+    path = _write(tmp_path, doc)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="unknown metric"):
+            load_spec(path, cache)
+    path.write_text("variants: [unclosed")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="not valid YAML"):
+            load_spec(path, cache)
+
+
 def test_spec_not_yaml(tmp_path):
     path = tmp_path / "model.yaml"
     path.write_text("variants: [unclosed")
