@@ -141,6 +141,54 @@ def match_pairs(dets: list, gts: list, params) -> list:
     return [(matched[p, :, :, :len(d)], det_ignored[p, :, :, :len(d)], npig[p]) for p, d in enumerate(dets)]
 
 
+def _curves(dtm, dig, npig, s_sorted, rec_thrs):
+    """pycocotools' precision / recall curves of one category and max-detections setting, sampled at the recall
+    thresholds, for every area range and IoU threshold at once (rows of [A', T, nd], detections by score).
+
+    (precision [A', T, R], scores [A', T, R], final recall [A', T]), the numbers pycocotools computes from the
+    full cumulative TP / FP curves, taken from the true positives alone: recall only rises at a true positive,
+    so the first position whose recall reaches a threshold is a true positive (position 0 for the threshold 0),
+    and precision only rises there too, so its monotone envelope at a true positive is the largest precision
+    at this or any later true positive. The values are computed by the same float64 operations, so they are
+    identical (tp / (tp + fp + eps) with tp + fp the count of non-ignored detections up to that position).
+    """
+    A_, T = dtm.shape[:2]
+    R = len(rec_thrs)
+    valid = ~dig
+    ra, rt, pos = np.nonzero(dtm & valid)            # true positives: per row, in score order
+    row = ra * T + rt
+    n_tp = np.bincount(row, minlength=A_ * T)
+    first = np.concatenate([[0], np.cumsum(n_tp)[:-1]])
+    kth = np.arange(len(row)) - first[row]            # 0-based index of each true positive in its row
+    tp = (kth + 1).astype(np.float64)
+    counted = np.cumsum(valid, axis=2, dtype=np.int32)[ra, rt, pos].astype(np.float64)   # tp + fp there
+    pr = tp / (counted + np.spacing(1))
+    rc = tp / npig[ra]
+    width = max(1, int(n_tp.max()))
+    env = np.zeros((A_ * T, width))                   # precision >= 0: the padding never wins a maximum
+    env[row, kth] = pr
+    env = np.maximum.accumulate(env[:, ::-1], axis=1)[:, ::-1]
+    rc_rows = np.full((A_ * T, width), np.inf)
+    rc_rows[row, kth] = rc
+    pos_rows = np.zeros((A_ * T, width), np.int64)
+    pos_rows[row, kth] = pos
+    q = np.zeros((A_ * T, R))
+    ss = np.zeros((A_ * T, R))
+    at_zero = rec_thrs <= 0                           # reached at position 0, whatever is there
+    for r in range(A_ * T):
+        n = n_tp[r]
+        kr = np.searchsorted(rc_rows[r, :n], rec_thrs, side="left")
+        ok = kr < n
+        safe = np.where(ok, kr, 0)
+        q[r] = np.where(ok, env[r, safe], 0.0) if n else 0.0
+        ss[r] = np.where(ok, s_sorted[pos_rows[r, safe]], 0.0) if n else 0.0
+        if n == 0:                                    # no true positive: precision 0 everywhere
+            q[r] = 0.0
+        ss[r, at_zero] = s_sorted[0]
+    rc_last = (n_tp / np.repeat(npig, T)).reshape(A_, T)
+    return q.reshape(A_, T, R), ss.reshape(A_, T, R), rc_last
+
+
 def accumulate(entries_by_cat: dict, image_ids, categories, params) -> dict:
     """pycocotools' accumulate() on per-pair results: {'precision', 'recall', 'scores'} arrays of its shapes."""
     thr, rec_thrs = np.asarray(params.iouThrs), np.asarray(params.recThrs)
@@ -163,31 +211,14 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params) -> dict:
         for m, max_det in enumerate(params.maxDets):
             sel = np.flatnonzero(rank < max_det)
             inds = sel[np.argsort(-scores[sel], kind="mergesort")]
-            s_sorted = scores[inds]
-            nd = len(inds)
-            # every area range at once: [A', T, nd]
-            dtm = matched[areas][:, :, inds]
-            dig = ignored[areas][:, :, inds]
-            tp = np.cumsum(dtm & ~dig, axis=2).astype(float)
-            fp = np.cumsum(~dtm & ~dig, axis=2).astype(float)
-            rc = tp / npig[areas][:, None, None]
-            pr = tp / (fp + tp + np.spacing(1))
-            recall[:, k, areas, m] = (rc[:, :, -1] if nd else np.zeros((len(areas), T))).T
-            pr = np.maximum.accumulate(pr[:, :, ::-1], axis=2)[:, :, ::-1]  # the same as the loop from the right
-            # searchsorted(rc, rec_thrs, 'left') per row: rc rows are non-decreasing, so the insertion point is
-            # the count of values below the threshold
-            if nd * T * R * len(areas) <= 4_000_000:
-                pi = (rc[:, :, :, None] < rec_thrs).sum(axis=2)                         # [A', T, R]
-            else:
-                pi = np.stack([np.stack([np.searchsorted(rc[i, t], rec_thrs, side="left") for t in range(T)])
-                               for i in range(len(areas))])
-            ok = pi < nd  # pycocotools fills until the first index past the end: pi is sorted, `ok` a prefix
-            safe = np.where(ok, pi, 0)
-            if nd:
-                q = np.where(ok, np.take_along_axis(pr, safe, axis=2), 0.0)
-                ss = np.where(ok, s_sorted[safe], 0.0)
-            else:
-                q = ss = np.zeros(pi.shape)
+            if not len(inds):   # pycocotools: recall 0, precision and scores 0 at every threshold
+                recall[:, k, areas, m] = 0.0
+                precision[:, :, k, areas, m] = scores_out[:, :, k, areas, m] = 0.0
+                continue
+            # np.take keeps the detections' axis contiguous (fancy indexing puts it outermost: 7x slower cumsums)
+            q, ss, rc_last = _curves(np.take(matched[areas], inds, axis=2), np.take(ignored[areas], inds, axis=2),
+                                     npig[areas], scores[inds], rec_thrs)
+            recall[:, k, areas, m] = rc_last.T
             precision[:, :, k, areas, m] = q.transpose(1, 2, 0)
             scores_out[:, :, k, areas, m] = ss.transpose(1, 2, 0)
     return {"precision": precision, "recall": recall, "scores": scores_out, "counts": [T, R, K, A, M]}
@@ -240,8 +271,8 @@ class IncrementalCocoEval:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        evaluation = accumulate(self._entries, image_ids, self.categories, self.params)
-        return summarize(evaluation, image_ids, self.categories, self.params)
+        self.accumulated = accumulate(self._entries, image_ids, self.categories, self.params)
+        return summarize(self.accumulated, image_ids, self.categories, self.params)
 
     def close(self):
         """Stop the thread without a result (a failed run)."""
