@@ -6,6 +6,7 @@ performance: spec -> engine (cached) -> runner timed -> stats -> record -> check
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import queue
 import sys
@@ -211,12 +212,22 @@ def run_accuracy(cfg: RunConfig, publish=None) -> dict:
     """The accuracy run. `publish(record)`, when given, stores the record (cli: write_record); the resume
     state is only cleared once it has returned, so a record that cannot be written loses no work."""
     states: list[RunState] = []
+    # Objects that exist before the run are not the run's garbage: frozen, the collector skips them during the
+    # run (in a caller with a large heap each full collection walked all of it), and forked decoding workers do
+    # not copy the pages their headers live on when a collection in the worker would have touched them.
+    # A caller that froze objects itself (before forking its own workers) keeps them frozen as they are.
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
     try:
         return _run_accuracy(cfg, publish, states)
     except BaseException:
         for state in states:  # a run that fails before saving anything leaves no empty state dir behind
             state.release()
         raise
+    finally:
+        if freeze:
+            gc.unfreeze()   # the caller's garbage is collected again, as before the run
 
 
 def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:

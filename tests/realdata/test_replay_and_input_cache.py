@@ -51,6 +51,28 @@ def test_replay_refuses_another_model_or_missing_images(shared_data, rtmdet_onnx
                           backend_options={"replay_dir": str(rec_dir)}))
 
 
+def test_a_run_leaves_the_garbage_collector_as_it_found_it(shared_data, rtmdet_onnx, tmp_path):
+    """A run freezes the objects that exist before it (gc.freeze) and unfreezes them when it ends, passed or
+    failed; a caller's own freeze is left alone."""
+    import gc
+    rec_dir = tmp_path / "rec"
+    assert gc.get_freeze_count() == 0
+    run_accuracy(_cfg(shared_data, rtmdet_onnx, record_outputs=str(rec_dir), max_images=5))
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(Exception, match="no recorded outputs for image"):
+        run_accuracy(_cfg(shared_data, rtmdet_onnx, backend="replay", max_images=10,
+                          backend_options={"replay_dir": str(rec_dir)}))
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run_accuracy(_cfg(shared_data, rtmdet_onnx, backend="replay", max_images=5,
+                          backend_options={"replay_dir": str(rec_dir)}))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_input_cache_hit_gives_identical_results(shared_data, rtmdet_onnx, tmp_path):
     cache = tmp_path / "cache"
     first = run_accuracy(_cfg(shared_data, rtmdet_onnx, input_cache=str(cache)))
