@@ -135,9 +135,9 @@ class EngineCache:
         entry = self.root / kind / f"{key}.marshal"
         try:
             blob = entry.read_bytes()
-            body = memoryview(blob)[4:]
-            if len(blob) > 4 and int.from_bytes(blob[:4], "little") == zlib.crc32(body):
-                return marshal.loads(body)
+            stored = memoryview(blob)[4:]
+            if len(blob) > 4 and int.from_bytes(blob[:4], "little") == zlib.crc32(stored):
+                return marshal.loads(stored)
         except (OSError, ValueError, EOFError, TypeError):
             pass
         value = parse()

@@ -172,19 +172,16 @@ def _curves(dtm, dig, npig, s_sorted, rec_thrs):
     rc_rows[row, kth] = rc
     pos_rows = np.zeros((A_ * T, width), np.int64)
     pos_rows[row, kth] = pos
-    q = np.zeros((A_ * T, R))
+    q = np.zeros((A_ * T, R))                         # a row without a true positive: precision 0 everywhere
     ss = np.zeros((A_ * T, R))
-    at_zero = rec_thrs <= 0                           # reached at position 0, whatever is there
-    for r in range(A_ * T):
+    for r in np.flatnonzero(n_tp):
         n = n_tp[r]
         kr = np.searchsorted(rc_rows[r, :n], rec_thrs, side="left")
         ok = kr < n
         safe = np.where(ok, kr, 0)
-        q[r] = np.where(ok, env[r, safe], 0.0) if n else 0.0
-        ss[r] = np.where(ok, s_sorted[pos_rows[r, safe]], 0.0) if n else 0.0
-        if n == 0:                                    # no true positive: precision 0 everywhere
-            q[r] = 0.0
-        ss[r, at_zero] = s_sorted[0]
+        q[r] = np.where(ok, env[r, safe], 0.0)
+        ss[r] = np.where(ok, s_sorted[pos_rows[r, safe]], 0.0)
+    ss[:, rec_thrs <= 0] = s_sorted[0]                # reached at position 0, whatever detection is there
     rc_last = (n_tp / np.repeat(npig, T)).reshape(A_, T)
     return q.reshape(A_, T, R), ss.reshape(A_, T, R), rc_last
 

@@ -213,9 +213,8 @@ def run_accuracy(cfg: RunConfig, publish=None) -> dict:
     state is only cleared once it has returned, so a record that cannot be written loses no work."""
     states: list[RunState] = []
     # Objects that exist before the run are not the run's garbage: frozen, the collector skips them during the
-    # run (in a caller with a large heap each full collection walked all of it), and forked decoding workers do
-    # not copy the pages their headers live on when a collection in the worker would have touched them.
-    # A caller that froze objects itself (before forking its own workers) keeps them frozen as they are.
+    # run (in a caller with a large heap, every full collection walked all of it). A caller that froze objects
+    # itself keeps them frozen as they are.
     freeze = gc.get_freeze_count() == 0
     if freeze:
         gc.freeze()
