@@ -47,25 +47,35 @@ def _fetch(source: str, out: Path, sha256: str | None) -> Path:
     return path
 
 
-def _link(src: Path, dst: Path):
+def _link(src: Path, dst: Path) -> bool:
+    """Link dst -> src; True when this call made the link (False: it was there already)."""
     if dst.is_symlink() and dst.resolve() == src.resolve():
-        return
+        return False
     if dst.exists() or dst.is_symlink():
         raise InputError(f"already exists and is not a link to {src}; remove it or choose another --out", dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.symlink_to(src.resolve(), target_is_directory=True)
+    return True
 
 
-def prepare_from_dir(src: str | Path, out: str | Path) -> Path:
-    """Link an existing COCO dir (images/val2017 or val2017, plus annotations/) into the expected layout."""
+def prepare_from_dir(src: str | Path, out: str | Path, annotation: str = DEFAULT_ANNOTATION,
+                     made: list | None = None) -> Path:
+    """Link an existing COCO dir (images/val2017 or val2017, plus annotations/) into the expected layout; `made`
+    collects the links this call made (the caller removes them when verification then fails). The file to verify
+    is looked for first: a dir without it is refused, naming the files it has, before anything is linked."""
     src, out = Path(src), Path(out)
     images = next((c for c in (src / "images" / "val2017", src / "val2017") if c.is_dir()), None)
     if images is None:
         raise InputError("no images/val2017 or val2017 directory", src)
     if not (src / "annotations").is_dir():
         raise InputError("no annotations directory", src)
-    _link(images, out / "images" / "val2017")
-    _link(src / "annotations", out / "annotations")
+    if not (src / "annotations" / annotation).is_file():
+        have = sorted(p.name for p in (src / "annotations").glob("*.json"))
+        raise InputError(f"no annotation file {annotation}; it has {', '.join(have) or 'no .json file'}: pass "
+                         "--annotation NAME to verify one of those", src / "annotations")
+    for target, link in ((images, out / "images" / "val2017"), (src / "annotations", out / "annotations")):
+        if _link(target, link) and made is not None:
+            made.append(link)
     return out
 
 
@@ -104,9 +114,10 @@ def main(argv=None) -> int:
     p.add_argument("--annotation", default=DEFAULT_ANNOTATION, help="annotation file to verify")
     p.add_argument("--check-images", action="store_true", help="decode every image while verifying")
     args = p.parse_args(argv)
+    made: list[Path] = []
     try:
         if args.from_dir:
-            prepare_from_dir(args.from_dir, args.out)
+            prepare_from_dir(args.from_dir, args.out, args.annotation, made)
         elif args.images_zip and args.annotations_zip:
             prepare_from_zips(args.images_zip, args.annotations_zip, args.out, args.images_sha256,
                               args.annotations_sha256)
@@ -114,6 +125,8 @@ def main(argv=None) -> int:
             p.error("--images-zip and --annotations-zip go together")
         summary = verify(args.out, args.annotation, args.check_images)
     except SuiteError as exc:
+        for link in made:  # a failed --from-dir leaves nothing of its own behind
+            link.unlink()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(" ".join(f"{k}={v}" for k, v in summary.items()))

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.data.coco import IMAGE_SUFFIXES
 from common.errors import ConfigError, InputError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -33,11 +32,15 @@ def check_not_evaluation_set(calib_dir: Path, images: list[Path], eval_images_di
                           "other images (e.g. a few hundred train2017 images), never on the evaluation set",
                           calib_dir)
     resolved_eval = eval_images_dir.resolve() if eval_images_dir is not None else None
-    clash = [p.name for p in images if p.name in eval_file_names
-             or (resolved_eval is not None and p.resolve().parent == resolved_eval)]
-    if clash:
-        raise ConfigError(f"{len(clash)} calibration image(s) belong to the evaluation set (e.g. {clash[0]}); "
-                          "calibrate on images that are not evaluated", calib_dir)
+    named = [p for p in images if p.name in eval_file_names]
+    linked = [p for p in images if p not in named and resolved_eval is not None
+              and p.resolve().parent == resolved_eval]
+    if named or linked:
+        why = (f"{named[0].name} has the file name of an image of the evaluation annotation file" if named else
+               f"{linked[0].name} is a link to {linked[0].resolve()}, a file of the evaluation images dir")
+        raise ConfigError(f"{len(named) + len(linked)} calibration image(s) belong to the evaluation set ({why}); "
+                          "calibrate on images that are not evaluated (copies or links of evaluation images count "
+                          "as evaluation images)", calib_dir)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,13 @@ def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | 
                               "(set DATASETS_DIR or pass --dataset-dir)")
         ann = Path(dataset_dir) / "annotations" / annotation
     if not is_file(ann, "annotation file"):
-        raise InputError("annotation file not found", ann)
+        raise InputError("annotation file not found (pass --ann with a file under <dataset>/annotations or a "
+                         "path)", ann)
+    return resolve_images_dir(dataset_dir, images_dir), ann
+
+
+def resolve_images_dir(dataset_dir: str | None, images_dir: str | None = None) -> Path:
+    """The images dir of a COCO layout (images/val2017 or val2017 under dataset_dir), or images_dir as given."""
     if images_dir:
         images = Path(images_dir)
     elif dataset_dir:
@@ -66,7 +72,21 @@ def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | 
     if not is_dir(images, "images directory"):
         raise InputError("images directory not found", images)
     check_readable_dir(images, "images directory")
-    return images, ann
+    return images
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def folder_items(images_dir: Path, n: int) -> list[ImageItem]:
+    """The first n images of a folder by file name, for a run that needs pixels but no annotations (a
+    performance run times real images). The id is the file name's number (COCO's naming), else its rank;
+    width and height are 0: nothing that reads these items evaluates them."""
+    names = sorted(p.name for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    if not names:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the images dir", images_dir)
+    return [ImageItem(int(Path(name).stem) if Path(name).stem.isdigit() else i, str(Path(images_dir) / name), 0, 0)
+            for i, name in enumerate(names)]
 
 
 # A polygon segmentation: a list of lists of numbers only. Parsing its numbers is three quarters of json.loads'

@@ -22,11 +22,12 @@ import numpy as np
 
 from common.runtime.backends import backend_class
 from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256_memo_dir
-from common.data.coco import image_items, read_annotations, read_image, resolve_dataset
+from common.data.coco import (folder_items, image_items, read_annotations, read_image, resolve_dataset,
+                              resolve_images_dir)
 from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256_memo
-from common.errors import ConfigError, InputError, RuntimeFailure
+from common.errors import ConfigError, InputError, RuntimeFailure, first_line
 from common.data.loader import open_loader
 from common.evaluate.metrics import CocoEvaluator, to_coco_results
 from common.fsaccess import check_output_file, ensure_writable_dir
@@ -362,11 +363,18 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
 
 
 def dataset_sample(cfg: RunConfig, variant: Variant, n: int) -> tuple[list | None, str]:
-    """(the first n images of the configured dataset, its annotation file name), or (None, why there are none)."""
+    """(the first n images of the configured dataset, its annotation file name), or (None, why there are none).
+    Timing needs pixels, not annotations: without the annotation file the images dir's first n files serve."""
     try:
-        images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+        images_dir = resolve_images_dir(cfg.dataset_dir, cfg.images_dir)
     except ConfigError as exc:
         return None, f"no dataset configured ({exc})"
+    try:
+        _, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+    except (ConfigError, InputError) as exc:
+        if cfg.annotation:  # named explicitly: a wrong name is the user's mistake, not a fallback
+            raise
+        return folder_items(images_dir, n), f"{images_dir} (no annotation file, none needed to time: {first_line(exc)})"
     return image_items(read_annotations(ann_file, polygons=False), images_dir, n), ann_file.name
 
 
