@@ -20,7 +20,7 @@ import threading
 import traceback
 
 from common.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
-from common.evaluate.metrics import format_stats
+from common.evaluate.metrics import format_coverage, format_stats
 from common.record.results import exit_code_of, write_record
 from common.config.options import add_groups, config_from_args
 from common.harness.runs import run_accuracy, run_performance
@@ -70,6 +70,10 @@ def print_summary(record: dict, path=None):
         print(f" dataset: {d['num_images']} images, categories {d['categories']}, {d['annotation']}")
         print(format_stats(m))
         print(f" mAP@0.5:0.95 = {m['AP']:.4f}   mAP@0.5 = {m['AP50']:.4f}")
+        if d.get("category_coverage"):
+            print(format_coverage(d["category_coverage"]))
+            if d["category_coverage"]["warning"]:
+                print(f" WARNING: {d['category_coverage']['warning']}")
         r = record["run"]
         print(f" run: {r['wall_s']:.1f} s wall, {r['images_per_s']:.1f} images/s")
     else:

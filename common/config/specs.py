@@ -6,6 +6,7 @@ target never turns into a target that is silently skipped.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class Variant:
     # (e.g. PaddleDetection's im_shape / scale_factor)
     extra_inputs: dict = field(default_factory=dict)
     source: str = field(default="", compare=False, repr=False)   # the spec file, for messages about its fields
+    source_sha256: str = field(default="", compare=False, repr=False)  # of the bytes parsed, for the record
     fidelity: Tolerance = field(default_factory=Tolerance)        # the `fidelity:` section
 
     @property
@@ -123,8 +125,8 @@ NAMED_LABEL_MAPS = {"coco80": COCO80_TO_91, "coco91": tuple(range(91)), "person"
 class _Reader:
     """Typed field access that names the file and the field path in every error."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, sha256: str = ""):
+        self.path, self.sha256 = path, sha256
 
     def fail(self, where: str, message: str):
         raise ConfigError(f"{where}: {message}", self.path)
@@ -257,6 +259,7 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
         categories=None if cats is None else tuple(int(c) for c in cats),
         targets=targets, reference=r.get(raw, "reference", where, dict, {}),
         extra={k: v for k, v in raw.items() if k not in known}, extra_inputs=extra_inputs, source=str(r.path),
+        source_sha256=r.sha256,
         fidelity=parse_tolerance(raw.get("fidelity"), f"{where}.fidelity", r.path),
     )
 
@@ -265,11 +268,14 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _read_yaml(path: Path, remember=None):
+def _read_yaml(path: Path, remember=None, digest: list | None = None):
+    """The parsed file; `digest` (a list) receives the sha256 of the bytes parsed."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("spec file not found", path) from None
+    if digest is not None:
+        digest.append(hashlib.sha256(data).hexdigest())
 
     def parse():
         try:
@@ -286,8 +292,9 @@ def load_spec(path: str | Path, remember=None) -> ModelSpec:
     """remember: an EngineCache where the parsed YAML is remembered by the file's bytes (EngineCache.parsed);
     every check below still runs on it."""
     path = Path(path)
-    raw = _read_yaml(path, remember)
-    r = _Reader(path)
+    digest: list = []
+    raw = _read_yaml(path, remember, digest)
+    r = _Reader(path, digest[0])
     load_family_decoders(path.parent)  # the family's own output conventions, before the output sections are read
     if not isinstance(raw, dict):
         r.fail("top level", "expected a mapping")

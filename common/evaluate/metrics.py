@@ -150,3 +150,34 @@ def coco_metrics(annotations: dict, rows: np.ndarray, image_ids, categories,
 
 def format_stats(metrics: dict) -> str:
     return "\n".join(f" {label:<48} = {metrics[name]:.4f}" for name, label in zip(STAT_NAMES, STAT_LABELS))
+
+
+# Below this share of the categories with ground truth detected at all, the label map, the annotation file or
+# the spec's categories probably do not fit the model (a person detector judged on 80 categories): warn.
+MIN_CATEGORY_COVERAGE = 0.5
+
+
+def category_coverage(annotations: dict, rows: np.ndarray, image_ids, categories) -> dict:
+    """How many of the evaluated categories got any detection on `image_ids`: all of them, and those with ground
+    truth there (a category without ground truth in the images cannot be missed). `warning` says why the
+    coverage is suspicious, or is None."""
+    ids = {int(i) for i in image_ids}
+    evaluated = set(int(c) for c in categories)
+    with_gt = {int(a["category_id"]) for a in annotations["annotations"]
+               if a["image_id"] in ids and int(a["category_id"]) in evaluated}
+    detected = {int(c) for c in np.unique(rows[:, 6])} & evaluated if len(rows) else set()
+    found = len(detected & with_gt)
+    warning = None
+    if with_gt and found < MIN_CATEGORY_COVERAGE * len(with_gt):
+        warning = (f"only {found} of the {len(with_gt)} categories with ground truth on these images got any "
+                   f"detection: check the spec's labels and evaluation.categories against the model and the "
+                   f"annotation file (the AP averages over all {len(evaluated)} evaluated categories)")
+    return {"evaluated": len(evaluated), "detected": len(detected), "with_ground_truth": len(with_gt),
+            "detected_with_ground_truth": found, "warning": warning}
+
+
+def format_coverage(coverage: dict) -> str:
+    """The category-coverage line of a run's output."""
+    return (f" categories: {coverage['detected']} of {coverage['evaluated']} evaluated got any detection "
+            f"({coverage['detected_with_ground_truth']} of the {coverage['with_ground_truth']} with ground truth "
+            f"on these images)")

@@ -29,7 +29,7 @@ from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure, first_line
 from common.data.loader import open_loader
-from common.evaluate.metrics import CocoEvaluator, to_coco_results
+from common.evaluate.metrics import CocoEvaluator, category_coverage, to_coco_results
 from common.fsaccess import check_output_file, ensure_writable_dir
 from common.data.preprocess import Preprocessor
 from common.runtime.replay import OutputRecorder
@@ -46,7 +46,12 @@ def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
     return {"model": p.variant.model, "variant": p.variant.name, "backend": p.backend.name,
             "device": p.backend.device(), "precision": cfg.precision, "batch_size": cfg.batch_size,
             "onnx": {"path": str(p.onnx_path), "sha256": p.onnx_sha256},
-            "engine": {"path": str(p.engine), "cache_hit": p.cache_hit, "runtime": p.backend.runtime_version()}}
+            "engine": {"path": str(p.engine), "cache_hit": p.cache_hit, "runtime": p.backend.runtime_version()},
+            # what the images were fed with, resolved (defaults included): a wrong channel order or mean moves
+            # the AP by points and is otherwise invisible to a later reader of the record
+            "spec": {"path": p.variant.source, "sha256": p.variant.source_sha256 or None, "variant": p.variant.name},
+            "preprocess": {"height": p.variant.height, "width": p.variant.width,
+                           **dataclasses.asdict(p.variant.preprocess)}}
 
 
 def _targets(p: Prepared, cfg: RunConfig):
@@ -329,13 +334,15 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     image_ids = [it.image_id for it in items]
     t_eval = time.perf_counter()
     metrics = evaluator.evaluate(image_ids)
+    coverage = category_coverage(annotations, evaluator.store.rows(), image_ids, evaluator.categories)
     evaluate_s = time.perf_counter() - t_eval
     wall = time.perf_counter() - t_start
     reasons = fault_reasons(nonfinite)
     record = new_record("accuracy", **_base_fields(cfg, p),
                         dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
                                  "num_images": len(items), "categories": evaluator.categories,
-                                 "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None},
+                                 "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None,
+                                 "category_coverage": coverage},
                         metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                         run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
                              "simulated_device_s": getattr(p.runner, "simulated_device_s", None),
