@@ -8,7 +8,8 @@
 
 Exit codes: 0 every case passed; 1 a regression or failed target; 2 configuration error; 3 infrastructure error
 (a case crashed, timed out, wrote no record or measured invalidly); 4 incomplete (a merge missing shards or
-outcomes; with --strict also a missing baseline / FP32 reference or an unsupported cell); 130 interrupted
+outcomes; with --strict also a missing baseline / FP32 reference or an unsupported cell); 5 nothing measured (no
+case, or every case an unsupported cell; --allow-empty: 0); 130 interrupted
 (Ctrl-C or SIGTERM: the running case is stopped with it). The first that applies in this order wins.
 """
 from __future__ import annotations
@@ -28,9 +29,9 @@ use_project_python()
 
 from common.ci.matrix import (KINDS, Filters, ModelMap, all_model_names, enumerate_cases, parse_shard,  # noqa: E402
                               shard)
-from common.ci.regress import (EXIT_CONFIG, EXIT_REGRESSION, CaseOptions, ReportOptions,  # noqa: E402
-                               absolute_path, completeness, confirm_fps_failures, merge_runs, report, run_matrix,
-                               verdicts_of)
+from common.ci.regress import (EXIT_CONFIG, EXIT_EMPTY, EXIT_MEANING, EXIT_REGRESSION, CaseOptions,  # noqa: E402
+                               ReportOptions, absolute_path, completeness, confirm_fps_failures, merge_runs, report,
+                               run_matrix, verdicts_of)
 from common.ci.verdicts import BaselineRefused, FpsRule, update_baselines  # noqa: E402
 from common.config import options  # noqa: E402
 from common.config.specs import load_model  # noqa: E402
@@ -61,6 +62,8 @@ def _report_args(p: argparse.ArgumentParser):
                         "(default 3; docs/ci-regression.md)")
     g.add_argument("--strict", action="store_true",
                    help="a missing baseline or FP32 reference and an unsupported cell fail the run (exit 4)")
+    g.add_argument("--allow-empty", action="store_true",
+                   help="a run that measured nothing (no case, every cell unsupported) exits 0 (default: exit 5)")
     g.add_argument("--history", default=os.environ.get("REGRESS_HISTORY"),
                    help="append-only JSONL history to append to and plot from")
     g.add_argument("--update-readmes", action="store_true",
@@ -72,6 +75,7 @@ def _report_options(args) -> ReportOptions:
     ro = ReportOptions(device_name=args.device_name, history=absolute_path(args.history),
                        update_readmes=args.update_readmes, plots=not args.no_plots,
                        step_summary=os.environ.get("GITHUB_STEP_SUMMARY"), strict=args.strict,
+                       allow_empty=args.allow_empty,
                        rule=FpsRule(k_sigma=args.fps_k, min_band=args.fps_min_band, max_band=args.fps_max_band,
                                     max_cov=args.fps_max_cov, jumps=args.jumps, noisy=args.noisy, acc_z=args.acc_z))
     if args.baselines:
@@ -172,8 +176,9 @@ def main(argv=None) -> int:
             opts = case_options(args)
             run_matrix(cases, opts, out, run_id, args.shard)
             if not cases:
-                print(f"shard {args.shard} has no case: nothing to run")
-                return 0
+                print(f"shard {args.shard} has no case: nothing to run"
+                      + ("" if args.allow_empty else f"\nexit {EXIT_EMPTY}: {EXIT_MEANING[EXIT_EMPTY]}"))
+                return 0 if args.allow_empty else EXIT_EMPTY
             confirm_fps_failures(cases, opts, out, ropts)
             return report(out, ropts)
         if args.command == "merge":

@@ -40,6 +40,8 @@ EXIT_CONFIG = 2          # bad flag, spec, manifest or baseline file: nothing ju
 EXIT_INFRA = 3           # a case crashed, timed out, wrote no record or an invalid measurement
 EXIT_INCOMPLETE = 4      # an incomplete merge (always); with --strict also a missing baseline / FP32 reference,
                          # an unsupported cell
+EXIT_EMPTY = 5           # nothing was measured: no case, or every case an unsupported cell (an IGIE job on a node
+                         # without the SDK); a green job that ran nothing would hide it. --allow-empty accepts it
 # Environment variables the suite's CLI reads as defaults. A case gets everything it needs as flags, so none
 # of these may leak into it from the CI job's environment (an ONNX_MODEL there would replace every case's model).
 @dataclass
@@ -235,7 +237,9 @@ def run_matrix(cases: list[Case], opts: CaseOptions, run_dir: Path, run_id: str,
         echo(f"[{i}/{len(cases)}] {case.id} ...", end="", flush=True)
         o = run_case(case, opts, run_dir,
                      unavailable=cell_unsupported(case, opts.device) or availability[case.backend])
-        echo(f" {o['status']} ({o['duration_s']:.1f} s)" + (f": {o['error']}" if o["error"] else ""))
+        # "measured", not "ok": the verdict (baselines, references, targets) comes once every case has run
+        echo(f" {'measured' if o['status'] == 'ok' else o['status']} ({o['duration_s']:.1f} s)"
+             + (f": {o['error']}" if o["error"] else ""))
         outcomes.append(o)
     return outcomes
 
@@ -390,6 +394,7 @@ class ReportOptions:
     plots: bool = True
     step_summary: str | None = None       # e.g. $GITHUB_STEP_SUMMARY: the Markdown is appended there too
     strict: bool = False                  # missing baselines / FP32 references and unsupported cells fail (exit 4)
+    allow_empty: bool = False             # a run that measured nothing (every cell unsupported) exits 0, not 5
 
 
 def verdicts_of(run_dir: Path, ropts: ReportOptions) -> tuple[list[dict], list[dict]]:
@@ -399,11 +404,13 @@ def verdicts_of(run_dir: Path, ropts: ReportOptions) -> tuple[list[dict], list[d
     return outcomes, judge(outcomes, rules, ropts.baselines_dir, ropts.device_name, ropts.rule)
 
 
-def exit_code(verdicts: list[dict], incomplete: list[str], strict: bool) -> int:
+def exit_code(verdicts: list[dict], incomplete: list[str], strict: bool, allow_empty: bool = False) -> int:
     if any(v["status"] == FAILED for v in verdicts):
         return EXIT_REGRESSION
     if any(v["status"] == ERROR for v in verdicts):
         return EXIT_INFRA
+    if not allow_empty and all(v["status"] == UNSUPPORTED for v in verdicts):
+        return EXIT_EMPTY
     if incomplete or (strict and any(v.get("gaps") for v in verdicts)):
         return EXIT_INCOMPLETE
     return EXIT_OK
@@ -415,7 +422,7 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
     run_id = meta.get("run_id") or run_dir.name
     outcomes, verdicts = verdicts_of(run_dir, ropts)
     incomplete = completeness(run_dir, outcomes)
-    code = exit_code(verdicts, incomplete, ropts.strict)
+    code = exit_code(verdicts, incomplete, ropts.strict, ropts.allow_empty)
     environment = _run_environment(outcomes)
     _write_json(run_dir / "verdicts.json", {"run_id": run_id, "verdicts": verdicts, "incomplete": incomplete,
                                             "strict": ropts.strict, "exit_code": code})
@@ -465,7 +472,9 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
 EXIT_MEANING = {EXIT_OK: "every case passed", EXIT_REGRESSION: "regression (a case failed)",
                 EXIT_INFRA: "infrastructure error (a case crashed, timed out or measured invalidly)",
                 EXIT_INCOMPLETE: "incomplete (missing shards / outcomes; strict: missing baseline or reference, "
-                                 "unsupported cell)"}
+                                 "unsupported cell)",
+                EXIT_EMPTY: "nothing was measured: every case was unsupported here (the lines above say why); "
+                            "--allow-empty accepts such a run"}
 
 
 def _run_environment(outcomes: list[dict]) -> dict:

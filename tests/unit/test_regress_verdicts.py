@@ -16,7 +16,7 @@ from common.ci.baselines import Baselines, split_sdk
 from common.errors import ConfigError
 from common.record.history import append_run, last_good, read_history
 from common.ci.matrix import ModelMap
-from common.ci.regress import (EXIT_INCOMPLETE, EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, CaseOptions, absolute_path,
+from common.ci.regress import (EXIT_EMPTY, EXIT_INCOMPLETE, EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, CaseOptions, absolute_path,
                             case_command, case_env, completeness, exit_code, load_outcomes)
 from common.ci.reports import junit_xml
 from common.harness.timing import summarize, validity_reasons
@@ -189,7 +189,11 @@ def test_exit_codes_are_distinct_and_ordered():
     assert exit_code([ok, {"status": "unsupported", "gaps": ["unsupported"]}], [], strict=True) == EXIT_INCOMPLETE
     assert exit_code([ok, {"status": "error"}, gap], [], strict=True) == EXIT_INFRA
     assert exit_code([{"status": FAILED}, {"status": "error"}], ["x"], strict=True) == EXIT_REGRESSION
-    assert len({EXIT_OK, EXIT_REGRESSION, 2, EXIT_INFRA, EXIT_INCOMPLETE}) == 5
+    unsupported = {"status": "unsupported", "gaps": ["unsupported"]}
+    assert exit_code([unsupported, unsupported], [], strict=False) == EXIT_EMPTY   # ran nothing: never green
+    assert exit_code([unsupported], [], strict=True, allow_empty=True) == EXIT_INCOMPLETE
+    assert exit_code([unsupported], [], strict=False, allow_empty=True) == EXIT_OK
+    assert len({EXIT_OK, EXIT_REGRESSION, 2, EXIT_INFRA, EXIT_INCOMPLETE, EXIT_EMPTY}) == 6
 
 
 def _fake_run(d: Path, run_id: str, shard: str | None, planned: list[dict], done: list[dict]):
