@@ -271,6 +271,12 @@ class IncrementalCocoEval:
         self.accumulated = accumulate(self._entries, image_ids, self.categories, self.params)
         return summarize(self.accumulated, image_ids, self.categories, self.params)
 
+    @property
+    def entries(self) -> dict:
+        """The per-pair matches after result(): {category: [(image_id, scores, matched, ignored, npig)]}
+        (common/evaluate/bootstrap.py resamples them)."""
+        return self._entries
+
     def close(self):
         """Stop the thread without a result (a failed run)."""
         if self._thread.is_alive():
