@@ -12,6 +12,7 @@ import re
 import signal
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -35,11 +36,53 @@ class ImageItem:
     stamp: tuple | None = field(default=None, compare=False)
 
 
-@dataclass
 class Batch:
-    image_ids: np.ndarray  # [n] int64
-    inputs: np.ndarray     # [n, 3, H, W] float32
-    meta: np.ndarray       # [n, 6] float64, see preprocess.META_FIELDS
+    """image_ids [n] int64, inputs [n, 3, H, W] float32, meta [n, 6] float64 (see preprocess.META_FIELDS).
+
+    A batch read from the input cache (or decoded to be stored there) holds letterboxed uint8 canvases and
+    normalises them into `inputs` when they are first asked for, in the thread that asks: the stream threads
+    of an accuracy run, outside the loader, so normalising runs in parallel with the next batch's reading."""
+
+    __slots__ = ("image_ids", "meta", "canvas", "_inputs", "_normalize")
+
+    def __init__(self, image_ids: np.ndarray, inputs: np.ndarray | None, meta: np.ndarray,
+                 canvas: np.ndarray | None = None, normalize=None):
+        self.image_ids, self.meta, self._inputs = image_ids, meta, inputs
+        self.canvas, self._normalize = canvas, normalize
+
+    @property
+    def inputs(self) -> np.ndarray:
+        if self._inputs is None:
+            self._inputs = self._normalize(self.canvas, self.meta)
+            self.canvas = None  # its buffer (a loader's, or the cache's mapping) is not needed any more
+        return self._inputs
+
+
+class InputBuffers:
+    """float32 batch buffers reused once no view of them is left. A fresh np.empty of a batch (39 MB at
+    32x3x320x320) is a mapping of its own, and writing it faults in every page again (~10k faults a batch)."""
+
+    def __init__(self, pre: Preprocessor, batch_size: int):
+        self.pre, self.shape = pre, (batch_size, 3, pre.height, pre.width)
+        self.free: list = []
+        self.lock = threading.Lock()
+
+    def _give_back(self, buf):
+        with self.lock:
+            self.free.append(buf)
+
+    def normalize(self, canvas: np.ndarray, meta: np.ndarray) -> np.ndarray:
+        """The float32 inputs of uint8 canvases [n, 3, H, W], in a reused buffer."""
+        with self.lock:
+            buf = self.free.pop() if self.free else None
+        if buf is None:
+            buf = bytearray(int(np.prod(self.shape)) * 4)
+        # numpy makes this array the base of every view taken from it: the buffer returns once all are gone
+        raw = np.frombuffer(buf, np.float32)
+        weakref.finalize(raw, self._give_back, buf)
+        out = raw.reshape(self.shape)[:len(canvas)]
+        del raw
+        return self.pre.normalize(canvas, meta, out)
 
 
 def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | None = None) -> tuple[Path, Path]:
@@ -275,22 +318,24 @@ def _init_worker(pre: Preprocessor, own_process: bool = True, parent_pid: int | 
         _die_with_parent(parent_pid, from_main_thread)
 
 
-def _load_one(item: ImageItem, out: np.ndarray | None = None):
+def _load_one(item: ImageItem, out: np.ndarray | None = None, canvas: bool = False):
+    """(input, meta) of one image: the float32 network input, or with `canvas` the uint8 letterboxed canvas
+    (Preprocessor.letterbox: what the input cache stores)."""
     img = read_image(item.path)
     if img.shape[:2] != (item.height, item.width):
         raise InputError(f"image is {img.shape[1]}x{img.shape[0]} but the annotation file says "
                          f"{item.width}x{item.height}", item.path)
-    return _worker_pre(img, out)
+    return _worker_pre.letterbox(img, out) if canvas else _worker_pre(img, out)
 
 
-def _load_into_slot(item: ImageItem, slot: int) -> np.ndarray:
+def _load_into_slot(item: ImageItem, slot: int, canvas: bool = False) -> np.ndarray:
     """In a worker: decode + preprocess into shared slot `slot`; only the geometry row goes back."""
-    return _load_one(item, _worker_slots[slot])[1]
+    return _load_one(item, _worker_slots[slot], canvas)[1]
 
 
-def _shared_slots(count: int, shape: tuple) -> np.ndarray:
-    size = count * int(np.prod(shape)) * 4
-    return np.frombuffer(mmap.mmap(-1, size), np.float32).reshape(count, *shape)
+def _shared_slots(count: int, shape: tuple, dtype=np.float32) -> np.ndarray:
+    size = count * int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, size), dtype).reshape(count, *shape)
 
 
 class BatchLoader:
@@ -300,6 +345,11 @@ class BatchLoader:
     The workers are forked when the loader is created: create it before anything starts runtime thread pools
     (an inference session), since forking a process that runs such threads can deadlock the child, while
     fork keeps worker start-up and hand-over cheap. At most `prefetch` decoded images wait in memory.
+
+    With an input cache the loader works on uint8 canvases (Preprocessor.letterbox): read from the cache, or
+    decoded and stored there, and normalised by each batch when its inputs are first asked for. The cache's
+    size is stated and its space reserved when the loader is made: a disk that cannot hold it is refused then
+    (ConfigError, exit 2), before any work.
     """
 
     def __init__(self, items: list[ImageItem], pre: Preprocessor, batch_size: int, workers: int = 1,
@@ -310,17 +360,23 @@ class BatchLoader:
         # never more slots than images: a huge --bs on a small set would otherwise map gigabytes for nothing
         self.prefetch = max(1, min(len(items), max(4 * workers, 2 * batch_size)))
         self.pool = None
-        self.cache = self.cached = None
+        self.cache = self.cached = self.writer = None
         if cache_dir:
             from common.data.input_cache import InputCache
             self.cache = InputCache(cache_dir, items, pre)
             self.cached = self.cache.lookup()
+            if self.cached is None:
+                self.writer = self._cache_writer()
+        # decoding produces uint8 canvases only for the cache: the float32 input is then made from the canvas
+        self.canvas = self.writer is not None
+        self.buffers = InputBuffers(pre, batch_size) if self.cache is not None else None
         self.slots = None
         if workers > 0 and self.cached is None:
             global _worker_slots
             fork = "fork" in mp.get_all_start_methods()
             if fork:  # inherited by the workers forked below
-                self.slots = _worker_slots = _shared_slots(self.prefetch, (3, pre.height, pre.width))
+                self.slots = _worker_slots = _shared_slots(self.prefetch, (3, pre.height, pre.width),
+                                                           np.uint8 if self.canvas else np.float32)
             ctx = mp.get_context("fork" if fork else "spawn")
             from_main = threading.current_thread() is threading.main_thread()
             with signals_held():
@@ -337,10 +393,10 @@ class BatchLoader:
 
         def submit(item):
             if self.slots is None:
-                window.append((self.pool.submit(_load_one, item), None))
+                window.append((self.pool.submit(_load_one, item, None, self.canvas), None))
             else:
                 slot = free.popleft()
-                window.append((self.pool.submit(_load_into_slot, item, slot), slot))
+                window.append((self.pool.submit(_load_into_slot, item, slot, self.canvas), slot))
 
         for item in todo:
             submit(item)
@@ -356,15 +412,21 @@ class BatchLoader:
             if item is not None:
                 submit(item)
 
+    def _batch(self, image_ids: np.ndarray, inputs: np.ndarray, meta: np.ndarray) -> Batch:
+        """A batch of float32 inputs, or of uint8 canvases normalised when first asked for."""
+        if inputs.dtype == np.uint8:
+            return Batch(image_ids, None, meta, inputs, self.buffers.normalize)
+        return Batch(image_ids, inputs, meta)
+
     def __iter__(self) -> Iterator[Batch]:
         if self.cached is not None:
             inputs, meta = self.cached
             ids = np.array([it.image_id for it in self.items], np.int64)
             for start in range(0, len(self.items), self.batch_size):
                 end = start + self.batch_size
-                yield Batch(ids[start:end], inputs[start:end], meta[start:end])
+                yield self._batch(ids[start:end], inputs[start:end], meta[start:end])
             return
-        writer = self._cache_writer()
+        writer, self.writer = self.writer, None
         try:
             for batch in self._decoded():
                 if writer is not None:
@@ -383,10 +445,9 @@ class BatchLoader:
                 writer.discard()
 
     def _cache_writer(self):
-        """The input cache only saves decoding time: a cache dir that cannot take the entry (read-only, full)
-        is a warning and the run goes on without it."""
-        if self.cache is None:
-            return None
+        """The entry's space reserved now (its size printed): a disk too small for it is refused before any work
+        (ConfigError naming the directory, the bytes needed and free). A cache dir that cannot be written
+        (read-only) only costs the decoding: a warning, and the run goes on without it."""
         try:
             return self.cache.writer()
         except OSError as exc:
@@ -403,7 +464,7 @@ class BatchLoader:
             results = self._pooled()
         else:
             _init_worker(self.pre, own_process=False)
-            results = map(_load_one, self.items)
+            results = (_load_one(item, None, self.canvas) for item in self.items)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -412,11 +473,11 @@ class BatchLoader:
         try:
             for start in range(0, len(self.items), self.batch_size):
                 chunk = self.items[start:start + self.batch_size]
-                inputs = np.empty((len(chunk), 3, pre.height, pre.width), np.float32)
+                inputs = np.empty((len(chunk), 3, pre.height, pre.width), np.uint8 if self.canvas else np.float32)
                 meta = np.empty((len(chunk), 6), np.float64)
                 for i in range(len(chunk)):
                     inputs[i], meta[i] = next(results)
-                yield Batch(np.array([it.image_id for it in chunk], np.int64), inputs, meta)
+                yield self._batch(np.array([it.image_id for it in chunk], np.int64), inputs, meta)
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
@@ -424,6 +485,9 @@ class BatchLoader:
                 bar.close()
 
     def close(self):
+        if self.writer is not None:  # made but never iterated: nothing is published
+            self.writer.discard()
+            self.writer = None
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None

@@ -1,10 +1,16 @@
-"""Decoded + preprocessed inputs stored once per (image set, preprocessing) as memory-mapped .npy files.
+"""Decoded + letterboxed images stored once per (image set, preprocessing) as memory-mapped .npy files.
 
 Every precision and batch size of a CI matrix reads the same file instead of decoding JPEGs again. The key hashes
 the preprocessing settings and every image's path, size and modification time, so changed images or settings
 make a new entry. Entries are written under temporary names and renamed when complete (inputs last, which is
 what lookup() requires), so two runs building the same entry at once cannot leave a torn file.
-Size: 4 bytes x 3 x H x W per image (1.2 MB at 320x320, 4.9 MB at 640x640).
+What is stored is what preprocessing cannot cheaply redo: the JPEG decode and the resize, as the uint8 canvas of
+Preprocessor.letterbox (3 x H x W bytes per image: 0.31 MB at 320x320, 1.23 MB at 640x640, so 6.1 GB for the 5000
+images of val2017 at 640x640, where float32 inputs took 24.6 GB). The normalisation to float32 is a table lookup
+per pixel, redone by each batch (Preprocessor.normalize), bit-identical to preprocessing the image afresh.
+The entry's size is printed when it is built, and its space reserved first: a disk that cannot hold it is refused
+(ConfigError, exit 2) naming the directory and the bytes needed and free. Entries of the float32 format that
+preceded this one are not read (their dtype differs) and are replaced.
 """
 from __future__ import annotations
 
@@ -17,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import ConfigError
 from common.fsaccess import shared_file_mode
 from common.engine_cache import atomic_write_bytes
+
+DTYPE = np.uint8
 
 
 def cache_key(items, pre) -> str:
@@ -54,31 +63,57 @@ class InputCache:
             meta = np.load(self.meta_path)
         except (OSError, ValueError):
             return None
-        if inputs.shape != (self.n, *self.shape) or meta.shape != (self.n, 6):
+        if inputs.shape != (self.n, *self.shape) or inputs.dtype != DTYPE or meta.shape != (self.n, 6):
             return None
         return inputs, meta
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the entry on disk (canvases and geometry rows; the .npy headers aside)."""
+        return self.n * int(np.prod(self.shape)) * np.dtype(DTYPE).itemsize + self.n * 6 * 8
+
+    def describe(self) -> str:
+        c, h, w = self.shape
+        return f"{self.n} images x {c}x{h}x{w} uint8 = {_size(self.nbytes)}"
+
     def writer(self):
         return _CacheWriter(self)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _too_small(cache: InputCache, free: int) -> ConfigError:
+    return ConfigError(f"the input cache needs {cache.nbytes} bytes ({cache.describe()}) but the disk has "
+                       f"{free} bytes free ({_size(free)}); free space, point --input-cache at a larger disk, or "
+                       "run without it", cache.root)
 
 
 class _CacheWriter:
     """Collects batches in order; commit() publishes the entry once every image was written."""
 
     def __init__(self, cache: InputCache):
+        import shutil
+        import sys
         self.cache = cache
         cache.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(cache.root).free
+        if free < cache.nbytes:
+            raise _too_small(cache, free)
+        print(f"input cache: storing {cache.describe()} in {cache.root} ({_size(free)} free)", file=sys.stderr)
         fd, self.tmp = tempfile.mkstemp(dir=cache.root, prefix=".inputs.", suffix=".npy.tmp")
         try:
             os.fchmod(fd, shared_file_mode())  # shared by runs, possibly of other users: not mkstemp's 0600
-            self.inputs = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,
+            self.inputs = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=DTYPE,
                                                     shape=(cache.n, *cache.shape))
-            # reserve the blocks now: a full disk is an OSError here, not a SIGBUS when a mapped page is written
+            # reserve the blocks now: a disk that filled up since the check above (or a quota) is refused here,
+            # not a SIGBUS when a mapped page is written
             try:
                 os.posix_fallocate(fd, 0, os.path.getsize(self.tmp))
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                    raise
+                    raise _too_small(cache, shutil.disk_usage(cache.root).free) from None
                 # a file system without fallocate: the mapping is written as before
         except BaseException:
             self.discard()
@@ -90,7 +125,7 @@ class _CacheWriter:
 
     def add(self, batch):
         n = len(batch.image_ids)
-        self.inputs[self.done:self.done + n] = batch.inputs
+        self.inputs[self.done:self.done + n] = batch.canvas
         self.meta[self.done:self.done + n] = batch.meta
         self.done += n
 

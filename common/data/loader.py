@@ -46,7 +46,7 @@ def _shared(shape, dtype) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, size), dtype, count=int(np.prod(shape))).reshape(shape)
 
 
-def _worker(items, pre, inputs, meta, tasks, results, parent_pid):
+def _worker(items, pre, inputs, meta, tasks, results, parent_pid, canvas=False):
     _init_worker(pre)
     while True:
         try:
@@ -60,7 +60,7 @@ def _worker(items, pre, inputs, meta, tasks, results, parent_pid):
         task_id, slot, pos, start, end = task
         try:
             for k in range(start, end):
-                _, meta[slot, pos + k - start] = _load_one(items[k], inputs[slot][pos + k - start])
+                _, meta[slot, pos + k - start] = _load_one(items[k], inputs[slot][pos + k - start], canvas)
             results.put((task_id, None))
         except BaseException as exc:  # noqa: BLE001 - re-raised in order by the parent
             try:
@@ -85,15 +85,17 @@ class SharedBatchLoader(BatchLoader):
         # (stream threads, the re-ordering of results, the input cache writer).
         shape = (batch_size, 3, pre.height, pre.width)
         wanted = max(2, math.ceil(2 * workers * MAX_TASK_IMAGES / batch_size)) + 4
+        # uint8 canvases when they go to the input cache (normalised by each batch), else float32 inputs
+        self.dtype = np.dtype(np.uint8 if self.canvas else np.float32)
         # bounded in memory (many workers and large inputs): at least 4 buffers, else at most MAX_BUFFER_BYTES
-        self.n_buffers = buffers or min(wanted, max(4, MAX_BUFFER_BYTES // (int(np.prod(shape)) * 4)))
+        self.n_buffers = buffers or min(wanted, max(4, MAX_BUFFER_BYTES // (int(np.prod(shape)) * self.dtype.itemsize)))
         # rows per task, and so the runs of rows that have one owner each
         self.per_task = max(1, min(MAX_TASK_IMAGES, math.ceil(batch_size / workers)))
         self.chunks = math.ceil(batch_size / self.per_task)
         self.ahead = max(1, self.n_buffers - 4)
         # one mapping per buffer: an array made over one of them is the base of every view of that batch
-        self.maps = [mmap.mmap(-1, int(np.prod(shape)) * 4) for _ in range(self.n_buffers)]
-        self.inputs = [np.frombuffer(m, np.float32).reshape(shape) for m in self.maps]
+        self.maps = [mmap.mmap(-1, int(np.prod(shape)) * self.dtype.itemsize) for _ in range(self.n_buffers)]
+        self.inputs = [np.frombuffer(m, self.dtype).reshape(shape) for m in self.maps]
         self.meta = _shared((self.n_buffers, batch_size, 6), np.float64)
         ctx = mp.get_context("fork")
         self.tasks, self.results = [ctx.Queue() for _ in range(workers)], ctx.Queue()
@@ -102,7 +104,8 @@ class SharedBatchLoader(BatchLoader):
         with signals_held():
             for w in range(workers):
                 p = ctx.Process(target=_worker, daemon=True,
-                                args=(items, pre, self.inputs, self.meta, self.tasks[w], self.results, os.getpid()))
+                                args=(items, pre, self.inputs, self.meta, self.tasks[w], self.results, os.getpid(),
+                                      self.canvas))
                 p.start()
                 self.procs.append(p)
 
@@ -171,12 +174,12 @@ class SharedBatchLoader(BatchLoader):
                 start, end = b * bs, min(n, (b + 1) * bs)
                 if b not in submitted:  # every buffer is held downstream: decode this batch here
                     nxt = max(nxt, b + 1)
-                    inputs = np.empty((end - start, 3, self.pre.height, self.pre.width), np.float32)
+                    inputs = np.empty((end - start, 3, self.pre.height, self.pre.width), self.dtype)
                     meta = np.empty((end - start, 6), np.float64)
                     _init_worker(self.pre, own_process=False)
                     for k in range(start, end):
-                        inputs[k - start], meta[k - start] = _load_one(self.items[k])
-                    yield Batch(ids[start:end], inputs, meta)
+                        inputs[k - start], meta[k - start] = _load_one(self.items[k], None, self.canvas)
+                    yield self._batch(ids[start:end], inputs, meta)
                 else:
                     slot, task_ids = submitted.pop(b)
                     err = self._wait(submitted, done, task_ids)
@@ -186,11 +189,11 @@ class SharedBatchLoader(BatchLoader):
                     # a fresh array over the buffer: when it and all its views are gone, the buffer is free again
                     # numpy makes this array the base of every view taken from it (reshape, slices), so the
                     # finalizer runs only once no view of the batch is left
-                    raw = np.frombuffer(self.maps[slot], np.float32)
+                    raw = np.frombuffer(self.maps[slot], self.dtype)
                     weakref.finalize(raw, self._release, slot)
                     inputs = raw.reshape(self.inputs[slot].shape)[:end - start]
                     del raw
-                    yield Batch(ids[start:end], inputs, self.meta[slot, :end - start].copy())
+                    yield self._batch(ids[start:end], inputs, self.meta[slot, :end - start].copy())
                     del inputs
                 if bar is not None:
                     bar.update(end - start)

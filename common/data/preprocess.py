@@ -98,6 +98,52 @@ class Preprocessor:
         return out, meta
 
 
+    def letterbox(self, img: np.ndarray, out: np.ndarray | None = None):
+        """img: HxWx3 uint8 BGR -> (CHW uint8 canvas in the network's channel order, meta row): what the input
+        cache stores, a quarter of the float32 input's bytes. normalize() of it gives exactly __call__'s input.
+        The margins hold the pad value rounded into uint8; normalize() writes the exact pad value there."""
+        img_h, img_w = img.shape[:2]
+        new_w, new_h, ox, oy = self.geometry(img_h, img_w)
+        resized = img if (new_w, new_h) == (img_w, img_h) else cv2.resize(img, (new_w, new_h), interpolation=self.interp)
+        if out is None:
+            out = np.empty((3, self.height, self.width), np.uint8)
+        if (new_w, new_h) != (self.width, self.height):
+            pad = int(min(255.0, max(0.0, round(self.spec.pad_value))))
+            out[:, :oy] = pad
+            out[:, oy + new_h:] = pad
+            out[:, oy:oy + new_h, :ox] = pad
+            out[:, oy:oy + new_h, ox + new_w:] = pad
+        channels = cv2.split(resized)
+        if self.spec.color == "rgb":
+            channels = channels[::-1]
+        for c, channel in enumerate(channels):
+            out[c, oy:oy + new_h, ox:ox + new_w] = channel
+        meta = np.array([new_w / img_w, new_h / img_h, ox, oy, img_w, img_h], np.float64)
+        return out, meta
+
+    def normalize(self, canvas: np.ndarray, meta: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """letterbox()'s uint8 canvases [..., 3, H, W] with their meta rows [..., 6] -> the float32 inputs,
+        bit-identical to __call__'s: the same lookup tables over every plane, then the exact pad value in the
+        margins (which the uint8 canvas can only hold rounded)."""
+        canvas = np.asarray(canvas)
+        planes = canvas.reshape(-1, 3, self.height, self.width)
+        rows = np.asarray(meta, np.float64).reshape(-1, 6)
+        if out is None:
+            out = np.empty(canvas.shape, np.float32)
+        dst = out.reshape(planes.shape)
+        for i in range(len(planes)):
+            for c in range(3):
+                written = cv2.LUT(planes[i, c], self.luts[c], dst=dst[i, c])
+                if written.ctypes.data != dst[i, c].ctypes.data:  # OpenCV chose a new array over the view
+                    dst[i, c] = written
+            if self.spec.resize != "stretch":
+                scale_x, scale_y, ox, oy, img_w, img_h = rows[i]
+                new_w, new_h = int(round(scale_x * img_w)), int(round(scale_y * img_h))
+                if (new_w, new_h) != (self.width, self.height):
+                    self._pad_margins(dst[i], new_w, new_h, int(ox), int(oy))
+        return out
+
+
 def boxes_to_original(boxes: np.ndarray, meta: np.ndarray, clip: bool = True) -> np.ndarray:
     """Map xyxy boxes in input pixels back to original image pixels, clipped to the image unless clip=False
     (DETR lines' reference post-processors do not clip: common/decode/detr.py).

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from common import cli
 from common.data.coco import BatchLoader, image_items, read_annotations
-from common.errors import InputError, RuntimeFailure
+from common.errors import ConfigError, InputError, RuntimeFailure
 from common.data.preprocess import Preprocessor
 from common.record.results import write_record
 from common.harness.run_state import RunState
@@ -448,11 +448,26 @@ def test_a_run_refused_after_claiming_its_state_leaves_no_state_dir(env, tmp_pat
     assert not (tmp_path / "res" / ".run-state").exists()
 
 
-def test_input_cache_on_a_full_disk_is_a_warning(env, tmp_path, monkeypatch, capsys):
+def test_input_cache_on_a_disk_too_small_is_refused_before_any_work(env, tmp_path, monkeypatch):
+    """The cache's size is known up front (images x 3 x H x W bytes): a disk that cannot hold it is refused with
+    exit 2, naming the directory and the bytes needed and free, and nothing is left behind. Both ways a disk can
+    be too small: the free space says so, or the space is gone when it is reserved (another writer, a quota)."""
+    cache = tmp_path / "inputs"
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(ConfigError) as err:
+        run_accuracy(_cfg(env, tmp_path, input_cache=str(cache), max_images=6))
+    v = load_model(str(env["spec"])).variant()
+    needed = 6 * 3 * v.height * v.width + 6 * 6 * 8  # canvases and geometry rows
+    assert err.value.exit_code == 2 and err.value.path == str(cache)
+    assert f"needs {needed} bytes (6 images x 3x{v.height}x{v.width} uint8" in str(err.value)
+    assert "1000 bytes free" in str(err.value)
+    assert list(cache.iterdir()) == [] and not (tmp_path / "res" / ".run-state").exists()
+    monkeypatch.setattr(shutil, "disk_usage", real)
+
     def full(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(os, "posix_fallocate", full)
-    rec = run_accuracy(_cfg(env, tmp_path, input_cache=str(tmp_path / "inputs"), max_images=6))
-    assert rec["verdict"] == "pass" and not rec["dataset"]["input_cache_hit"]
-    assert "cannot store the input cache (No space left" in capsys.readouterr().err
-    assert not [p for p in (tmp_path / "inputs").iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(ConfigError, match=f"needs {needed} bytes"):
+        run_accuracy(_cfg(env, tmp_path, input_cache=str(cache), max_images=6))
+    assert list(cache.iterdir()) == []

@@ -53,8 +53,8 @@ def test_each_buffer_row_has_one_owner(items, monkeypatch, bs, workers):
     import common.data.loader as loader_module
     real = loader_module._load_one
 
-    def tagged(item, out=None):
-        x, meta = real(item, out)
+    def tagged(item, out=None, canvas=False):
+        x, meta = real(item, out, canvas)
         meta = meta.copy()
         meta[0] = os.getpid()
         return x, meta

@@ -94,7 +94,8 @@ def test_input_cache_invalidation_and_partial_runs(tmp_path):
     fresh = [b.inputs.copy() for b in BatchLoader(items, pre, 2, workers=0, cache_dir=str(cache_dir))]
     hit = InputCache(cache_dir, items, pre).lookup()
     assert hit is not None
-    np.testing.assert_array_equal(np.concatenate(fresh), hit[0])
+    assert hit[0].dtype == np.uint8  # the letterboxed canvases, a quarter of the float32 inputs' bytes
+    np.testing.assert_array_equal(np.concatenate(fresh), pre.normalize(hit[0], hit[1]))
     # other preprocessing -> another entry; a touched image -> another entry
     assert InputCache(cache_dir, items, Preprocessor(Preprocess(mean=(0, 2, 3), std=(2, 2, 2)), 64, 80)).lookup() is None
     st = os.stat(items[0].path)
@@ -147,3 +148,32 @@ def test_input_cache_key_is_unchanged(tmp_path):
     assert cache_key(stamped, pre) == h.hexdigest()[:32]
     stamped[2] = dataclasses.replace(stamped[2], stamp=(stamped[2].stamp[0] + 1, stamped[2].stamp[1]))
     assert cache_key(stamped, pre) != h.hexdigest()[:32]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("spec", [Preprocess(mean=(1.5, 77.25, 255.0), std=(0.3, 57.12, 3.0), pad_value=114.5),
+                                  Preprocess(pad="center", color="rgb", mean=(103.53, 116.28, 123.675),
+                                             std=(57.375, 57.12, 58.395)),
+                                  Preprocess(resize="stretch", color="rgb", std=(255.0, 255.0, 255.0))],
+                         ids=["bottom-right-fractional-pad", "center-rgb", "stretch"])
+def test_cached_inputs_are_bit_identical_to_the_uncached_ones(tmp_path, spec, workers):
+    """The float32 inputs a run gets without the cache, while building it and from it are the same bits, with
+    images of other aspect ratios (margins on either side), a pad value a uint8 canvas cannot hold, and the
+    decoding in worker processes or in-process."""
+    from common.data.loader import open_loader
+    images, ann = make_synthetic_coco(tmp_path / "syn", n_images=7, seed=5)
+    items = image_items(read_annotations(ann), images)
+    pre = Preprocessor(spec, 72, 88)
+
+    def inputs(cache_dir):
+        with open_loader(items, pre, 3, workers=workers, cache_dir=cache_dir) as loader:
+            got = [(b.image_ids.copy(), b.inputs.copy(), b.meta.copy()) for b in loader]
+            return got, loader.cached is not None
+    plain, _ = inputs(None)
+    building, hit_1 = inputs(str(tmp_path / "cache"))
+    cached, hit_2 = inputs(str(tmp_path / "cache"))
+    assert (hit_1, hit_2) == (False, True)
+    assert len(plain) == 3
+    for a, b, c in zip(plain, building, cached):
+        for x, y, z in zip(a, b, c):
+            assert x.dtype == y.dtype == z.dtype and x.tobytes() == y.tobytes() == z.tobytes()

@@ -89,3 +89,26 @@ def test_bit_identical_to_the_two_pass_normalisation(resize, pad, color, h, w):
     assert out is canvas
     ref = _two_pass_reference(pre, img)
     assert out.view(np.uint32).tobytes() == ref.view(np.uint32).tobytes()
+
+
+@pytest.mark.parametrize("resize,pad,color,pad_value", [("letterbox", "bottom_right", "bgr", 114.0),
+                                                        ("letterbox", "center", "rgb", 114.5),
+                                                        ("letterbox", "bottom_right", "rgb", -3.0),
+                                                        ("stretch", "bottom_right", "rgb", 114.0)])
+@pytest.mark.parametrize("h,w", SIZES)
+def test_the_cached_canvas_normalises_to_the_same_bits(resize, pad, color, pad_value, h, w):
+    """normalize(letterbox(img)), the input cache's path, gives the very bits of __call__(img), the uncached path:
+    every uint8 level, margins on every side, a pad value that no uint8 holds, into a reused (dirty) buffer."""
+    pre = Preprocessor(Preprocess(resize=resize, pad=pad, color=color, pad_value=pad_value, mean=(1.5, 77.25, 255.0),
+                                  std=(0.3, 57.12, 3.0)), 96, 80)
+    img = np.random.default_rng(h + w).integers(0, 256, (h, w, 3), np.uint8)
+    img[0, :3] = [[0, 0, 0], [255, 255, 255], [128, 1, 254]]
+    direct, meta = pre(img)
+    canvas, canvas_meta = pre.letterbox(img)
+    assert canvas.dtype == np.uint8 and canvas.shape == (3, 96, 80)
+    np.testing.assert_array_equal(canvas_meta, meta)
+    dirty = np.full((2, 3, 96, 80), np.nan, np.float32)
+    out = pre.normalize(np.stack([canvas, canvas]), np.stack([meta, meta]), dirty)
+    assert out is dirty
+    for plane in out:
+        assert plane.view(np.uint32).tobytes() == direct.view(np.uint32).tobytes()
