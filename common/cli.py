@@ -3,11 +3,13 @@
     python -m common.cli accuracy    --model rtmdet --precision fp16 --bs 1 [...]
     python -m common.cli performance --model rtmdet --precision fp16 --bs 32 [...]
     python -m common.cli env         (the runtimes and their capabilities)
+    python -m common.cli merge DIR... (the image shards of one accuracy run: one record, evaluated once)
 
 Flags, their defaults and environment variables are declared once, in common/config/options.py.
 
-Exit codes: 0 every target held, 1 a target or an output check failed, 2 bad input or configuration,
-3 the runtime failed, 130 interrupted.
+Exit codes: 0 every target held, 1 a target or an output check failed, 2 bad input or configuration (merge: also
+a duplicated shard or shards that disagree on what they ran), 3 the runtime failed (--devices: a worker died),
+4 merge: a shard is missing, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import traceback
 from common.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
 from common.evaluate.metrics import format_coverage, format_stats
 from common.record.results import exit_code_of, write_record
-from common.config.options import add_groups, config_from_args
+from common.config.options import EVALUATORS, add_groups, config_from_args
 from common.harness.runs import run_accuracy, run_performance
 
 
@@ -33,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_groups(acc, "model", "engine", "dataset", "output", "accuracy")
     perf = sub.add_parser("performance", help="throughput / latency run")
     add_groups(perf, "model", "engine", "dataset", "output", "timing")
+    merge = sub.add_parser("merge", help="join the image shards of one accuracy run (their results dirs, any "
+                           "order) into one accuracy record, evaluated once over every image")
+    merge.add_argument("dirs", nargs="+", metavar="DIR", help="results dirs of the shards (searched recursively)")
+    merge.add_argument("--ann", "--annotation", dest="annotation", default=None,
+                       help="the annotation file on this machine (default: the path the shards read; checked by "
+                            "sha256)")
+    merge.add_argument("--evaluator", choices=EVALUATORS, default=None, help="COCO metrics engine (default: "
+                       "incremental; same 12 stats)")
+    merge.add_argument("--results-dir", default=os.environ.get("RESULTS_DIR") or "results",
+                       help="where the merged record goes (default: results; $RESULTS_DIR)")
+    merge.add_argument("--save-detections", dest="detections_out", metavar="PATH",
+                       help="also write the union of the detections as COCO results JSON")
+    merge.add_argument("--no-record", action="store_true", help="print only; write no merged record")
+    merge.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     env = sub.add_parser("env", help="the runtimes: version, available here or why not, capabilities")
     env.add_argument("--json", action="store_true", help="print the table as JSON")
     return parser
@@ -63,6 +79,16 @@ def print_summary(record: dict, path=None):
     head = (f"== {record['model']}/{record['variant']} | {record['backend']} {record['device']} "
             f"{record['precision']} | batch {record['batch_size']} | {record['kind']} ==")
     print(head)
+    if record["kind"] == "accuracy-shard":
+        s, d = record["shard"], record["dataset"]
+        print(f" shard {s['index']}/{s['total']} (from {s['source']}): {d['num_images']} of {s['all_images']} images"
+              f", {record['num_detections']} detections"
+              + (f"; {record['run']['wall_s']:.1f} s wall" if record.get("run") else ""))
+        print(" partial: no metrics and no target checked here; `scripts/suite merge` evaluates every shard's "
+              "detections once" + (f" (shard record: {record['path']})" if record.get("path") else ""))
+        for reason in record["reasons"]:
+            print(f" FAIL: {reason}")
+        return
     if record["kind"] == "accuracy" and record["dataset"].get("stopped_by"):
         print(f" stopped by the {record['dataset']['stopped_by']} before the full pass: no metrics")
     elif record["kind"] == "accuracy":
@@ -75,7 +101,13 @@ def print_summary(record: dict, path=None):
             if d["category_coverage"]["warning"]:
                 print(f" WARNING: {d['category_coverage']['warning']}")
         r = record["run"]
-        print(f" run: {r['wall_s']:.1f} s wall, {r['images_per_s']:.1f} images/s")
+        if record.get("merged_from"):
+            m = record["merged_from"]
+            sizes = ", ".join(f"{x['index']}/{x['total']}: {x['images']}" for x in m)
+            print(f" merged {len(m)} shards ({sizes} images); slowest shard {r['slowest_shard_s']:.1f} s, "
+                  f"evaluation {r['evaluate_s']:.2f} s")
+        else:
+            print(f" run: {r['wall_s']:.1f} s wall, {r['images_per_s']:.1f} images/s")
     else:
         from common.runtime.telemetry import format_telemetry
         from common.harness.timing import TimingStats, format_timing
@@ -169,6 +201,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits with 2 on bad flags, as documented
     if args.command == "env":
         return print_env(args.json)
+    if args.command == "merge":
+        return guarded(lambda: merge(args), args.debug)
 
     def run() -> int:
         cfg = config_from_args(args)  # a bad environment value is a ConfigError: exit 2 naming the variable
@@ -182,12 +216,31 @@ def main(argv=None) -> int:
                 raise
 
         runner = run_accuracy if args.command == "accuracy" else run_performance
+        if args.command == "accuracy" and cfg.devices:
+            from common.harness.devices import run_on_devices
+            runner = run_on_devices
         record = runner(cfg, None if args.no_record else publish)
         print_summary(record, written.get("path"))
         return exit_code_of(record["verdict"])
 
     return guarded(run, args.debug, "interrupted: no record was written; an accuracy run resumes from its finished "
                                     "batches when the same command is run again")
+
+
+def merge(args) -> int:
+    """scripts/suite merge: exit 0/1 as an accuracy run, 2 a duplicated or disagreeing shard (or bad input),
+    4 a missing shard (named)."""
+    from common.harness.merge import merge_shards
+    record = merge_shards(args.dirs, args.annotation, args.evaluator, args.detections_out)
+    path = None
+    if not args.no_record:
+        try:
+            path = write_record(args.results_dir, record)
+        except SuiteError:
+            print_summary(record)
+            raise
+    print_summary(record, path)
+    return exit_code_of(record["verdict"])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ EXIT_PASS = 0          # every target held
 EXIT_TARGET_FAILED = 1  # the run completed but a target (or an output sanity check) failed
 EXIT_BAD_INPUT = 2      # bad input or configuration: nothing was measured
 EXIT_RUNTIME = 3        # the backend or runtime failed while running
+EXIT_INCOMPLETE = 4     # a merge of image shards lacks a shard (docs/scale-out.md)
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 
@@ -41,3 +42,9 @@ class RuntimeFailure(SuiteError):
     """The runtime failed while building or running an engine."""
 
     exit_code = EXIT_RUNTIME
+
+
+class IncompleteError(SuiteError):
+    """A merge of image shards that lacks one or more shards; the message names them."""
+
+    exit_code = EXIT_INCOMPLETE

@@ -27,13 +27,16 @@ use_project_python()
 from common.cli import exit_now, guarded  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402
 from common.harness.fidelity import run_compare, write_json  # noqa: E402
+from common.config import options  # noqa: E402
 from common.config.options import add_groups, config_from_args, positive_int  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
     add_groups(p, "model", "engine", "dataset", "output", defaults={"precision": "fp16"})
-    p.add_argument("--images", type=positive_int, default=8, help="images compared, the first N by id (default: 8)")
+    options.add_flags(p, "image shard", "shard")
+    p.add_argument("--images", type=positive_int, default=8, help="images compared, the first N by id (of the "
+                   "--shard, when given; default: 8)")
     p.add_argument("--range-images", type=positive_int, default=4,
                    help="FP16: images the range check of every float16 tensor runs on, the first N compared "
                         "(default: 4)")

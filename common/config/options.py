@@ -58,6 +58,9 @@ class RunConfig:
     resume: bool = True                # pick up the per-batch predictions an interrupted identical run left behind
     checkpoint_s: float = 1.0          # how often finished predictions are saved for resuming (0 = every batch)
     preflight: int = 4                 # accuracy: compare with the FP32 reference on this many images first
+    shard: str | None = None           # "K/N": only the K-th of N image shards (docs/scale-out.md)
+    shard_source: str | None = None    # what set the shard: --shard or the CI variables (SHARD_ENV)
+    devices: str | None = None         # accuracy: "0,1,...": one worker process per device (common/harness/devices.py)
 
     def __post_init__(self):
         _check_range("batch size", self.batch_size, 1)
@@ -67,6 +70,10 @@ class RunConfig:
             raise ConfigError(f"checkpoint interval must be a finite number >= 0, got {self.checkpoint_s!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.shard is not None:
+            parse_shard(self.shard)
+        if self.devices is not None:
+            parse_devices(self.devices)
 
 
 def _check_range(what: str, value, low: int, high: int | None = None):
@@ -87,6 +94,88 @@ def parallelism(cfg: RunConfig, caps) -> tuple[int, int]:
     if cfg.workers is not None:
         return streams, cfg.workers
     return streams, max(0, min(4, cores - 2 * streams)) if caps.host_compute else max(1, cores - 1)
+
+
+# ---------------------------------------------------------------------------------------------------- shards
+
+# The CI schedulers' own variables an accuracy run reads for its image shard when --shard is not given
+# (docs/scale-out.md): GitLab `parallel:` (1-based index) and Slurm job arrays (any first index and step).
+GITLAB_SHARD_ENV = ("CI_NODE_INDEX", "CI_NODE_TOTAL")
+SLURM_SHARD_ENV = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_COUNT",
+                   "SLURM_ARRAY_TASK_STEP")
+SHARD_ENV = GITLAB_SHARD_ENV + SLURM_SHARD_ENV
+
+
+def parse_shard(text: str, what: str = "--shard") -> tuple[int, int]:
+    """"K/N" -> (K, N) with 1 <= K <= N; anything else is a ConfigError naming `what`."""
+    k, sep, n = str(text).partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        k = n = 0
+    if not sep or n < 1 or not 1 <= k <= n:
+        raise ConfigError(f"{what}={text!r}: expected K/N with 1 <= K <= N (e.g. 2/4)")
+    return k, n
+
+
+def parse_devices(text: str) -> list[int]:
+    """"0,1,3" -> [0, 1, 3]: distinct device indices >= 0."""
+    try:
+        out = [int(t) for t in str(text).split(",")]
+    except ValueError:
+        out = [-1]
+    if not out or min(out) < 0 or len(set(out)) != len(out):
+        raise ConfigError(f"--devices={text!r}: expected distinct device indices >= 0, comma-separated (e.g. 0,1)")
+    return out
+
+
+def _env_int(environ, name: str) -> int | None:
+    text = environ.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"${name}={text!r}: expected an integer") from None
+
+
+def shard_from_environment(environ) -> tuple[str, str] | None:
+    """("K/N", source) from the CI scheduler's variables, or None when none is set. GitLab sets CI_NODE_TOTAL=1
+    on every job without `parallel:` (no shard); a Slurm array task is (ID - MIN) / STEP + 1 of COUNT (or of
+    (MAX - MIN) / STEP + 1). Incomplete or contradictory values are a ConfigError naming the variables."""
+    found = []
+    index, total = _env_int(environ, "CI_NODE_INDEX"), _env_int(environ, "CI_NODE_TOTAL")
+    if index is not None or (total or 1) > 1:
+        if index is None or total is None:
+            raise ConfigError("$CI_NODE_INDEX and $CI_NODE_TOTAL: GitLab sets both for a `parallel:` job; only "
+                              f"one is set ({'CI_NODE_INDEX' if index is not None else 'CI_NODE_TOTAL'})")
+        found.append(((index, total), f"$CI_NODE_INDEX={index}/$CI_NODE_TOTAL={total} (GitLab parallel)"))
+    task = _env_int(environ, "SLURM_ARRAY_TASK_ID")
+    if task is not None:
+        low, high, count = (_env_int(environ, f"SLURM_ARRAY_TASK_{s}") for s in ("MIN", "MAX", "COUNT"))
+        step = _env_int(environ, "SLURM_ARRAY_TASK_STEP") or 1
+        if low is None or (high is None and count is None):
+            raise ConfigError("$SLURM_ARRAY_TASK_ID needs $SLURM_ARRAY_TASK_MIN and $SLURM_ARRAY_TASK_MAX or "
+                              "$SLURM_ARRAY_TASK_COUNT (Slurm sets them for every array task)")
+        span = None if high is None else (high - low) // step + 1
+        if span is not None and count is not None and span != count:
+            raise ConfigError(f"$SLURM_ARRAY_TASK_COUNT={count} contradicts $SLURM_ARRAY_TASK_MIN={low}.."
+                              f"$SLURM_ARRAY_TASK_MAX={high} (step {step}: {span} tasks); a sparse array "
+                              "(--array=1,5,9) cannot be a shard index: pass --shard K/N")
+        if (task - low) % step:
+            raise ConfigError(f"$SLURM_ARRAY_TASK_ID={task} is not MIN {low} + a multiple of STEP {step}")
+        found.append((((task - low) // step + 1, count if count is not None else span),
+                      f"$SLURM_ARRAY_TASK_ID={task} (Slurm array {low}..{low + ((count or span) - 1) * step})"))
+    if not found:
+        return None
+    if len({kn for kn, _ in found}) > 1:
+        raise ConfigError("contradictory shard variables: " + " vs ".join(
+            f"{kn[0]}/{kn[1]} from {src}" for kn, src in found) + "; unset one or pass --shard K/N")
+    (k, n), _ = found[0]
+    source = " and ".join(src for _, src in found)
+    if n < 1 or not 1 <= k <= n:
+        raise ConfigError(f"{source}: shard {k} of {n} is outside 1..{n}")
+    return f"{k}/{n}", source
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -126,6 +215,20 @@ _positive_float = _finite_number("a number", zero_ok=False)
 
 positive_int = _int_at_least(1)
 nonneg_int = _int_at_least(0)
+
+
+def _argtype(check: Callable) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            check(text, "")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+        return text
+    return parse
+
+
+_shard_text = _argtype(lambda t, w: parse_shard(t, w))
+_devices_text = _argtype(lambda t, w: parse_devices(t))
 
 
 @dataclass(frozen=True)
@@ -217,6 +320,12 @@ def _groups() -> dict:
                  "seconds; 0 = after every batch", _seconds, env="SUITE_CHECKPOINT_S", default=1.0, metavar="S"),
             Flag(("--no-resume",), "no_resume", "ignore the predictions an interrupted identical run left in "
                  "<results-dir>/.run-state", action="store_true"),
+            Flag(("--shard",), "shard", "only the K-th of N image shards: its detections and a partial record, "
+                 "joined by `scripts/suite merge` (docs/scale-out.md)", _shard_text, metavar="K/N",
+                 shown="$CI_NODE_INDEX/$CI_NODE_TOTAL or the Slurm array task, else all images"),
+            Flag(("--devices",), "devices", "one worker process per device (each its own engine and "
+                 "$SUITE_GPU_INDEX) on disjoint image shards, one merged record", _devices_text, metavar="0,1,..",
+                 env="SUITE_DEVICES", shown="one process"),
         ],
         "timing": [
             Flag(("--warmup",), "warmup_s", "warm-up seconds before timing", _seconds, default=1.0, metavar="S"),
@@ -320,6 +429,17 @@ def config_from_args(args: argparse.Namespace, environ=None) -> RunConfig:
         kw["progress"] = not get("no_progress")
     if "no_resume" in present:
         kw["resume"] = not get("no_resume")
+    if "shard" in present:
+        if kw.get("shard"):
+            try:
+                found = shard_from_environment(os.environ if environ is None else environ)
+            except ConfigError:   # the flag wins: a broken environment it replaces is no error
+                found = None
+            kw["shard_source"] = "--shard" + (f" (overrides {found[1]})" if found and found[0] != kw["shard"] else "")
+        else:
+            found = shard_from_environment(os.environ if environ is None else environ)
+            if found:
+                kw["shard"], kw["shard_source"] = found
     replay = {k: get(k) for k in ("replay_dir", "replay_fps") if k in present and get(k)}
     if replay:
         kw["backend_options"] = replay

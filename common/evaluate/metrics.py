@@ -106,6 +106,13 @@ class CocoEvaluator:
         if self._incremental is not None:
             self._incremental.add(rows)
 
+    def add_rows(self, rows: np.ndarray):
+        """Rows another run's DetectionStore kept (COCO category ids already): the shards of a merge."""
+        rows = np.asarray(rows, np.float64).reshape(-1, 7)
+        self.store._chunks.append(rows)
+        if self._incremental is not None:
+            self._incremental.add(rows)
+
     def complete(self, image_ids):
         """These images will get no more detections: the incremental engine may match them now."""
         if self._incremental is not None:

@@ -53,12 +53,21 @@ class Images:
 
 
 def load_images(variant: Variant, dataset_dir, annotation, images_dir, n: int, items=None,
-                annotations=None) -> Images:
-    """The first n images (by id) of the dataset, preprocessed as the spec says."""
+                annotations=None, shard: str | None = None) -> Images:
+    """The first n images (by id) of the dataset, or of its image shard "K/N" (common/harness/shards.py),
+    preprocessed as the spec says."""
     if items is None:
         images, ann_file = resolve_dataset(dataset_dir, annotation or variant.annotation, images_dir)
         annotations = read_annotations(ann_file)
-        items = image_items(annotations, images, n)
+        items = image_items(annotations, images, None if shard else n)
+        if shard:
+            from common.config.options import parse_shard
+            from common.harness.shards import shard_bounds
+            k, total = parse_shard(shard)
+            start, stop = shard_bounds(len(items), k, total)
+            if stop == start:
+                raise InputError(f"image shard {shard} of {len(items)} images holds no image", ann_file)
+            items = items[start:stop]
     items = items[:n]
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     x = np.empty((len(items), 3, variant.height, variant.width), np.float32)
@@ -377,11 +386,16 @@ def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True
     tol = tolerance_of(variant)
     onnx_path = resolve_onnx(cfg, variant)
     sha = file_sha256(onnx_path)
-    images = load_images(variant, cfg.dataset_dir, cfg.annotation, cfg.images_dir, num_images)
+    images = load_images(variant, cfg.dataset_dir, cfg.annotation, cfg.images_dir, num_images, shard=cfg.shard)
+    if cfg.shard:
+        log(f"shard {cfg.shard} (from {cfg.shard_source}): the first {len(images.image_ids)} images of that shard")
     ref_p = prepare(reference_config(cfg), variant, sha, onnx_path)
     ref = run_images(ref_p.runner, images)
     cand_p = prepare(cfg, variant, sha, onnx_path)
     report = against_reference(variant, images, tol, ref_p.runner, cand_p.runner, ref_outputs=ref)
+    if cfg.shard:
+        report["shard"] = {"shard": cfg.shard, "source": cfg.shard_source,
+                           "image_ids": [int(i) for i in images.image_ids]}
     log(f"== {variant.id}: {cand_p.backend.name} {cand_p.backend.device()} {cfg.precision} vs FP32 reference ==")
     add_fp16_range(report, cfg, cand_p, ref_p, images.inputs[:range_images], tol, log)
     report.update(model=variant.model, variant=variant.name, onnx=str(onnx_path), onnx_sha256=sha,

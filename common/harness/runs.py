@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
+import os
 import queue
 import sys
 import threading
@@ -34,6 +36,7 @@ from common.fsaccess import check_output_file, ensure_writable_dir
 from common.data.preprocess import Preprocessor
 from common.runtime.replay import OutputRecorder
 from common.harness.run_state import RunState
+from common.harness.shards import SHARD_KIND, ShardPlan, engine_key, ids_digest, request_key, write_shard
 from common.record.results import check_targets, new_record, verdict_of
 from common.config.options import RunConfig, parallelism  # noqa: F401  RunConfig: re-exported for callers of the drivers
 from common.config.specs import Variant, load_model
@@ -70,6 +73,9 @@ def _finish(record: dict, values: dict, targets, extra_reasons: list[str]) -> di
     record.update(targets=_target_dicts(targets), checks=checks, verdict=verdict_of(checks, reasons),
                   reasons=reasons)
     return record
+
+
+finish_record = _finish   # the merge of image shards judges its merged record the same way (harness/merge.py)
 
 
 def _read_environment():
@@ -245,6 +251,11 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
     annotations = read_annotations(ann_file, polygons=False, remember=remember)
     items = image_items(annotations, images_dir, cfg.max_images)
+    shard = None
+    if cfg.shard:   # only this shard's images; the merge evaluates the union (common/harness/shards.py)
+        shard = ShardPlan.of(cfg, items)
+        items = shard.items
+        print(shard.describe(), flush=True)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator, source=ann_file)
     decoder = get_decoder(variant.output)
     decode_cfg = variant.decode_cfg
@@ -266,6 +277,12 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"])
         nonfinite.update(c["nonfinite"])
     evaluator.complete([it.image_id for it in items[:done]])
+    if shard is not None and not items:   # more shards than images: nothing to infer, the engine still identifies it
+        evaluator.close()
+        p = prepare(cfg, variant, onnx_sha256, onnx_path)
+        return _shard_result(cfg, p, shard, evaluator, images_dir, ann_file, variant, nonfinite,
+                             {"wall_s": time.perf_counter() - t_start, "inference_s": 0.0, "images_per_s": 0.0},
+                             publish, state)
     # The loader forks its workers before prepare() starts the runtime's threads.
     with open_loader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
                      cache_dir=None if done else cfg.input_cache) as loader:
@@ -331,6 +348,13 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             raise
         if recorder is not None:
             recorder.write()
+    if shard is not None:
+        evaluator.close()
+        return _shard_result(cfg, p, shard, evaluator, images_dir, ann_file, variant, nonfinite,
+                             {"wall_s": time.perf_counter() - t_start, "inference_s": infer_s,
+                              "images_per_s": (len(items) - done) / (time.perf_counter() - t_start),
+                              "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done,
+                              "input_cache_hit": loader.cached is not None}, publish, state)
     image_ids = [it.image_id for it in items]
     t_eval = time.perf_counter()
     metrics = evaluator.evaluate(image_ids)
@@ -366,6 +390,44 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
                                  "command to evaluate and write without recomputing them") from None
         raise
     state.clear()  # the record is safely written; a rerun should measure afresh
+    return record
+
+
+def _shard_result(cfg: RunConfig, p: Prepared, shard: ShardPlan, evaluator, images_dir, ann_file, variant: Variant,
+                  nonfinite: Counter, run: dict, publish, state: RunState) -> dict:
+    """A shard's partial record (no metrics: targets are judged on the merged record) and its detections, written
+    to its results dir; the resume state is cleared once both are there."""
+    rows = evaluator.store.rows()
+    identity = {"onnx_sha256": p.onnx_sha256, "precision": cfg.precision, "engine_key": engine_key(p),
+                "dataset": shard.dataset, "annotation_sha256": file_sha256_memo(ann_file, sha256_memo_dir(cfg)),
+                "backend": p.backend.name, "batch_size": cfg.batch_size,
+                "spec": hashlib.sha256(repr(variant).encode()).hexdigest()[:32], "model": p.variant.model,
+                "variant": p.variant.name, "categories": evaluator.categories}
+    gpu = os.environ.get("SUITE_GPU_INDEX")
+    record = new_record(SHARD_KIND, **_base_fields(cfg, p), model_arg=cfg.model, identity=identity,
+                        shard={"index": shard.index, "total": shard.total, "source": shard.source,
+                               "first": shard.start + 1, "last": shard.stop, "all_images": shard.all_count,
+                               "max_images": cfg.max_images, "ids_sha256": ids_digest(it.image_id for it in shard.items),
+                               "gpu_index": int(gpu) if gpu and gpu.isdigit() else None,
+                               "request": request_key(cfg)},
+                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
+                                 "num_images": len(shard.items), "categories": evaluator.categories},
+                        metrics={}, num_detections=len(rows), nonfinite=dict(nonfinite), run=run)
+    reasons = fault_reasons(nonfinite)
+    record.update(targets=[], checks=[], verdict=verdict_of([], reasons), reasons=reasons)
+    try:
+        if cfg.detections_out:
+            try:
+                atomic_write_bytes(cfg.detections_out, json.dumps(to_coco_results(rows)).encode())
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
+        if publish is not None:
+            record["path"] = str(write_shard(cfg.results_dir, record, rows))
+    except BaseException:
+        with suppress(OSError):
+            state.flush()
+        raise
+    state.clear()
     return record
 
 
