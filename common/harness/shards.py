@@ -30,10 +30,11 @@ SHARD_KIND = "accuracy-shard"
 SHARD_GLOB = "shard-*-of-*.json"
 
 # The fields every shard of one run must agree on, with the words a refusal uses.
-IDENTITY = {"onnx_sha256": "model bytes (ONNX sha256)", "precision": "precision", "engine_key": "engine key",
+IDENTITY = {"model": "model", "variant": "variant", "backend": "backend", "precision": "precision",
+            "batch_size": "batch size", "onnx_sha256": "model bytes (ONNX sha256)",
+            "spec": "model spec (preprocessing, decoding)", "categories": "categories",
             "dataset": "dataset (image ids, file names and sizes)", "annotation_sha256": "annotation file",
-            "backend": "backend", "batch_size": "batch size", "spec": "model spec (preprocessing, decoding)",
-            "model": "model", "variant": "variant", "categories": "categories"}
+            "engine_key": "engine key"}   # in this order: the engine key follows from the others
 
 
 def shard_bounds(count: int, k: int, n: int) -> tuple[int, int]:
