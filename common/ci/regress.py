@@ -28,7 +28,7 @@ from common.record.history import append_run, last_good, read_history
 from common.ci.matrix import Case, case_rules
 from common.ci.reports import (junit_xml, markdown_summary, plot_fps_vs_batch, plot_history, readme_table, results_rows,
                       text_table, update_readme)
-from common.config.options import ENV, RunConfig, to_flags
+from common.config.options import ENV, SHARD_ENV, RunConfig, to_flags
 from common.config.specs import load_model
 from common.ci.verdicts import BASELINES_DIR, ERROR, FAILED, FAILING, UNSUPPORTED, FpsRule, judge
 
@@ -100,9 +100,11 @@ def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
 
 
 def case_env() -> dict:
-    """The runner's environment less every variable the suite reads as a default (common/config/options.ENV) and any
-    other SUITE_* setting, except the telemetry's choice of GPU, which changes what is sampled, not measured."""
-    env = {k: v for k, v in os.environ.items() if k not in ENV
+    """The runner's environment less every variable the suite reads as a default (common/config/options.ENV), the CI
+    scheduler's shard variables (SHARD_ENV: the runner shards the matrix itself, a case gets its image shard as a
+    flag) and any other SUITE_* setting, except the telemetry's choice of GPU, which changes what is sampled, not
+    measured."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV and k not in SHARD_ENV
            and not (k.startswith("SUITE_") and k != "SUITE_GPU_INDEX")}
     env["PYTHONPATH"] = str(IMPORT_PATH) + os.pathsep + os.environ.get("PYTHONPATH", "")
     return env
