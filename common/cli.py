@@ -21,6 +21,10 @@ import sys
 import threading
 import traceback
 
+if __name__ == "__main__":  # scripts/suite runs $PYTHON as given: one clear line if it lacks the packages
+    from common.interpreter import require_packages
+    require_packages("$PYTHON" if os.environ.get("PYTHON") else "scripts/suite")
+
 from common.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
 from common.evaluate.metrics import format_coverage, format_stats
 from common.record.results import exit_code_of, write_record

@@ -12,14 +12,33 @@ from common import REPO_ROOT
 NEEDED = ("numpy", "cv2", "onnxruntime", "yaml")
 
 
-def use_project_python() -> None:
-    if all(importlib.util.find_spec(m) is not None for m in NEEDED):
+def _missing(needed) -> list[str]:
+    return [m for m in needed if importlib.util.find_spec(m) is None]
+
+
+def use_project_python(needed: tuple = NEEDED) -> None:
+    """Re-run the script under the repo's .venv when this interpreter lacks `needed`; exit 2 saying so when
+    that is not possible. An export script adds torch: its own layer (requirements-export.txt)."""
+    if not _missing(needed):
         return
     venv = REPO_ROOT / ".venv" / "bin" / "python"
     if venv.is_file() and os.environ.get("SUITE_REEXEC") != "1":
         os.environ["SUITE_REEXEC"] = "1"  # once: a broken venv must not loop
         os.execv(str(venv), [str(venv), *sys.argv])
-    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    layer = " --export" if "torch" in _missing(needed) and not _missing(NEEDED) else ""
     where = f"{venv} lacks them: rerun" if venv.is_file() else f"there is no set-up .venv in {REPO_ROOT}: run"
-    print(f"error: {sys.executable} lacks {', '.join(missing)} and {where} `bash scripts/setup.sh`", file=sys.stderr)
+    print(f"error: {sys.executable} lacks {', '.join(_missing(needed))} and {where} "
+          f"`bash scripts/setup.sh{layer}`", file=sys.stderr)
     sys.exit(2)
+
+
+def require_packages(chosen_by: str) -> None:
+    """Exit 2 with one line when the interpreter someone chose explicitly (`chosen_by`, e.g. $PYTHON) lacks the
+    suite's packages: that choice is kept, never silently replaced by .venv, so it must be a clear error rather
+    than an import traceback."""
+    missing = _missing(NEEDED)
+    if missing:
+        print(f"error: {sys.executable} (chosen by {chosen_by}) lacks {', '.join(missing)}: unset it to use "
+              f"{REPO_ROOT / '.venv'}, or install the suite into that interpreter (`bash scripts/setup.sh`)",
+              file=sys.stderr)
+        sys.exit(2)

@@ -3,8 +3,8 @@
 
     scripts/regress.py run   [--models rtmdet] [--precision fp16] [--bs 1,8] [--shard 1/4] --out results/regress/RUN
     scripts/regress.py merge --out results/regress/RUN results/regress/RUN-shard1 results/regress/RUN-shard2 ...
-    scripts/regress.py report results/regress/RUN [--history results/history.jsonl] [--update-readmes]
-    scripts/regress.py baseline-update results/regress/RUN [--cases 'rtmdet/*/bs1/*']
+    scripts/regress.py report results/regress/RUN [--history results/history.jsonl] [--update-readmes [DIR]]
+    scripts/regress.py baseline-update results/regress/RUN --baselines DIR [--cases 'rtmdet/*/bs1/*']
 
 Exit codes: 0 every case passed; 1 a regression or failed target; 2 configuration error; 3 infrastructure error
 (a case crashed, timed out, wrote no record or measured invalidly); 4 incomplete (a merge missing shards or
@@ -44,8 +44,9 @@ CASE_FLAGS = ("device", "dataset_dir", "annotation", "max_images", "cache_dir", 
 
 def _report_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("verdicts and reports")
-    g.add_argument("--baselines", default=os.environ.get("REGRESS_BASELINES"),
-                   help="baseline directory (default: $REGRESS_BASELINES, else <repo>/baselines)")
+    g.add_argument("--baselines", "--baselines-dir", dest="baselines", default=os.environ.get("REGRESS_BASELINES"),
+                   help="baseline directory (default: $REGRESS_BASELINES, else <repo>/baselines; baseline-update "
+                        "writes only into one named here or by $REGRESS_BASELINES)")
     g.add_argument("--device-name", default=os.environ.get("REGRESS_DEVICE_NAME"),
                    help="baseline device key, e.g. the accelerator model (default: the record's device)")
     g.add_argument("--fps-k", type=float, default=3.0, help="tolerance band = k x combined CoV (default 3)")
@@ -53,8 +54,9 @@ def _report_args(p: argparse.ArgumentParser):
     g.add_argument("--fps-max-band", type=float, default=0.30, help="widest band, relative (default 0.30)")
     g.add_argument("--fps-max-cov", type=float, default=0.10,
                    help="combined CoV above which an FPS inside the band is flagged noisy (default 0.10)")
-    g.add_argument("--jumps", choices=("fail", "warn"), default="fail",
-                   help="verdict of an FPS rise beyond the band (default fail)")
+    g.add_argument("--jumps", choices=("fail", "warn", "auto"), default="auto",
+                   help="verdict of an FPS rise beyond the band (default auto: warn on a runtime that computes on "
+                        "the host's cores, whose baseline may have been taken under load; fail elsewhere)")
     g.add_argument("--noisy", choices=("warn", "fail"), default="warn",
                    help="verdict of a noisy FPS inside the band (default warn)")
     g.add_argument("--acc-z", type=float, default=3.0,
@@ -66,14 +68,17 @@ def _report_args(p: argparse.ArgumentParser):
                    help="a run that measured nothing (no case, every cell unsupported) exits 0 (default: exit 5)")
     g.add_argument("--history", default=os.environ.get("REGRESS_HISTORY"),
                    help="append-only JSONL history to append to and plot from")
-    g.add_argument("--update-readmes", action="store_true",
-                   help="write the results table into models/<name>/README.md")
+    g.add_argument("--update-readmes", nargs="?", const="", default=None, metavar="DIR",
+                   help="write each model's README with the results table into DIR/<model>/README.md (default "
+                        "DIR: <run dir>/readmes; `--update-readmes models` updates the source tree's own)")
     g.add_argument("--no-plots", action="store_true", help="write no PNG plots")
 
 
 def _report_options(args) -> ReportOptions:
     ro = ReportOptions(device_name=args.device_name, history=absolute_path(args.history),
-                       update_readmes=args.update_readmes, plots=not args.no_plots,
+                       update_readmes=None if args.update_readmes is None
+                       else absolute_path(args.update_readmes or None) or "",   # "": the run dir's readmes/
+                       plots=not args.no_plots,
                        step_summary=os.environ.get("GITHUB_STEP_SUMMARY"), strict=args.strict,
                        allow_empty=args.allow_empty,
                        rule=FpsRule(k_sigma=args.fps_k, min_band=args.fps_min_band, max_band=args.fps_max_band,
@@ -188,6 +193,10 @@ def main(argv=None) -> int:
         if args.command == "report":
             return report(Path(absolute_path(args.run_dir)), ropts)
         # baseline-update
+        if not args.baselines:  # never the source tree's baselines/ by default: a test run would dirty the clone
+            raise SuiteError("baseline-update writes only where it is told: pass --baselines DIR (or set "
+                             "$REGRESS_BASELINES); `--baselines baselines` writes the repo's own baselines/, to "
+                             "commit")
         run_dir = Path(absolute_path(args.run_dir))
         outcomes, verdicts = verdicts_of(run_dir, ropts)
         gaps = completeness(run_dir, outcomes)

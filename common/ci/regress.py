@@ -392,7 +392,7 @@ class ReportOptions:
     device_name: str | None = None
     rule: FpsRule = field(default_factory=FpsRule)
     history: str | None = None
-    update_readmes: bool = False
+    update_readmes: str | None = None     # DIR: DIR/<model>/README.md; "": <run dir>/readmes; None: none written
     plots: bool = True
     step_summary: str | None = None       # e.g. $GITHUB_STEP_SUMMARY: the Markdown is appended there too
     strict: bool = False                  # missing baselines / FP32 references and unsupported cells fail (exit 4)
@@ -454,11 +454,14 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
     if ropts.step_summary:
         with open(ropts.step_summary, "a", encoding="utf-8") as f:
             f.write(md)
-    if ropts.update_readmes:
+    if ropts.update_readmes is not None:
         specs = {v["case"]["model"]: v["case"]["spec"] for v in verdicts}
+        root = Path(ropts.update_readmes) if ropts.update_readmes else run_dir / "readmes"
         for model, spec_arg in sorted(specs.items()):
             spec = load_model(spec_arg)
-            update_readme(spec.path.parent / "README.md", readme_table(model, groups, run_id), spec.name)
+            readme = root / model / "README.md"
+            update_readme(readme, readme_table(model, groups, run_id), spec.name, seed=spec.path.parent / "README.md")
+            echo(f"results table: {readme.resolve()}")
     echo(text_table(verdicts))
     for gap in incomplete:
         echo(f"INCOMPLETE: {gap}")

@@ -187,9 +187,12 @@ def readme_table(model: str, groups: dict, run_id: str) -> str:
     return "\n".join(out)
 
 
-def update_readme(readme: Path, block: str, title: str) -> None:
-    """Replace the text between the markers (appending a Results section with them when absent)."""
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else f"# {title}\n"
+def update_readme(readme: Path, block: str, title: str, seed: Path | None = None) -> None:
+    """Replace the text between the markers (appending a Results section with them when absent). A README not
+    there yet starts as a copy of `seed` (the model's own README), else as a title."""
+    source = readme if readme.is_file() else seed if seed is not None and seed.is_file() else None
+    text = source.read_text(encoding="utf-8") if source is not None else f"# {title}\n"
+    readme.parent.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text, count=1)

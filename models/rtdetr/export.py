@@ -22,13 +22,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 for p in (str(ROOT / ".importpath"), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
+if __name__ == "__main__":  # `python models/rtdetr/export.py` from any shell: the .venv with torch, else one line
+    from common.interpreter import NEEDED, use_project_python
+    use_project_python(NEEDED + ("torch",))
+
+import numpy as np  # noqa: E402
 
 from common.export.checkpoints import check_safetensors, load_torch_checkpoint  # noqa: E402
 from common.errors import ConfigError, InputError, SuiteError, first_line  # noqa: E402

@@ -119,18 +119,19 @@ def test_sharded_runs_merged_equal_the_unsharded_run(tmp_path, rtmdet_onnx, coco
     # a shard merged twice is refused: the shards were not slices of one matrix
     assert regress("merge", shards[0], shards[0], "--out", tmp_path / "twice") == 2
 
-    # the results table in each model's README, from the merged records
-    readme = (rtm_dir / "README.md").read_text()
+    # the results table in each model's README, from the merged records (under the run dir: no source tree)
+    readme = (merged / "readmes" / "rtmdet" / "README.md").read_text()
     block = readme[readme.index(README_START):readme.index(README_END)]
     assert "| Model | Batch Size | Precision | FPS | AP50 | AP50:95 |" in block
     acc = verdicts(merged)["rtmdet/nano-person/onnxruntime/fp16/bs1/accuracy"]["values"]
     assert (f"| rtmdet-nano-person | 1 | FP16 | - | {acc['AP50'] * 100:.1f} | {acc['AP'] * 100:.1f} |" in block)
-    tiny_readme = (tiny_spec.parent / "README.md").read_text()
+    tiny_readme = (merged / "readmes" / "tinydetr" / "README.md").read_text()
     fps = verdicts(merged)["tinydetr/tiny/onnxruntime/fp16/bs2/performance"]["values"]["fps"]
     assert f"| tinydetr-tiny | 2 | FP16 | {fps:.1f} | - | - |" in tiny_readme
     # regenerating replaces the block instead of appending a second one
     regress("report", merged, "--baselines", tmp_path / "baselines", "--update-readmes", "--no-plots")
-    assert (rtm_dir / "README.md").read_text().count(README_START) == 1
+    assert (merged / "readmes" / "rtmdet" / "README.md").read_text().count(README_START) == 1
+    assert not (rtm_dir / "README.md").exists()
     png = merged / "plots" / "fps_vs_batch_tinydetr_tiny_onnxruntime_cpu.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
 

@@ -410,3 +410,18 @@ def test_a_cell_the_backend_cannot_run_is_unsupported_not_a_crash():
     ort = Case("m", "v", "onnxruntime", "fp16", 1, "accuracy", "m")
     assert cell_unsupported(ort, None) is None and cell_unsupported(ort, "cpu") is None
     assert "device 'gpu0' is not supported" in cell_unsupported(ort, "gpu0")
+
+
+def test_an_fps_jump_on_a_cpu_runner_warns_and_on_an_accelerator_fails(tmp_path):
+    """Issue 31, defect 8: a baseline taken on a loaded CPU runner made the next idle run fail as a suspicious
+    jump. By default (--jumps auto) a host-computing runtime only warns; an accelerator's jump still fails."""
+    _write_baseline(tmp_path, {"m/v/onnxruntime/fp32/bs1": {"fps": 100.0, "cov": 0.01}})
+    faster = [_perf_record(140.0), _perf_record(140.0)]
+    (v,) = judge([_outcome(_case(), faster)], RULES, tmp_path)
+    assert v["status"] == WARN and any("suspicious FPS jump" in n and "a warning" in n for n in v["notes"])
+    (v,) = judge([_outcome(_case(), faster)], RULES, tmp_path, rule=FpsRule(jumps="fail"))
+    assert v["status"] == FAILED
+    igie = dict(_case(), backend="igie", id="m/v/igie/fp32/bs1/performance")
+    _write_baseline(tmp_path, {"m/v/igie/fp32/bs1": {"fps": 100.0, "cov": 0.01}})
+    (v,) = judge([_outcome(igie, faster)], RULES, tmp_path)
+    assert v["status"] == FAILED and any("suspicious FPS jump" in n for n in v["notes"])
