@@ -201,6 +201,14 @@ def exit_now(code: int):
     sys.exit(code)
 
 
+# what an interrupt leaves: only an accuracy run keeps anything to resume from
+INTERRUPTED = {
+    "accuracy": "interrupted: no record was written; the run resumes from its finished batches when the same "
+                "command is run again",
+    "performance": "interrupted: no record was written; a performance run keeps nothing: rerun it to measure again",
+}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits with 2 on bad flags, as documented
     if args.command == "env":
@@ -227,8 +235,7 @@ def main(argv=None) -> int:
         print_summary(record, written.get("path"))
         return exit_code_of(record["verdict"])
 
-    return guarded(run, args.debug, "interrupted: no record was written; an accuracy run resumes from its finished "
-                                    "batches when the same command is run again")
+    return guarded(run, args.debug, INTERRUPTED[args.command])
 
 
 def merge(args) -> int:

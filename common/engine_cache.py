@@ -7,19 +7,23 @@ A lock per key keeps two concurrent runs from building the same engine twice.
 """
 from __future__ import annotations
 
+import atexit
+import errno
 import fcntl
 import hashlib
 import json
 import marshal
 import os
+import shutil
 import sys
 import tempfile
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from common.errors import InputError
+from common.errors import InputError, RuntimeFailure
 from common.fsaccess import shared_file_mode
 
 
@@ -96,6 +100,12 @@ def atomic_write_json(path: str | Path, data, indent: int = 2):
     atomic_write_bytes(path, (json.dumps(data, indent=indent, allow_nan=True, default=str) + "\n").encode())
 
 
+# A cache directory that cannot take the engine (full, over quota, read-only, not permitted): the run builds the
+# engine outside it rather than failing (get_or_build)
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+CACHE_WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 class _suppress_oserror:
     def __enter__(self):
         return self
@@ -168,21 +178,26 @@ class EngineCache:
 
         A hit is served without taking the lock (engines and sidecars are published by rename and checked
         against their checksum), so a read-only cache (a CI cache mounted read-only) serves its engines; a
-        miss there is an InputError naming the dir, since nothing can be built into it."""
+        miss there, or a cache that cannot take the engine (a full file system, errno 28), builds it outside the
+        cache with a warning naming the dir (`_build_uncached`)."""
         if self.root.exists() and not self.root.is_dir():
             raise InputError("engine cache path is not a directory (--cache-dir / ENGINE_CACHE_DIR)", self.root)
         hit = self.lookup(key, suffix)
         if hit is not None:
             return hit, True
-        engine, info = self.paths(key, suffix)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            lock = open(self.root / f"{key}.lock", "w")
+            return self._build_cached(key, suffix, build, describe)
         except OSError as exc:
-            raise InputError(f"engine cache is not writable ({exc.strerror}) and does not hold this engine "
-                             f"({key}{suffix}); pass a writable --cache-dir", self.root) from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            # the build's own errors say something about the cache only when it is the disk that is full (a
+            # permission fault there is about what the build reads)
+            if exc.errno not in (DISK_FULL_ERRNOS if getattr(exc, "from_build", False) else CACHE_WRITE_ERRNOS):
+                raise
+            return self._build_uncached(key, suffix, build, exc), False
+
+    def _build_cached(self, key: str, suffix: str, build: Callable[[Path], None], describe: dict) -> tuple[Path, bool]:
+        engine, info = self.paths(key, suffix)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._key_lock(key):
             hit = self.lookup(key, suffix)  # built by another run while this one waited for the lock
             if hit is not None:
                 return hit, True
@@ -193,14 +208,66 @@ class EngineCache:
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=f"{suffix}.tmp")
             os.close(fd)
             try:
-                build(Path(tmp))
+                try:
+                    build(Path(tmp))
+                except OSError as exc:
+                    exc.from_build = True
+                    raise
                 digest = file_sha256(tmp)
                 os.chmod(tmp, shared_file_mode())  # mkstemp's 0600 would hide a shared cache from other users
+                # the sidecar first: it is the write that may still fail (a full disk); an engine without a
+                # matching sidecar is a miss, and the rename below needs no space
+                atomic_write_bytes(info, json.dumps({**describe, "key": key, "sha256": digest}, indent=1,
+                                                    default=str).encode())
                 os.replace(tmp, engine)
             except BaseException:
                 with _suppress_oserror():
                     os.unlink(tmp)
                 raise
-            atomic_write_bytes(info, json.dumps({**describe, "key": key, "sha256": digest}, indent=1,
-                                                default=str).encode())
             return engine, False
+
+    @contextmanager
+    def _key_lock(self, key: str):
+        """The exclusive lock of one key, its file removed once the build is over (no empty `.lock` stays). A
+        run that waited on a lock file removed meanwhile locks the new one instead: two runs never hold the
+        locks of two different files of the same key at once."""
+        path = self.root / f"{key}.lock"
+        while True:
+            lock = open(path, "a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:  # removed by the run that held it: lock the next one
+                pass
+            except BaseException:
+                lock.close()
+                raise
+            lock.close()
+        try:
+            yield
+        finally:
+            with _suppress_oserror():
+                path.unlink()
+            lock.close()
+
+    def _build_uncached(self, key: str, suffix: str, build: Callable[[Path], None], exc: OSError) -> Path:
+        """The engine built outside the cache, for this process only (the cache directory is full or not
+        writable): the run goes on without caching, with a warning naming the cache and the errno. Where no
+        temporary directory can hold the engine either, the build needed the cache: exit 3 naming it."""
+        why = f"errno {exc.errno} {errno.errorcode.get(exc.errno, '')}: {exc.strerror}"
+        path = None
+        try:
+            tmp_dir = Path(tempfile.mkdtemp(prefix="suite-engine-"))
+            atexit.register(shutil.rmtree, tmp_dir, True)
+            path = tmp_dir / f"{key}{suffix}"
+            print(f"warning: {self.root}: cannot write the engine cache ({why}); the engine is built in {tmp_dir} "
+                  "for this run only and not cached", file=sys.stderr)
+            build(path)
+            return path
+        except OSError as second:
+            if second.errno not in DISK_FULL_ERRNOS and not (second.errno in CACHE_WRITE_ERRNOS and path is None):
+                raise
+            raise RuntimeFailure(f"cannot write the engine cache ({why}), and no temporary directory can hold the "
+                                 f"engine either ({second.strerror}): free space or pass a writable --cache-dir",
+                                 self.root) from None

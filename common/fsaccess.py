@@ -37,6 +37,22 @@ def _stat(path: str | Path, what: str):
         raise InputError(f"{what}: cannot access ({exc.strerror})", path) from None
 
 
+def path_stat(path: str | Path, what: str = "file") -> os.stat_result | None:
+    """The stat of whatever is at `path` (a FIFO, a directory too), None when nothing is; a permission fault is
+    an InputError naming the blocking directory."""
+    return _stat(path, what)
+
+
+def file_kind(st: os.stat_result) -> str:
+    """What a non-regular file is, in words for a message."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(st.st_mode):
+            return name
+    return "not a regular file"
+
+
 def file_stat(path: str | Path, what: str = "file") -> os.stat_result | None:
     """The stat of a regular file, None when there is none; a permission fault is an InputError naming the
     blocking directory."""

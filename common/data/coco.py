@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 import os
 import re
 import signal
+import stat
 import threading
 import time
 import weakref
@@ -22,7 +23,7 @@ import numpy as np
 
 from common.data.coco_checks import COCO_CHECKS, check_coco
 from common.errors import ConfigError, InputError
-from common.fsaccess import check_readable_dir, file_stat, is_dir, is_file
+from common.fsaccess import check_readable_dir, file_kind, is_dir, is_file, path_stat
 from common.data.preprocess import Preprocessor
 
 
@@ -191,19 +192,24 @@ def image_items(annotations: dict, images_dir: Path, max_images: int | None = No
         images = images[:max_images]
     if not images:
         raise InputError("the dataset has no images", images_dir)
-    items, missing = [], []
+    items, missing, odd = [], [], []
     for img in images:
         path = path_of(img["file_name"])
-        # file_stat: an image the process may not reach (a directory without search permission) is a permission
+        # path_stat: an image the process may not reach (a directory without search permission) is a permission
         # fault naming that directory, not a "missing" image
-        st = file_stat(path, "image")
+        st = path_stat(path, "image")
         if st is None:
             missing.append(path)
+        elif not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder forever; it is not "missing" either
+            odd.append((path, file_kind(st)))
         else:
             items.append(ImageItem(img["id"], path, img["width"], img["height"], (st.st_size, st.st_mtime_ns)))
     if missing:
         raise InputError(f"{len(missing)} image(s) listed in the annotation file are missing, e.g. {missing[0]}",
                          images_dir)
+    if odd:
+        raise InputError(f"{len(odd)} image(s) listed in the annotation file are not regular files, e.g. "
+                         f"{odd[0][0]} ({odd[0][1]})", images_dir)
     return items
 
 

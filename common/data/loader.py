@@ -83,20 +83,23 @@ class SharedBatchLoader(BatchLoader):
             return
         # Buffers: enough batches in flight to keep every worker busy, plus the ones the consumer may hold
         # (stream threads, the re-ordering of results, the input cache writer).
-        shape = (batch_size, 3, pre.height, pre.width)
-        wanted = max(2, math.ceil(2 * workers * MAX_TASK_IMAGES / batch_size)) + 4
+        # A batch never holds more rows than there are images: --bs 100000 on 350 images needs 350-row buffers
+        # (100000 rows of 320x320 are 122 GB a buffer, a mapping that fails).
+        rows = max(1, min(batch_size, len(items)))
+        shape = (rows, 3, pre.height, pre.width)
+        wanted = max(2, math.ceil(2 * workers * MAX_TASK_IMAGES / rows)) + 4
         # uint8 canvases when they go to the input cache (normalised by each batch), else float32 inputs
         self.dtype = np.dtype(np.uint8 if self.canvas else np.float32)
         # bounded in memory (many workers and large inputs): at least 4 buffers, else at most MAX_BUFFER_BYTES
         self.n_buffers = buffers or min(wanted, max(4, MAX_BUFFER_BYTES // (int(np.prod(shape)) * self.dtype.itemsize)))
         # rows per task, and so the runs of rows that have one owner each
-        self.per_task = max(1, min(MAX_TASK_IMAGES, math.ceil(batch_size / workers)))
-        self.chunks = math.ceil(batch_size / self.per_task)
+        self.per_task = max(1, min(MAX_TASK_IMAGES, math.ceil(rows / workers)))
+        self.chunks = math.ceil(rows / self.per_task)
         self.ahead = max(1, self.n_buffers - 4)
         # one mapping per buffer: an array made over one of them is the base of every view of that batch
         self.maps = [mmap.mmap(-1, int(np.prod(shape)) * self.dtype.itemsize) for _ in range(self.n_buffers)]
         self.inputs = [np.frombuffer(m, self.dtype).reshape(shape) for m in self.maps]
-        self.meta = _shared((self.n_buffers, batch_size, 6), np.float64)
+        self.meta = _shared((self.n_buffers, rows, 6), np.float64)
         ctx = mp.get_context("fork")
         self.tasks, self.results = [ctx.Queue() for _ in range(workers)], ctx.Queue()
         self.free = list(range(self.n_buffers))

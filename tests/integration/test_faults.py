@@ -262,7 +262,7 @@ def test_a_second_interrupt_is_absorbed(env, tmp_path, first, second, gap):
 
 # 7: engine cache ----------------------------------------------------------------------------------------------
 
-def test_read_only_cache_serves_hits_and_refuses_misses(env, tmp_path, unprivileged):
+def test_read_only_cache_serves_hits_and_builds_misses_outside_it(env, tmp_path, unprivileged):
     cache = tmp_path / "cache"
     first = _run(_cli(env, tmp_path / "r1", "--precision", "fp16", "--cache-dir", str(cache), "--workers", "0"))
     _clean(first, 0)
@@ -278,7 +278,10 @@ def test_read_only_cache_serves_hits_and_refuses_misses(env, tmp_path, unprivile
     empty.chmod(0o555)
     miss = _run([*unprivileged, *_cli(env, tmp_path / "r3", "--precision", "fp16", "--cache-dir", str(empty),
                                       "--workers", "0")])
-    _clean(miss, 2, empty, "engine cache is not writable")
+    # a miss in a cache that cannot take the engine: built outside it for this run, with a warning (issue 35)
+    _clean(miss, 0)
+    assert f"warning: {empty}: cannot write the engine cache (errno 13 EACCES" in miss.stderr
+    assert not _records(tmp_path / "r3")[0]["engine"]["cache_hit"] and list(empty.iterdir()) == []
 
 
 def test_cache_path_that_is_a_file(env, tmp_path):
