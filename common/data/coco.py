@@ -375,7 +375,7 @@ class BatchLoader:
                 self.writer = self._cache_writer()
         # decoding produces uint8 canvases only for the cache: the float32 input is then made from the canvas
         self.canvas = self.writer is not None
-        self.buffers = InputBuffers(pre, batch_size) if self.cache is not None else None
+        self.buffers = InputBuffers(pre, max(1, min(batch_size, len(items)))) if self.cache is not None else None
         self.slots = None
         if workers > 0 and self.cached is None:
             global _worker_slots

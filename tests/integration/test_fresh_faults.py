@@ -79,13 +79,15 @@ def test_huge_batch_with_workers(env, tmp_path):
         batches = list(loader)
         assert [len(b.image_ids) for b in batches] == [N_IMAGES]
     spec, onnx_path = write_tiny_spec(tmp_path / "t320.yaml", 320), make_tiny_detector(tmp_path / "m320.onnx", 320)
-    res = subprocess.run([sys.executable, "-m", "common.cli", "accuracy", "--model", str(spec), "--onnx",
-                          str(onnx_path), "--dataset-dir", str(env["coco"]), "--results-dir", str(tmp_path / "res"),
-                          "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--threads", "1",
-                          "--preflight", "0", "--bs", "100000", "--workers", "2"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "internal failure" not in res.stderr
+    # twice with the input cache: written (canvases from the workers), then read (normalised into reused buffers)
+    for extra in ([], ["--input-cache", str(tmp_path / "inputs")], ["--input-cache", str(tmp_path / "inputs")]):
+        res = subprocess.run([sys.executable, "-m", "common.cli", "accuracy", "--model", str(spec), "--onnx",
+                              str(onnx_path), "--dataset-dir", str(env["coco"]), "--results-dir",
+                              str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+                              "--threads", "1", "--preflight", "0", "--bs", "100000", "--workers", "2", *extra],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, (extra, res.stderr)
+        assert "internal failure" not in res.stderr
 
 
 # --- item 7: a full or unwritable engine cache ----------------------------------------------------------------
