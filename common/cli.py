@@ -28,7 +28,7 @@ if __name__ == "__main__":  # scripts/suite runs $PYTHON as given: one clear lin
 from common.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
 from common.evaluate.metrics import format_coverage, format_stats
 from common.record.results import exit_code_of, write_record
-from common.config.options import EVALUATORS, add_groups, config_from_args
+from common.config.options import EVALUATORS, add_flags, add_groups, config_from_args
 from common.harness.runs import run_accuracy, run_performance
 
 
@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the union of the detections as COCO results JSON")
     merge.add_argument("--no-record", action="store_true", help="print only; write no merged record")
     merge.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    lgen = sub.add_parser("loadgen", help="MLPerf LoadGen scenario (SingleStream, MultiStream, Server, Offline; "
+                                          "docs/loadgen.md)")
+    add_groups(lgen, "model", "engine", "dataset", "output", "loadgen", required=("model", "lg_scenario"))
+    add_flags(lgen, "run options", "max_images", "workers", "streams", "evaluator", "replay_dir", "replay_fps",
+              "input_cache", "no_progress")
     env = sub.add_parser("env", help="the runtimes: version, available here or why not, capabilities")
     env.add_argument("--json", action="store_true", help="print the table as JSON")
     return parser
@@ -93,7 +98,12 @@ def print_summary(record: dict, path=None):
         for reason in record["reasons"]:
             print(f" FAIL: {reason}")
         return
-    if record["kind"] == "accuracy" and record["dataset"].get("stopped_by"):
+    if record["kind"] == "loadgen":
+        from common.loadgen.run import format_loadgen
+        print(format_loadgen(record))
+        if record["loadgen"]["mode"] == "accuracy":
+            print(format_stats(record["metrics"]))
+    elif record["kind"] == "accuracy" and record["dataset"].get("stopped_by"):
         print(f" stopped by the {record['dataset']['stopped_by']} before the full pass: no metrics")
     elif record["kind"] == "accuracy":
         m, d = record["metrics"], record["dataset"]
@@ -227,11 +237,16 @@ def main(argv=None) -> int:
                 print_summary(record)  # the metrics are not lost with the record
                 raise
 
-        runner = run_accuracy if args.command == "accuracy" else run_performance
-        if args.command == "accuracy" and cfg.devices:
-            from common.harness.devices import run_on_devices
-            runner = run_on_devices
-        record = runner(cfg, None if args.no_record else publish)
+        if args.command == "loadgen":
+            from common.loadgen.run import run_loadgen
+            from common.loadgen.settings import loadgen_config_from_args
+            record = run_loadgen(cfg, loadgen_config_from_args(args), None if args.no_record else publish)
+        else:
+            runner = run_accuracy if args.command == "accuracy" else run_performance
+            if args.command == "accuracy" and cfg.devices:
+                from common.harness.devices import run_on_devices
+                runner = run_on_devices
+            record = runner(cfg, None if args.no_record else publish)
         print_summary(record, written.get("path"))
         return exit_code_of(record["verdict"])
 

@@ -327,6 +327,43 @@ def _groups() -> dict:
                  "$SUITE_GPU_INDEX) on disjoint image shards, one merged record", _devices_text, metavar="0,1,..",
                  env="SUITE_DEVICES", shown="one process"),
         ],
+        "loadgen": [   # scripts/suite loadgen (common/loadgen/, docs/loadgen.md); over the spec's loadgen: section
+            Flag(("--scenario",), "lg_scenario", "MLPerf LoadGen scenario",
+                 choices=("SingleStream", "MultiStream", "Server", "Offline")),
+            Flag(("--mode",), "lg_mode", "LoadGen mode: performance (latency / QPS) or accuracy (every sample "
+                 "once, COCO-evaluated)", choices=("performance", "accuracy"), default="performance"),
+            Flag(("--short",), "lg_short", "short CI mode: seconds-long minimums, recorded as not an MLPerf "
+                 "result", action="store_true"),
+            Flag(("--target-qps",), "lg_target_qps", "Server: Poisson arrival rate; Offline: expected samples/s",
+                 _positive_float, metavar="Q"),
+            Flag(("--target-latency-ms",), "lg_target_latency_ms", "Server: latency bound at its percentile",
+                 _positive_float, metavar="MS", shown="MLPerf's 100 for detection"),
+            Flag(("--expected-latency-ms",), "lg_expected_latency_ms", "SingleStream / MultiStream: expected "
+                 "query latency", _positive_float, metavar="MS"),
+            Flag(("--samples-per-query",), "lg_samples_per_query", "MultiStream: samples per query",
+                 positive_int, shown="8"),
+            Flag(("--lg-min-duration",), "lg_min_duration_s", "LoadGen minimum duration", _seconds, metavar="S",
+                 shown="MLPerf's 600, --short 1"),
+            Flag(("--lg-max-duration",), "lg_max_duration_s", "LoadGen maximum duration (0 = none)", _seconds,
+                 metavar="S"),
+            Flag(("--min-query-count",), "lg_min_query_count", "LoadGen minimum query count", positive_int,
+                 metavar="N"),
+            Flag(("--max-query-count",), "lg_max_query_count", "LoadGen maximum query count (0 = none)",
+                 nonneg_int, metavar="N"),
+            Flag(("--performance-sample-count",), "lg_performance_sample_count", "samples LoadGen loads for "
+                 "performance mode (0 = every image)", nonneg_int, metavar="N"),
+            Flag(("--max-wait-ms",), "lg_max_wait_ms", "Server: how long a batch waits for more queries",
+                 _seconds, metavar="MS", shown="2"),
+            Flag(("--qsl-seed",), "lg_qsl_rng_seed", "LoadGen qsl_rng_seed", nonneg_int, metavar="N"),
+            Flag(("--sample-index-seed",), "lg_sample_index_rng_seed", "LoadGen sample_index_rng_seed",
+                 nonneg_int, metavar="N"),
+            Flag(("--schedule-seed",), "lg_schedule_rng_seed", "LoadGen schedule_rng_seed", nonneg_int,
+                 metavar="N"),
+            Flag(("--find-peak-qps",), "lg_find_peak_qps", "Server: search the highest valid QPS from "
+                 "--target-qps", action="store_true"),
+            Flag(("--search-tries",), "lg_search_tries", "Server search: at most this many runs", positive_int,
+                 default=6, metavar="N"),
+        ],
         "timing": [
             Flag(("--warmup",), "warmup_s", "warm-up seconds before timing", _seconds, default=1.0, metavar="S"),
             Flag(("--min-duration",), "min_duration_s", "minimum measured seconds", _seconds, default=5.0,
@@ -453,7 +490,7 @@ def to_flags(cfg: RunConfig, kind: str | None = None) -> list[str]:
     skip = {"accuracy": {"timing"}, "performance": {"accuracy"}}.get(kind, set())
     out = ["--model", cfg.model]
     for name, group in GROUPS.items():
-        if name in skip or name == "output":
+        if name in skip or name in ("output", "loadgen"):
             continue
         for f in group:
             if f.dest == "model":

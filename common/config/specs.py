@@ -19,6 +19,7 @@ from common.decode.outputs import OUTPUT_KEYS, load_family_decoders
 from common.evaluate.metrics import STAT_NAMES
 from common.data.preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
 from common.runtime.quantize import read_int8_section
+from common.config.loadgen_spec import read_loadgen_section
 from common.tolerances import Tolerance, parse_tolerance
 
 MODELS_DIR = REPO_ROOT / "models"
@@ -39,6 +40,7 @@ VARIANT_SECTIONS = {
                "relative", "accuracy_noise", "reference_fraction"},
     "fidelity": None,   # typed by common/tolerances.py
     "int8": None,       # typed by common/runtime/quantize.py
+    "loadgen": None,    # typed by common/config/loadgen_spec.py
 }
 # Every name a target may put a threshold on: the 12 COCO stats and the performance figures.
 # fps: the harness timing; fps_compute: the engine alone (what published figures are); fps_e2e: end to end
@@ -249,6 +251,8 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
         extra_inputs[str(k)] = tuple(float(x) for x in v)
     if raw.get("int8") is not None:  # typed and checked by its own reader (common/runtime/quantize.py)
         read_int8_section(raw["int8"], r.path, f"{where}.int8")
+    if raw.get("loadgen") is not None:  # likewise (common/config/loadgen_spec.py); read again by the loadgen run
+        read_loadgen_section(raw["loadgen"], r.path, f"{where}.loadgen")
     known = {"description", "onnx", "input", "preprocess", "output", "labels", "evaluation", "targets", "reference"}
     return Variant(
         model=model, name=name, description=r.get(raw, "description", where, str, ""),
