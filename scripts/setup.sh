@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create <repo>/.venv and install the suite (CPU, from the package registry). Idempotent.
 #
-#   bash scripts/setup.sh            everything: core, export (torch, transformers, mmengine), tvm, test (CI does this)
+#   bash scripts/setup.sh            everything: core, export (torch, transformers, mmengine), tvm, test, loadgen (CI does this)
 #   bash scripts/setup.sh --core     the core only: runs from ONNX files, no torch (an accelerator node)
 #   bash scripts/setup.sh --core --test    the core and pytest
 #
@@ -12,14 +12,14 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 python="${PYTHON_FOR_VENV:-python3}"
-layers=(core export tvm test)
+layers=(core export tvm test loadgen)
 if [[ $# -gt 0 ]]; then
   layers=()
   for arg in "$@"; do
     case "$arg" in
       --core) layers+=(core) ;;
-      --export|--tvm|--test) layers+=(core "${arg#--}") ;;
-      *) echo "setup.sh: unknown option '$arg' (--core, --export, --tvm, --test)" >&2; exit 2 ;;
+      --export|--tvm|--test|--loadgen) layers+=(core "${arg#--}") ;;
+      *) echo "setup.sh: unknown option '$arg' (--core, --export, --tvm, --test, --loadgen)" >&2; exit 2 ;;
     esac
   done
 fi
@@ -35,7 +35,7 @@ files=()
 for layer in "${layers[@]}"; do
   case "$layer" in
     core) files+=(-r requirements.txt) ;;
-    export|tvm|test) files+=(-r "requirements-$layer.txt") ;;
+    export|tvm|test|loadgen) files+=(-r "requirements-$layer.txt") ;;
   esac
 done
 "${pip[@]}" install -q "${files[@]}"

@@ -22,8 +22,12 @@ _CONDITIONS = (("result_perf_constraints_met", "the latency bound was not met at
 DETECTION_COLUMNS = 6   # x1, y1, x2, y2, score, label (float32) per detection
 
 
+ERRORS = "_errors"
+
+
 def read_detail(log_dir: Path) -> dict:
-    """key -> value of every MLLOG line (the last one of a key wins)."""
+    """key -> value of every MLLOG line (the last one of a key wins); under ERRORS the lines LoadGen marked as
+    errors, in order."""
     path = Path(log_dir) / DETAIL
     try:
         text = path.read_text(errors="replace")
@@ -39,6 +43,8 @@ def read_detail(log_dir: Path) -> dict:
         except json.JSONDecodeError:
             continue
         out[entry.get("key")] = entry.get("value")
+        if (entry.get("metadata") or {}).get("is_error"):
+            out.setdefault(ERRORS, []).append(f"{entry.get('key')}: {entry.get('value')}")
     return out
 
 
@@ -52,8 +58,8 @@ def results(detail: dict, scenario: str) -> dict:
     reasons = [] if valid else [text for key, text in _CONDITIONS if detail.get(key) is False]
     if not valid and detail.get("result_invalid_reason"):
         reasons.append(str(detail["result_invalid_reason"]))
-    if detail.get("num_errors"):
-        reasons.append(f"LoadGen logged {detail['num_errors']} error(s) (see {DETAIL})")
+    if detail.get("num_errors") or detail.get(ERRORS):
+        reasons += detail.get(ERRORS) or [f"LoadGen logged {detail['num_errors']} error(s) (see {DETAIL})"]
         valid = False
     if "result_validity" not in detail:
         reasons.append(f"LoadGen logged no result (see {DETAIL})")
@@ -62,9 +68,11 @@ def results(detail: dict, scenario: str) -> dict:
         qps = detail.get("result_completed_samples_per_sec")
     elif scenario == "Offline":
         qps = detail.get("result_samples_per_second")
-    else:   # queries per second, one query at a time; MultiStream queries hold samples_per_query samples
-        q = detail.get("result_qps_with_loadgen_overhead")
-        qps = None if q is None else q * spq
+    elif scenario == "SingleStream":   # one query (one sample) at a time
+        qps = detail.get("result_qps_with_loadgen_overhead")
+    else:   # MultiStream: one query of samples_per_query samples at a time, so samples / mean query latency
+        mean = detail.get("result_mean_query_latency_ns")
+        qps = spq * 1e9 / mean if mean else None
     es = {"met": detail.get("early_stopping_met"),
           "text": " ".join(str(detail.get("early_stopping_result", "")).split()) or None}
     if scenario == "SingleStream":

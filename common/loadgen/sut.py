@@ -57,7 +57,8 @@ class BatchingSUT:
         self._cond = threading.Condition()
         self._stop = False
         self.error: BaseException | None = None
-        # per batch: (samples, seconds in infer, seconds in the SUT outside infer, seconds queued of its first)
+        # per batch: (samples, seconds in infer, seconds in the SUT outside infer, seconds its first sample was
+        # queued, seconds from its first sample's issue to its answer)
         self.batches: list[tuple] = []
         self._threads = [threading.Thread(target=self._work, args=(infer,), daemon=True, name=f"sut-{i}")
                          for i, infer in enumerate(infers)]
@@ -123,7 +124,7 @@ class BatchingSUT:
             responses = [self.response(i, None) for i in ids]
         self.complete(responses)  # LoadGen copies logged bytes during this call: `rows` may go afterwards
         t3 = self.clock()
-        self.batches.append((len(taken), t2 - t1, (t1 - t0) + (t3 - t2), t0 - taken[0][2]))
+        self.batches.append((len(taken), t2 - t1, (t1 - t0) + (t3 - t2), t0 - taken[0][2], t3 - taken[0][2]))
 
     def _fail(self, exc: BaseException, taken: list):
         with self._cond:
@@ -151,4 +152,6 @@ class BatchingSUT:
                 "infer_s": float(b[:, 1].sum()), "harness_s": float(b[:, 2].sum()),
                 "harness_us_per_sample": float(b[:, 2].sum() / samples * 1e6),
                 "harness_ms_per_batch_p90": float(np.percentile(b[:, 2], 90) * 1e3),
-                "queued_ms_p99": float(np.percentile(b[:, 3], 99) * 1e3)}
+                "queued_ms_p99": float(np.percentile(b[:, 3], 99) * 1e3),
+                # issue -> answer of each batch's first sample as the SUT saw it (LoadGen measures the same span)
+                **{f"latency_ms_p{q}": float(np.percentile(b[:, 4], q) * 1e3) for q in (50, 90, 99)}}

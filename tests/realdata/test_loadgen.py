@@ -1,0 +1,171 @@
+"""MLPerf LoadGen scenarios (scripts/suite loadgen) with the real LoadGen library: on the replay backend with a
+simulated device of known latency against queueing theory, invalid runs reported invalid with LoadGen's reason,
+the Server QPS search, accuracy mode against the accuracy run, and all four scenarios on ONNX Runtime.
+
+Timing assertions: the simulated device's latency is exact on its own clock (SimulatedDevice), but each answer
+reaches LoadGen only when its thread is scheduled again; on this shared 2-core host (up to 9 agents; load
+average 12 was seen) that adds up to a few ms per query. Lower bounds are therefore tight (nothing can beat the
+device's queue), upper bounds carry the stated slack, and durations stay at a few seconds."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mlperf_loadgen", reason="MLCommons LoadGen is not installed (bash scripts/setup.sh --loadgen: "
+                                             "requirements-loadgen.txt)")
+
+from common.config.options import RunConfig  # noqa: E402
+from common.loadgen.run import run_loadgen  # noqa: E402
+from common.loadgen.settings import LoadgenConfig  # noqa: E402
+from helpers import detections_ap, run_script  # noqa: E402
+
+PERSON350 = "instances_val2017_person_subset350.json"
+
+
+def _replay_cfg(pass_, tmp_path, fps: float, bs: int = 1, **kw) -> RunConfig:
+    return dataclasses.replace(pass_.cfg, backend="replay", batch_size=bs, results_dir=str(tmp_path / "res"),
+                               backend_options={"replay_dir": str(pass_.recording), "replay_fps": fps},
+                               input_cache=str(pass_.input_cache), record_outputs=None, detections_out=None,
+                               **kw)
+
+
+def _md1_wait_cdf(t: float, lam: float, d: float) -> float:
+    """P(wait <= t) in an M/D/1 queue (Poisson arrivals at lam, service time d): Erlang's formula."""
+    return (1 - lam * d) * sum((lam * (k * d - t)) ** k / math.factorial(k) * math.exp(-lam * (k * d - t))
+                               for k in range(int(t // d) + 1))
+
+
+def md1_latency_quantile(q: float, lam: float, d: float) -> float:
+    """The q-quantile of an M/D/1 query's latency (wait + service), by stepping the CDF (monotone; the
+    alternating series is exact for the few terms a t below ~10 d needs)."""
+    t, step = 0.0, d / 2000
+    while _md1_wait_cdf(t, lam, d) < q:
+        t += step
+    return d + t
+
+
+def test_md1_formula_matches_its_known_values():
+    """The theory the Server test leans on: mean latency d + rho d / (2 (1 - rho)) and the CDF's start 1 - rho."""
+    lam, d = 100.0, 0.005
+    assert _md1_wait_cdf(0.0, lam, d) == pytest.approx(0.5)
+    # the quantiles integrate to the M/D/1 mean (Pollaczek-Khinchine): 7.5 ms at rho = 0.5
+    qs = [md1_latency_quantile((i + 0.5) / 400, lam, d) for i in range(400)]
+    assert sum(qs) / len(qs) == pytest.approx(d + lam * d * d / (2 * (1 - lam * d)), rel=0.02)
+
+
+@pytest.mark.slow
+def test_server_qps_and_latency_follow_md1_queueing(rtmdet_fp32_pass, tmp_path):
+    """A 5 ms device (batch 1) under Poisson arrivals at 100 QPS is an M/D/1 queue at rho = 0.5: mean latency
+    7.5 ms, p99 21.7 ms. Tolerances: QPS 10 % (a Poisson count of ~500 arrivals, sd 4.5 %); the latencies no
+    less than 0.9 x (mean) / 0.75 x (p99, estimated from ~5 samples above it) the theory, and no more than
+    the theory plus 6 ms (mean) / 1.3 x + 10 ms (p99): the host's scheduling of the answering thread."""
+    lam, d = 100.0, 0.005
+    rec = run_loadgen(_replay_cfg(rtmdet_fp32_pass, tmp_path, fps=1 / d),
+                      LoadgenConfig("Server", short=True, settings={"target_qps": lam, "min_query_count": 500,
+                                                                    "target_latency_ms": 200.0}))
+    s = rec["loadgen"]
+    assert s["valid"], s["reasons"]
+    assert s["qps"] == pytest.approx(lam, rel=0.10)
+    mean_theory = (d + lam * d * d / (2 * (1 - lam * d))) * 1e3
+    p99_theory = md1_latency_quantile(0.99, lam, d) * 1e3
+    assert 0.9 * mean_theory <= s["mean_ms"] <= mean_theory + 6.0, (s["mean_ms"], mean_theory)
+    assert 0.75 * p99_theory <= s["p99_ms"] <= 1.3 * p99_theory + 10.0, (s["p99_ms"], p99_theory)
+    assert s["sut"]["mean_batch"] == 1.0 and rec["verdict"] == "unchecked"
+    assert Path(s["log_dir"], "mlperf_log_summary.txt").is_file() and "Server" in \
+        Path(s["log_dir"], "mlperf_log_summary.txt").read_text()
+
+
+def test_single_stream_p90_is_the_device_latency_plus_the_harness(rtmdet_fp32_pass, tmp_path):
+    """One query at a time on a 5 ms device: LoadGen's p90 is never below the device's 5 ms and equals what the
+    SUT itself saw from issue to answer (5 ms + its own overhead) within 1 ms + 10 %."""
+    rec = run_loadgen(_replay_cfg(rtmdet_fp32_pass, tmp_path, fps=200.0), LoadgenConfig("SingleStream", short=True))
+    s = rec["loadgen"]
+    assert s["valid"], s["reasons"]
+    assert s["queries"] >= 64 and s["early_stopping"]["met"] and s["early_stopping"]["p90_ms"] >= s["p90_ms"]
+    sut_p90 = s["sut"]["latency_ms_p90"]
+    assert s["p90_ms"] >= 5.0
+    assert s["p90_ms"] == pytest.approx(sut_p90, abs=1.0 + 0.1 * sut_p90)
+    overhead_p90 = sut_p90 - 5.0
+    assert s["p90_ms"] == pytest.approx(5.0 + overhead_p90, abs=1.0 + 0.1 * sut_p90)
+    assert s["test_settings"]["min_query_count"] == 64 and s["mlperf_result"] is False
+
+
+def test_too_short_and_latency_bound_missed_are_invalid_with_loadgens_reason(rtmdet_fp32_pass, tmp_path):
+    # too short: LoadGen is stopped by max_query_count before its minimum query count
+    rec = run_loadgen(_replay_cfg(rtmdet_fp32_pass, tmp_path, fps=2000.0),
+                      LoadgenConfig("SingleStream", short=True, settings={"min_query_count": 200,
+                                                                          "max_query_count": 40}))
+    s = rec["loadgen"]
+    assert not s["valid"] and s["validity"] == "INVALID"
+    assert any("minimum query count" in r for r in s["reasons"]), s["reasons"]
+    assert rec["verdict"] == "fail" and any(r.startswith("LoadGen: result INVALID") for r in rec["reasons"])
+    # a 1 ms bound on a 5 ms device: LoadGen's performance constraint fails, whatever the targets say
+    rec = run_loadgen(_replay_cfg(rtmdet_fp32_pass, tmp_path, fps=200.0),
+                      LoadgenConfig("Server", short=True, settings={"target_qps": 50.0, "target_latency_ms": 1.0}))
+    s = rec["loadgen"]
+    assert not s["valid"] and any("latency bound" in r for r in s["reasons"]), s["reasons"]
+    assert s["overlatency_queries"] > 0 and rec["verdict"] == "fail"
+
+
+@pytest.mark.slow
+def test_server_search_finds_the_highest_valid_qps_within_its_tries(rtmdet_fp32_pass, tmp_path):
+    """A 2 ms device and a 20 ms p99 bound: M/D/1 puts the peak near 440 QPS (p99 20 ms at rho 0.88). From 200
+    QPS the search doubles then bisects; each try is recorded with its own LoadGen logs."""
+    rec = run_loadgen(_replay_cfg(rtmdet_fp32_pass, tmp_path, fps=500.0),
+                      LoadgenConfig("Server", short=True, find_peak_qps=True, search_tries=4,
+                                    settings={"target_qps": 200.0, "target_latency_ms": 20.0,
+                                              "min_query_count": 500}))
+    s = rec["loadgen"]
+    tries = s["search"]
+    assert 1 <= len(tries) <= 4
+    valid = [t["target_qps"] for t in tries if t["valid"]]
+    invalid = [t["target_qps"] for t in tries if not t["valid"]]
+    assert valid and s["valid"] and s["settings"]["target_qps"] == max(valid)
+    assert all(q > max(valid) for q in invalid)     # validity is monotone in the load along the search
+    assert max(valid) < 500                          # never above the device's capacity
+    for t in tries:
+        assert (Path(s["log_dir"]) / t["log_dir"] / "mlperf_log_detail.txt").is_file()
+
+
+def test_accuracy_mode_ap_is_the_accuracy_runs_ap(rtmdet_fp32_pass, rtmdet_onnx, shared_data, tmp_path):
+    """LoadGen's accuracy mode on ONNX Runtime with the real model: every sample once, the detections LoadGen
+    logged evaluated by the suite's evaluator, equal to the accuracy run's AP on the same 100 images."""
+    cfg = RunConfig(model="rtmdet", onnx=str(rtmdet_onnx), dataset_dir=str(shared_data / "coco"),
+                    annotation=PERSON350, results_dir=str(tmp_path / "res"), max_images=100, progress=False,
+                    input_cache=str(tmp_path / "inputs"), cache_dir=rtmdet_fp32_pass.cfg.cache_dir)
+    rec = run_loadgen(cfg, LoadgenConfig("Offline", mode="accuracy", short=True, settings={"target_qps": 30.0}))
+    expected = detections_ap(rtmdet_fp32_pass.detections, shared_data / "coco" / "annotations" / PERSON350, 100)
+    assert rec["metrics"]["AP"] == pytest.approx(expected["AP"], abs=1e-6)
+    assert rec["metrics"]["AP50"] == pytest.approx(expected["AP50"], abs=1e-6)
+    log = json.loads((Path(rec["loadgen"]["log_dir"]) / "mlperf_log_accuracy.json").read_text())
+    assert sorted(e["qsl_idx"] for e in log) == list(range(100))
+    assert rec["verdict"] == "pass"
+
+
+@pytest.mark.slow
+def test_all_four_scenarios_run_on_onnxruntime_in_the_short_mode(rtmdet_onnx, shared_data, tmp_path):
+    """scripts/suite loadgen end to end on the real model: a record and LoadGen's logs per scenario, the exit
+    code following LoadGen's verdict (0 valid, 1 invalid: never a pass for an invalid run)."""
+    base = ["--model", "rtmdet", "--onnx", rtmdet_onnx, "--dataset-dir", shared_data / "coco", "--ann", PERSON350,
+            "--max-images", 24, "--results-dir", tmp_path / "res", "--input-cache", tmp_path / "inputs",
+            "--no-progress", "--short"]
+    extra = {"SingleStream": ["--min-query-count", 64], "MultiStream": ["--bs", 8, "--min-query-count", 4],
+             "Server": ["--target-qps", 10, "--min-query-count", 16], "Offline": ["--bs", 4, "--target-qps", 30]}
+    for scenario, flags in extra.items():
+        res = run_script("scripts/suite", "loadgen", *base, "--scenario", scenario, *flags, timeout=300)
+        records = sorted((tmp_path / "res").glob("*_loadgen.json"), key=lambda p: p.stat().st_mtime)
+        assert records, res.stderr
+        rec = json.loads(records[-1].read_text())
+        s = rec["loadgen"]
+        assert s["scenario"] == scenario and s["mlperf_result"] is False, res.stdout
+        assert res.returncode == (0 if s["valid"] else 1), res.stdout + res.stderr
+        assert s["qps"] > 0 and s["p99_ms"] >= s["p50_ms"] > 0
+        assert {"mlperf_log_summary.txt", "mlperf_log_detail.txt"} <= set(s["logs"])
+        assert "not an MLPerf result" in res.stdout
+        if scenario == "MultiStream":
+            assert s["samples_per_query"] == 8 and s["sut"]["mean_batch"] == 8.0
+        records[-1].unlink()   # the next scenario's record is the only one
