@@ -48,20 +48,27 @@ def import_loadgen():
 
 
 def _library(cfg: RunConfig, items, pre, workers: int) -> SampleLibrary:
-    """Every image of the run preprocessed: the input cache's memory map when there is one, else decoded now."""
+    """Every image of the run preprocessed: with an input cache its letterboxed uint8 canvases (memory-mapped
+    when the entry exists), normalised per gathered batch; else the float32 inputs, decoded now."""
     with open_loader(items, pre, cfg.batch_size, workers, cfg.progress, desc="loadgen samples",
                      cache_dir=cfg.input_cache) as loader:
         if loader.cached is not None:
-            inputs, meta = loader.cached
-        else:
-            inputs = np.empty((len(items), 3, pre.height, pre.width), np.float32)
-            meta = np.empty((len(items), 6), np.float64)
-            pos = 0
-            for batch in loader:
-                n = len(batch.image_ids)
-                inputs[pos:pos + n], meta[pos:pos + n] = batch.inputs, batch.meta
-                pos += n
-    return SampleLibrary(inputs, meta, np.array([it.image_id for it in items], np.int64))
+            return SampleLibrary(*loader.cached, _ids(items), normalize=pre.normalize)
+        inputs = meta = None
+        pos = 0
+        for batch in loader:
+            n = len(batch.image_ids)
+            rows = batch.canvas if batch.canvas is not None else batch.inputs   # canvas: the cache is written
+            if inputs is None:
+                inputs = np.empty((len(items), *rows.shape[1:]), rows.dtype)
+                meta = np.empty((len(items), 6), np.float64)
+            inputs[pos:pos + n], meta[pos:pos + n] = rows, batch.meta
+            pos += n
+    return SampleLibrary(inputs, meta, _ids(items), normalize=pre.normalize if inputs.dtype == np.uint8 else None)
+
+
+def _ids(items) -> np.ndarray:
+    return np.array([it.image_id for it in items], np.int64)
 
 
 class _Decoder:

@@ -18,11 +18,19 @@ import numpy as np
 
 
 class SampleLibrary:
-    """Preprocessed inputs [N, 3, H, W], their geometry rows [N, 6] and image ids [N], by LoadGen sample index."""
+    """Preprocessed inputs [N, 3, H, W], their geometry rows [N, 6] and image ids [N], by LoadGen sample index.
+    With `normalize(canvases, meta) -> float32 inputs` the inputs are the input cache's uint8 canvases, normalised
+    per gathered batch (Preprocessor.normalize: bit-identical to preprocessing afresh)."""
 
-    def __init__(self, inputs: np.ndarray, meta: np.ndarray, image_ids: np.ndarray):
+    def __init__(self, inputs: np.ndarray, meta: np.ndarray, image_ids: np.ndarray, normalize=None):
         self.inputs, self.meta, self.image_ids = inputs, meta, np.asarray(image_ids, np.int64)
+        self.normalize = normalize
         self.loaded: set = set()
+
+    def batch(self, idx: np.ndarray) -> np.ndarray:
+        """The float32 input batch of these sample indices."""
+        x = self.inputs[idx]
+        return x if self.normalize is None else self.normalize(x, self.meta[idx])
 
     def __len__(self):
         return len(self.image_ids)
@@ -112,7 +120,7 @@ class BatchingSUT:
         ids = [t[0] for t in taken]
         idx = np.fromiter((t[1] for t in taken), np.int64, len(taken))
         lib = self.library
-        x = lib.inputs[idx] if self.needs_inputs else None
+        x = lib.batch(idx) if self.needs_inputs else None
         t1 = self.clock()
         outputs = infer(x, lib.image_ids[idx])
         t2 = self.clock()
