@@ -14,6 +14,17 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def quote(value, limit: int = 200) -> str:
+    """repr(value) for a message, at most `limit` characters. reprlib stops at a few levels and items, so the
+    cost is bounded too: a YAML alias bomb's repr would be gigabytes."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxtuple, r.maxset = 3, 8, 8, 8, 8
+    r.maxstring = r.maxother = r.maxlong = limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class SuiteError(Exception):
     """An error the suite reports as one clear line, never as a traceback."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from common.errors import ConfigError
+from common.errors import ConfigError, quote
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def parse_tolerance(raw, where: str, path) -> Tolerance:
     if raw is None:
         return Tolerance()
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}", path)
+        raise ConfigError(f"{where}: expected a mapping, got {quote(raw)}", path)
     known = {f.name for f in dataclasses.fields(Tolerance)}
     values = {}
     for key, value in raw.items():
@@ -42,10 +42,10 @@ def parse_tolerance(raw, where: str, path) -> Tolerance:
             raise ConfigError(f"{where}.{key}: unknown key; known: {', '.join(sorted(known))}", path)
         if key == "outputs":
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise ConfigError(f"{where}.outputs: expected a list of output names, got {value!r}", path)
+                raise ConfigError(f"{where}.outputs: expected a list of output names, got {quote(value)}", path)
             values[key] = tuple(value)
         else:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {value!r}", path)
+                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {quote(value)}", path)
             values[key] = float(value)
     return Tolerance(**values)

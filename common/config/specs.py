@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from common import REPO_ROOT
-from common.errors import ConfigError
+from common.errors import ConfigError, quote
 from common.decode.outputs import OUTPUT_KEYS, load_family_decoders
 from common.evaluate.metrics import STAT_NAMES
 from common.data.preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
@@ -144,9 +144,9 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-            self.fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+            self.fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {quote(value)}")
         if choices is not None and value not in choices:
-            self.fail(f"{where}.{key}", f"{value!r} is not one of {', '.join(map(str, choices))}")
+            self.fail(f"{where}.{key}", f"{quote(value)} is not one of {', '.join(map(str, choices))}")
         return value
 
     def numbers(self, obj: dict, key: str, where: str, length: int, default=...):
@@ -154,14 +154,14 @@ class _Reader:
         if value is default and not isinstance(value, list):
             return value
         if len(value) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            self.fail(f"{where}.{key}", f"expected {length} numbers, got {value!r}")
+            self.fail(f"{where}.{key}", f"expected {length} numbers, got {quote(value)}")
         return tuple(float(v) for v in value)
 
     def thresholds(self, obj: dict, key: str, where: str) -> dict:
         value = self.get(obj, key, where, dict, {})
         for k, v in value.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                self.fail(f"{where}.{key}.{k}", f"expected a number, got {v!r}")
+                self.fail(f"{where}.{key}.{k}", f"expected a number, got {quote(v)}")
             if k not in METRICS:
                 self.fail(f"{where}.{key}.{k}", f"unknown metric; known: {', '.join(METRICS)}")
         return {str(k): float(v) for k, v in value.items()}
@@ -172,7 +172,7 @@ def _read_target(r: _Reader, raw: dict, where: str) -> Target:
     precisions = tuple([precision] if isinstance(precision, str) else precision)
     for p in precisions:
         if p not in PRECISIONS:
-            r.fail(f"{where}.precision", f"{p!r} is not one of {', '.join(PRECISIONS)}")
+            r.fail(f"{where}.precision", f"{quote(p)} is not one of {', '.join(PRECISIONS)}")
     batch = r.get(raw, "batch_size", where, (int, list), None)
     minimum, maximum = r.thresholds(raw, "min", where), r.thresholds(raw, "max", where)
     if not minimum and not maximum:
@@ -197,12 +197,12 @@ def _check_keys(r: _Reader, raw: dict, where: str):
         if key == "output" and isinstance(value, dict):
             known = OUTPUT_KEYS.get(value.get("convention"))
             if known is None:
-                r.fail(f"{where}.output.convention", f"unknown output convention {value.get('convention')!r}; "
+                r.fail(f"{where}.output.convention", f"unknown output convention {quote(value.get('convention'))}; "
                        f"known: {', '.join(sorted(OUTPUT_KEYS))}")
         if known is None or value is None:
             continue
         if not isinstance(value, dict):
-            r.fail(f"{where}.{key}", f"expected a mapping, got {value!r}")
+            r.fail(f"{where}.{key}", f"expected a mapping, got {quote(value)}")
         for k in value:
             if k not in known:
                 r.fail(f"{where}.{key}.{k}", f"unknown key; known: {', '.join(sorted(known))}")
@@ -247,7 +247,7 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
     for k, v in r.get(inp, "extra", f"{where}.input", dict, {}).items():
         if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                        for x in v):
-            r.fail(f"{where}.input.extra.{k}", f"expected a non-empty list of numbers, got {v!r}")
+            r.fail(f"{where}.input.extra.{k}", f"expected a non-empty list of numbers, got {quote(v)}")
         extra_inputs[str(k)] = tuple(float(x) for x in v)
     if raw.get("int8") is not None:  # typed and checked by its own reader (common/runtime/quantize.py)
         read_int8_section(raw["int8"], r.path, f"{where}.int8")
@@ -292,6 +292,39 @@ def _read_yaml(path: Path, remember=None, digest: list | None = None):
     return remember.parsed("specs", data, parse, version=f"PyYAML {yaml.__version__} {_YAML_LOADER.__name__}")
 
 
+# Values a spec may hold once its YAML aliases are expanded (the shipped specs hold under 1000): aliases share one
+# object per anchor, so a few lines of nested aliases (an "alias bomb") stand for billions of values that any
+# walk, copy or message over them would expand.
+MAX_SPEC_VALUES = 100_000
+
+
+def _check_expansion(r: _Reader, raw) -> None:
+    """Refuse a spec whose aliases expand beyond MAX_SPEC_VALUES; counted over the shared objects (each
+    counted once, by id), so the check itself never expands them."""
+    sizes: dict = {}
+
+    def size(obj) -> int:
+        if not isinstance(obj, (dict, list)):
+            return 1
+        known = sizes.get(id(obj))
+        if known is not None:
+            return known
+        sizes[id(obj)] = 1   # a recursive alias counts once here; a YAML loader does not build one
+        children = obj.values() if isinstance(obj, dict) else obj
+        total = 1 + sum(min(size(c), MAX_SPEC_VALUES + 1) for c in children)
+        total = min(total, MAX_SPEC_VALUES + 1)
+        sizes[id(obj)] = total
+        return total
+
+    try:
+        total = size(raw)
+    except RecursionError:
+        r.fail("top level", "nested too deeply")
+    if total > MAX_SPEC_VALUES:
+        r.fail("top level", f"its YAML anchors and aliases expand to more than {MAX_SPEC_VALUES} values (an alias "
+                            "bomb?): refused before any field is read")
+
+
 def load_spec(path: str | Path, remember=None) -> ModelSpec:
     """remember: an EngineCache where the parsed YAML is remembered by the file's bytes (EngineCache.parsed);
     every check below still runs on it."""
@@ -299,6 +332,7 @@ def load_spec(path: str | Path, remember=None) -> ModelSpec:
     digest: list = []
     raw = _read_yaml(path, remember, digest)
     r = _Reader(path, digest[0])
+    _check_expansion(r, raw)
     load_family_decoders(path.parent)  # the family's own output conventions, before the output sections are read
     if not isinstance(raw, dict):
         r.fail("top level", "expected a mapping")
@@ -308,7 +342,7 @@ def load_spec(path: str | Path, remember=None) -> ModelSpec:
             r.fail(str(key), "unknown top-level key; known: schema, name, description, default_variant, variants "
                              "(and x-* anchors)")
     if r.get(raw, "schema", "top level", int) != 1:
-        r.fail("schema", f"unsupported schema version {raw.get('schema')!r} (this suite reads 1)")
+        r.fail("schema", f"unsupported schema version {quote(raw.get('schema'))} (this suite reads 1)")
     name = r.get(raw, "name", "top level", str)
     variants_raw = r.get(raw, "variants", "top level", dict)
     if not variants_raw:
