@@ -28,10 +28,11 @@ from common.data.coco import (folder_items, image_items, read_annotations, read_
                               resolve_images_dir)
 from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
-from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256_memo
+from common.engine_cache import EngineCache, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure, first_line
 from common.data.loader import open_loader
-from common.evaluate.metrics import CocoEvaluator, category_coverage, to_coco_results
+from common.evaluate.detections_file import DetectionsFile
+from common.evaluate.metrics import CocoEvaluator, category_coverage
 from common.fsaccess import check_output_file, ensure_writable_dir
 from common.data.preprocess import Preprocessor
 from common.runtime.replay import OutputRecorder
@@ -273,8 +274,9 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         state.discard()  # not resumed: chunks of an earlier run must not mix with this run's
     done, chunks = state.load() if cfg.resume and not cfg.record_outputs else (0, [])
     nonfinite: Counter = Counter()
+    resumed = []   # the rows of the resumed images, which the detections file starts with
     for c in chunks:
-        evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"])
+        resumed.append(evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"]))
         nonfinite.update(c["nonfinite"])
     evaluator.complete([it.image_id for it in items[:done]])
     if shard is not None and not items:   # more shards than images: nothing to infer, the engine still identifies it
@@ -332,19 +334,30 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             bi, boxes, scores, labels = decoder(outputs, batch.meta, decode_cfg)
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
             ids = batch.image_ids[bi[finite]]
-            evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
+            rows = evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
+            if detections is not None:
+                detections.add(rows)   # formatted and written by its own thread while the next batches infer
             evaluator.complete(batch.image_ids)  # matched in the background while the next batches infer
             state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
             start += len(batch.image_ids)
 
+        # --save-detections is streamed: written batch by batch during the run, published once complete (a
+        # shard's detections are written with its partial record, by _shard_result)
+        detections = DetectionsFile(cfg.detections_out) if cfg.detections_out and shard is None else None
         try:
+            for rows in resumed if detections is not None else ():
+                detections.add(rows)
             with _about_model(onnx_path):
                 for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
                     consume(batch, outputs, seconds)
                     del batch, outputs  # its buffer goes back to the loader now, not when the next batch comes
-        except BaseException:
+        except BaseException as exc:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
             evaluator.close()
+            if detections is not None:
+                detections.discard()
+            if isinstance(exc, OSError) and detections is not None and exc is detections.error:
+                raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
             raise
         if recorder is not None:
             recorder.write()
@@ -356,32 +369,38 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
                               "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done,
                               "input_cache_hit": loader.cached is not None}, publish, state)
     image_ids = [it.image_id for it in items]
-    t_eval = time.perf_counter()
-    metrics = evaluator.evaluate(image_ids)
-    coverage = category_coverage(annotations, evaluator.store.rows(), image_ids, evaluator.categories)
-    evaluate_s = time.perf_counter() - t_eval
-    wall = time.perf_counter() - t_start
-    reasons = fault_reasons(nonfinite)
-    record = new_record("accuracy", **_base_fields(cfg, p),
-                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
-                                 "num_images": len(items), "categories": evaluator.categories,
-                                 "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None,
-                                 "category_coverage": coverage},
-                        metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
-                        run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
-                             "simulated_device_s": getattr(p.runner, "simulated_device_s", None),
-                             "images_per_s": (len(items) - done) / wall,   # this run's images only
-                             "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
-    record = _finish(record, metrics, _targets(p, cfg), reasons)
     try:
-        if cfg.detections_out:
+        t_eval = time.perf_counter()
+        metrics = evaluator.evaluate(image_ids)
+        coverage = category_coverage(annotations, evaluator.store.rows(), image_ids, evaluator.categories)
+        evaluate_s = time.perf_counter() - t_eval
+        write_s = None
+        if detections is not None:  # the rest of the file's writing is in the run's time
+            t_write = time.perf_counter()
             try:
-                atomic_write_bytes(cfg.detections_out, json.dumps(to_coco_results(evaluator.store.rows())).encode())
+                detections.commit()
             except OSError as exc:
                 raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
+            detections, write_s = None, time.perf_counter() - t_write
+        wall = time.perf_counter() - t_start
+        reasons = fault_reasons(nonfinite)
+        record = new_record("accuracy", **_base_fields(cfg, p),
+                            dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
+                                     "num_images": len(items), "categories": evaluator.categories,
+                                     "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None,
+                                     "category_coverage": coverage},
+                            metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
+                            run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
+                                 "save_detections_tail_s": write_s,
+                                 "simulated_device_s": getattr(p.runner, "simulated_device_s", None),
+                                 "images_per_s": (len(items) - done) / wall,   # this run's images only
+                                 "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
+        record = _finish(record, metrics, _targets(p, cfg), reasons)
         if publish is not None:
             publish(record)
     except BaseException as exc:
+        if detections is not None:
+            detections.discard()
         # nothing is lost: every prediction stays in the resume state, and a rerun only evaluates and writes
         with suppress(OSError):
             state.flush()

@@ -377,6 +377,35 @@ def test_unusable_save_detections_path_is_refused_first(env, tmp_path, unprivile
     _clean(res, 2, ro, "--save-detections")
 
 
+def test_save_detections_is_streamed_into_the_run_and_a_failed_write_keeps_the_predictions(env, tmp_path,
+                                                                                             monkeypatch):
+    """The detections file is the JSON of every kept detection in order, finished inside the run's time; a write
+    that fails (here the sync of the finished file) is exit 3 naming the file, leaves no temporary file and keeps
+    the predictions for a rerun, which then writes the same file."""
+    from common.evaluate.metrics import to_coco_results
+    dets = tmp_path / "out" / "d.json"
+    dets.parent.mkdir()
+    ref = run_accuracy(_cfg(env, tmp_path, detections_out=str(tmp_path / "ref.json"), max_images=9, batch_size=2))
+    saved = json.loads((tmp_path / "ref.json").read_text())
+    assert len(saved) == ref["num_detections"] > 0
+    assert (tmp_path / "ref.json").read_text() == json.dumps(to_coco_results(np.array(
+        [[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in saved], np.float64)))
+    assert 0 <= ref["run"]["save_detections_tail_s"] <= ref["run"]["wall_s"]
+    real_fsync = os.fsync
+
+    def failing(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(RuntimeFailure, match="cannot write the detections") as ei:
+        run_accuracy(_cfg(env, tmp_path, detections_out=str(dets), max_images=9, batch_size=2, checkpoint_s=0))
+    assert ei.value.exit_code == 3 and str(dets) in str(ei.value) and "predictions are kept" in str(ei.value)
+    assert os.listdir(dets.parent) == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    again = run_accuracy(_cfg(env, tmp_path, detections_out=str(dets), max_images=9, batch_size=2))
+    assert again["run"]["resumed_images"] == 9 and again["metrics"] == ref["metrics"]
+    assert dets.read_text() == (tmp_path / "ref.json").read_text()
+
+
 # 14: modes and leftovers ----------------------------------------------------------------------------------------
 
 def test_records_and_engines_honour_the_umask(env, tmp_path):
