@@ -70,7 +70,8 @@ def merge_shards(dirs: list, annotation: str | None = None, evaluator: str | Non
         metrics=metrics, num_detections=len(rows), detections_file=detections_out,
         merged_from=[{"index": s.index, "total": s.total, "record": str(s.path), "images": s.record["dataset"]
                       ["num_images"], "wall_s": s.record["run"]["wall_s"], "device": s.record["device"],
-                      "gpu_index": s.record["shard"].get("gpu_index"), "source": s.record["shard"]["source"]}
+                      "gpu_index": s.record["shard"].get("gpu_index"), "source": s.record["shard"]["source"],
+                      "resumed_images": s.record["run"].get("resumed_images")}
                      for s in shards],
         run={"wall_s": time.perf_counter() - t0, "evaluate_s": evaluate_s, "shards": len(shards),
              "slowest_shard_s": max(walls), "shard_wall_s_total": sum(walls),
