@@ -17,10 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
-from common.interpreter import use_project_python  # noqa: E402
+import runpy  # noqa: E402
 
-use_project_python()
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ixuca_suite.py"))  # the one bootstrap
 
 from common.data.archive import archive_is_complete, extract  # noqa: E402
 from common.data.coco import image_items, read_annotations, read_image, resolve_dataset  # noqa: E402

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import runpy
+
 import cv2
 import numpy as np
 
-from common.config.specs import COCO80_TO_91
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ixuca_suite.py"))  # the one bootstrap
+from common.config.specs import COCO80_TO_91  # noqa: E402
 
 
 def make_synthetic_coco(root: str | Path, n_images: int = 8, seed: int = 0, max_objects: int = 4,

@@ -19,10 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / ".importpath"))
-from common.interpreter import use_project_python  # noqa: E402
-
-use_project_python()
+import ixuca_suite  # noqa: E402,F401  the one bootstrap: sys.path, the repo's .venv (scripts/ixuca_suite.py)
 from common.harness.benchmarking import benchmark_parser, scratch_dir  # noqa: E402
 
 from common.data.coco import read_annotations  # noqa: E402
@@ -30,8 +27,8 @@ from common.evaluate.metrics import STAT_NAMES, coco_metrics  # noqa: E402
 from common.harness.runs import RunConfig, timing_inputs, run_accuracy, run_performance  # noqa: E402
 
 RSS_SNIPPET = """
-import json, resource, sys
-sys.path.insert(0, {root!r} + "/.importpath")
+import json, resource, runpy
+runpy.run_path({root!r} + "/scripts/ixuca_suite.py")
 from common.harness.runs import RunConfig, run_accuracy
 run_accuracy(RunConfig(**json.loads({cfg!r})))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -17,11 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / ".importpath"))
-sys.path.insert(0, str(ROOT / "models" / "rtdetr"))
-from common.interpreter import use_project_python  # noqa: E402
-
-use_project_python()
+import ixuca_suite  # noqa: E402,F401  the one bootstrap: sys.path, the repo's .venv (scripts/ixuca_suite.py)
 from common.harness.benchmarking import add_keep_flag, scratch_dir  # noqa: E402
 
 R18 = {  # transformers RTDetrConfig fields of the R18 architecture
@@ -39,7 +35,7 @@ def export_r18(out: Path, variant) -> Path:
     import torch
 
     from common.export.pipeline import simplify
-    from export import DetrOutputs, OUTPUT_NAMES, build_config, new_network
+    from models.rtdetr.export import DetrOutputs, OUTPUT_NAMES, build_config, new_network
     from common.export.pipeline import torch_export
 
     torch.manual_seed(0)

@@ -23,10 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
-from common.interpreter import use_project_python  # noqa: E402
-
-use_project_python()
+import ixuca_suite  # noqa: E402,F401  the one bootstrap: sys.path, the repo's .venv (scripts/ixuca_suite.py)
 from common.cli import guarded  # noqa: E402
 from common.config.options import positive_int as _positive_int  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED, ConfigError  # noqa: E402

@@ -22,10 +22,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
-from common.interpreter import use_project_python  # noqa: E402
-
-use_project_python()
+import ixuca_suite  # noqa: E402,F401  the one bootstrap: sys.path, the repo's .venv (scripts/ixuca_suite.py)
 
 from common.ci.matrix import (KINDS, Filters, ModelMap, all_model_names, enumerate_cases, parse_shard,  # noqa: E402
                               shard)

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
+import runpy
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# the entry scripts' bootstrap: `python -m pytest` from the repo root puts the root on sys.path, whose datasets/
+# folder transformers would take for Hugging Face's `datasets` package
+runpy.run_path(str(REPO / "scripts" / "ixuca_suite.py"))
 sys.path.insert(0, str(REPO / "datasets"))
 
 SHARED_ENV = "SUITE_SHARED_DATA"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import IMPORT_PATH, REPO_ROOT
+from common import BOOTSTRAP, REPO_ROOT
 from common.engine_cache import atomic_write_bytes, atomic_write_json
 from common.errors import ConfigError, InputError
 from common.record.history import append_run, last_good, read_history
@@ -94,8 +94,7 @@ def case_config(case: Case, opts: CaseOptions, results_dir: Path) -> RunConfig:
 
 
 def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
-    # -P: the repo root (cwd) stays off sys.path; the suite comes from IMPORT_PATH (case_env)
-    return [sys.executable, "-P", "-m", "common.cli", case.kind,
+    return [sys.executable, str(BOOTSTRAP), case.kind,
             *to_flags(case_config(case, opts, results_dir), case.kind)]
 
 
@@ -106,7 +105,6 @@ def case_env() -> dict:
     measured."""
     env = {k: v for k, v in os.environ.items() if k not in ENV and k not in SHARD_ENV
            and not (k.startswith("SUITE_") and k != "SUITE_GPU_INDEX")}
-    env["PYTHONPATH"] = str(IMPORT_PATH) + os.pathsep + os.environ.get("PYTHONPATH", "")
     return env
 
 

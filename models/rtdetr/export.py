@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-for p in (str(ROOT / ".importpath"), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-if __name__ == "__main__":  # `python models/rtdetr/export.py` from any shell: the .venv with torch, else one line
-    from common.interpreter import NEEDED, use_project_python
-    use_project_python(NEEDED + ("torch",))
+import numpy as np
 
-import numpy as np  # noqa: E402
+# the one bootstrap (scripts/ixuca_suite.py); run as a script, an export needs torch too (requirements-export.txt)
+runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "ixuca_suite.py"),
+               init_globals={"EXTRA_NEEDS": ("torch",) if __name__ == "__main__" else ()})
 
 from common.export.checkpoints import check_safetensors, load_torch_checkpoint  # noqa: E402
 from common.errors import ConfigError, InputError, SuiteError, first_line  # noqa: E402
@@ -108,7 +104,7 @@ def load_network(checkpoint: Path, config: Path | None, variant=None):
             raise ConfigError("an original RT-DETR .pth needs --config: a transformers config.json of the same "
                               "architecture (e.g. the config.json of the matching PekingU/rtdetr_* checkpoint)",
                               checkpoint)
-        from rtdetr_original_keys import to_transformers
+        from models.rtdetr.rtdetr_original_keys import to_transformers
         net = new_network(build_config(_read_config(Path(config)), _overrides(variant)))
         raw = load_torch_checkpoint(checkpoint)     # weights_only; garbage / code pickles refused with the reason
         _load_state(net, to_transformers(raw, checkpoint, net.config.decoder_layers), checkpoint)

@@ -12,15 +12,15 @@ The scripts call export_onnx() through common/export/pipeline.py (`--checkpoint/
 """
 from __future__ import annotations
 
+import runpy
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT / ".importpath") not in sys.path:  # run as a script, or loaded by path from common/export/pipeline.py
-    sys.path.insert(0, str(REPO_ROOT / ".importpath"))
-if __name__ == "__main__":  # `python models/<name>/export.py` from any shell: the .venv with torch, else one line
-    from common.interpreter import NEEDED, use_project_python
-    use_project_python(NEEDED + ("torch",))
+
+# the one bootstrap (scripts/ixuca_suite.py); run as a script, an export needs torch too (requirements-export.txt)
+runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "ixuca_suite.py"),
+               init_globals={"EXTRA_NEEDS": ("torch",) if __name__ == "__main__" else ()})
 
 from common.errors import ConfigError, InputError, SuiteError  # noqa: E402
 from models.rtmdet.build import input_size, load_rtmdet  # noqa: E402

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from common import cli
+from common import BOOTSTRAP, cli
 from common.data.coco import BatchLoader, image_items, read_annotations
 from common.errors import ConfigError, InputError, RuntimeFailure
 from common.data.preprocess import Preprocessor
@@ -45,7 +45,7 @@ def _cfg(env, tmp, onnx_path=None, **kw):
 
 
 def _cli(env, results, *extra, onnx_path=None):
-    return [sys.executable, "-m", "common.cli", "accuracy", "--model", str(env["spec"]),
+    return [sys.executable, str(BOOTSTRAP), "accuracy", "--model", str(env["spec"]),
             "--onnx", str(onnx_path or env["onnx"]), "--dataset-dir", str(env["coco"]), "--results-dir", str(results),
             "--cache-dir", str(env["dir"] / "cache"), "--no-progress", "--threads", "1", "--preflight", "0", *extra]
 
@@ -297,7 +297,7 @@ def test_cache_path_that_is_a_file(env, tmp_path):
 def test_unreadable_dataset_dir_and_unsearchable_images_dir(env, tmp_path, unprivileged):
     coco = tmp_path / "coco"
     shutil.copytree(env["coco"], coco)
-    base = [sys.executable, "-m", "common.cli", "accuracy", "--model", str(env["spec"]), "--onnx", str(env["onnx"]),
+    base = [sys.executable, str(BOOTSTRAP), "accuracy", "--model", str(env["spec"]), "--onnx", str(env["onnx"]),
             "--results-dir", str(tmp_path / "res"), "--no-progress", "--workers", "0", "--preflight", "0"]
     coco.chmod(0)
     try:
@@ -453,7 +453,7 @@ def test_a_live_runs_state_is_not_adopted(env, tmp_path):
 # SIGTERM while the engine is still being set up (a session creation that takes minutes) --------------------------
 
 def test_sigterm_during_engine_setup_ends_the_run(env, tmp_path):
-    args = _cli(env, tmp_path / "res", "--workers", "0")[3:]
+    args = _cli(env, tmp_path / "res", "--workers", "0")[2:]   # after the interpreter and the bootstrap
     code = ("import sys, time, common.harness.runs as r\n"
             "def slow(*a, **k):\n"
             "    print('setting up', file=sys.stderr, flush=True)\n"

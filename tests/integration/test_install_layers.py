@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from common import IMPORT_PATH
+from common import BOOTSTRAP, IMPORT_PATH
 from helpers import REPO, run_script
 
 EXPORT_ONLY = ("torch", "transformers", "mmengine", "onnxsim", "safetensors")
@@ -32,7 +32,9 @@ def test_core_requirements_hold_no_torch_and_setup_has_a_core_layer():
 
 def _python(code: str, cwd=REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(IMPORT_PATH)}
-    return subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=cwd, env=env,
+    # the bootstrap first, as every entry script does: with `-c` the working directory (the repo) is on sys.path
+    code = f"import runpy; runpy.run_path({str(BOOTSTRAP)!r})\n" + code
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=120)
 
 

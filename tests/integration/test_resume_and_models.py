@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
+from common import BOOTSTRAP
 from common.errors import InputError
 from common.harness.runs import RunConfig, run_accuracy
 from tiny_detector import make_tiny_detector, tiny_detector_env
@@ -31,7 +32,7 @@ def _cfg(env, onnx_path, tmp, **kw):
 
 
 def _cli(env, results, *extra):
-    return [sys.executable, "-m", "common.cli", "accuracy", "--model", str(env["spec"]), "--onnx", str(env["slow"]),
+    return [sys.executable, str(BOOTSTRAP), "accuracy", "--model", str(env["spec"]), "--onnx", str(env["slow"]),
             "--dataset-dir", str(env["coco"]), "--results-dir", str(results), "--cache-dir",
             str(env["dir"] / "cache"), "--workers", "0", "--no-progress", "--threads", "1", "--checkpoint-interval", "0", *extra]
 

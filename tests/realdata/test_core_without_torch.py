@@ -22,7 +22,7 @@ def test_fp16_accuracy_run_needs_none_of_the_export_layer(rtmdet_onnx, shared_da
             f"assert not [m for m in {BLOCKED!r} if sys.modules.get(m) is not None]\n"
             "sys.exit(code)")
     env = {**os.environ, "PYTHONPATH": str(IMPORT_PATH)}
-    res = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, env=env,
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "verdict: PASS" in res.stdout

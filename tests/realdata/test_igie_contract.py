@@ -299,7 +299,9 @@ def test_output_shapes_are_worked_out_without_importing_torch(rtmdet_onnx):
     code = ("import json, sys; from common.runtime.backends.igie_backend import _outputs; "
             f"shapes = _outputs({str(rtmdet_onnx)!r}, {{'input': [2, 3, 320, 320]}}); "
             "print(json.dumps([shapes, 'torch' in sys.modules]))")
-    res = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
+    from common import IMPORT_PATH
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(IMPORT_PATH)})
     assert res.returncode == 0, res.stderr
     shapes, torch_imported = json.loads(res.stdout)
     assert not torch_imported

@@ -85,3 +85,49 @@ def test_a_planted_cycle_is_found(tmp_path):
     graph = import_graph(tmp_path)
     assert find_cycle(graph) == ["common.alpha.a", "common.beta.b", "common.alpha.a"]
     assert find_cycle(stage_graph(graph)) == ["alpha", "beta", "alpha"]
+
+
+ENTRY_DIRS = ("scripts", "datasets", "models")
+
+
+def path_edits(root: Path) -> list[str]:
+    """Entry scripts (files with a `__main__` block outside common/ and tests/) that edit sys.path themselves, or
+    import the suite without loading the one bootstrap (scripts/ixuca_suite.py); and any `python -P` left in the
+    shell scripts."""
+    found = []
+    for folder in ENTRY_DIRS:
+        for path in sorted((root / folder).rglob("*.py")):
+            text = path.read_text()
+            if path.name == "ixuca_suite.py" or "__main__" not in text:
+                continue
+            for node in ast.walk(ast.parse(text, str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("insert", "append", "extend")
+                        and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "path"
+                        and isinstance(node.func.value.value, ast.Name) and node.func.value.value.id == "sys"):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: sys.path.{node.func.attr}")
+            if "ixuca_suite" not in text and any(f"{kw} {pkg}" in text for kw in ("import", "from")
+                                                 for pkg in ("common", "models")):
+                found.append(f"{path.relative_to(root)}: does not load the bootstrap (import ixuca_suite)")
+    for path in sorted(list((root / "scripts").glob("*")) + list((root / "models").rglob("*.sh")) + [root / ".ci" / "run"]):
+        if path.is_file() and path.suffix in ("", ".sh") and " -P " in path.read_text():
+            found.append(f"{path.relative_to(root)}: python -P (needs Python >= 3.11; the bootstrap does its work)")
+    return found
+
+
+def test_entry_scripts_use_the_one_bootstrap_and_no_path_edits():
+    assert path_edits(REPO) == []
+
+
+def test_a_planted_path_edit_is_found(tmp_path):
+    for folder in ENTRY_DIRS:
+        (tmp_path / folder).mkdir()
+    (tmp_path / "scripts" / "tool.py").write_text(
+        "import sys\nsys.path.insert(0, '.importpath')\nimport common\nif __name__ == '__main__':\n    pass\n")
+    (tmp_path / "scripts" / "standalone.py").write_text("import json\nif __name__ == '__main__':\n    pass\n")
+    (tmp_path / "scripts" / "suite").write_text('exec "$PYTHON" -P -m common.cli "$@"\n')
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "run").write_text("true\n")
+    assert path_edits(tmp_path) == ["scripts/tool.py:2: sys.path.insert",
+                                    "scripts/tool.py: does not load the bootstrap (import ixuca_suite)",
+                                    "scripts/suite: python -P (needs Python >= 3.11; the bootstrap does its work)"]
