@@ -19,11 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
-from common.interpreter import use_project_python  # noqa: E402
-
-use_project_python()
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "datasets"))
+import ixuca_suite  # noqa: E402  the one bootstrap: sys.path, the repo's .venv (scripts/ixuca_suite.py)
 
 import numpy as np  # noqa: E402
 
@@ -41,7 +37,8 @@ def _load(ann_path, det_path):
 
 
 def _generated(n_images, categories, per_image, max_objects, seed=0):
-    from synthetic_detections import synthetic_annotations, synthetic_detections
+    synthetic = ixuca_suite.datasets_module("synthetic_detections")
+    synthetic_annotations, synthetic_detections = synthetic.synthetic_annotations, synthetic.synthetic_detections
     ann = synthetic_annotations(n_images, categories, seed=seed, max_objects=max_objects)
     return ann, synthetic_detections(ann, seed=seed + 1, per_image=per_image)
 

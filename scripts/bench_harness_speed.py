@@ -126,7 +126,7 @@ def run(a, cores: int, work: Path):
                  "--images-dir", a.images_dir, "--ann", a.ann, "--results-dir", str(work / "acc"), "--no-progress",
                  "--no-resume", "--save-detections", str(work / "acc-dets.json")]
         # the same per-image work as a process of its own, with no harness: what start-up alone costs
-        bare = [sys.executable, "-P", str(ROOT / "scripts" / "serial_reference.py"), "--onnx", a.onnx,
+        bare = [sys.executable, str(ROOT / "scripts" / "serial_reference.py"), "--onnx", a.onnx,
                 "--images-dir", a.images_dir, "--ann", a.ann, "--floor-threads", str(cores)]
         suite_t, floor_t, suite_cpu, floor_cpu, bare_t = [], [], [], [], []
         for i in range(a.repeats):

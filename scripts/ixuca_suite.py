@@ -39,6 +39,17 @@ def bootstrap(extra_needs: tuple = (), reexec: bool = True) -> None:
         use_project_python(NEEDED + tuple(extra_needs))
 
 
+def datasets_module(name: str):
+    """A module of datasets/ (not a package, and never on sys.path: see above), loaded by its file path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_suite_datasets_{name}", ROOT / "datasets" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses and pickling look a module up by its name
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> int:
     """scripts/suite and the `suite` console command. The interpreter scripts/suite chose ($PYTHON, else .venv)
     is kept: one clear line when it lacks the suite's packages, never a silent switch to another one."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from common import BOOTSTRAP
 from common.harness.runs import RunConfig, run_accuracy
 from helpers import REPO
 from tiny_detector import SPEC, tiny_detector_env
@@ -81,7 +82,7 @@ def test_huge_batch_with_workers(env, tmp_path):
     spec, onnx_path = write_tiny_spec(tmp_path / "t320.yaml", 320), make_tiny_detector(tmp_path / "m320.onnx", 320)
     # twice with the input cache: written (canvases from the workers), then read (normalised into reused buffers)
     for extra in ([], ["--input-cache", str(tmp_path / "inputs")], ["--input-cache", str(tmp_path / "inputs")]):
-        res = subprocess.run([sys.executable, "-m", "common.cli", "accuracy", "--model", str(spec), "--onnx",
+        res = subprocess.run([sys.executable, str(BOOTSTRAP), "accuracy", "--model", str(spec), "--onnx",
                               str(onnx_path), "--dataset-dir", str(env["coco"]), "--results-dir",
                               str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
                               "--threads", "1", "--preflight", "0", "--bs", "100000", "--workers", "2", *extra],
@@ -119,7 +120,7 @@ def full_fs(tmp_path):
 
 def test_engine_cache_on_a_full_file_system(env, tmp_path, full_fs):
     cache = full_fs / "cache"
-    res = subprocess.run([sys.executable, "-m", "common.cli", "accuracy", "--model", str(env["spec"]), "--onnx",
+    res = subprocess.run([sys.executable, str(BOOTSTRAP), "accuracy", "--model", str(env["spec"]), "--onnx",
                           str(env["onnx"]), "--dataset-dir", str(env["coco"]), "--results-dir", str(tmp_path / "res"),
                           "--cache-dir", str(cache), "--no-progress", "--threads", "1", "--preflight", "0",
                           "--precision", "fp16", "--workers", "0"],
