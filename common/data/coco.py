@@ -21,7 +21,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from common.data.coco_checks import COCO_CHECKS, check_coco
+from common.data.coco_checks import COCO_CHECKS, check_coco, drop_zero_area
 from common.errors import ConfigError, InputError
 from common.fsaccess import check_readable_dir, file_kind, is_dir, is_file, path_stat
 from common.data.preprocess import Preprocessor
@@ -158,9 +158,9 @@ def read_annotations(ann_file: str | Path, polygons: bool = True, remember=None)
         check_coco(data, ann_file)   # a refusal raises: never remembered
         return data
     if remember is None:
-        return parse_and_check()
-    return remember.parsed("coco-annotations", raw, parse_and_check,
-                           version=f"checks {COCO_CHECKS}, polygons {polygons}")
+        return drop_zero_area(parse_and_check(), ann_file)
+    return drop_zero_area(remember.parsed("coco-annotations", raw, parse_and_check,
+                                          version=f"checks {COCO_CHECKS}, polygons {polygons}"), ann_file)
 
 
 def _parse_json(raw: bytes, polygons: bool, ann_file: Path) -> dict:

@@ -9,11 +9,13 @@ read is required here and the two engines always see the same, complete input. E
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 
 from common.errors import InputError
 
-COCO_CHECKS = 1   # the version of these checks: change it when they change (a remembered pass is then redone)
+COCO_CHECKS = 2   # the version of these checks: change it when they change (a remembered pass is then redone)
 
 
 def _is_int(v) -> bool:
@@ -39,6 +41,7 @@ def check_coco(data, path: Path) -> None:
             raise InputError(f"categories[{i}]: 'id' {c['id']} is repeated", path)
         categories.add(c["id"])
     images = set()
+    names: dict = {}   # normalised file name -> (index, id) of its first listing
     for i, img in enumerate(data["images"]):
         if not (isinstance(img, dict) and _is_int(img.get("id")) and isinstance(img.get("file_name"), str)
                 and _is_int(img.get("width")) and _is_int(img.get("height"))):
@@ -50,6 +53,13 @@ def check_coco(data, path: Path) -> None:
             # evaluated twice, it would weigh twice in the AP (or be dropped, depending on the evaluator)
             raise InputError(f"images[{i}]: 'id' {img['id']} is repeated", path)
         images.add(img["id"])
+        # one file under two ids is evaluated twice (its boxes weigh twice in the AP)
+        name = os.path.normpath(img["file_name"])
+        if name in names:
+            j, first = names[name]
+            raise InputError(f"images[{i}]: 'file_name' {img['file_name']!r} (id {img['id']}) is the file of images[{j}] "
+                             f"(id {first}) too: the same image would be evaluated twice", path)
+        names[name] = (i, img["id"])
     ann_ids = set()
     for i, a in enumerate(data["annotations"]):
         if not (isinstance(a, dict) and isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4):
@@ -76,3 +86,18 @@ def check_coco(data, path: Path) -> None:
         if not _is_number(a.get("area")) or a["area"] < 0:
             raise InputError(f"annotations[{i}]: 'area' must be a number >= 0, got {a.get('area')!r} (the two "
                              "evaluators treat a missing one differently)", path)
+
+
+def drop_zero_area(data: dict, path: Path) -> dict:
+    """The annotation file without its zero-area ground-truth boxes (width or height 0), with a warning naming
+    them. A documented choice (docs/robustness.md): such a box overlaps no detection (IoU 0), so it can only
+    count as a miss and lower the recall and AP of any model; dropping it, loudly, measures the model on the
+    boxes that can be found. Done at every read, after the remembered parse, so the warning is never lost."""
+    zero = [a for a in data["annotations"] if a["bbox"][2] == 0 or a["bbox"][3] == 0]
+    if not zero:
+        return data
+    ids = ", ".join(str(a["id"]) for a in zero[:10]) + (", ..." if len(zero) > 10 else "")
+    print(f"warning: {path}: {len(zero)} ground-truth box(es) of zero width or height dropped (they can never be "
+          f"matched, only counted as misses): annotation id(s) {ids}", file=sys.stderr)
+    dropped = {id(a) for a in zero}
+    return {**data, "annotations": [a for a in data["annotations"] if id(a) not in dropped]}

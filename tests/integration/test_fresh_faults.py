@@ -240,3 +240,62 @@ def test_interrupt_message_fits_the_command(env, tmp_path, monkeypatch, capsys, 
         assert "accuracy" not in err and "resume" not in err and "keeps nothing" in err, err
     else:
         assert "resumes from its finished batches" in err, err
+
+
+# --- item 4: annotation files that silently changed the AP ----------------------------------------------------
+
+def _copy_coco(env, tmp_path, edit):
+    import shutil
+    coco = tmp_path / "coco"
+    shutil.copytree(env["coco"], coco)
+    ann_file = coco / "annotations" / "instances_val2017.json"
+    data = json.loads(ann_file.read_text())
+    edit(data)
+    ann_file.write_text(json.dumps(data))
+    return coco, ann_file
+
+
+def test_one_file_under_two_image_ids_is_refused(env, tmp_path):
+    from common.data.coco import read_annotations
+    from common.errors import InputError
+
+    def dup(data):
+        twin = dict(data["images"][2], id=99999)   # the same file listed again under a new id
+        twin["file_name"] = "./" + twin["file_name"]
+        data["images"].append(twin)
+    coco, ann_file = _copy_coco(env, tmp_path, dup)
+    with pytest.raises(InputError) as ei:
+        read_annotations(ann_file)
+    msg = str(ei.value)
+    assert str(ann_file) in msg and "id 99999" in msg and "evaluated twice" in msg, msg
+    assert ei.value.exit_code == 2
+
+
+def test_zero_area_ground_truth_box_is_dropped_with_a_warning(env, tmp_path, capsys):
+    """Detections equal to every real ground-truth box score AP 1; a planted zero-width box beside them can never
+    be matched and, kept, lowered AP and AR (one miss more)."""
+    import numpy as np
+    from common.data.coco import read_annotations
+    from common.evaluate.metrics import CocoEvaluator, coco_metrics
+
+    def zero(data):
+        gt = next(a for a in data["annotations"] if a["category_id"] == 1)
+        data["annotations"].append(dict(gt, id=777777, bbox=[gt["bbox"][0], gt["bbox"][1], 0.0, gt["bbox"][3]]))
+    coco, ann_file = _copy_coco(env, tmp_path, zero)
+    capsys.readouterr()
+    ann = read_annotations(ann_file)
+    err = capsys.readouterr().err
+    assert f"warning: {ann_file}: 1 ground-truth box(es) of zero width or height dropped" in err, err
+    assert "777777" in err
+    real = [a for a in json.loads(ann_file.read_text())["annotations"] if a["id"] != 777777]
+    rows = np.array([[a["image_id"], *a["bbox"], 1.0, a["category_id"]] for a in real], np.float64)
+    image_ids = [im["id"] for im in ann["images"]]
+    cats = sorted({a["category_id"] for a in real})
+    assert coco_metrics(ann, rows, image_ids, cats)["AP"] == pytest.approx(1.0)   # pycocotools
+    ev = CocoEvaluator(ann, tuple(range(91)), cats, None, source=ann_file)      # the default engine
+    xyxy = rows[:, 1:5].copy()
+    xyxy[:, 2:] += xyxy[:, :2]
+    ev.add(rows[:, 0].astype(np.int64), xyxy, rows[:, 5], rows[:, 6].astype(np.int64))
+    ev.complete(image_ids)
+    m = ev.evaluate(image_ids)
+    assert m["AP"] == pytest.approx(1.0) and m["AR100"] == pytest.approx(1.0)
