@@ -33,7 +33,8 @@ from common.harness.runs import run_accuracy, run_performance
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="suite", description="Inference validation suite")
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    parser = SuiteParser(prog="suite", description="Inference validation suite")
     sub = parser.add_subparsers(dest="command", required=True)
     acc = sub.add_parser("accuracy", help="COCO accuracy run")
     add_groups(acc, "model", "engine", "dataset", "output", "accuracy")

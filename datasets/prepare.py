@@ -103,7 +103,8 @@ def verify(out: str | Path, annotation: str = DEFAULT_ANNOTATION, check_images: 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="prepare", description=__doc__.split("\n\n")[0])
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    p = SuiteParser(prog="prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="dataset dir to create (pass it as --dataset-dir / DATASETS_DIR)")
     p.add_argument("--from-dir", help="existing COCO dir to link (nothing is copied)")
     p.add_argument("--images-zip", help="val2017.zip: a path or URL")

@@ -70,7 +70,8 @@ def bench(name: str, ann: dict, rows: np.ndarray, resamples: int) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    ap = SuiteParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ann"), ap.add_argument("--detections")
     ap.add_argument("--big-ann"), ap.add_argument("--big-detections")
     ap.add_argument("--resamples", type=int, default=1000)

@@ -49,7 +49,8 @@ def export_r18(out: Path, variant) -> Path:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    ap = SuiteParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--onnx", help="an RT-DETR-R18 ONNX (input 'images' [N, 3, 640, 640]); default: export one")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run, both sides")

@@ -44,7 +44,8 @@ def _shape(text: str) -> tuple:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="build_engine.py", description=__doc__.split("\n\n")[0])
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    p = SuiteParser(prog="build_engine.py", description=__doc__.split("\n\n")[0])
     add_groups(p, "model", "engine", "dataset", required=())
     own = p.add_argument_group("build options")
     own.add_argument("--input-shape", type=_shape, help="CxHxW (or HxW) of one image (default: the spec's)")

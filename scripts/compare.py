@@ -29,7 +29,8 @@ from common.config.options import add_groups, config_from_args, positive_int  # 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    p = SuiteParser(prog="compare", description=__doc__.split("\n\n")[0])
     add_groups(p, "model", "engine", "dataset", "output", defaults={"precision": "fp16"})
     options.add_flags(p, "image shard", "shard")
     p.add_argument("--images", type=positive_int, default=8, help="images compared, the first N by id (of the "

@@ -31,7 +31,8 @@ from common.errors import EXIT_PASS, EXIT_TARGET_FAILED, ConfigError  # noqa: E4
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="int8_sensitivity", description=__doc__.split("\n\n")[0])
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    p = SuiteParser(prog="int8_sensitivity", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="rtmdet", help="model folder or model.yaml (default: rtmdet)")
     p.add_argument("--variant", help="variant of the spec (default: its default_variant)")
     p.add_argument("--onnx", default=env("ONNX_MODEL"))

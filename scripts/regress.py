@@ -86,7 +86,8 @@ def _report_options(args) -> ReportOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="regress", description=__doc__.split("\n\n")[0])
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    parser = SuiteParser(prog="regress", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the (filtered, sharded) matrix, then report")
     f = run.add_argument_group("matrix filters (comma-separated globs)")

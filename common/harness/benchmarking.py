@@ -10,7 +10,8 @@ from pathlib import Path
 
 def benchmark_parser(doc: str) -> argparse.ArgumentParser:
     """The flags every benchmark on the real model and images takes, and --keep."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    ap = SuiteParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--onnx", required=True, help="the ONNX model")
     ap.add_argument("--images-dir", required=True, help="the images (e.g. ../shared/data/coco/val2017)")
     ap.add_argument("--ann", required=True, help="the annotation file")

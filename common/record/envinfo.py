@@ -51,3 +51,29 @@ def environment() -> dict:
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
     }
+
+
+RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "apache-tvm", "tvm", "torch")
+
+
+def suite_version() -> str:
+    """The version in pyproject.toml (the suite runs from its checkout, not from an installed wheel)."""
+    import re
+    try:
+        text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
+    m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)   # [project] is the file's only `version =`
+    return m.group(1) if m else "unknown"
+
+
+def version_text() -> str:
+    """What `--version` prints: suite version, git commit (and whether the tree differs from it), Python, and the
+    versions of the runtime packages installed (package metadata only: no runtime is imported)."""
+    env = environment()
+    commit = env["git_commit"] or "unknown (not a git checkout)"
+    dirty = " with uncommitted changes" if env["git_dirty"] else ""
+    runtimes = ", ".join(f"{n} {env['packages'][n]}" for n in RUNTIME_PACKAGES if n in env["packages"]) or "none"
+    return (f"inference validation suite {suite_version()}, git {commit}{dirty}\n"
+            f"python {env['python']} ({env['platform']})\nruntime packages: {runtimes}\n"
+            "(`scripts/suite env`: which runtimes are usable here, and why not)")

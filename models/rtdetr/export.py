@@ -216,7 +216,9 @@ def check_inputs(images: list[Path], variant, n: int, seed: int = 0) -> np.ndarr
 def main(argv=None) -> int:
     from common.config.specs import load_model
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+
+    ap = SuiteParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="transformers dir (config.json + safetensors) or original .pth")
     ap.add_argument("--config", help="transformers config.json (required for a .pth)")
     ap.add_argument("--model", default="rtdetr", help="model name or model.yaml path (default rtdetr)")

@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     import argparse
 
     from common.export.pipeline import DEFAULT_OPSET, simplify
-    ap = argparse.ArgumentParser(description="mmdet RTMDet checkpoint -> raw-head ONNX (dynamic batch, onnxsim)")
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    ap = SuiteParser(description="mmdet RTMDet checkpoint -> raw-head ONNX (dynamic batch, onnxsim)")
     ap.add_argument("--checkpoint", required=True, help="mmdet .pth (read with torch.load weights_only=True)")
     ap.add_argument("--config", help="mmdet config .py (default: the variant's shipped config)")
     ap.add_argument("--variant", help="variant in models/rtmdet/model.yaml: input size, output names, "

@@ -18,7 +18,9 @@ DEFAULT_BACKEND = "onnxruntime"
 def backend_class(name: str):
     """The class of a backend by name (importing its module, not its runtime)."""
     if name not in BACKENDS:
-        raise ConfigError(f"unknown backend '{name}'; known: {', '.join(sorted(BACKENDS))}")
+        from common.config.parser import did_you_mean
+        raise ConfigError(f"unknown backend '{name}'{did_you_mean(name, BACKENDS)}; known: "
+                          f"{', '.join(sorted(BACKENDS))}")
     module, cls_name = BACKENDS[name]
     return getattr(importlib.import_module(module), cls_name)
 
