@@ -25,6 +25,13 @@ def quote(value, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def did_you_mean(word: str, known, n: int = 3) -> str:
+    """' (did you mean X?)' naming the closest of `known` to a mistyped `word`, or '' when none is close."""
+    import difflib
+    close = difflib.get_close_matches(word, list(known), n=n, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
 class SuiteError(Exception):
     """An error the suite reports as one clear line, never as a traceback."""
 

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 
-
-def did_you_mean(word: str, known, n: int = 3) -> str:
-    """' (did you mean X?)' naming the closest of `known` to `word`, or '' when none is close."""
-    close = difflib.get_close_matches(word, list(known), n=n, cutoff=0.6)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
+from common.errors import did_you_mean
 
 
 class SuiteParser(argparse.ArgumentParser):

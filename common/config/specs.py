@@ -112,7 +112,7 @@ class ModelSpec:
     def variant(self, name: str | None = None) -> Variant:
         name = name or self.default_variant
         if name not in self.variants:
-            from common.config.parser import did_you_mean
+            from common.errors import did_you_mean
             raise ConfigError(f"unknown variant '{name}'{did_you_mean(name, self.variants)}; known: "
                               f"{', '.join(sorted(self.variants))}", self.path)
         return self.variants[name]
@@ -364,7 +364,7 @@ def load_model(name: str, remember=None) -> ModelSpec:
     path = MODELS_DIR / name / "model.yaml"
     if not path.is_file():
         known = sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
-        from common.config.parser import did_you_mean
+        from common.errors import did_you_mean
         raise ConfigError(f"unknown model '{name}'{did_you_mean(name, known)}; known: {', '.join(known) or 'none'}",
                           path)
     return load_spec(path, remember)

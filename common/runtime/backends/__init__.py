@@ -18,7 +18,7 @@ DEFAULT_BACKEND = "onnxruntime"
 def backend_class(name: str):
     """The class of a backend by name (importing its module, not its runtime)."""
     if name not in BACKENDS:
-        from common.config.parser import did_you_mean
+        from common.errors import did_you_mean
         raise ConfigError(f"unknown backend '{name}'{did_you_mean(name, BACKENDS)}; known: "
                           f"{', '.join(sorted(BACKENDS))}")
     module, cls_name = BACKENDS[name]
