@@ -24,7 +24,10 @@ def use_project_python(needed: tuple = NEEDED) -> None:
     venv = REPO_ROOT / ".venv" / "bin" / "python"
     if venv.is_file() and os.environ.get("SUITE_REEXEC") != "1":
         os.environ["SUITE_REEXEC"] = "1"  # once: a broken venv must not loop
-        os.execv(str(venv), [str(venv), *sys.argv])
+        # the script itself, not sys.argv[0]: runpy.run_path (the bootstrap of datasets/ and models/ scripts) puts
+        # the file it runs there while it runs, and re-running that would start the suite's CLI instead
+        script = getattr(sys.modules.get("__main__"), "__file__", None) or sys.argv[0]
+        os.execv(str(venv), [str(venv), script, *sys.argv[1:]])
     layer = " --export" if "torch" in _missing(needed) and not _missing(NEEDED) else ""
     where = f"{venv} lacks them: rerun" if venv.is_file() else f"there is no set-up .venv in {REPO_ROOT}: run"
     print(f"error: {sys.executable} lacks {', '.join(_missing(needed))} and {where} "

@@ -23,12 +23,11 @@ import runpy
 import sys
 from pathlib import Path
 
-import numpy as np
-
 # the one bootstrap (scripts/ixuca_suite.py); run as a script, an export needs torch too (requirements-export.txt)
 runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "ixuca_suite.py"),
                init_globals={"EXTRA_NEEDS": ("torch",) if __name__ == "__main__" else ()})
 
+import numpy as np  # noqa: E402  (after the bootstrap: an interpreter without numpy re-runs under .venv first)
 from common.export.checkpoints import check_safetensors, load_torch_checkpoint  # noqa: E402
 from common.errors import ConfigError, InputError, SuiteError, first_line  # noqa: E402
 from common.export.pipeline import DEFAULT_OPSET, simplify, torch_export  # noqa: E402
