@@ -30,6 +30,7 @@ class DetectionsFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)   # as the atomic write before it did (regress: dets/)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.fchmod(fd, shared_file_mode())  # as open() would make it, not mkstemp's 0600
         self._file = os.fdopen(fd, "w", encoding="ascii", buffering=1 << 20)
