@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-confirm", action="store_true",
                    help="do not re-measure a performance case whose FPS fell below its band (default: re-measure "
                         "once; the case fails only when both measurements are below)")
+    c.add_argument("--confirm-rounds", type=int, default=5, metavar="N",
+                   help="A/B rounds of that re-measurement against the baseline's model (default 5, at least 2: "
+                        "the pairs give the re-measurement its own spread)")
     c.add_argument("--onnx", action="append", metavar="MODEL[/VARIANT]=PATH",
                    help="the ONNX of a variant (MODEL alone: its default variant); repeatable")
     c.add_argument("--models-manifest", default=os.environ.get("REGRESS_MODELS"), metavar="FILE",
@@ -140,7 +143,8 @@ def case_options(args, environ=None) -> CaseOptions:
     suite = {dest: options.value(args, dest, environ) for dest in CASE_FLAGS}
     suite.update(dataset_dir=absolute_path(suite["dataset_dir"]), cache_dir=absolute_path(suite["cache_dir"]),
                  annotation=absolute_path(suite["annotation"], only_if_exists=True))
-    return CaseOptions(timeout_s=args.timeout, repeats=max(1, args.repeats), confirm=not args.no_confirm, **suite)
+    return CaseOptions(timeout_s=args.timeout, repeats=max(1, args.repeats), confirm=not args.no_confirm,
+                       confirm_rounds=max(2, args.confirm_rounds), **suite)
 
 
 def _on_sigterm(signum, frame):

@@ -60,6 +60,7 @@ class CaseOptions:
     min_duration_s: float | None = None
     min_iters: int | None = None
     confirm: bool = True                  # re-measure a performance case whose FPS fell below its band
+    confirm_rounds: int = 5               # A/B rounds of that re-measurement: enough pairs to estimate its spread
 
 
 def _write_json(path: Path, data) -> None:
@@ -263,7 +264,7 @@ def confirm_fps_failures(cases: list[Case], opts: CaseOptions, run_dir: Path, ro
         base_onnx = _baseline_model(vby_id[cid], ropts)
         if base_onnx:
             echo(f"[confirm] {cid}: FPS below the band, A/B/A/B with the baseline's model ...", end="", flush=True)
-            a, b, error = _interleaved(case, replace(case, onnx=base_onnx), opts, run_dir)
+            a, b, error = _interleaved(case, replace(case, onnx=base_onnx), opts, run_dir, opts.confirm_rounds)
             outcome.update(confirm_records=a, confirm_base_records=b, confirm_error=error)
         else:
             echo(f"[confirm] {cid}: FPS below the band, re-measuring ...", end="", flush=True)
@@ -291,23 +292,27 @@ def _baseline_model(v: dict, ropts: "ReportOptions") -> str | None:
         return None
 
 
-def _interleaved(case: Case, base_case: Case, opts: CaseOptions, run_dir: Path, rounds: int = 2):
-    """A/B/A/B: the case and the baseline's model, alternately, one process each, so both see the same state of
-    the node. Returns (case records, baseline-model records, error)."""
+def _interleaved(case: Case, base_case: Case, opts: CaseOptions, run_dir: Path, rounds: int = 5):
+    """A/B/A/B...: the case and the baseline's model, alternately, `rounds` times, one process each, so both see
+    the same state of the node. Returns (case records, baseline-model records, error), each in run order: the
+    i-th of each list form the i-th pair, whose ratios give the re-measurement its own spread
+    (verdicts.confirm_fps)."""
     dirs = {k: run_dir / "records" / case.slug / k for k in ("confirm", "confirm_base")}
     for d in dirs.values():
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     log_path = run_dir / "logs" / f"{case.slug}.confirm.log"
     error = None
+    recs: dict = {k: [] for k in dirs}
     with open(log_path, "w", encoding="utf-8") as log:
         for _ in range(rounds):
             for key, c in (("confirm", case), ("confirm_base", base_case)):
+                before = set(dirs[key].glob("*.json"))
                 code, out = _run_process(case_command(c, opts, dirs[key]), opts.timeout_s, log)
                 if code not in (0, 1):
                     error = f"{key}: {_error_text(code, out, opts.timeout_s)}"
                     return [], [], error
-    recs = {k: sorted(str(p.relative_to(run_dir)) for p in d.glob("*.json")) for k, d in dirs.items()}
+                recs[key] += sorted(str(p.relative_to(run_dir)) for p in set(dirs[key].glob("*.json")) - before)
     return recs["confirm"], recs["confirm_base"], error
 
 

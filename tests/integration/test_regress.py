@@ -125,13 +125,14 @@ def test_planted_fps_regression_is_caught_against_the_stored_baseline(tmp_path, 
     # independent measurement confirmed it
     slow = tmp_path / "slow"
     code = regress("run", *common, "--onnx", f"tinydetr/tiny={tiny['slow']}", "--out", slow, "--run-id", "slow",
-                   "--history", history)
+                   "--history", history, "--confirm-rounds", "3")
     assert code == 1
     (v,) = verdicts(slow).values()
     assert v["status"] == FAILED and v["notes"][-1].startswith("FPS regression confirmed: first FPS")
     # the baseline's own model (same runtime, same file) was measured A/B/A/B with the case
     assert "A/B interleaved with the baseline's model" in v["notes"][-1]
-    assert v["values"]["confirm_ratio"] < 0.5 and len(list((slow / "records").rglob("confirm_base/*.json"))) == 2
+    assert v["values"]["confirm_ratio"] < 0.5 and len(list((slow / "records").rglob("confirm_base/*.json"))) == 3
+    assert v["values"]["confirm_pairs"] == 3 and v["values"]["confirm_spread"] is not None
     assert v["values"]["ratio"] < 0.5 and v["values"]["baseline_fps"] == pytest.approx(entry["fps"])
     assert junit_cases(slow)["tinydetr.tiny.onnxruntime.fp32.bs1.performance"][0] == "failure"
     # the history holds 3 records per run, and names the last good run of the failing case
