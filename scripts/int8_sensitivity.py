@@ -4,10 +4,12 @@
     scripts/int8_sensitivity.py --model rtmdet --onnx M.onnx --calib-dir CALIB/ --dataset-dir DIR \
         --ann HELD_APART.json [--eval-ann EVAL.json] [--search-images 50] [--tolerance 0.02]
 
-Calibrates on --calib-dir (refused when it holds evaluation or held-apart images), ranks the quantised nodes by
-the error each adds against the FP32 reference on calibration images, then searches (doubling, then bisecting)
-the fewest nodes kept in FP32 that bring AP on the held-apart images (--ann) within --tolerance of FP32. Prints
-the curve (AP vs nodes kept in FP32) and the `int8:` spec snippet. With --eval-ann, the curve's points are also
+Calibrates on --calib-dir (refused when it holds evaluation or held-apart images), keeps in FP32 the Convs the
+target's scale granularity cannot hold (the structural rule, common/runtime/int8_structure.py, each printed with
+its reason), ranks the nodes the rule leaves by the error each adds against the FP32 reference on calibration
+images, then searches (doubling, then bisecting) the fewest of them kept in FP32 that bring AP on the held-apart
+images (--ann) within --tolerance of FP32. It starts from nothing but the rule: the spec's own keep_fp32 list is
+used only with --from-spec. Prints the curve (AP vs nodes kept in FP32) and the `int8:` spec snippet. With --eval-ann, the curve's points are also
 evaluated on that disjoint evaluation set with FP32 and INT8 timed side by side in the same process.
 
 Exit codes: 0 a node list within tolerance was found, 1 none was, 2 bad input or configuration, 3 runtime
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the per-node error of only the first N quantised nodes (graph order; quick checks: "
                         "the others are ranked after them, unmeasured)")
     p.add_argument("--tolerance", type=float, default=0.02, help="AP below FP32 accepted (default 0.02)")
+    p.add_argument("--from-spec", action="store_true",
+                   help="start from the spec's int8.keep_fp32 list (default: from nothing but the structural rule)")
     p.add_argument("--max-keep", type=_positive_int, help="most nodes kept in FP32 the search tries")
     p.add_argument("--timing-runs", type=_positive_int, default=20, help="runs per engine per timing round")
     p.add_argument("--cache-dir", default=env("ENGINE_CACHE_DIR", ".cache/engines"))
@@ -99,6 +103,8 @@ def main(argv=None) -> int:
                         dataset_dir=args.dataset_dir, annotation=args.ann, images_dir=args.images_dir)
         onnx_path = resolve_onnx(cfg, variant)
         settings = settings_for(variant, args.calib_images)
+        if not args.from_spec:   # the search starts from nothing but the rule, never from a list it proposed before
+            settings = replace(settings, keep_fp32=())
         cfg = replace(cfg, calib_images=settings.calib_images)
         # refused when it holds held-apart images (checked against --ann) ...
         calib = CalibrationSet.for_variant(args.calib_dir, variant, cfg)
@@ -121,15 +127,22 @@ def main(argv=None) -> int:
             float_path = prepare_float_model(onnx_path, settings, tmp / "float.onnx")
             full = tmp / "int8_full.onnx"
             t0 = time.perf_counter()
-            quantize_onnx(onnx_path, full, calib, settings, variant.input_name, cache_root,
-                          dict(variant.extra_inputs))
-            print(f" quantised ({settings.format}, {settings.method}, per_channel={settings.per_channel}) in "
-                  f"{time.perf_counter() - t0:.1f} s")
+            info = quantize_onnx(onnx_path, full, calib, settings, variant.input_name, cache_root,
+                                 dict(variant.extra_inputs))
+            print(f" quantised ({settings.format}, {settings.method}, per_channel={settings.per_channel}, target "
+                  f"{info['target']}) in {time.perf_counter() - t0:.1f} s: {info['int8_convs']} Convs in INT8; "
+                  f"post-processing ({info['postprocess_nodes']} nodes, found from the graph) left float")
+            by_rule = list(info["kept_by_rule"])
+            print(f" kept in FP32 by rule ({len(by_rule)}):" if by_rule else " kept in FP32 by rule: none")
+            for node, why in by_rule:
+                print(f"   {node:<24} {why}")
+            if settings.keep_fp32:
+                print(f" kept in FP32 by the spec (--from-spec): {len(settings.keep_fp32)}")
             import numpy as np
             x = np.concatenate(list(calib.batches(1))[:args.error_images])
             rows = node_errors(float_path, full, x, variant.input_name, settings.op_types, log=print,
                                limit=args.error_nodes)
-            rows = [r for r in rows if r["node"] not in settings.keep_fp32]
+            rows = [r for r in rows if r["node"] not in settings.keep_fp32]   # the rule's are not quantised at all
             print(f" per-node error on {len(x)} calibration image(s), worst first (SQNR vs FP32 at the last "
                   "quantisable tensors with only that node quantised; of the node's output in the INT8 graph):")
             for r in [r for r in rows if r["alone_db"] is not None][:10]:
@@ -144,6 +157,8 @@ def main(argv=None) -> int:
                       "calibration": calib.describe(), "settings": settings.key(),
                       "held_apart": {"annotation": args.ann, "num_images": len(held.image_ids),
                                      "fp32": {"AP": fp32_m["AP"], "AP50": fp32_m["AP50"]}},
+                      "kept_by_rule": [{"node": n, "why": w} for n, w in by_rule], "from_spec": args.from_spec,
+                      "int8_convs_rule_only": info["int8_convs"],
                       "node_errors": rows, "tolerance": args.tolerance,
                       "curve": [{"keep": p.keep, "AP": p.AP, "AP50": p.AP50, "nodes": list(p.nodes)} for p in points],
                       "chosen": None if best is None else best.keep}

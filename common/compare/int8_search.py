@@ -197,7 +197,7 @@ def node_errors(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str
         out = fnodes[name].output[0]
         rows.append({"node": name, "op_type": fnodes[name].op_type, "alone_db": round(db, 2),
                      "sqnr_db": round(_sqnr(ref_outs[out], cum[out]), 2) if out in cum else None})
-        if log and (k + 1) % 25 == 0:
+        if log and ((k + 1) % 25 == 0 or k + 1 == len(plans)):
             log(f"   {k + 1}/{len(plans)} nodes measured")
             sys.stdout.flush()
     rows.sort(key=lambda r: r["alone_db"])

@@ -17,6 +17,11 @@ Settings come from an `int8:` section of a model variant (read_int8_section; eve
       keep_fp32: []            # node names left in FP32 (scripts/int8_sensitivity.py proposes them)
       float_outputs: [Conv]    # op types whose outputs stay float (the following activation reads them)
       fidelity: {}             # the accuracy pre-flight's INT8 tolerance (defaults: Int8Settings.fidelity)
+      target: onnxruntime      # the INT8 engine the graph is for (int8_structure.TARGETS; default: the backend)
+      rule: true               # keep the Convs the target's scale granularity cannot hold (int8_structure)
+
+The post-processing subgraph (decode, score activation, TopK, NMS, gathers; found from the graph by
+int8_structure.split_network) is never quantised and never calibrated: calibration runs on the network alone.
 
 Calibration runs at batch 1 (as the vendor's recipes do) on images that are never evaluation images
 (common/data/calibration.py refuses them). Its tensor ranges are cached by the float graph, the calibration set and
@@ -64,16 +69,24 @@ class Int8Settings:
     # engine that is meant to differ by a few score points; it still stops an INT8 engine that lost its accuracy
     fidelity: tuple = (("min_cosine", 0.99), ("max_score_diff", 0.05), ("max_ap_diff", 0.05),
                        ("min_mean_iou", 0.85), ("min_matched", 0.9))
+    # the INT8 engine the QDQ graph is for (common.runtime.int8_structure.TARGETS); "" = the building backend's own
+    target: str = ""
+    # keep in FP32 the Convs whose input the target's activation scale granularity cannot hold (keep_by_rule)
+    rule: bool = True
 
     def calibration_key(self) -> dict:
         """What changes the calibration ranges (not the quantiser options applied after them)."""
+        from common.runtime.int8_structure import RULE_VERSION
         return {"method": self.method, "percentile": self.percentile if self.method == "percentile" else None,
-                "op_types": sorted(self.op_types), "opset": self.target_opset(0)}
+                "op_types": sorted(self.op_types), "opset": self.target_opset(0), "network_only": RULE_VERSION}
 
     def key(self) -> dict:
         """Every setting that changes the engine, for the cache key."""
         d = asdict(self)
         d.pop("fidelity")
+        if self.rule:
+            from common.runtime.int8_structure import RULE_VERSION
+            d["rule"] = RULE_VERSION
         for k in ("op_types", "keep_fp32", "float_outputs"):
             d[k] = sorted(d[k])
         return d
@@ -83,7 +96,8 @@ class Int8Settings:
 
 
 _FIELDS = {"format", "per_channel", "activation_type", "weight_type", "method", "percentile", "calib_images",
-           "op_types", "keep_fp32", "float_outputs", "fidelity"}
+           "op_types", "keep_fp32", "float_outputs", "fidelity",
+           "target", "rule"}
 
 
 def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
@@ -113,6 +127,15 @@ def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
         if not isinstance(raw["per_channel"], bool):
             fail("per_channel", f"expected true or false, got {raw['per_channel']!r}")
         values["per_channel"] = raw["per_channel"]
+    if raw.get("rule") is not None:
+        if not isinstance(raw["rule"], bool):
+            fail("rule", f"expected true or false, got {raw['rule']!r}")
+        values["rule"] = raw["rule"]
+    if raw.get("target") is not None:
+        from common.runtime.int8_structure import TARGETS
+        if raw["target"] not in TARGETS:
+            fail("target", f"{raw['target']!r} is not one of {', '.join(TARGETS)}")
+        values["target"] = raw["target"]
     if raw.get("percentile") is not None:
         v = raw["percentile"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 50 < v <= 100:
@@ -205,6 +228,12 @@ def prepare_float_model(onnx_path: Path, settings: Int8Settings, out_path: Path)
                                  onnx_path) from None
         # the converter leaves ir_version as it was; opset 13 needs IR >= 7
         model.ir_version = max(model.ir_version, 7)
+    # nodes are excluded from quantisation by name: the converter's own nodes have none
+    taken = {n.name for n in model.graph.node}
+    for k, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = next(c for c in (f"{n.op_type}__{k}", f"{n.op_type}__{k}_{len(taken)}") if c not in taken)
+            taken.add(n.name)
     onnx.save(model, str(out_path))
     return out_path
 
@@ -230,35 +259,97 @@ def calibration_cache_path(cache_root: Path, float_sha256: str, calib_sha256: st
     return Path(cache_root) / "calibration" / f"{hashlib.sha256(payload.encode()).hexdigest()[:32]}.json"
 
 
+def resolve_target(settings: Int8Settings, backend: str = "onnxruntime", path=None):
+    """The INT8 target of a build (the spec's int8.target, else the building backend's own), refusing settings it
+    cannot run (ConfigError before anything is built)."""
+    from common.runtime.int8_structure import TARGETS, check_settings
+    name = settings.target or backend
+    if name not in TARGETS:
+        raise ConfigError(f"no INT8 target '{name}'; known: {', '.join(TARGETS)} (set int8.target)", path)
+    tgt = TARGETS[name]
+    why = check_settings(tgt, settings)
+    if why:
+        raise ConfigError(f"INT8 target {name} cannot run this QDQ graph: {'; '.join(why)}", path)
+    return tgt
+
+
+def conv_stats_cached(float_path: Path, float_sha: str, calib, input_name: str, extra_inputs: dict,
+                      cache_root: Path) -> list:
+    """Per-channel Conv input statistics (int8_structure.conv_input_stats) on the calibration images, cached by
+    the float graph and the calibration set."""
+    import onnx
+
+    from common.engine_cache import atomic_write_bytes
+    from common.runtime.int8_structure import RULE_VERSION, ConvInput, conv_input_stats
+    key = hashlib.sha256(json.dumps({"float": float_sha, "calibration": calib.sha256, "v": RULE_VERSION},
+                                    sort_keys=True).encode()).hexdigest()[:32]
+    path = Path(cache_root) / "conv-stats" / f"{key}.json"
+    try:
+        rows = json.loads(path.read_text())
+        return [ConvInput(r["node"], r["tensor"], r["group"], r["channels"], np.array(r["cmin"]),
+                          np.array(r["cmax"]), np.array(r["csq"]), r["count"], np.array(r["out_ms"]),
+                          np.array(r["wsq"])) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    stats = conv_input_stats(onnx.load(str(float_path)), calib.batches(1), input_name, extra_inputs)
+    rows = [{"node": c.node, "tensor": c.tensor, "group": c.group, "channels": c.channels, "cmin": c.cmin.tolist(),
+             "cmax": c.cmax.tolist(), "csq": c.csq.tolist(), "count": c.count, "out_ms": c.out_ms.tolist(), "wsq": c.wsq.tolist()}
+            for c in stats]
+    try:
+        atomic_write_bytes(path, json.dumps(rows).encode(), durable=False)
+    except OSError:
+        pass
+    return stats
+
+
 def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings, input_name: str,
-                  cache_root: Path, extra_inputs: dict | None = None, work_dir: Path | None = None) -> dict:
+                  cache_root: Path, extra_inputs: dict | None = None, work_dir: Path | None = None,
+                  backend: str = "onnxruntime") -> dict:
     """Write the quantised ONNX to out_path; calib is a common.data.calibration.CalibrationSet (or anything with
-    .sha256 and .batches(1)). Returns what was done (opsets, calibration cache hit, nodes quantised)."""
+    .sha256 and .batches(1)). The post-processing subgraph is left float and uncalibrated; with settings.rule the
+    Convs the target cannot hold stay FP32 (`kept_by_rule`: [(node, reason)]). Returns what was done (opsets,
+    calibration cache hit, nodes quantised, kept nodes and why)."""
     import tempfile
 
     import onnx
     from onnxruntime.quantization import quantize_static
 
     from common.engine_cache import atomic_write_bytes, file_sha256
+    from common.runtime.int8_structure import check_qdq_graph, keep_by_rule, network_model, split_network
+    tgt = resolve_target(settings, backend, onnx_path)
     with tempfile.TemporaryDirectory(prefix="int8.", dir=work_dir) as tmp:
         float_path = prepare_float_model(onnx_path, settings, Path(tmp) / "float.onnx")
         float_sha = file_sha256(float_path)
+        fmodel = onnx.load(str(float_path))
+        try:
+            split = split_network(fmodel)
+        except ValueError as exc:
+            raise InputError(f"cannot quantise: {exc}", onnx_path) from None
+        kept = []
+        if settings.rule:
+            stats = conv_stats_cached(float_path, float_sha, calib, input_name, extra_inputs or {}, cache_root)
+            kept = [(n, why) for n, why in keep_by_rule(stats, tgt) if n not in settings.keep_fp32]
         cache_file = calibration_cache_path(cache_root, float_sha, calib.sha256, settings)
         hit = cache_file.is_file()
-        reader = None
-        if not hit:
-            reader = _calibration_reader(list(calib.batches(1)), input_name, extra_inputs or {})
         # ONNX Runtime writes the ranges it computed to the cache path: write them to a temporary name first so a
         # killed build never leaves half a calibration behind
         ranges = Path(tmp) / "ranges.json"
         if hit:
             ranges.write_bytes(cache_file.read_bytes())
+        exclude = list(settings.keep_fp32) + [n for n, _ in kept] + list(split.postprocess)
         quiet = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
         try:
             # the histogram calibrators print progress to stdout, which is the JSON of `build_engine.py --json`
             with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(str(float_path), str(out_path), reader, nodes_to_exclude=list(settings.keep_fp32),
+                if not hit:
+                    # calibrate the network alone: post-processing tensors (variable-size after NMS) never are
+                    net = Path(tmp) / "network.onnx"
+                    onnx.save(network_model(fmodel, split), str(net))
+                    reader = _calibration_reader(list(calib.batches(1)), input_name, extra_inputs or {})
+                    quantize_static(str(net), str(Path(tmp) / "network_q.onnx"), reader,
+                                    calibration_cache_path=str(ranges), **_quant_args(settings))
+                quantize_static(str(float_path), str(out_path), None, nodes_to_exclude=exclude,
                                 calibration_cache_path=str(ranges), **_quant_args(settings))
         except (InputError, RuntimeFailure):
             raise
@@ -276,8 +367,22 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
         raise RuntimeFailure("INT8 quantisation quantised nothing (no op of the types "
                              f"{list(settings.op_types) or 'any'} outside keep_fp32): refusing to run FP32 as INT8",
                              onnx_path)
+    why = check_qdq_graph(model, tgt)
+    if why:
+        raise ConfigError(f"INT8 target {tgt.name} cannot run the quantised graph: {'; '.join(why[:3])}"
+                          f"{f' (and {len(why) - 3} more)' if len(why) > 3 else ''}", onnx_path)
     return {"opset": [_opset(onnx.load(str(onnx_path), load_external_data=False)), _opset(model)],
-            "calibration_cache": "hit" if hit else "miss", "quant_nodes": n_q}
+            "calibration_cache": "hit" if hit else "miss", "quant_nodes": n_q, "target": tgt.name,
+            "kept_by_rule": kept, "postprocess_nodes": len(split.postprocess),
+            "int8_convs": int8_convs(model)}
+
+
+def int8_convs(model) -> int:
+    """Conv nodes of a QDQ graph that read a dequantised activation and a dequantised weight (run in INT8)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return sum(1 for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1
+               and all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                       for i in n.input[:2]))
 
 
 def quantisable_nodes(onnx_path: Path, settings: Int8Settings) -> list:
@@ -298,7 +403,10 @@ def spec_snippet(variant_name: str, settings: Int8Settings, keep: list) -> str:
         lines.append(f"      percentile: {settings.percentile}")
     lines += [f"      calib_images: {settings.calib_images}",
               f"      op_types: [{', '.join(settings.op_types)}]",
-              f"      float_outputs: [{', '.join(settings.float_outputs)}]", "      keep_fp32:"]
+              f"      float_outputs: [{', '.join(settings.float_outputs)}]"]
+    if settings.target:
+        lines.append(f"      target: {settings.target}")
+    lines += [f"      rule: {'true' if settings.rule else 'false'}", "      keep_fp32:"]
     lines += [f"        - {json.dumps(n)}" for n in keep] if keep else ["        []"]
     if not keep:
         lines[-2:] = ["      keep_fp32: []"]
@@ -306,7 +414,7 @@ def spec_snippet(variant_name: str, settings: Int8Settings, keep: list) -> str:
 
 
 __all__ = ["Int8Settings", "read_int8_section", "settings_for", "quantize_onnx", "quantisable_nodes",
-           "spec_snippet", "prepare_float_model", "calibration_cache_path"]
+           "spec_snippet", "prepare_float_model", "calibration_cache_path", "resolve_target", "int8_convs"]
 
 
 # ---------------------------------------------------------------- engine builds (ONNX Runtime and IGIE)
@@ -323,8 +431,9 @@ def build_int8(backend: str, runtime: str, req, suffix: str, finish, key_extra: 
         raise ConfigError(f"{backend} int8 needs calibration images: pass --calib-dir DIR (images that are not the "
                           "evaluation set)")
     settings = req.options.get("int8") or Int8Settings()
+    resolve_target(settings, backend, req.onnx_path)   # refused before anything is built
     key = cache_key(req.onnx_sha256, backend=backend, precision="int8", runtime=runtime,
-                    calibration=calib.sha256, int8=settings.key(), quantizer=_quantizer_version(), recipe=1,
+                    calibration=calib.sha256, int8=settings.key(), quantizer=_quantizer_version(), recipe=2,
                     **(key_extra or {}))
     cache_root = req.cache.root
 
@@ -333,7 +442,7 @@ def build_int8(backend: str, runtime: str, req, suffix: str, finish, key_extra: 
         with tempfile.TemporaryDirectory(prefix="int8.", dir=cache_root) as work:
             q = Path(work) / "quantised.onnx"
             quantize_onnx(req.onnx_path, q, calib, settings, req.input_name, cache_root, dict(req.extra_inputs),
-                          Path(work))
+                          Path(work), backend=backend)
             finish(q, tmp)
 
     describe = {"backend": backend, "precision": "int8", "onnx": str(req.onnx_path), "onnx_sha256": req.onnx_sha256,
