@@ -66,32 +66,58 @@ def serial_accuracy(onnx_path, images_dir, ann_file, size=SIZE, mean=MEAN, std=S
     return list(ev.stats), results, time.perf_counter() - t0
 
 
-def loop_floor(onnx_path, images_dir, ann_file, threads=2, size=SIZE, mean=MEAN, std=STD):
+def loop_floor(onnx_path, images_dir, ann_file, threads=2, size=SIZE, mean=MEAN, std=STD, evaluate=False):
     """Seconds for this loop's per-image work alone (read, preprocess, run) split over `threads` threads, each
     running its share one image at a time on a shared 1-thread session: no start-up, no evaluation, no harness.
-    It shows how much of a run's time is the model's and the decoder's on this machine, whatever the harness."""
+    It shows how much of a run's time is the model's and the decoder's on this machine, whatever the harness.
+    With `evaluate`, each image's detections are also mapped back and kept, and faster-coco-eval computes the 12
+    stats after the loop (in the time returned): the same per-image work as an accuracy run, with no harness."""
     import threading
 
     import onnxruntime as ort
 
     with open(ann_file) as f:
-        files = [f"{images_dir}/{im['file_name']}" for im in json.load(f)["images"]]
+        dataset = json.load(f)
+    images = dataset["images"]
+    files = [f"{images_dir}/{im['file_name']}" for im in images]
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     in_name = sess.get_inputs()[0].name
 
-    def work(share):
-        for path in share:
-            x, _, _ = letterbox_input(cv2.imread(path), size, mean, std)
-            sess.run(None, {in_name: x})
+    found = [[] for _ in range(threads)]
 
-    workers = [threading.Thread(target=work, args=(files[i::threads],)) for i in range(threads)]
+    def work(k):
+        for i in range(k, len(files), threads):
+            x, sx, sy = letterbox_input(cv2.imread(files[i]), size, mean, std)
+            dets, _ = sess.run(None, {in_name: x})
+            if evaluate:
+                keep = dets[0][dets[0][:, 4] > 0].astype(np.float64)
+                w, h = images[i]["width"], images[i]["height"]
+                x1, x2 = np.clip(keep[:, 0] / sx, 0, w), np.clip(keep[:, 2] / sx, 0, w)
+                y1, y2 = np.clip(keep[:, 1] / sy, 0, h), np.clip(keep[:, 3] / sy, 0, h)
+                found[k].append(np.column_stack([np.full(len(keep), images[i]["id"]), x1, y1, x2 - x1, y2 - y1,
+                                                 keep[:, 4]]))
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
     t0 = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
+    if evaluate:
+        from faster_coco_eval import COCO, COCOeval_faster
+        rows = np.concatenate([r for part in found for r in part])
+        anns = [{"id": n, "image_id": int(r[0]), "category_id": 1, "bbox": r[1:5].tolist(),
+                 "area": float(r[3] * r[4]), "score": float(r[5]), "iscrowd": 0} for n, r in enumerate(rows, 1)]
+        quiet = lambda *args, **kwargs: None  # noqa: E731
+        dt = {"images": images, "categories": dataset["categories"], "annotations": anns}
+        ev = COCOeval_faster(COCO(dataset, print_function=quiet), COCO(dt, print_function=quiet), "bbox",
+                             print_function=quiet)
+        ev.params.catIds = [1]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
     return time.perf_counter() - t0
 
 
@@ -103,9 +129,12 @@ if __name__ == "__main__":
     ap.add_argument("--ann", required=True)
     ap.add_argument("--max-images", type=int)
     ap.add_argument("--floor-threads", type=int, help="time only the per-image work over this many threads")
+    ap.add_argument("--evaluate", action="store_true", help="with --floor-threads: also evaluate the detections "
+                                                            "(faster-coco-eval), a whole accuracy run with no harness")
     a = ap.parse_args()
     if a.floor_threads:
-        print(json.dumps({"loop_seconds": loop_floor(a.onnx, a.images_dir, a.ann, a.floor_threads)}))
+        print(json.dumps({"loop_seconds": loop_floor(a.onnx, a.images_dir, a.ann, a.floor_threads,
+                                                     evaluate=a.evaluate)}))
         raise SystemExit(0)
     stats, _, secs = serial_accuracy(a.onnx, a.images_dir, a.ann, max_images=a.max_images)
     print(json.dumps({"AP": stats[0], "AP50": stats[1], "seconds": secs}))
