@@ -344,6 +344,10 @@ def _shared_slots(count: int, shape: tuple, dtype=np.float32) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, size), dtype).reshape(count, *shape)
 
 
+# An input cache's pages are let go once they are this many batches behind the batch being handed out.
+RELEASE_BATCHES_BEHIND = 8
+
+
 class BatchLoader:
     """Preprocessed batches in item order. With workers > 0, decoding runs in worker processes and overlaps
     whatever the caller does with the previous batch.
@@ -428,15 +432,23 @@ class BatchLoader:
         if self.cached is not None:
             inputs, meta = self.cached
             ids = np.array([it.image_id for it in self.items], np.int64)
+            behind = RELEASE_BATCHES_BEHIND * self.batch_size
             for start in range(0, len(self.items), self.batch_size):
                 end = start + self.batch_size
                 yield self._batch(ids[start:end], inputs[start:end], meta[start:end])
+                if start >= behind:  # normalised long ago (the run holds a few batches ahead at most)
+                    self.cache.release(start - behind, start - behind + self.batch_size)
             return
         writer, self.writer = self.writer, None
         try:
             for batch in self._decoded():
                 if writer is not None:
-                    writer.add(batch)
+                    try:
+                        writer.add(batch)
+                    except OSError as exc:  # a file system without fallocate filled up: the run goes on
+                        self._no_cache(exc)
+                        writer.discard()
+                        writer = None
                 yield batch
                 batch = None  # not held while the next one decodes: the shared loader may then reuse its buffer
             if writer is not None:

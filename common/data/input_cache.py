@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import tempfile
 from json.encoder import encode_basestring_ascii
@@ -57,15 +58,35 @@ class InputCache:
         self.ids = np.array([it.image_id for it in items], np.int64)
 
     def lookup(self):
-        """(inputs memmap [N, 3, H, W], meta [N, 6]) or None when absent or not matching."""
+        """(canvases [N, 3, H, W] uint8 over a read-only mapping of the entry, meta [N, 6]) or None when absent
+        or not matching. release() lets go of the pages of images already read."""
         try:
-            inputs = np.load(self.inputs_path, mmap_mode="r")
+            header = np.load(self.inputs_path, mmap_mode="r")  # its shape, dtype and where the data starts
             meta = np.load(self.meta_path)
+            if header.shape != (self.n, *self.shape) or header.dtype != DTYPE or meta.shape != (self.n, 6):
+                return None
+            self._offset = header.offset
+            del header
+            with open(self.inputs_path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):
             return None
-        if inputs.shape != (self.n, *self.shape) or inputs.dtype != DTYPE or meta.shape != (self.n, 6):
-            return None
-        return inputs, meta
+        inputs = np.frombuffer(self._map, DTYPE, count=self.n * self.per_image, offset=self._offset)
+        return inputs.reshape(self.n, *self.shape), meta
+
+    @property
+    def per_image(self) -> int:
+        return int(np.prod(self.shape))
+
+    def release(self, start: int, end: int):
+        """Images [start, end) were read: their pages leave this process (they stay in the page cache). A
+        mapped file's pages count in the process's RSS: reading all of a 6 GB entry would otherwise leave its
+        RSS at 6 GB. Pages read again are faulted in again, so this is never wrong, only slower."""
+        page = mmap.PAGESIZE
+        lo = -(-(self._offset + start * self.per_image) // page) * page
+        hi = (self._offset + end * self.per_image) // page * page
+        if hi > lo:
+            self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     @property
     def nbytes(self) -> int:
@@ -103,10 +124,14 @@ class _CacheWriter:
             raise _too_small(cache, free)
         print(f"input cache: storing {cache.describe()} in {cache.root} ({_size(free)} free)", file=sys.stderr)
         fd, self.tmp = tempfile.mkstemp(dir=cache.root, prefix=".inputs.", suffix=".npy.tmp")
+        self.fd = fd
         try:
             os.fchmod(fd, shared_file_mode())  # shared by runs, possibly of other users: not mkstemp's 0600
-            self.inputs = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=DTYPE,
-                                                    shape=(cache.n, *cache.shape))
+            # the .npy header; the canvases are then written with pwrite, not through a mapping, whose written
+            # pages would stay in this process's RSS (all 6 GB of them at full scale)
+            header = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=DTYPE, shape=(cache.n, *cache.shape))
+            self.offset = header.offset
+            del header
             # reserve the blocks now: a disk that filled up since the check above (or a quota) is refused here,
             # not a SIGBUS when a mapped page is written
             try:
@@ -114,32 +139,39 @@ class _CacheWriter:
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                     raise _too_small(cache, shutil.disk_usage(cache.root).free) from None
-                # a file system without fallocate: the mapping is written as before
+                # a file system without fallocate: written as it comes (a full disk is then an OSError of add)
         except BaseException:
             self.discard()
             raise
-        finally:
-            os.close(fd)
         self.meta = np.empty((cache.n, 6), np.float64)
         self.done = 0
 
     def add(self, batch):
         n = len(batch.image_ids)
-        self.inputs[self.done:self.done + n] = batch.canvas
+        data = memoryview(np.ascontiguousarray(batch.canvas)).cast("B")
+        at, written = self.offset + self.done * self.cache.per_image, 0
+        while written < len(data):  # pwrite may write less than asked
+            written += os.pwrite(self.fd, data[written:], at + written)
         self.meta[self.done:self.done + n] = batch.meta
         self.done += n
 
     def commit(self):
         if self.done != self.cache.n:
             return self.discard()
-        self.inputs.flush()
-        del self.inputs
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
         buf = _npy_bytes(self.meta)
         atomic_write_bytes(self.cache.meta_path, buf)
         os.replace(self.tmp, self.cache.inputs_path)
 
     def discard(self):
-        self.inputs = None
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
         try:
             os.unlink(self.tmp)
         except OSError:
