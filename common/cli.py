@@ -141,8 +141,13 @@ def print_summary(record: dict, path=None):
         if c["status"] == "not_applicable":
             continue
         op = ">=" if c["bound"] == "min" else "<="
+        if c["status"] == "not_judged":
+            print(f" target {c['metric']} {op} {c['limit']:g}: {c['value']:.4f} not judged: {c['why']}")
+            continue
         print(f" target {c['metric']} {op} {c['limit']:g}: {c['value']:.4f} {c['status'].upper()}")
-    if record["verdict"] == "unchecked":
+    if record["verdict"] == "unchecked" and any(c["status"] == "not_judged" for c in record["checks"]):
+        print(" no target was judged: this run evaluated fewer images than they are declared for")
+    elif record["verdict"] == "unchecked":
         print(" no target applies to this backend/device/precision/batch: nothing was checked")
     for reason in record["reasons"]:
         print(f" FAIL: {reason}")

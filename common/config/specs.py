@@ -57,6 +57,7 @@ class Target:
     batch_sizes: tuple | None
     minimum: dict
     maximum: dict
+    min_images: int | None = None   # fewer evaluated images: the target is reported "not judged" (full val2017)
 
     def applies(self, backend: str, device: str, precision: str, batch_size: int) -> bool:
         return (fnmatch.fnmatch(backend, self.backend) and fnmatch.fnmatch(device, self.device)
@@ -179,13 +180,20 @@ def _read_target(r: _Reader, raw: dict, where: str) -> Target:
     minimum, maximum = r.thresholds(raw, "min", where), r.thresholds(raw, "max", where)
     if not minimum and not maximum:
         r.fail(where, "a target needs 'min' or 'max' thresholds")
-    unknown = set(raw) - {"backend", "device", "precision", "batch_size", "min", "max", "note"}
+    unknown = set(raw) - {"backend", "device", "precision", "batch_size", "min", "max", "note", "min_images"}
     if unknown:
         r.fail(where, f"unknown keys {sorted(unknown)}")
     return Target(backend=r.get(raw, "backend", where, str), device=r.get(raw, "device", where, str, "*"),
                   precisions=precisions,
                   batch_sizes=None if batch is None else tuple([batch] if isinstance(batch, int) else batch),
-                  minimum=minimum, maximum=maximum)
+                  minimum=minimum, maximum=maximum, min_images=_min_images(r, raw, where))
+
+
+def _min_images(r: _Reader, raw: dict, where: str) -> int | None:
+    n = r.get(raw, "min_images", where, int, None)
+    if n is not None and n < 1:
+        r.fail(f"{where}.min_images", f"expected an integer >= 1, got {n}")
+    return n
 
 
 def _check_keys(r: _Reader, raw: dict, where: str):

@@ -65,11 +65,21 @@ def _targets(p: Prepared, cfg: RunConfig):
 def _target_dicts(targets) -> list:
     return [{"backend": t.backend, "device": t.device, "precision": list(t.precisions),
              "batch_size": None if t.batch_sizes is None else list(t.batch_sizes),
-             "min": t.minimum, "max": t.maximum} for t in targets]
+             "min": t.minimum, "max": t.maximum, "min_images": t.min_images} for t in targets]
+
+
+def _note_unjudged_targets(variant: Variant, cfg: RunConfig, n_images: int) -> None:
+    """Said before any image is read: targets declared for more images than this run evaluates (a published
+    full-val2017 figure on a subset) will be reported "not judged", neither passed nor failed."""
+    short = sorted({t.min_images for t in variant.targets
+                    if t.min_images and n_images < t.min_images and cfg.precision in t.precisions})
+    if short:
+        print(f"note: {n_images} images < {short[-1]}, the minimum the {variant.id} targets are declared for: they "
+              "will be reported not judged (run the full set to judge them)", file=sys.stderr)
 
 
 def _finish(record: dict, values: dict, targets, extra_reasons: list[str]) -> dict:
-    checks, reasons = check_targets(values, targets)
+    checks, reasons = check_targets(values, targets, (record.get("dataset") or {}).get("num_images"))
     reasons = extra_reasons + reasons
     record.update(targets=_target_dicts(targets), checks=checks, verdict=verdict_of(checks, reasons),
                   reasons=reasons)
@@ -252,6 +262,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
     annotations = read_annotations(ann_file, polygons=False, remember=remember)
     items = image_items(annotations, images_dir, cfg.max_images)
+    _note_unjudged_targets(variant, cfg, len(items))
     shard = None
     if cfg.shard:   # only this shard's images; the merge evaluates the union (common/harness/shards.py)
         shard = ShardPlan.of(cfg, items)

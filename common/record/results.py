@@ -16,20 +16,28 @@ from common.errors import EXIT_PASS, EXIT_TARGET_FAILED, RuntimeFailure
 from common.fsaccess import shared_file_mode
 
 PASS, FAIL, UNCHECKED = "pass", "fail", "unchecked"
+NOT_JUDGED = "not_judged"   # a check's status: the run evaluated fewer images than the target is declared for
 
 
-def check_targets(values: dict, targets) -> tuple[list[dict], list[str]]:
+def check_targets(values: dict, targets, num_images: int | None = None) -> tuple[list[dict], list[str]]:
     """Compare measured values with every applicable target.
 
     Returns (checks, reasons): one check per threshold whose metric this run measured, and a reason string
     for each failed check. Thresholds on metrics this kind of run does not produce (FPS in an accuracy run)
-    are listed as not applicable, never silently passed.
+    are listed as not applicable, never silently passed; a target declared for more images than the run
+    evaluated (`min_images`) is "not_judged", neither passed nor failed.
     """
     checks, reasons = [], []
     for target in targets:
+        minimum_images = getattr(target, "min_images", None)
         for bound, thresholds in (("min", target.minimum), ("max", target.maximum)):
             for metric, limit in thresholds.items():
                 value = values.get(metric)
+                if value is not None and num_images is not None and minimum_images and num_images < minimum_images:
+                    checks.append({"metric": metric, "bound": bound, "limit": limit, "value": value,
+                                   "status": NOT_JUDGED, "why": f"{num_images} images < the target's minimum "
+                                                                f"{minimum_images}"})
+                    continue
                 if value is None:
                     checks.append({"metric": metric, "bound": bound, "limit": limit, "value": None,
                                    "status": "not_applicable"})

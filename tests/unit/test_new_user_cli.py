@@ -73,3 +73,9 @@ def test_every_entry_point_answers_version(entry, capsys):
     out = capsys.readouterr().out
     assert exc.value.code == 0, out
     assert out.startswith("inference validation suite ") and "git " in out and "onnxruntime " in out, out
+
+
+def test_suite_env_lists_the_precisions_that_run():
+    """Defect 9: `suite env` listed ONNX Runtime's precisions without int8, although int8 runs on it."""
+    from common.runtime.backends import backend_class
+    assert "int8" in backend_class("onnxruntime").capabilities.precisions

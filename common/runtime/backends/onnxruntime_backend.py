@@ -151,7 +151,7 @@ class OrtRunner(Runner):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     engine_suffix = ".onnx"
-    capabilities = Capabilities(precisions=("fp32", "fp16"), devices=tuple(_DEVICE_PROVIDERS), dynamic_batch=True,
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), devices=tuple(_DEVICE_PROVIDERS), dynamic_batch=True,
                                 device_timer=False, host_compute=True, reference=True, fp16_onnx=True,
                                 telemetry=(("cuda", "nvidia-smi"), ("tensorrt", "nvidia-smi")))
 
