@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from common.engine_cache import atomic_write_bytes
@@ -54,7 +55,7 @@ def _properties(v: dict, environment: dict) -> list[tuple[str, str]]:
 
 
 def junit_xml(verdicts: list[dict], name: str = "regress", environment: dict | None = None,
-              incomplete: list[str] = (), strict: bool = False) -> bytes:
+              incomplete: Sequence[str] = (), strict: bool = False) -> bytes:
     """One <testsuite> per model/variant, one <testcase> per case; regressions are <failure>, crashes <error>,
     warnings and unsupported cells <skipped> with their message; each case carries FPS / AP / device / runtime /
     commit as <properties>. Missing outcomes of an incomplete run are <error> cases of their own suite."""
@@ -118,8 +119,8 @@ def summary_table(verdicts: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_summary(verdicts: list[dict], run_id: str, plots: list[str] = (), last_good: dict | None = None,
-                     incomplete: list[str] = (), strict: bool = False, code: int | None = None) -> str:
+def markdown_summary(verdicts: list[dict], run_id: str, plots: Sequence[str] = (), last_good: dict | None = None,
+                     incomplete: Sequence[str] = (), strict: bool = False, code: int | None = None) -> str:
     n = counts(verdicts)
     gaps = strict and any(v.get("gaps") for v in verdicts)
     verdict = ("FAILED" if n[FAILED] or n[ERROR] else "INCOMPLETE" if incomplete or gaps else "PASSED")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from common.compare.fp16_range import RANGE_REASONS, load_fp16_graph, range_findings, scan_fp16, summarise
 
@@ -89,7 +90,7 @@ def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol, blo
     nodes, producer, readers = _graph_index(model32)
     op_blocked = set(block_ops) | set(FP16_ALWAYS_FP32) | set(float16.DEFAULT_OP_BLOCK_LIST)
 
-    def blame(c) -> object | None:
+    def blame(c) -> onnx.NodeProto | None:
         """The FP32 node a finding is about: its producer, or for a weight / graph input its first reader."""
         node = nodes.get(c.node) if c.node else None
         if node is None:

@@ -284,13 +284,13 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
         if t.data_type != FLOAT16:
             continue
         s = src.get(t.name)
-        if s not in inits32:
+        if s is None or s not in inits32:
             scan.unmapped.append(t.name)
             continue
-        rng = _ref_range([numpy_helper.to_array(inits32[s])])
-        reason = "overflow" if rng.overflow else ("underflow" if rng.quant_cosine < tol.node_min_cosine else None)
-        scan.checks.append(TensorCheck(t.name, s, None, (), True, reason, rng.quant_cosine, rng.max_abs,
-                                       rng.overflow or rng.flushed))
+        wrng = _ref_range([numpy_helper.to_array(inits32[s])])
+        reason = "overflow" if wrng.overflow else ("underflow" if wrng.quant_cosine < tol.node_min_cosine else None)
+        scan.checks.append(TensorCheck(t.name, s, None, (), True, reason, wrng.quant_cosine, wrng.max_abs,
+                                       wrng.overflow or wrng.flushed))
         scan.scanned += 1
     graph_inputs = {i.name for i in model32.graph.input}
     produced32 = {o for n in model32.graph.node for o in n.output}
@@ -327,7 +327,8 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
                 if o not in diverged and not all(np.array_equal(a, b) for a, b in zip(ref, c)):
                     diverged.add(o)
                 continue
-            reason, count, rng = None, 0, None
+            reason, count = None, 0
+            rng: RefRange | None = None
             if is16:
                 rng = ranges.get(s) or ranges.setdefault(s, _ref_range(ref))
                 if rng.overflow:
@@ -345,7 +346,7 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
                                          (ps.norm_err is not None and ps.norm_err > tol.node_max_norm_err)):
                     reason = "tolerance"
             # the cheap bound is enough for a tensor within range; a finding states the true maximum
-            max_abs = (_max_abs(ref) if reason else rng.max_abs) if rng is not None or reason else 0.0
+            max_abs = _max_abs(ref) if reason else rng.max_abs if rng is not None else 0.0
             scan.checks.append(TensorCheck(o, s, n.name, tuple(n.input), is16, reason, cos, max_abs, count,
                                            ps.norm_err if ps is not None else None))
         del cand

@@ -72,8 +72,8 @@ def evaluate_ap(onnx_path: Path, variant, images, batch: int = 1, threads: int =
 def _sqnr(ref: list, cand: list) -> float:
     a = np.concatenate([np.ravel(v).astype(np.float64) for v in ref])
     b = np.concatenate([np.ravel(v).astype(np.float64) for v in cand])
-    noise = np.linalg.norm(a - b)
-    signal = np.linalg.norm(a)
+    noise = float(np.linalg.norm(a - b))
+    signal = float(np.linalg.norm(a))
     if noise == 0:
         return 99.0
     return float(20 * math.log10(max(signal, 1e-12) / noise))
@@ -116,12 +116,12 @@ def _quantised_inputs(node, producer: dict, qinit: dict, tag: str):
 def _final_tensors(fmodel, candidates: set) -> list:
     """Outputs of the candidate nodes that reach no other candidate: the network's last quantisable tensors (the
     raw head of a detector, before any decoding / NMS inside the graph), where each node's error is judged."""
-    consumers = {}
+    consumers: dict[str, list] = {}
     for n in fmodel.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     by_name = {n.name: n for n in fmodel.graph.node}
-    reach = {}
+    reach: dict[str, bool] = {}
 
     def reaches(tensor, seen):
         if tensor in reach:

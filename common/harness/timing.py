@@ -61,7 +61,7 @@ def measure(step: Callable[[], object], sync: Callable[[], None], batch_size: in
         step()
         n += 1
     sync()
-    samples = []
+    samples: list[float] = []
     measured = 0.0  # the minimum duration is of measured (timed) work, not of loop overhead
     while len(samples) < max_iters and (len(samples) < min_iters or measured < min_duration_s):
         t0 = clock()

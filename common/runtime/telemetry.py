@@ -8,6 +8,8 @@ as absent (null with the reason), never as zero: a missing power meter must not 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import shutil
 import subprocess
@@ -35,6 +37,7 @@ class SmiProbe:
         self.power_reason: str | None = None
 
     def _query(self, power_field: str):
+        assert self.path is not None   # sample() is called only once the tool was found
         cmd = [self.path, f"--query-gpu=memory.used,{power_field}", "--format=csv,noheader,nounits",
                "-i", str(self.index)]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
@@ -110,7 +113,10 @@ class Sampler:
         return False
 
     def summary(self, fps: float | None = None) -> dict:
-        rss = {"source": "psutil (host process RSS)", "peak_mib": max(self.rss), "samples": len(self.rss)}
+        rss: dict[str, Any] = {"source": "psutil (host process RSS)", "peak_mib": max(self.rss),
+                               "samples": len(self.rss)}
+        memory: dict[str, Any]
+        power: dict[str, Any]
         if self.probe is None:
             memory = {**rss, "reason": None}
             power = {"source": None, "mean_w": None, "max_w": None, "samples": 0,

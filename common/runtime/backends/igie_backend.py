@@ -15,6 +15,8 @@ suffix), and the engine runs on device $SUITE_GPU_INDEX, the one telemetry sampl
 """
 from __future__ import annotations
 
+from typing import cast
+
 import json
 import os
 from pathlib import Path
@@ -88,7 +90,7 @@ def _outputs_remembered(req: BuildRequest, shapes: dict) -> list:
     outputs, _ = req.cache.remembered("igie-outputs", cache_key(req.onnx_sha256, shapes=shapes),
                                    lambda: _outputs(req.onnx_path, shapes))
     try:
-        return [(name, shape) for name, shape in outputs]
+        return [(name, shape) for name, shape in cast(list, outputs)]
     except (ValueError, TypeError):   # an entry of another shape: not this cache's answer
         return _outputs(req.onnx_path, shapes)
 
@@ -102,6 +104,8 @@ def _to_numpy(array) -> np.ndarray:
 
 
 class IgieRunner(Runner):
+    device_index = 0   # the card it runs on (SUITE_GPU_INDEX), set by the backend's load()
+
     def __init__(self, tvm, engine: Path, device, input_name: str, batch_size: int, outputs: list):
         from tvm.contrib import graph_executor
         self.tvm, self.device = tvm, device
@@ -121,7 +125,7 @@ class IgieRunner(Runner):
     def _check_shapes(self, outs: list):
         """An output whose shape is not the ONNX's (rank, known dims, one size per symbolic dim across outputs)
         is an engine that computes something else: refused rather than decoded into wrong detections."""
-        sizes = {}
+        sizes: dict[str, int] = {}
         for i, (value, want) in enumerate(zip(outs, self.output_shapes)):
             if want is None:
                 continue
