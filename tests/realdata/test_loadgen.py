@@ -137,7 +137,8 @@ def test_accuracy_mode_ap_is_the_accuracy_runs_ap(rtmdet_fp32_pass, rtmdet_onnx,
     cfg = RunConfig(model="rtmdet", onnx=str(rtmdet_onnx), dataset_dir=str(shared_data / "coco"),
                     annotation=PERSON350, results_dir=str(tmp_path / "res"), max_images=100, progress=False,
                     input_cache=str(tmp_path / "inputs"), cache_dir=rtmdet_fp32_pass.cfg.cache_dir)
-    rec = run_loadgen(cfg, LoadgenConfig("Offline", mode="accuracy", short=True, settings={"target_qps": 30.0}))
+    rec = run_loadgen(dataclasses.replace(cfg, batch_size=4),
+                      LoadgenConfig("Offline", mode="accuracy", short=True, settings={"target_qps": 30.0}))
     expected = detections_ap(rtmdet_fp32_pass.detections, shared_data / "coco" / "annotations" / PERSON350, 100)
     assert rec["metrics"]["AP"] == pytest.approx(expected["AP"], abs=1e-6)
     assert rec["metrics"]["AP50"] == pytest.approx(expected["AP50"], abs=1e-6)

@@ -137,10 +137,19 @@ def test_sut_batches_up_to_the_batch_size_and_answers_every_sample():
 def test_server_batch_waits_at_most_max_wait_for_more_samples():
     fake, sizes = _FakeLoadgen(), []
     t = [0.0]
+    worker_looked = threading.Event()
+    main = threading.current_thread()
+
+    def clock():   # the fake time; says when the worker has first read it (it holds sample 0 by then)
+        if threading.current_thread() is not main:
+            worker_looked.set()
+        return t[0]
+
     sut = BatchingSUT(_library(), [lambda x, ids: sizes.append(len(ids)) or {}], lambda o, m: [], 4,
-                      fake.complete, fake.response, max_wait_s=0.5, clock=lambda: t[0])
+                      fake.complete, fake.response, max_wait_s=0.5, clock=clock)
     fake.expect = 2
     sut.issue_queries(_samples([0]))
+    assert worker_looked.wait(10)       # the worker took up sample 0 and is waiting (or, if it did not wait, sent it)
     sut.issue_queries(_samples([1]))    # arrives within the wait: joins the first batch
     t[0] = 1.0                           # the wait is over: the batch of 2 goes out, not full
     with sut._cond:
