@@ -222,6 +222,7 @@ INTERRUPTED = {
     "accuracy": "interrupted: no record was written; the run resumes from its finished batches when the same "
                 "command is run again",
     "performance": "interrupted: no record was written; a performance run keeps nothing: rerun it to measure again",
+    "loadgen": "interrupted: no record and no LoadGen logs were written: rerun it to measure again",
 }
 
 
