@@ -59,8 +59,12 @@ def the_set(root: str) -> tuple[str, str]:
     return str(Path(root) / "images" / "val2017"), str(anns[0])
 
 
+CPU_S: list = []   # CPU seconds (user + system) of each run_child command, its reaped children included
+
+
 def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, int, str]:
-    """(wall s, peak RSS bytes of the process itself, exit code, stderr tail) of a command."""
+    """(wall s, peak RSS bytes of the process itself, exit code, stderr tail) of a command; its CPU seconds
+    are appended to CPU_S (less sensitive to the host's other load than the wall time)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -68,6 +72,7 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, int,
     err = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    CPU_S.append(usage.ru_utime + usage.ru_stime)
     return wall, usage.ru_maxrss * 1024, proc.returncode, err[-1500:]
 
 
@@ -243,20 +248,21 @@ def run(a, work: Path):
             _, _, code, err = run_child(cmd)
             if code not in (0, 1):
                 sys.exit(f"figure C run failed ({code}): {err}")
-            sims.append(record_of(work / "sim")["run"])
+            sims.append(dict(record_of(work / "sim")["run"], cpu_s=CPU_S[-1]))
         best = min(sims, key=lambda r: r["wall_s"] / r["simulated_device_s"])
         every = ", ".join(f"{r['wall_s'] / r['simulated_device_s']:.3f}" for r in sims)
         print(f"C. simulated {a.device_fps:g} images/s device, batch 32, input cache, {len(items)} images: wall "
               f"{best['wall_s']:.2f} s vs device {best['simulated_device_s']:.2f} s: ratio "
               f"{best['wall_s'] / best['simulated_device_s']:.3f} (target <= 1.10; best of {len(sims)}, all "
               f"{every}); evaluation tail "
-              f"{best['evaluate_s']:.2f} s; {load()}", flush=True)
+              f"{best['evaluate_s']:.2f} s; the process's CPU {best['cpu_s']:.2f} s = "
+              f"{best['cpu_s'] / best['simulated_device_s']:.2f} x the device time on {cores} cores; {load()}", flush=True)
 
     if "D" in a.only:
         suite = suite_cmd("rtmdet", a.onnx, images, annp, work / "acc", "--bs", 1, "--cache-dir", engines)
         bare = [sys.executable, "-P", str(ROOT / "scripts" / "serial_reference.py"), "--onnx", a.onnx,
                 "--images-dir", images, "--ann", annp, "--floor-threads", str(cores), "--evaluate"]
-        suite_t, bare_t, loads = [], [], []
+        suite_t, bare_t, loads, suite_c, bare_c = [], [], [], [], []
         for i in range(a.repeats):
             for what in (("suite", "bare") if i % 2 == 0 else ("bare", "suite")):
                 loads.append(os.getloadavg()[0])
@@ -264,15 +270,17 @@ def run(a, work: Path):
                 if code not in (0, 1):
                     sys.exit(f"figure D {what} run failed ({code}): {err}")
                 (suite_t if what == "suite" else bare_t).append(wall)
+                (suite_c if what == "suite" else bare_c).append(CPU_S[-1])
         ratios = [s / b for s, b in zip(suite_t, bare_t)]
         print(f"D. whole-process accuracy run, {len(items)} images, real inference: suite "
               f"{' '.join(f'{t:.1f}' for t in suite_t)} s vs bare process (same per-image work, {cores} threads, "
               f"faster-coco-eval) {' '.join(f'{t:.1f}' for t in bare_t)} s: ratio per pair "
               f"{' '.join(f'{r:.3f}' for r in ratios)}, of the sums {sum(suite_t) / sum(bare_t):.3f} (target <= 1.10); "
-              f"load {min(loads):.1f}-{max(loads):.1f}", flush=True)
+              f"load {min(loads):.1f}-{max(loads):.1f}; CPU s suite {' '.join(f'{c:.1f}' for c in suite_c)} vs bare "
+              f"{' '.join(f'{c:.1f}' for c in bare_c)}: ratio {sum(suite_c) / sum(bare_c):.3f}", flush=True)
 
     if "E" in a.only:
-        limits, rates, loads = [], [], []
+        limits, rates, loads, cpus = [], [], [], []
         for i in range(a.repeats):
             for what in (("limit", "replay") if i % 2 == 0 else ("replay", "limit")):
                 loads.append(os.getloadavg()[0])
@@ -285,11 +293,13 @@ def run(a, work: Path):
                     sys.exit(f"figure E run failed ({code}): {err}")
                 r = record_of(work / "cold")["run"]
                 rates.append(len(items) / r["wall_s"])
+                cpus.append(CPU_S[-1] / len(items))
         pairs = [r / lim for r, lim in zip(rates, limits)]
         print(f"E. replay without the input cache, {cores} decoding workers, batch 32, evaluation included: "
               f"{' '.join(f'{r:.0f}' for r in rates)} images/s vs the decode limit ({cores} processes cv2.imread + "
               f"resize at once over the same files) {' '.join(f'{lim:.0f}' for lim in limits)} images/s: ratio per "
-              f"pair {' '.join(f'{p:.3f}' for p in pairs)} (target >= 0.75); load {min(loads):.1f}-{max(loads):.1f}",
+              f"pair {' '.join(f'{p:.3f}' for p in pairs)} (target >= 0.75); load {min(loads):.1f}-{max(loads):.1f}; "
+              f"CPU per image of the replay run (workers + parent) {' '.join(f'{c * 1e3:.2f}' for c in cpus)} ms",
               flush=True)
     print(f"{load()} at end")
 
