@@ -1,29 +1,30 @@
 #!/usr/bin/env bash
 # Create <repo>/.venv and install the suite (CPU, from the package registry). Idempotent.
 #
-#   bash scripts/setup.sh            everything: core, export (torch, transformers, mmengine), tvm, test, loadgen (CI does this)
+#   bash scripts/setup.sh            everything: core, export (torch, transformers, mmengine), tvm, openvino, test, loadgen (CI does this)
 #   bash scripts/setup.sh --core     the core only: runs from ONNX files, no torch (an accelerator node)
 #   bash scripts/setup.sh --core --test    the core and pytest
 #
 # SUITE_SYSTEM_SITE_PACKAGES=1 makes the venv see the interpreter's own packages (a vendor SDK's torch and
 # runtime): pip then installs only what is missing, into .venv, and never touches the SDK's site-packages.
-# PYTHON_FOR_VENV picks the interpreter (default python3); SUITE_NO_TVM=1 skips the tvm layer.
+# PYTHON_FOR_VENV picks the interpreter (default python3); SUITE_NO_TVM=1 skips the tvm layer, SUITE_NO_OPENVINO=1 the openvino one.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 python="${PYTHON_FOR_VENV:-python3}"
-layers=(core export tvm test loadgen)
+layers=(core export tvm openvino test loadgen)
 if [[ $# -gt 0 ]]; then
   layers=()
   for arg in "$@"; do
     case "$arg" in
       --core) layers+=(core) ;;
-      --export|--tvm|--test|--loadgen) layers+=(core "${arg#--}") ;;
-      *) echo "setup.sh: unknown option '$arg' (--core, --export, --tvm, --test, --loadgen)" >&2; exit 2 ;;
+      --export|--tvm|--openvino|--test|--loadgen) layers+=(core "${arg#--}") ;;
+      *) echo "setup.sh: unknown option '$arg' (--core, --export, --tvm, --openvino, --test, --loadgen)" >&2; exit 2 ;;
     esac
   done
 fi
 [[ -n "${SUITE_NO_TVM:-}" ]] && layers=("${layers[@]/tvm}")
+[[ -n "${SUITE_NO_OPENVINO:-}" ]] && layers=("${layers[@]/openvino}")
 if [[ ! -x .venv/bin/python ]]; then
   venv_flags=()
   [[ -n "${SUITE_SYSTEM_SITE_PACKAGES:-}" ]] && venv_flags+=(--system-site-packages)
@@ -35,7 +36,7 @@ files=()
 for layer in "${layers[@]}"; do
   case "$layer" in
     core) files+=(-r requirements.txt) ;;
-    export|tvm|test|loadgen) files+=(-r "requirements-$layer.txt") ;;
+    export|tvm|openvino|test|loadgen) files+=(-r "requirements-$layer.txt") ;;
   esac
 done
 "${pip[@]}" install -q "${files[@]}"

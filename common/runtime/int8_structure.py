@@ -106,6 +106,12 @@ class Target:
     activation_types: tuple         # quantised activation element types it takes
     symmetric_activations: bool     # zero point 0 only
     note: str = ""
+    # op types (the quantiser's names) whose inputs the recipe leaves float: merges of tensors whose ranges differ
+    # (residual Add, Concat of branches), pooling and resizing, which INT8 does not speed up on the target
+    float_ops: tuple = ()
+    # the quantiser corrects the per-channel mean error rounding leaves (NNCF's fast bias correction): measured on
+    # RTMDet-nano (docs/int8.md) to hold the depthwise Convs a plain per-tensor QDQ graph loses
+    bias_correction: bool = False
 
 
 TARGETS = {
@@ -116,8 +122,8 @@ TARGETS = {
     "tensorrt": Target("tensorrt", False, True, ("qint8",), True,
                        "TensorRT-class: symmetric int8 per-tensor activations, per-channel weights"),
     "openvino": Target("openvino", False, True, ("quint8", "qint8"), False,
-                       "OpenVINO (NNCF): per-tensor activations, per-channel weights, fake-quantize ranges per "
-                       "tensor"),
+                       "OpenVINO (NNCF on the OpenVINO model): per-tensor activations, per-channel weights",
+                       float_ops=("Add", "Concat", "MaxPool", "Interpolate"), bias_correction=True),
     # a runtime that takes one activation scale per channel (QDQ with an axis on activations): the structural
     # rule has nothing to keep, only the search refines
     "per_channel": Target("per_channel", True, True, ("quint8", "qint8"), False,
@@ -305,6 +311,8 @@ def keep_by_rule(stats: list, tgt: Target, rule: Rule = Rule()) -> list:
             if out_db < rule.min_output_sqnr_db:
                 kept.append((s.node, f"output channels at {out_db:.1f} dB (5th percentile) from one input scale, "
                                      f"input range spread {s.spread():.0f}x"))
+            continue
+        if tgt.bias_correction:
             continue
         sq = s.channel_sqnr_db(sym)
         worst = float(sq.min())

@@ -11,6 +11,7 @@ BACKENDS = {
     "igie": ("common.runtime.backends.igie_backend", "IgieBackend"),
     "replay": ("common.runtime.backends.replay_backend", "ReplayBackend"),
     "tvm": ("common.runtime.backends.tvm_backend", "TvmBackend"),
+    "openvino": ("common.runtime.backends.openvino_backend", "OpenVinoBackend"),
 }
 DEFAULT_BACKEND = "onnxruntime"
 
