@@ -346,6 +346,36 @@ def _judge_performance(v: dict, outcome: dict, bases: Baselines, device: str, ru
     return [status]
 
 
+INT8_NO_SPEED = "INT8 brings no speed on this backend"
+
+
+def _judge_int8_speed(v: dict, outcome: dict, outcomes: list[dict]) -> list[str]:
+    """An INT8 performance case against the same backend's FP16 / FP32 performance at the same batch size in the
+    same run: INT8 whose mean FPS is not above the faster of them is a warning (it costs accuracy for nothing)."""
+    c = outcome["case"]
+    if c["precision"] != "int8":
+        return []
+    refs = {o["case"]["precision"]: fps_stats(o["records"])["fps"] for o in outcomes
+            if o["case"]["kind"] == "performance" and o["case"]["precision"] in ("fp16", "fp32")
+            and o["status"] == "ok" and o["records"]
+            and all(o["case"][k] == c[k] for k in ("model", "variant", "backend", "batch_size"))}
+    if not refs:
+        v["notes"].append("INT8 speed not judged: no FP16 / FP32 performance case of this backend and batch size "
+                          "in the run")
+        return []
+    fps = fps_stats(outcome["records"])["fps"]
+    best = max(refs, key=refs.get)
+    v["values"]["int8_speedup"] = fps / refs[best] if refs[best] > 0 else None
+    text = f"INT8 FPS {fps:.1f} vs {best.upper()} {refs[best]:.1f} in the same run (x{fps / refs[best]:.2f})"
+    if fps <= refs[best]:
+        v["int8_speed"] = "no speed"
+        v["notes"].append(f"{INT8_NO_SPEED}: {text}")
+        return [WARN]
+    v["int8_speed"] = "faster"
+    v["notes"].append(text)
+    return [PASS]
+
+
 def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASELINES_DIR,
           device_name: str | None = None, rule: FpsRule | None = None) -> list[dict]:
     """One verdict per case outcome. `relative` maps (model spec argument, variant) to the variant's rules
@@ -394,6 +424,7 @@ def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASE
                 continue
             statuses += _judge_timed_outputs(v, o, outcomes)
             statuses += _judge_performance(v, o, bases, device, rule)
+            statuses += _judge_int8_speed(v, o, outcomes)
         v["status"] = _worst(statuses)
     return verdicts
 

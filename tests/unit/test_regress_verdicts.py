@@ -425,3 +425,27 @@ def test_an_fps_jump_on_a_cpu_runner_warns_and_on_an_accelerator_fails(tmp_path)
     _write_baseline(tmp_path, {"m/v/igie/fp32/bs1": {"fps": 100.0, "cov": 0.01}})
     (v,) = judge([_outcome(igie, faster)], RULES, tmp_path)
     assert v["status"] == FAILED and any("suspicious FPS jump" in n for n in v["notes"])
+
+
+def test_int8_slower_than_fp32_in_the_same_run_is_a_warning(tmp_path):
+    """An INT8 performance case not faster than the same backend's FP32 case at the same batch size in the same
+    run gets the warning verdict (in the verdicts and the summary); a faster one does not; another batch size is
+    no reference."""
+    from common.ci.reports import markdown_summary, text_table
+    from common.ci.verdicts import INT8_NO_SPEED
+    base = {}
+    for prec, bs, fps in [("fp32", 1, 100.0), ("int8", 1, 80.0), ("fp32", 8, 100.0), ("int8", 8, 150.0),
+                          ("int8", 32, 50.0)]:
+        base[(prec, bs)] = _outcome(_case(precision=prec, bs=bs), [_perf_record(fps)])
+    _write_baseline(tmp_path, {})
+    verdicts = {v["id"]: v for v in judge(list(base.values()), {}, tmp_path)}
+    slow = verdicts[_case(precision="int8", bs=1)["id"]]
+    assert slow["status"] == WARN and slow["int8_speed"] == "no speed"
+    assert any(n.startswith(INT8_NO_SPEED) and "x0.80" in n for n in slow["notes"])
+    assert INT8_NO_SPEED in markdown_summary(list(verdicts.values()), "r") or INT8_NO_SPEED in text_table(
+        list(verdicts.values()))
+    fast = verdicts[_case(precision="int8", bs=8)["id"]]
+    assert fast["int8_speed"] == "faster" and not any(n.startswith(INT8_NO_SPEED) for n in fast["notes"])
+    alone = verdicts[_case(precision="int8", bs=32)["id"]]
+    assert "int8_speed" not in alone and any("INT8 speed not judged" in n for n in alone["notes"])
+    assert verdicts[_case(precision="fp32", bs=1)["id"]].get("int8_speed") is None
