@@ -27,6 +27,7 @@ from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256
 from common.data.coco import (folder_items, image_items, read_annotations, read_image, resolve_dataset,
                               resolve_images_dir)
 from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
+from common.harness.upfront import check_before_images
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from common.engine_cache import EngineCache, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure, first_line
@@ -257,6 +258,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
     check_outputs(cfg, accuracy=True)
+    check_before_images(cfg)
     remember = EngineCache(cfg.cache_dir) if cfg.cache_dir else None
     variant = load_model(cfg.model, remember).variant(cfg.variant)
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
@@ -504,6 +506,7 @@ def run_performance(cfg: RunConfig, publish=None) -> dict:
     """The performance run; `publish(record)` as in run_accuracy (its destination is checked first)."""
     if publish is not None:
         check_outputs(cfg, accuracy=False)
+    check_before_images(cfg)
     variant = load_model(cfg.model).variant(cfg.variant)
     onnx_path = resolve_onnx(cfg, variant)
     with _about_model(onnx_path):

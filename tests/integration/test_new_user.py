@@ -244,3 +244,29 @@ def test_random_rtdetr_checkpoint_of_a_variant(tmp_path, capsys):
     assert module.main(["--variant", "ultralytics-l", "--out", str(tmp_path / "u")]) == 2
     assert module.main(["--variant", "r81", "--out", str(tmp_path / "u")]) == 2
     assert "did you mean r18" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"precision": "int8"}, "needs calibration images: pass --calib-dir"),
+    ({"precision": "int8", "calib_dir": "/nonexistent/calib"}, "calibration images dir not found"),
+    ({"backend": "tvm", "precision": "int8"}, "backend 'tvm': precision int8 is not supported"),
+    ({"backend": "igie"}, "backend 'igie' is unavailable"),
+    ({"backend": "onnxrutime"}, "did you mean onnxruntime"),
+])
+def test_configuration_errors_come_before_any_image_is_read(env, tmp_path, monkeypatch, kw, match):
+    """Defect 6: a precision the backend cannot run, int8 without calibration images, an absent IGIE came only
+    after ~11 s of image decoding, interleaved with a half-drawn progress bar."""
+    import common.harness.runs as runs
+    from common.ci.regress import backend_unavailable
+    from common.errors import InputError
+    if kw.get("backend") == "igie" and backend_unavailable("igie") is None:
+        pytest.skip("IGIE is available here")
+
+    def no_images(*a, **k):
+        raise AssertionError("an image was read before the configuration was checked")
+    monkeypatch.setattr(runs, "open_loader", no_images)
+    monkeypatch.setattr(runs, "read_image", no_images)
+    with pytest.raises(InputError, match=match):   # exit 2 (ConfigError is an InputError)
+        runs.run_accuracy(_acc_cfg(env, tmp_path, env["spec"], **kw))
+    with pytest.raises(InputError, match=match):
+        run_performance(_perf_cfg(env, tmp_path, dataset_dir=str(env["coco"]), **kw))
