@@ -26,9 +26,9 @@ import ixuca_suite  # noqa: E402,F401  the one bootstrap: sys.path, the repo's .
 
 from common.ci.matrix import (KINDS, Filters, ModelMap, all_model_names, enumerate_cases, parse_shard,  # noqa: E402
                               shard)
-from common.ci.regress import (EXIT_CONFIG, EXIT_EMPTY, EXIT_MEANING, EXIT_REGRESSION, CaseOptions,  # noqa: E402
-                               ReportOptions, absolute_path, completeness, confirm_fps_failures, merge_runs, report,
-                               run_matrix, verdicts_of)
+from common.ci.regress import (EXIT_CONFIG, EXIT_EMPTY, EXIT_INCOMPLETE, EXIT_MEANING, EXIT_REGRESSION,  # noqa: E402
+                               CaseOptions, ReportOptions, absolute_path, case_cost, completeness, confirm_fps_failures,
+                               merge_runs, report, run_matrix, unmerged_gaps, verdicts_of)
 from common.ci.verdicts import BaselineRefused, FpsRule, update_baselines  # noqa: E402
 from common.config import options  # noqa: E402
 from common.config.specs import load_model  # noqa: E402
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
                 print(f"not in the matrix (no model given; --onnx MODEL/VARIANT=PATH): {', '.join(skipped)}")
             if args.shard:
                 k, n = parse_shard(args.shard)
-                cases = shard(cases, k, n)
+                cases = shard(cases, k, n, case_cost(case_options(args)))
             if not cases and not args.shard:
                 raise SuiteError("the filters select no case of the matrix" + (
                     " that has a model: give one with --onnx MODEL[/VARIANT]=PATH or --models-manifest"
@@ -191,6 +191,12 @@ def main(argv=None) -> int:
         if args.command == "merge":
             out = Path(absolute_path(args.out))
             merge_runs([Path(absolute_path(s)) for s in args.shards], out)
+            gaps = unmerged_gaps(out)
+            if gaps:   # the shards that ran every case are the missing ones: incomplete, not a bad directory
+                for gap in gaps:
+                    print(f"INCOMPLETE: {gap}")
+                print(f"exit {EXIT_INCOMPLETE}: {EXIT_MEANING[EXIT_INCOMPLETE]}")
+                return EXIT_INCOMPLETE
             return report(out, ropts)
         if args.command == "report":
             return report(Path(absolute_path(args.run_dir)), ropts)

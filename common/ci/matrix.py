@@ -49,10 +49,18 @@ class Case:
     onnx: str | None = None
     checkpoint: str | None = None
     config: str | None = None
+    image_shard: str | None = None   # "J/M": an accuracy case split by images over nodes (merged by `merge`)
+
+    @property
+    def base_id(self) -> str:
+        return f"{self.model}/{self.variant}/{self.backend}/{self.precision}/bs{self.batch_size}/{self.kind}"
 
     @property
     def id(self) -> str:
-        return f"{self.model}/{self.variant}/{self.backend}/{self.precision}/bs{self.batch_size}/{self.kind}"
+        if self.image_shard:
+            j, m = self.image_shard.split("/")
+            return f"{self.base_id}/images-{j}-of-{m}"
+        return self.base_id
 
     @property
     def order(self) -> tuple:
@@ -256,11 +264,56 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def shard(cases: list[Case], k: int, n: int) -> list[Case]:
-    """The k-th of n deterministic slices (1-based): round-robin over the id-sorted list, so every node gets a
-    similar mix of kinds and batch sizes and the union of all slices is the whole matrix, each case once."""
+# Expected cost of a case in rough seconds of a 2-core CPU (docs/scale-out.md): only the ratios matter, to balance
+# the nodes. An accuracy case: its images x the model's input pixels (RTMDet-nano at 320x320: ~15 ms an image);
+# a performance case: its repeats of warm-up + minimum duration + a process start.
+ACCURACY_S_PER_IMAGE_AT_320 = 0.015
+PERFORMANCE_START_S = 3.0
+
+
+def expected_cost(case: Case, images: int, repeats: int = 3, warmup_s: float = 1.0,
+                  min_duration_s: float = 5.0) -> float:
+    if case.kind != "accuracy":
+        return repeats * (warmup_s + min_duration_s + PERFORMANCE_START_S)
+    v = load_model(case.spec).variant(case.variant)
+    share = 1.0
+    if case.image_shard:
+        j, m = map(int, case.image_shard.split("/"))
+        share = ((images * j) // m - (images * (j - 1)) // m) / max(images, 1)
+    return images * share * ACCURACY_S_PER_IMAGE_AT_320 * (v.height * v.width) / (320 * 320)
+
+
+def plan_nodes(cases: list[Case], n: int, cost) -> list[list[Case]]:
+    """The cases of each of n nodes: when there are fewer cases than nodes, accuracy cases are split by images
+    (image shards J/M, each the one whose pieces cost most split once more) until every node can have one; then
+    the pieces go, most expensive first, to the node with the least expected cost so far (ties: the lowest node,
+    then matrix order), never round-robin. `cost(case) -> seconds`. Deterministic for any order of `cases`."""
     ordered = sorted(cases, key=lambda c: c.order)
-    return [c for i, c in enumerate(ordered) if i % n == k - 1]
+    pieces = {c.id: 1 for c in ordered}
+    while sum(pieces.values()) < n:
+        splittable = [c for c in ordered if c.kind == "accuracy"]
+        if not splittable:
+            break
+        widest = max(splittable, key=lambda c: (cost(c) / pieces[c.id], -ordered.index(c)))
+        pieces[widest.id] += 1
+    items = []
+    for c in ordered:
+        m = pieces[c.id]
+        items += [c] if m == 1 else [Case(**{**asdict(c), "image_shard": f"{j}/{m}"}) for j in range(1, m + 1)]
+    load = [0.0] * n
+    nodes: list[list[Case]] = [[] for _ in range(n)]
+    for item in sorted(items, key=lambda c: (-cost(c), c.order, c.image_shard or "")):
+        k = min(range(n), key=lambda i: (load[i], i))
+        load[k] += cost(item)
+        nodes[k].append(item)
+    return [sorted(node, key=lambda c: (c.order, c.image_shard or "")) for node in nodes]
+
+
+def shard(cases: list[Case], k: int, n: int, cost=None) -> list[Case]:
+    """The k-th of n deterministic slices (1-based), balanced by expected cost (plan_nodes); `cost` defaults to
+    expected_cost with each case's own image cap (else 5000 images). The union of all slices is the whole matrix,
+    each case (or each of its image shards) once."""
+    return plan_nodes(cases, n, cost or (lambda c: expected_cost(c, c.max_images or 5000)))[k - 1]
 
 
 def relative_rules(case_model_spec: str, variant: str) -> dict:

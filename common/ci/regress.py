@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -84,14 +85,46 @@ def case_config(case: Case, opts: CaseOptions, results_dir: Path) -> RunConfig:
           "config": None if case.onnx else case.config, "dataset_dir": opts.dataset_dir,
           "annotation": opts.annotation or case.annotation, "cache_dir": opts.cache_dir}
     if case.kind == "accuracy":
-        # the performance cases' timed outputs are checked against these detections (common/compare/timed_outputs.py)
+        # the performance cases' timed outputs are checked against these detections (common/compare/timed_outputs.py);
+        # an image shard's are written by the merge that joins its shards (merge_image_shards)
         kw.update(max_images=opts.max_images or case.max_images, workers=opts.workers, progress=False,
-                  detections_out=str((results_dir / DETECTIONS).resolve()))
+                  detections_out=None if case.image_shard else str((results_dir / DETECTIONS).resolve()),
+                  shard=case.image_shard)
     else:
         kw.update(warmup_s=opts.warmup_s, min_duration_s=opts.min_duration_s, min_iters=opts.min_iters)
     return RunConfig(model=case.spec, variant=case.variant, precision=case.precision, batch_size=case.batch_size,
                      backend=case.backend, results_dir=str(results_dir.resolve()), threads=opts.threads,
                      **{k: v for k, v in kw.items() if v is not None})
+
+
+def case_cost(opts: CaseOptions):
+    """cost(case) -> expected seconds (common/ci/matrix.py expected_cost) for balancing the nodes: an accuracy
+    case's images are its cap, else the images of its annotation file (5000 when it cannot be read here)."""
+    from common.ci.matrix import expected_cost
+    from common.data.coco import read_annotations, resolve_dataset
+    counts: dict = {}
+
+    def images(case: Case) -> int:
+        cap = opts.max_images or case.max_images
+        ann = opts.annotation or case.annotation
+        if ann not in counts:
+            try:
+                _, path = resolve_dataset(opts.dataset_dir, ann or load_model(case.spec).variant(case.variant)
+                                          .annotation, None if opts.dataset_dir else ".")
+                counts[ann] = len(read_annotations(path, polygons=False)["images"])
+            except Exception:  # noqa: BLE001 -- only an estimate: the case reports its own dataset error
+                counts[ann] = 5000
+        return min(cap, counts[ann]) if cap else counts[ann]
+
+    memo: dict = {}
+
+    def cost(case: Case) -> float:
+        if case.id not in memo:
+            memo[case.id] = expected_cost(case, images(case) if case.kind == "accuracy" else 0, opts.repeats,
+                                          opts.warmup_s if opts.warmup_s is not None else 1.0,
+                                          opts.min_duration_s if opts.min_duration_s is not None else 5.0)
+        return memo[case.id]
+    return cost
 
 
 def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
@@ -373,10 +406,64 @@ def merge_runs(shard_dirs: list[Path], out_dir: Path) -> str:
             if (d / sub).is_dir():
                 shutil.copytree(d / sub, out_dir / sub, dirs_exist_ok=True)
     run_id = run_ids[0] if len(set(run_ids)) == 1 else "+".join(sorted(set(run_ids)))
+    missing_pieces = merge_image_shards(out_dir)
+    planned = [re.sub(r"/images-\d+-of-\d+$", "", cid) for cid in planned]   # an image shard plans its case
     _write_json(out_dir / "run.json", {"run_id": run_id, "shard": None, "merged_from": [str(d) for d in shard_dirs],
                                        "shards": sorted(shards), "missing_shards": missing_shards,
-                                       "cases": sorted(set(planned))})
+                                       "missing_image_shards": missing_pieces, "cases": sorted(set(planned))})
     return run_id
+
+
+def merge_image_shards(run_dir: Path) -> list[str]:
+    """Every accuracy case that nodes ran as image shards, joined into the case itself: its shards' detections
+    evaluated once (common/harness/merge.py: the unsharded run's 12 stats exactly) into one record, its outcome
+    in place of theirs. Returns the image shards that are missing (that case then has no outcome)."""
+    from common.harness.merge import merge_shards
+    from common.record.results import write_record
+    groups: dict[str, list] = {}
+    for path in sorted((run_dir / "cases").glob("*.json")):
+        o = json.loads(path.read_text())
+        if o["case"].get("image_shard"):
+            groups.setdefault(re.sub(r"/images-\d+-of-\d+$", "", o["case"]["id"]), []).append((path, o))
+    missing = []
+    fields = set(Case.__dataclass_fields__)
+    for base_id, pieces in sorted(groups.items()):
+        m = int(pieces[0][1]["case"]["image_shard"].split("/")[1])
+        have = {int(o["case"]["image_shard"].split("/")[0]) for _, o in pieces}
+        gone = [f"{base_id}: image shard {j}/{m} was not merged" for j in range(1, m + 1) if j not in have]
+        if gone:
+            missing += gone
+            for path, _ in pieces:   # the case stays without an outcome: completeness() names it
+                path.unlink()
+            continue
+        case = Case(**{**{k: v for k, v in pieces[0][1]["case"].items() if k in fields}, "image_shard": None})
+        errors = [f"image shard {o['case']['image_shard']}: {o['error']}" for _, o in pieces if o["status"] != "ok"]
+        outcome = {"case": case.as_dict(), "status": "ok" if not errors else "error",
+                   "exit_codes": [c for _, o in pieces for c in o["exit_codes"]],
+                   "duration_s": sum(o["duration_s"] for _, o in pieces), "records": [],
+                   "log": pieces[0][1]["log"], "error": "; ".join(errors) or None,
+                   "command": pieces[0][1]["command"], "threads": pieces[0][1].get("threads"),
+                   "image_shards": [o["case"]["id"] for _, o in pieces]}
+        if not errors:
+            records_dir = run_dir / "records" / case.slug
+            record = merge_shards([run_dir / "records" / Case(**{**case.__dict__, "image_shard": o["case"]
+                                                                  ["image_shard"]}).slug for _, o in pieces],
+                                  detections_out=str(records_dir / DETECTIONS))
+            outcome["records"] = [str(write_record(records_dir, record).relative_to(run_dir))]
+        _write_json(run_dir / "cases" / f"{case.slug}.json", outcome)
+        for path, _ in pieces:
+            path.unlink()
+    return missing
+
+
+def unmerged_gaps(run_dir: Path) -> list[str]:
+    """What a merged run directory lacks when it has no case outcome at all (every shard that had a case is
+    missing): the missing shards; [] when it has outcomes (report() judges it) or none are missing."""
+    if any((run_dir / "cases").glob("*.json")):
+        return []
+    meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    return ([f"shard {s} was not merged" for s in meta.get("missing_shards", [])]
+            + list(meta.get("missing_image_shards", [])))
 
 
 def completeness(run_dir: Path, outcomes: list[dict]) -> list[str]:
@@ -385,6 +472,7 @@ def completeness(run_dir: Path, outcomes: list[dict]) -> list[str]:
     meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     have = {o["case"]["id"] for o in outcomes}
     gaps = [f"shard {s} was not merged" for s in meta.get("missing_shards", [])]
+    gaps += list(meta.get("missing_image_shards", []))
     gaps += [f"case {cid} was planned but has no outcome" for cid in meta.get("cases", []) if cid not in have]
     return gaps
 
@@ -403,7 +491,9 @@ class ReportOptions:
 
 
 def verdicts_of(run_dir: Path, ropts: ReportOptions) -> tuple[list[dict], list[dict]]:
-    outcomes = load_outcomes(run_dir)
+    """(outcomes, verdicts). An image shard of an accuracy case (a node's part of it) is not judged: the case is,
+    once `merge` has joined its shards."""
+    outcomes = [o for o in load_outcomes(run_dir) if not o["case"].get("image_shard")]
     rules = {(o["case"]["spec"], o["case"]["variant"]): case_rules(o["case"]["spec"], o["case"]["variant"])
              for o in outcomes}
     return outcomes, judge(outcomes, rules, ropts.baselines_dir, ropts.device_name, ropts.rule)
@@ -426,8 +516,14 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
     meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     run_id = meta.get("run_id") or run_dir.name
     outcomes, verdicts = verdicts_of(run_dir, ropts)
-    incomplete = completeness(run_dir, outcomes)
+    pieces = [o for o in load_outcomes(run_dir) if o["case"].get("image_shard")]
+    incomplete = completeness(run_dir, outcomes + pieces)
     code = exit_code(verdicts, incomplete, ropts.strict, ropts.allow_empty)
+    for o in pieces:   # a node's image shards: measured here, judged after `merge`
+        echo(f"{o['case']['id']}: {'measured' if o['status'] == 'ok' else o['status'] + ': ' + str(o['error'])}; "
+             "its case is judged once `regress.py merge` joins every image shard")
+    if pieces and code in (EXIT_OK, EXIT_EMPTY):
+        code = EXIT_INFRA if any(o["status"] != "ok" for o in pieces) else EXIT_OK
     environment = _run_environment(outcomes)
     _write_json(run_dir / "verdicts.json", {"run_id": run_id, "verdicts": verdicts, "incomplete": incomplete,
                                             "strict": ropts.strict, "exit_code": code})

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import IMPORT_PATH
+from common import BOOTSTRAP
 from common.config.options import SHARD_ENV, RunConfig, parallelism, parse_devices, parse_shard, to_flags
 from common.errors import ConfigError, RuntimeFailure
 from common.harness.merge import merge_shards
@@ -91,14 +91,12 @@ def _env(device: int) -> dict:
     # the worker's shard is its flag, and it runs on its one device (never fans out again)
     env = {k: v for k, v in os.environ.items() if k not in SHARD_ENV and k != "SUITE_DEVICES"}
     env["SUITE_GPU_INDEX"] = str(device)
-    env["PYTHONPATH"] = str(IMPORT_PATH) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH")
-                                            else "")
     return env
 
 
 def _start(w: Worker, echo):
     w.dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-P", "-m", "common.cli", "accuracy", *to_flags(w.cfg, "accuracy")]
+    cmd = [sys.executable, str(BOOTSTRAP), "accuracy", *to_flags(w.cfg, "accuracy")]
     log = open(w.dir / "worker.log", "w", encoding="utf-8")
     try:
         log.write("$ SUITE_GPU_INDEX=%d %s\n" % (w.device, " ".join(cmd)))

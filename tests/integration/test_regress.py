@@ -39,8 +39,19 @@ def test_matrix_from_spec_filters_and_shards(tiny):
     for n in (1, 2, 3, 7, 9):
         slices = [shard(cases, k, n) for k in range(1, n + 1)]
         flat = [c.id for s in slices for c in s]
-        assert sorted(flat) == sorted(ids) and len(flat) == len(ids)   # a partition of the matrix
         assert slices == [shard(list(reversed(cases)), k, n) for k in range(1, n + 1)]   # order-independent
+        if n <= len(ids):
+            assert sorted(flat) == sorted(ids) and len(flat) == len(ids)   # a partition of the matrix
+            continue
+        # more nodes than cases: the accuracy cases are split by images, every node gets work
+        assert all(slices) and len(flat) == n
+        pieces = [c for s in slices for c in s if c.image_shard]
+        assert {c.base_id for c in pieces} <= {c.id for c in cases if c.kind == "accuracy"}
+        assert sorted({c.base_id for s in slices for c in s}) == sorted(ids)
+        for base in {c.base_id for c in pieces}:
+            mine = sorted(c.image_shard for c in pieces if c.base_id == base)
+            m = int(mine[0].split("/")[1])
+            assert mine == sorted(f"{j}/{m}" for j in range(1, m + 1))
 
 
 def test_bad_matrix_and_bad_flags_are_configuration_errors(tmp_path, tiny, capsys):
