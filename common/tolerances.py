@@ -27,6 +27,9 @@ class Tolerance:
     # its range; 1.0 = off by default: one element of a Sigmoid fed by an FP16 Conv can be 0.3 off harmlessly)
     node_min_cosine: float = 0.999
     node_max_norm_err: float = 1.0
+    # the FP16 range check's model of the device's float16 subnormals: flush (to zero) | keep; None: the backend's
+    # declared capability (Capabilities.fp16_subnormals, flush unless a backend declares otherwise)
+    fp16_subnormals: str | None = None
 
 
 def parse_tolerance(raw, where: str, path) -> Tolerance:
@@ -44,6 +47,10 @@ def parse_tolerance(raw, where: str, path) -> Tolerance:
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise ConfigError(f"{where}.outputs: expected a list of output names, got {quote(value)}", path)
             values[key] = tuple(value)
+        elif key == "fp16_subnormals":
+            if value not in ("flush", "keep"):
+                raise ConfigError(f"{where}.fp16_subnormals: expected flush or keep, got {quote(value)}", path)
+            values[key] = value
         else:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{where}.{key}: expected a number >= 0, got {quote(value)}", path)

@@ -9,6 +9,9 @@ reference's values say whether float16 can hold it:
 - overflow:  a finite FP32 value with |x| > 65504 (float16 gives Inf),
 - underflow: the float16 rounding of the FP32 values (subnormals, values flushed to zero) leaves the tensor below
              the node cosine tolerance, i.e. the values that matter sit below float16's normal range,
+- underflow to zero: on a device that flushes float16 subnormals to zero (the `fp16_subnormals: flush` model,
+             the strict default: whether MR-V100 keeps them is not publicly documented), the flushed rounding
+             leaves the tensor below the node cosine tolerance although the subnormals would have held it,
 - nonfinite: the FP16 graph run here (every tensor exposed, so every float16 tensor is materialised) holds
              NaN / Inf where the reference is finite, in any tensor.
 
@@ -23,11 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-RANGE_CHECK = 1               # the version of the check: change it when its answer changes (remembered answers)
+RANGE_CHECK = 2               # the version of the check: change it when its answer changes (remembered answers)
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.104e-05   # below it float16 keeps fewer significant bits, and nothing below ~6e-8
 FP16_HALF_TINY = 2.0 ** -25   # a value below half the smallest subnormal rounds to zero
-RANGE_REASONS = ("overflow", "underflow", "nonfinite")
+FP16_NORMAL = 2.0 ** -14      # the smallest normal float16; a device that flushes subnormals makes less zero
+RANGE_REASONS = ("overflow", "underflow", "underflow_to_zero", "nonfinite")
+SUBNORMAL_MODELS = ("flush", "keep")
+
+
+def subnormal_model(tol) -> str:
+    """The float16 subnormal model a tolerance asks for: flush (the strict default) or keep."""
+    return getattr(tol, "fp16_subnormals", None) or "flush"
 
 # ---------------------------------------------------------------- graphs and exposed tensors
 
@@ -120,14 +130,22 @@ class RefRange:
     """What float16 makes of the FP32 values of one tensor (over all images)."""
     max_abs: float
     overflow: int          # finite values with |x| > 65504
-    flushed: int           # non-zero values that round to zero
+    flushed: int           # non-zero values that round to zero (with subnormals flushed: that round below 2^-14)
     quant_cosine: float    # cosine of the values against their float16 rounding (finite, in-range values)
+    flush_cosine: float = 1.0   # the same with float16 subnormals flushed to zero (the `flush` model)
 
 
-def _ref_range(ref: list) -> RefRange:
+# RMS above which rounding cannot cost 1e-3 of cosine: 1 - cos <= |e|^2 / |v|^2 with |e_i| <= 2^-25 (subnormals
+# kept) or < 2^-14 (flushed) per value plus 2^-11 relative
+_SAFE_RMS = {"keep": 1e-5, "flush": 4e-3}
+
+
+def _ref_range(ref: list, subnormals: str = "flush") -> RefRange:
     """One dot product per image decides almost every tensor: sqrt(sum x^2) bounds max |x| (no overflow when it is
-    <= 65504), and float16's rounding error is at most 2^-25 per value plus 2^-11 relative, so a tensor whose
-    RMS exceeds 1e-5 cannot lose 1e-3 of cosine to underflow. Only the rest is rounded to float16 and measured."""
+    <= 65504), and float16's rounding error is at most 2^-25 per value (2^-14 where subnormals are flushed) plus
+    2^-11 relative, so a tensor whose RMS exceeds _SAFE_RMS cannot lose 1e-3 of cosine to underflow. Only the
+    rest is rounded to float16 and measured."""
+    flush = subnormals == "flush"
     n, rr = 0, 0.0
     for a in ref:
         v = _f32(a)
@@ -135,9 +153,10 @@ def _ref_range(ref: list) -> RefRange:
         rr += float(np.dot(v, v))
     if n == 0:
         return RefRange(0.0, 0, 0, 1.0)
-    if np.isfinite(rr) and rr <= FP16_MAX ** 2 and rr > n * 1e-10:
+    if np.isfinite(rr) and rr <= FP16_MAX ** 2 and rr > n * _SAFE_RMS[subnormals] ** 2:
         return RefRange(float(np.sqrt(rr)), 0, 0, 1.0)
     max_abs, overflow, flushed, dot_rq, qq, rr_in = 0.0, 0, 0, 0.0, 0.0, 0.0
+    dot_rz, zz = 0.0, 0.0
     for a in ref:
         v = _f32(a)
         fin = np.isfinite(v)
@@ -152,19 +171,34 @@ def _ref_range(ref: list) -> RefRange:
         if big.any():
             v = v[~big]
             av = av[~big]
-        flushed += int(((av > 0) & (av < FP16_HALF_TINY)).sum())
         q = v.astype(np.float16).astype(np.float32)
         v64, q64 = v.astype(np.float64), q.astype(np.float64)   # tiny values: float32 products would underflow
         dot_rq += float(np.dot(v64, q64))
         qq += float(np.dot(q64, q64))
         rr_in += float(np.dot(v64, v64))
-    if rr_in == 0.0:
-        cos = 1.0
-    elif qq == 0.0:
-        cos = 0.0
-    else:
-        cos = dot_rq / np.sqrt(rr_in * qq)
-    return RefRange(max_abs, overflow, flushed, float(cos))
+        if flush:
+            sub = np.abs(q) < FP16_NORMAL   # a subnormal result (or an input read as one) becomes zero
+            flushed += int((sub & (av > 0)).sum())
+            z64 = np.where(sub, 0.0, q64)
+            dot_rz += float(np.dot(v64, z64))
+            zz += float(np.dot(z64, z64))
+        else:
+            flushed += int(((av > 0) & (av < FP16_HALF_TINY)).sum())
+
+    def cosine(dot, cc):
+        return 1.0 if rr_in == 0.0 else (0.0 if cc == 0.0 else float(dot / np.sqrt(rr_in * cc)))
+    return RefRange(max_abs, overflow, flushed, cosine(dot_rq, qq), cosine(dot_rz, zz) if flush else 1.0)
+
+
+def range_reason(rng: RefRange, tol) -> str | None:
+    """The range finding of a float16 tensor from its FP32 values, or None."""
+    if rng.overflow:
+        return "overflow"
+    if rng.quant_cosine < tol.node_min_cosine:
+        return "underflow"
+    if rng.flush_cosine < tol.node_min_cosine:
+        return "underflow_to_zero"
+    return None
 
 
 def _max_abs(ref: list) -> float:
@@ -254,6 +288,7 @@ class Scan:
     scanned: int = 0       # tensors compared with their FP32 source (integer ones for equality only)
     diverged: int = 0
     unmapped: list = field(default_factory=list)  # float tensors of the FP16 graph with no FP32 source
+    subnormals: str = "flush"                     # the float16 subnormal model the range was judged with
 
 
 def _input_values(input_name, x, extra, step) -> dict:
@@ -278,7 +313,8 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
     types32, types16 = graph_types(model32), graph_types(model16)
     src = source_map(model32, model16)
     want_norm = getattr(tol, "node_max_norm_err", 1.0) < 1.0
-    scan = Scan()
+    subnormals = subnormal_model(tol)
+    scan = Scan(subnormals=subnormals)
     inits32 = {t.name: t for t in model32.graph.initializer}
     for t in model16.graph.initializer:   # weights: judged from the FP32 file's values, nothing to run
         if t.data_type != FLOAT16:
@@ -287,9 +323,10 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
         if s is None or s not in inits32:
             scan.unmapped.append(t.name)
             continue
-        wrng = _ref_range([numpy_helper.to_array(inits32[s])])
-        reason = "overflow" if wrng.overflow else ("underflow" if wrng.quant_cosine < tol.node_min_cosine else None)
-        scan.checks.append(TensorCheck(t.name, s, None, (), True, reason, wrng.quant_cosine, wrng.max_abs,
+        wrng = _ref_range([numpy_helper.to_array(inits32[s])], subnormals)
+        reason = range_reason(wrng, tol)
+        cos = wrng.flush_cosine if reason == "underflow_to_zero" else wrng.quant_cosine
+        scan.checks.append(TensorCheck(t.name, s, None, (), True, reason, cos, wrng.max_abs,
                                        wrng.overflow or wrng.flushed))
         scan.scanned += 1
     graph_inputs = {i.name for i in model32.graph.input}
@@ -330,11 +367,10 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
             reason, count = None, 0
             rng: RefRange | None = None
             if is16:
-                rng = ranges.get(s) or ranges.setdefault(s, _ref_range(ref))
-                if rng.overflow:
-                    reason, count = "overflow", rng.overflow
-                elif rng.quant_cosine < tol.node_min_cosine:
-                    reason, count = "underflow", rng.flushed
+                rng = ranges.get(s) or ranges.setdefault(s, _ref_range(ref, subnormals))
+                reason = range_reason(rng, tol)
+                if reason is not None:
+                    count = rng.overflow if reason == "overflow" else rng.flushed
             if o in diverged:
                 cos, ps = float("nan"), None
             else:
@@ -379,6 +415,10 @@ def summarise(scan: Scan, limit: int = 5) -> dict:
     for reason, what in (("overflow", "overflow float16 (finite FP32 values beyond 65504: Inf on an FP16 device)"),
                          ("underflow", "lose their values below float16's range (cosine of the float16 rounding "
                                        "below the node tolerance)"),
+                         ("underflow_to_zero", "underflow to zero (their values below float16's normal range, "
+                                               "6.1e-05, are flushed to zero on a device that flushes float16 "
+                                               "subnormals: cosine of the flushed rounding below the node "
+                                               "tolerance; fp16_subnormals: flush)"),
                          ("nonfinite", "hold NaN / Inf in the FP16 graph where the FP32 reference is finite")):
         hits = [c for c in found if c.reason == reason]
         if not hits:
@@ -392,6 +432,7 @@ def summarise(scan: Scan, limit: int = 5) -> dict:
         reasons.append(f"FP16 range: {len(hits)} tensor(s) {what}{tail}")
     n16 = sum(1 for c in scan.checks if c.float16)
     return {"verdict": "fail" if found else "pass", "reasons": reasons, "float16_tensors": n16,
+            "fp16_subnormals": scan.subnormals,
             "tensors": len(scan.checks), "diverged": scan.diverged, "unmapped": len(scan.unmapped),
             "findings": [{"tensor": c.tensor, "source": c.source, "node": c.node, "reason": c.reason,
                           "count": c.count, "ref_max_abs": c.ref_max_abs, "downstream": c.tensor in after}

@@ -42,6 +42,20 @@ def tolerance_of(variant: Variant) -> Tolerance:
     return variant.fidelity
 
 
+def with_subnormals(tol: Tolerance, backend) -> Tolerance:
+    """`tol` with the FP16 range check's subnormal model resolved: the spec's, else the backend's declared one."""
+    if tol.fp16_subnormals:
+        return tol
+    return dataclasses.replace(tol, fp16_subnormals=backend.capabilities.fp16_subnormals)
+
+
+def subnormals_note(tol: Tolerance, variant: Variant) -> str:
+    """Which float16 subnormal model the range check used, and where it came from, for the output."""
+    source = "the spec's fidelity.fp16_subnormals" if variant.fidelity.fp16_subnormals else \
+        "the backend's declared default"
+    return f"float16 subnormals: {tol.fp16_subnormals} ({source})"
+
+
 # ---------------------------------------------------------------- images and engines
 
 @dataclass
@@ -291,6 +305,7 @@ def add_fp16_range(report: dict, cfg, prepared, ref_prepared, x: np.ndarray, tol
     if cfg.precision != "fp16":
         return
     variant = prepared.variant
+    tol = with_subnormals(tol, prepared.backend)
     build = variant.extra.get("build") or {}
     own = prepared.backend.capabilities.fp16_onnx
     log(f"fp16 on {prepared.backend.name} {prepared.backend.device()}: "
@@ -303,9 +318,11 @@ def add_fp16_range(report: dict, cfg, prepared, ref_prepared, x: np.ndarray, tol
                             block_ops, block_nodes, extra_inputs=extra))
     result["graph"] = "the candidate engine" if own else "the ONNX Runtime float16 conversion (stand-in)"
     result["remembered"] = remembered
+    result["subnormals_note"] = subnormals_note(tol, variant)
     report["fp16_range"] = result
     log(f" FP16 range check on {result['images']} image(s), {result['float16_tensors']} float16 tensor(s) of "
-        f"{result['graph']}: {result['verdict'].upper()}{' (remembered)' if remembered else ''}")
+        f"{result['graph']}, {result['subnormals_note']}: {result['verdict'].upper()}"
+        f"{' (remembered)' if remembered else ''}")
     if result["verdict"] != "pass":
         report["verdict"] = "fail"
         report["reasons"] = list(report["reasons"]) + result["reasons"]
@@ -324,7 +341,8 @@ def _range_check_key(cfg, prepared, own: bool, block_ops, block_nodes, x, extra,
     graph = ({"engine": file_sha256_memo(prepared.engine, sha256_memo_dir(cfg))} if own else
              {"block_ops": block_ops, "block_nodes": block_nodes, "converter": FP16_CONVERTER})
     return cache_key(prepared.onnx_sha256, check=RANGE_CHECK, runtime=ort.__version__, **graph,
-                     inputs=inputs_digest(x, extra), node_tol=[tol.node_min_cosine, tol.node_max_norm_err])
+                     inputs=inputs_digest(x, extra), node_tol=[tol.node_min_cosine, tol.node_max_norm_err],
+                     subnormals=tol.fp16_subnormals)
 
 
 def preflight(cfg, prepared, items, annotations) -> dict:
@@ -347,7 +365,8 @@ def preflight(cfg, prepared, items, annotations) -> dict:
         r = report["fp16_range"]
         print(f" fp16 on {prepared.backend.name} {prepared.backend.device()}: "
               f"{prepared.backend.precision_note('fp16')}")
-        print(f" FP16 range check: {r['float16_tensors']} float16 tensor(s) of {r['graph']}: {r['verdict'].upper()}"
+        print(f" FP16 range check: {r['float16_tensors']} float16 tensor(s) of {r['graph']}, {r['subnormals_note']}: "
+              f"{r['verdict'].upper()}"
               + (" (remembered: the same graph, images and tolerances were judged before)" if r["remembered"] else ""))
     if report["verdict"] != "pass":
         print(format_report(report))
@@ -412,7 +431,8 @@ def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True
         log(f"localising on {min(localise_images, len(images.image_ids))} image(s): the nodes where FP16 starts to "
             f"go wrong (a float16 tensor beyond {FP16_MAX:g} or below float16's range, NaN / Inf, or cosine < "
             f"{tol.node_min_cosine}) and the nodes to keep in FP32, round by round until none is left")
-        loc = localise(onnx_path, images.inputs[:localise_images], variant.input_name, tol,
+        loc = localise(onnx_path, images.inputs[:localise_images], variant.input_name,
+                       with_subnormals(tol, cand_p.backend),
                        tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ())),
                        log=log, extra_inputs=ref_p.runner.extra_feeds(1))
         report["localisation"] = loc

@@ -29,6 +29,10 @@ class Capabilities:
     fp16_onnx: bool = False            # its FP16 engine is an ONNX float16 graph: the FP16 range check and the
                                        # localisation read that graph itself, not a stand-in conversion
     replays: bool = False              # serves stored outputs instead of computing (needs image ids)
+    # what the device does with float16 subnormals (results below 2^-14), as the FP16 range check models it:
+    # flush (to zero, the strict default: MR-V100's handling is not publicly documented) | keep; a spec's
+    # `fidelity: {fp16_subnormals: ...}` overrides it
+    fp16_subnormals: str = "flush"
 
     def supports(self, precision: str, device: str | None = None) -> str | None:
         """None when the cell can run, else why not."""
