@@ -21,7 +21,7 @@ import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from common.errors import InputError, RuntimeFailure
 from common.fsaccess import shared_file_mode
@@ -133,7 +133,7 @@ class EngineCache:
             atomic_write_json(entry, value)
         return value, False
 
-    def parsed(self, kind: str, data: bytes, parse: Callable[[], object], version: str) -> object:
+    def parsed(self, kind: str, data: bytes, parse: Callable[[], Any], version: str) -> Any:
         """parse()'s answer for these exact bytes (a spec, an annotation file), remembered in marshal's format
         under <root>/<kind>/: loading it is 4-10x faster than parsing JSON or YAML again, at every run's
         start. The key is the bytes' sha256, `version` (the parser's and its checks': change it when they
@@ -211,7 +211,7 @@ class EngineCache:
                 try:
                     build(Path(tmp))
                 except OSError as exc:
-                    exc.from_build = True
+                    exc.from_build = True  # type: ignore[attr-defined]  # read by the errno filter above
                     raise
                 digest = file_sha256(tmp)
                 os.chmod(tmp, shared_file_mode())  # mkstemp's 0600 would hide a shared cache from other users
@@ -255,7 +255,7 @@ class EngineCache:
         """The engine built outside the cache, for this process only (the cache directory is full or not
         writable): the run goes on without caching, with a warning naming the cache and the errno. Where no
         temporary directory can hold the engine either, the build needed the cache: exit 3 naming it."""
-        why = f"errno {exc.errno} {errno.errorcode.get(exc.errno, '')}: {exc.strerror}"
+        why = f"errno {exc.errno} {errno.errorcode.get(exc.errno or 0, '')}: {exc.strerror}"
         path = None
         try:
             tmp_dir = Path(tempfile.mkdtemp(prefix="suite-engine-"))

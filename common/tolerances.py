@@ -3,6 +3,7 @@ the FP32 reference (docs/fidelity.md). Typed and validated when the spec is load
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from dataclasses import dataclass
 
 from common.errors import ConfigError, quote
@@ -39,7 +40,7 @@ def parse_tolerance(raw, where: str, path) -> Tolerance:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {quote(raw)}", path)
     known = {f.name for f in dataclasses.fields(Tolerance)}
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
             raise ConfigError(f"{where}.{key}: unknown key; known: {', '.join(sorted(known))}", path)

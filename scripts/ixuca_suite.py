@@ -41,13 +41,9 @@ def bootstrap(extra_needs: tuple = (), reexec: bool = True) -> None:
 
 def datasets_module(name: str):
     """A module of datasets/ (not a package, and never on sys.path: see above), loaded by its file path."""
-    import importlib.util
+    from common import load_file_module
 
-    spec = importlib.util.spec_from_file_location(f"_suite_datasets_{name}", ROOT / "datasets" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses and pickling look a module up by its name
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(f"_suite_datasets_{name}", ROOT / "datasets" / f"{name}.py")
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ from common.config.specs import MODELS_DIR, PRECISIONS, VARIANT_SECTIONS, ModelS
 
 KINDS = ("accuracy", "performance")
 DEFAULT_RELATIVE = {"AP": 0.2, "AP50": 0.2}   # points (0-100 scale), as the recipes quote AP
-MATRIX_KEYS = VARIANT_SECTIONS["matrix"]
+MATRIX_KEYS: set[str] | frozenset[str] = VARIANT_SECTIONS["matrix"] or set()
 
 
 @dataclass(frozen=True)

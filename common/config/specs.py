@@ -27,7 +27,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Every key a variant may hold, and the keys of each of its sections: anything else is a misspelling, reported
 # with the file and the field at load (a silently ignored section would drop out of the CI matrix or fall back
 # to default tolerances). The output section's keys depend on its convention (common/decode/registry.py).
-VARIANT_SECTIONS = {
+VARIANT_SECTIONS: dict[str, set[str] | frozenset[str] | None] = {
     "description": None, "onnx": None, "labels": None, "targets": None, "reference": None,
     "input": {"name", "height", "width", "extra"},
     "preprocess": {"resize", "pad", "pad_value", "color", "mean", "std", "interpolation"},
@@ -205,7 +205,7 @@ def _check_keys(r: _Reader, raw: dict, where: str):
             r.fail(f"{where}.{key}", f"unknown key; known: {', '.join(sorted(VARIANT_SECTIONS))}")
         known = VARIANT_SECTIONS[key]
         if key == "output" and isinstance(value, dict):
-            known = OUTPUT_KEYS.get(value.get("convention"))
+            known = OUTPUT_KEYS.get(str(value.get("convention")))
             if known is None:
                 r.fail(f"{where}.output.convention", f"unknown output convention {quote(value.get('convention'))}; "
                        f"known: {', '.join(sorted(OUTPUT_KEYS))}")

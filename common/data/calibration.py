@@ -8,6 +8,7 @@ preprocessing and the count) goes into the engine cache key: other calibration i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def check_not_evaluation_set(calib_dir: Path, images: list[Path], eval_images_di
 class CalibrationSet:
     directory: Path
     images: tuple            # image paths, sorted, at most the requested count
-    preprocess: object       # common.data.preprocess.Preprocessor
+    preprocess: Callable     # common.data.preprocess.Preprocessor
     sha256: str
 
     @classmethod

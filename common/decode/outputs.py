@@ -6,10 +6,9 @@ model family's own decoding (RTMDet's raw head) in models/<family>/decode.py, fo
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-from common import REPO_ROOT
+from common import REPO_ROOT, load_file_module
 from common.decode import detr  # noqa: F401  registers its conventions
 from common.decode.registry import (CLASS_FAULT, DECODERS, OUTPUT_KEYS, SCORE_CHECKS, SCORE_FAULT,  # noqa: F401
                           fault_reasons, get_decoder, nonfinite_counts, output_faults)
@@ -23,9 +22,7 @@ def load_family_decoders(folder: Path) -> None:
     if path in _loaded or not path.is_file():
         return
     _loaded.add(path)
-    spec = importlib.util.spec_from_file_location(f"_suite_decode_{path.parent.name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    load_file_module(f"_suite_decode_{path.parent.name}", path)
 
 
 for _family in sorted((REPO_ROOT / "models").glob("*/decode.py")):

@@ -98,7 +98,7 @@ def output_faults(outputs: dict, cfg: dict) -> dict:
     """{key: count} of what makes a batch's outputs garbage: NaN/Inf values, and scores outside [0, 1] where the
     convention's scores are probabilities. Any non-zero count fails the accuracy run (fault_reasons)."""
     counts = nonfinite_counts(outputs)
-    check = SCORE_CHECKS.get(cfg.get("convention"))
+    check = SCORE_CHECKS.get(str(cfg.get("convention")))
     if check is not None:
         for name, n in check(outputs, cfg).items():
             if n:

@@ -11,10 +11,9 @@ performance scripts can take `--checkpoint/--config` and export once per (checkp
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
-from common import REPO_ROOT
+from common import REPO_ROOT, load_file_module
 from common.engine_cache import EngineCache, cache_key, file_sha256
 from common.errors import ConfigError, InputError, RuntimeFailure, first_line
 
@@ -63,9 +62,7 @@ def load_exporter(model_dir: Path):
     path = Path(model_dir) / "export.py"
     if not path.is_file():
         raise ConfigError(f"model {Path(model_dir).name} has no export.py: pass an ONNX file with --onnx", path)
-    spec = importlib.util.spec_from_file_location(f"suite_export_{Path(model_dir).name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file_module(f"suite_export_{Path(model_dir).name}", path)
     if not hasattr(module, "export_onnx"):
         raise ConfigError("export.py defines no export_onnx(checkpoint, config, out, *, variant, opset)", path)
     return module, path

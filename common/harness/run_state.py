@@ -25,6 +25,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class RunState:
         self._pending: list[tuple] = []
         self._pending_start = 0
         self._last_write = time.monotonic()
-        self._lock = None
+        self._lock: IO | None = None
         self.enabled = True  # False when another live run owns this state (or it cannot be written)
         self._foreign = False
 

@@ -118,7 +118,7 @@ class _Rows:
     """Rows of a recorded .npy array read with pread: a memory map's pages, once read, would stay in the
     process's RSS (504 MB for 5000 images of RT-DETR's outputs)."""
 
-    def __init__(self, path: Path, header: np.ndarray):
+    def __init__(self, path: Path, header: np.memmap):
         self.dtype, self.tail, self.offset = header.dtype, header.shape[1:], header.offset
         self.row_bytes = int(np.prod(self.tail, dtype=np.int64)) * self.dtype.itemsize
         self.path = path

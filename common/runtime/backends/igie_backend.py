@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import load_file_module
 from common.engine_cache import atomic_write_json, cache_key
 from common.errors import ConfigError, InputError, RuntimeFailure
 from common.runtime.backends.base import Backend, BuildRequest, Capabilities, Runner
@@ -47,10 +48,7 @@ def _symbolic_shape_inference():
     if path is None or not path.is_file():   # another layout: the package's own import, torch and all
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
         return SymbolicShapeInference
-    spec = importlib.util.spec_from_file_location("_suite_symbolic_shape_infer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SymbolicShapeInference
+    return load_file_module("_suite_symbolic_shape_infer", path).SymbolicShapeInference
 
 
 def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
