@@ -307,8 +307,8 @@ def _groups() -> dict:
             Flag(("--replay-fps",), "replay_fps", "replay backend: also simulate a device of F images/s (each "
                  "batch waits bs/F s on one shared device clock, using no CPU)", _positive_float, metavar="F",
                  shown="off: serve as fast as the harness asks"),
-            Flag(("--input-cache",), "input_cache", "keep decoded + preprocessed inputs here as a memory-mapped "
-                 "file shared by every precision and batch size", env="INPUT_CACHE_DIR", metavar="DIR",
+            Flag(("--input-cache",), "input_cache", "keep the decoded, letterboxed images here (uint8, 3 x H x W "
+                 "bytes each) as a memory-mapped file shared by every precision and batch size", env="INPUT_CACHE_DIR", metavar="DIR",
                  shown="off"),
             Flag(("--save-detections",), "detections_out", "also write the detections as COCO results JSON",
                  metavar="PATH"),

@@ -197,7 +197,9 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params) -> dict:
         if not entries:
             continue
         scores = np.concatenate([e[1] for e in entries])
-        rank = np.concatenate([np.arange(len(e[1])) for e in entries])
+        sizes = np.array([len(e[1]) for e in entries], np.int64)
+        # each detection's rank within its (image, category) pair, for all pairs at once
+        rank = np.arange(len(scores)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         matched = np.concatenate([e[2] for e in entries], axis=2)
         ignored = np.concatenate([e[3] for e in entries], axis=2)
         npig_all = np.sum([e[4] for e in entries], axis=0)
@@ -205,15 +207,19 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params) -> dict:
         areas = np.flatnonzero(npig > 0)
         if not len(areas):
             continue
+        if len(areas) < A:
+            matched, ignored = matched[areas], ignored[areas]
+        # One stable sort for every maxDets: the stable order of a subset is the subsequence of the stable order
+        # of the whole, so each setting keeps the detections of rank < maxDets in that order.
+        by_score = np.argsort(-scores, kind="mergesort")
         for m, max_det in enumerate(params.maxDets):
-            sel = np.flatnonzero(rank < max_det)
-            inds = sel[np.argsort(-scores[sel], kind="mergesort")]
+            inds = by_score[rank[by_score] < max_det]
             if not len(inds):   # pycocotools: recall 0, precision and scores 0 at every threshold
                 recall[:, k, areas, m] = 0.0
                 precision[:, :, k, areas, m] = scores_out[:, :, k, areas, m] = 0.0
                 continue
             # np.take keeps the detections' axis contiguous (fancy indexing puts it outermost: 7x slower cumsums)
-            q, ss, rc_last = _curves(np.take(matched[areas], inds, axis=2), np.take(ignored[areas], inds, axis=2),
+            q, ss, rc_last = _curves(np.take(matched, inds, axis=2), np.take(ignored, inds, axis=2),
                                      npig[areas], scores[inds], rec_thrs)
             recall[:, k, areas, m] = rc_last.T
             precision[:, :, k, areas, m] = q.transpose(1, 2, 0)
