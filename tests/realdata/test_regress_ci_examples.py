@@ -201,3 +201,89 @@ def test_shipped_ci_examples_run_as_shipped(runner):
     except BaseException:
         print("\n\n".join(log[-8:]))
         raise
+
+
+# --- full val2017 across N nodes / N cards (docs/scale-out.md) ------------------------------------------------------
+
+SUITE_LIMITS = ["--max-images", "24", "--threads", "1", "--workers", "0"]
+
+
+def _suite_line(line: str, checkout: Path, env: dict, log: list) -> int:
+    """A job's command, a `scripts/suite accuracy` one with the small limits appended."""
+    if "scripts/suite accuracy" in line:
+        line = f"{line} {' '.join(SUITE_LIMITS)}"
+    proc = subprocess.run(["bash", "-c", line], cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
+    log.append(f"$ {line}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}[exit {proc.returncode}]")
+    return proc.returncode
+
+
+def _merged_metrics(results_dir: Path) -> dict:
+    [path] = results_dir.glob("2*_accuracy.json")
+    record = yaml.safe_load(path.read_text())   # JSON is YAML
+    return record["metrics"], record["merged_from"]
+
+
+@pytest.mark.slow
+def test_val2017_scale_out_examples_run_as_shipped(runner):
+    """GitLab `parallel: 4`, a GitHub matrix of 3 and a Slurm array of 2 nodes x 2 devices, as shipped: each
+    merged record has the 12 stats of one unsharded run of the same images exactly."""
+    log: list = []
+    try:
+        gitlab = yaml.safe_load((runner / "ci/examples/val2017-gitlab-ci.yml").read_text())
+        shipped = {k: _expand(v, {}) for k, v in gitlab["variables"].items()}
+        env = {**_base_env(runner), **shipped}
+        assert _suite_line("scripts/suite accuracy --model rtmdet --precision fp32 --results-dir ref", runner, env,
+                           log) == 0
+        [ref_path] = (runner / "ref").glob("2*_accuracy.json")
+        reference = yaml.safe_load(ref_path.read_text())["metrics"]
+
+        for name, job in _gitlab_jobs(gitlab):
+            env = {**_base_env(runner), **job["node_vars"]}
+            for key, val in {**gitlab["variables"], **job.get("variables", {})}.items():
+                env[key] = _expand(val, env)
+            for line in job.get("before_script", []) + job["script"]:
+                if "pip install" not in line:
+                    assert _suite_line(line, runner, env, log) == 0, name
+        metrics, shards = _merged_metrics(runner / "results" / "val2017")
+        assert metrics == reference
+        assert [(s["index"], s["total"], s["images"]) for s in shards] == [(k, 4, 6) for k in (1, 2, 3, 4)]
+        assert all(s["source"].startswith("$CI_NODE_INDEX=") for s in shards)
+
+        shutil.rmtree(runner / "shards")
+        shutil.rmtree(runner / "results")
+        github = yaml.safe_load((runner / "ci/examples/val2017-github-actions.yml").read_text())
+        for name in ("shard", "merge"):
+            job = github["jobs"][name]
+            for shard in job.get("strategy", {}).get("matrix", {}).get("shard", [None]):
+                env = {**_base_env(runner), **github["env"]}
+                for step in job["steps"]:
+                    uses = step.get("uses", "")
+                    if uses.startswith("actions/download-artifact"):   # each artifact in shards/<its name>/
+                        for d in sorted((runner / "uploaded").iterdir()):
+                            shutil.copytree(d, runner / "shards" / f"val2017-{d.name}")
+                    if uses or "pip install" in step["run"]:
+                        continue
+                    line = re.sub(r"\$\{\{\s*matrix\.shard\s*\}\}", str(shard), step["run"])
+                    assert _suite_line(line, runner, env, log) == 0, name
+            if name == "shard":   # upload-artifact: the shard dirs leave the runner
+                (runner / "shards").rename(runner / "uploaded")
+        metrics, shards = _merged_metrics(runner / "results" / "val2017")
+        assert metrics == reference and [s["images"] for s in shards] == [8, 8, 8]
+
+        shutil.rmtree(runner / "shards")
+        shutil.rmtree(runner / "results")
+        for task in (0, 1):   # the array's two tasks, as Slurm starts them
+            env = {**_base_env(runner), "SLURM_SUBMIT_DIR": str(runner), "SLURM_ARRAY_TASK_ID": str(task),
+                   "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
+            assert _suite_line(f"bash ci/examples/val2017-slurm.sbatch {' '.join(SUITE_LIMITS)}", runner, env,
+                               log) == 0
+        assert _suite_line("bash ci/examples/val2017-slurm-merge.sbatch", runner,
+                           {**_base_env(runner), "SLURM_SUBMIT_DIR": str(runner)}, log) == 0
+        metrics, shards = _merged_metrics(runner / "results" / "val2017")
+        assert metrics == reference
+        # 2 nodes x 2 devices: shards 1..4 of 4, each worker on its own $SUITE_GPU_INDEX
+        assert [(s["index"], s["total"], s["gpu_index"]) for s in shards] == [(1, 4, 0), (2, 4, 1), (3, 4, 0),
+                                                                               (4, 4, 1)]
+    except BaseException:
+        print("\n\n".join(log[-8:]))
+        raise
