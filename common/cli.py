@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 
 if __name__ == "__main__":  # scripts/suite runs $PYTHON as given: one clear line if it lacks the packages
     from common.interpreter import require_packages
@@ -61,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
               "input_cache", "no_progress")
     env = sub.add_parser("env", help="the runtimes: version, available here or why not, capabilities")
     env.add_argument("--json", action="store_true", help="print the table as JSON")
+    runs = sub.add_parser("runs", help="the recent result records as a table (model, backend, precision, batch, "
+                          "images, AP, FPS and which FPS, verdict)")
+    runs.add_argument("--results-dir", default=os.environ.get("RESULTS_DIR") or "results",
+                      help="where the records are (default: results; $RESULTS_DIR); searched recursively")
+    runs.add_argument("-n", "--last", type=int, default=20, help="how many, newest last (default 20)")
+    diff = sub.add_parser("diff", help="two result records side by side: every metric, its change, the "
+                          "settings that differ")
+    diff.add_argument("a", help="a record file (or its number in `suite runs`)")
+    diff.add_argument("b", help="the other record")
+    diff.add_argument("--results-dir", default=os.environ.get("RESULTS_DIR") or "results",
+                      help="where `suite runs` numbers refer to (default: results)")
     return parser
 
 
@@ -151,7 +163,10 @@ def print_summary(record: dict, path=None):
         print(" no target applies to this backend/device/precision/batch: nothing was checked")
     for reason in record["reasons"]:
         print(f" FAIL: {reason}")
-    print(f" verdict: {record['verdict'].upper()}" + (f"   record: {path}" if path else ""))
+    from common.record.listing import artifact_lines
+    for line in artifact_lines(record):
+        print(line)
+    print(f" verdict: {record['verdict'].upper()}" + (f"   record: {Path(path).resolve()}" if path else ""))
 
 
 class _Interrupts:
@@ -230,6 +245,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits with 2 on bad flags, as documented
     if args.command == "env":
         return print_env(args.json)
+    if args.command in ("runs", "diff"):
+        from common.record import listing
+        return guarded(lambda: listing.print_runs(args.results_dir, args.last) if args.command == "runs"
+                       else listing.print_diff(args.a, args.b, args.results_dir))
     if args.command == "merge":
         return guarded(lambda: merge(args), args.debug)
 

@@ -270,3 +270,32 @@ def test_configuration_errors_come_before_any_image_is_read(env, tmp_path, monke
         runs.run_accuracy(_acc_cfg(env, tmp_path, env["spec"], **kw))
     with pytest.raises(InputError, match=match):
         run_performance(_perf_cfg(env, tmp_path, dataset_dir=str(env["coco"]), **kw))
+
+
+def test_runs_end_with_absolute_paths_and_are_listed_and_compared(env, tmp_path, capsys, monkeypatch):
+    """Item 5: every run ends with the absolute paths of its record and artifacts; `suite runs` lists the
+    records (model, backend, precision, bs, images, AP, FPS and which FPS, verdict); `suite diff A B`."""
+    from common.cli import main
+    monkeypatch.chdir(tmp_path)   # a relative --results-dir, as a user types it
+    common = ["--model", str(env["spec"]), "--onnx", str(env["onnx"]), "--dataset-dir", str(env["coco"]),
+              "--results-dir", "res", "--cache-dir", str(tmp_path / "cache"), "--threads", "1"]
+    assert main(["accuracy", *common, "--workers", "0", "--no-progress", "--max-images", "4",
+                 "--save-detections", "dets.json"]) == 0
+    out = capsys.readouterr().out
+    record = next(iter((tmp_path / "res").glob("*.json"))).resolve()
+    assert f"record: {record}" in out and f"detections: {tmp_path.resolve() / 'dets.json'}" in out
+    assert f"onnx:       {env['onnx'].resolve()}" in out and "engine:" in out
+    assert main(["performance", *common, "--warmup", "0", "--min-duration", "0", "--min-iters", "3"]) == 0
+    assert "engine:" in capsys.readouterr().out
+    assert main(["runs", "--results-dir", "res"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["#", "time", "model", "kind", "backend", "precision", "bs", "images", "AP", "FPS",
+                                "FPS", "kind", "verdict"]
+    acc, perf = table[1].split(), table[2].split()
+    assert acc[3] == "accuracy" and acc[7] == "4" and acc[-1] == "pass"
+    assert perf[3] == "performance" and perf[-2] == "fps" and perf[7] == "-"
+    assert main(["diff", "1", "2", "--results-dir", "res"]) == 0
+    diff = capsys.readouterr().out
+    assert "kind: accuracy -> performance" in diff and " AP " in diff and " fps " in diff
+    assert main(["diff", "1", "9", "--results-dir", "res"]) == 2
+    assert "no record number 9" in capsys.readouterr().err
