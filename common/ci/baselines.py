@@ -28,6 +28,8 @@ def slug(text: str) -> str:
 
 def baseline_key(case: dict) -> str:
     key = f"{case['model']}/{case['variant']}/{case['backend']}/{case['precision']}/bs{case['batch_size']}"
+    if case.get("kind") == "loadgen":
+        return f"{key}/loadgen-{case.get('scenario')}"
     return key + "/accuracy" if case.get("kind") == "accuracy" else key
 
 

@@ -14,6 +14,8 @@ Variant.extra), narrowed by command-line filters, and are sliced deterministical
       relative: {AP: 0.2, AP50: 0.2}   # max drop in AP *points* against FP32 on the same backend
       accuracy_noise: 2.5              # per-image noise scale of AP (common/ci/acc_tolerance.py)
       reference_fraction: 0.99         # of the variant's published `reference:` figures (full set only)
+      loadgen_scenarios: [Offline, SingleStream]   # LoadGen cases, short CI mode (docs/loadgen.md); default none
+      loadgen_batch_sizes: [8]         # their batch sizes (default [1])
 
 A variant is in the matrix only when the run has a model for it: the spec's own `onnx`, the section's
 precision-specific `onnx`, or an entry of the run's model map (ModelMap: `--onnx MODEL[/VARIANT]=PATH`,
@@ -30,7 +32,7 @@ from common.ci.acc_tolerance import DEFAULT_NOISE
 from common.errors import ConfigError
 from common.config.specs import MODELS_DIR, PRECISIONS, VARIANT_SECTIONS, ModelSpec, Variant, load_model
 
-KINDS = ("accuracy", "performance")
+KINDS = ("accuracy", "performance", "loadgen")
 DEFAULT_RELATIVE = {"AP": 0.2, "AP50": 0.2}   # points (0-100 scale), as the recipes quote AP
 MATRIX_KEYS: set[str] | frozenset[str] = VARIANT_SECTIONS["matrix"] or set()
 
@@ -50,10 +52,12 @@ class Case:
     checkpoint: str | None = None
     config: str | None = None
     image_shard: str | None = None   # "J/M": an accuracy case split by images over nodes (merged by `merge`)
+    scenario: str | None = None      # kind loadgen: the LoadGen scenario
 
     @property
     def base_id(self) -> str:
-        return f"{self.model}/{self.variant}/{self.backend}/{self.precision}/bs{self.batch_size}/{self.kind}"
+        kind = f"loadgen-{self.scenario}" if self.kind == "loadgen" else self.kind
+        return f"{self.model}/{self.variant}/{self.backend}/{self.precision}/bs{self.batch_size}/{kind}"
 
     @property
     def id(self) -> str:
@@ -66,7 +70,7 @@ class Case:
     def order(self) -> tuple:
         """Sort key: numeric batch sizes, precisions in the suite's order (fp32 first)."""
         return (self.model, self.variant, self.backend, PRECISIONS.index(self.precision), self.kind,
-                self.batch_size)
+                self.scenario or "", self.batch_size)
 
     @property
     def slug(self) -> str:
@@ -142,12 +146,21 @@ def matrix_section(spec: ModelSpec, variant: Variant) -> dict:
                                 or (key == "reference_fraction" and val > 1)):
             raise ConfigError(f"{where}.{key}: expected a number > 0{' and <= 1' if 'fraction' in key else ''}, "
                               f"got {val!r}", spec.path)
+    from common.config.loadgen_spec import SCENARIOS
+    scenarios = raw.get("loadgen_scenarios", [])
+    if isinstance(scenarios, str):
+        scenarios = [scenarios]
+    if not isinstance(scenarios, list) or not all(s in SCENARIOS for s in scenarios):
+        raise ConfigError(f"{where}.loadgen_scenarios: expected a list of {', '.join(SCENARIOS)}, got {scenarios!r}",
+                          spec.path)
     max_images = raw.get("max_images")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ConfigError(f"{where}.max_images: expected a positive integer, got {max_images!r}", spec.path)
     return {"backends": list(backends), "precisions": list(precisions),
             "batch_sizes": _int_list(raw, "batch_sizes", [1], where, spec.path),
             "accuracy_batch_sizes": _int_list(raw, "accuracy_batch_sizes", [1], where, spec.path),
+            "loadgen_scenarios": list(scenarios),
+            "loadgen_batch_sizes": _int_list(raw, "loadgen_batch_sizes", [1], where, spec.path),
             "annotation": raw.get("annotation"), "max_images": max_images, "onnx": dict(onnx),
             "relative": {str(k): float(v) for k, v in relative.items()},
             "accuracy_noise": float(raw.get("accuracy_noise", DEFAULT_NOISE)),
@@ -197,6 +210,10 @@ def enumerate_cases(models: list[str], filters: Filters | None = None, model_map
                                           max_images=m["max_images"], **common))
                     for bs in m["batch_sizes"]:
                         cases.append(Case(batch_size=bs, kind="performance", annotation=m["annotation"], **common))
+                    for scenario in m["loadgen_scenarios"]:
+                        for bs in m["loadgen_batch_sizes"]:
+                            cases.append(Case(batch_size=bs, kind="loadgen", scenario=scenario,
+                                              annotation=m["annotation"], max_images=m["max_images"], **common))
     if skipped is not None:
         skipped[:] = sorted(dict.fromkeys(skipped))
     return sorted({c.id: c for c in cases if filters.accepts(c)}.values(), key=lambda c: c.order)
@@ -273,6 +290,8 @@ PERFORMANCE_START_S = 3.0
 
 def expected_cost(case: Case, images: int, repeats: int = 3, warmup_s: float = 1.0,
                   min_duration_s: float = 5.0) -> float:
+    if case.kind == "loadgen":   # one short-mode LoadGen run (docs/loadgen.md)
+        return warmup_s + min_duration_s + PERFORMANCE_START_S
     if case.kind != "accuracy":
         return repeats * (warmup_s + min_duration_s + PERFORMANCE_START_S)
     v = load_model(case.spec).variant(case.variant)

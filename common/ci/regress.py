@@ -84,7 +84,9 @@ def case_config(case: Case, opts: CaseOptions, results_dir: Path) -> RunConfig:
     kw = {"device": opts.device, "onnx": case.onnx, "checkpoint": None if case.onnx else case.checkpoint,
           "config": None if case.onnx else case.config, "dataset_dir": opts.dataset_dir,
           "annotation": opts.annotation or case.annotation, "cache_dir": opts.cache_dir}
-    if case.kind == "accuracy":
+    if case.kind == "loadgen":
+        kw.update(max_images=opts.max_images or case.max_images, workers=opts.workers, progress=False)
+    elif case.kind == "accuracy":
         # the performance cases' timed outputs are checked against these detections (common/compare/timed_outputs.py);
         # an image shard's are written by the merge that joins its shards (merge_image_shards)
         kw.update(max_images=opts.max_images or case.max_images, workers=opts.workers, progress=False,
@@ -128,7 +130,9 @@ def case_cost(opts: CaseOptions):
 
 
 def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
-    return [sys.executable, str(BOOTSTRAP), case.kind,
+    # a LoadGen case runs the short CI mode (its minimums from the spec's loadgen: section where it sets them)
+    scenario = ["--scenario", case.scenario, "--short"] if case.kind == "loadgen" else []
+    return [sys.executable, str(BOOTSTRAP), case.kind, *scenario,
             *to_flags(case_config(case, opts, results_dir), case.kind)]
 
 

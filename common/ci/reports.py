@@ -26,6 +26,8 @@ def _value_text(v: dict) -> str:
     vals = v["values"]
     if v["case"]["kind"] == "accuracy" and "AP" in vals:
         return f"AP {vals['AP'] * 100:.2f}, AP50 {vals['AP50'] * 100:.2f} ({vals['images']} img)"
+    if v["case"]["kind"] == "loadgen" and vals.get("value") is not None:
+        return f"LoadGen {vals['scenario']} {vals['metric']} {vals['value']:.3f}" + ("" if vals["valid"] else " INVALID")
     if "fps" in vals:
         return f"{vals['fps']:.1f} FPS (n={vals['repeats']}, CoV {vals['cov'] * 100:.1f}%)"
     return ""
@@ -159,8 +161,8 @@ def results_rows(verdicts: list[dict]) -> dict:
     """{(model, variant, backend, device): {(precision, batch): {fps, AP50, AP}}} from a run's verdicts."""
     table: dict = {}
     for v in verdicts:
-        if v["status"] in (ERROR, UNSUPPORTED) or not v.get("values"):
-            continue
+        if v["status"] in (ERROR, UNSUPPORTED) or not v.get("values") or v["case"]["kind"] == "loadgen":
+            continue   # LoadGen figures are in the summary and the verdicts, not the FPS / AP table
         c = v["case"]
         row = table.setdefault((c["model"], c["variant"], c["backend"], v.get("device", "?")), {}) \
                    .setdefault((c["precision"], c["batch_size"]), {})

@@ -5,6 +5,9 @@ accuracy:    the record's own absolute targets; the relative rule against the FP
              accuracy baseline of the case (same images), with a tolerance that shrinks with the image count
              (common/ci/acc_tolerance.py); and, on the spec's full evaluation set, the spec's published `reference`
              figures as a fraction (MLPerf-style 99 %).
+loadgen:     the record's own checks (LoadGen's INVALID fails it, as do its loadgen: targets) and the scenario's
+             figure against its stored baseline (LOADGEN_FIGURE: Offline samples/s, SingleStream p90, MultiStream
+             and Server p99), beyond LOADGEN_BAND a regression (worse) or a suspicious jump (better).
 performance: the record's targets, the validity of the measurement (minimum duration and iterations reached),
              and the mean FPS of repeated runs against a stored per-device / per-SDK baseline, with a tolerance
              band taken from the measured noise; a drop beyond the band is a regression only when a second,
@@ -316,6 +319,52 @@ def _judge_timed_outputs(v: dict, outcome: dict, outcomes: list[dict]) -> list[s
     return statuses
 
 
+# the figure a LoadGen scenario is judged by against its baseline, and whether higher is better
+LOADGEN_FIGURE = {"Offline": ("qps", True), "SingleStream": ("p90_ms", False), "MultiStream": ("p99_ms", False),
+                  "Server": ("p99_ms", False)}
+LOADGEN_BAND = 0.10   # relative: one short LoadGen run has no repeats to measure its noise from
+
+
+def _judge_loadgen(v: dict, outcome: dict, bases: Baselines, device: str, rule: FpsRule) -> list[str]:
+    """The scenario's figure against the case's baseline entry (a Server run searched for its peak QPS is judged
+    by that QPS)."""
+    s = outcome["records"][0]["loadgen"]
+    metric, higher = LOADGEN_FIGURE[s["scenario"]]
+    if s["scenario"] == "Server" and s.get("search"):
+        metric, higher = "qps", True
+    value = s.get(metric)
+    v["values"].update({"scenario": s["scenario"], "valid": s["valid"], "qps": s.get("qps"),
+                        "p99_ms": s.get("p99_ms"), "metric": metric, "value": value})
+    key = baseline_key(outcome["case"])
+    base, path, note = bases.lookup(device, v["sdk"], key)
+    v["baseline_file"] = str(path)
+    if not s["valid"] or value is None:
+        return []   # the record's own check already failed it; an invalid figure is no baseline comparison
+    if base is None:
+        v["notes"].append(f"no baseline for {key} in {path} ({metric} {value:.3f}); record one with "
+                          "`scripts/regress.py baseline-update`")
+        v["gaps"].append("missing LoadGen baseline")
+        return [WARN]
+    if note:
+        v["notes"].append(note)
+    ratio = value / base["value"] if base["value"] else float("inf")
+    v["values"].update(baseline_value=base["value"], ratio=ratio)
+    text = (f"LoadGen {s['scenario']} {metric} {value:.3f} vs baseline {base['value']:.3f} "
+            f"({(ratio - 1) * 100:+.1f}%, band ±{LOADGEN_BAND * 100:.0f}%)")
+    worse, better = (ratio < 1 - LOADGEN_BAND, ratio > 1 + LOADGEN_BAND) if higher else \
+        (ratio > 1 + LOADGEN_BAND, ratio < 1 - LOADGEN_BAND)
+    if worse:
+        v["notes"].append(f"LoadGen regression: {text}")
+        return [FAILED]
+    if better:
+        jump = WARN if rule.jumps == "warn" or (rule.jumps == "auto" and _host_compute(outcome["case"]["backend"])) \
+            else FAILED
+        v["notes"].append(f"suspicious LoadGen jump (update the baseline if it is real): {text}")
+        return [jump]
+    v["notes"].append(text)
+    return [PASS]
+
+
 def _host_compute(backend: str) -> bool:
     """Whether the backend computes on the host's cores (a CPU runner): other jobs' load moves its FPS both
     ways, so a baseline taken on a loaded runner makes the next idle run look like a jump."""
@@ -416,6 +465,8 @@ def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASE
             statuses += _judge_relative(v, o, outcomes, rules["relative"])
             statuses += _judge_published(v, o, rules)
             statuses += _judge_acc_baseline(v, o, bases, device, rules, rule)
+        elif c["kind"] == "loadgen":
+            statuses += _judge_loadgen(v, o, bases, device, rule)
         else:
             invalid = [why for r in records for why in timing_validity(r)]
             if invalid:
@@ -443,6 +494,8 @@ def _entry_text(kind: str, e: dict | None) -> str:
         return "none"
     if kind == "accuracy":
         return f"AP {e['AP'] * 100:.2f} AP50 {e['AP50'] * 100:.2f} ({e['images']} img)"
+    if kind == "loadgen":
+        return f"{e['metric']} {e['value']:.3f} ({e['scenario']})"
     return f"{e['fps']:.1f} FPS (CoV {e['cov'] * 100:.1f}%)"
 
 
@@ -471,7 +524,13 @@ def update_baselines(verdicts: list[dict], baselines_dir: str | Path = BASELINES
             o = (outcomes or {}).get(v["id"]) or {}
             record = (o.get("records") or [{}])[0]
             kind, key = v["case"]["kind"], baseline_key(v["case"])
-            if kind == "accuracy":
+            if kind == "loadgen":
+                s = v["values"]
+                if not s.get("valid") or s.get("value") is None:
+                    continue   # an invalid LoadGen run is never a baseline
+                new = {"metric": s["metric"], "value": s["value"], "scenario": s["scenario"], "qps": s["qps"],
+                       "p99_ms": s["p99_ms"]}
+            elif kind == "accuracy":
                 s = v["values"]
                 new = {"AP": s["AP"], "AP50": s["AP50"], "images": s["images"],
                        "annotation": Path(str(record.get("dataset", {}).get("annotation", ""))).name}

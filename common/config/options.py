@@ -487,7 +487,7 @@ def to_flags(cfg: RunConfig, kind: str | None = None) -> list[str]:
     """The command-line flags that reproduce `cfg` in a subprocess (only what differs from the defaults; the
     accuracy and timing groups only for their kind)."""
     base = RunConfig(model=cfg.model)
-    skip = {"accuracy": {"timing"}, "performance": {"accuracy"}}.get(kind, set())
+    skip = {"accuracy": {"timing"}, "performance": {"accuracy"}, "loadgen": {"timing"}}.get(kind, set())
     out = ["--model", cfg.model]
     for name, group in GROUPS.items():
         if name in skip or name in ("output", "loadgen"):

@@ -37,7 +37,7 @@ VARIANT_SECTIONS: dict[str, set[str] | frozenset[str] | None] = {
     "export": {"opset", "config_overrides"},
     "checkpoint": {"url", "sha256", "sha256_prefix", "config", "upstream_config"},
     "matrix": {"backends", "precisions", "batch_sizes", "accuracy_batch_sizes", "annotation", "max_images", "onnx",
-               "relative", "accuracy_noise", "reference_fraction"},
+               "relative", "accuracy_noise", "reference_fraction", "loadgen_scenarios", "loadgen_batch_sizes"},
     "fidelity": None,   # typed by common/tolerances.py
     "int8": None,       # typed by common/runtime/quantize.py
     "loadgen": None,    # typed by common/config/loadgen_spec.py
