@@ -122,7 +122,7 @@ def print_summary(record: dict, path=None):
         m, d = record["metrics"], record["dataset"]
         print(f" dataset: {d['num_images']} images, categories {d['categories']}, {d['annotation']}")
         print(format_stats(m))
-        print(f" mAP@0.5:0.95 = {m['AP']:.4f}   mAP@0.5 = {m['AP50']:.4f}")
+        print(f" mAP@0.5:0.95 = {m['AP']:.4f}   mAP@0.5 = {m['AP50']:.4f}   (on {d['num_images']} images)")
         if d.get("category_coverage"):
             print(format_coverage(d["category_coverage"]))
             if d["category_coverage"]["warning"]:
@@ -142,10 +142,14 @@ def print_summary(record: dict, path=None):
         print(format_timing(TimingStats(**record["timing"])))
         if "compute" in record:
             c, e = record["compute"], record["end_to_end"]
+            same = "" if c["method"] == "time_evaluator" else \
+                "; no device timer on this runtime: the same measurement as fps above"
             print(f" compute     {c['mean_ms']:.3f} ms mean per batch, {c['fps']:.2f} FPS compute-only = fps_compute "
-                  f"({c['method']})")
+                  f"({c['method']}{same})")
+            above = " (above fps: a separate measurement on a shared CPU, noise; it cannot truly be faster)" \
+                if e["stats"] and e["stats"]["fps"] > record["timing"]["fps"] else ""
             print(" end-to-end  " + (f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS = "
-                                      f"fps_e2e (read + preprocess + infer + decode, {e['images']} images)"
+                                      f"fps_e2e (read + preprocess + infer + decode, {e['images']} images){above}"
                                       if e["stats"]
                                       else f"not measured: {e['reason']}"))
             print(format_telemetry(record["telemetry"]))

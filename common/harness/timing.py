@@ -84,7 +84,8 @@ def validity_reasons(stats: TimingStats, min_iters: int, min_duration_s: float) 
 
 
 def format_timing(t: TimingStats) -> str:
-    lines = [f" throughput  {t.fps:10.2f} FPS   (batch {t.batch_size}, {t.iterations} iterations, {t.total_s:.2f} s)",
+    lines = [f" throughput  {t.fps:10.2f} FPS = fps, the harness figure targets and baselines judge (batch "
+             f"{t.batch_size}, {t.iterations} iterations, {t.total_s:.2f} s)",
              f" latency ms  mean {t.mean_ms:.3f}  p50 {t.p50_ms:.3f}  p90 {t.p90_ms:.3f}  p99 {t.p99_ms:.3f}  "
              f"min {t.min_ms:.3f}  max {t.max_ms:.3f}",
              f" CoV         {t.cov * 100:.1f}%"]

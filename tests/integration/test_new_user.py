@@ -299,3 +299,24 @@ def test_runs_end_with_absolute_paths_and_are_listed_and_compared(env, tmp_path,
     assert "kind: accuracy -> performance" in diff and " AP " in diff and " fps " in diff
     assert main(["diff", "1", "9", "--results-dir", "res"]) == 2
     assert "no record number 9" in capsys.readouterr().err
+
+
+def test_every_fps_and_ap_says_which_it_is(measured_run, env, tmp_path, capsys):
+    """Defect 5: the regress summary and generated README tables said "FPS" without saying which (fps,
+    fps_compute, fps_e2e); AP came without its image count; on ONNX Runtime "compute-only" is the harness
+    measurement itself, and an end-to-end FPS above it was left unexplained."""
+    from common.cli import main
+    from regress_helpers import regress
+    run_dir, out, _ = measured_run
+    assert "FPS harness `fps`" in out
+    regress("report", run_dir, "--baselines", tmp_path / "b", "--no-plots", "--update-readmes", tmp_path / "r")
+    readme = (tmp_path / "r" / "tinydetr" / "README.md").read_text()
+    assert "| FPS (`fps`) |" in readme and "not the compute-only `fps_compute`" in readme
+    common = ["--model", str(env["spec"]), "--onnx", str(env["onnx"]), "--dataset-dir", str(env["coco"]),
+              "--results-dir", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--threads", "1"]
+    main(["accuracy", *common, "--workers", "0", "--no-progress", "--max-images", "3"])
+    assert "(on 3 images)" in capsys.readouterr().out
+    main(["performance", *common, "--warmup", "0", "--min-duration", "0", "--min-iters", "3"])
+    perf = capsys.readouterr().out
+    assert "FPS = fps, the harness figure" in perf
+    assert "no device timer on this runtime: the same measurement as fps above" in perf

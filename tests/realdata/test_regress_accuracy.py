@@ -122,12 +122,12 @@ def test_sharded_runs_merged_equal_the_unsharded_run(tmp_path, rtmdet_onnx, coco
     # the results table in each model's README, from the merged records (under the run dir: no source tree)
     readme = (merged / "readmes" / "rtmdet" / "README.md").read_text()
     block = readme[readme.index(README_START):readme.index(README_END)]
-    assert "| Model | Batch Size | Precision | FPS | AP50 | AP50:95 |" in block
+    assert "| Model | Batch Size | Precision | FPS (`fps`) | AP50 | AP50:95 | images |" in block
     acc = verdicts(merged)["rtmdet/nano-person/onnxruntime/fp16/bs1/accuracy"]["values"]
-    assert (f"| rtmdet-nano-person | 1 | FP16 | - | {acc['AP50'] * 100:.1f} | {acc['AP'] * 100:.1f} |" in block)
+    assert (f"| rtmdet-nano-person | 1 | FP16 | - | {acc['AP50'] * 100:.1f} | {acc['AP'] * 100:.1f} | 12 |" in block)
     tiny_readme = (merged / "readmes" / "tinydetr" / "README.md").read_text()
     fps = verdicts(merged)["tinydetr/tiny/onnxruntime/fp16/bs2/performance"]["values"]["fps"]
-    assert f"| tinydetr-tiny | 2 | FP16 | {fps:.1f} | - | - |" in tiny_readme
+    assert f"| tinydetr-tiny | 2 | FP16 | {fps:.1f} | - | - | - |" in tiny_readme
     # regenerating replaces the block instead of appending a second one
     regress("report", merged, "--baselines", tmp_path / "baselines", "--update-readmes", "--no-plots")
     assert (merged / "readmes" / "rtmdet" / "README.md").read_text().count(README_START) == 1
