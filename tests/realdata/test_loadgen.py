@@ -170,3 +170,25 @@ def test_all_four_scenarios_run_on_onnxruntime_in_the_short_mode(rtmdet_onnx, sh
         if scenario == "MultiStream":
             assert s["samples_per_query"] == 8 and s["sut"]["mean_batch"] == 8.0
         records[-1].unlink()   # the next scenario's record is the only one
+
+
+def test_loadgen_targets_of_the_spec_are_checked(rtmdet_fp32_pass, tmp_path):
+    """The spec's loadgen: targets on LoadGen's figures, by scenario: a p90 bound below the 5 ms device fails
+    with its reason, a QPS floor it clears passes, a Server target does not apply to SingleStream."""
+    import yaml
+
+    from common.config.specs import MODELS_DIR
+    raw = yaml.safe_load((MODELS_DIR / "rtmdet" / "model.yaml").read_text())
+    raw["variants"] = {"nano-person": raw["variants"]["nano-person"]}
+    raw["variants"]["nano-person"]["loadgen"] = {"targets": [
+        {"scenario": "Single*", "backend": "replay", "precision": "fp32", "min": {"qps": 10}, "max": {"p90_ms": 1.0}},
+        {"scenario": "Server", "backend": "*", "precision": "fp32", "min": {"qps": 1e9}}]}
+    spec = tmp_path / "model.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    rec = run_loadgen(dataclasses.replace(_replay_cfg(rtmdet_fp32_pass, tmp_path, fps=200.0), model=str(spec)),
+                      LoadgenConfig("SingleStream", short=True))
+    assert rec["loadgen"]["valid"]
+    checks = {c["metric"]: c["status"] for c in rec["checks"]}
+    assert checks == {"qps": "pass", "p90_ms": "fail"} and rec["verdict"] == "fail"
+    assert any(r.startswith("p90_ms = ") and "<= 1.0000" in r for r in rec["reasons"])
+    assert [t["scenario"] for t in rec["targets"]] == ["Single*"]
