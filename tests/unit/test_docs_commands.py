@@ -142,3 +142,35 @@ def test_the_readme_commands_are_found():
     found = fenced_commands((REPO / "README.md").read_text())
     assert any("infer_rtmdet_fp16_accuracy.sh" in c for c in found)
     assert any("pytest" in c for c in found)
+
+
+# Documented commands that need no data, model or device: run for real (in-process), not only parsed; each must
+# exit 0 as the docs show it. The long ones (accuracy / performance / regress runs) are parsed only, above; the
+# walk-through of docs/bring-your-own-detector.md runs in full in tests/realdata/test_bring_your_own_detector.py.
+_RUNNABLE = re.compile(r"scripts/suite (env|runs|--version)\b|scripts/regress\.py run --list\b")
+
+
+def _runnable_commands():
+    return [pytest.param(doc, cmd, id=f"{doc.name}:{i}") for doc in DOCS
+            for i, cmd in enumerate(fenced_commands(doc.read_text())) if _RUNNABLE.search(cmd)]
+
+
+@pytest.mark.parametrize("doc,command", _runnable_commands())
+def test_documented_commands_that_need_no_data_exit_as_documented(doc, command, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)   # `suite runs` reads ./results: a fresh directory has none
+    words = _words(command)
+    program, args = words[0], words[1:]
+    if program.endswith("scripts/suite"):
+        from common.cli import main
+        try:
+            code = main(args)
+        except SystemExit as exc:   # --version exits through argparse
+            code = exc.code
+    else:
+        monkeypatch.setattr(sys, "argv", [program, *args])
+        code = _load(REPO / "scripts" / "regress.py").main(args)
+    assert code == 0, f"{doc.name}: `{command}` exited {code}"
+
+
+def test_the_runnable_commands_are_found():
+    assert len(_runnable_commands()) >= 3
