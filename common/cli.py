@@ -97,6 +97,15 @@ def print_env(as_json: bool) -> int:
     return 0
 
 
+def html_path(given, beside=None):
+    """Where the HTML report goes: --html, else (CI=true) next to the record or report, else nowhere."""
+    if given:
+        return Path(given)
+    if beside is not None and os.environ.get("CI") == "true":
+        return Path(beside).with_suffix(".html")
+    return None
+
+
 def print_summary(record: dict, path=None):
     head = (f"== {record['model']}/{record['variant']} | {record['backend']} {record['device']} "
             f"{record['precision']} | batch {record['batch_size']} | {record['kind']} ==")
@@ -123,6 +132,10 @@ def print_summary(record: dict, path=None):
         print(f" dataset: {d['num_images']} images, categories {d['categories']}, {d['annotation']}")
         print(format_stats(m))
         print(f" mAP@0.5:0.95 = {m['AP']:.4f}   mAP@0.5 = {m['AP50']:.4f}   (on {d['num_images']} images)")
+        ci = (record.get("metrics_ci") or {}).get("stats")
+        if ci:
+            print(f" 95 % intervals ({record['metrics_ci']['resamples']} bootstrap resamples of the images): "
+                  f"AP [{ci['AP'][0]:.4f}, {ci['AP'][1]:.4f}]   AP50 [{ci['AP50'][0]:.4f}, {ci['AP50'][1]:.4f}]")
         if d.get("category_coverage"):
             print(format_coverage(d["category_coverage"]))
             if d["category_coverage"]["warning"]:
@@ -278,6 +291,10 @@ def main(argv=None) -> int:
                 runner = run_on_devices
             record = runner(cfg, None if args.no_record else publish)
         print_summary(record, written.get("path"))
+        html = html_path(args.html, written.get("path"))
+        if html:
+            from common.report.html import run_page, write_html
+            print(f" HTML report: {write_html(html, run_page(record))}")
         return exit_code_of(record["verdict"])
 
     return guarded(run, args.debug, INTERRUPTED[args.command])

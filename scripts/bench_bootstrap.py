@@ -43,6 +43,12 @@ def _generated(n_images, categories, per_image, max_objects, seed=0):
     return ann, synthetic_detections(ann, seed=seed + 1, per_image=per_image)
 
 
+def _load() -> str:
+    """The 1-minute load average: on a shared machine wall time is the CPU's share, not the code's cost."""
+    import os
+    return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
 def bench(name: str, ann: dict, rows: np.ndarray, resamples: int) -> None:
     ids = sorted(im["id"] for im in ann["images"])
     cats = sorted(c["id"] for c in ann["categories"])
@@ -51,10 +57,10 @@ def bench(name: str, ann: dict, rows: np.ndarray, resamples: int) -> None:
     t = time.perf_counter()
     table = MatchTable.from_rows(ann, rows, ids, cats)
     print(f"matching once (not part of the bootstrap; a run has done it): {time.perf_counter() - t:.2f} s")
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     ci = intervals(table, resamples)
-    single = time.perf_counter() - t
-    print(f"{resamples} resamples, 12 stats of one run: {single:.2f} s   "
+    single, cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"{resamples} resamples, 12 stats of one run: {single:.2f} s wall, {cpu:.2f} s CPU (load {_load()})   "
           f"AP {table.point['AP']:.4f} [{ci['stats']['AP'][0]:.4f}, {ci['stats']['AP'][1]:.4f}]  "
           f"AP50 {table.point['AP50']:.4f} [{ci['stats']['AP50'][0]:.4f}, {ci['stats']['AP50'][1]:.4f}]")
     # a second run of the same images: the scores perturbed a little (an FP16-like engine)
@@ -62,10 +68,11 @@ def bench(name: str, ann: dict, rows: np.ndarray, resamples: int) -> None:
     other_rows = rows.copy()
     other_rows[:, 5] = np.clip(other_rows[:, 5] * (1 + 1e-3 * rng.standard_normal(len(rows))), 0, 1)
     other = MatchTable.from_rows(ann, other_rows, ids, cats)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     p = paired_interval(other, table, resamples)
-    paired = time.perf_counter() - t
-    print(f"{resamples} resamples, paired (both runs, 12 stats each): {paired:.2f} s   "
+    paired, cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"{resamples} resamples, paired (both runs, 12 stats each): {paired:.2f} s wall, {cpu:.2f} s CPU "
+          f"(load {_load()})   "
           f"AP diff [{p['diff']['AP'][0] * 100:+.3f}, {p['diff']['AP'][1] * 100:+.3f}] points")
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import ixuca_suite  # noqa: E402,F401  the one bootstrap: sys.path, the repo's .venv (scripts/ixuca_suite.py)
 
-from common.cli import exit_now, guarded  # noqa: E402
+from common.cli import exit_now, guarded, html_path  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402
 from common.harness.fidelity import run_compare, write_json  # noqa: E402
 from common.config import options  # noqa: E402
+from common.report.html import compare_html, write_html  # noqa: E402
 from common.config.options import add_groups, config_from_args, positive_int  # noqa: E402
 
 
@@ -61,6 +62,9 @@ def main(argv=None) -> int:
                                                     f"{cfg.precision}.json")
             write_json(report_path, report)
             print(f" report: {report_path}")
+        html = html_path(args.html, report_path)
+        if html:
+            print(f" HTML report: {write_html(html, compare_html(report, cfg))}")
         return EXIT_PASS if report["verdict"] == "pass" else EXIT_TARGET_FAILED
 
     return guarded(run, args.debug)

@@ -69,6 +69,8 @@ def _report_args(p: argparse.ArgumentParser):
                    help="write each model's README with the results table into DIR/<model>/README.md (default "
                         "DIR: <run dir>/readmes; `--update-readmes models` updates the source tree's own)")
     g.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    g.add_argument("--html", default=None, metavar="PATH",
+                   help="also write the self-contained HTML report here (default with CI=true: <run dir>/report.html)")
 
 
 def _report_options(args) -> ReportOptions:
@@ -77,7 +79,7 @@ def _report_options(args) -> ReportOptions:
                        else absolute_path(args.update_readmes or None) or "",   # "": the run dir's readmes/
                        plots=not args.no_plots,
                        step_summary=os.environ.get("GITHUB_STEP_SUMMARY"), strict=args.strict,
-                       allow_empty=args.allow_empty,
+                       allow_empty=args.allow_empty, html=absolute_path(args.html),
                        rule=FpsRule(k_sigma=args.fps_k, min_band=args.fps_min_band, max_band=args.fps_max_band,
                                     max_cov=args.fps_max_cov, jumps=args.jumps, noisy=args.noisy, acc_z=args.acc_z))
     if args.baselines:

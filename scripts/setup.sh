@@ -44,4 +44,11 @@ done
 # editable mode: a static path entry to a tree of links (build/), not an import hook that every Python process
 # of the venv would load at start-up (~20 ms)
 "${pip[@]}" install -q --no-deps -e . --config-settings editable_mode=strict
+# the HTML reports' browser test (tests/realdata/test_html_reports.py) renders them in Debian's headless chromium:
+# installed with the test layer where this runs as root with apt-get; elsewhere that test skips, saying why
+if [[ " ${layers[*]} " == *" test "* ]] && ! command -v chromium >/dev/null && [[ $(id -u) -eq 0 ]] \
+   && command -v apt-get >/dev/null; then
+  (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+   apt-get install -y -q chromium >/dev/null 2>&1; }) || echo "setup: chromium not installed (browser test skips)" >&2
+fi
 echo "setup: $(.venv/bin/python --version), layers: $(printf '%s ' "${layers[@]}" | tr -s ' ' | sort -u | xargs), ready in $root/.venv"

@@ -26,7 +26,9 @@ from common import BOOTSTRAP, REPO_ROOT
 from common.engine_cache import atomic_write_bytes, atomic_write_json
 from common.errors import ConfigError, InputError
 from common.record.history import append_run, last_good, read_history
+from common.ci.html_report import accuracy_markdown, regress_page
 from common.ci.matrix import Case, case_rules
+from common.report.html import write_html
 from common.ci.reports import (junit_xml, markdown_summary, plot_fps_vs_batch, plot_history, readme_table, results_rows,
                       text_table, update_readme)
 from common.config.options import ENV, SHARD_ENV, RunConfig, to_flags
@@ -491,6 +493,7 @@ class ReportOptions:
     plots: bool = True
     step_summary: str | None = None       # e.g. $GITHUB_STEP_SUMMARY: the Markdown is appended there too
     strict: bool = False                  # missing baselines / FP32 references and unsupported cells fail (exit 4)
+    html: str | None = None               # the HTML report (default with CI=true: <run dir>/report.html)
     allow_empty: bool = False             # a run that measured nothing (every cell unsupported) exits 0, not 5
 
 
@@ -553,7 +556,12 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
     good = {cid: last_good(rows, cid, before_run=run_id) for cid in failing} if rows else None
     md = markdown_summary(verdicts, run_id, [str(p.relative_to(run_dir)) for p in plots], good, incomplete,
                           ropts.strict, code)
+    md += accuracy_markdown(verdicts)
     atomic_write_bytes(run_dir / "summary.md", md.encode())
+    html_path = ropts.html or (run_dir / "report.html" if os.environ.get("CI") == "true" else None)
+    if html_path:
+        write_html(html_path, regress_page(run_id, verdicts, outcomes, rows, code))
+        echo(f"HTML report: {html_path}")
     if ropts.step_summary:
         with open(ropts.step_summary, "a", encoding="utf-8") as f:
             f.write(md)

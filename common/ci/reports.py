@@ -48,10 +48,13 @@ def _properties(v: dict, environment: dict) -> list[tuple[str, str]]:
     props = [("status", v["status"]), ("device", v.get("device") or environment.get("device")),
              ("runtime", v.get("sdk") or environment.get("runtime")),
              ("git_commit", v.get("git_commit") or environment.get("git_commit"))]
-    for key in ("fps", "baseline_fps", "confirm_fps", "AP", "AP50", "baseline_AP", "baseline_AP50", "ref_AP",
-                "images", "tolerance_points"):
+    intervals = [f"{who}_{m}_diff_{end}" for who in ("ref", "baseline") for m in ("AP", "AP50") for end in ("lo", "hi")]
+    for key in ("fps", "baseline_fps", "confirm_fps", "AP", "AP50", "AP_ci_lo", "AP_ci_hi", "AP50_ci_lo",
+                "AP50_ci_hi", "baseline_AP", "baseline_AP50", "ref_AP", "images", "tolerance_points", *intervals):
         if isinstance(vals.get(key), (int, float)):
             props.append((key, f"{vals[key]:.6g}"))
+    if vals.get("accuracy_rule"):
+        props.append(("accuracy_rule", vals["accuracy_rule"]))
     if v.get("baseline_file"):
         props.append(("baseline_file", v["baseline_file"]))
     return [(k, val) for k, val in props if val is not None]

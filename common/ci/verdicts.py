@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common.ci.acc_tolerance import DEFAULT_NOISE, DEFAULT_Z, tolerance_points
+from common.ci.acc_tolerance import DEFAULT_NOISE, DEFAULT_Z, FLOOR_POINTS, tolerance_points
 from common.ci.baselines import (BASELINES_DIR, Baselines, baseline_key, baseline_path, read_baseline,  # noqa: F401
                         write_baseline)
-from common.errors import ConfigError
+from common.ci.paired import PAIRED, judge_paired, paired_from_files
+from common.errors import ConfigError, InputError
 from common.record.results import FAIL
 
 PASS, WARN, FAILED, ERROR, UNSUPPORTED = "pass", "warn", "fail", "error", "unsupported"
@@ -220,15 +221,47 @@ def _judge_relative(v: dict, outcome: dict, outcomes: list[dict], relative: dict
         v["notes"].append(f"FP32 reference has a different {' and '.join(differs)}: relative rule not applied")
         v["gaps"].append("FP32 reference not comparable")
         return [WARN]
+    paired, why = _paired(v, outcome.get("detections_path"), ref.get("detections_path"), record, list(relative),
+                          "FP32 reference")
     statuses = []
     for metric, drop in relative.items():
         ref_value, value = ref_record["metrics"][metric], m[metric]
+        v["values"][f"ref_{metric}"] = ref_value
+        if paired is not None:
+            regressed, _, text = judge_paired(metric, paired, drop)
+            statuses.append(FAILED if regressed else PASS)
+            v["notes"].append(f"{'accuracy regression: ' if regressed else ''}{metric} {value * 100:.2f} vs FP32 "
+                              f"{ref_value * 100:.2f}: {text}")
+            continue
         ok = value * 100 >= ref_value * 100 - drop - 1e-9
         statuses.append(PASS if ok else FAILED)
-        v["values"][f"ref_{metric}"] = ref_value
         v["notes"].append(f"{'' if ok else 'accuracy regression: '}{metric} {value * 100:.2f} "
                           f"{'>=' if ok else '<'} FP32 {ref_value * 100:.2f} - {drop:g} points")
+    if why:
+        v["notes"].append(why)
     return statuses
+
+
+def _paired(v: dict, candidate_dets, reference_dets, record: dict, metrics: list,
+            against: str) -> tuple[dict | None, str | None]:
+    """(the paired interval against `against`, None) when both detections files exist (its bounds go to the
+    values); otherwise (None, the note saying that the fixed rule was used and why)."""
+    if not candidate_dets or not reference_dets or not Path(reference_dets).is_file():
+        missing = "this case's" if not candidate_dets else f"the {against}'s"
+        v["values"].setdefault("accuracy_rule", "fixed")
+        return None, (f"accuracy vs {against} by the fixed rule: {missing} detections are not available for a "
+                      f"{PAIRED}")
+    try:
+        paired = paired_from_files(candidate_dets, reference_dets, record, metrics=metrics)
+    except (InputError, ValueError) as exc:
+        v["values"].setdefault("accuracy_rule", "fixed")
+        return None, f"accuracy vs {against} by the fixed rule: no {PAIRED} ({exc})"
+    v["values"]["accuracy_rule"] = PAIRED
+    key = "ref" if against == "FP32 reference" else "baseline"
+    for metric, (lo, hi) in paired["diff"].items():
+        v["values"][f"{key}_{metric}_diff_lo"], v["values"][f"{key}_{metric}_diff_hi"] = lo, hi
+    v.setdefault("paired", {})[key] = paired
+    return paired, None
 
 
 def _judge_published(v: dict, outcome: dict, rules: dict) -> list[str]:
@@ -277,8 +310,24 @@ def _judge_acc_baseline(v: dict, outcome: dict, bases: Baselines, device: str, r
     if note:
         v["notes"].append(note)
     statuses = []
-    for metric in ACC_METRICS:
-        if metric not in base:
+    metrics = [metric for metric in ACC_METRICS if metric in base]
+    if base.get("detections"):
+        paired, why = _paired(v, outcome.get("detections_path"), path.parent / base["detections"], record,
+                              metrics, "baseline")
+    else:
+        paired, why = None, ("accuracy vs baseline by the image-count tolerance: the baseline keeps no detections "
+                             f"for a {PAIRED} (`baseline-update` stores them)")
+        v["values"].setdefault("accuracy_rule", "fixed")
+    for metric in metrics:
+        if paired is not None:
+            regressed, rose, text = judge_paired(metric, paired, FLOOR_POINTS)
+            v["values"][f"baseline_{metric}"] = base[metric]
+            status = FAILED if regressed else WARN if rose else PASS
+            lead = ("accuracy regression: " if regressed else
+                    "accuracy above its baseline (update the baseline if it is real): " if rose else "")
+            v["notes"].append(f"{lead}{metric} {record['metrics'][metric] * 100:.2f} vs baseline "
+                              f"{base[metric] * 100:.2f}: {text}")
+            statuses.append(status)
             continue
         status, text, tol = compare_accuracy(record["metrics"][metric], images,
                                              {"metric": metric, "value": base[metric]},
@@ -287,6 +336,8 @@ def _judge_acc_baseline(v: dict, outcome: dict, bases: Baselines, device: str, r
         v["values"]["tolerance_points"] = tol
         v["notes"].append(text)
         statuses.append(status)
+    if why:
+        v["notes"].append(why)
     return statuses
 
 
@@ -462,6 +513,9 @@ def judge(outcomes: list[dict], relative: dict, baselines_dir: str | Path = BASE
             rules = _rules_of(relative[(c["spec"], c["variant"])])
             m = first["metrics"]
             v["values"] = {"AP": m["AP"], "AP50": m["AP50"], "images": first["dataset"]["num_images"]}
+            for metric, (lo, hi) in ((k, iv) for k, iv in ((first.get("metrics_ci") or {}).get("stats") or {}).items()
+                                     if k in ACC_METRICS):
+                v["values"][f"{metric}_ci_lo"], v["values"][f"{metric}_ci_hi"] = lo, hi
             statuses += _judge_relative(v, o, outcomes, rules["relative"])
             statuses += _judge_published(v, o, rules)
             statuses += _judge_acc_baseline(v, o, bases, device, rules, rule)
@@ -534,6 +588,9 @@ def update_baselines(verdicts: list[dict], baselines_dir: str | Path = BASELINES
                 s = v["values"]
                 new = {"AP": s["AP"], "AP50": s["AP50"], "images": s["images"],
                        "annotation": Path(str(record.get("dataset", {}).get("annotation", ""))).name}
+                kept = _keep_detections(o.get("detections_path"), path, key)
+                if kept:
+                    new["detections"] = kept
             else:
                 s = v["values"]
                 new = {"fps": s["fps"], "cov": s["cov"], "repeats": s["repeats"], "fps_runs": s["fps_runs"]}
@@ -543,6 +600,19 @@ def update_baselines(verdicts: list[dict], baselines_dir: str | Path = BASELINES
         write_baseline(path, device_name or vs[0]["device"], vs[0]["sdk"], entries)
         written.append(path)
     return written
+
+
+def _keep_detections(dets, baseline_file: Path, key: str) -> str | None:
+    """A copy of the case's detections beside the baseline file (the paired interval of later runs reads it);
+    its path relative to that file's folder."""
+    if not dets or not Path(dets).is_file():
+        return None
+    from common.ci.baselines import slug
+    from common.engine_cache import atomic_write_bytes
+    import gzip
+    rel = Path(f"{baseline_file.stem}.dets") / f"{slug(key)}.json.gz"
+    atomic_write_bytes(baseline_file.parent / rel, gzip.compress(Path(dets).read_bytes(), mtime=0))
+    return str(rel)
 
 
 class BaselineRefused(ConfigError):

@@ -61,6 +61,7 @@ class RunConfig:
     shard: str | None = None           # "K/N": only the K-th of N image shards (docs/scale-out.md)
     shard_source: str | None = None    # what set the shard: --shard or the CI variables (SHARD_ENV)
     devices: str | None = None         # accuracy: "0,1,...": one worker process per device (common/harness/devices.py)
+    bootstrap: int = 1000              # accuracy: resamples of the stats' intervals (0 = none; evaluate/bootstrap.py)
 
     def __post_init__(self):
         _check_range("batch size", self.batch_size, 1)
@@ -289,6 +290,8 @@ def _groups() -> dict:
                  default="results"),
             Flag(("--no-record",), "no_record", "print only; write no result record", action="store_true"),
             Flag(("--debug",), "debug", "show tracebacks of internal errors", action="store_true"),
+            Flag(("--html",), "html", "also write the self-contained HTML report here (with CI=true: next to the "
+                 "record / report by default)", metavar="PATH"),
         ],
         "accuracy": [
             Flag(("--max-images",), "max_images", "evaluate only the first N images (by id)", positive_int,
@@ -315,6 +318,8 @@ def _groups() -> dict:
             Flag(("--preflight",), "preflight", "first compare the engine with the FP32 reference on N images "
                  "and stop (exit 1) when out of tolerance; 0 = off", nonneg_int, env="SUITE_PREFLIGHT",
                  default=4, metavar="N"),
+            Flag(("--bootstrap",), "bootstrap", "resamples of the bootstrap over images that gives the 95 %% "
+                 "intervals of the stats in the record; 0 = none", nonneg_int, default=1000, metavar="N"),
             Flag(("--no-progress",), "no_progress", "no progress bar", action="store_true"),
             Flag(("--checkpoint-interval",), "checkpoint_s", "save finished predictions for resuming every S "
                  "seconds; 0 = after every batch", _seconds, env="SUITE_CHECKPOINT_S", default=1.0, metavar="S"),

@@ -29,7 +29,7 @@ DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
 LEVEL = 0.95
 _EPS = np.spacing(1)
-_CHUNK_ELEMENTS = 6_000_000    # resamples x pairs per block: bounds the memory of one gather (float32)
+_CHUNK_ELEMENTS = 8_000_000    # resamples x detections per block: bounds the memory of one gather
 
 
 @dataclass
@@ -80,6 +80,14 @@ class MatchTable:
         return cls(ids, categories, cats, params)
 
     @classmethod
+    def from_evaluator(cls, evaluator, image_ids) -> "MatchTable":
+        """A CocoEvaluator's run after evaluate(): the incremental engine's own matches, else matched once now."""
+        inc = evaluator.incremental
+        if inc is not None:
+            return cls.from_entries(inc.entries, image_ids, evaluator.categories, inc.params)
+        return cls.from_rows(evaluator.annotations, evaluator.store.rows(), image_ids, evaluator.categories)
+
+    @classmethod
     def from_rows(cls, annotations: dict, rows: np.ndarray, image_ids, categories) -> "MatchTable":
         """Match detections rows (image_id, x, y, w, h, score, category) once, as the incremental evaluator does."""
         from common.evaluate.incremental import IncrementalCocoEval
@@ -101,68 +109,80 @@ def resample_weights(n_images: int, resamples: int = DEFAULT_RESAMPLES, seed: in
     return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=resamples).astype(np.float32)
 
 
-def _curve_means(c: _Category, a: int, W: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
-    """[B, T]: mean over the recall thresholds of the sampled precision envelope, per resample and IoU threshold
-    (pycocotools' precision[t, :, k, a, maxDets=100] averaged over R)."""
-    B, T, R = W.shape[0], c.tp.shape[1], len(rec_thrs)
-    out = np.zeros((B, T))
+def _thresholds_reached(rc: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """searchsorted(thr, rc, 'right') for evenly spaced thresholds 0, 1/(R-1), ..., 1 without a binary search:
+    the guess from the spacing, corrected by the exact comparisons (thr[k] <= rc decides, as in pycocotools)."""
+    R = len(thr)
+    g = np.clip(np.floor(rc * (R - 1)).astype(np.int64) + 1, 0, R)
+    g -= (g > 0) & (thr[np.maximum(g - 1, 0)] > rc)            # the guess counted a threshold above rc
+    g += (g < R) & (thr[np.minimum(g, R - 1)] <= rc)            # ... or missed one at or below it
+    return g
+
+
+def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
+    """[T, B]: mean over the recall thresholds of the sampled precision envelope, per IoU threshold and resample
+    (pycocotools' precision[t, :, k, a, maxDets=100] averaged over R). Wt: [images, B] weights (float32).
+
+    Arrays are laid out [detections, resamples]: gathering an image's weights is a copy of one contiguous row."""
+    I, B = Wt.shape
+    T, R = c.tp.shape[1], len(rec_thrs)
+    out = np.zeros((T, B))
     tp_pos = [np.flatnonzero(c.tp[a, t]) for t in range(T)]
     if not any(len(p) for p in tp_pos):
         return out
     cuts = np.unique(np.concatenate(tp_pos))
     last = cuts[-1]
     base = c.valid[a, T - 1, :last + 1]       # the most demanding threshold: almost nothing matched there
-    # counted detections of the base set before each cut: summed per (segment, image), then over segments
+    # counted detections of the base set up to each cut: summed per (segment, image) pair, then over segments
     pos = np.flatnonzero(base)
     seg = np.searchsorted(cuts, pos, side="left")
-    I = W.shape[1]
     keys, counts = np.unique(seg * I + c.img[pos], return_counts=True)
-    seg_u, img_u = keys // I, keys % I
-    starts = np.flatnonzero(np.r_[True, seg_u[1:] != seg_u[:-1]])
-    per_seg = np.zeros((B, len(cuts)), np.float64)
+    per_seg = np.zeros((len(cuts), B), np.float32)
     if len(keys):
-        per_seg[:, seg_u[starts]] = np.add.reduceat(W[:, img_u] * counts.astype(np.float32), starts, axis=1)
-    base_at = np.cumsum(per_seg, axis=1)
-    npig_w = W @ c.npig[:, a].astype(np.float32)
-    npig_w = npig_w.astype(np.float64)
+        seg_u, img_u = keys // I, keys % I
+        starts = np.flatnonzero(np.r_[True, seg_u[1:] != seg_u[:-1]])
+        rows = Wt.take(img_u, axis=0)
+        if counts.max() > 1:
+            rows *= counts[:, None].astype(np.float32)
+        per_seg[seg_u[starts]] = np.add.reduceat(rows, starts, axis=0)
+        del rows
+    base_at = np.cumsum(per_seg, axis=0, dtype=np.float64)            # exact: sums of small integers
+    npig_w = (c.npig[:, a].astype(np.float32) @ Wt).astype(np.float64)
     safe_npig = np.where(npig_w > 0, npig_w, 1.0)
-    rows = np.arange(B)[:, None]
+    cols = np.arange(B)
     for t in range(T):
         tpp = tp_pos[t]
-        if not len(tpp):
+        n = len(tpp)
+        if not n:
             continue
+        counted = base_at[np.searchsorted(cuts, tpp)]
         # where this threshold's counted set differs from the base (matched detections only)
         diff = np.flatnonzero(c.valid[a, t, :last + 1] != base)
-        counted = base_at
         if len(diff):
-            delta = np.where(c.valid[a, t, diff], 1.0, -1.0).astype(np.float32)
-            corr = np.cumsum(W[:, c.img[diff]] * delta, axis=1, dtype=np.float64)
-            k = np.searchsorted(diff, cuts, side="right") - 1
-            counted = base_at + np.where(k >= 0, corr[:, np.maximum(k, 0)], 0.0)
-        ci = np.searchsorted(cuts, tpp)
-        tp_cum = np.cumsum(W[:, c.img[tpp]], axis=1, dtype=np.float64)
-        pr = tp_cum / (counted[:, ci] + _EPS)
-        env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-        rc = tp_cum / safe_npig[:, None]
-        n = len(tpp)
-        # first position whose recall reaches each threshold = the count of positions below it. Exact float
-        # comparisons first (recall == threshold happens), then one integer search over all rows at once.
-        g = np.searchsorted(rec_thrs, rc.ravel(), side="right").reshape(B, n) + (R + 1) * rows
-        idx = np.searchsorted(g.ravel(), (np.arange(R)[None, :] + (R + 1) * rows).ravel(),
-                              side="right").reshape(B, R) - rows * n
-        q = np.where(idx < n, env[rows, np.minimum(idx, n - 1)], 0.0)
-        out[:, t] = q.mean(axis=1)
+            delta = np.where(c.valid[a, t, diff], 1.0, -1.0)
+            corr = np.cumsum(Wt.take(c.img[diff], axis=0) * delta[:, None], axis=0)
+            k = np.searchsorted(diff, tpp, side="right") - 1
+            counted += np.where((k >= 0)[:, None], corr[np.maximum(k, 0)], 0.0)
+        tp_cum = np.cumsum(Wt.take(c.img[tpp], axis=0), axis=0, dtype=np.float64)
+        pr = tp_cum / (counted + _EPS)
+        env = np.maximum.accumulate(pr[::-1], axis=0)[::-1]
+        # first position whose recall reaches each threshold = the count of positions below it: exact float
+        # comparisons first (recall == threshold happens), then a count per (threshold, resample)
+        g = _thresholds_reached(tp_cum / safe_npig, rec_thrs) * B + cols
+        idx = np.cumsum(np.bincount(g.ravel(), minlength=(R + 1) * B).reshape(R + 1, B)[:R], axis=0)
+        q = np.where(idx < n, env[np.minimum(idx, n - 1), cols], 0.0)
+        out[t] = q.mean(axis=0)
     return out
 
 
-def _final_recall(c: _Category, a: int, max_det: int, W: np.ndarray) -> np.ndarray:
-    """[B, T]: weighted true positives among each image's top max_det over the weighted ground truth."""
-    I = W.shape[1]
+def _final_recall(c: _Category, a: int, max_det: int, Wt: np.ndarray) -> np.ndarray:
+    """[T, B]: weighted true positives among each image's top max_det over the weighted ground truth."""
+    I = Wt.shape[0]
     keep = c.rank < max_det
-    counts = np.stack([np.bincount(c.img[keep & c.tp[a, t]], minlength=I) for t in range(c.tp.shape[1])], axis=1)
-    tp_w = (W @ counts.astype(np.float32)).astype(np.float64)
-    npig_w = (W @ c.npig[:, a].astype(np.float32)).astype(np.float64)
-    return tp_w / np.where(npig_w > 0, npig_w, 1.0)[:, None]
+    counts = np.stack([np.bincount(c.img[keep & c.tp[a, t]], minlength=I) for t in range(c.tp.shape[1])])
+    tp_w = (counts.astype(np.float32) @ Wt).astype(np.float64)
+    npig_w = (c.npig[:, a].astype(np.float32) @ Wt).astype(np.float64)
+    return tp_w / np.where(npig_w > 0, npig_w, 1.0)
 
 
 # (stat, area index, max-detections index, IoU threshold index or None = mean over all) as summarize() reads them
@@ -177,31 +197,33 @@ def resampled_stats(table: MatchTable, W: np.ndarray) -> np.ndarray:
     if I != len(table.image_ids):
         raise ValueError(f"weights for {I} images, table of {len(table.image_ids)}")
     stats = np.full((B, len(STAT_NAMES)), -1.0)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, max((len(c.img) for c in table.cats if c is not None), default=1)))
+    biggest = max((int(c.tp[0].sum(axis=0).astype(bool).sum()) + len(c.img) for c in table.cats if c is not None),
+                  default=1)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, biggest))
     for lo in range(0, B, chunk):
-        w = W[lo:lo + chunk]
-        b = len(w)
+        wt = np.ascontiguousarray(W[lo:lo + chunk].T, dtype=np.float32)      # [images, b]
+        b = wt.shape[1]
         ap_sum = {name: np.zeros(b) for name in _AP}
         ar_sum = {name: np.zeros(b) for name in _AR}
-        n_ap = {a: np.zeros(b) for a in range(table.A)}
+        n_cat = {a: np.zeros(b) for a in range(table.A)}
         for c in table.cats:
             if c is None:
                 continue
-            has_gt = {a: (w @ c.npig[:, a].astype(np.float32)) > 0 for a in range(table.A)}
+            has_gt = {a: (c.npig[:, a].astype(np.float32) @ wt) > 0 for a in range(table.A)}
             means = {}
             for name, (a, t) in _AP.items():
                 if a not in means:
-                    means[a] = _curve_means(c, a, w, table.rec_thrs)
-                value = means[a].mean(axis=1) if t is None else means[a][:, t]
+                    means[a] = _curve_means(c, a, wt, table.rec_thrs)
+                value = means[a].mean(axis=0) if t is None else means[a][t]
                 ap_sum[name] += np.where(has_gt[a], value, 0.0)
             for name, (a, m) in _AR.items():
-                ar_sum[name] += np.where(has_gt[a], _final_recall(c, a, table.max_dets[m], w).mean(axis=1), 0.0)
+                ar_sum[name] += np.where(has_gt[a], _final_recall(c, a, table.max_dets[m], wt).mean(axis=0), 0.0)
             for a in range(table.A):
-                n_ap[a] += has_gt[a]
+                n_cat[a] += has_gt[a]
         for j, name in enumerate(STAT_NAMES):
             a = (_AP.get(name) or _AR.get(name))[0]
             s = ap_sum[name] if name in _AP else ar_sum[name]
-            stats[lo:lo + b, j] = np.where(n_ap[a] > 0, s / np.where(n_ap[a] > 0, n_ap[a], 1), -1.0)
+            stats[lo:lo + b, j] = np.where(n_cat[a] > 0, s / np.where(n_cat[a] > 0, n_cat[a], 1), -1.0)
     return stats
 
 

@@ -147,6 +147,16 @@ class CocoEvaluator:
         return coco_metrics(self.annotations, self.store.rows(), image_ids, self.categories, self.engine)
 
 
+    @property
+    def incremental(self):
+        """The incremental engine (its per-pair matches feed the bootstrap), None for the other engines."""
+        return self._incremental
+
+    def accumulated(self):
+        """pycocotools' accumulate() arrays of the incremental engine after evaluate() (None for the others)."""
+        return getattr(self._incremental, "accumulated", None)
+
+
 def coco_metrics(annotations: dict, rows: np.ndarray, image_ids, categories,
                  engine: str = "pycocotools") -> dict:
     """The 12 standard COCO bbox stats for detections `rows` on `image_ids`, restricted to `categories`."""

@@ -185,14 +185,26 @@ def compare_detections(variant: Variant, ref: list[dict], cand: list[dict], imag
               "mean_iou": float(np.mean([m[0] for m in matched])) if matched else (1.0 if not pairs else 0.0),
               "mean_score_diff": float(np.mean([m[1] for m in matched])) if matched else 0.0}
     if images.annotations is not None:
-        ap = {}
+        from common.evaluate.bootstrap import MatchTable, paired_interval
+        ap, tables = {}, {}
         for key, dets in (("reference", rd), ("candidate", cd)):
             ev = CocoEvaluator(images.annotations, variant.label_map, variant.categories, "pycocotools")
             for img_id, (b, s, lab) in zip(images.image_ids, dets):
                 ev.add(np.full(len(s), img_id), b, s, lab)
             ap[key] = ev.evaluate(images.image_ids)["AP"]
+            tables[key] = MatchTable.from_evaluator(ev, images.image_ids)
         report.update(ap_reference=ap["reference"], ap_candidate=ap["candidate"],
                       ap_diff=ap["candidate"] - ap["reference"])
+        # the evidence of these few images: the paired bootstrap interval of the difference (common/ci/paired.py)
+        paired = paired_interval(tables["candidate"], tables["reference"], metrics=("AP",))
+        report["ap_diff_interval"] = paired["diff"]["AP"]
+        # each image's detections at or above the threshold, COCO ids, original pixels: the HTML report draws them
+        label_map = np.asarray(variant.label_map)
+        report["per_image"] = [
+            {"image_id": int(i), **{key: [[*map(float, b), float(s), int(label_map[lab])] for b, s, lab in zip(*d)
+                                          if s >= tol.score_threshold] for key, d in (("reference", r), ("candidate", c))}}
+            for i, r, c in zip(images.image_ids, rd, cd)]
+        report["ap_diff_method"] = f"{paired['method']}, {paired['resamples']} resamples, level {paired['level']}"
     return report
 
 
@@ -226,8 +238,13 @@ def judge(outputs: dict, detections: dict | None, tol: Tolerance) -> list[str]:
         if d["mean_score_diff"] > tol.max_score_diff:
             reasons.append(f"mean |score diff| of matched detections {d['mean_score_diff']:.4f} > {tol.max_score_diff}")
         if "ap_diff" in d and abs(d["ap_diff"]) > tol.max_ap_diff:
-            reasons.append(f"AP on the compared images {d['ap_candidate']:.4f} vs reference {d['ap_reference']:.4f} "
-                           f"(|diff| > {tol.max_ap_diff})")
+            lo, hi = d.get("ap_diff_interval") or (d["ap_diff"], d["ap_diff"])
+            # with the paired interval: only a difference the images show (the interval excludes 0) counts
+            if lo > 0 or hi < 0 or "ap_diff_interval" not in d:
+                reasons.append(f"AP on the compared images {d['ap_candidate']:.4f} vs reference "
+                               f"{d['ap_reference']:.4f} (|diff| > {tol.max_ap_diff}" +
+                               (f", 95 % paired interval [{lo:+.4f}, {hi:+.4f}] excludes 0)"
+                                if "ap_diff_interval" in d else ")"))
     return reasons
 
 
@@ -286,6 +303,8 @@ def format_report(report: dict) -> str:
                 f"{d['score_threshold']}), mean IoU {d['mean_iou']:.4f}, mean |score diff| {d['mean_score_diff']:.4f}")
         if "ap_diff" in d:
             line += f", AP {d['ap_candidate']:.4f} vs {d['ap_reference']:.4f}"
+            if "ap_diff_interval" in d:
+                line += f" (diff 95 % paired interval [{d['ap_diff_interval'][0]:+.4f}, {d['ap_diff_interval'][1]:+.4f}])"
         lines.append(line)
     lines += [f"  FAIL: {r}" for r in report["reasons"]]
     lines.append(f" verdict: {report['verdict'].upper()}")

@@ -34,6 +34,7 @@ from common.errors import ConfigError, InputError, RuntimeFailure, first_line
 from common.data.loader import open_loader
 from common.evaluate.detections_file import DetectionsFile
 from common.evaluate.metrics import CocoEvaluator, category_coverage
+from common.evaluate.detail import accuracy_detail
 from common.fsaccess import check_output_file, ensure_writable_dir
 from common.data.preprocess import Preprocessor
 from common.runtime.replay import OutputRecorder
@@ -232,6 +233,16 @@ def check_outputs(cfg: RunConfig, accuracy: bool, record: bool = True):
         ensure_writable_dir(cfg.record_outputs, "--record-outputs dir")
 
 
+def _intervals(cfg, evaluator, image_ids) -> tuple[dict | None, float]:
+    """The bootstrap intervals of the stats (common/evaluate/bootstrap.py) and what they cost, in seconds."""
+    if not cfg.bootstrap or not len(image_ids):
+        return None, 0.0
+    from common.evaluate.bootstrap import MatchTable, intervals
+    t = time.perf_counter()
+    ci = intervals(MatchTable.from_evaluator(evaluator, image_ids), cfg.bootstrap)
+    return ci, time.perf_counter() - t
+
+
 def run_accuracy(cfg: RunConfig, publish=None) -> dict:
     """The accuracy run. `publish(record)`, when given, stores the record (cli: write_record); the resume
     state is only cleared once it has returned, so a record that cannot be written loses no work."""
@@ -387,6 +398,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         metrics = evaluator.evaluate(image_ids)
         coverage = category_coverage(annotations, evaluator.store.rows(), image_ids, evaluator.categories)
         evaluate_s = time.perf_counter() - t_eval
+        metrics_ci, bootstrap_s = _intervals(cfg, evaluator, image_ids)
         write_s = None
         if detections is not None:  # the rest of the file's writing is in the run's time
             t_write = time.perf_counter()
@@ -402,8 +414,12 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
                                      "num_images": len(items), "categories": evaluator.categories,
                                      "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None,
                                      "category_coverage": coverage},
-                            metrics=metrics, num_detections=len(evaluator.store), detections_file=cfg.detections_out,
+                            metrics=metrics, metrics_ci=metrics_ci,
+                            accuracy_detail=accuracy_detail(evaluator.accumulated(), evaluator.categories,
+                                                            annotations),
+                            num_detections=len(evaluator.store), detections_file=cfg.detections_out,
                             run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
+                                 "bootstrap_s": bootstrap_s,
                                  "save_detections_tail_s": write_s,
                                  "simulated_device_s": getattr(p.runner, "simulated_device_s", None),
                                  "images_per_s": (len(items) - done) / wall,   # this run's images only
