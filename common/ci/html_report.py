@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.ci.reports import ICON, _value_text, counts
+from common.ci.reports import _value_text, counts
 from common.report import svg
 from common.report.html import (_annotations, _names_files, _page, _status, _table, accuracy_section,
                                 changed_images, speed_section)
@@ -48,7 +48,7 @@ def regress_page(run_id: str, verdicts: list[dict], outcomes: list[dict], histor
     head = (f"<p>{_status('fail' if failing else 'pass')} {len(verdicts)} cases: {n['pass']} pass, {n['warn']} "
             f"warn, {n['fail']} fail, {n['error']} error, {n['unsupported']} unsupported"
             + (f" (exit {code})" if code is not None else "") + "</p>")
-    rows = [[v["id"], ICON[v["status"]], _value_text(v), (v.get("values") or {}).get("accuracy_rule", "-"),
+    rows = [[v["id"], v["status"], _value_text(v), (v.get("values") or {}).get("accuracy_rule", "-"),
              "; ".join(v["notes"])] for v in verdicts]
     head += _table(["case", "status", "value", "accuracy rule", "detail"], rows)
     head += ("<p>Accuracy rule: <b>paired bootstrap interval</b> where both runs' detections exist (a drop fails "
