@@ -330,29 +330,43 @@ class IncrementalCocoEval:
             self._matched_images.add(image_id)
             parts = self._pending.pop(image_id, None)
             rows = np.concatenate(parts) if parts else np.zeros((0, 7))
+            # by category, then by score, stably (np.lexsort is): every pair's detections in pycocotools' order
+            # (the image's order, then a stable sort by score) at once, instead of a mask and a sort per category
+            rows = rows[np.lexsort((-rows[:, 5], rows[:, 6]))]
+            det_cats, starts, counts = np.unique(rows[:, 6], return_index=True, return_counts=True)
+            span = {int(c): (b, b + min(k, max_det))
+                    for c, b, k in zip(det_cats.tolist(), starts.tolist(), counts.tolist())}
             cats = set(self._gt.cats_of.get(image_id, ()))
-            cats.update(rows[:, 6].astype(np.int64).tolist())
+            cats.update(span)
             for cat in sorted(cats):
-                mine = rows[rows[:, 6] == cat]
-                order = np.argsort(-mine[:, 5], kind="mergesort")[:max_det]
                 keys.append((image_id, cat))
-                dets.append(mine[order][:, 1:6] if len(mine) else empty_d)
+                b_e = span.get(cat)
+                dets.append(rows[b_e[0]:b_e[1], 1:6] if b_e else empty_d)
                 gts.append(self._gt.by_pair.get((image_id, cat), empty_g))
         if not keys:
             return
         results = [None] * len(keys)
         T, A = len(self.params.iouThrs), len(self.params.areaRng)
         rng = np.asarray(self.params.areaRng, np.float64)
-        heavy = []
+        heavy, no_gt = [], []
         for n, (d, g) in enumerate(zip(dets, gts)):
             if len(d) and len(g):
                 heavy.append(n)
-                continue
-            # nothing to match: only the area ranges decide what is ignored
-            outside = (d[:, 2:3].T * d[:, 3:4].T < rng[:, :1]) | (d[:, 2:3].T * d[:, 3:4].T > rng[:, 1:])
-            ignored = np.repeat(outside[:, None, :], T, axis=1)
-            g_ignored = (g[None, :, 5] != 0) | (g[None, :, 4] < rng[:, :1]) | (g[None, :, 4] > rng[:, 1:])
-            results[n] = (np.zeros((A, T, len(d)), bool), ignored, (~g_ignored).sum(axis=1))
+            elif len(d):
+                no_gt.append(n)
+            else:  # ground truth and no detection: only its non-ignored count matters
+                g_ignored = (g[None, :, 5] != 0) | (g[None, :, 4] < rng[:, :1]) | (g[None, :, 4] > rng[:, 1:])
+                results[n] = (np.zeros((A, T, 0), bool), np.zeros((A, T, 0), bool), (~g_ignored).sum(axis=1))
+        if no_gt:
+            # Detections without ground truth match nothing: only the area ranges decide what is ignored. All such
+            # pairs at once (with 80 classes most pairs are these), each pair a slice of the result.
+            d = np.concatenate([dets[n] for n in no_gt])
+            area = d[:, 2] * d[:, 3]
+            ignored = np.repeat(((area < rng[:, :1]) | (area > rng[:, 1:]))[:, None, :], T, axis=1)
+            matched = np.zeros(ignored.shape, bool)
+            ends = np.cumsum([len(dets[n]) for n in no_gt]).tolist()
+            for n, lo, hi in zip(no_gt, [0] + ends[:-1], ends):
+                results[n] = (matched[:, :, lo:hi], ignored[:, :, lo:hi], np.zeros(A, np.int64))
         # Pairs of similar size matched together: padding every pair to the largest would multiply the work.
         heavy.sort(key=lambda n: (len(gts[n]), len(dets[n])))
         group: list = []
