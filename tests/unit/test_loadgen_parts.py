@@ -173,3 +173,14 @@ def test_a_failing_runner_answers_every_outstanding_sample_and_keeps_the_error()
     sut.close()
     assert sorted(fake.answered) == [1000 + i for i in range(6)]
     assert isinstance(sut.error, RuntimeError)
+
+
+def test_without_loadgen_the_command_says_how_to_install_it(monkeypatch):
+    """No mlcommons-loadgen: a ConfigError (exit 2) naming the optional layer, never an ImportError traceback."""
+    import sys
+
+    from common.loadgen.run import import_loadgen
+    monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)   # import of it raises ImportError
+    with pytest.raises(ConfigError, match="requirements-loadgen.txt") as info:
+        import_loadgen()
+    assert info.value.exit_code == 2
