@@ -11,6 +11,8 @@ performance scripts can take `--checkpoint/--config` and export once per (checkp
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from pathlib import Path
 
 from common import REPO_ROOT, load_file_module
@@ -109,15 +111,33 @@ def export_cached(variant, checkpoint: str | Path, config: str | Path | None, ca
                     exporter=exporter_digest(model_dir), opset=opset,
                     variant=variant.name, kind="export")
 
+    hidden: list = []
+
     def build(tmp: Path):
+        import time
+        import warnings
+        print(f"export: {checkpoint} -> ONNX (opset {opset}, then onnxsim); not in the export cache yet, this "
+              "takes a while", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         raw = tmp.with_suffix(".raw.onnx")
         try:
-            module.export_onnx(checkpoint, config, raw, variant=variant, opset=opset)
-            simplify(raw, tmp, variant.input_name)
+            # the tracer's and onnxsim's warnings (hundreds of lines for RT-DETR) say nothing a user acts on
+            with warnings.catch_warnings(record=not os.environ.get("SUITE_EXPORT_WARNINGS")) as caught:
+                module.export_onnx(checkpoint, config, raw, variant=variant, opset=opset)
+                simplify(raw, tmp, variant.input_name)
+            hidden.extend(caught or [])
         finally:
             raw.unlink(missing_ok=True)
+        hidden.append(time.perf_counter() - t0)
 
-    path, _ = EngineCache(cache_dir).get_or_build(key, ".onnx", build, {
+    path, hit = EngineCache(cache_dir).get_or_build(key, ".onnx", build, {
         "checkpoint": str(checkpoint), "config": str(config) if config else None, "opset": opset,
         "model": variant.model, "variant": variant.name})
+    if hit:
+        print(f"onnx: {path.resolve()} (from the export cache: {checkpoint})", file=sys.stderr)
+    else:
+        seconds, warned = (hidden[-1], len(hidden) - 1) if hidden else (0.0, 0)
+        print(f"onnx: {path.resolve()} (exported now in {seconds:.0f} s and cached"
+              + (f"; {warned} exporter warnings hidden, SUITE_EXPORT_WARNINGS=1 shows them" if warned else "")
+              + ")", file=sys.stderr)
     return path

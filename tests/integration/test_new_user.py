@@ -320,3 +320,20 @@ def test_every_fps_and_ap_says_which_it_is(measured_run, env, tmp_path, capsys):
     perf = capsys.readouterr().out
     assert "FPS = fps, the harness figure" in perf
     assert "no device timer on this runtime: the same measurement as fps above" in perf
+
+
+def test_an_export_says_where_the_onnx_went_and_whether_it_was_cached(tmp_path, capsys):
+    """Defect 9 / item 7: the first RT-DETR export printed hundreds of lines of exporter warnings and no line
+    saying an export ran or where the ONNX went."""
+    pytest.importorskip("transformers", reason="the export layer (requirements-export.txt) is not installed")
+    from common.config.specs import load_spec
+    from common.export.pipeline import export_cached
+    from tiny_rtdetr import save_hf_dir, tiny_network, tiny_rtdetr_spec
+    variant = load_spec(tiny_rtdetr_spec(tmp_path / "model.yaml")).variant("tiny")
+    ckpt = save_hf_dir(tiny_network("rt_detr", seed=1), tmp_path / "hf")
+    out = export_cached(variant, ckpt, None, tmp_path / "cache")
+    first = capsys.readouterr().err
+    assert f"export: {ckpt} -> ONNX" in first and f"onnx: {out.resolve()} (exported now in" in first, first
+    assert "Warning" not in first, first
+    assert export_cached(variant, ckpt, None, tmp_path / "cache") == out
+    assert f"onnx: {out.resolve()} (from the export cache" in capsys.readouterr().err
