@@ -66,7 +66,10 @@ def render(page: Path, shot: Path, tmp_path) -> tuple[str, str, list]:
 
 
 def _errors(console: str) -> list[str]:
-    return [ln for ln in console.splitlines() if "CONSOLE" in ln and ("Uncaught" in ln or "Refused" in ln)]
+    """Script errors and anything the page's Content-Security-Policy blocked (a report that reaches for the
+    network: the policy keeps the request from leaving, this makes the test see the attempt)."""
+    return [ln for ln in console.splitlines() if "CONSOLE" in ln and
+            ("Uncaught" in ln or "Refused" in ln or "Content Security Policy" in ln)]
 
 
 def _check(kind: str, page: Path, tmp_path, images: int):
@@ -90,6 +93,16 @@ def test_planted_network_request_and_script_error_are_caught(tmp_path):
     _, console, requests = render(page, tmp_path / "planted.png", tmp_path)
     assert any("example.invalid" in r for r in requests), requests
     assert any("undefined_function" in e for e in _errors(console)), console[-2000:]
+    # the reports' own policy blocks a fetch before it leaves: the attempt is still caught
+    page.write_text(run_page_like_policy('<img src="https://cdn.example.com/x.png">'))
+    _, console, requests = render(page, tmp_path / "planted-csp.png", tmp_path)
+    assert requests == [] and any("cdn.example.com" in e for e in _errors(console)), console[-2000:]
+
+
+def run_page_like_policy(body: str) -> str:
+    """A page with the reports' Content-Security-Policy (common/report/html.py) around `body`."""
+    from common.report.html import _page
+    return _page("planted", [("planted", "planted", body)])
 
 
 @pytest.fixture(scope="module")
