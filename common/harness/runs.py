@@ -45,7 +45,7 @@ from common.config.options import RunConfig, parallelism  # noqa: F401  RunConfi
 from common.config.specs import Variant, load_model
 from common.runtime.telemetry import Sampler
 from common.compare.timed_outputs import from_timing_sample
-from common.harness.timing import measure, validity_reasons
+from common.harness.timing import console_progress, measure, validity_reasons
 
 
 def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
@@ -542,7 +542,8 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
 
     with Sampler(p.backend.telemetry_tool(), gpu_index=getattr(p.runner, "device_index", None)) as sampler:
         stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
-                        min_duration_s=cfg.min_duration_s)
+                        min_duration_s=cfg.min_duration_s,
+                        progress=console_progress(f"{p.variant.id} bs{cfg.batch_size}", cfg.progress))
     # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
     reasons += validity_reasons(stats, cfg.min_iters, cfg.min_duration_s)

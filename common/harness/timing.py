@@ -63,10 +63,16 @@ def _histogram(ms: np.ndarray, bins: int = 40) -> dict:
 
 def measure(step: Callable[[], object], sync: Callable[[], None], batch_size: int, warmup_iters: int = 10,
             warmup_s: float = 1.0, min_iters: int = 100, min_duration_s: float = 5.0,
-            max_iters: int = 1_000_000) -> TimingStats:
-    """Time step() until both min_iters and min_duration_s are reached (after warm-up)."""
+            max_iters: int = 1_000_000, progress: Callable[[str, float, float], None] | None = None
+            ) -> TimingStats:
+    """Time step() until both min_iters and min_duration_s are reached (after warm-up). `progress(phase, done,
+    eta_s)`, when given, hears the phase ("warm-up" / "timing"), the share done and the seconds left, at the
+    start, about twice a second and at the end (done 1.0, eta 0)."""
     clock = time.perf_counter
     start = clock()
+    next_report = start + 0.5
+    if progress:
+        progress("warm-up", 0.0, warmup_s + min_duration_s)
     n = 0
     while n < warmup_iters or clock() - start < warmup_s:
         step()
@@ -80,7 +86,28 @@ def measure(step: Callable[[], object], sync: Callable[[], None], batch_size: in
         sync()
         samples.append(clock() - t0)
         measured += samples[-1]
+        if progress and t0 >= next_report:
+            next_report = t0 + 0.5
+            per = measured / len(samples)
+            left = max(min_duration_s - measured, (min_iters - len(samples)) * per, 0.0)
+            progress("timing", measured / (measured + left) if measured + left else 1.0, left)
+    if progress:
+        progress("timing", 1.0, 0.0)
     return summarize(samples, batch_size)
+
+
+def console_progress(label: str, enabled: bool = True):
+    """A progress(phase, done, eta_s) for measure() that redraws one line on stderr when it is a terminal (a CI
+    log gets nothing: it cannot redraw), ending the line when done."""
+    import sys
+    if not enabled or not sys.stderr.isatty():
+        return None
+
+    def show(phase: str, done: float, eta_s: float):
+        end = "\n" if done >= 1.0 else ""
+        sys.stderr.write(f"\r{label}: {phase} {done * 100:5.1f}%  ETA {eta_s:5.1f} s  {end}")
+        sys.stderr.flush()
+    return show
 
 
 def validity_reasons(stats: TimingStats, min_iters: int, min_duration_s: float) -> list[str]:

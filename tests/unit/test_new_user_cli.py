@@ -115,3 +115,15 @@ def test_every_file_the_docs_cite_exists():
 def test_the_torch_entry_points_use_the_suite_parser(entry):
     text = (REPO / entry).read_text()
     assert "SuiteParser(" in text and "argparse.ArgumentParser(" not in text
+
+
+def test_performance_timing_reports_progress_with_an_eta():
+    """Item 7: performance timing ran silently for warm-up + the minimum duration. measure() reports the phase,
+    the share done and the seconds left: first the whole expected time, last done with nothing left."""
+    from common.harness.timing import measure
+    seen = []
+    stats = measure(lambda: sum(range(100)), lambda: None, 1, warmup_iters=2, warmup_s=0.0, min_iters=20,
+                    min_duration_s=0.0, progress=lambda *a: seen.append(a))
+    assert stats.iterations == 20
+    assert seen[0] == ("warm-up", 0.0, 0.0) and seen[-1] == ("timing", 1.0, 0.0)
+    assert all(0.0 <= done <= 1.0 and eta >= 0.0 for _, done, eta in seen)
