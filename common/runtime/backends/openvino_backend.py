@@ -102,8 +102,7 @@ class OpenVinoBackend(Backend):
             raise RuntimeFailure(f"OpenVINO cannot convert the model ({_first_line(exc)})", req.onnx_path) from None
         extra_shapes = {name: [1, len(v)] for name, v in req.extra_inputs}
         if req.precision == "int8":
-            model.reshape({req.input_name: [1, *shape[1:]], **extra_shapes})
-            model = quantize_openvino(model, req)
+            model = self._quantised(model, req, extra_shapes)
         model.reshape({req.input_name: shape, **{k: [shape[0], v[1]] for k, v in extra_shapes.items()}})
         try:
             compiled = ov.Core().compile_model(model, DEVICE, _config(self._threads()))
@@ -111,6 +110,40 @@ class OpenVinoBackend(Backend):
         except Exception as exc:  # noqa: BLE001
             raise RuntimeFailure(f"OpenVINO cannot compile the model ({_first_line(exc)})", req.onnx_path) from None
         out.write_bytes(blob.getvalue() if isinstance(blob, io.BytesIO) else bytes(blob))
+
+    def _quantised(self, model, req: BuildRequest, extra_shapes: dict):
+        """The NNCF-quantised model at batch 1, remembered as OpenVINO IR (<cache>/openvino-int8/) by everything
+        but the batch: engines of other batch sizes reshape it instead of calibrating again."""
+        import hashlib
+        import json
+        import shutil
+        import tempfile
+
+        import openvino as ov
+        settings = req.options["int8"]
+        key = hashlib.sha256(json.dumps({"onnx": req.onnx_sha256, "calibration": req.options["calibration"].sha256,
+                                         "int8": settings.key(), "quantizer": _nncf_version(),
+                                         "runtime": self.runtime_version(), "input": req.input_name,
+                                         "shape": list(req.input_shape), "recipe": RECIPE},
+                                        sort_keys=True, default=str).encode()).hexdigest()[:32]
+        folder = Path(req.cache.root) / "openvino-int8"
+        xml = folder / f"{key}.xml"
+        if xml.is_file() and xml.with_suffix(".bin").is_file():
+            try:
+                return ov.Core().read_model(str(xml))
+            except Exception:  # noqa: BLE001 - a damaged entry is quantised again
+                pass
+        model.reshape({req.input_name: [1, *req.input_shape], **extra_shapes})
+        model = quantize_openvino(model, req)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="ovq.", dir=folder) as tmp:
+                ov.save_model(model, str(Path(tmp) / "m.xml"), compress_to_fp16=False)
+                shutil.move(str(Path(tmp) / "m.bin"), str(xml.with_suffix(".bin")))   # the weights first:
+                shutil.move(str(Path(tmp) / "m.xml"), str(xml))                        # the xml marks it complete
+        except OSError:
+            pass   # a cache that cannot be written only costs the calibration
+        return model
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
         import openvino as ov
