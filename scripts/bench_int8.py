@@ -15,7 +15,6 @@ Exit codes: 0 done, 2 bad input (data missing, calibration and evaluation images
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,10 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".importpath"))
-from common.interpreter import use_project_python  # noqa: E402
-
-use_project_python()
+import ixuca_suite  # noqa: E402,F401  the one bootstrap: sys.path, the repo's .venv (scripts/ixuca_suite.py)
 from common.cli import guarded  # noqa: E402
 from common.errors import ConfigError, InputError  # noqa: E402
 
@@ -39,7 +35,8 @@ BATCHES = (1, 8)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="bench_int8", description=__doc__.split("\n\n")[0])
+    from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+    p = SuiteParser(prog="bench_int8", description=__doc__.split("\n\n")[0])
     p.add_argument("--shared-data", default=os.environ.get("SUITE_SHARED_DATA", "shared/data"))
     p.add_argument("--calib-images", type=int, default=200)
     p.add_argument("--eval-images", type=int, default=150)
