@@ -3,8 +3,9 @@ the FP32 reference (docs/fidelity.md). Typed and validated when the spec is load
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import ConfigError, quote
 
@@ -53,7 +54,8 @@ def parse_tolerance(raw, where: str, path) -> Tolerance:
                 raise ConfigError(f"{where}.fp16_subnormals: expected flush or keep, got {quote(value)}", path)
             values[key] = value
         else:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {quote(value)}", path)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or value < 0:
+                raise ConfigError(f"{where}.{key}: expected a finite number >= 0, got {quote(value)}", path)
             values[key] = float(value)
     return Tolerance(**values)

@@ -33,3 +33,23 @@ def detections_ap(detections: Path, annotation: Path, n: int | None = None, cate
         ev.params.catIds = list(categories)
         ev.evaluate(), ev.accumulate(), ev.summarize()
     return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
+
+
+def full_record(kind: str, **fields) -> dict:
+    """A result record with every field its declared type requires (common/record/types.py), given figures
+    merged over it: for tests that write records by hand and read them back through the suite's checks."""
+    from common import SCHEMA_VERSION
+    record = {"schema_version": SCHEMA_VERSION, "kind": kind, "time": "2026-01-01T00:00:00+00:00", "model": "m",
+              "variant": "v", "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "batch_size": 1,
+              "onnx": {"path": "/m.onnx", "sha256": "abc"},
+              "engine": {"path": "/m.onnx", "cache_hit": False, "runtime": "onnxruntime-1.31.1"},
+              "targets": [], "checks": [], "verdict": "unchecked", "reasons": [], "environment": {}}
+    if kind == "accuracy":
+        record.update(dataset={"images_dir": "/d/images", "annotation": "/d/annotations/ann.json", "num_images": 1},
+                      metrics={"AP": 0.5, "AP50": 0.7})
+    else:
+        record.update(metrics={"fps": 100.0, "latency_mean_ms": 10.0, "latency_p50_ms": 10.0,
+                               "latency_p90_ms": 10.0, "latency_p99_ms": 10.0, "fps_compute": None, "fps_e2e": None},
+                      timing={"cov": 0.01, "iterations": 100, "total_s": 5.0})
+    record.update(fields)
+    return record

@@ -15,9 +15,11 @@ import json
 import re
 from pathlib import Path
 
-from common import REPO_ROOT
+from common import REPO_ROOT, SCHEMA_VERSION
 from common.engine_cache import atomic_write_json
 from common.errors import ConfigError
+from common.record.schema import RecordError
+from common.record.types import built, check_baseline_file
 
 BASELINES_DIR = REPO_ROOT / "baselines"
 
@@ -44,8 +46,12 @@ def read_baseline(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"unreadable baseline file ({exc})", path) from None
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-        raise ConfigError("baseline file has no 'entries' mapping", path)
+    try:
+        check_baseline_file(data, path)
+    except RecordError as exc:
+        # a NaN, a string or a null where a figure belongs would compare false against every bound (a pass) or
+        # crash the comparison: the file is refused as bad configuration, exit 2, naming the entry and field
+        raise ConfigError(str(exc)) from None
     return data["entries"]
 
 
@@ -98,5 +104,5 @@ class Baselines:
 
 
 def write_baseline(path: Path, device: str, sdk: str, entries: dict) -> None:
-    data = {"device": device, "sdk": sdk, "entries": dict(sorted(entries.items()))}
-    atomic_write_json(path, data)
+    data = {"schema_version": SCHEMA_VERSION, "device": device, "sdk": sdk, "entries": dict(sorted(entries.items()))}
+    atomic_write_json(path, built(check_baseline_file, data, path))

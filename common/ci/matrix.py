@@ -24,6 +24,7 @@ precision-specific `onnx`, or an entry of the run's model map (ModelMap: `--onnx
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,8 +134,8 @@ def matrix_section(spec: ModelSpec, variant: Variant) -> dict:
     if isinstance(backends, str):
         backends = [backends]
     relative = raw.get("relative", DEFAULT_RELATIVE)
-    if not isinstance(relative, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                                                 for v in relative.values()):
+    if not isinstance(relative, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 and math.isfinite(v) and v >= 0 for v in relative.values()):
         raise ConfigError(f"{where}.relative: expected {{metric: max drop in points >= 0}}, got {relative!r}",
                           spec.path)
     onnx = raw.get("onnx", {})
@@ -142,8 +143,8 @@ def matrix_section(spec: ModelSpec, variant: Variant) -> dict:
         raise ConfigError(f"{where}.onnx: expected {{precision: path}}, got {onnx!r}", spec.path)
     for key in ("accuracy_noise", "reference_fraction"):
         val = raw.get(key)
-        if val is not None and (not isinstance(val, (int, float)) or isinstance(val, bool) or val <= 0
-                                or (key == "reference_fraction" and val > 1)):
+        if val is not None and (not isinstance(val, (int, float)) or isinstance(val, bool) or not math.isfinite(val)
+                                or val <= 0 or (key == "reference_fraction" and val > 1)):
             raise ConfigError(f"{where}.{key}: expected a number > 0{' and <= 1' if 'fraction' in key else ''}, "
                               f"got {val!r}", spec.path)
     from common.config.loadgen_spec import SCENARIOS

@@ -27,6 +27,7 @@ from common.engine_cache import atomic_write_bytes, atomic_write_json
 from common.errors import ConfigError, InputError
 from common.record.history import append_run, last_good, read_history
 from common.ci.html_report import accuracy_markdown, regress_page
+from common.record.types import built, check_record, check_verdicts_file
 from common.ci.matrix import Case, case_rules
 from common.report.html import write_html
 from common.ci.reports import (junit_xml, markdown_summary, plot_fps_vs_batch, plot_history, readme_table, results_rows,
@@ -355,6 +356,15 @@ def _interleaved(case: Case, base_case: Case, opts: CaseOptions, run_dir: Path, 
     return recs["confirm"], recs["confirm_base"], error
 
 
+def _read_record(path: Path) -> dict:
+    """A result record, checked against its declared type and schema version (RecordError naming the file)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"unreadable result record ({exc})", path) from None
+    return check_record(record, path)
+
+
 def load_outcomes(run_dir: Path) -> list[dict]:
     """The case outcomes of a run directory with their records loaded, sorted by case id."""
     outcomes = []
@@ -363,9 +373,9 @@ def load_outcomes(run_dir: Path) -> list[dict]:
             o = json.loads(path.read_text())
             dets = run_dir / "records" / Path(o["records"][0]).parent.name / DETECTIONS if o["records"] else None
             o["detections_path"] = str(dets) if dets is not None and dets.is_file() else None
-            o["records"] = [json.loads((run_dir / r).read_text()) for r in o["records"]]
+            o["records"] = [_read_record(run_dir / r) for r in o["records"]]
             for key in ("confirm_records", "confirm_base_records"):
-                o[key] = [json.loads((run_dir / r).read_text()) for r in o.get(key) or []]
+                o[key] = [_read_record(run_dir / r) for r in o.get(key) or []]
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise InputError(f"unreadable case outcome or record ({exc})", path) from None
         outcomes.append(o)
@@ -532,8 +542,8 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
     if pieces and code in (EXIT_OK, EXIT_EMPTY):
         code = EXIT_INFRA if any(o["status"] != "ok" for o in pieces) else EXIT_OK
     environment = _run_environment(outcomes)
-    _write_json(run_dir / "verdicts.json", {"run_id": run_id, "verdicts": verdicts, "incomplete": incomplete,
-                                            "strict": ropts.strict, "exit_code": code})
+    _write_json(run_dir / "verdicts.json", built(check_verdicts_file, {
+        "run_id": run_id, "verdicts": verdicts, "incomplete": incomplete, "strict": ropts.strict, "exit_code": code}))
     atomic_write_bytes(run_dir / "junit.xml", junit_xml(verdicts, f"regress {run_id}", environment, incomplete,
                                                         ropts.strict))
     records_by_id = {o["case"]["id"]: o["records"] for o in outcomes}

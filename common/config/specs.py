@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,8 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
             self.fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {quote(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(f"{where}.{key}", f"expected a finite number, got {quote(value)}")   # YAML's .nan / .inf
         if choices is not None and value not in choices:
             self.fail(f"{where}.{key}", f"{quote(value)} is not one of {', '.join(map(str, choices))}")
         return value
@@ -156,15 +159,16 @@ class _Reader:
         value = self.get(obj, key, where, list, default)
         if value is default and not isinstance(value, list):
             return value
-        if len(value) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            self.fail(f"{where}.{key}", f"expected {length} numbers, got {quote(value)}")
+        if len(value) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           and math.isfinite(v) for v in value):
+            self.fail(f"{where}.{key}", f"expected {length} finite numbers, got {quote(value)}")
         return tuple(float(v) for v in value)
 
     def thresholds(self, obj: dict, key: str, where: str) -> dict:
         value = self.get(obj, key, where, dict, {})
         for k, v in value.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                self.fail(f"{where}.{key}.{k}", f"expected a number, got {quote(v)}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                self.fail(f"{where}.{key}.{k}", f"expected a finite number, got {quote(v)}")
             if k not in METRICS:
                 self.fail(f"{where}.{key}.{k}", f"unknown metric; known: {', '.join(METRICS)}")
         return {str(k): float(v) for k, v in value.items()}
@@ -194,6 +198,17 @@ def _min_images(r: _Reader, raw: dict, where: str) -> int | None:
     if n is not None and n < 1:
         r.fail(f"{where}.min_images", f"expected an integer >= 1, got {n}")
     return n
+
+
+def _read_reference(r: _Reader, raw: dict, where: str) -> dict:
+    """The published figures (`reference:`): a COCO statistic is a number in [0, 1] (a string or NaN there would
+    be skipped or compare false by the published-reference rule); other keys (`source`, notes) are free text."""
+    ref = r.get(raw, "reference", where, dict, {})
+    for k, v in ref.items():
+        if k in STAT_NAMES and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                                or not 0 <= v <= 1):
+            r.fail(f"{where}.reference.{k}", f"expected a number in [0, 1], got {v!r}")
+    return ref
 
 
 def _check_keys(r: _Reader, raw: dict, where: str):
@@ -256,7 +271,7 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
     extra_inputs = {}
     for k, v in r.get(inp, "extra", f"{where}.input", dict, {}).items():
         if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                       for x in v):
+                                                       and math.isfinite(x) for x in v):
             r.fail(f"{where}.input.extra.{k}", f"expected a non-empty list of numbers, got {quote(v)}")
         extra_inputs[str(k)] = tuple(float(x) for x in v)
     if raw.get("int8") is not None:  # typed and checked by its own reader (common/runtime/quantize.py)
@@ -271,7 +286,7 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
         preprocess=preprocess, output=dict(output), label_map=label_map,
         annotation=r.get(ev, "annotation", f"{where}.evaluation", str),
         categories=None if cats is None else tuple(int(c) for c in cats),
-        targets=targets, reference=r.get(raw, "reference", where, dict, {}),
+        targets=targets, reference=_read_reference(r, raw, where),
         extra={k: v for k, v in raw.items() if k not in known}, extra_inputs=extra_inputs, source=str(r.path),
         source_sha256=r.sha256,
         fidelity=parse_tolerance(raw.get("fidelity"), f"{where}.fidelity", r.path),

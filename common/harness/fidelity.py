@@ -20,6 +20,7 @@ from common.data.coco import image_items, read_annotations, read_image, resolve_
 from common.decode.outputs import get_decoder
 from common.compare.comparator import Comparison, box_iou, compare, match_detections  # noqa: F401 - box_iou re-exported
 from common.engine_cache import atomic_write_bytes, atomic_write_json
+from common.record.types import built, check_compare_report
 from common.errors import EXIT_TARGET_FAILED, ConfigError, InputError, SuiteError
 from common.evaluate.metrics import CocoEvaluator
 from common.data.preprocess import Preprocessor
@@ -476,4 +477,4 @@ def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True
         else:
             log("localisation found no node to keep in FP32" if not loc["first_nodes"] else
                 "the nodes found are already blocked: blocking cannot fix this candidate")
-    return report
+    return built(check_compare_report, report)

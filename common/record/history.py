@@ -5,27 +5,44 @@ ever appended (one write per line, O_APPEND), so concurrent writers never interl
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import sys
 from pathlib import Path
 
 from common.errors import InputError
+from common.record.types import built, check_history_row
 
 
-def read_history(path: str | Path) -> list[dict]:
+def read_history(path: str | Path, warn=None) -> list[dict]:
+    """Every row of the history, each checked against its declared type (common/record/types.py).
+
+    A last line without its newline that is not JSON was cut by a crash mid-write: it is skipped with a warning
+    naming the file and line, so one crash does not block every later report. Any other line that is not JSON,
+    or a row that is not a valid record (a wrong type, NaN, another schema version) is refused: InputError
+    (exit 2) naming the file, the line and the field."""
     path = Path(path)
     if not path.is_file():
         return []
+    warn = warn or (lambda text: print(text, file=sys.stderr))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable history ({exc})", path) from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if n == len(lines):    # the last line, and no newline after it: a write cut short
+                warn(f"warning: {path}: line {n} is truncated (not JSON: {exc.msg}); skipped")
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                # a line cut by a crash mid-write is the only way to get here; say where, keep the rest
-                raise InputError(f"line {n} is not JSON", path) from None
+            raise InputError(f"line {n} is not JSON ({exc.msg})", path) from None
+        rows.append(check_history_row(row, path, n))
     return rows
 
 
@@ -38,20 +55,38 @@ def append_run(path: str | Path, run_id: str, verdicts: list[dict], records_by_i
     verdicts = [v for v in verdicts if (run_id, v["id"]) not in stored]
     if not verdicts:
         return 0
+    rows = [built(check_history_row, {"run_id": run_id, "case_id": v["id"], "status": v["status"], **record})
+            for v in verdicts for record in records_by_id.get(v["id"], [])]   # all checked before any is written
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        for v in verdicts:
-            for record in records_by_id.get(v["id"], []):
-                line = json.dumps({"run_id": run_id, "case_id": v["id"], "status": v["status"], **record},
-                                  sort_keys=False, allow_nan=True) + "\n"
-                os.write(fd, line.encode())
-                n += 1
+        fcntl.flock(fd, fcntl.LOCK_EX)   # the suite's appenders one at a time: the repair below needs it
+        _cut_partial_line(fd, path)
+        for row in rows:
+            os.write(fd, (json.dumps(row, sort_keys=False, allow_nan=True) + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    return n
+    return len(rows)
+
+
+def _cut_partial_line(fd: int, path: Path) -> None:
+    """A last line without its newline was cut by a crash mid-write (read_history skips it): remove it before
+    appending, or the next row would be glued onto it and the history refused from then on."""
+    size = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    data = os.pread(fd, size, 0)
+    keep = data.rfind(b"\n") + 1     # 0 when the cut line is the only one
+    try:
+        json.loads(data[keep:])
+        os.write(fd, b"\n")          # a whole row that only lacks its newline (written by hand): kept
+        return
+    except ValueError:
+        pass
+    print(f"warning: {path}: removed a truncated last line ({size - keep} bytes, an interrupted write)",
+          file=sys.stderr)
+    os.ftruncate(fd, keep)
 
 
 def metric_series(rows: list[dict], case_id: str, metric: str) -> list[tuple[str, str, float]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from common import SCHEMA_VERSION
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED, RuntimeFailure
 from common.fsaccess import shared_file_mode
+from common.record.types import built, check_record
 
 PASS, FAIL, UNCHECKED = "pass", "fail", "unchecked"
 NOT_JUDGED = "not_judged"   # a check's status: the run evaluated fewer images than the target is declared for
@@ -83,7 +84,9 @@ def write_record(results_dir: str | Path, record: dict) -> Path:
     """Write the record under a unique name; never leaves a partial file behind, and two runs finishing in the
     same second never overwrite each other (the name is claimed with an exclusive hard link). The file gets
     the mode the umask gives any new file (mkstemp alone would make it 0600, unreadable to a CI collector).
-    A file-system failure (full disk, read-only) is a RuntimeFailure naming the dir."""
+    A file-system failure (full disk, read-only) is a RuntimeFailure naming the dir; a record that does not
+    match its declared type (common/record/types.py) is one too, and nothing is written."""
+    built(check_record, record)
     results_dir = Path(results_dir)
     try:
         results_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from common.harness.runs import RunConfig, run_accuracy
 from common.config.specs import load_model
 from tiny_detector import make_tiny_detector, tiny_detector_env
 
-from helpers import REPO  # noqa: E402
+from helpers import REPO, full_record  # noqa: E402
 N_IMAGES = 40
 DROP_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
             "--bounding-set=-dac_override,-dac_read_search"]
@@ -115,8 +115,7 @@ def _fail_link_with_enospc(monkeypatch):
 
 def test_record_write_failure_names_the_dir_and_leaves_no_temp_file(tmp_path, monkeypatch):
     _fail_link_with_enospc(monkeypatch)
-    rec = {"model": "m", "variant": "v", "backend": "b", "device": "d", "precision": "fp32", "batch_size": 1,
-           "kind": "accuracy"}
+    rec = full_record("accuracy", backend="b", device="d")
     with pytest.raises(RuntimeFailure, match="No space left") as ei:
         write_record(tmp_path, rec)
     assert str(tmp_path) in str(ei.value) and ei.value.exit_code == 3

@@ -22,6 +22,7 @@ from common.ci.reports import junit_xml
 from common.harness.timing import summarize, validity_reasons
 from common.ci.verdicts import (FAILED, PASS, WARN, BaselineRefused, FpsRule, compare_accuracy, compare_fps,
                              confirm_fps, judge, update_baselines)
+from helpers import full_record
 from regress_helpers import regress
 
 RT = "onnxruntime-1.31.1"
@@ -35,19 +36,19 @@ def _case(kind="performance", precision="fp32", bs=1, variant="v"):
 
 
 def _perf_record(fps, cov=0.01, runtime=RT, iters=100, total=5.0, settings=True):
-    r = {"kind": "performance", "verdict": "unchecked", "reasons": [], "checks": [], "device": "cpu",
-         "engine": {"runtime": runtime}, "onnx": {"sha256": "abc"}, "metrics": {"fps": fps},
-         "timing": {"cov": cov, "iterations": iters, "total_s": total},
-         "environment": {"git_commit": "c0ffee", "hostname": "node1"}}
+    r = full_record("performance", engine={"path": "/m.onnx", "cache_hit": False, "runtime": runtime},
+                    timing={"cov": cov, "iterations": iters, "total_s": total},
+                    environment={"git_commit": "c0ffee", "hostname": "node1"})
+    r["metrics"]["fps"] = fps
     if settings:
         r["timing_settings"] = {"warmup_s": 1.0, "min_duration_s": 5.0, "min_iters": 100, "threads": 0}
     return r
 
 
 def _acc_record(ap, images=100, runtime=RT, ann="/d/annotations/ann.json"):
-    return {"kind": "accuracy", "verdict": "unchecked", "reasons": [], "checks": [], "device": "cpu",
-            "engine": {"runtime": runtime}, "onnx": {"sha256": "abc"}, "metrics": {"AP": ap, "AP50": ap + 0.2},
-            "dataset": {"num_images": images, "annotation": ann}, "environment": {"git_commit": "c0ffee"}}
+    return full_record("accuracy", engine={"path": "/m.onnx", "cache_hit": False, "runtime": runtime},
+                       metrics={"AP": ap, "AP50": ap + 0.2}, environment={"git_commit": "c0ffee"},
+                       dataset={"images_dir": "/d/images", "num_images": images, "annotation": ann})
 
 
 def _outcome(case, records, status="ok", **extra):

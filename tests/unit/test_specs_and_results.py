@@ -5,6 +5,7 @@ import yaml
 
 from common.errors import ConfigError
 from common.record.results import check_targets, verdict_of, write_record
+from helpers import full_record
 from common.config.specs import COCO80_TO_91, MODELS_DIR, load_model, load_spec
 
 BASE = {
@@ -109,8 +110,7 @@ def load_spec_targets():
 
 
 def test_write_record_is_atomic_and_unique(tmp_path):
-    rec = {"model": "m", "variant": "v", "backend": "b", "device": "cpu", "precision": "fp16", "batch_size": 1,
-           "kind": "accuracy", "metrics": {"AP": 0.5}}
+    rec = full_record("accuracy", backend="b", precision="fp16")
     a, b = write_record(tmp_path, rec), write_record(tmp_path, rec)
     assert a != b and json.loads(a.read_text()) == rec == json.loads(b.read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])  # no temp files left
