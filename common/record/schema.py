@@ -122,7 +122,7 @@ def problems(value, tp, where: str = "") -> list[str]:
     if tp in (str, bool):
         return [] if isinstance(value, tp) else [f"{field}: expected {_name(tp)}, got {_short(value)}"]
     if origin is list:
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):   # a tuple in memory is a JSON array on disk
             return [f"{field}: expected a list, got {_short(value)}"]
         return [p for i, item in enumerate(value) for p in problems(item, args[0], _join(where, i))]
     if origin is dict or tp is dict:

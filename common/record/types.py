@@ -67,11 +67,40 @@ class _DatasetRequired(TypedDict):
     num_images: Count
 
 
+class CategoryCoverage(TypedDict, total=False):
+    """How many of the evaluated categories got any detection (common/evaluate/metrics.category_coverage)."""
+    evaluated: Count
+    detected: Count
+    with_ground_truth: Count
+    detected_with_ground_truth: Count
+    warning: str | None
+
+
 class Dataset(_DatasetRequired, total=False):
     categories: Any
     evaluator: str
     input_cache_hit: bool
     stopped_by: str               # the stage that stopped the run before any metric (the pre-flight)
+    category_coverage: CategoryCoverage
+
+
+class SpecRef(TypedDict, total=False):
+    path: str | None
+    sha256: str | None
+    variant: str
+
+
+class PreprocessSettings(TypedDict, total=False):
+    """The resolved preprocessing the images were fed with (common/data/preprocess.Preprocess and the input size)."""
+    height: Positive
+    width: Positive
+    resize: str
+    pad: str
+    pad_value: Finite
+    color: str
+    mean: list[Finite]
+    std: list[Finite]
+    interpolation: str
 
 
 class PerformanceMetrics(TypedDict):
@@ -147,7 +176,12 @@ class CompareReport(_CompareReportRequired, total=False):
     candidate: dict[str, Any]
 
 
-class _RecordRequired(TypedDict):
+class _RecordOptional(TypedDict, total=False):
+    spec: SpecRef                 # absent from records written before they were recorded
+    preprocess: PreprocessSettings
+
+
+class _RecordRequired(_RecordOptional):
     schema_version: int
     kind: Literal["accuracy", "performance"]
     time: str
