@@ -16,8 +16,8 @@ from typing import Callable
 
 from common import REPO_ROOT
 from common.errors import ConfigError
+from common.metric_table import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 EVALUATORS = ("incremental", "faster-coco-eval", "pycocotools")   # common/evaluate/metrics.py ENGINES
 MAX_THREADS = 256   # runtime threads: beyond this a typo (--threads 100000) only exhausts memory
 

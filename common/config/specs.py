@@ -18,13 +18,13 @@ from common import REPO_ROOT
 from common.errors import ConfigError, quote
 from common.decode.outputs import OUTPUT_KEYS, load_family_decoders
 from common.evaluate.metrics import STAT_NAMES
+from common.metric_table import NAMES, PRECISIONS, TIMING_METRICS  # noqa: F401  re-exported for the spec's readers
 from common.data.preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
 from common.runtime.quantize import read_int8_section
 from common.config.loadgen_spec import read_loadgen_section
 from common.tolerances import Tolerance, parse_tolerance
 
 MODELS_DIR = REPO_ROOT / "models"
-PRECISIONS = ("fp32", "fp16", "int8")
 # Every key a variant may hold, and the keys of each of its sections: anything else is a misspelling, reported
 # with the file and the field at load (a silently ignored section would drop out of the CI matrix or fall back
 # to default tolerances). The output section's keys depend on its convention (common/decode/registry.py).
@@ -43,11 +43,9 @@ VARIANT_SECTIONS: dict[str, set[str] | frozenset[str] | None] = {
     "int8": None,       # typed by common/runtime/quantize.py
     "loadgen": None,    # typed by common/config/loadgen_spec.py
 }
-# Every name a target may put a threshold on: the 12 COCO stats and the performance figures.
-# fps: the harness timing; fps_compute: the engine alone (what published figures are); fps_e2e: end to end
-TIMING_METRICS = ("fps", "fps_compute", "fps_e2e", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms",
-                  "latency_p99_ms")
-METRICS = STAT_NAMES + TIMING_METRICS
+# Every name a target may put a threshold on: the 12 COCO stats and the performance figures (common/metric_table.py;
+# fps: the harness timing; fps_compute: the engine alone (what published figures are); fps_e2e: end to end)
+METRICS = NAMES
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,10 @@ import io
 import numpy as np
 
 from common.errors import ConfigError, InputError
+from common.metric_table import COCO_STATS, metric
 
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-STAT_LABELS = ("AP @[IoU=0.50:0.95 | area=all | maxDets=100]", "AP @[IoU=0.50 | area=all | maxDets=100]",
-               "AP @[IoU=0.75 | area=all | maxDets=100]", "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
-               "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
-               "AR @[IoU=0.50:0.95 | area=all | maxDets=1]", "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
-               "AR @[IoU=0.50:0.95 | area=all | maxDets=100]", "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
-               "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AR @[IoU=0.50:0.95 | area=large | maxDets=100]")
+STAT_NAMES = COCO_STATS     # the 12 COCO stats in pycocotools' order (common/metric_table.py)
+STAT_LABELS = tuple(metric(name).description for name in STAT_NAMES)
 
 
 def _coco_from_dict(dataset: dict):

@@ -40,6 +40,7 @@ from common.data.preprocess import Preprocessor
 from common.runtime.replay import OutputRecorder
 from common.harness.run_state import RunState
 from common.harness.shards import SHARD_KIND, ShardPlan, engine_key, ids_digest, request_key, write_shard
+from common.metric_table import FPS_DEFINITIONS  # noqa: F401  the three FPS of a performance record
 from common.record.results import check_targets, new_record, verdict_of
 from common.config.options import RunConfig, parallelism  # noqa: F401  RunConfig: re-exported for callers of the drivers
 from common.config.specs import Variant, load_model
@@ -507,15 +508,6 @@ def timing_inputs(cfg: RunConfig, variant: Variant, sample: tuple | None = None)
     for i in range(cfg.batch_size):
         x[i] = pre(read_image(items[i % len(items)].path))[0]
     return x, f"{min(len(items), cfg.batch_size)} image(s) from {source}"
-
-
-FPS_DEFINITIONS = {
-    "fps": "harness: batch / mean time of runner.infer (padding, host/device copies, sync), the `timing` section",
-    "fps_compute": "compute only: batch * 1000 / mean ms of the engine alone (IGIE/TVM time_evaluator('run'), "
-                   "ONNX Runtime the session run), the `compute` section; what published MR-V100 figures are",
-    "fps_e2e": "end to end: JPEG read + decode, preprocessing, inference and output decoding, the `end_to_end` "
-               "section",
-}
 
 
 def run_performance(cfg: RunConfig, publish=None) -> dict:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypedDict, Union
 
 from common import SCHEMA_VERSION
 from common.errors import RuntimeFailure
+from common.metric_table import COCO_STATS, METRICS
 from common.record.schema import AnyFloat, Bound, RecordError, check, json_schema, problems
 
 Finite = Annotated[float, Bound()]
@@ -46,19 +47,8 @@ class TargetCheck(TypedDict):
     status: Literal["pass", "fail", "not_applicable"]
 
 
-class AccuracyMetrics(TypedDict, total=False):
-    AP: CocoStat
-    AP50: CocoStat
-    AP75: CocoStat
-    APs: CocoStat
-    APm: CocoStat
-    APl: CocoStat
-    AR1: CocoStat
-    AR10: CocoStat
-    AR100: CocoStat
-    ARs: CocoStat
-    ARm: CocoStat
-    ARl: CocoStat
+# the metric sections come from the one metric table (common/metric_table.py): a new metric is declared there
+AccuracyMetrics = TypedDict("AccuracyMetrics", {name: CocoStat for name in COCO_STATS}, total=False)
 
 
 class _DatasetRequired(TypedDict):
@@ -103,14 +93,11 @@ class PreprocessSettings(TypedDict, total=False):
     interpolation: str
 
 
-class PerformanceMetrics(TypedDict):
-    fps: NonNegative
-    latency_mean_ms: NonNegative
-    latency_p50_ms: NonNegative
-    latency_p90_ms: NonNegative
-    latency_p99_ms: NonNegative
-    fps_compute: NonNegative | None
-    fps_e2e: NonNegative | None
+# fps and the latencies are always measured; fps_compute / fps_e2e are null where the runtime or the data cannot
+# give them (no engine-alone timer, no real images)
+PerformanceMetrics = TypedDict("PerformanceMetrics", {
+    m.name: NonNegative | None if m.fps_kind in ("compute", "end_to_end") else NonNegative
+    for m in METRICS if m.section == "performance"})
 
 
 class Timing(TypedDict, total=False):
