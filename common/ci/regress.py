@@ -28,6 +28,7 @@ from common.errors import ConfigError, InputError
 from common.record.history import append_run, last_good, read_history
 from common.ci.html_report import accuracy_markdown, regress_page
 from common.record.types import built, check_record, check_verdicts_file
+from common.runtime.backends import PATH_ENV
 from common.ci.matrix import Case, case_rules
 from common.report.html import write_html
 from common.ci.reports import (junit_xml, markdown_summary, plot_fps_vs_batch, plot_history, readme_table, results_rows,
@@ -143,9 +144,10 @@ def case_env() -> dict:
     """The runner's environment less every variable the suite reads as a default (common/config/options.ENV), the CI
     scheduler's shard variables (SHARD_ENV: the runner shards the matrix itself, a case gets its image shard as a
     flag) and any other SUITE_* setting, except the telemetry's choice of GPU, which changes what is sampled, not
-    measured."""
+    measured, and the folders of out-of-tree backends, which say which backends exist (the runner's own matrix
+    was planned with them)."""
     env = {k: v for k, v in os.environ.items() if k not in ENV and k not in SHARD_ENV
-           and not (k.startswith("SUITE_") and k != "SUITE_GPU_INDEX")}
+           and not (k.startswith("SUITE_") and k not in ("SUITE_GPU_INDEX", PATH_ENV))}
     return env
 
 

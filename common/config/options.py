@@ -232,6 +232,24 @@ _shard_text = _argtype(lambda t, w: parse_shard(t, w))
 _devices_text = _argtype(lambda t, w: parse_devices(t))
 
 
+def _backend_flags(group: str) -> list:
+    """The flags backends declare for themselves (common/runtime/backends: `Backend.flags`) in this group."""
+    from common.runtime.backends import backend_flags
+    return [Flag((f.name,), f.dest, f.help, _own_type(f.type) if f.type else None, metavar=f.metavar,
+                 shown=f.shown) for f in backend_flags() if f.group == group]
+
+
+def _own_type(parse: Callable) -> Callable:
+    """A backend's own parser as an argparse type: its ValueError becomes the usual one-line usage error."""
+    def wrapped(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    wrapped.__name__ = getattr(parse, "__name__", "value")
+    return wrapped
+
+
 @dataclass(frozen=True)
 class Flag:
     names: tuple
@@ -306,10 +324,7 @@ def _groups() -> dict:
                  "image while later ones infer", choices=EVALUATORS, shown="incremental"),
             Flag(("--record-outputs",), "record_outputs", "also record the raw outputs for the replay backend",
                  metavar="DIR"),
-            Flag(("--replay-dir",), "replay_dir", "replay backend: the recording to serve", metavar="DIR"),
-            Flag(("--replay-fps",), "replay_fps", "replay backend: also simulate a device of F images/s (each "
-                 "batch waits bs/F s on one shared device clock, using no CPU)", _positive_float, metavar="F",
-                 shown="off: serve as fast as the harness asks"),
+            *_backend_flags("accuracy"),
             Flag(("--input-cache",), "input_cache", "keep the decoded, letterboxed images here (uint8, 3 x H x W "
                  "bytes each) as a memory-mapped file shared by every precision and batch size", env="INPUT_CACHE_DIR", metavar="DIR",
                  shown="off"),
@@ -375,11 +390,13 @@ def _groups() -> dict:
                  metavar="S"),
             Flag(("--min-iters",), "min_iters", "minimum measured iterations", positive_int, default=100,
                  metavar="N"),
+            *_backend_flags("timing"),
         ],
     }
 
 
 GROUPS = _groups()
+BACKEND_DESTS = frozenset(f.dest for f in _backend_flags("accuracy") + _backend_flags("timing"))
 ENV = {f.env: f for group in GROUPS.values() for f in group if f.env}
 
 
@@ -482,9 +499,9 @@ def config_from_args(args: argparse.Namespace, environ=None) -> RunConfig:
             found = shard_from_environment(os.environ if environ is None else environ)
             if found:
                 kw["shard"], kw["shard_source"] = found
-    replay = {k: get(k) for k in ("replay_dir", "replay_fps") if k in present and get(k)}
-    if replay:
-        kw["backend_options"] = replay
+    own = {k: get(k) for k in BACKEND_DESTS if k in present and get(k)}   # the backends' own flags
+    if own:
+        kw["backend_options"] = own
     return RunConfig(model=kw.pop("model", None) or "", **kw)
 
 
@@ -506,7 +523,7 @@ def to_flags(cfg: RunConfig, kind: str | None = None) -> list[str]:
             elif f.dest == "no_resume":
                 if not cfg.resume:
                     out.append("--no-resume")
-            elif f.dest in ("replay_dir", "replay_fps"):
+            elif f.dest in BACKEND_DESTS:
                 if cfg.backend_options.get(f.dest):
                     out += [f.names[0], str(cfg.backend_options[f.dest])]
             else:

@@ -213,10 +213,12 @@ def _check_keys(r: _Reader, raw: dict, where: str):
     """Unknown keys of a variant and of its sections are errors naming the field."""
     if not isinstance(raw, dict):
         r.fail(where, f"expected a mapping, got {type(raw).__name__}")
+    from common.runtime.backends import spec_sections
+    sections = {**VARIANT_SECTIONS, **spec_sections()}   # a backend's own section, named after it
     for key, value in raw.items():
-        if key not in VARIANT_SECTIONS:
-            r.fail(f"{where}.{key}", f"unknown key; known: {', '.join(sorted(VARIANT_SECTIONS))}")
-        known = VARIANT_SECTIONS[key]
+        if key not in sections:
+            r.fail(f"{where}.{key}", f"unknown key; known: {', '.join(sorted(sections))}")
+        known = sections[key]
         if key == "output" and isinstance(value, dict):
             known = OUTPUT_KEYS.get(str(value.get("convention")))
             if known is None:

@@ -42,7 +42,7 @@ def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int,
 def compute_time(runner, x: np.ndarray, engine_stats: TimingStats) -> dict:
     """The engine alone: the runtime's own device-side timer where it has one (IGIE / TVM time_evaluator: no
     host copies, no harness), else the timed runner calls (ONNX Runtime: the session run)."""
-    samples = runner.device_time(x) if hasattr(runner, "device_time") else None
+    samples = runner.device_time(x) if runner.device_timer else None
     if samples:
         return {"method": "time_evaluator", **summarize(samples, x.shape[0]).as_dict()}
     return {"method": "runner (session run)", **engine_stats.as_dict()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from common import REPO_ROOT
-from common.runtime.backends import get_backend
+from common.runtime.backends import backend_class, get_backend
 from common.runtime.backends.base import BuildRequest, Runner
 from common.engine_cache import EngineCache, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure
@@ -54,6 +54,8 @@ def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
 def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256: str) -> BuildRequest:
     """What an engine is built from (scripts/build_engine.py builds the same request as a run)."""
     options = dict(variant.extra.get("build", {}))
+    if backend_class(cfg.backend).spec_section is not None:   # the backend's own section of the spec
+        options[cfg.backend] = dict(variant.extra.get(cfg.backend) or {})
     options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
     if cfg.precision == "int8":  # only INT8 calibrates; $CALIB_DIR must not affect others
         from common.runtime.quantize import settings_for

@@ -422,7 +422,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
                             run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
                                  "bootstrap_s": bootstrap_s,
                                  "save_detections_tail_s": write_s,
-                                 "simulated_device_s": getattr(p.runner, "simulated_device_s", None),
+                                 "simulated_device_s": p.runner.simulated_device_s,
                                  "images_per_s": (len(items) - done) / wall,   # this run's images only
                                  "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
         record = _finish(record, metrics, _targets(p, cfg), reasons)
@@ -532,7 +532,7 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
     def step():
         last["out"] = infer(p.runner, x)
 
-    with Sampler(p.backend.telemetry_tool(), gpu_index=getattr(p.runner, "device_index", None)) as sampler:
+    with Sampler(p.backend.telemetry_tool(), gpu_index=p.runner.device_index) as sampler:
         stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
                         min_duration_s=cfg.min_duration_s,
                         progress=console_progress(f"{p.variant.id} bs{cfg.batch_size}", cfg.progress))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -44,6 +45,19 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class BackendFlag:
+    """A command-line flag a backend declares for itself (`Backend.flags`); its value reaches the backend as
+    options[dest]. `type` turns the text into a value or raises ValueError saying what is wrong."""
+    name: str                          # "--replay-dir"
+    dest: str                          # "replay_dir"
+    help: str
+    type: Callable | None = None
+    metavar: str | None = None
+    shown: str | None = None           # the default as --help describes it
+    group: str = "accuracy"            # the option group of common/config/options.py it joins
+
+
+@dataclass(frozen=True)
 class BuildRequest:
     onnx_path: Path
     onnx_sha256: str
@@ -66,6 +80,14 @@ class Runner:
     static_batch: int | None = None   # set when the engine only accepts one batch size
     concurrent: bool = False          # infer() may run in several threads at once (one runner serves all streams)
     extra_inputs: dict = {}           # {name: [K] array}: fed as [N, K], the same row for every image
+    # Optional features, declared (the harness reads these, never probes for methods):
+    device_timer: bool = False        # device_time() times the engine alone on the device (time_evaluator)
+    device_index: int | None = None   # which device of its kind it runs on, for the telemetry's SMI query
+    simulated_device_s: float | None = None   # seconds of a simulated device clock (the replay backend)
+
+    def device_time(self, x: np.ndarray) -> list:
+        """Per-run seconds of the engine alone on the device, for runners that declare `device_timer`."""
+        raise NotImplementedError(f"{type(self).__name__} declares no device timer")
 
     def extra_feeds(self, n: int) -> dict:
         """The extra inputs for a batch of n images: the same row for every image."""
@@ -112,6 +134,9 @@ class Backend:
     name = "base"
     engine_suffix = ".engine"
     capabilities: Capabilities
+    flags: tuple = ()                  # BackendFlag: its own command-line flags
+    spec_section: frozenset | None = None   # the keys of its own variant section (named after the backend) in
+                                       # model.yaml; the section reaches build() as req.options[name]
 
     def __init__(self, device: str | None = None, **options):
         self.requested_device = device

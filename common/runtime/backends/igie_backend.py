@@ -151,6 +151,8 @@ class IgieRunner(Runner):
     def sync(self):
         self.device.sync()
 
+    device_timer = True
+
     def device_time(self, x: np.ndarray, number: int = 10, repeat: int = 5) -> list:
         """Per-run seconds measured on the device by the runtime's own time_evaluator (compute only: the input
         is set once, before)."""
@@ -233,3 +235,6 @@ class IgieBackend(Backend):
         runner.extra_inputs = extra_input_arrays(graph_io(req.onnx_path), req.input_name, req.extra_inputs,
                                                  req.onnx_path)
         return runner
+
+
+BACKEND = IgieBackend

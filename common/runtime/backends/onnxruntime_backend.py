@@ -235,3 +235,6 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"input '{req.input_name}' has shape {shape}; the spec feeds "
                              f"[N, {', '.join(map(str, req.input_shape))}]", engine)
         return runner
+
+
+BACKEND = OnnxRuntimeBackend

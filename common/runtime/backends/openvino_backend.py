@@ -224,3 +224,6 @@ def int8_convs(runner: OpenVinoRunner) -> tuple[int, int]:
             total += 1
             n += rt["runtimePrecision"].astype(str).lower() in ("i8", "u8")
     return n, total
+
+
+BACKEND = OpenVinoBackend

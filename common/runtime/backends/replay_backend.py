@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.runtime.replay import Recording
-from common.runtime.backends.base import Backend, BuildRequest, Capabilities, Runner
+from common.runtime.backends.base import Backend, BackendFlag, BuildRequest, Capabilities, Runner
 
 
 class SimulatedDevice:
@@ -66,10 +66,21 @@ class ReplayRunner(Runner):
         return out
 
 
+def _images_per_s(text: str) -> float:
+    fps = float(text)
+    if not fps > 0 or fps == float("inf"):
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return fps
+
+
 class ReplayBackend(Backend):
     name = "replay"
     capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), devices=("replay",), dynamic_batch=True,
                                 device_timer=False, host_compute=False, replays=True)
+    flags = (BackendFlag("--replay-dir", "replay_dir", "replay backend: the recording to serve", metavar="DIR"),
+             BackendFlag("--replay-fps", "replay_fps", "replay backend: also simulate a device of F images/s (each "
+                         "batch waits bs/F s on one shared device clock, using no CPU)", _images_per_s,
+                         metavar="F", shown="off: serve as fast as the harness asks"))
 
     def runtime_version(self) -> str:
         return "replay-1"
@@ -101,3 +112,6 @@ class ReplayBackend(Backend):
         if fps and getattr(self, "_device", None) is None:  # every runner of this backend shares the one device
             self._device = SimulatedDevice(req.batch_size / fps)
         return ReplayRunner(recording, self._device if fps else None)
+
+
+BACKEND = ReplayBackend

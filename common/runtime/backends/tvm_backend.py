@@ -77,6 +77,8 @@ class TvmRunner(Runner):
     def sync(self):
         self.device.sync()
 
+    device_timer = True
+
     def device_time(self, x: np.ndarray, number: int = 3, repeat: int = 3) -> list:
         """Per-run seconds of the compiled function alone (the VM's time_evaluator; input already on device)."""
         evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
@@ -158,3 +160,6 @@ def compile_onnx(onnx_path: Path, shapes: dict, out: Path):
     except Exception as exc:
         raise PortabilityError("compile", None, _tvm_message(exc), onnx_path) from None
     executable.export_library(str(out))
+
+
+BACKEND = TvmBackend
