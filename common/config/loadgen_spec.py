@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from common.errors import ConfigError
+from common.metric_table import PRECISIONS
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 # setting -> (kind, lower bound, whether the bound itself is allowed)
@@ -105,8 +106,8 @@ def _target(raw, fail, where: str) -> LoadgenTarget:
     precision = raw.get("precision")
     precisions = (precision,) if isinstance(precision, str) else tuple(precision) if isinstance(precision, list) \
         else None
-    if not precisions or not all(p in ("fp32", "fp16", "int8") for p in precisions):
-        fail(f"{where}.precision", f"expected fp32, fp16, int8 or a list of them, got {precision!r}")
+    if not precisions or not all(p in PRECISIONS for p in precisions):
+        fail(f"{where}.precision", f"expected {', '.join(PRECISIONS)} or a list of them, got {precision!r}")
     batch = raw.get("batch_size")
     batches = None if batch is None else (batch,) if isinstance(batch, int) else tuple(batch) \
         if isinstance(batch, list) else ()

@@ -247,7 +247,7 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
         **res, "settings": settings, "test_settings": effective(ts), "sut": overhead, "search": tries,
         "loadgen_version": _version(), "log_dir": str(final),
         "logs": sorted(f.name for f in final.iterdir() if f.is_file()),
-        "streams": streams, "simulated_device_s": getattr(p.runner, "simulated_device_s", None), "wall_s": wall}
+        "streams": streams, "simulated_device_s": p.runner.simulated_device_s, "wall_s": wall}
     checks, target_reasons = check_targets(metrics, targets)
     reasons += target_reasons
     record = new_record("loadgen", **_base_fields(cfg, p),
