@@ -170,7 +170,7 @@ class _RecordOptional(TypedDict, total=False):
 
 class _RecordRequired(_RecordOptional):
     schema_version: int
-    kind: Literal["accuracy", "performance"]
+    kind: Literal["accuracy", "performance", "loadgen"]
     time: str
     model: str
     variant: str
@@ -218,7 +218,18 @@ class PerformanceRecord(_PerformanceRequired, total=False):
     telemetry: dict[str, Any]
 
 
-RECORD_TYPES = {"accuracy": AccuracyRecord, "performance": PerformanceRecord}
+class _LoadgenRequired(_RecordRequired):
+    kind: Literal["loadgen"]
+    dataset: Dataset
+    metrics: dict[str, AnyFloat | None]     # LoadGen's own figures (common/loadgen/logs.metric_values) or AP
+    loadgen: dict[str, Any]
+
+
+class LoadgenRecord(_LoadgenRequired, total=False):
+    """The result record of a LoadGen run (`python -m common.cli loadgen`, docs of common/loadgen)."""
+
+
+RECORD_TYPES = {"accuracy": AccuracyRecord, "performance": PerformanceRecord, "loadgen": LoadgenRecord}
 
 
 # --- verdicts, baselines, history --------------------------------------------------------------------------------
@@ -342,7 +353,11 @@ class PerformanceHistoryRow(PerformanceRecord, _HistoryFields):
     """A line of the history: a performance record plus its run and verdict."""
 
 
-HISTORY_TYPES = {"accuracy": AccuracyHistoryRow, "performance": PerformanceHistoryRow}
+class LoadgenHistoryRow(LoadgenRecord, _HistoryFields):
+    """A line of the history: a LoadGen record plus its run and verdict."""
+
+
+HISTORY_TYPES = {"accuracy": AccuracyHistoryRow, "performance": PerformanceHistoryRow, "loadgen": LoadgenHistoryRow}
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -436,10 +451,12 @@ def built(checker, value, *args):
 SCHEMAS = {
     "accuracy-record": (AccuracyRecord, "Accuracy result record"),
     "performance-record": (PerformanceRecord, "Performance result record"),
+    "loadgen-record": (LoadgenRecord, "LoadGen result record"),
     "compare-report": (CompareReport, "Compare report (pre-flight, compare.py --json)"),
     "verdicts": (VerdictsFile, "Verdicts of a regression run (verdicts.json)"),
     "baseline-file": (BaselineFile, "Baseline file (baselines/<device>/<sdk>.json)"),
-    "history-row": (Union[AccuracyHistoryRow, PerformanceHistoryRow], "History row (one JSON line)"),
+    "history-row": (Union[AccuracyHistoryRow, PerformanceHistoryRow, LoadgenHistoryRow],
+                    "History row (one JSON line)"),
 }
 
 
