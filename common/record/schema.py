@@ -12,6 +12,7 @@ against every bound, so a NaN that reached a verdict would pass it. Constraints 
 RecordError (exit 2) naming the file, the field and what is wrong. `json_schema(T)` writes the same
 declaration as JSON Schema (docs/schemas/, kept current by tests/unit/test_record_types.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,7 @@ class Bound:
     finite: bool = True
 
 
-AnyFloat = Annotated[float, Bound(finite=False)]   # a number that may be NaN or Inf (compare statistics)
+AnyFloat = Annotated[float, Bound(finite=False)]  # a number that may be NaN or Inf (compare statistics)
 
 
 class RecordError(InputError):
@@ -114,24 +115,30 @@ def problems(value, tp, where: str = "") -> list[str]:
             return found[0]
         return [f"{field}: expected {_name(tp)}, got {_short(value)}"]
     if origin is Literal:
-        return [] if value in args and type(value) in {type(a) for a in args} else \
-            [f"{field}: expected {_name(tp)}, got {_short(value)}"]
+        return (
+            []
+            if value in args and type(value) in {type(a) for a in args}
+            else [f"{field}: expected {_name(tp)}, got {_short(value)}"]
+        )
     if tp in (int, float):
         why = _number_problem(value, bound, tp is int)
         return [f"{field}: {why}"] if why else []
     if tp in (str, bool):
         return [] if isinstance(value, tp) else [f"{field}: expected {_name(tp)}, got {_short(value)}"]
     if origin is list:
-        if not isinstance(value, (list, tuple)):   # a tuple in memory is a JSON array on disk
+        if not isinstance(value, (list, tuple)):  # a tuple in memory is a JSON array on disk
             return [f"{field}: expected a list, got {_short(value)}"]
         return [p for i, item in enumerate(value) for p in problems(item, args[0], _join(where, i))]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             return [f"{field}: expected a mapping, got {_short(value)}"]
         item_tp = args[1] if args else Any
-        return [p for k, item in value.items() for p in
-                ([f"{_join(where, k)}: keys must be strings"] if not isinstance(k, str) else [])
-                + problems(item, item_tp, _join(where, k))]
+        return [
+            p
+            for k, item in value.items()
+            for p in ([f"{_join(where, k)}: keys must be strings"] if not isinstance(k, str) else [])
+            + problems(item, item_tp, _join(where, k))
+        ]
     if _is_typed_dict(tp):
         if not isinstance(value, dict):
             return [f"{field}: expected a mapping, got {_short(value)}"]
@@ -140,7 +147,7 @@ def problems(value, tp, where: str = "") -> list[str]:
             if k in value:
                 out += problems(value[k], k_tp, _join(where, k))
         return out
-    raise TypeError(f"schema: unsupported type {tp!r}")   # a declaration error in types.py, not bad data
+    raise TypeError(f"schema: unsupported type {tp!r}")  # a declaration error in types.py, not bad data
 
 
 def check(value, tp, path=None, what: str = "record"):
@@ -156,7 +163,7 @@ def json_schema(tp, title: str | None = None) -> dict:
     """The JSON Schema (draft 2020-12) of a declared type; TypedDicts become $defs by class name."""
     defs: dict = {}
     root = _schema_of(tp, defs)
-    out = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    out: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
     if title:
         out["title"] = title
     out.update(root)
@@ -180,7 +187,7 @@ def _schema_of(tp, defs: dict) -> dict:
     if origin is Literal:
         return {"const": args[0]} if len(args) == 1 else {"enum": list(args)}
     if tp in (int, float):
-        out = {"type": "integer" if tp is int else "number"}
+        out: dict[str, Any] = {"type": "integer" if tp is int else "number"}
         if bound.lo is not None:
             out["minimum"] = bound.lo
         if bound.hi is not None:
@@ -197,7 +204,7 @@ def _schema_of(tp, defs: dict) -> dict:
     if _is_typed_dict(tp):
         name = tp.__name__
         if name not in defs:
-            defs[name] = {}   # placed first: a type that refers to itself stops here
+            defs[name] = {}  # placed first: a type that refers to itself stops here
             body: dict = {"type": "object"}
             if tp.__doc__:
                 body["description"] = " ".join(tp.__doc__.split())

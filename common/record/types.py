@@ -7,9 +7,10 @@ A field a reader relies on is required; sections only people read (telemetry, en
 Unknown keys are allowed, so a newer field is no reason to refuse a record of the same `schema_version`; a record
 of another version is refused naming it (there is no older version to migrate from: 1 is the first).
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypedDict, Union
+from typing import Annotated, Any, Literal, TypedDict
 
 from common import SCHEMA_VERSION
 from common.errors import RuntimeFailure
@@ -19,13 +20,14 @@ from common.record.schema import AnyFloat, Bound, RecordError, check, json_schem
 Finite = Annotated[float, Bound()]
 NonNegative = Annotated[float, Bound(0)]
 Fraction = Annotated[float, Bound(0, 1)]
-CocoStat = Annotated[float, Bound(-1, 1)]      # pycocotools writes -1 where a statistic has no ground truth
+CocoStat = Annotated[float, Bound(-1, 1)]  # pycocotools writes -1 where a statistic has no ground truth
 Count = Annotated[int, Bound(0)]
 Positive = Annotated[int, Bound(1)]
 Status = Literal["pass", "warn", "fail", "error", "unsupported"]
 
 
 # --- the result record ----------------------------------------------------------------------------------------
+
 
 class OnnxRef(TypedDict):
     path: str
@@ -40,15 +42,16 @@ class EngineRef(TypedDict):
 
 class TargetCheck(TypedDict):
     """One threshold of a target against the measured value (common/record/results.check_targets)."""
+
     metric: str
     bound: Literal["min", "max"]
     limit: Finite
-    value: AnyFloat | None        # NaN is kept as measured: the check itself says fail
+    value: AnyFloat | None  # NaN is kept as measured: the check itself says fail
     status: Literal["pass", "fail", "not_applicable"]
 
 
 # the metric sections come from the one metric table (common/metric_table.py): a new metric is declared there
-AccuracyMetrics = TypedDict("AccuracyMetrics", {name: CocoStat for name in COCO_STATS}, total=False)
+AccuracyMetrics = TypedDict("AccuracyMetrics", {name: CocoStat for name in COCO_STATS}, total=False)  # type: ignore[misc]
 
 
 class _DatasetRequired(TypedDict):
@@ -59,6 +62,7 @@ class _DatasetRequired(TypedDict):
 
 class CategoryCoverage(TypedDict, total=False):
     """How many of the evaluated categories got any detection (common/evaluate/metrics.category_coverage)."""
+
     evaluated: Count
     detected: Count
     with_ground_truth: Count
@@ -70,7 +74,7 @@ class Dataset(_DatasetRequired, total=False):
     categories: Any
     evaluator: str
     input_cache_hit: bool
-    stopped_by: str               # the stage that stopped the run before any metric (the pre-flight)
+    stopped_by: str  # the stage that stopped the run before any metric (the pre-flight)
     category_coverage: CategoryCoverage
 
 
@@ -82,6 +86,7 @@ class SpecRef(TypedDict, total=False):
 
 class PreprocessSettings(TypedDict, total=False):
     """The resolved preprocessing the images were fed with (common/data/preprocess.Preprocess and the input size)."""
+
     height: Positive
     width: Positive
     resize: str
@@ -95,13 +100,19 @@ class PreprocessSettings(TypedDict, total=False):
 
 # fps and the latencies are always measured; fps_compute / fps_e2e are null where the runtime or the data cannot
 # give them (no engine-alone timer, no real images)
-PerformanceMetrics = TypedDict("PerformanceMetrics", {
-    m.name: NonNegative | None if m.fps_kind in ("compute", "end_to_end") else NonNegative
-    for m in METRICS if m.section == "performance"})
+PerformanceMetrics = TypedDict(
+    "PerformanceMetrics",
+    {  # type: ignore[misc]
+        m.name: NonNegative | None if m.fps_kind in ("compute", "end_to_end") else NonNegative
+        for m in METRICS
+        if m.section == "performance"
+    },
+)
 
 
 class Timing(TypedDict, total=False):
     """common/harness/timing.TimingStats; the verdicts read cov, iterations and total_s."""
+
     iterations: Count
     batch_size: Positive
     total_s: NonNegative
@@ -126,6 +137,7 @@ class TimingSettings(TypedDict, total=False):
 
 class OutputComparison(TypedDict, total=False):
     """One output of the candidate against the reference (common/harness/fidelity.tensor_stats)."""
+
     error: str
     size: Count
     differing: Fraction
@@ -153,6 +165,7 @@ class _CompareReportRequired(TypedDict):
 class CompareReport(_CompareReportRequired, total=False):
     """A candidate against the FP32 reference: the pre-flight's report (a record's `preflight`) and compare.py's
     --json output."""
+
     fp16_range: dict[str, Any] | None
     localisation: dict[str, Any]
     fix: dict[str, Any]
@@ -164,7 +177,7 @@ class CompareReport(_CompareReportRequired, total=False):
 
 
 class _RecordOptional(TypedDict, total=False):
-    spec: SpecRef                 # absent from records written before they were recorded
+    spec: SpecRef  # absent from records written before they were recorded
     preprocess: PreprocessSettings
 
 
@@ -188,13 +201,14 @@ class _RecordRequired(_RecordOptional):
 
 
 class _AccuracyRequired(_RecordRequired):
-    kind: Literal["accuracy"]
+    kind: Literal["accuracy"]  # type: ignore[misc]  # narrows the base class's kind
     dataset: Dataset
     metrics: AccuracyMetrics
 
 
 class AccuracyRecord(_AccuracyRequired, total=False):
     """The result record of an accuracy run (`python -m common.cli accuracy`)."""
+
     num_detections: Count
     detections_file: str | None
     run: dict[str, Any]
@@ -202,13 +216,14 @@ class AccuracyRecord(_AccuracyRequired, total=False):
 
 
 class _PerformanceRequired(_RecordRequired):
-    kind: Literal["performance"]
+    kind: Literal["performance"]  # type: ignore[misc]  # narrows the base class's kind
     metrics: PerformanceMetrics
     timing: Timing
 
 
 class PerformanceRecord(_PerformanceRequired, total=False):
     """The result record of a performance run (`python -m common.cli performance`)."""
+
     input: str
     timing_settings: TimingSettings
     compute: dict[str, Any]
@@ -219,9 +234,9 @@ class PerformanceRecord(_PerformanceRequired, total=False):
 
 
 class _LoadgenRequired(_RecordRequired):
-    kind: Literal["loadgen"]
+    kind: Literal["loadgen"]  # type: ignore[misc]  # narrows the base class's kind
     dataset: Dataset
-    metrics: dict[str, AnyFloat | None]     # LoadGen's own figures (common/loadgen/logs.metric_values) or AP
+    metrics: dict[str, AnyFloat | None]  # LoadGen's own figures (common/loadgen/logs.metric_values) or AP
     loadgen: dict[str, Any]
 
 
@@ -233,6 +248,7 @@ RECORD_TYPES = {"accuracy": AccuracyRecord, "performance": PerformanceRecord, "l
 
 
 # --- verdicts, baselines, history --------------------------------------------------------------------------------
+
 
 class CaseRef(TypedDict):
     id: str
@@ -246,6 +262,7 @@ class CaseRef(TypedDict):
 
 class VerdictValues(TypedDict, total=False):
     """The figures a verdict was reached on (JUnit properties, the Markdown table, baseline-update)."""
+
     AP: CocoStat
     AP50: CocoStat
     images: Count
@@ -278,6 +295,7 @@ class _VerdictRequired(TypedDict):
 
 class Verdict(_VerdictRequired, total=False):
     """One case's verdict (common/ci/verdicts.judge), as verdicts.json holds it."""
+
     duration_s: NonNegative
     device: str
     sdk: str
@@ -314,7 +332,8 @@ class _AccuracyEntryRequired(TypedDict):
 
 class AccuracyBaselineEntry(_AccuracyEntryRequired, _Provenance, total=False):
     """An accepted accuracy figure: key `model/variant/backend/precision/bsN/accuracy`."""
-    AP50: Fraction        # compared when present (baseline-update always writes it)
+
+    AP50: Fraction  # compared when present (baseline-update always writes it)
 
 
 class _FpsEntryRequired(TypedDict):
@@ -323,17 +342,19 @@ class _FpsEntryRequired(TypedDict):
 
 class FpsBaselineEntry(_FpsEntryRequired, _Provenance, total=False):
     """An accepted FPS figure: key `model/variant/backend/precision/bsN`."""
+
     cov: NonNegative
     repeats: Positive
     fps_runs: list[NonNegative]
 
 
 class _BaselineFileRequired(TypedDict):
-    entries: dict[str, Union[AccuracyBaselineEntry, FpsBaselineEntry]]
+    entries: dict[str, AccuracyBaselineEntry | FpsBaselineEntry]
 
 
 class BaselineFile(_BaselineFileRequired, total=False):
     """`baselines/<device>/<sdk>.json`; files written before `schema_version` existed are version 1."""
+
     schema_version: int
     device: str
     sdk: str
@@ -362,6 +383,7 @@ HISTORY_TYPES = {"accuracy": AccuracyHistoryRow, "performance": PerformanceHisto
 
 # --- checks ---------------------------------------------------------------------------------------------------
 
+
 def _version_problem(data) -> str | None:
     if not isinstance(data, dict):
         return f"expected a mapping, got {type(data).__name__}"
@@ -381,8 +403,11 @@ def _by_kind(data, types: dict, path, what: str):
         raise RecordError(f"invalid {what}: {why}", path, field="schema_version")
     tp = types.get(data.get("kind"))
     if tp is None:
-        raise RecordError(f"invalid {what}: kind: expected one of {', '.join(map(repr, types))}, "
-                          f"got {data.get('kind')!r}", path, field="kind")
+        raise RecordError(
+            f"invalid {what}: kind: expected one of {', '.join(map(repr, types))}, got {data.get('kind')!r}",
+            path,
+            field="kind",
+        )
     check(data, tp, path, what)
     if data["kind"] == "accuracy" and not data["dataset"].get("stopped_by"):
         missing = [m for m in ("AP", "AP50") if m not in data["metrics"]]
@@ -455,8 +480,7 @@ SCHEMAS = {
     "compare-report": (CompareReport, "Compare report (pre-flight, compare.py --json)"),
     "verdicts": (VerdictsFile, "Verdicts of a regression run (verdicts.json)"),
     "baseline-file": (BaselineFile, "Baseline file (baselines/<device>/<sdk>.json)"),
-    "history-row": (Union[AccuracyHistoryRow, PerformanceHistoryRow, LoadgenHistoryRow],
-                    "History row (one JSON line)"),
+    "history-row": (AccuracyHistoryRow | PerformanceHistoryRow | LoadgenHistoryRow, "History row (one JSON line)"),
 }
 
 
@@ -475,6 +499,7 @@ def write_schemas(out_dir) -> list:
     """Write docs/schemas/*.json (`python -m common.record.types [DIR]`)."""
     import json
     from pathlib import Path
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -486,7 +511,9 @@ def write_schemas(out_dir) -> list:
 
 if __name__ == "__main__":
     import sys
+
     from common import REPO_ROOT
-    from common.record import types as declared   # the module itself: its hints resolve in its own namespace
+    from common.record import types as declared  # the module itself: its hints resolve in its own namespace
+
     for p in declared.write_schemas(sys.argv[1] if len(sys.argv) > 1 else REPO_ROOT / "docs" / "schemas"):
         print(p)

@@ -55,6 +55,8 @@ def _module(name: str):
         return importlib.import_module(module_name)
     spec = importlib.util.spec_from_file_location(module_name, path,
                                                   submodule_search_locations=[str(path.parent)] if package else None)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"backend '{name}': cannot be imported", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
