@@ -257,7 +257,7 @@ class CaseRef(TypedDict):
     backend: str
     precision: str
     batch_size: Positive
-    kind: Literal["accuracy", "performance"]
+    kind: Literal["accuracy", "performance", "loadgen"]
 
 
 class VerdictValues(TypedDict, total=False):
@@ -348,8 +348,21 @@ class FpsBaselineEntry(_FpsEntryRequired, _Provenance, total=False):
     fps_runs: list[NonNegative]
 
 
+class _LoadgenEntryRequired(TypedDict):
+    metric: str
+    value: NonNegative  # a NaN here would make every ratio against it pass
+    scenario: str
+
+
+class LoadgenBaselineEntry(_LoadgenEntryRequired, _Provenance, total=False):
+    """An accepted LoadGen figure: key `model/variant/backend/precision/bsN/loadgen-<scenario>`."""
+
+    qps: NonNegative | None
+    p99_ms: NonNegative | None
+
+
 class _BaselineFileRequired(TypedDict):
-    entries: dict[str, AccuracyBaselineEntry | FpsBaselineEntry]
+    entries: dict[str, AccuracyBaselineEntry | FpsBaselineEntry | LoadgenBaselineEntry]
 
 
 class BaselineFile(_BaselineFileRequired, total=False):
@@ -440,8 +453,16 @@ def check_compare_report(report: dict, path=None) -> dict:
 
 
 def check_baseline_entry(key: str, entry, path=None) -> dict:
-    """An entry of a baseline file: accuracy entries by their key's `/accuracy` suffix, FPS entries otherwise."""
-    tp = AccuracyBaselineEntry if key.endswith("/accuracy") else FpsBaselineEntry
+    """An entry of a baseline file by its key (common/ci/baselines.baseline_key): `.../accuracy`,
+    `.../loadgen-<scenario>`, else an FPS entry."""
+    last = key.rsplit("/", 1)[-1]
+    tp = (
+        AccuracyBaselineEntry
+        if last == "accuracy"
+        else LoadgenBaselineEntry
+        if last.startswith("loadgen-")
+        else FpsBaselineEntry
+    )
     found = problems(entry, tp, f"entries.{key}")
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""

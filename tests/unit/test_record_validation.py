@@ -78,6 +78,16 @@ def test_a_bad_fps_baseline_figure_is_refused(tmp_path, entry, field):
     assert str(path) in str(ei.value) and f"entries.{FPS_KEY}.{field}" in str(ei.value), str(ei.value)
 
 
+@pytest.mark.parametrize("value, why", [(float("nan"), "expected a finite number"), ("12", "expected a number")])
+def test_a_bad_loadgen_baseline_figure_is_refused(tmp_path, value, why):
+    from common.ci.baselines import read_baseline
+    key = "m/v/onnxruntime/fp32/bs1/loadgen-Offline"
+    path = _baseline(tmp_path, {key: {"metric": "qps", "value": value, "scenario": "Offline"}})
+    with pytest.raises(InputError) as ei:
+        read_baseline(path)
+    assert str(path) in str(ei.value) and f"entries.{key}.value: {why}" in str(ei.value), str(ei.value)
+
+
 def _fake_run(d: Path, kind: str, record) -> Path:
     (d / "cases").mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({"run_id": "r1", "shard": None, "cases": [_case(kind)["id"]]}))
