@@ -109,12 +109,14 @@ def shard_stem(record: dict, index: int, total: int) -> str:
 def write_shard(results_dir: str | Path, record: dict, rows: np.ndarray) -> Path:
     """The shard's detections, then its record naming them (so a record is never there without its detections).
     A rerun of the same shard replaces both."""
+    from common.record.types import built, check_record
     shard = record["shard"]
     stem = shard_stem(record, shard["index"], shard["total"])
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(rows, np.float64), allow_pickle=False)
     data = buf.getvalue()
     shard.update(detections=stem + ".npy", detections_sha256=hashlib.sha256(data).hexdigest(), rows=len(rows))
+    built(check_record, record)   # the record's declared type (common/record/types.py), before anything is written
     try:
         atomic_write_bytes(Path(results_dir) / (stem + ".npy"), data)
         path = Path(results_dir) / (stem + ".json")

@@ -73,7 +73,7 @@ class CategoryCoverage(TypedDict, total=False):
 class Dataset(_DatasetRequired, total=False):
     categories: Any
     evaluator: str
-    input_cache_hit: bool
+    input_cache_hit: bool | None  # None: not known (a record merged from image shards)
     stopped_by: str  # the stage that stopped the run before any metric (the pre-flight)
     category_coverage: CategoryCoverage
 
@@ -100,14 +100,12 @@ class PreprocessSettings(TypedDict, total=False):
 
 # fps and the latencies are always measured; fps_compute / fps_e2e are null where the runtime or the data cannot
 # give them (no engine-alone timer, no real images)
-PerformanceMetrics = TypedDict(
-    "PerformanceMetrics",
-    {  # type: ignore[misc]
-        m.name: NonNegative | None if m.fps_kind in ("compute", "end_to_end") else NonNegative
-        for m in METRICS
-        if m.section == "performance"
-    },
-)
+_PERFORMANCE_FIELDS = {
+    m.name: NonNegative | None if m.fps_kind in ("compute", "end_to_end") else NonNegative
+    for m in METRICS
+    if m.section == "performance"
+}
+PerformanceMetrics = TypedDict("PerformanceMetrics", _PERFORMANCE_FIELDS)  # type: ignore[misc]
 
 
 class Timing(TypedDict, total=False):
@@ -183,7 +181,7 @@ class _RecordOptional(TypedDict, total=False):
 
 class _RecordRequired(_RecordOptional):
     schema_version: int
-    kind: Literal["accuracy", "performance", "loadgen"]
+    kind: Literal["accuracy", "performance", "loadgen", "accuracy-shard"]
     time: str
     model: str
     variant: str
@@ -244,7 +242,48 @@ class LoadgenRecord(_LoadgenRequired, total=False):
     """The result record of a LoadGen run (`python -m common.cli loadgen`, docs of common/loadgen)."""
 
 
-RECORD_TYPES = {"accuracy": AccuracyRecord, "performance": PerformanceRecord, "loadgen": LoadgenRecord}
+class ShardInfo(TypedDict, total=False):
+    """Which slice of the images a shard record covers (common/harness/shards.py)."""
+
+    index: Positive
+    total: Positive
+    source: str
+    first: Count
+    last: Count
+    all_images: Count
+    max_images: Positive | None
+    ids_sha256: str
+    gpu_index: Count | None
+    request: str
+    detections: str
+    detections_sha256: str
+    rows: Count
+
+
+class _AccuracyShardRequired(_RecordRequired):
+    kind: Literal["accuracy-shard"]  # type: ignore[misc]  # narrows the base class's kind
+    dataset: Dataset
+    identity: dict[str, Any]
+    shard: ShardInfo
+
+
+class AccuracyShardRecord(_AccuracyShardRequired, total=False):
+    """The partial record of one image shard of an accuracy run: no metrics (`scripts/suite merge` evaluates all
+    shards' detections once and writes an AccuracyRecord)."""
+
+    metrics: dict[str, Any]
+    num_detections: Count
+    nonfinite: dict[str, Count]
+    run: dict[str, Any]
+    model_arg: str
+
+
+RECORD_TYPES = {
+    "accuracy": AccuracyRecord,
+    "performance": PerformanceRecord,
+    "loadgen": LoadgenRecord,
+    "accuracy-shard": AccuracyShardRecord,
+}
 
 
 # --- verdicts, baselines, history --------------------------------------------------------------------------------
@@ -391,7 +430,16 @@ class LoadgenHistoryRow(LoadgenRecord, _HistoryFields):
     """A line of the history: a LoadGen record plus its run and verdict."""
 
 
-HISTORY_TYPES = {"accuracy": AccuracyHistoryRow, "performance": PerformanceHistoryRow, "loadgen": LoadgenHistoryRow}
+class AccuracyShardHistoryRow(AccuracyShardRecord, _HistoryFields):
+    """A line of the history: an image shard's partial record plus its run and verdict."""
+
+
+HISTORY_TYPES = {
+    "accuracy": AccuracyHistoryRow,
+    "performance": PerformanceHistoryRow,
+    "loadgen": LoadgenHistoryRow,
+    "accuracy-shard": AccuracyShardHistoryRow,
+}
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -501,7 +549,11 @@ SCHEMAS = {
     "compare-report": (CompareReport, "Compare report (pre-flight, compare.py --json)"),
     "verdicts": (VerdictsFile, "Verdicts of a regression run (verdicts.json)"),
     "baseline-file": (BaselineFile, "Baseline file (baselines/<device>/<sdk>.json)"),
-    "history-row": (AccuracyHistoryRow | PerformanceHistoryRow | LoadgenHistoryRow, "History row (one JSON line)"),
+    "accuracy-shard-record": (AccuracyShardRecord, "Accuracy image-shard record (partial; no metrics)"),
+    "history-row": (
+        AccuracyHistoryRow | PerformanceHistoryRow | LoadgenHistoryRow | AccuracyShardHistoryRow,
+        "History row (one JSON line)",
+    ),
 }
 
 
