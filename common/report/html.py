@@ -16,8 +16,11 @@ import numpy as np
 
 from common.engine_cache import atomic_write_bytes
 from common.evaluate.metrics import STAT_LABELS, STAT_NAMES
+from common.metric_table import metric
 from common.report import svg
 from common.report.svg import esc
+
+AP_STATS = tuple(n for n in STAT_NAMES if n.startswith("AP"))   # the per-category table's columns
 
 MAX_IMAGES = 6            # changed images drawn per comparison
 THUMB_SIDE = 480          # longest side of a drawn image, pixels
@@ -98,10 +101,10 @@ def accuracy_section(record: dict) -> str:
     if detail:
         pcs = detail["per_class"]
         rows = [[(c["name"], c["name"]), (c["gt"], c["gt"])] +
-                [(_pct(c[k]), -1 if c[k] is None else c[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+                [(_pct(c[k]), -1 if c[k] is None else c[k]) for k in AP_STATS]
                 for c in pcs]
         out.append("<h3>AP per category (click a column to sort)</h3>")
-        out.append(_table(["category", "ground truth", "AP", "AP50", "AP75", "APs", "APm", "APl"], rows, True,
+        out.append(_table(["category", "ground truth", *(metric(k).label for k in AP_STATS)], rows, True,
                           "perclass"))
         pr = detail["pr"]
         out.append(svg.lines("Precision / recall (mean over categories)",
