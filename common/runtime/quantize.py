@@ -19,6 +19,7 @@ Settings come from an `int8:` section of a model variant (read_int8_section; eve
       fidelity: {}             # the accuracy pre-flight's INT8 tolerance (defaults: Int8Settings.fidelity)
       target: onnxruntime      # the INT8 engine the graph is for (int8_structure.TARGETS; default: the backend)
       rule: true               # keep the Convs the target's scale granularity cannot hold (int8_structure)
+      quantizer: onnxruntime   # onnxruntime (quantize_static) | nncf (NNCF post-training quantisation of the ONNX)
 
 The post-processing subgraph (decode, score activation, TopK, NMS, gathers; found from the graph by
 int8_structure.split_network) is never quantised and never calibrated: calibration runs on the network alone.
@@ -45,6 +46,9 @@ from common.tolerances import Tolerance
 FORMATS = ("qdq", "qoperator")
 QUANT_TYPES = ("quint8", "qint8")
 METHODS = ("minmax", "percentile", "entropy")
+QUANTIZERS = ("onnxruntime", "nncf")
+# ONNX names of the OpenVINO op types a target leaves float (int8_structure.Target.float_ops)
+_ONNX_OP = {"Interpolate": "Resize"}
 DEFAULT_CALIB_IMAGES = 32
 # per-channel DequantizeLinear (its `axis` attribute) exists from opset 13
 PER_CHANNEL_MIN_OPSET = 13
@@ -73,6 +77,8 @@ class Int8Settings:
     target: str = ""
     # keep in FP32 the Convs whose input the target's activation scale granularity cannot hold (keep_by_rule)
     rule: bool = True
+    # who writes the QDQ graph: ONNX Runtime's quantize_static, or NNCF (optional layer requirements-openvino.txt)
+    quantizer: str = "onnxruntime"
 
     def calibration_key(self) -> dict:
         """What changes the calibration ranges (not the quantiser options applied after them)."""
@@ -97,7 +103,7 @@ class Int8Settings:
 
 _FIELDS = {"format", "per_channel", "activation_type", "weight_type", "method", "percentile", "calib_images",
            "op_types", "keep_fp32", "float_outputs", "fidelity",
-           "target", "rule"}
+           "target", "rule", "quantizer"}
 
 
 def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
@@ -127,6 +133,10 @@ def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
         if not isinstance(raw["per_channel"], bool):
             fail("per_channel", f"expected true or false, got {raw['per_channel']!r}")
         values["per_channel"] = raw["per_channel"]
+    if raw.get("quantizer") is not None:
+        if raw["quantizer"] not in QUANTIZERS:
+            fail("quantizer", f"{raw['quantizer']!r} is not one of {', '.join(QUANTIZERS)}")
+        values["quantizer"] = raw["quantizer"]
     if raw.get("rule") is not None:
         if not isinstance(raw["rule"], bool):
             fail("rule", f"expected true or false, got {raw['rule']!r}")
@@ -337,20 +347,27 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
         if hit:
             ranges.write_bytes(cache_file.read_bytes())
         exclude = list(settings.keep_fp32) + [n for n, _ in kept] + list(split.postprocess)
+        if settings.quantizer == "nncf":
+            _quantize_nncf(fmodel, out_path, calib, input_name, extra_inputs or {}, exclude,
+                           [_ONNX_OP.get(t, t) for t in tgt.float_ops], onnx_path)
+            hit = True   # NNCF calibrates itself; ONNX Runtime's range cache is not used
         quiet = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
         try:
             # the histogram calibrators print progress to stdout, which is the JSON of `build_engine.py --json`
             with contextlib.redirect_stdout(io.StringIO()):
-                if not hit:
+                if settings.quantizer == "nncf":
+                    pass
+                elif not hit:
                     # calibrate the network alone: post-processing tensors (variable-size after NMS) never are
                     net = Path(tmp) / "network.onnx"
                     onnx.save(network_model(fmodel, split), str(net))
                     reader = _calibration_reader(list(calib.batches(1)), input_name, extra_inputs or {})
                     quantize_static(str(net), str(Path(tmp) / "network_q.onnx"), reader,
                                     calibration_cache_path=str(ranges), **_quant_args(settings))
-                quantize_static(str(float_path), str(out_path), None, nodes_to_exclude=exclude,
-                                calibration_cache_path=str(ranges), **_quant_args(settings))
+                if settings.quantizer != "nncf":
+                    quantize_static(str(float_path), str(out_path), None, nodes_to_exclude=exclude,
+                                    calibration_cache_path=str(ranges), **_quant_args(settings))
         except (InputError, RuntimeFailure):
             raise
         except Exception as exc:  # noqa: BLE001 - ORT's quantiser raises assorted exception types
@@ -358,7 +375,7 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
                                  f"{(str(exc).strip() or '?').splitlines()[0]})", onnx_path) from None
         finally:
             logging.getLogger().setLevel(quiet)
-        if not hit:
+        if not hit and ranges.is_file():
             atomic_write_bytes(cache_file, ranges.read_bytes(), durable=False)
         model = onnx.load(str(out_path), load_external_data=False)
     q_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -375,6 +392,33 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
             "calibration_cache": "hit" if hit else "miss", "quant_nodes": n_q, "target": tgt.name,
             "kept_by_rule": kept, "postprocess_nodes": len(split.postprocess),
             "int8_convs": int8_convs(model)}
+
+
+def _quantize_nncf(fmodel, out_path: Path, calib, input_name: str, extra_inputs: dict, exclude: list,
+                   float_types: list, onnx_path: Path):
+    """The QDQ ONNX written by NNCF's post-training quantisation (batch-1 calibration images), with the same
+    exclusions as ONNX Runtime's (post-processing, rule, keep_fp32) and the target's float op types ignored."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ConfigError(f"int8.quantizer nncf needs nncf ({exc}); install it with: .venv/bin/python -m pip "
+                          "install -r requirements-openvino.txt") from None
+    import onnx
+    batches = list(calib.batches(1))
+    extra = {k: np.asarray(v, np.float32)[None] for k, v in extra_inputs.items()}
+    level = logging.getLogger("nncf").level
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):   # NNCF's progress bars; stdout is build_engine's --json
+            q = nncf.quantize(fmodel, nncf.Dataset(batches, lambda x: {input_name: x, **extra}),
+                              subset_size=len(batches), target_device=nncf.TargetDevice.CPU,
+                              ignored_scope=nncf.IgnoredScope(names=exclude, types=float_types, validate=False))
+    except Exception as exc:  # noqa: BLE001 - NNCF raises assorted exception types
+        raise RuntimeFailure(f"NNCF quantisation failed ({type(exc).__name__}: "
+                             f"{(str(exc).strip() or '?').splitlines()[0]})", onnx_path) from None
+    finally:
+        logging.getLogger("nncf").setLevel(level)
+    onnx.save(q, str(out_path))
 
 
 def int8_convs(model) -> int:
@@ -433,7 +477,7 @@ def build_int8(backend: str, runtime: str, req, suffix: str, finish, key_extra: 
     settings = req.options.get("int8") or Int8Settings()
     resolve_target(settings, backend, req.onnx_path)   # refused before anything is built
     key = cache_key(req.onnx_sha256, backend=backend, precision="int8", runtime=runtime,
-                    calibration=calib.sha256, int8=settings.key(), quantizer=_quantizer_version(), recipe=2,
+                    calibration=calib.sha256, int8=settings.key(), quantizer=_quantizer_version(settings.quantizer), recipe=2,
                     **(key_extra or {}))
     cache_root = req.cache.root
 
@@ -450,6 +494,13 @@ def build_int8(backend: str, runtime: str, req, suffix: str, finish, key_extra: 
     return req.cache.get_or_build(key, suffix, build, describe)
 
 
-def _quantizer_version() -> str:
+def _quantizer_version(quantizer: str = "onnxruntime") -> str:
+    if quantizer == "nncf":
+        try:
+            import nncf
+        except ImportError as exc:
+            raise ConfigError(f"int8.quantizer nncf needs nncf ({exc}); install it with: .venv/bin/python -m pip "
+                              "install -r requirements-openvino.txt") from None
+        return f"nncf-{nncf.__version__}"
     import onnxruntime
     return f"onnxruntime-{onnxruntime.__version__}"

@@ -99,3 +99,30 @@ def test_rule_keeps_rtmdet_depthwise_convs_with_reasons(rtmdet_onnx, shared_data
     info = quantize_onnx(rtmdet_onnx, q, calib, Int8Settings(calib_images=8), "input", tmp_path / "cache")
     assert dict(info["kept_by_rule"]) == kept
     assert info["int8_convs"] == 123 - len(kept)
+
+
+@pytest.mark.slow
+def test_nncf_quantizer_for_onnx_keeps_the_same_exclusions(rtmdet_onnx, shared_data, tmp_path):
+    """int8.quantizer nncf: NNCF writes the QDQ ONNX, with the post-processing and the rule's Convs left float."""
+    pytest.importorskip("nncf", reason="nncf is not installed (optional layer: requirements-openvino.txt)")
+    import onnx
+
+    from common.runtime.int8_structure import split_network
+    from common.runtime.quantize import Int8Settings, prepare_float_model, quantize_onnx, read_int8_section
+    assert read_int8_section({"quantizer": "nncf"}).quantizer == "nncf"
+    calib = _set_b_calibration(shared_data, tmp_path / "calib", 4)
+    settings = Int8Settings(calib_images=4, quantizer="nncf")
+    q = tmp_path / "q.onnx"
+    info = quantize_onnx(rtmdet_onnx, q, calib, settings, "input", tmp_path / "cache")
+    kept = {n for n, _ in info["kept_by_rule"]}
+    # NNCF places an activation's quantiser after a Conv + activation pattern: a Conv after a kept one reads a
+    # float input, so fewer than 123 - kept are INT8 (69 of 82 here)
+    assert len(kept) >= 38 and 60 <= info["int8_convs"] <= 123 - len(kept)
+    qm = onnx.load(str(q))
+    post = set(split_network(onnx.load(str(prepare_float_model(rtmdet_onnx, settings, tmp_path / "f.onnx"))))
+               .postprocess)
+    producer = {o: n for n in qm.graph.node for o in n.output}
+    dequantised = lambda n: any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"  # noqa: E731
+                                for i in n.input)
+    assert not [n.name for n in qm.graph.node if n.name in post and dequantised(n)]
+    assert not [n.name for n in qm.graph.node if n.name in kept and dequantised(n)]
