@@ -51,7 +51,7 @@ def test_suite_env_prints_every_runtime(capsys):
     res = run_script("scripts/suite", "env", "--json", timeout=120)
     assert res.returncode == 0, res.stderr
     rows = {r["backend"]: r for r in json.loads(res.stdout)}
-    assert set(rows) == {"onnxruntime", "igie", "tvm", "replay"}
+    assert set(rows) == {"onnxruntime", "igie", "tvm", "openvino", "replay"}
     assert rows["onnxruntime"]["available"] and rows["onnxruntime"]["capabilities"]["reference"]
     assert not rows["igie"]["available"] and rows["igie"]["why_not"]      # no IGIE SDK where this is tested
     from common.cli import print_env
