@@ -15,6 +15,7 @@ declaration as JSON Schema (docs/schemas/, kept current by tests/unit/test_recor
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from dataclasses import dataclass
@@ -72,7 +73,9 @@ def _is_typed_dict(tp) -> bool:
     return isinstance(tp, type) and issubclass(tp, dict) and hasattr(tp, "__required_keys__")
 
 
+@functools.cache
 def _hints(td) -> dict:
+    # resolving the annotations is most of a check's time: once per type, not once per record or history row
     return typing.get_type_hints(td, include_extras=True)
 
 
