@@ -29,11 +29,11 @@ from common.data.coco import (folder_items, image_items, read_annotations, read_
 from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
 from common.harness.upfront import check_before_images
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
-from common.engine_cache import EngineCache, file_sha256_memo
+from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure, first_line
 from common.data.loader import open_loader
 from common.evaluate.detections_file import DetectionsFile
-from common.evaluate.metrics import CocoEvaluator, category_coverage
+from common.evaluate.metrics import CocoEvaluator, category_coverage, to_coco_results
 from common.evaluate.detail import accuracy_detail
 from common.fsaccess import check_output_file, ensure_writable_dir
 from common.data.preprocess import Preprocessor

@@ -21,9 +21,9 @@ KEEP = lambda record: None  # noqa: E731  -- a publisher: the shard writes its o
 
 
 def _shard_cfg(fp32, results_dir: Path, shard: str, **kw):
-    return dataclasses.replace(fp32.cfg, backend="replay", backend_options={"replay_dir": str(fp32.recording)},
-                               record_outputs=None, input_cache=None, detections_out=None, workers=0,
-                               results_dir=str(results_dir), shard=shard, **kw)
+    return dataclasses.replace(fp32.cfg, **{"backend": "replay", "backend_options": {"replay_dir": str(fp32.recording)},
+                                            "record_outputs": None, "input_cache": None, "detections_out": None,
+                                            "workers": 0, "results_dir": str(results_dir), "shard": shard, **kw})
 
 
 def _run_shards(fp32, root: Path, n: int, order, **kw) -> list[Path]:
@@ -166,3 +166,17 @@ def test_ci_variables_set_the_shard_and_a_flag_wins(rtmdet_fp32_pass, four_shard
     r = _suite_shard(rtmdet_fp32_pass, tmp_path / "both", env={**gitlab, **slurm})
     assert r.returncode == 2 and "contradictory shard variables: 2/4 from $CI_NODE_INDEX" in r.stderr, r.stderr
     assert not (tmp_path / "both").exists()
+
+
+def test_a_shard_saves_its_own_detections(rtmdet_fp32_pass, tmp_path):
+    """--save-detections on a shard: the unsharded run's detections of the shard's images, as COCO results JSON."""
+    out = tmp_path / "dets-2-of-4.json"
+    record = run_accuracy(_shard_cfg(rtmdet_fp32_pass, tmp_path / "shard2", "2/4", detections_out=str(out)), KEEP)
+    cfg = rtmdet_fp32_pass.cfg
+    images = json.loads((Path(cfg.dataset_dir) / "annotations" / cfg.annotation).read_text())["images"]
+    ids = sorted(im["id"] for im in images)[record["shard"]["first"] - 1:record["shard"]["last"]]
+    whole = [d for d in json.loads(rtmdet_fp32_pass.detections.read_text()) if d["image_id"] in set(ids)]
+    mine = json.loads(out.read_text())
+    assert len(mine) == record["num_detections"] == len(whole) > 0
+    key = lambda d: (d["image_id"], d["score"], *d["bbox"])  # noqa: E731
+    assert sorted(map(key, mine)) == sorted(map(key, whole))
