@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+from common.build_progress import describe_build, last_build_s, timed_build
 from common.errors import InputError, RuntimeFailure
 from common.fsaccess import shared_file_mode
 
@@ -208,8 +209,9 @@ class EngineCache:
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=f"{suffix}.tmp")
             os.close(fd)
             try:
+                what = describe_build(describe, suffix)
                 try:
-                    build(Path(tmp))
+                    took = timed_build(build, Path(tmp), what, last_build_s(self.root, describe, suffix))
                 except OSError as exc:
                     exc.from_build = True  # type: ignore[attr-defined]  # read by the errno filter above
                     raise
@@ -217,8 +219,8 @@ class EngineCache:
                 os.chmod(tmp, shared_file_mode())  # mkstemp's 0600 would hide a shared cache from other users
                 # the sidecar first: it is the write that may still fail (a full disk); an engine without a
                 # matching sidecar is a miss, and the rename below needs no space
-                atomic_write_bytes(info, json.dumps({**describe, "key": key, "sha256": digest}, indent=1,
-                                                    default=str).encode())
+                atomic_write_bytes(info, json.dumps({**describe, "key": key, "sha256": digest,
+                                                     "build_s": round(took, 3)}, indent=1, default=str).encode())
                 os.replace(tmp, engine)
             except BaseException:
                 with _suppress_oserror():
@@ -235,7 +237,12 @@ class EngineCache:
         while True:
             lock = open(path, "a")
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    print(f"engine: waiting for another run that builds this engine (lock {path})", file=sys.stderr,
+                          flush=True)
+                    fcntl.flock(lock, fcntl.LOCK_EX)
                 if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
                     break
             except FileNotFoundError:  # removed by the run that held it: lock the next one
