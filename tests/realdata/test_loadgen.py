@@ -59,15 +59,16 @@ def test_md1_formula_matches_its_known_values():
 
 @pytest.mark.slow
 def test_server_qps_and_latency_follow_md1_queueing(rtmdet_fp32_pass, tmp_path):
-    """A 5 ms device (batch 1) under Poisson arrivals at 100 QPS is an M/D/1 queue at rho = 0.5: mean latency
-    7.5 ms, p99 21.7 ms. Tolerances: QPS 10 % (a Poisson count of ~500 arrivals, sd 4.5 %); the latencies no
+    """A 10 ms device (batch 1) under Poisson arrivals at 50 QPS is an M/D/1 queue at rho = 0.5: mean latency
+    15 ms, p99 43 ms (a device slow against the harness's own CPU per query, so a loaded host still serves it).
+    Tolerances: QPS 10 % (a Poisson count of ~500 arrivals, sd 4.5 %); the latencies no
     less than 0.9 x (mean) / 0.75 x (p99, estimated from ~5 samples above it) the theory, and no more than
     1.5 x the theory + 6 ms (mean) / 2 x + 15 ms (p99): the host's scheduling of the answering thread, generous
     because CI shares two cores with other tests."""
-    lam, d = 100.0, 0.005
+    lam, d = 50.0, 0.010
     rec = run_loadgen(_replay_cfg(rtmdet_fp32_pass, tmp_path, fps=1 / d),
                       LoadgenConfig("Server", short=True, settings={"target_qps": lam, "min_query_count": 500,
-                                                                    "target_latency_ms": 200.0}))
+                                                                    "target_latency_ms": 400.0}))
     s = rec["loadgen"]
     assert s["valid"], s["reasons"]
     assert s["qps"] == pytest.approx(lam, rel=0.10)
