@@ -26,11 +26,11 @@ if __name__ == "__main__":  # scripts/suite runs $PYTHON as given: one clear lin
     from common.interpreter import require_packages
     require_packages("$PYTHON" if os.environ.get("PYTHON") else "scripts/suite")
 
+from common.config.options import EVALUATORS, add_flags, add_groups, config_from_args
 from common.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SuiteError
 from common.evaluate.metrics import format_coverage, format_stats
-from common.record.results import exit_code_of, write_record
-from common.config.options import EVALUATORS, add_flags, add_groups, config_from_args
 from common.harness.runs import run_accuracy, run_performance
+from common.record.results import exit_code_of, write_record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,8 +149,8 @@ def print_summary(record: dict, path=None):
         else:
             print(f" run: {r['wall_s']:.1f} s wall, {r['images_per_s']:.1f} images/s")
     else:
-        from common.runtime.telemetry import format_telemetry
         from common.harness.timing import TimingStats, format_timing
+        from common.runtime.telemetry import format_telemetry
         print(f" input: {record['input']}")
         print(format_timing(TimingStats(**record["timing"])))
         if "compute" in record:

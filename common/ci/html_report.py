@@ -8,8 +8,16 @@ from pathlib import Path
 
 from common.ci.reports import _value_text, counts
 from common.report import svg
-from common.report.html import (_annotations, _names_files, _page, _status, _table, accuracy_section,
-                                changed_images, speed_section)
+from common.report.html import (
+    _annotations,
+    _names_files,
+    _page,
+    _status,
+    _table,
+    accuracy_section,
+    changed_images,
+    speed_section,
+)
 from common.report.svg import esc
 
 

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.ci.acc_tolerance import DEFAULT_NOISE
-from common.errors import ConfigError
 from common.config.specs import MODELS_DIR, PRECISIONS, VARIANT_SECTIONS, ModelSpec, Variant, load_model
+from common.errors import ConfigError
 
 KINDS = ("accuracy", "performance", "loadgen")
 DEFAULT_RELATIVE = {"AP": 0.2, "AP50": 0.2}   # points (0-100 scale), as the recipes quote AP
@@ -182,7 +182,7 @@ def all_model_names() -> list[str]:
     return sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
 
 
-def enumerate_cases(models: list[str], filters: Filters | None = None, model_map: "ModelMap | None" = None,
+def enumerate_cases(models: list[str], filters: Filters | None = None, model_map: ModelMap | None = None,
                     skipped: list | None = None) -> list[Case]:
     """Every case of the given models (names or .yaml paths) that passes the filters, in matrix order
     (model, variant, backend, precision, kind, batch size). With a model map, a variant with no model (no spec
@@ -230,7 +230,7 @@ class ModelMap:
         self.entries = dict(entries or {})   # "model" or "model/variant" -> {"onnx"|"checkpoint"|"config": path}
 
     @classmethod
-    def parse(cls, items: list[str] | None, manifest: str | None = None, cwd: Path | None = None) -> "ModelMap":
+    def parse(cls, items: list[str] | None, manifest: str | None = None, cwd: Path | None = None) -> ModelMap:
         cwd = Path(cwd or Path.cwd())
         entries: dict = {}
         if manifest:

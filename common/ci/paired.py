@@ -55,6 +55,7 @@ def paired_from_files(candidate_dets, reference_dets, record: dict, resamples: i
     cand = MatchTable.from_rows(annotations, _rows(candidate_dets), ids, cats)
     ref = MatchTable.from_rows(annotations, _rows(reference_dets), ids, cats)
     out = paired_interval(cand, ref, resamples, metrics=tuple(metrics))
+    assert cand.point is not None and ref.point is not None   # from_rows scores the run itself
     out["point"] = {m: cand.point[m] - ref.point[m] for m in out["diff"]}
     return out
 

@@ -21,21 +21,30 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from common import BOOTSTRAP, REPO_ROOT
+from common.ci.html_report import accuracy_markdown, regress_page
+from common.ci.matrix import Case, case_rules
+from common.ci.reports import (
+    junit_xml,
+    markdown_summary,
+    plot_fps_vs_batch,
+    plot_history,
+    readme_table,
+    results_rows,
+    text_table,
+    update_readme,
+)
+from common.ci.verdicts import BASELINES_DIR, ERROR, FAILED, FAILING, UNSUPPORTED, FpsRule, judge
+from common.config.options import ENV, SHARD_ENV, RunConfig, to_flags
+from common.config.specs import load_model
 from common.engine_cache import atomic_write_bytes, atomic_write_json
 from common.errors import ConfigError, InputError
 from common.record.history import append_run, last_good, read_history
-from common.ci.html_report import accuracy_markdown, regress_page
 from common.record.types import built, check_record, check_verdicts_file
-from common.runtime.backends import PATH_ENV
-from common.ci.matrix import Case, case_rules
 from common.report.html import write_html
-from common.ci.reports import (junit_xml, markdown_summary, plot_fps_vs_batch, plot_history, readme_table, results_rows,
-                      text_table, update_readme)
-from common.config.options import ENV, SHARD_ENV, RunConfig, to_flags
-from common.config.specs import load_model
-from common.ci.verdicts import BASELINES_DIR, ERROR, FAILED, FAILING, UNSUPPORTED, FpsRule, judge
+from common.runtime.backends import PATH_ENV
 
 # Exit codes of scripts/regress.py (docs/ci-regression.md). When several apply, the first in this order wins:
 # a regression is what CI exists to report, an infrastructure error hides results, a gap leaves them incomplete.
@@ -85,7 +94,7 @@ def absolute_path(value: str | None, cwd: Path | None = None, only_if_exists: bo
 
 def case_config(case: Case, opts: CaseOptions, results_dir: Path) -> RunConfig:
     """The options of one case's run, everything explicit: nothing in the runner's environment reaches it."""
-    kw = {"device": opts.device, "onnx": case.onnx, "checkpoint": None if case.onnx else case.checkpoint,
+    kw: dict[str, Any] = {"device": opts.device, "onnx": case.onnx, "checkpoint": None if case.onnx else case.checkpoint,
           "config": None if case.onnx else case.config, "dataset_dir": opts.dataset_dir,
           "annotation": opts.annotation or case.annotation, "cache_dir": opts.cache_dir}
     if case.kind == "loadgen":
@@ -135,7 +144,7 @@ def case_cost(opts: CaseOptions):
 
 def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
     # a LoadGen case runs the short CI mode (its minimums from the spec's loadgen: section where it sets them)
-    scenario = ["--scenario", case.scenario, "--short"] if case.kind == "loadgen" else []
+    scenario = ["--scenario", case.scenario, "--short"] if case.kind == "loadgen" and case.scenario else []
     return [sys.executable, str(BOOTSTRAP), case.kind, *scenario,
             *to_flags(case_config(case, opts, results_dir), case.kind)]
 
@@ -287,7 +296,7 @@ def run_matrix(cases: list[Case], opts: CaseOptions, run_dir: Path, run_id: str,
     return outcomes
 
 
-def confirm_fps_failures(cases: list[Case], opts: CaseOptions, run_dir: Path, ropts: "ReportOptions",
+def confirm_fps_failures(cases: list[Case], opts: CaseOptions, run_dir: Path, ropts: ReportOptions,
                          echo=print) -> list[str]:
     """Re-measure every performance case whose FPS fell below its band, once, after the whole matrix (so a
     burst of load on the node during the first measurement does not hit both). The verdict fails only when
@@ -317,7 +326,7 @@ def confirm_fps_failures(cases: list[Case], opts: CaseOptions, run_dir: Path, ro
     return redo
 
 
-def _baseline_model(v: dict, ropts: "ReportOptions") -> str | None:
+def _baseline_model(v: dict, ropts: ReportOptions) -> str | None:
     """The ONNX the case's baseline was measured with, when it can run now as it ran then: the same runtime
     version (an SDK change is the very thing under test, so the old model on the new SDK would hide it) and
     the file still there with the same content."""
@@ -325,8 +334,10 @@ def _baseline_model(v: dict, ropts: "ReportOptions") -> str | None:
     from common.engine_cache import file_sha256
     base, _, note = Baselines(ropts.baselines_dir).lookup(ropts.device_name or v["device"], v["sdk"],
                                                           baseline_key(v["case"]))
-    onnx = (base or {}).get("onnx_path")
-    if note or not onnx or base.get("runtime") != v["sdk"] or not Path(onnx).is_file():
+    if note or base is None:
+        return None
+    onnx = base.get("onnx_path")
+    if not onnx or base.get("runtime") != v["sdk"] or not Path(onnx).is_file():
         return None
     try:
         return onnx if file_sha256(onnx) == base.get("onnx_sha256") else None
@@ -392,7 +403,10 @@ def merge_runs(shard_dirs: list[Path], out_dir: Path) -> str:
     shards is a configuration error (the shards were not slices of one matrix). The merged run.json plans every
     case any shard planned and names the shards that are missing (`k/n` never given): report() treats both as
     an incomplete run."""
-    seen, run_ids, planned, shards = {}, [], [], []
+    seen: dict[str, Path] = {}
+    run_ids: list = []
+    planned: list = []
+    shards: list = []
     for d in shard_dirs:
         meta_path = d / "run.json"
         if not meta_path.is_file():

@@ -8,10 +8,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.engine_cache import atomic_write_bytes
-from common.record.history import metric_series
 from common.ci.verdicts import ERROR, FAILED, PASS, UNSUPPORTED, WARN
+from common.engine_cache import atomic_write_bytes
 from common.metric_table import BY_NAME, PRECISIONS, metric, verdict_properties
+from common.record.history import metric_series
 
 README_METRICS = ("fps", "AP50", "AP")   # the README results table's columns, in this order
 

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from common.ci.acc_tolerance import DEFAULT_NOISE, DEFAULT_Z, FLOOR_POINTS, tolerance_points
-from common.ci.baselines import (BASELINES_DIR, Baselines, baseline_key, baseline_path, read_baseline,  # noqa: F401
-                        write_baseline)
+from common.ci.baselines import BASELINES_DIR, Baselines, baseline_key, baseline_path, read_baseline, write_baseline  # noqa: F401
 from common.ci.paired import PAIRED, judge_paired, paired_from_files
 from common.errors import ConfigError, InputError
 from common.metric_table import BASELINE_ACCURACY
@@ -465,7 +464,7 @@ def _judge_int8_speed(v: dict, outcome: dict, outcomes: list[dict]) -> list[str]
                           "in the run")
         return []
     fps = fps_stats(outcome["records"])["fps"]
-    best = max(refs, key=refs.get)
+    best = max(refs, key=lambda precision: refs[precision])
     v["values"]["int8_speedup"] = fps / refs[best] if refs[best] > 0 else None
     text = f"INT8 FPS {fps:.1f} vs {best.upper()} {refs[best]:.1f} in the same run (x{fps / refs[best]:.2f})"
     if fps <= refs[best]:
@@ -608,9 +607,10 @@ def _keep_detections(dets, baseline_file: Path, key: str) -> str | None:
     its path relative to that file's folder."""
     if not dets or not Path(dets).is_file():
         return None
+    import gzip
+
     from common.ci.baselines import slug
     from common.engine_cache import atomic_write_bytes
-    import gzip
     rel = Path(f"{baseline_file.stem}.dets") / f"{slug(key)}.json.gz"
     atomic_write_bytes(baseline_file.parent / rel, gzip.compress(Path(dets).read_bytes(), mtime=0))
     return str(rel)

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from common.errors import ConfigError
 from common.metric_table import PRECISIONS
+
+Fail = Callable[[str, str], NoReturn]     # (field, message) -> raises the ConfigError naming the file
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 # setting -> (kind, lower bound, whether the bound itself is allowed)
@@ -75,7 +79,7 @@ class LoadgenSection:
         return [t for t in self.targets if t.applies(scenario, backend, device, precision, batch_size)]
 
 
-def _settings(raw: dict, fail, where: str) -> dict:
+def _settings(raw: dict, fail: Fail, where: str) -> dict:
     out = {}
     for key, value in raw.items():
         kind, low, inclusive = SETTINGS[key]
@@ -89,7 +93,7 @@ def _settings(raw: dict, fail, where: str) -> dict:
     return out
 
 
-def _target(raw, fail, where: str) -> LoadgenTarget:
+def _target(raw, fail: Fail, where: str) -> LoadgenTarget:
     if not isinstance(raw, dict):
         fail(where, f"expected a mapping, got {raw!r}")
     unknown = sorted(set(map(str, raw)) - {"scenario", "backend", "device", "precision", "batch_size", "min",
@@ -133,7 +137,7 @@ def _target(raw, fail, where: str) -> LoadgenTarget:
 
 def read_loadgen_section(raw, path=None, where: str = "loadgen") -> LoadgenSection:
     """The typed `loadgen:` section (None = no settings, no targets); a ConfigError naming the file and field."""
-    def fail(field: str, message: str):
+    def fail(field: str, message: str) -> NoReturn:
         raise ConfigError(f"{field}: {message}", path)
 
     if raw is None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Callable
+from typing import Any
 
 from common import REPO_ROOT
 from common.errors import ConfigError
@@ -109,9 +110,9 @@ SHARD_ENV = GITLAB_SHARD_ENV + SLURM_SHARD_ENV
 
 def parse_shard(text: str, what: str = "--shard") -> tuple[int, int]:
     """"K/N" -> (K, N) with 1 <= K <= N; anything else is a ConfigError naming `what`."""
-    k, sep, n = str(text).partition("/")
+    k_text, sep, n_text = str(text).partition("/")
     try:
-        k, n = int(k), int(n)
+        k, n = int(k_text), int(n_text)
     except ValueError:
         k = n = 0
     if not sep or n < 1 or not 1 <= k <= n:
@@ -155,18 +156,19 @@ def shard_from_environment(environ) -> tuple[str, str] | None:
     if task is not None:
         low, high, count = (_env_int(environ, f"SLURM_ARRAY_TASK_{s}") for s in ("MIN", "MAX", "COUNT"))
         step = _env_int(environ, "SLURM_ARRAY_TASK_STEP") or 1
-        if low is None or (high is None and count is None):
+        span = None if high is None or low is None else (high - low) // step + 1
+        tasks = count if span is None else span
+        if low is None or tasks is None:
             raise ConfigError("$SLURM_ARRAY_TASK_ID needs $SLURM_ARRAY_TASK_MIN and $SLURM_ARRAY_TASK_MAX or "
                               "$SLURM_ARRAY_TASK_COUNT (Slurm sets them for every array task)")
-        span = None if high is None else (high - low) // step + 1
         if span is not None and count is not None and span != count:
             raise ConfigError(f"$SLURM_ARRAY_TASK_COUNT={count} contradicts $SLURM_ARRAY_TASK_MIN={low}.."
                               f"$SLURM_ARRAY_TASK_MAX={high} (step {step}: {span} tasks); a sparse array "
                               "(--array=1,5,9) cannot be a shard index: pass --shard K/N")
         if (task - low) % step:
             raise ConfigError(f"$SLURM_ARRAY_TASK_ID={task} is not MIN {low} + a multiple of STEP {step}")
-        found.append((((task - low) // step + 1, count if count is not None else span),
-                      f"$SLURM_ARRAY_TASK_ID={task} (Slurm array {low}..{low + ((count or span) - 1) * step})"))
+        found.append((((task - low) // step + 1, tasks),
+                      f"$SLURM_ARRAY_TASK_ID={task} (Slurm array {low}..{low + (tasks - 1) * step})"))
     if not found:
         return None
     if len({kn for kn, _ in found}) > 1:
@@ -408,7 +410,7 @@ def _add(group, f: Flag, default, needed: bool, env: str | None):
     shown = default if default is not None else (f.shown or "unset")
     note = "; ".join(x for x in (f"default: {shown}" if f.action is None and not needed else "",
                                  f"${env}" if env else "") if x)
-    kw = {"dest": f.dest, "help": f"{f.help} ({note})" if note else f.help}
+    kw: dict[str, Any] = {"dest": f.dest, "help": f"{f.help} ({note})" if note else f.help}
     if f.action:
         kw["action"] = f.action
     else:
@@ -509,7 +511,7 @@ def to_flags(cfg: RunConfig, kind: str | None = None) -> list[str]:
     """The command-line flags that reproduce `cfg` in a subprocess (only what differs from the defaults; the
     accuracy and timing groups only for their kind)."""
     base = RunConfig(model=cfg.model)
-    skip = {"accuracy": {"timing"}, "performance": {"accuracy"}, "loadgen": {"timing"}}.get(kind, set())
+    skip = {"accuracy": {"timing"}, "performance": {"accuracy"}, "loadgen": {"timing"}}.get(kind or "", set())
     out = ["--model", cfg.model]
     for name, group in GROUPS.items():
         if name in skip or name in ("output", "loadgen"):

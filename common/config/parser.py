@@ -44,6 +44,6 @@ def add_version(parser: argparse.ArgumentParser) -> None:
 
 class _Version(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        from common.record.envinfo import version_text   # only when asked: it reads package metadata and git
+        from common.record.envinfo import version_text  # only when asked: it reads package metadata and git
         print(version_text())   # stdout, as `--version` of other tools (parser.exit would write to stderr)
         parser.exit(0)

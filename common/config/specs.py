@@ -15,13 +15,13 @@ from typing import Any
 import yaml
 
 from common import REPO_ROOT
-from common.errors import ConfigError, quote
+from common.config.loadgen_spec import read_loadgen_section
+from common.data.preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
 from common.decode.outputs import OUTPUT_KEYS, load_family_decoders
+from common.errors import ConfigError, quote
 from common.evaluate.metrics import STAT_NAMES
 from common.metric_table import NAMES, PRECISIONS, TIMING_METRICS  # noqa: F401  re-exported for the spec's readers
-from common.data.preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
 from common.runtime.quantize import read_int8_section
-from common.config.loadgen_spec import read_loadgen_section
 from common.tolerances import Tolerance, parse_tolerance
 
 MODELS_DIR = REPO_ROOT / "models"

@@ -28,7 +28,8 @@ from common.decode.outputs import fault_reasons, get_decoder, output_faults
 from common.engine_cache import EngineCache
 from common.errors import ConfigError
 from common.evaluate.metrics import CocoEvaluator
-from common.harness.engine import infer as run_infer, prepare, resolve_onnx
+from common.harness.engine import infer as run_infer
+from common.harness.engine import prepare, resolve_onnx
 from common.harness.runs import _base_fields, check_outputs
 from common.loadgen import logs
 from common.loadgen.settings import NOT_MLPERF, LoadgenConfig, effective, resolve, to_test_settings
@@ -53,17 +54,21 @@ def _library(cfg: RunConfig, items, pre, workers: int) -> SampleLibrary:
     with open_loader(items, pre, cfg.batch_size, workers, cfg.progress, desc="loadgen samples",
                      cache_dir=cfg.input_cache) as loader:
         if loader.cached is not None:
-            return SampleLibrary(*loader.cached, _ids(items), normalize=pre.normalize)
-        inputs = meta = None
+            canvases, cached_meta = loader.cached
+            return SampleLibrary(canvases, cached_meta, _ids(items), normalize=pre.normalize)
+        inputs: np.ndarray | None = None
+        meta: np.ndarray | None = None
         pos = 0
         for batch in loader:
             n = len(batch.image_ids)
             rows = batch.canvas if batch.canvas is not None else batch.inputs   # canvas: the cache is written
-            if inputs is None:
+            if inputs is None or meta is None:
                 inputs = np.empty((len(items), *rows.shape[1:]), rows.dtype)
                 meta = np.empty((len(items), 6), np.float64)
             inputs[pos:pos + n], meta[pos:pos + n] = rows, batch.meta
             pos += n
+    if inputs is None or meta is None:   # run_loadgen refuses an empty image list before this
+        raise ConfigError("no images to query")
     return SampleLibrary(inputs, meta, _ids(items), normalize=pre.normalize if inputs.dtype == np.uint8 else None)
 
 
@@ -145,12 +150,16 @@ def _log_dir_name(cfg: RunConfig, p, lg_cfg: LoadgenConfig) -> str:
     return "_".join(_slug(x) for x in parts) + ".loadgen"
 
 
-def _search(lg, p, library, runners, decoder, lg_cfg, settings: dict, root: Path) -> tuple[dict, list]:
+def _search(lg, p, library, runners, decoder, lg_cfg, settings: dict,
+            root: Path) -> tuple[tuple[dict, dict, object, dict], list[dict]]:
     """Server: the highest target QPS whose run is valid, in at most search_tries runs (each recorded)."""
     qps = settings.get("target_qps")
     if not qps:
         raise ConfigError("--find-peak-qps needs a first QPS to try: --target-qps or the spec's loadgen target_qps")
-    lo, hi, tries, best = None, None, [], None
+    lo: float | None = None
+    hi: float | None = None
+    tries: list[dict] = []
+    best: tuple[dict, dict, object, dict] | None = None
     for k in range(lg_cfg.search_tries):
         s = {**settings, "target_qps": qps}
         detail, overhead, ts = _one_test(lg, p, library, runners, decoder, "Server", "performance", s,
@@ -163,14 +172,14 @@ def _search(lg, p, library, runners, decoder, lg_cfg, settings: dict, root: Path
             best = (res, overhead, ts, s)
         else:
             hi = qps
-        if hi is None:
-            qps = lo * 2
-        elif lo is None:
-            qps = hi / 2
-        else:
+        if lo is not None and hi is not None:
             if hi - lo <= 0.02 * hi:   # within 2 %: further tries would not change the answer
                 break
             qps = (lo + hi) / 2
+        elif lo is not None:
+            qps = lo * 2
+        elif hi is not None:
+            qps = hi / 2
     if best is None:    # none valid: the last try is the result, reported invalid
         s = {**settings, "target_qps": tries[-1]["target_qps"]}
         detail = logs.read_detail(root / tries[-1]["log_dir"])
@@ -220,7 +229,7 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
                 {"valid": None, "validity": None, "reasons": []}
             tries = None
         metrics, targets, reasons = {}, [], []
-        if lg_cfg.mode == "accuracy":
+        if evaluator is not None:   # accuracy mode
             indices, dets = logs.read_accuracy_log(tmp)
             metrics = _evaluate(evaluator, library, indices, dets, variant)
             targets = p.variant.targets_for(p.backend.name, p.backend.device(), cfg.precision, cfg.batch_size)
@@ -274,8 +283,8 @@ def _evaluate(evaluator: CocoEvaluator, library: SampleLibrary, indices, dets, v
             continue
         seen.add(i)
         if len(rows):
-            ids = np.full(len(rows), library.image_ids[i], np.int64)
-            evaluator.add(ids, rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
+            row_ids = np.full(len(rows), library.image_ids[i], np.int64)
+            evaluator.add(row_ids, rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
     ids = [int(library.image_ids[i]) for i in sorted(seen)]
     evaluator.complete(ids)
     return evaluator.evaluate(ids)

@@ -9,6 +9,7 @@ it is not an MLPerf result whatever LoadGen's verdict.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.config.loadgen_spec import SCENARIOS, SETTINGS  # noqa: F401  SCENARIOS: re-exported
 from common.errors import ConfigError
@@ -52,7 +53,7 @@ class LoadgenConfig:
 
 def resolve(lg_cfg: LoadgenConfig, spec_settings: dict) -> dict:
     """The settings that apply: the short mode's minimums, then the spec's, then the flags'."""
-    out = {}
+    out: dict[str, Any] = {}
     if lg_cfg.short:
         out = {k: (v[lg_cfg.scenario] if isinstance(v, dict) else v) for k, v in SHORT.items()}
     out.update(spec_settings)

@@ -10,6 +10,7 @@ over past runs with the baseline and its band).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def accuracy_section(record: dict) -> str:
     out = [f"<p>{d.get('num_images')} images of {esc(Path(str(d.get('annotation', ''))).name)}, categories "
            f"{esc(d.get('categories'))}.</p>"]
     how = record.get("metrics_ci")
-    rows = [[label, _pct(m.get(name)), "-" if name not in ci else f"[{_pct(ci[name][0])}, {_pct(ci[name][1])}]"]
+    rows: list[list] = [[label, _pct(m.get(name)), "-" if name not in ci else f"[{_pct(ci[name][0])}, {_pct(ci[name][1])}]"]
             for name, label in zip(STAT_NAMES, STAT_LABELS)]
     out.append(_table(["stat (x100)", "value", "95 % interval"], rows))
     if how:
@@ -275,7 +276,7 @@ def _names_files(ann: dict | None) -> tuple[dict, dict]:
             {im["id"]: im["file_name"] for im in ann.get("images", [])})
 
 
-def run_page(record: dict, perf_records: list[dict] = ()) -> str:
+def run_page(record: dict, perf_records: Sequence[dict] = ()) -> str:
     """One accuracy and / or performance run."""
     acc = record if record["kind"] == "accuracy" else None
     perf = [r for r in [record, *perf_records] if r["kind"] == "performance"]

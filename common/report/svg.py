@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 W, H, PAD = 520, 300, 48
+Scale = Callable[[float], float]     # data value -> pixel coordinate
 
 
 def esc(text) -> str:
+    """`text` as a string safe inside SVG / HTML text and attribute values: labels come from records and specs."""
     return html.escape(str(text), quote=True)
 
 
-def _scale(lo: float, hi: float, a: float, b: float):
+def _scale(lo: float, hi: float, a: float, b: float) -> Scale:
     span = (hi - lo) or 1.0
     return lambda v: a + (v - lo) / span * (b - a)
 
 
-def _frame(title: str, xlabel: str, ylabel: str, x0, x1, y0, y1, xfmt="{:g}", yfmt="{:g}") -> tuple[list, callable,
-                                                                                                     callable]:
+def _frame(title: str, xlabel: str, ylabel: str, x0, x1, y0, y1, xfmt="{:g}", yfmt="{:g}") -> tuple[list[str], Scale, Scale]:
     sx, sy = _scale(x0, x1, PAD, W - 12), _scale(y0, y1, H - PAD, 24)
     out = [f'<svg class="fig" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
            f'role="img" aria-label="{esc(title)}">',
@@ -60,8 +62,8 @@ def lines(title: str, series: list[tuple[str, list, list]], xlabel: str, ylabel:
                    f'{esc(label)}</text>')
     for i, (label, sxs, sys_) in enumerate(series):
         c = COLOURS[i % len(COLOURS)]
-        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(sxs, sys_) if y is not None)
-        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{pts}"/>')
+        line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(sxs, sys_) if y is not None)
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{line}"/>')
         if len(sxs) <= 30:
             out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"/>' for x, y in zip(sxs, sys_)
                     if y is not None]
