@@ -34,6 +34,7 @@ from common.record.results import exit_code_of, write_record
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `suite` command line: every sub-command with its flag groups (common/config/options.py)."""
     from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
     parser = SuiteParser(prog="suite", description="Inference validation suite")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,6 +260,8 @@ INTERRUPTED = {
 
 
 def main(argv=None) -> int:
+    """Run the `suite` command `argv` names; returns its exit code (common/errors.py), a SuiteError reported as one
+    line."""
     args = build_parser().parse_args(argv)  # argparse exits with 2 on bad flags, as documented
     if args.command == "env":
         return print_env(args.json)

@@ -26,6 +26,8 @@ FLOOR_POINTS = 0.1
 
 def tolerance_points(images: int, noise: float = DEFAULT_NOISE, z: float = DEFAULT_Z,
                      floor: float = FLOOR_POINTS) -> float:
+    """The AP points an accuracy figure may drop below its baseline at this image count, max(floor, z * s / sqrt(N)):
+    the accuracy verdict's margin (see above)."""
     if images < 1:
         raise ValueError(f"image count must be >= 1, got {images}")
     return max(floor, z * noise / math.sqrt(images))

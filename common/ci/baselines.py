@@ -78,11 +78,14 @@ class Baselines:
         self._files: dict = {}
 
     def entries(self, path: Path) -> dict:
+        """The entries of one baseline file by case key, read once per file: every case of a report looks them up."""
         if path not in self._files:
             self._files[path] = read_baseline(path)
         return self._files[path]
 
     def lookup(self, device: str, sdk: str, key: str) -> tuple[dict | None, Path, str | None]:
+        """(entry, file, note) of a case's baseline for this device and SDK; with none for this SDK, the newest older
+        version's entry and a note saying the runtime changed; (None, this SDK's file, None) when there is none."""
         path = baseline_path(self.dir, device, sdk)
         entry = self.entries(path).get(key)
         if entry is not None:

@@ -94,17 +94,18 @@ def regress_page(run_id: str, verdicts: list[dict], outcomes: list[dict], histor
 def accuracy_markdown(verdicts: list[dict]) -> str:
     """The accuracy cases' intervals for the Markdown summary: each run's 95 % interval and the paired interval
     of its difference to the FP32 reference / the baseline, with the rule that judged it."""
+    def iv(vals: dict, lo: str, hi: str, scale: float = 100) -> str:
+        return "-" if vals.get(lo) is None else f"[{vals[lo] * scale:+.2f}, {vals[hi] * scale:+.2f}]"
+
     rows = []
     for v in verdicts:
         vals = v.get("values") or {}
         if v["case"]["kind"] != "accuracy" or "AP" not in vals:
             continue
-
-        def iv(lo, hi, scale=100):
-            return "-" if vals.get(lo) is None else f"[{vals[lo] * scale:+.2f}, {vals[hi] * scale:+.2f}]"
         own = "-" if vals.get("AP_ci_lo") is None else f"[{vals['AP_ci_lo'] * 100:.2f}, {vals['AP_ci_hi'] * 100:.2f}]"
-        rows.append(f"| `{v['id']}` | {vals['AP'] * 100:.2f} | {own} | {iv('ref_AP_diff_lo', 'ref_AP_diff_hi')} | "
-                    f"{iv('baseline_AP_diff_lo', 'baseline_AP_diff_hi')} | {vals.get('accuracy_rule', '-')} |")
+        rows.append(f"| `{v['id']}` | {vals['AP'] * 100:.2f} | {own} | "
+                    f"{iv(vals, 'ref_AP_diff_lo', 'ref_AP_diff_hi')} | "
+                    f"{iv(vals, 'baseline_AP_diff_lo', 'baseline_AP_diff_hi')} | {vals.get('accuracy_rule', '-')} |")
     if not rows:
         return ""
     return ("\n### Accuracy with 95 % intervals (AP x100)\n\n| case | AP | interval | paired diff vs FP32 | "

@@ -62,6 +62,7 @@ class Case:
 
     @property
     def id(self) -> str:
+        """The case's unique name (base_id, plus its image shard): file names, shards and baselines key on it."""
         if self.image_shard:
             j, m = self.image_shard.split("/")
             return f"{self.base_id}/images-{j}-of-{m}"
@@ -78,6 +79,7 @@ class Case:
         return re.sub(r"[^A-Za-z0-9.+-]+", "_", self.id)
 
     def as_dict(self) -> dict:
+        """The case's fields and its id, as outcomes and run.json store them."""
         return {**asdict(self), "id": self.id}
 
 
@@ -179,6 +181,7 @@ def _spec_arg(spec: ModelSpec, given: str) -> str:
 
 
 def all_model_names() -> list[str]:
+    """The models of models/ (each folder with a model.yaml), sorted: the matrix when none is named."""
     return sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
 
 
@@ -231,6 +234,8 @@ class ModelMap:
 
     @classmethod
     def parse(cls, items: list[str] | None, manifest: str | None = None, cwd: Path | None = None) -> ModelMap:
+        """The map from a manifest file and --onnx MODEL[/VARIANT]=PATH items (these win), paths made absolute against
+        `cwd`; a malformed item is a ConfigError."""
         cwd = Path(cwd or Path.cwd())
         entries: dict = {}
         if manifest:
@@ -265,17 +270,20 @@ class ModelMap:
         return out
 
     def get(self, spec: ModelSpec, variant: str) -> dict:
+        """The model files mapped to this variant: its own entry, else the model's entry (default variant only)."""
         exact = self.entries.get(f"{spec.name}/{variant}")
         if exact is not None:
             return exact
         return self.entries.get(spec.name, {}) if variant == spec.default_variant else {}
 
     def unknown_keys(self, specs: list[ModelSpec]) -> list[str]:
+        """The map's keys that name no model or variant of `specs`: a typo would otherwise map nothing, silently."""
         known = {s.name for s in specs} | {f"{s.name}/{v}" for s in specs for v in s.variants}
         return sorted(k for k in self.entries if k not in known)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
+    """"k/n" -> (k, n) with 1 <= k <= n: the node's slice of the matrix; anything else is a ConfigError."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise ConfigError(f"--shard expects k/n with 1 <= k <= n, got {text!r}")

@@ -94,9 +94,10 @@ def absolute_path(value: str | None, cwd: Path | None = None, only_if_exists: bo
 
 def case_config(case: Case, opts: CaseOptions, results_dir: Path) -> RunConfig:
     """The options of one case's run, everything explicit: nothing in the runner's environment reaches it."""
-    kw: dict[str, Any] = {"device": opts.device, "onnx": case.onnx, "checkpoint": None if case.onnx else case.checkpoint,
-          "config": None if case.onnx else case.config, "dataset_dir": opts.dataset_dir,
-          "annotation": opts.annotation or case.annotation, "cache_dir": opts.cache_dir}
+    kw: dict[str, Any] = {"device": opts.device, "onnx": case.onnx,
+                          "checkpoint": None if case.onnx else case.checkpoint,
+                          "config": None if case.onnx else case.config, "dataset_dir": opts.dataset_dir,
+                          "annotation": opts.annotation or case.annotation, "cache_dir": opts.cache_dir}
     if case.kind == "loadgen":
         kw.update(max_images=opts.max_images or case.max_images, workers=opts.workers, progress=False)
     elif case.kind == "accuracy":
@@ -278,6 +279,8 @@ def _clear_run_dir(run_dir: Path) -> None:
 
 def run_matrix(cases: list[Case], opts: CaseOptions, run_dir: Path, run_id: str, shard: str | None = None,
                echo=print) -> list[dict]:
+    """Run every case into run_dir (emptied first, run.json written before the first case) and return the outcomes;
+    a backend that cannot load here, or a cell the device does not support, makes its cases unsupported, not failed."""
     _clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "run.json", {"run_id": run_id, "shard": shard, "cases": [c.id for c in cases],
@@ -533,6 +536,8 @@ def verdicts_of(run_dir: Path, ropts: ReportOptions) -> tuple[list[dict], list[d
 
 
 def exit_code(verdicts: list[dict], incomplete: list[str], strict: bool, allow_empty: bool = False) -> int:
+    """The run's exit code from its verdicts: a regression, then an infrastructure error, then a run that measured
+    nothing (unless `allow_empty`), then missing cases (or, with `strict`, gaps) each beat a pass."""
     if any(v["status"] == FAILED for v in verdicts):
         return EXIT_REGRESSION
     if any(v["status"] == ERROR for v in verdicts):

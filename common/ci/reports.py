@@ -22,18 +22,22 @@ ICON = {PASS: "✅ pass", WARN: "⚠️ warn", FAILED: "❌ fail", ERROR: "💥 
 
 
 def counts(verdicts: list[dict]) -> Counter:
+    """How many verdicts have each status: the summary line of every report."""
     return Counter(v["status"] for v in verdicts)
 
 
 def _value_text(v: dict) -> str:
     vals = v["values"]
     if v["case"]["kind"] == "accuracy" and "AP" in vals:
-        return f"AP {metric('AP').text(vals['AP'])}, AP50 {metric('AP50').text(vals['AP50'])} ({vals['images']} img)"
+        return (f"AP {metric('AP').text(vals['AP'])}, AP50 {metric('AP50').text(vals['AP50'])} "
+                f"({vals['images']} img)")
     if v["case"]["kind"] == "loadgen" and vals.get("value") is not None:
-        return f"LoadGen {vals['scenario']} {vals['metric']} {vals['value']:.3f}" + ("" if vals["valid"] else " INVALID")
+        return (f"LoadGen {vals['scenario']} {vals['metric']} {vals['value']:.3f}"
+                + ("" if vals["valid"] else " INVALID"))
     if "fps" in vals:
         # `fps`: the harness figure (batch / mean runner.infer time), the one baselines judge (not fps_compute)
-        return f"{metric('fps').text(vals['fps'])} FPS harness `fps` (n={vals['repeats']}, CoV {vals['cov'] * 100:.1f}%)"
+        return (f"{metric('fps').text(vals['fps'])} FPS harness `fps` (n={vals['repeats']}, "
+                f"CoV {vals['cov'] * 100:.1f}%)")
     return ""
 
 
@@ -104,7 +108,7 @@ def junit_xml(verdicts: list[dict], name: str = "regress", environment: dict | N
             tc = ET.SubElement(suite, "testcase", classname="incomplete", name=f"gap{i}", time="0.000")
             ET.SubElement(tc, "error", message=xml_text(gap)[:500], type="incomplete-run").text = xml_text(gap)
         suites["incomplete"] = suite
-    for key, suite in suites.items():
+    for suite in suites.values():
         cases = suite.findall("testcase")
         suite.set("tests", str(len(cases)))
         suite.set("failures", str(sum(tc.find("failure") is not None for tc in cases)))
@@ -185,8 +189,10 @@ def readme_table(model: str, groups: dict, run_id: str) -> str:
         if m != model:
             continue
         out += ["", f"**{variant}** on {backend} / {device}; FPS is `fps`, the harness figure (batch / mean time of "
-                "one inference call with its copies), not the compute-only `fps_compute`; AP over the images named", "",
-                "| Model | Batch Size | Precision | " + " | ".join(metric(m).label for m in README_METRICS) + " | images |",
+                "one inference call with its copies), not the compute-only `fps_compute`; AP over the images "
+                "named", "",
+                "| Model | Batch Size | Precision | " + " | ".join(metric(m).label for m in README_METRICS)
+                + " | images |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         for (precision, bs), r in sorted(rows.items(), key=lambda kv: (PRECISIONS.index(kv[0][0]), kv[0][1])):
             cells = [_readme_cell(m, r) for m in README_METRICS] + [str(r["images"]) if r.get("images") else "-"]

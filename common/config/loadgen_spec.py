@@ -60,6 +60,7 @@ class LoadgenTarget:
                 and (self.batch_sizes is None or batch_size in self.batch_sizes))
 
     def as_dict(self) -> dict:
+        """The target as the record stores it (precision and batch_size as lists, None = any batch size)."""
         return {"scenario": self.scenario, "backend": self.backend, "device": self.device,
                 "precision": list(self.precisions),
                 "batch_size": None if self.batch_sizes is None else list(self.batch_sizes),
@@ -73,9 +74,11 @@ class LoadgenSection:
     targets: tuple
 
     def settings_for(self, scenario: str) -> dict:
+        """The settings of one scenario: the common ones, overridden by the scenario's own."""
         return {**self.common, **self.scenarios.get(scenario, {})}
 
     def targets_for(self, scenario: str, backend: str, device: str, precision: str, batch_size: int) -> list:
+        """The targets that apply to a run of this scenario, backend, device, precision and batch size."""
         return [t for t in self.targets if t.applies(scenario, backend, device, precision, batch_size)]
 
 

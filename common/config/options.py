@@ -328,8 +328,8 @@ def _groups() -> dict:
                  metavar="DIR"),
             *_backend_flags("accuracy"),
             Flag(("--input-cache",), "input_cache", "keep the decoded, letterboxed images here (uint8, 3 x H x W "
-                 "bytes each) as a memory-mapped file shared by every precision and batch size", env="INPUT_CACHE_DIR", metavar="DIR",
-                 shown="off"),
+                 "bytes each) as a memory-mapped file shared by every precision and batch size", env="INPUT_CACHE_DIR",
+                 metavar="DIR", shown="off"),
             Flag(("--save-detections",), "detections_out", "also write the detections as COCO results JSON",
                  metavar="PATH"),
             Flag(("--preflight",), "preflight", "first compare the engine with the FP32 reference on N images "

@@ -24,6 +24,7 @@ class SuiteParser(argparse.ArgumentParser):
         return list(dict.fromkeys(names))   # each once, in order: the sub-commands share many
 
     def error(self, message: str):
+        """argparse's exit 2, with a did-you-mean for an unrecognized flag or an invalid choice."""
         if message.startswith("unrecognized arguments: "):
             hints = [w + did_you_mean(w.split("=", 1)[0], self._option_strings())
                      for w in message.split(": ", 1)[1].split() if w.startswith("-")]

@@ -90,6 +90,7 @@ class Variant:
 
     @property
     def id(self) -> str:
+        """"model/variant": how records, cases and messages name it."""
         return f"{self.model}/{self.name}"
 
     @property
@@ -98,6 +99,7 @@ class Variant:
         return {"input_height": self.height, "input_width": self.width, **self.output}
 
     def targets_for(self, backend: str, device: str, precision: str, batch_size: int) -> list[Target]:
+        """The spec's accuracy / speed targets that apply to a run of this backend, device, precision and batch size."""
         return [t for t in self.targets if t.applies(backend, device, precision, batch_size)]
 
 
@@ -110,6 +112,8 @@ class ModelSpec:
     variants: dict
 
     def variant(self, name: str | None = None) -> Variant:
+        """The named variant (default: the spec's default_variant); an unknown name is a ConfigError with a
+        did-you-mean and the known ones."""
         name = name or self.default_variant
         if name not in self.variants:
             from common.errors import did_you_mean

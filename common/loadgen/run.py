@@ -301,8 +301,9 @@ def _version() -> str | None:
 def format_loadgen(record: dict) -> str:
     """The run's LoadGen lines for the command's output."""
     s = record["loadgen"]
-    lines = [f" LoadGen {s['scenario']} {s['mode']}: " + (f"result {s['validity'] or 'none'}" if s["mode"] == "performance"
-                                                           else "every sample once, its answers evaluated")
+    lines = [f" LoadGen {s['scenario']} {s['mode']}: "
+             + (f"result {s['validity'] or 'none'}" if s["mode"] == "performance"
+                else "every sample once, its answers evaluated")
              + (" (short CI mode: not an MLPerf result)" if s["short"] else "")]
     for r in s["reasons"]:
         lines.append(f"   invalid: {r}")

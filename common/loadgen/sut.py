@@ -48,10 +48,10 @@ class BatchingSUT:
     -> outputs`: one runner each, or one runner that serves several threads at once).
 
     `decode(outputs, meta)` is applied to every batch (a query's answer is its detections); with `log_data`
-    it must give one [k, 6] float32 array per image (x1, y1, x2, y2, score, label per detection). `complete(responses)` is
-    LoadGen's QuerySamplesComplete and `response(id, array or None)` builds one response; with `log_data`
-    each response carries its detections' bytes (LoadGen's accuracy log), else none. `needs_inputs` False
-    (a replay runner serves stored outputs by image id) skips gathering the input batch.
+    it must give one [k, 6] float32 array per image (x1, y1, x2, y2, score, label per detection).
+    `complete(responses)` is LoadGen's QuerySamplesComplete and `response(id, array or None)` builds one
+    response; with `log_data` each response carries its detections' bytes (LoadGen's accuracy log), else none.
+    `needs_inputs` False (a replay runner serves stored outputs by image id) skips gathering the input batch.
     """
 
     def __init__(self, library: SampleLibrary, infers: list, decode, batch_size: int, complete, response,

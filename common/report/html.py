@@ -85,6 +85,8 @@ def verdict_section(record: dict, extra_notes=()) -> str:
 
 
 def accuracy_section(record: dict) -> str:
+    """The accuracy section of a record: the 12 stats with their intervals, AP per category, PR curves and AP by
+    object size; "" when the record has no metrics."""
     m, ci = record.get("metrics") or {}, (record.get("metrics_ci") or {}).get("stats") or {}
     if not m:
         return ""
@@ -92,8 +94,9 @@ def accuracy_section(record: dict) -> str:
     out = [f"<p>{d.get('num_images')} images of {esc(Path(str(d.get('annotation', ''))).name)}, categories "
            f"{esc(d.get('categories'))}.</p>"]
     how = record.get("metrics_ci")
-    rows: list[list] = [[label, _pct(m.get(name)), "-" if name not in ci else f"[{_pct(ci[name][0])}, {_pct(ci[name][1])}]"]
-            for name, label in zip(STAT_NAMES, STAT_LABELS)]
+    rows: list[list] = [[label, _pct(m.get(name)),
+                         "-" if name not in ci else f"[{_pct(ci[name][0])}, {_pct(ci[name][1])}]"]
+                        for name, label in zip(STAT_NAMES, STAT_LABELS)]
     out.append(_table(["stat (x100)", "value", "95 % interval"], rows))
     if how:
         out.append(f"<p>Intervals: {esc(how['method'])}, {how['resamples']} resamples of the {how['images']} "
@@ -118,6 +121,8 @@ def accuracy_section(record: dict) -> str:
 
 
 def speed_section(perf_records: list[dict]) -> str:
+    """The speed section of performance records: FPS of each kind and latency percentiles per run, validity
+    warnings, latency histograms and FPS vs batch size; "" without records."""
     if not perf_records:
         return ""
     out = []

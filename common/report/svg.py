@@ -21,7 +21,8 @@ def _scale(lo: float, hi: float, a: float, b: float) -> Scale:
     return lambda v: a + (v - lo) / span * (b - a)
 
 
-def _frame(title: str, xlabel: str, ylabel: str, x0, x1, y0, y1, xfmt="{:g}", yfmt="{:g}") -> tuple[list[str], Scale, Scale]:
+def _frame(title: str, xlabel: str, ylabel: str, x0, x1, y0, y1, xfmt="{:g}",
+           yfmt="{:g}") -> tuple[list[str], Scale, Scale]:
     sx, sy = _scale(x0, x1, PAD, W - 12), _scale(y0, y1, H - PAD, 24)
     out = [f'<svg class="fig" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
            f'role="img" aria-label="{esc(title)}">',
@@ -31,7 +32,8 @@ def _frame(title: str, xlabel: str, ylabel: str, x0, x1, y0, y1, xfmt="{:g}", yf
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
         out.append(f'<text x="{sx(xv):.1f}" y="{H - PAD + 14}" text-anchor="middle" class="a">'
                    f'{esc(xfmt.format(xv))}</text>')
-        out.append(f'<text x="{PAD - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end" class="a">{esc(yfmt.format(yv))}</text>')
+        out.append(f'<text x="{PAD - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end" class="a">'
+                   f'{esc(yfmt.format(yv))}</text>')
         out.append(f'<line x1="{PAD}" x2="{W - 12}" y1="{sy(yv):.1f}" y2="{sy(yv):.1f}" stroke="#eee"/>')
     out.append(f'<text x="{W / 2}" y="{H - 10}" text-anchor="middle" class="a">{esc(xlabel)}</text>')
     out.append(f'<text x="12" y="{H / 2}" text-anchor="middle" class="a" transform="rotate(-90 12 {H / 2})">'
@@ -56,7 +58,7 @@ def lines(title: str, series: list[tuple[str, list, list]], xlabel: str, ylabel:
         pts = [(sx(x), sy(v)) for x, v in zip(bx, hi)] + [(sx(x), sy(v)) for x, v in reversed(list(zip(bx, lo)))]
         out.append('<polygon fill="#2ca02c" fill-opacity="0.15" stroke="none" points="'
                    + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
-    for i, (label, y) in enumerate(hlines):
+    for label, y in hlines:
         out.append(f'<line x1="{PAD}" x2="{W - 12}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#555" '
                    f'stroke-dasharray="5 4"/><text x="{W - 14}" y="{sy(y) - 4:.1f}" text-anchor="end" class="a">'
                    f'{esc(label)}</text>')
