@@ -5,6 +5,7 @@ version and any build options. Engines are built under a temporary name and rena
 complete, with a sidecar recording their own sha256, so a partial or corrupted file is never reused.
 A lock per key keeps two concurrent runs from building the same engine twice.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -19,9 +20,10 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from common.build_progress import describe_build, last_build_s, timed_build
 from common.errors import InputError, RuntimeFailure
@@ -141,8 +143,13 @@ class EngineCache:
         change), and marshal's and Python's versions. A checksum guards every entry: one that is damaged or
         cannot be read is parsed again, one that cannot be written is skipped. A parse that raises (a refused
         file) is never remembered; nor is an answer marshal cannot write exactly."""
-        key = cache_key(hashlib.sha256(data).hexdigest(), kind=kind, version=version, marshal=marshal.version,
-                        python=list(sys.version_info[:2]))
+        key = cache_key(
+            hashlib.sha256(data).hexdigest(),
+            kind=kind,
+            version=version,
+            marshal=marshal.version,
+            python=list(sys.version_info[:2]),
+        )
         entry = self.root / kind / f"{key}.marshal"
         try:
             blob = entry.read_bytes()
@@ -154,7 +161,7 @@ class EngineCache:
         value = parse()
         try:
             body = marshal.dumps(value)
-        except ValueError:   # a type marshal does not write (a YAML date): parsed at every run, as before
+        except ValueError:  # a type marshal does not write (a YAML date): parsed at every run, as before
             return value
         with _suppress_oserror():
             atomic_write_bytes(entry, zlib.crc32(body).to_bytes(4, "little") + body, durable=False)
@@ -219,8 +226,12 @@ class EngineCache:
                 os.chmod(tmp, shared_file_mode())  # mkstemp's 0600 would hide a shared cache from other users
                 # the sidecar first: it is the write that may still fail (a full disk); an engine without a
                 # matching sidecar is a miss, and the rename below needs no space
-                atomic_write_bytes(info, json.dumps({**describe, "key": key, "sha256": digest,
-                                                     "build_s": round(took, 3)}, indent=1, default=str).encode())
+                atomic_write_bytes(
+                    info,
+                    json.dumps(
+                        {**describe, "key": key, "sha256": digest, "build_s": round(took, 3)}, indent=1, default=str
+                    ).encode(),
+                )
                 os.replace(tmp, engine)
             except BaseException:
                 with _suppress_oserror():
@@ -240,8 +251,11 @@ class EngineCache:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    print(f"engine: waiting for another run that builds this engine (lock {path})", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"engine: waiting for another run that builds this engine (lock {path})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     fcntl.flock(lock, fcntl.LOCK_EX)
                 if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
                     break
@@ -268,13 +282,18 @@ class EngineCache:
             tmp_dir = Path(tempfile.mkdtemp(prefix="suite-engine-"))
             atexit.register(shutil.rmtree, tmp_dir, True)
             path = tmp_dir / f"{key}{suffix}"
-            print(f"warning: {self.root}: cannot write the engine cache ({why}); the engine is built in {tmp_dir} "
-                  "for this run only and not cached", file=sys.stderr)
+            print(
+                f"warning: {self.root}: cannot write the engine cache ({why}); the engine is built in {tmp_dir} "
+                "for this run only and not cached",
+                file=sys.stderr,
+            )
             build(path)
             return path
         except OSError as second:
             if second.errno not in DISK_FULL_ERRNOS and not (second.errno in CACHE_WRITE_ERRNOS and path is None):
                 raise
-            raise RuntimeFailure(f"cannot write the engine cache ({why}), and no temporary directory can hold the "
-                                 f"engine either ({second.strerror}): free space or pass a writable --cache-dir",
-                                 self.root) from None
+            raise RuntimeFailure(
+                f"cannot write the engine cache ({why}), and no temporary directory can hold the "
+                f"engine either ({second.strerror}): free space or pass a writable --cache-dir",
+                self.root,
+            ) from None

@@ -8,10 +8,11 @@ A runner is anything with infer(x) -> {output name: array} (every backend's Runn
 framework's forward); the compare function is a value: (reference outputs, candidate outputs) per batch -> a
 Comparison. The reference is the first runner.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -19,7 +20,8 @@ import numpy as np
 @dataclass
 class FunctionRunner:
     """A callable (a PyTorch module's forward, an ONNX Runtime session's run) as a runner."""
-    fn: Callable                 # fn(x) -> sequence of arrays in output_names order
+
+    fn: Callable  # fn(x) -> sequence of arrays in output_names order
     output_names: list
 
     def infer(self, x: np.ndarray, image_ids=None) -> dict:
@@ -48,23 +50,29 @@ def compare(results: dict[str, list[dict]], compare_func: Callable) -> dict[str,
 
 # ------------------------------------------------------------------------------------------ compare functions
 
+
 def allclose(atol: float, rtol: float, outputs: list | None = None) -> Callable:
     """Elementwise |cand - ref| <= atol + rtol * |ref| on every (or the named) output; details give the max
     absolute difference and the max relative one where the reference is not near zero."""
+
     def judge(ref: list[dict], cand: list[dict]) -> Comparison:
         details, reasons = {}, []
         for name in outputs or list(ref[0]):
             r = np.concatenate([b[name].reshape(-1) for b in ref]).astype(np.float64)
             c = np.concatenate([b[name].reshape(-1) for b in cand]).astype(np.float64)
             diff = np.abs(c - r)
-            big = np.abs(r) > 1e-2   # near zero a relative difference says nothing
+            big = np.abs(r) > 1e-2  # near zero a relative difference says nothing
             excess = float(np.max(diff - (atol + rtol * np.abs(r)))) if r.size else 0.0
             ok = bool(np.isfinite(c).all()) and excess <= 0
-            details[name] = {"max_abs": float(diff.max()) if r.size else 0.0,
-                             "max_rel": float((diff[big] / np.abs(r[big])).max()) if big.any() else 0.0, "ok": ok}
+            details[name] = {
+                "max_abs": float(diff.max()) if r.size else 0.0,
+                "max_rel": float((diff[big] / np.abs(r[big])).max()) if big.any() else 0.0,
+                "ok": ok,
+            }
             if not ok:
                 reasons.append(f"{name}: |diff| up to {details[name]['max_abs']:.3e} exceeds {atol} + {rtol}*|ref|")
         return Comparison(not reasons, details, reasons)
+
     return judge
 
 
@@ -76,8 +84,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
 
 
-def match_detections(ref: tuple, cand: tuple, score_threshold: float, iou_min: float = 0.5,
-                     score_tol: float | None = None) -> list:
+def match_detections(
+    ref: tuple, cand: tuple, score_threshold: float, iou_min: float = 0.5, score_tol: float | None = None
+) -> list:
     """Pairs each reference detection at or above the threshold with a candidate detection (any score, or within
     score_tol of the reference's when given) of the same label and IoU >= iou_min, one to one. Pairs are taken
     globally by increasing (1 - IoU) + |score diff|, so among near-identical boxes (DETR queries often overlap) a
@@ -105,11 +114,13 @@ def match_detections(ref: tuple, cand: tuple, score_threshold: float, iou_min: f
     return result
 
 
-def detections_agree(decode: Callable, iou_min: float = 0.9, score_tol: float = 0.02,
-                     min_agreement: float = 0.98, describe: str = "") -> Callable:
+def detections_agree(
+    decode: Callable, iou_min: float = 0.9, score_tol: float = 0.02, min_agreement: float = 0.98, describe: str = ""
+) -> Callable:
     """Detections (decode(outputs) -> [(boxes, scores, labels) per image]) matched one to one with the same
     label, IoU >= iou_min and |score diff| <= score_tol. Agreement = matched / max(n_ref, n_cand): detections
     missing on either side count against it."""
+
     def judge(ref: list[dict], cand: list[dict]) -> Comparison:
         matched = n_ref = n_cand = 0
         for r_out, c_out in zip(ref, cand):
@@ -117,9 +128,14 @@ def detections_agree(decode: Callable, iou_min: float = 0.9, score_tol: float = 
                 matched += sum(p is not None for p in match_detections(r, c, -np.inf, iou_min, score_tol))
                 n_ref, n_cand = n_ref + len(r[0]), n_cand + len(c[0])
         agreement = matched / max(n_ref, n_cand) if max(n_ref, n_cand) else 1.0
-        details = {"matched": matched, "reference_detections": n_ref, "candidate_detections": n_cand,
-                   "agreement": agreement, "metric": describe or f"same label, IoU >= {iou_min}, "
-                                                              f"|score diff| <= {score_tol}"}
+        details = {
+            "matched": matched,
+            "reference_detections": n_ref,
+            "candidate_detections": n_cand,
+            "agreement": agreement,
+            "metric": describe or f"same label, IoU >= {iou_min}, |score diff| <= {score_tol}",
+        }
         ok = agreement >= min_agreement
         return Comparison(ok, details, [] if ok else [f"detection agreement {agreement:.3f} < {min_agreement}"])
+
     return judge

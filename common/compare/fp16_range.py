@@ -19,6 +19,7 @@ The same scan also measures each tensor of the FP16 graph against its FP32 sourc
 localisation (common/compare/fp16_localise.py) uses. Statistics are float32 and one pass per tensor, with exact work
 only where a cheap bound cannot decide (see _ref_range, _pair_stats).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-RANGE_CHECK = 2               # the version of the check: change it when its answer changes (remembered answers)
+RANGE_CHECK = 2  # the version of the check: change it when its answer changes (remembered answers)
 FP16_MAX = 65504.0
-FP16_MIN_NORMAL = 6.104e-05   # below it float16 keeps fewer significant bits, and nothing below ~6e-8
-FP16_HALF_TINY = 2.0 ** -25   # a value below half the smallest subnormal rounds to zero
-FP16_NORMAL = 2.0 ** -14      # the smallest normal float16; a device that flushes subnormals makes less zero
+FP16_MIN_NORMAL = 6.104e-05  # below it float16 keeps fewer significant bits, and nothing below ~6e-8
+FP16_HALF_TINY = 2.0**-25  # a value below half the smallest subnormal rounds to zero
+FP16_NORMAL = 2.0**-14  # the smallest normal float16; a device that flushes subnormals makes less zero
 RANGE_REASONS = ("overflow", "underflow", "underflow_to_zero", "nonfinite")
 SUBNORMAL_MODELS = ("flush", "keep")
 
@@ -39,17 +40,23 @@ def subnormal_model(tol) -> str:
     """The float16 subnormal model a tolerance asks for: flush (the strict default) or keep."""
     return getattr(tol, "fp16_subnormals", None) or "flush"
 
+
 # ---------------------------------------------------------------- graphs and exposed tensors
+
 
 def graph_types(model) -> dict:
     import onnx
+
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - large or unusual graphs: fall back to what the file declares
         inferred = model
     g = inferred.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output) + list(g.input)
-             if v.type.HasField("tensor_type")}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(g.value_info) + list(g.output) + list(g.input)
+        if v.type.HasField("tensor_type")
+    }
     types.update({t.name: t.data_type for t in g.initializer})
     return types
 
@@ -58,6 +65,7 @@ def session_with_outputs(model, names: list, types: dict):
     import onnx
     import onnxruntime as ort
     from onnx import helper
+
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
@@ -78,8 +86,7 @@ def images_per_call(model, input_name: str, n: int) -> int:
     return n if dim is not None and not dim.HasField("dim_value") else 1
 
 
-def run_exposed(model, names: list, types: dict, input_name: str, x: np.ndarray, extra=None,
-                step: int = 1) -> dict:
+def run_exposed(model, names: list, types: dict, input_name: str, x: np.ndarray, extra=None, step: int = 1) -> dict:
     """{tensor: [value per call of `step` images]} with every named tensor exposed as an output. `extra`: the
     other graph inputs, one row each ([1, ...]), repeated for every image of a call."""
     if not names:
@@ -87,9 +94,10 @@ def run_exposed(model, names: list, types: dict, input_name: str, x: np.ndarray,
     sess = session_with_outputs(model, names, types)
     values = []
     for i in range(0, len(x), step):
-        xi = x[i:i + step]
-        feeds = {k: np.ascontiguousarray(np.broadcast_to(v, (len(xi), *np.shape(v)[1:])))
-                 for k, v in (extra or {}).items()}
+        xi = x[i : i + step]
+        feeds = {
+            k: np.ascontiguousarray(np.broadcast_to(v, (len(xi), *np.shape(v)[1:]))) for k, v in (extra or {}).items()
+        }
         values.append(sess.run(names, {input_name: xi, **feeds}))
     return {n: [v[k] for v in values] for k, n in enumerate(names)}
 
@@ -98,8 +106,11 @@ def source_map(model32, model16) -> dict:
     """{tensor of the FP16 graph: the FP32 tensor whose value it holds}. The converter keeps node names: a node's
     outputs map position by position (a blocked node's renamed FP32 output too); the casts and identities it
     inserts hold their input's value; graph inputs and initializers keep their names."""
-    names32 = {o for n in model32.graph.node for o in n.output} | {i.name for i in model32.graph.input} \
+    names32 = (
+        {o for n in model32.graph.node for o in n.output}
+        | {i.name for i in model32.graph.input}
         | {t.name for t in model32.graph.initializer}
+    )
     nodes32 = {n.name: n for n in model32.graph.node if n.name}
     src = {n: n for n in names32}
     for t in list(model16.graph.initializer) + list(model16.graph.input):
@@ -121,6 +132,7 @@ def source_map(model32, model16) -> dict:
 
 # ---------------------------------------------------------------- float32 statistics
 
+
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, np.float32).ravel()
 
@@ -128,11 +140,12 @@ def _f32(a: np.ndarray) -> np.ndarray:
 @dataclass
 class RefRange:
     """What float16 makes of the FP32 values of one tensor (over all images)."""
+
     max_abs: float
-    overflow: int          # finite values with |x| > 65504
-    flushed: int           # non-zero values that round to zero (with subnormals flushed: that round below 2^-14)
-    quant_cosine: float    # cosine of the values against their float16 rounding (finite, in-range values)
-    flush_cosine: float = 1.0   # the same with float16 subnormals flushed to zero (the `flush` model)
+    overflow: int  # finite values with |x| > 65504
+    flushed: int  # non-zero values that round to zero (with subnormals flushed: that round below 2^-14)
+    quant_cosine: float  # cosine of the values against their float16 rounding (finite, in-range values)
+    flush_cosine: float = 1.0  # the same with float16 subnormals flushed to zero (the `flush` model)
 
 
 # RMS above which rounding cannot cost 1e-3 of cosine: 1 - cos <= |e|^2 / |v|^2 with |e_i| <= 2^-25 (subnormals
@@ -153,7 +166,7 @@ def _ref_range(ref: list, subnormals: str = "flush") -> RefRange:
         rr += float(np.dot(v, v))
     if n == 0:
         return RefRange(0.0, 0, 0, 1.0)
-    if np.isfinite(rr) and rr <= FP16_MAX ** 2 and rr > n * _SAFE_RMS[subnormals] ** 2:
+    if np.isfinite(rr) and rr <= FP16_MAX**2 and rr > n * _SAFE_RMS[subnormals] ** 2:
         return RefRange(float(np.sqrt(rr)), 0, 0, 1.0)
     max_abs, overflow, flushed, dot_rq, qq, rr_in = 0.0, 0, 0, 0.0, 0.0, 0.0
     dot_rz, zz = 0.0, 0.0
@@ -172,12 +185,12 @@ def _ref_range(ref: list, subnormals: str = "flush") -> RefRange:
             v = v[~big]
             av = av[~big]
         q = v.astype(np.float16).astype(np.float32)
-        v64, q64 = v.astype(np.float64), q.astype(np.float64)   # tiny values: float32 products would underflow
+        v64, q64 = v.astype(np.float64), q.astype(np.float64)  # tiny values: float32 products would underflow
         dot_rq += float(np.dot(v64, q64))
         qq += float(np.dot(q64, q64))
         rr_in += float(np.dot(v64, v64))
         if flush:
-            sub = np.abs(q) < FP16_NORMAL   # a subnormal result (or an input read as one) becomes zero
+            sub = np.abs(q) < FP16_NORMAL  # a subnormal result (or an input read as one) becomes zero
             flushed += int((sub & (av > 0)).sum())
             z64 = np.where(sub, 0.0, q64)
             dot_rz += float(np.dot(v64, z64))
@@ -187,6 +200,7 @@ def _ref_range(ref: list, subnormals: str = "flush") -> RefRange:
 
     def cosine(dot, cc):
         return 1.0 if rr_in == 0.0 else (0.0 if cc == 0.0 else float(dot / np.sqrt(rr_in * cc)))
+
     return RefRange(max_abs, overflow, flushed, cosine(dot_rq, qq), cosine(dot_rz, zz) if flush else 1.0)
 
 
@@ -213,9 +227,9 @@ def _max_abs(ref: list) -> float:
 
 @dataclass
 class PairStats:
-    cosine: float          # 0.0 when the candidate holds NaN / Inf where the reference is finite
-    nonfinite: int         # candidate NaN / Inf where the reference is finite
-    norm_err: float | None = None   # max |c - r| / max |r|, only when the tolerance uses it
+    cosine: float  # 0.0 when the candidate holds NaN / Inf where the reference is finite
+    nonfinite: int  # candidate NaN / Inf where the reference is finite
+    norm_err: float | None = None  # max |c - r| / max |r|, only when the tolerance uses it
 
 
 def _pair_stats(ref: list, cand: list, want_norm_err: bool = False) -> PairStats:
@@ -267,40 +281,49 @@ def _pair_stats_masked(ref: list, cand: list, want_norm_err: bool) -> PairStats:
 
 # ---------------------------------------------------------------- the scan
 
+
 @dataclass
 class TensorCheck:
-    tensor: str            # in the FP16 graph
-    source: str            # the FP32 tensor it holds
-    node: str | None       # the FP16 graph's node that produces it (None: an initializer)
-    inputs: tuple          # that node's inputs (FP16 graph names)
+    tensor: str  # in the FP16 graph
+    source: str  # the FP32 tensor it holds
+    node: str | None  # the FP16 graph's node that produces it (None: an initializer)
+    inputs: tuple  # that node's inputs (FP16 graph names)
     float16: bool
-    reason: str | None     # overflow | underflow | nonfinite | tolerance | None (within)
-    cosine: float          # observed: the FP16 graph's value against the FP32 source
+    reason: str | None  # overflow | underflow | nonfinite | tolerance | None (within)
+    cosine: float  # observed: the FP16 graph's value against the FP32 source
     ref_max_abs: float
-    count: int = 0         # values beyond 65504 (overflow), flushed to zero (underflow) or NaN / Inf (nonfinite)
+    count: int = 0  # values beyond 65504 (overflow), flushed to zero (underflow) or NaN / Inf (nonfinite)
     norm_err: float | None = None
 
 
 @dataclass
 class Scan:
-    checks: list = field(default_factory=list)    # TensorCheck, in the FP16 graph's order
+    checks: list = field(default_factory=list)  # TensorCheck, in the FP16 graph's order
     watched: int = 0
-    scanned: int = 0       # tensors compared with their FP32 source (integer ones for equality only)
+    scanned: int = 0  # tensors compared with their FP32 source (integer ones for equality only)
     diverged: int = 0
     unmapped: list = field(default_factory=list)  # float tensors of the FP16 graph with no FP32 source
-    subnormals: str = "flush"                     # the float16 subnormal model the range was judged with
+    subnormals: str = "flush"  # the float16 subnormal model the range was judged with
 
 
 def _input_values(input_name, x, extra, step) -> dict:
-    calls = [x[i:i + step] for i in range(0, len(x), step)]
+    calls = [x[i : i + step] for i in range(0, len(x), step)]
     vals = {input_name: calls}
     for k, v in (extra or {}).items():
         vals[k] = [np.broadcast_to(v, (len(c), *np.shape(v)[1:])) for c in calls]
     return vals
 
 
-def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: dict | None = None,
-              chunk: int = 1500, extra_inputs=None) -> Scan:
+def scan_fp16(
+    model32,
+    model16,
+    x: np.ndarray,
+    input_name: str,
+    tol,
+    ref_cache: dict | None = None,
+    chunk: int = 1500,
+    extra_inputs=None,
+) -> Scan:
     """Every tensor of the FP16 graph against the FP32 tensor it holds, on the images `x`.
 
     Large graphs are scanned in chunks of `chunk` tensors in the FP16 graph's (topological) order so memory stays
@@ -309,6 +332,7 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
     from them select different elements: those are marked diverged and only the range is judged."""
     import onnx
     from onnx import numpy_helper
+
     FLOAT16 = onnx.TensorProto.FLOAT16
     types32, types16 = graph_types(model32), graph_types(model16)
     src = source_map(model32, model16)
@@ -316,7 +340,7 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
     subnormals = subnormal_model(tol)
     scan = Scan(subnormals=subnormals)
     inits32 = {t.name: t for t in model32.graph.initializer}
-    for t in model16.graph.initializer:   # weights: judged from the FP32 file's values, nothing to run
+    for t in model16.graph.initializer:  # weights: judged from the FP32 file's values, nothing to run
         if t.data_type != FLOAT16:
             continue
         s = src.get(t.name)
@@ -326,8 +350,9 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
         wrng = _ref_range([numpy_helper.to_array(inits32[s])], subnormals)
         reason = range_reason(wrng, tol)
         cos = wrng.flush_cosine if reason == "underflow_to_zero" else wrng.quant_cosine
-        scan.checks.append(TensorCheck(t.name, s, None, (), True, reason, cos, wrng.max_abs,
-                                       wrng.overflow or wrng.flushed))
+        scan.checks.append(
+            TensorCheck(t.name, s, None, (), True, reason, cos, wrng.max_abs, wrng.overflow or wrng.flushed)
+        )
         scan.scanned += 1
     graph_inputs = {i.name for i in model32.graph.input}
     produced32 = {o for n in model32.graph.node for o in n.output}
@@ -340,9 +365,9 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
     diverged: set = set()
     ranges: dict = {}
     for start in range(0, len(outs), chunk):
-        part = outs[start:start + chunk]
+        part = outs[start : start + chunk]
         mapped = [(n, o, src.get(o)) for n, o in part]
-        for n, o, s in mapped:
+        for _, o, s in mapped:
             if s is None:
                 scan.unmapped.append(o)
         need = sorted({s for _, _, s in mapped if s and s in produced32 and s not in cache and types32.get(s)})
@@ -378,13 +403,26 @@ def scan_fp16(model32, model16, x: np.ndarray, input_name: str, tol, ref_cache: 
                 cos = ps.cosine
                 if reason is None and ps.nonfinite:
                     reason, count = "nonfinite", ps.nonfinite
-                elif reason is None and (cos < tol.node_min_cosine or
-                                         (ps.norm_err is not None and ps.norm_err > tol.node_max_norm_err)):
+                elif reason is None and (
+                    cos < tol.node_min_cosine or (ps.norm_err is not None and ps.norm_err > tol.node_max_norm_err)
+                ):
                     reason = "tolerance"
             # the cheap bound is enough for a tensor within range; a finding states the true maximum
             max_abs = _max_abs(ref) if reason else rng.max_abs if rng is not None else 0.0
-            scan.checks.append(TensorCheck(o, s, n.name, tuple(n.input), is16, reason, cos, max_abs, count,
-                                           ps.norm_err if ps is not None else None))
+            scan.checks.append(
+                TensorCheck(
+                    o,
+                    s,
+                    n.name,
+                    tuple(n.input),
+                    is16,
+                    reason,
+                    cos,
+                    max_abs,
+                    count,
+                    ps.norm_err if ps is not None else None,
+                )
+            )
         del cand
     scan.diverged = len(diverged)
     return scan
@@ -412,14 +450,21 @@ def summarise(scan: Scan, limit: int = 5) -> dict:
     found = range_findings(scan)
     after = _downstream_of_range(scan)
     reasons = []
-    for reason, what in (("overflow", "overflow float16 (finite FP32 values beyond 65504: Inf on an FP16 device)"),
-                         ("underflow", "lose their values below float16's range (cosine of the float16 rounding "
-                                       "below the node tolerance)"),
-                         ("underflow_to_zero", "underflow to zero (their values below float16's normal range, "
-                                               "6.1e-05, are flushed to zero on a device that flushes float16 "
-                                               "subnormals: cosine of the flushed rounding below the node "
-                                               "tolerance; fp16_subnormals: flush)"),
-                         ("nonfinite", "hold NaN / Inf in the FP16 graph where the FP32 reference is finite")):
+    for reason, what in (
+        ("overflow", "overflow float16 (finite FP32 values beyond 65504: Inf on an FP16 device)"),
+        (
+            "underflow",
+            "lose their values below float16's range (cosine of the float16 rounding below the node tolerance)",
+        ),
+        (
+            "underflow_to_zero",
+            "underflow to zero (their values below float16's normal range, "
+            "6.1e-05, are flushed to zero on a device that flushes float16 "
+            "subnormals: cosine of the flushed rounding below the node "
+            "tolerance; fp16_subnormals: flush)",
+        ),
+        ("nonfinite", "hold NaN / Inf in the FP16 graph where the FP32 reference is finite"),
+    ):
         hits = [c for c in found if c.reason == reason]
         if not hits:
             continue
@@ -427,26 +472,45 @@ def summarise(scan: Scan, limit: int = 5) -> dict:
         names = ", ".join(f"{c.tensor} (|ref| max {c.ref_max_abs:.4g}, {c.count} values)" for c in listed[:limit])
         more = f" and {len(listed) - limit} more" if len(listed) > limit else ""
         follow = len(hits) - len(listed)
-        tail = (f"{': ' + names if names else ''}{more}"
-                + (f"{'; ' if names else ': '}{follow} of them downstream of the tensors above" if follow else ""))
+        tail = f"{': ' + names if names else ''}{more}" + (
+            f"{'; ' if names else ': '}{follow} of them downstream of the tensors above" if follow else ""
+        )
         reasons.append(f"FP16 range: {len(hits)} tensor(s) {what}{tail}")
     n16 = sum(1 for c in scan.checks if c.float16)
-    return {"verdict": "fail" if found else "pass", "reasons": reasons, "float16_tensors": n16,
-            "fp16_subnormals": scan.subnormals,
-            "tensors": len(scan.checks), "diverged": scan.diverged, "unmapped": len(scan.unmapped),
-            "findings": [{"tensor": c.tensor, "source": c.source, "node": c.node, "reason": c.reason,
-                          "count": c.count, "ref_max_abs": c.ref_max_abs, "downstream": c.tensor in after}
-                         for c in found]}
+    return {
+        "verdict": "fail" if found else "pass",
+        "reasons": reasons,
+        "float16_tensors": n16,
+        "fp16_subnormals": scan.subnormals,
+        "tensors": len(scan.checks),
+        "diverged": scan.diverged,
+        "unmapped": len(scan.unmapped),
+        "findings": [
+            {
+                "tensor": c.tensor,
+                "source": c.source,
+                "node": c.node,
+                "reason": c.reason,
+                "count": c.count,
+                "ref_max_abs": c.ref_max_abs,
+                "downstream": c.tensor in after,
+            }
+            for c in found
+        ],
+    }
 
 
-def load_fp16_graph(onnx_path: Path, engine: Path | None = None, block_ops=(), block_nodes=(),
-                    workdir: Path | None = None):
+def load_fp16_graph(
+    onnx_path: Path, engine: Path | None = None, block_ops=(), block_nodes=(), workdir: Path | None = None
+):
     """(FP32 model, FP16 model): the candidate's own converted graph when it is one (onnxruntime's engine),
     else the ONNX Runtime float16 conversion with the spec's block lists."""
     import tempfile
 
     import onnx
+
     from common.runtime.backends.onnxruntime_backend import convert_fp16
+
     model32 = onnx.load(str(onnx_path))
     if engine is not None:
         return model32, onnx.load(str(engine))
@@ -459,6 +523,7 @@ def load_fp16_graph(onnx_path: Path, engine: Path | None = None, block_ops=(), b
 def inputs_digest(x: np.ndarray, extra_inputs=None) -> str:
     """The images' tensor (and any other graph inputs) as one sha256: part of a remembered check's key."""
     import hashlib
+
     h = hashlib.sha256()
     for name, a in [("", x), *sorted((extra_inputs or {}).items())]:
         a = np.ascontiguousarray(a)
@@ -467,8 +532,16 @@ def inputs_digest(x: np.ndarray, extra_inputs=None) -> str:
     return h.hexdigest()
 
 
-def range_check(onnx_path: Path, x: np.ndarray, input_name: str, tol, engine: Path | None = None, block_ops=(),
-                block_nodes=(), extra_inputs=None) -> dict:
+def range_check(
+    onnx_path: Path,
+    x: np.ndarray,
+    input_name: str,
+    tol,
+    engine: Path | None = None,
+    block_ops=(),
+    block_nodes=(),
+    extra_inputs=None,
+) -> dict:
     """The FP16 range check of a candidate graph on the images `x` (summarise()'s dict)."""
     model32, model16 = load_fp16_graph(onnx_path, engine, block_ops, block_nodes)
     result = summarise(scan_fp16(model32, model16, x, input_name, tol, extra_inputs=extra_inputs))

@@ -15,6 +15,7 @@
 Quantisation reuses the cached calibration ranges (common/runtime/quantize.py), so each point costs one quantiser pass
 and one pass over the held-apart images.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,6 +40,7 @@ class Point:
 
 def _session(path: Path, threads: int = 0):
     import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
@@ -50,6 +52,7 @@ def evaluate_ap(onnx_path: Path, variant, images, batch: int = 1, threads: int =
     """(COCO metrics, seconds per image) of an ONNX on preloaded images (common.harness.fidelity.Images)."""
     from common.decode.outputs import get_decoder
     from common.evaluate.metrics import CocoEvaluator
+
     sess = _session(onnx_path, threads)
     names = [o.name for o in sess.get_outputs()]
     decoder = get_decoder(variant.decode_cfg)
@@ -57,17 +60,20 @@ def evaluate_ap(onnx_path: Path, variant, images, batch: int = 1, threads: int =
     n = len(images.image_ids)
     t0 = time.perf_counter()
     for s in range(0, n, batch):
-        x = images.inputs[s:s + batch]
-        extra = {k: np.broadcast_to(np.asarray(v, np.float32), (len(x), len(v))).copy()
-                 for k, v in variant.extra_inputs.items()}
+        x = images.inputs[s : s + batch]
+        extra = {
+            k: np.broadcast_to(np.asarray(v, np.float32), (len(x), len(v))).copy()
+            for k, v in variant.extra_inputs.items()
+        }
         out = dict(zip(names, sess.run(names, {variant.input_name: x, **extra})))
-        bi, boxes, scores, labels = decoder(out, images.meta[s:s + batch], variant.decode_cfg)
-        ev.add(images.image_ids[s:s + batch][bi], boxes, scores, labels)
+        bi, boxes, scores, labels = decoder(out, images.meta[s : s + batch], variant.decode_cfg)
+        ev.add(images.image_ids[s : s + batch][bi], boxes, scores, labels)
     per_image = (time.perf_counter() - t0) / max(n, 1)
     return ev.evaluate(images.image_ids), per_image
 
 
 # ---------------------------------------------------------------- per-node error
+
 
 def _sqnr(ref: list, cand: list) -> float:
     a = np.concatenate([np.ravel(v).astype(np.float64) for v in ref])
@@ -84,6 +90,7 @@ def _quantised_inputs(node, producer: dict, qinit: dict, tag: str):
     FP32 tensors (activations through the QDQ graph's own QuantizeLinear scale / zero point, weights
     dequantised). None when the node has no quantised input."""
     from onnx import helper, numpy_helper
+
     inputs, nodes, inits, quantised = [], [], [], False
     for k, name in enumerate(node.input):
         dq = producer.get(name)
@@ -92,11 +99,14 @@ def _quantised_inputs(node, producer: dict, qinit: dict, tag: str):
             continue
         quantised = True
         src = dq.input[0]
-        if src in qinit:   # a weight: dequantised here, as the INT8 engine sees it
+        if src in qinit:  # a weight: dequantised here, as the INT8 engine sees it
             w = numpy_helper.to_array(qinit[src]).astype(np.float32)
             scale = numpy_helper.to_array(qinit[dq.input[1]]).astype(np.float32)
-            zero = (numpy_helper.to_array(qinit[dq.input[2]]).astype(np.float32) if len(dq.input) > 2
-                    else np.zeros_like(scale))
+            zero = (
+                numpy_helper.to_array(qinit[dq.input[2]]).astype(np.float32)
+                if len(dq.input) > 2
+                else np.zeros_like(scale)
+            )
             if scale.ndim == 1 and scale.size > 1:
                 axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
                 shape = [1] * w.ndim
@@ -104,11 +114,13 @@ def _quantised_inputs(node, producer: dict, qinit: dict, tag: str):
                 scale, zero = scale.reshape(shape), zero.reshape(shape)
             inits.append(numpy_helper.from_array((w - zero) * scale, f"{tag}_w{k}"))
             inputs.append(f"{tag}_w{k}")
-        else:              # an activation: its FP32 value through the node's own Q/DQ
+        else:  # an activation: its FP32 value through the node's own Q/DQ
             q = producer[src]
             inits += [qinit[t] for t in q.input[1:] if t in qinit]
-            nodes += [helper.make_node("QuantizeLinear", [q.input[0], *q.input[1:]], [f"{tag}_q{k}"]),
-                      helper.make_node("DequantizeLinear", [f"{tag}_q{k}", *q.input[1:]], [f"{tag}_dq{k}"])]
+            nodes += [
+                helper.make_node("QuantizeLinear", [q.input[0], *q.input[1:]], [f"{tag}_q{k}"]),
+                helper.make_node("DequantizeLinear", [f"{tag}_q{k}", *q.input[1:]], [f"{tag}_dq{k}"]),
+            ]
             inputs.append(f"{tag}_dq{k}")
     return (inputs, nodes, inits) if quantised else None
 
@@ -133,11 +145,19 @@ def _final_tensors(fmodel, candidates: set) -> list:
                 break
         reach[tensor] = hit
         return hit
+
     return [o for name in sorted(candidates) for o in by_name[name].output[:1] if not reaches(o, {name})]
 
 
-def node_errors(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str, op_types: tuple,
-                log=None, limit: int | None = None) -> list[dict]:
+def node_errors(
+    float_path: Path,
+    qdq_path: Path,
+    x: np.ndarray,
+    input_name: str,
+    op_types: tuple,
+    log=None,
+    limit: int | None = None,
+) -> list[dict]:
     """Per quantised node, on real images: `alone_db`, the SQNR (dB) against FP32, at the network's last
     quantisable tensors, of the FP32 graph with only this node quantised (its own error as the rest of the
     network carries and amplifies it), and `sqnr_db`, the node output's SQNR in the fully quantised graph (the
@@ -147,7 +167,9 @@ def node_errors(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str
     import onnx
     import onnxruntime as ort
 
-    from common.compare.fp16_range import graph_types as _types, run_exposed as _run_exposed
+    from common.compare.fp16_range import graph_types as _types
+    from common.compare.fp16_range import run_exposed as _run_exposed
+
     fmodel, qmodel = onnx.load(str(float_path)), onnx.load(str(qdq_path))
     qinit = {t.name: t for t in qmodel.graph.initializer}
     producer = {o: n for n in qmodel.graph.node for o in n.output}
@@ -161,7 +183,7 @@ def node_errors(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str
                 plans[node.name] = plan
     final = _final_tensors(fmodel, set(plans))
     unmeasured = []
-    if limit is not None and limit < len(plans):   # quick checks: the first `limit` nodes in graph order
+    if limit is not None and limit < len(plans):  # quick checks: the first `limit` nodes in graph order
         names = list(plans)
         unmeasured = names[limit:]
         plans = {k: plans[k] for k in names[:limit]}
@@ -171,6 +193,7 @@ def node_errors(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str
     ref_outs = _run_exposed(fmodel, outs, f_types, input_name, x)
     cum = _run_exposed(qmodel, outs, q_types, input_name, x)
     from onnx import helper
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -190,13 +213,19 @@ def node_errors(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str
         # a node is inserted before its consumer's position only by name: ONNX needs topological order
         _sort_nodes(m.graph)
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        got = [sess.run(final, {input_name: x[i:i + 1]}) for i in range(len(x))]
+        got = [sess.run(final, {input_name: x[i : i + 1]}) for i in range(len(x))]
         # the worst final tensor, each on its own scale: pooled, box distances (hundreds of pixels) would drown
         # the error of score logits (units), which decide what is detected
         db = min(_sqnr(ref[t], [g[j] for g in got]) for j, t in enumerate(final))
         out = fnodes[name].output[0]
-        rows.append({"node": name, "op_type": fnodes[name].op_type, "alone_db": round(db, 2),
-                     "sqnr_db": round(_sqnr(ref_outs[out], cum[out]), 2) if out in cum else None})
+        rows.append(
+            {
+                "node": name,
+                "op_type": fnodes[name].op_type,
+                "alone_db": round(db, 2),
+                "sqnr_db": round(_sqnr(ref_outs[out], cum[out]), 2) if out in cum else None,
+            }
+        )
         if log and ((k + 1) % 25 == 0 or k + 1 == len(plans)):
             log(f"   {k + 1}/{len(plans)} nodes measured")
             sys.stdout.flush()
@@ -216,7 +245,7 @@ def _sort_nodes(graph):
                 produced.update(n.output)
             else:
                 rest.append(n)
-        if len(rest) == len(pending):   # a cycle or a dangling input: keep the rest as they were
+        if len(rest) == len(pending):  # a cycle or a dangling input: keep the rest as they were
             ordered += rest
             break
         pending = rest
@@ -229,8 +258,21 @@ def _sort_nodes(graph):
 
 # ---------------------------------------------------------------- search
 
-def search(onnx_path: Path, variant, calib, settings: Int8Settings, images, ranking: list, fp32_ap: float,
-           tolerance: float, cache_root: Path, log=print, max_keep: int | None = None, threads: int = 0) -> list:
+
+def search(
+    onnx_path: Path,
+    variant,
+    calib,
+    settings: Int8Settings,
+    images,
+    ranking: list,
+    fp32_ap: float,
+    tolerance: float,
+    cache_root: Path,
+    log=print,
+    max_keep: int | None = None,
+    threads: int = 0,
+) -> list:
     """Points of AP vs nodes kept in FP32 (in ranking order): doubling, then bisection to the fewest nodes
     within tolerance of fp32_ap. Returns every evaluated Point, sorted by node count."""
     points: dict[int, Point] = {}
@@ -242,12 +284,18 @@ def search(onnx_path: Path, variant, calib, settings: Int8Settings, images, rank
             keep = tuple(ranking[:k])
             with tempfile.TemporaryDirectory(prefix="int8search.") as tmp:
                 q = Path(tmp) / "q.onnx"
-                quantize_onnx(onnx_path, q, calib, replace(settings, keep_fp32=tuple(settings.keep_fp32) + keep),
-                              variant.input_name, cache_root, dict(variant.extra_inputs))
+                quantize_onnx(
+                    onnx_path,
+                    q,
+                    calib,
+                    replace(settings, keep_fp32=tuple(settings.keep_fp32) + keep),
+                    variant.input_name,
+                    cache_root,
+                    dict(variant.extra_inputs),
+                )
                 m, spi = evaluate_ap(q, variant, images, threads=threads)
             points[k] = Point(k, keep, m["AP"], m["AP50"], spi)
-            log(f"  keep {k:3d} in FP32: AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  "
-                f"({fp32_ap - m['AP']:+.4f} below FP32)")
+            log(f"  keep {k:3d} in FP32: AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  ({fp32_ap - m['AP']:+.4f} below FP32)")
         return points[k]
 
     def ok(k: int) -> bool:
@@ -258,7 +306,7 @@ def search(onnx_path: Path, variant, calib, settings: Int8Settings, images, rank
         k = 1
         while k < max_keep and not ok(k):
             lo, k = k, min(2 * k, max_keep)
-        if ok(k):   # bisect in (lo, k]: the fewest nodes within tolerance
+        if ok(k):  # bisect in (lo, k]: the fewest nodes within tolerance
             hi = k
             while hi - lo > 1:
                 mid = (lo + hi) // 2

@@ -7,6 +7,7 @@ it timed (`timed_detections` in its record); the regression verdict matches them
 detections of that image (same model, variant, backend and precision; COCO results written with
 --save-detections), both ways, by label and IoU (common/harness/fidelity.match_detections).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,25 +15,30 @@ from pathlib import Path
 
 import numpy as np
 
-KEEP = 100             # detections kept in the record (the highest scores)
-SCORE_KEEP = 0.05      # ... and at least this score: enough room for the matcher's score noise
-SCORE_JUDGE = 0.3      # detections at or above this score must find their partner
+KEEP = 100  # detections kept in the record (the highest scores)
+SCORE_KEEP = 0.05  # ... and at least this score: enough room for the matcher's score noise
+SCORE_JUDGE = 0.3  # detections at or above this score must find their partner
 IOU_MIN = 0.5
-MIN_MATCHED = 0.8      # fraction of judged detections that must match, in each direction
+MIN_MATCHED = 0.8  # fraction of judged detections that must match, in each direction
 
 
 def timed_detections(variant, outputs: dict, meta_row: np.ndarray, image_id: int, batch_size: int) -> dict:
     """Decoded detections of batch element 0 of a timed call, boxes in original pixels (xyxy), COCO category
     ids. Raises whatever the decoder raises (the caller records why there are none)."""
     from common.decode.outputs import get_decoder
+
     first = {k: (v[:1] if getattr(v, "ndim", 0) and v.shape[0] == batch_size else v) for k, v in outputs.items()}
     _, boxes, scores, labels = get_decoder(variant.output)(first, np.asarray(meta_row)[None], variant.decode_cfg)
     keep = np.isfinite(boxes).all(axis=1) & np.isfinite(scores) & (scores >= SCORE_KEEP)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep].astype(np.int64)
     order = np.argsort(-scores, kind="stable")[:KEEP]
     cats = np.asarray(variant.label_map, np.int64)[labels[order]]
-    return {"image_id": int(image_id), "boxes": np.round(boxes[order], 3).tolist(),
-            "scores": np.round(scores[order], 5).tolist(), "categories": cats.tolist()}
+    return {
+        "image_id": int(image_id),
+        "boxes": np.round(boxes[order], 3).tolist(),
+        "scores": np.round(scores[order], 5).tolist(),
+        "categories": cats.tolist(),
+    }
 
 
 def from_timing_sample(variant, outputs: dict, items: list | None, batch_size: int) -> dict:
@@ -43,6 +49,7 @@ def from_timing_sample(variant, outputs: dict, items: list | None, batch_size: i
     try:
         from common.data.coco import read_image
         from common.data.preprocess import Preprocessor
+
         _, meta = Preprocessor(variant.preprocess, variant.height, variant.width)(read_image(items[0].path))
         return timed_detections(variant, outputs, meta, items[0].image_id, batch_size)
     except Exception as exc:  # noqa: BLE001 -- the figure stands; the verdict says the check could not run
@@ -52,22 +59,30 @@ def from_timing_sample(variant, outputs: dict, items: list | None, batch_size: i
 def accuracy_detections(path: Path, image_id: int) -> tuple:
     """(boxes xyxy, scores, category ids) of one image from a COCO results JSON file."""
     rows = [r for r in json.loads(Path(path).read_text()) if r["image_id"] == image_id]
-    boxes = np.array([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
-                      for r in rows], np.float64).reshape(-1, 4)
-    return boxes, np.array([r["score"] for r in rows], np.float64), np.array([r["category_id"] for r in rows],
-                                                                             np.int64)
+    boxes = np.array(
+        [[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]] for r in rows],
+        np.float64,
+    ).reshape(-1, 4)
+    return boxes, np.array([r["score"] for r in rows], np.float64), np.array([r["category_id"] for r in rows], np.int64)
 
 
 def compare(timed: dict, accuracy: tuple) -> tuple[bool, str, dict]:
     """(consistent, message, numbers): the timed detections against the accuracy run's, both directions."""
-    from common.compare.comparator import match_detections   # not on the performance run's start-up path
-    cand = (np.array(timed["boxes"], np.float64).reshape(-1, 4), np.array(timed["scores"], np.float64),
-            np.array(timed["categories"], np.int64))
+    from common.compare.comparator import match_detections  # not on the performance run's start-up path
+
+    cand = (
+        np.array(timed["boxes"], np.float64).reshape(-1, 4),
+        np.array(timed["scores"], np.float64),
+        np.array(timed["categories"], np.int64),
+    )
     fractions = {}
     for name, ref, other in (("accuracy->timed", accuracy, cand), ("timed->accuracy", cand, accuracy)):
         pairs = match_detections(ref, other, SCORE_JUDGE, IOU_MIN)
         fractions[name] = (sum(p is not None for p in pairs), len(pairs))
     worst = min((m / n if n else 1.0) for m, n in fractions.values())
-    text = (f"image {timed['image_id']}: " + ", ".join(f"{k} {m}/{n}" for k, (m, n) in fractions.items())
-            + f" detections (score >= {SCORE_JUDGE}) matched at IoU >= {IOU_MIN}")
+    text = (
+        f"image {timed['image_id']}: "
+        + ", ".join(f"{k} {m}/{n}" for k, (m, n) in fractions.items())
+        + f" detections (score >= {SCORE_JUDGE}) matched at IoU >= {IOU_MIN}"
+    )
     return worst >= MIN_MATCHED, text, {"timed_output_match": worst}

@@ -5,6 +5,7 @@ when it is the evaluation images dir, or when any of its images is an image of t
 (same file name, or the same file reached through a link). The set's content hash (every image's bytes, the
 preprocessing and the count) goes into the engine cache key: other calibration images build another engine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,38 +26,47 @@ def _same_dir(a: Path, b: Path) -> bool:
         return False
 
 
-def check_not_evaluation_set(calib_dir: Path, images: list[Path], eval_images_dir: Path | None,
-                             eval_file_names: set[str]):
+def check_not_evaluation_set(
+    calib_dir: Path, images: list[Path], eval_images_dir: Path | None, eval_file_names: set[str]
+):
     """ConfigError (exit 2) when the calibration images are, or include, evaluation images."""
     if eval_images_dir is not None and _same_dir(calib_dir, eval_images_dir):
-        raise ConfigError(f"the calibration dir is the evaluation images dir ({eval_images_dir}); calibrate on "
-                          "other images (e.g. a few hundred train2017 images), never on the evaluation set",
-                          calib_dir)
+        raise ConfigError(
+            f"the calibration dir is the evaluation images dir ({eval_images_dir}); calibrate on "
+            "other images (e.g. a few hundred train2017 images), never on the evaluation set",
+            calib_dir,
+        )
     resolved_eval = eval_images_dir.resolve() if eval_images_dir is not None else None
     named = [p for p in images if p.name in eval_file_names]
-    linked = [p for p in images if p not in named and resolved_eval is not None
-              and p.resolve().parent == resolved_eval]
+    linked = [p for p in images if p not in named and resolved_eval is not None and p.resolve().parent == resolved_eval]
     if named or linked:
-        why = (f"{named[0].name} has the file name of an image of the evaluation annotation file" if named else
-               f"{linked[0].name} is a link to {linked[0].resolve()}, a file of the evaluation images dir")
-        raise ConfigError(f"{len(named) + len(linked)} calibration image(s) belong to the evaluation set ({why}); "
-                          "calibrate on images that are not evaluated (copies or links of evaluation images count "
-                          "as evaluation images)", calib_dir)
+        why = (
+            f"{named[0].name} has the file name of an image of the evaluation annotation file"
+            if named
+            else f"{linked[0].name} is a link to {linked[0].resolve()}, a file of the evaluation images dir"
+        )
+        raise ConfigError(
+            f"{len(named) + len(linked)} calibration image(s) belong to the evaluation set ({why}); "
+            "calibrate on images that are not evaluated (copies or links of evaluation images count "
+            "as evaluation images)",
+            calib_dir,
+        )
 
 
 @dataclass(frozen=True)
 class CalibrationSet:
     directory: Path
-    images: tuple            # image paths, sorted, at most the requested count
-    preprocess: Callable     # common.data.preprocess.Preprocessor
+    images: tuple  # image paths, sorted, at most the requested count
+    preprocess: Callable  # common.data.preprocess.Preprocessor
     sha256: str
 
     @classmethod
-    def for_variant(cls, calib_dir: str, variant, cfg) -> "CalibrationSet":
+    def for_variant(cls, calib_dir: str, variant, cfg) -> CalibrationSet:
         """The calibration images for a run config (cfg.calib_images of them), checked against its
         evaluation set."""
         from common.data.coco import read_annotations, resolve_dataset
         from common.data.preprocess import Preprocessor
+
         directory = Path(calib_dir)
         if not directory.is_dir():
             raise InputError("calibration images dir not found", directory)
@@ -70,10 +80,11 @@ class CalibrationSet:
             # no evaluation set configured: still refuse COCO's evaluation folder by its name
             eval_dir, names = None, set()
             if directory.resolve().name == "val2017":
-                raise ConfigError("the calibration dir is a val2017 folder, the evaluation set; calibrate on "
-                                  "other images", directory) from None
+                raise ConfigError(
+                    "the calibration dir is a val2017 folder, the evaluation set; calibrate on other images", directory
+                ) from None
         check_not_evaluation_set(directory, images, eval_dir, names)
-        images = images[:cfg.calib_images]
+        images = images[: cfg.calib_images]
         pre = Preprocessor(variant.preprocess, variant.height, variant.width)
         h = hashlib.sha256(variant.preprocess.key(variant.height, variant.width).encode())
         for p in images:
@@ -85,9 +96,10 @@ class CalibrationSet:
         """Preprocessed float32 batches of exactly batch_size (the last one padded by repeating its last image,
         as static-batch engines are fed)."""
         from common.data.coco import read_image
+
         x = np.stack([self.preprocess(read_image(str(p)))[0] for p in self.images])
         for i in range(0, len(x), batch_size):
-            b = x[i:i + batch_size]
+            b = x[i : i + batch_size]
             if len(b) < batch_size:
                 b = np.concatenate([b, np.repeat(b[-1:], batch_size - len(b), axis=0)])
             yield np.ascontiguousarray(b, np.float32)

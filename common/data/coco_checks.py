@@ -6,6 +6,7 @@ they are missing (faster-coco-eval fills `iscrowd`/`area`, pycocotools raises), 
 read is required here and the two engines always see the same, complete input. Each refusal names the file
 (through the InputError path) and the entry and field at fault.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from common.errors import InputError
 
-COCO_CHECKS = 2   # the version of these checks: change it when they change (a remembered pass is then redone)
+COCO_CHECKS = 2  # the version of these checks: change it when they change (a remembered pass is then redone)
 
 
 def _is_int(v) -> bool:
@@ -41,14 +42,20 @@ def check_coco(data, path: Path) -> None:
             raise InputError(f"categories[{i}]: 'id' {c['id']} is repeated", path)
         categories.add(c["id"])
     images = set()
-    names: dict = {}   # normalised file name -> (index, id) of its first listing
+    names: dict = {}  # normalised file name -> (index, id) of its first listing
     for i, img in enumerate(data["images"]):
-        if not (isinstance(img, dict) and _is_int(img.get("id")) and isinstance(img.get("file_name"), str)
-                and _is_int(img.get("width")) and _is_int(img.get("height"))):
+        if not (
+            isinstance(img, dict)
+            and _is_int(img.get("id"))
+            and isinstance(img.get("file_name"), str)
+            and _is_int(img.get("width"))
+            and _is_int(img.get("height"))
+        ):
             raise InputError(f"images[{i}] needs integer id/width/height and a file_name", path)
         if img["width"] < 1 or img["height"] < 1:
-            raise InputError(f"images[{i}]: 'width'/'height' must be positive, got {img['width']}x{img['height']}",
-                             path)
+            raise InputError(
+                f"images[{i}]: 'width'/'height' must be positive, got {img['width']}x{img['height']}", path
+            )
         if img["id"] in images:
             # evaluated twice, it would weigh twice in the AP (or be dropped, depending on the evaluator)
             raise InputError(f"images[{i}]: 'id' {img['id']} is repeated", path)
@@ -57,8 +64,11 @@ def check_coco(data, path: Path) -> None:
         name = os.path.normpath(img["file_name"])
         if name in names:
             j, first = names[name]
-            raise InputError(f"images[{i}]: 'file_name' {img['file_name']!r} (id {img['id']}) is the file of images[{j}] "
-                             f"(id {first}) too: the same image would be evaluated twice", path)
+            raise InputError(
+                f"images[{i}]: 'file_name' {img['file_name']!r} (id {img['id']}) is the file of "
+                f"images[{j}] (id {first}) too: the same image would be evaluated twice",
+                path,
+            )
         names[name] = (i, img["id"])
     ann_ids = set()
     for i, a in enumerate(data["annotations"]):
@@ -69,23 +79,28 @@ def check_coco(data, path: Path) -> None:
         if a["bbox"][2] < 0 or a["bbox"][3] < 0:
             raise InputError(f"annotations[{i}]: 'bbox' {a['bbox']!r} has a negative width or height", path)
         if a.get("image_id") not in images:
-            raise InputError(f"annotations[{i}] refers to image_id {a.get('image_id')!r}, which is not in 'images'",
-                             path)
+            raise InputError(
+                f"annotations[{i}] refers to image_id {a.get('image_id')!r}, which is not in 'images'", path
+            )
         if not _is_int(a.get("id")):
             raise InputError(f"annotations[{i}] has no integer 'id' (the evaluators index annotations by it)", path)
         if a["id"] in ann_ids:
-            raise InputError(f"annotations[{i}]: 'id' {a['id']} is repeated (the evaluators would keep only one)",
-                             path)
+            raise InputError(f"annotations[{i}]: 'id' {a['id']} is repeated (the evaluators would keep only one)", path)
         ann_ids.add(a["id"])
         if not _is_int(a.get("category_id")) or a["category_id"] not in categories:
-            raise InputError(f"annotations[{i}]: 'category_id' {a.get('category_id')!r} is not in 'categories'",
-                             path)
+            raise InputError(f"annotations[{i}]: 'category_id' {a.get('category_id')!r} is not in 'categories'", path)
         if a.get("iscrowd") not in (0, 1) or isinstance(a.get("iscrowd"), bool):
-            raise InputError(f"annotations[{i}]: 'iscrowd' must be 0 or 1, got {a.get('iscrowd')!r} (the two "
-                             "evaluators treat a missing one differently)", path)
+            raise InputError(
+                f"annotations[{i}]: 'iscrowd' must be 0 or 1, got {a.get('iscrowd')!r} (the two "
+                "evaluators treat a missing one differently)",
+                path,
+            )
         if not _is_number(a.get("area")) or a["area"] < 0:
-            raise InputError(f"annotations[{i}]: 'area' must be a number >= 0, got {a.get('area')!r} (the two "
-                             "evaluators treat a missing one differently)", path)
+            raise InputError(
+                f"annotations[{i}]: 'area' must be a number >= 0, got {a.get('area')!r} (the two "
+                "evaluators treat a missing one differently)",
+                path,
+            )
 
 
 def drop_zero_area(data: dict, path: Path) -> dict:
@@ -97,7 +112,10 @@ def drop_zero_area(data: dict, path: Path) -> dict:
     if not zero:
         return data
     ids = ", ".join(str(a["id"]) for a in zero[:10]) + (", ..." if len(zero) > 10 else "")
-    print(f"warning: {path}: {len(zero)} ground-truth box(es) of zero width or height dropped (they can never be "
-          f"matched, only counted as misses): annotation id(s) {ids}", file=sys.stderr)
+    print(
+        f"warning: {path}: {len(zero)} ground-truth box(es) of zero width or height dropped (they can never be "
+        f"matched, only counted as misses): annotation id(s) {ids}",
+        file=sys.stderr,
+    )
     dropped = {id(a) for a in zero}
     return {**data, "annotations": [a for a in data["annotations"] if id(a) not in dropped]}

@@ -15,6 +15,7 @@ Exit codes (common/errors.py): a transfer cut short or not known to be complete 
 kept for the rerun to resume; a complete file with the wrong sha256 -> InputError (2), `.part` deleted (a wrong
 file cannot be resumed into a right one); a short file of unknown length with the wrong sha256 -> 3, `.part` kept.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,8 @@ import http.client
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from common.engine_cache import file_sha256
 from common.errors import InputError, RuntimeFailure
@@ -33,7 +34,7 @@ class _Cut(Exception):
     """The transfer ended before the body did."""
 
 
-def _hash_of(path: Path) -> "hashlib._Hash":
+def _hash_of(path: Path) -> hashlib._Hash:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -64,14 +65,14 @@ def _receive(response, part: Path, resumed: bool, chunk: int):
                 h.update(block)
                 got += len(block)
         except http.client.IncompleteRead as exc:
-            block = _partial_bytes(exc)          # keep what arrived: the rerun resumes after it
+            block = _partial_bytes(exc)  # keep what arrived: the rerun resumes after it
             f.write(block)
             got += len(block)
             raise _Cut(f"connection closed mid-body after {got} bytes") from None
         finally:
             f.flush()
             os.fsync(f.fileno())
-    if expected is not None and got < int(expected):   # the server closed early
+    if expected is not None and got < int(expected):  # the server closed early
         raise _Cut(f"connection closed after {got} of {expected} bytes")
     return h, got, expected is not None or chunked
 
@@ -106,8 +107,14 @@ def _range_total(value: str | None) -> int | None:
         return None
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None, timeout: float = 60.0,
-             chunk: int = 1 << 20, complete: Callable[[Path], bool] | None = None) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    timeout: float = 60.0,
+    chunk: int = 1 << 20,
+    complete: Callable[[Path], bool] | None = None,
+) -> Path:
     """Fetch `url` to `dest` (skipped when `dest` already has the expected hash); returns `dest`.
 
     `complete(path) -> bool`: the caller's own completeness test of a file, used only for a body of unknown
@@ -117,34 +124,44 @@ def download(url: str, dest: str | Path, sha256: str | None = None, timeout: flo
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    for path in (dest, part):   # appending to / replacing a link would write into a file the suite did not create
+    for path in (dest, part):  # appending to / replacing a link would write into a file the suite did not create
         if path.is_symlink():
-            raise InputError(f"is a link (to {os.readlink(path)}): the suite never downloads through a link; "
-                             "remove it", path)
+            raise InputError(
+                f"is a link (to {os.readlink(path)}): the suite never downloads through a link; remove it", path
+            )
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url)
     if have:
         request.add_header("Range", f"bytes={have}-")
 
     def interrupted(reason) -> RuntimeFailure:
-        return RuntimeFailure(f"download interrupted: {reason} ({url}); rerun to resume from "
-                              f"{part.stat().st_size if part.exists() else 0} bytes", dest)
+        return RuntimeFailure(
+            f"download interrupted: {reason} ({url}); rerun to resume from "
+            f"{part.stat().st_size if part.exists() else 0} bytes",
+            dest,
+        )
 
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            resumed = bool(have) and response.status == 206   # otherwise the server ignored Range: start over
+            resumed = bool(have) and response.status == 206  # otherwise the server ignored Range: start over
             start = _range_start(response.headers.get("Content-Range"))
             if resumed and start is not None and start != have:  # bytes from elsewhere would corrupt the file
                 part.unlink(missing_ok=True)
-                raise RuntimeFailure(f"download failed: asked for bytes from {have}, the server sent bytes from "
-                                     f"{start} ({url}); the partial file was deleted: rerun to start over", dest)
+                raise RuntimeFailure(
+                    f"download failed: asked for bytes from {have}, the server sent bytes from "
+                    f"{start} ({url}); the partial file was deleted: rerun to start over",
+                    dest,
+                )
             h, _, known = _receive(response, part, resumed, chunk)
     except urllib.error.HTTPError as exc:
         total = _range_total(exc.headers.get("Content-Range") if exc.headers else None)
         if exc.code == 416 and have and total is not None and total != have:
             part.unlink(missing_ok=True)  # longer than the file itself: not a prefix of it
-            raise RuntimeFailure(f"download failed: the partial file has {have} bytes but the file has {total} "
-                                 f"({url}); the partial file was deleted: rerun to start over", dest) from None
+            raise RuntimeFailure(
+                f"download failed: the partial file has {have} bytes but the file has {total} "
+                f"({url}); the partial file was deleted: rerun to start over",
+                dest,
+            ) from None
         if exc.code == 416 and have:  # nothing left to fetch: the .part is already complete
             h, known = _hash_of(part), True
         else:
@@ -162,20 +179,27 @@ def download(url: str, dest: str | Path, sha256: str | None = None, timeout: flo
         if actual != sha256.lower():
             if known:
                 part.unlink(missing_ok=True)  # a complete wrong file cannot be resumed into a right one
-                raise InputError(f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}",
-                                 dest)
-            raise RuntimeFailure(f"download incomplete: {size} bytes of unknown total so far (no Content-Length) "
-                                 f"and the sha256 does not match yet ({url}); rerun to resume from {size} bytes", dest)
+                raise InputError(f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}", dest)
+            raise RuntimeFailure(
+                f"download incomplete: {size} bytes of unknown total so far (no Content-Length) "
+                f"and the sha256 does not match yet ({url}); rerun to resume from {size} bytes",
+                dest,
+            )
     elif not known:
         if more is True or complete is None or not complete(part):
             if more is True:
                 why = "the server has more bytes"
             elif complete is None:
-                why = "the server sent no length and ignores Range requests, so completeness cannot be told: give " \
-                      "its sha256"
+                why = (
+                    "the server sent no length and ignores Range requests, so completeness cannot be told: give "
+                    "its sha256"
+                )
             else:
                 why = "the file is not complete"
-            raise RuntimeFailure(f"download incomplete: {size} bytes of unknown total (no Content-Length), {why} "
-                                 f"({url}); rerun to resume from {size} bytes", dest)
+            raise RuntimeFailure(
+                f"download incomplete: {size} bytes of unknown total (no Content-Length), {why} "
+                f"({url}); rerun to resume from {size} bytes",
+                dest,
+            )
     os.replace(part, dest)
     return dest

@@ -12,6 +12,7 @@ The entry's size is printed when it is built, and its space reserved first: a di
 (ConfigError, exit 2) naming the directory and the bytes needed and free. Entries of the float32 format that
 preceded this one are not read (their dtype differs) and are replaced.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.engine_cache import atomic_write_bytes
 from common.errors import ConfigError
 from common.fsaccess import shared_file_mode
-from common.engine_cache import atomic_write_bytes
 
 DTYPE = np.uint8
 
@@ -106,9 +107,12 @@ def _size(n: int) -> str:
 
 
 def _too_small(cache: InputCache, free: int) -> ConfigError:
-    return ConfigError(f"the input cache needs {cache.nbytes} bytes ({cache.describe()}) but the disk has "
-                       f"{free} bytes free ({_size(free)}); free space, point --input-cache at a larger disk, or "
-                       "run without it", cache.root)
+    return ConfigError(
+        f"the input cache needs {cache.nbytes} bytes ({cache.describe()}) but the disk has "
+        f"{free} bytes free ({_size(free)}); free space, point --input-cache at a larger disk, or "
+        "run without it",
+        cache.root,
+    )
 
 
 class _CacheWriter:
@@ -117,6 +121,7 @@ class _CacheWriter:
     def __init__(self, cache: InputCache):
         import shutil
         import sys
+
         self.cache = cache
         cache.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(cache.root).free
@@ -152,7 +157,7 @@ class _CacheWriter:
         at, written = self.offset + self.done * self.cache.per_image, 0
         while written < len(data):  # pwrite may write less than asked
             written += os.pwrite(self.fd, data[written:], at + written)
-        self.meta[self.done:self.done + n] = batch.meta
+        self.meta[self.done : self.done + n] = batch.meta
         self.done += n
 
     def commit(self):
@@ -180,6 +185,7 @@ class _CacheWriter:
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     import io
+
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()

@@ -19,6 +19,7 @@ which on 2 cores reached 0.47 of what two processes doing only cv2 read + letter
   instead of waiting forever, and a worker whose parent died exits by itself.
 Failures (unreadable image, size mismatch) are raised in order, after every earlier batch was yielded.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ import os
 import queue
 import threading
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -73,8 +74,17 @@ class SharedBatchLoader(BatchLoader):
     """BatchLoader's interface (iteration, input cache, progress, context manager) with the shared-memory
     workers above. Create it before any runtime starts threads (it forks)."""
 
-    def __init__(self, items, pre, batch_size: int, workers: int, progress: bool = False, desc: str = "images",
-                 cache_dir: str | None = None, buffers: int | None = None):
+    def __init__(
+        self,
+        items,
+        pre,
+        batch_size: int,
+        workers: int,
+        progress: bool = False,
+        desc: str = "images",
+        cache_dir: str | None = None,
+        buffers: int | None = None,
+    ):
         super().__init__(items, pre, batch_size, 0, progress, desc, cache_dir)
         self.workers = workers
         self.procs: list = []
@@ -106,9 +116,11 @@ class SharedBatchLoader(BatchLoader):
         self.free_lock = threading.Lock()
         with signals_held():
             for w in range(workers):
-                p = ctx.Process(target=_worker, daemon=True,
-                                args=(items, pre, self.inputs, self.meta, self.tasks[w], self.results, os.getpid(),
-                                      self.canvas))
+                p = ctx.Process(
+                    target=_worker,
+                    daemon=True,
+                    args=(items, pre, self.inputs, self.meta, self.tasks[w], self.results, os.getpid(), self.canvas),
+                )
                 p.start()
                 self.procs.append(p)
 
@@ -147,12 +159,13 @@ class SharedBatchLoader(BatchLoader):
         n_batches = math.ceil(n / bs)
         ids = np.array([it.image_id for it in self.items], np.int64)
         per_task = self.per_task
-        submitted: dict = {}   # batch index -> (slot, task ids)
+        submitted: dict = {}  # batch index -> (slot, task ids)
         done: dict = {}
         next_task = 0
         bar = None
         if self.progress:
             from tqdm import tqdm
+
             bar = tqdm(total=n, desc=self.desc, unit="img", dynamic_ncols=True)
 
         def submit(b: int) -> bool:
@@ -194,9 +207,9 @@ class SharedBatchLoader(BatchLoader):
                     # finalizer runs only once no view of the batch is left
                     raw = np.frombuffer(self.maps[slot], self.dtype)
                     weakref.finalize(raw, self._release, slot)
-                    inputs = raw.reshape(self.inputs[slot].shape)[:end - start]
+                    inputs = raw.reshape(self.inputs[slot].shape)[: end - start]
                     del raw
-                    yield self._batch(ids[start:end], inputs, self.meta[slot, :end - start].copy())
+                    yield self._batch(ids[start:end], inputs, self.meta[slot, : end - start].copy())
                     del inputs
                 if bar is not None:
                     bar.update(end - start)
@@ -228,8 +241,15 @@ class SharedBatchLoader(BatchLoader):
         super().close()
 
 
-def open_loader(items, pre, batch_size: int, workers: int = 1, progress: bool = False, desc: str = "images",
-                cache_dir: str | None = None) -> BatchLoader:
+def open_loader(
+    items,
+    pre,
+    batch_size: int,
+    workers: int = 1,
+    progress: bool = False,
+    desc: str = "images",
+    cache_dir: str | None = None,
+) -> BatchLoader:
     """The shared-memory loader where processes can be forked and decoding happens in workers, else BatchLoader."""
     if workers > 0 and "fork" in mp.get_all_start_methods():
         return SharedBatchLoader(items, pre, batch_size, workers, progress, desc, cache_dir)

@@ -4,6 +4,7 @@ Letterbox follows the mmcv/mmdet convention: scale = min(H/h, W/w), new size = i
 per-axis scale factors = new size / old size; boxes are mapped back by subtracting the pad offset and
 dividing by those factors. Padding is applied in pixel space (before normalisation), as in mmdet's Pad.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,21 +15,21 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Preprocess:
-    resize: str = "letterbox"          # letterbox (keep ratio) | stretch (plain resize)
-    pad: str = "bottom_right"          # where letterbox padding goes: bottom_right | center
+    resize: str = "letterbox"  # letterbox (keep ratio) | stretch (plain resize)
+    pad: str = "bottom_right"  # where letterbox padding goes: bottom_right | center
     pad_value: float = 114.0
-    color: str = "bgr"                 # channel order the network expects: bgr | rgb
-    mean: tuple = (0.0, 0.0, 0.0)      # in the network's channel order, 0-255 units
+    color: str = "bgr"  # channel order the network expects: bgr | rgb
+    mean: tuple = (0.0, 0.0, 0.0)  # in the network's channel order, 0-255 units
     std: tuple = (1.0, 1.0, 1.0)
-    interpolation: str = "linear"      # linear | nearest | cubic | area
+    interpolation: str = "linear"  # linear | nearest | cubic | area
 
     def key(self, height: int, width: int) -> str:
-        return repr((self.resize, self.pad, self.pad_value, self.color, self.mean, self.std,
-                     self.interpolation, height, width))
+        return repr(
+            (self.resize, self.pad, self.pad_value, self.color, self.mean, self.std, self.interpolation, height, width)
+        )
 
 
-_INTERP = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC,
-           "area": cv2.INTER_AREA}
+_INTERP = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
 
 # Columns of the per-image geometry row returned with every preprocessed image.
 META_FIELDS = ("scale_x", "scale_y", "pad_x", "pad_y", "width", "height")
@@ -67,15 +68,18 @@ class Preprocessor:
         """Only the canvas around the image: its own area is written next, and filling it first costs a pass."""
         for plane, value in zip(out, self.pad_norm):
             plane[:oy] = value
-            plane[oy + new_h:] = value
-            plane[oy:oy + new_h, :ox] = value
-            plane[oy:oy + new_h, ox + new_w:] = value
+            plane[oy + new_h :] = value
+            plane[oy : oy + new_h, :ox] = value
+            plane[oy : oy + new_h, ox + new_w :] = value
 
     def __call__(self, img: np.ndarray, out: np.ndarray | None = None):
         """img: HxWx3 uint8 in BGR (OpenCV's order). Returns (CHW float32 input, meta row)."""
         img_h, img_w = img.shape[:2]
         new_w, new_h, ox, oy = self.geometry(img_h, img_w)
-        resized = img if (new_w, new_h) == (img_w, img_h) else cv2.resize(img, (new_w, new_h), interpolation=self.interp)
+        if (new_w, new_h) == (img_w, img_h):
+            resized = img
+        else:
+            resized = cv2.resize(img, (new_w, new_h), interpolation=self.interp)
         if out is None:
             out = np.empty((3, self.height, self.width), np.float32)
         if (new_w, new_h) != (self.width, self.height):
@@ -86,7 +90,7 @@ class Preprocessor:
         if self.spec.color == "rgb":
             channels = channels[::-1]
         for c, channel in enumerate(channels):
-            region = out[c, oy:oy + new_h, ox:ox + new_w]
+            region = out[c, oy : oy + new_h, ox : ox + new_w]
             if channel.dtype == np.uint8:
                 written = cv2.LUT(channel, self.luts[c], dst=region)
                 if written.ctypes.data != region.ctypes.data:  # OpenCV chose a new array over the view
@@ -97,27 +101,29 @@ class Preprocessor:
         meta = np.array([new_w / img_w, new_h / img_h, ox, oy, img_w, img_h], np.float64)
         return out, meta
 
-
     def letterbox(self, img: np.ndarray, out: np.ndarray | None = None):
         """img: HxWx3 uint8 BGR -> (CHW uint8 canvas in the network's channel order, meta row): what the input
         cache stores, a quarter of the float32 input's bytes. normalize() of it gives exactly __call__'s input.
         The margins hold the pad value rounded into uint8; normalize() writes the exact pad value there."""
         img_h, img_w = img.shape[:2]
         new_w, new_h, ox, oy = self.geometry(img_h, img_w)
-        resized = img if (new_w, new_h) == (img_w, img_h) else cv2.resize(img, (new_w, new_h), interpolation=self.interp)
+        if (new_w, new_h) == (img_w, img_h):
+            resized = img
+        else:
+            resized = cv2.resize(img, (new_w, new_h), interpolation=self.interp)
         if out is None:
             out = np.empty((3, self.height, self.width), np.uint8)
         if (new_w, new_h) != (self.width, self.height):
             pad = int(min(255.0, max(0.0, round(self.spec.pad_value))))
             out[:, :oy] = pad
-            out[:, oy + new_h:] = pad
-            out[:, oy:oy + new_h, :ox] = pad
-            out[:, oy:oy + new_h, ox + new_w:] = pad
+            out[:, oy + new_h :] = pad
+            out[:, oy : oy + new_h, :ox] = pad
+            out[:, oy : oy + new_h, ox + new_w :] = pad
         channels = cv2.split(resized)
         if self.spec.color == "rgb":
             channels = channels[::-1]
         for c, channel in enumerate(channels):
-            out[c, oy:oy + new_h, ox:ox + new_w] = channel
+            out[c, oy : oy + new_h, ox : ox + new_w] = channel
         meta = np.array([new_w / img_w, new_h / img_h, ox, oy, img_w, img_h], np.float64)
         return out, meta
 

@@ -17,11 +17,12 @@ output layout to flat detections in original image pixels, vectorised over the w
     predictor's `score.max(-1)`).
   A 2-class model of the old layout is also 6 wide: declare `layout: per_class` then.
 - "paddle_rows": rows (class, score, x1, y1, x2, y2), either [B, N, 6] or the PaddleDetection layout: all images'
-  rows stacked [sum(N_i), 6] with a count output [B] (bbox_num, required then: `count`). Boxes are in the pixel space that the graph's
-  im_shape / scale_factor inputs define; the spec feeds im_shape = input size and scale_factor = 1, which puts
-  them in input pixels, and the suite's own geometry maps them back (`boxes_in: input`, the default).
-  `boxes_in: original` takes them as already in original image pixels. Rows with class < 0 are padding. Without
-  `rows`, the one output shaped [..., 6] is taken (Paddle names outputs after internal tensors).
+  rows stacked [sum(N_i), 6] with a count output [B] (bbox_num, required then: `count`). Boxes are in the pixel
+  space that the graph's im_shape / scale_factor inputs define; the spec feeds im_shape = input size and
+  scale_factor = 1, which puts them in input pixels, and the suite's own geometry maps them back (`boxes_in:
+  input`, the default). `boxes_in: original` takes them as already in original image pixels. Rows with class < 0
+  are padding. Without `rows`, the one output shaped [..., 6] is taken (Paddle names outputs after internal
+  tensors).
 
 Every convention drops detections at or below `score_threshold` (a floor: keeping all 300 queries of every image
 makes prediction files of gigabytes and adds nothing to AP) and keeps at most `max_per_img` per image.
@@ -33,13 +34,14 @@ published APs come from those boxes. `clip_boxes: true` clips them where a user 
 Each convention whose scores are probabilities registers a score check (common/decode/outputs.py, SCORE_CHECKS): an
 accuracy run with any score outside [0, 1] fails with exit 1 and the reason, instead of scoring garbage.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
+from common.data.preprocess import boxes_to_original
 from common.decode.registry import CLASS_FAULT, Detections, _output, out_of_unit_range, register, register_score_check
 from common.errors import ConfigError, InputError
-from common.data.preprocess import boxes_to_original
 
 DETR_DEFAULTS = {"score_threshold": 0.01, "max_per_img": 300}
 
@@ -76,14 +78,17 @@ def _to_input_pixels(boxes: np.ndarray, cfg: dict, fmt: str, normalized: bool) -
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)    # = 1 / (1 + exp(-x)) without exp overflow warnings
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + exp(-x)) without exp overflow warnings
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices [B, k] of the k largest scores of each row of [B, M], best first (ties: lower index first)."""
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    part = (
+        np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        if k < scores.shape[1]
+        else np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    )
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
 
@@ -95,8 +100,16 @@ def _clip(cfg: dict) -> bool:
     return clip
 
 
-def _select(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, meta: np.ndarray, floor: float,
-            keep: int, clip: bool, boxes_in_original: bool = False) -> Detections:
+def _select(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    meta: np.ndarray,
+    floor: float,
+    keep: int,
+    clip: bool,
+    boxes_in_original: bool = False,
+) -> Detections:
     """Per image: the `keep` best detections above the floor, mapped to original pixels; flat arrays."""
     if scores.shape[1] > keep:
         idx = _top_k(scores, keep)
@@ -109,8 +122,12 @@ def _select(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, meta: np.
             mapped = np.clip(mapped, 0, np.asarray(meta, np.float64)[batch_index][:, [4, 5, 4, 5]])
     else:
         mapped = boxes_to_original(boxes, meta, clip=clip)[batch_index, det_index]
-    return (batch_index.astype(np.int64), mapped, scores[batch_index, det_index].astype(np.float32),
-            labels[batch_index, det_index].astype(np.int64))
+    return (
+        batch_index.astype(np.int64),
+        mapped,
+        scores[batch_index, det_index].astype(np.float32),
+        labels[batch_index, det_index].astype(np.int64),
+    )
 
 
 def _check(arr: np.ndarray, ndim: int, last: int | None, what: str):
@@ -129,7 +146,7 @@ def decode_detr(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     activation = cfg.get("activation", "sigmoid")
     if activation == "sigmoid":
         probs = sigmoid(logits)
-    elif activation == "softmax":        # original DETR: the last class is "no object"
+    elif activation == "softmax":  # original DETR: the last class is "no object"
         z = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
         probs = np.exp(z)
         probs = (probs / probs.sum(axis=-1, keepdims=True))[..., :-1]
@@ -176,13 +193,15 @@ def _bls_scores(outputs: dict, cfg: dict) -> dict:
 
 
 def _ultralytics_layout(preds: np.ndarray, cfg: dict) -> str:
-    """"topk" for [B, N, 6] (cx, cy, w, h, score, class), "per_class" for [B, N, 4 + C]."""
+    """ "topk" for [B, N, 6] (cx, cy, w, h, score, class), "per_class" for [B, N, 4 + C]."""
     layout = cfg.get("layout", "auto")
     if layout not in ("auto", "topk", "per_class"):
         raise ConfigError(f"output.layout must be auto, topk or per_class, got {layout!r}")
     if preds.ndim != 3 or preds.shape[-1] < 5 or (layout == "topk" and preds.shape[-1] != 6):
-        raise InputError(f"ultralytics output must be [B, N, 6] (cx, cy, w, h, score, class) or [B, N, 4 + C] "
-                         f"(per-class scores); got {preds.shape}")
+        raise InputError(
+            f"ultralytics output must be [B, N, 6] (cx, cy, w, h, score, class) or [B, N, 4 + C] "
+            f"(per-class scores); got {preds.shape}"
+        )
     if layout == "auto":
         return "topk" if preds.shape[-1] == 6 else "per_class"
     return layout
@@ -225,27 +244,31 @@ def decode_paddle_rows(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections
     count_name = cfg.get("count")
     if cfg.get("rows"):
         rows = _output(outputs, cfg["rows"])
-    else:                               # Paddle exports name outputs after internal tensors: take the one of rows
+    else:  # Paddle exports name outputs after internal tensors: take the one of rows
         named = [k for k, v in outputs.items() if k != count_name and v.ndim in (2, 3) and v.shape[-1] == 6]
         if len(named) != 1:
-            raise InputError(f"cannot tell which output holds the rows (class, score, x1, y1, x2, y2) among "
-                             f"{ {k: v.shape for k, v in outputs.items()} }; name it in output.rows")
+            raise InputError(
+                f"cannot tell which output holds the rows (class, score, x1, y1, x2, y2) among "
+                f"{ {k: v.shape for k, v in outputs.items()} }; name it in output.rows"
+            )
         rows = outputs[named[0]]
     batch = len(meta)
     if rows.ndim == 2:
         _check(rows, 2, 6, "paddle rows must be [sum(N), 6] or [B, N, 6]")
         if not count_name:
-            raise ConfigError("stacked paddle rows [sum(N), 6] need the per-image count output: set output.count "
-                              "(e.g. bbox_num)")
+            raise ConfigError(
+                "stacked paddle rows [sum(N), 6] need the per-image count output: set output.count (e.g. bbox_num)"
+            )
         # a static-batch engine may have run padded copies of the last image: their counts and rows come last
         counts = _output(outputs, count_name).astype(np.int64).reshape(-1)[:batch]
         if counts.shape[0] != batch or counts.sum() > rows.shape[0] or (counts < 0).any():
-            raise InputError(f"'{count_name}' {counts.tolist()[:8]} does not split {rows.shape[0]} rows "
-                             f"into {batch} images")
-        rows = rows[:counts.sum()]
+            raise InputError(
+                f"'{count_name}' {counts.tolist()[:8]} does not split {rows.shape[0]} rows into {batch} images"
+            )
+        rows = rows[: counts.sum()]
         if batch and (counts == counts[0]).all():
             rows = rows.reshape(batch, int(counts[0]), 6)
-        else:                           # ragged: pad each image's rows to the longest with class -1
+        else:  # ragged: pad each image's rows to the longest with class -1
             width = int(counts.max()) if batch else 0
             padded = np.full((batch, width, 6), -1, np.float32)
             image = np.repeat(np.arange(batch), counts)
@@ -259,16 +282,27 @@ def decode_paddle_rows(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections
     where = cfg.get("boxes_in", "input")
     if where not in ("input", "original"):
         raise ConfigError(f"output.boxes_in must be input or original, got {where!r}")
-    return _select(rows[..., 2:6].astype(np.float32), scores, np.rint(labels).astype(np.int64), meta, floor, keep,
-                   _clip(cfg), boxes_in_original=where == "original")
+    return _select(
+        rows[..., 2:6].astype(np.float32),
+        scores,
+        np.rint(labels).astype(np.int64),
+        meta,
+        floor,
+        keep,
+        _clip(cfg),
+        boxes_in_original=where == "original",
+    )
 
 
 @register_score_check("paddle_rows")
 def _paddle_scores(outputs: dict, cfg: dict) -> dict:
     """Scores of the real rows (class >= 0); padding rows may hold anything."""
-    named = [cfg["rows"]] if cfg.get("rows") else \
-        [k for k, v in outputs.items() if k != cfg.get("count") and v.ndim in (2, 3) and v.shape[-1] == 6]
+    named = (
+        [cfg["rows"]]
+        if cfg.get("rows")
+        else [k for k, v in outputs.items() if k != cfg.get("count") and v.ndim in (2, 3) and v.shape[-1] == 6]
+    )
     if len(named) != 1:
-        return {}                       # the decoder itself refuses this with the reason
+        return {}  # the decoder itself refuses this with the reason
     rows = _output(outputs, named[0])
     return {named[0]: out_of_unit_range(rows[..., 1][rows[..., 0] >= 0])}

@@ -4,14 +4,24 @@ A decoder is chosen by the `output.convention` a spec declares, never guessed fr
 shared helpers are in common/decode/registry.py; the generic DETR-family conventions in common/decode/detr.py; a
 model family's own decoding (RTMDet's raw head) in models/<family>/decode.py, found without naming the family.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from common import REPO_ROOT, load_file_module
 from common.decode import detr  # noqa: F401  registers its conventions
-from common.decode.registry import (CLASS_FAULT, DECODERS, OUTPUT_KEYS, SCORE_CHECKS, SCORE_FAULT,  # noqa: F401
-                          fault_reasons, get_decoder, nonfinite_counts, output_faults)
+from common.decode.registry import (  # noqa: F401
+    CLASS_FAULT,
+    DECODERS,
+    OUTPUT_KEYS,
+    SCORE_CHECKS,
+    SCORE_FAULT,
+    fault_reasons,
+    get_decoder,
+    nonfinite_counts,
+    output_faults,
+)
 
 _loaded: set = set()
 

@@ -4,14 +4,15 @@ A decoder is chosen by the `output.convention` a spec declares, never guessed fr
 takes the runner's outputs for one batch and the batch's geometry rows and returns flat arrays
 (batch_index [M], boxes xyxy [M, 4] in original pixels, scores [M], model labels [M]); no per-box Python loops.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from common.errors import ConfigError, InputError
 from common.data.preprocess import boxes_to_original
+from common.errors import ConfigError, InputError
 
 Detections = tuple  # (batch_index, boxes, scores, labels)
 DECODERS: dict[str, Callable] = {}
@@ -25,10 +26,12 @@ COMMON_KEYS = ("convention", "score_threshold", "max_per_img", "input_height", "
 
 def register(name: str, keys=()):
     """Register a decoder for `output.convention: name`; `keys`: the output-section keys it reads."""
+
     def deco(fn):
         DECODERS[name] = fn
         OUTPUT_KEYS[name] = frozenset(COMMON_KEYS) | frozenset(keys)
         return fn
+
     return deco
 
 
@@ -36,6 +39,7 @@ def register_score_check(name: str):
     def deco(fn):
         SCORE_CHECKS[name] = fn
         return fn
+
     return deco
 
 
@@ -55,8 +59,9 @@ def get_decoder(output_cfg: dict) -> Callable:
 
 def _output(outputs: dict, name: str) -> np.ndarray:
     if name not in outputs:
-        raise InputError(f"the model has no output '{name}' (it has: {', '.join(outputs)}); "
-                         "check the spec's output names")
+        raise InputError(
+            f"the model has no output '{name}' (it has: {', '.join(outputs)}); check the spec's output names"
+        )
     return outputs[name]
 
 
@@ -74,8 +79,9 @@ def decode_end2end(outputs: dict, meta: np.ndarray, cfg: dict) -> Detections:
     dets = _output(outputs, cfg.get("dets", "dets"))
     labels = _output(outputs, cfg.get("labels", "labels"))
     if dets.ndim != 3 or dets.shape[-1] != 5 or labels.shape != dets.shape[:2]:
-        raise InputError(f"end2end outputs must be dets [B, N, 5] and labels [B, N]; got {dets.shape} and "
-                         f"{labels.shape}")
+        raise InputError(
+            f"end2end outputs must be dets [B, N, 5] and labels [B, N]; got {dets.shape} and {labels.shape}"
+        )
     scores = dets[..., 4]
     mask = scores > float(cfg.get("score_threshold", 0.0))
     return _flatten(mask, dets[..., :4], scores, labels.astype(np.int64), meta)
@@ -110,13 +116,17 @@ def fault_reasons(counts: dict) -> list[str]:
     reasons = []
     for key, n in sorted(counts.items()):
         if key.endswith(CLASS_FAULT):
-            name = key[:-len(CLASS_FAULT)]
-            reasons.append(f"output '{name}' has {n} class values that are no class index (negative or not whole) "
-                           f"where the convention expects class indices: the output layout does not match the model")
+            name = key[: -len(CLASS_FAULT)]
+            reasons.append(
+                f"output '{name}' has {n} class values that are no class index (negative or not whole) "
+                f"where the convention expects class indices: the output layout does not match the model"
+            )
         elif key.endswith(SCORE_FAULT):
-            name = key[:-len(SCORE_FAULT)]
-            reasons.append(f"output '{name}' has {n} scores outside [0, 1] where the convention expects "
-                           f"probabilities: the output layout or convention does not match the model")
+            name = key[: -len(SCORE_FAULT)]
+            reasons.append(
+                f"output '{name}' has {n} scores outside [0, 1] where the convention expects "
+                f"probabilities: the output layout or convention does not match the model"
+            )
         else:
             reasons.append(f"output '{key}' has {n} NaN/Inf values")
     return reasons

@@ -17,6 +17,7 @@ detections, so the bulk is summed once per area range, the few differences per t
 A paired interval (two runs on the same images, e.g. FP16 vs FP32) uses the same resamples for both runs: the
 interval of the difference is far narrower than either run's own, because most of the per-image noise is shared.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,16 +30,16 @@ DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
 LEVEL = 0.95
 _EPS = np.spacing(1)
-_CHUNK_ELEMENTS = 8_000_000    # resamples x detections per block: bounds the memory of one gather
+_CHUNK_ELEMENTS = 8_000_000  # resamples x detections per block: bounds the memory of one gather
 
 
 @dataclass
 class _Category:
-    img: np.ndarray        # [N] image index of each detection, in pycocotools' score order
-    rank: np.ndarray       # [N] rank of the detection within its image (0 = its best)
-    tp: np.ndarray         # [A, T, N] true positive (matched, not ignored)
-    valid: np.ndarray      # [A, T, N] counted (not ignored): a true or a false positive
-    npig: np.ndarray       # [I, A] non-ignored ground truth per image
+    img: np.ndarray  # [N] image index of each detection, in pycocotools' score order
+    rank: np.ndarray  # [N] rank of the detection within its image (0 = its best)
+    tp: np.ndarray  # [A, T, N] true positive (matched, not ignored)
+    valid: np.ndarray  # [A, T, N] counted (not ignored): a true or a false positive
+    npig: np.ndarray  # [I, A] non-ignored ground truth per image
 
 
 class MatchTable:
@@ -52,15 +53,15 @@ class MatchTable:
         self.max_dets = list(params.maxDets)
         self.T = len(params.iouThrs)
         self.A = len(params.areaRng)
-        self.point: dict | None = None     # the 12 stats of the run itself, when known
+        self.point: dict | None = None  # the 12 stats of the run itself, when known
 
     @classmethod
-    def from_entries(cls, entries_by_cat: dict, image_ids, categories, params) -> "MatchTable":
+    def from_entries(cls, entries_by_cat: dict, image_ids, categories, params) -> MatchTable:
         """From IncrementalCocoEval's per-pair results: {category: [(image_id, scores, matched, ignored, npig)]}."""
         ids = np.asarray(sorted(set(int(i) for i in image_ids)), np.int64)
         index = {int(i): n for n, i in enumerate(ids)}
         A = len(params.areaRng)
-        cats = []
+        cats: list[_Category | None] = []
         for cat in categories:
             entries = sorted((e for e in entries_by_cat.get(cat, ()) if int(e[0]) in index), key=lambda e: e[0])
             npig = np.zeros((len(ids), A), np.float64)
@@ -74,13 +75,13 @@ class MatchTable:
             rank = np.concatenate([np.arange(len(e[1])) for e in entries])
             matched = np.concatenate([e[2] for e in entries], axis=2)
             ignored = np.concatenate([e[3] for e in entries], axis=2)
-            order = np.argsort(-scores, kind="mergesort")   # pycocotools' order: image order, then by score
+            order = np.argsort(-scores, kind="mergesort")  # pycocotools' order: image order, then by score
             valid = ~ignored[:, :, order]
             cats.append(_Category(img[order], rank[order], matched[:, :, order] & valid, valid, npig))
         return cls(ids, categories, cats, params)
 
     @classmethod
-    def from_evaluator(cls, evaluator, image_ids) -> "MatchTable":
+    def from_evaluator(cls, evaluator, image_ids) -> MatchTable:
         """A CocoEvaluator's run after evaluate(): the incremental engine's own matches, else matched once now."""
         inc = evaluator.incremental
         if inc is not None:
@@ -88,9 +89,10 @@ class MatchTable:
         return cls.from_rows(evaluator.annotations, evaluator.store.rows(), image_ids, evaluator.categories)
 
     @classmethod
-    def from_rows(cls, annotations: dict, rows: np.ndarray, image_ids, categories) -> "MatchTable":
+    def from_rows(cls, annotations: dict, rows: np.ndarray, image_ids, categories) -> MatchTable:
         """Match detections rows (image_id, x, y, w, h, score, category) once, as the incremental evaluator does."""
         from common.evaluate.incremental import IncrementalCocoEval
+
         ev = IncrementalCocoEval(annotations, categories)
         ids = sorted(set(int(i) for i in image_ids))
         rows = np.asarray(rows, np.float64).reshape(-1, 7)
@@ -114,8 +116,8 @@ def _thresholds_reached(rc: np.ndarray, thr: np.ndarray) -> np.ndarray:
     the guess from the spacing, corrected by the exact comparisons (thr[k] <= rc decides, as in pycocotools)."""
     R = len(thr)
     g = np.clip(np.floor(rc * (R - 1)).astype(np.int64) + 1, 0, R)
-    g -= (g > 0) & (thr[np.maximum(g - 1, 0)] > rc)            # the guess counted a threshold above rc
-    g += (g < R) & (thr[np.minimum(g, R - 1)] <= rc)            # ... or missed one at or below it
+    g -= (g > 0) & (thr[np.maximum(g - 1, 0)] > rc)  # the guess counted a threshold above rc
+    g += (g < R) & (thr[np.minimum(g, R - 1)] <= rc)  # ... or missed one at or below it
     return g
 
 
@@ -124,7 +126,7 @@ def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray) -> 
     (pycocotools' precision[t, :, k, a, maxDets=100] averaged over R). Wt: [images, B] weights (float32).
 
     Arrays are laid out [detections, resamples]: gathering an image's weights is a copy of one contiguous row."""
-    I, B = Wt.shape
+    n_img, B = Wt.shape
     T, R = c.tp.shape[1], len(rec_thrs)
     out = np.zeros((T, B))
     tp_pos = [np.flatnonzero(c.tp[a, t]) for t in range(T)]
@@ -132,21 +134,21 @@ def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray) -> 
         return out
     cuts = np.unique(np.concatenate(tp_pos))
     last = cuts[-1]
-    base = c.valid[a, T - 1, :last + 1]       # the most demanding threshold: almost nothing matched there
+    base = c.valid[a, T - 1, : last + 1]  # the most demanding threshold: almost nothing matched there
     # counted detections of the base set up to each cut: summed per (segment, image) pair, then over segments
     pos = np.flatnonzero(base)
     seg = np.searchsorted(cuts, pos, side="left")
-    keys, counts = np.unique(seg * I + c.img[pos], return_counts=True)
+    keys, counts = np.unique(seg * n_img + c.img[pos], return_counts=True)
     per_seg = np.zeros((len(cuts), B), np.float32)
     if len(keys):
-        seg_u, img_u = keys // I, keys % I
+        seg_u, img_u = keys // n_img, keys % n_img
         starts = np.flatnonzero(np.r_[True, seg_u[1:] != seg_u[:-1]])
         rows = Wt.take(img_u, axis=0)
         if counts.max() > 1:
             rows *= counts[:, None].astype(np.float32)
         per_seg[seg_u[starts]] = np.add.reduceat(rows, starts, axis=0)
         del rows
-    base_at = np.cumsum(per_seg, axis=0, dtype=np.float64)            # exact: sums of small integers
+    base_at = np.cumsum(per_seg, axis=0, dtype=np.float64)  # exact: sums of small integers
     npig_w = (c.npig[:, a].astype(np.float32) @ Wt).astype(np.float64)
     safe_npig = np.where(npig_w > 0, npig_w, 1.0)
     cols = np.arange(B)
@@ -157,7 +159,7 @@ def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray) -> 
             continue
         counted = base_at[np.searchsorted(cuts, tpp)]
         # where this threshold's counted set differs from the base (matched detections only)
-        diff = np.flatnonzero(c.valid[a, t, :last + 1] != base)
+        diff = np.flatnonzero(c.valid[a, t, : last + 1] != base)
         if len(diff):
             delta = np.where(c.valid[a, t, diff], 1.0, -1.0)
             corr = np.cumsum(Wt.take(c.img[diff], axis=0) * delta[:, None], axis=0)
@@ -177,9 +179,9 @@ def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray) -> 
 
 def _final_recall(c: _Category, a: int, max_det: int, Wt: np.ndarray) -> np.ndarray:
     """[T, B]: weighted true positives among each image's top max_det over the weighted ground truth."""
-    I = Wt.shape[0]
+    n_img = Wt.shape[0]
     keep = c.rank < max_det
-    counts = np.stack([np.bincount(c.img[keep & c.tp[a, t]], minlength=I) for t in range(c.tp.shape[1])])
+    counts = np.stack([np.bincount(c.img[keep & c.tp[a, t]], minlength=n_img) for t in range(c.tp.shape[1])])
     tp_w = (counts.astype(np.float32) @ Wt).astype(np.float64)
     npig_w = (c.npig[:, a].astype(np.float32) @ Wt).astype(np.float64)
     return tp_w / np.where(npig_w > 0, npig_w, 1.0)
@@ -193,15 +195,16 @@ _AR = {"AR1": (0, 0), "AR10": (0, 1), "AR100": (0, 2), "ARs": (1, 2), "ARm": (2,
 def resampled_stats(table: MatchTable, W: np.ndarray) -> np.ndarray:
     """[B, 12]: the 12 COCO stats of every resample (rows of W: image multiplicities, columns the table's images).
     A stat with no category having ground truth in a resample is -1, as pycocotools reports it."""
-    B, I = W.shape
-    if I != len(table.image_ids):
-        raise ValueError(f"weights for {I} images, table of {len(table.image_ids)}")
+    B, n_img = W.shape
+    if n_img != len(table.image_ids):
+        raise ValueError(f"weights for {n_img} images, table of {len(table.image_ids)}")
     stats = np.full((B, len(STAT_NAMES)), -1.0)
-    biggest = max((int(c.tp[0].sum(axis=0).astype(bool).sum()) + len(c.img) for c in table.cats if c is not None),
-                  default=1)
+    biggest = max(
+        (int(c.tp[0].sum(axis=0).astype(bool).sum()) + len(c.img) for c in table.cats if c is not None), default=1
+    )
     chunk = max(1, _CHUNK_ELEMENTS // max(1, biggest))
     for lo in range(0, B, chunk):
-        wt = np.ascontiguousarray(W[lo:lo + chunk].T, dtype=np.float32)      # [images, b]
+        wt = np.ascontiguousarray(W[lo : lo + chunk].T, dtype=np.float32)  # [images, b]
         b = wt.shape[1]
         ap_sum = {name: np.zeros(b) for name in _AP}
         ar_sum = {name: np.zeros(b) for name in _AR}
@@ -221,9 +224,9 @@ def resampled_stats(table: MatchTable, W: np.ndarray) -> np.ndarray:
             for a in range(table.A):
                 n_cat[a] += has_gt[a]
         for j, name in enumerate(STAT_NAMES):
-            a = (_AP.get(name) or _AR.get(name))[0]
+            a = _AP[name][0] if name in _AP else _AR[name][0]
             s = ap_sum[name] if name in _AP else ar_sum[name]
-            stats[lo:lo + b, j] = np.where(n_cat[a] > 0, s / np.where(n_cat[a] > 0, n_cat[a], 1), -1.0)
+            stats[lo : lo + b, j] = np.where(n_cat[a] > 0, s / np.where(n_cat[a] > 0, n_cat[a], 1), -1.0)
     return stats
 
 
@@ -233,25 +236,40 @@ def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def intervals(table: MatchTable, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-              level: float = LEVEL) -> dict:
+def intervals(
+    table: MatchTable, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, level: float = LEVEL
+) -> dict:
     """Percentile intervals of the 12 stats: {'method', 'level', 'resamples', 'seed', 'images', 'stats':
     {name: [lo, hi]}} (0-1 scale, as the metrics)."""
     W = resample_weights(len(table.image_ids), resamples, seed)
     s = resampled_stats(table, W)
-    return {"method": "bootstrap over images (percentile)", "level": level, "resamples": resamples, "seed": seed,
-            "images": len(table.image_ids),
-            "stats": {name: list(_interval(np.where(s[:, j] >= 0, s[:, j], np.nan), level))
-                      for j, name in enumerate(STAT_NAMES)}}
+    return {
+        "method": "bootstrap over images (percentile)",
+        "level": level,
+        "resamples": resamples,
+        "seed": seed,
+        "images": len(table.image_ids),
+        "stats": {
+            name: list(_interval(np.where(s[:, j] >= 0, s[:, j], np.nan), level)) for j, name in enumerate(STAT_NAMES)
+        },
+    }
 
 
-def paired_interval(candidate: MatchTable, reference: MatchTable, resamples: int = DEFAULT_RESAMPLES,
-                    seed: int = DEFAULT_SEED, level: float = LEVEL, metrics=("AP", "AP50")) -> dict:
+def paired_interval(
+    candidate: MatchTable,
+    reference: MatchTable,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    level: float = LEVEL,
+    metrics=("AP", "AP50"),
+) -> dict:
     """Interval of candidate - reference for `metrics`, both runs resampled with the same images.
     {'method', 'level', 'resamples', 'seed', 'images', 'diff': {name: [lo, hi]}} (0-1 scale)."""
     if not np.array_equal(candidate.image_ids, reference.image_ids):
-        raise ValueError("a paired interval needs both runs on the same images "
-                         f"({len(candidate.image_ids)} vs {len(reference.image_ids)} images, or other ids)")
+        raise ValueError(
+            "a paired interval needs both runs on the same images "
+            f"({len(candidate.image_ids)} vs {len(reference.image_ids)} images, or other ids)"
+        )
     W = resample_weights(len(candidate.image_ids), resamples, seed)
     sc, sr = resampled_stats(candidate, W), resampled_stats(reference, W)
     out = {}
@@ -259,5 +277,11 @@ def paired_interval(candidate: MatchTable, reference: MatchTable, resamples: int
         j = STAT_NAMES.index(name)
         d = np.where((sc[:, j] >= 0) & (sr[:, j] >= 0), sc[:, j] - sr[:, j], np.nan)
         out[name] = list(_interval(d, level))
-    return {"method": "paired bootstrap over images (percentile)", "level": level, "resamples": resamples,
-            "seed": seed, "images": len(candidate.image_ids), "diff": out}
+    return {
+        "method": "paired bootstrap over images (percentile)",
+        "level": level,
+        "resamples": resamples,
+        "seed": seed,
+        "images": len(candidate.image_ids),
+        "diff": out,
+    }

@@ -16,6 +16,7 @@ Identical to pycocotools by construction, and tested against it on the person su
 - accumulation: per image order of ids, per detection rank < maxDet, stable sort by score, cumulative TP/FP,
   precision made monotone from the right, sampled at the recall thresholds with searchsorted(side='left').
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ CHUNK_IMAGES = 16
 
 def _params():
     from pycocotools.cocoeval import Params
+
     return Params("bbox")  # the reference's own thresholds, recall points, max detections and area ranges
 
 
@@ -47,8 +49,9 @@ class _GroundTruth:
                 continue
             x, y, w, h = (float(v) for v in a["bbox"])
             area = float(a["area"]) if "area" in a else w * h
-            per_image.setdefault(a["image_id"], []).append((cat, x, y, w, h, area, bool(a.get("iscrowd", 0)),
-                                                            float(a.get("id", 0))))
+            per_image.setdefault(a["image_id"], []).append(
+                (cat, x, y, w, h, area, bool(a.get("iscrowd", 0)), float(a.get("id", 0)))
+            )
         self.by_pair: dict = {}
         for image_id, rows in per_image.items():
             for cat, *rest in rows:
@@ -76,10 +79,10 @@ def match_pairs(dets: list, gts: list, params) -> list:
     dvalid = np.zeros((P, D), bool)
     gvalid = np.zeros((P, G), bool)
     for p, (d, g) in enumerate(zip(dets, gts)):
-        db[p, :len(d)] = d[:, :4]
-        dvalid[p, :len(d)] = True
-        gb[p, :len(g)] = g
-        gvalid[p, :len(g)] = True
+        db[p, : len(d)] = d[:, :4]
+        dvalid[p, : len(d)] = True
+        gb[p, : len(g)] = g
+        gvalid[p, : len(g)] = True
     crowd = gb[:, :, 5] != 0
     # bbIou (pycocotools/common/maskApi.c): w = min(x+w) - max(x), the same operations in float64.
     dx, dy, dw, dh = (db[:, :, i, None] for i in range(4))
@@ -94,7 +97,7 @@ def match_pairs(dets: list, gts: list, params) -> list:
     garea, darea = gb[:, :, 4], db[:, :, 2] * db[:, :, 3]
     lo, hi = rng[None, :, 0, None], rng[None, :, 1, None]
     gt_ignored = (crowd[:, None, :] | (garea[:, None, :] < lo) | (garea[:, None, :] > hi)) & gvalid[:, None, :]
-    det_outside = (darea[:, None, :] < lo) | (darea[:, None, :] > hi)             # [P, A, D]
+    det_outside = (darea[:, None, :] < lo) | (darea[:, None, :] > hi)  # [P, A, D]
 
     matched_id = np.zeros((P, A, T, D))
     det_ignored = np.zeros((P, A, T, D), bool)
@@ -115,7 +118,7 @@ def match_pairs(dets: list, gts: list, params) -> list:
         live = np.flatnonzero(n_candidates > k)
         full = len(live) == P
         d = order[live, k]
-        v = iou[live, d][:, None, None, :]                                          # [p, 1, 1, G]
+        v = iou[live, d][:, None, None, :]  # [p, 1, 1, G]
         taken, crowds = (gt_taken, crowd4) if full else (gt_taken[live], crowd4[live])
         ok = (v >= thr4) & (eligible_gt if full else eligible_gt[live]) & (~taken | crowds)
         ignored = ignored4 if full else ignored4[live]
@@ -138,7 +141,7 @@ def match_pairs(dets: list, gts: list, params) -> list:
     det_ignored |= (matched_id == 0) & det_outside[:, :, None, :]
     matched = matched_id != 0
     npig = (gvalid[:, None, :] & ~gt_ignored).sum(axis=2)
-    return [(matched[p, :, :, :len(d)], det_ignored[p, :, :, :len(d)], npig[p]) for p, d in enumerate(dets)]
+    return [(matched[p, :, :, : len(d)], det_ignored[p, :, :, : len(d)], npig[p]) for p, d in enumerate(dets)]
 
 
 def _curves(dtm, dig, npig, s_sorted, rec_thrs):
@@ -155,24 +158,24 @@ def _curves(dtm, dig, npig, s_sorted, rec_thrs):
     A_, T = dtm.shape[:2]
     R = len(rec_thrs)
     valid = ~dig
-    ra, rt, pos = np.nonzero(dtm & valid)            # true positives: per row, in score order
+    ra, rt, pos = np.nonzero(dtm & valid)  # true positives: per row, in score order
     row = ra * T + rt
     n_tp = np.bincount(row, minlength=A_ * T)
     first = np.concatenate([[0], np.cumsum(n_tp)[:-1]])
-    kth = np.arange(len(row)) - first[row]            # 0-based index of each true positive in its row
+    kth = np.arange(len(row)) - first[row]  # 0-based index of each true positive in its row
     tp = (kth + 1).astype(np.float64)
-    counted = np.cumsum(valid, axis=2, dtype=np.int32)[ra, rt, pos].astype(np.float64)   # tp + fp there
+    counted = np.cumsum(valid, axis=2, dtype=np.int32)[ra, rt, pos].astype(np.float64)  # tp + fp there
     pr = tp / (counted + np.spacing(1))
     rc = tp / npig[ra]
     width = max(1, int(n_tp.max()))
-    env = np.zeros((A_ * T, width))                   # precision >= 0: the padding never wins a maximum
+    env = np.zeros((A_ * T, width))  # precision >= 0: the padding never wins a maximum
     env[row, kth] = pr
     env = np.maximum.accumulate(env[:, ::-1], axis=1)[:, ::-1]
     rc_rows = np.full((A_ * T, width), np.inf)
     rc_rows[row, kth] = rc
     pos_rows = np.zeros((A_ * T, width), np.int64)
     pos_rows[row, kth] = pos
-    q = np.zeros((A_ * T, R))                         # a row without a true positive: precision 0 everywhere
+    q = np.zeros((A_ * T, R))  # a row without a true positive: precision 0 everywhere
     ss = np.zeros((A_ * T, R))
     for r in np.flatnonzero(n_tp):
         n = n_tp[r]
@@ -181,7 +184,7 @@ def _curves(dtm, dig, npig, s_sorted, rec_thrs):
         safe = np.where(ok, kr, 0)
         q[r] = np.where(ok, env[r, safe], 0.0)
         ss[r] = np.where(ok, s_sorted[pos_rows[r, safe]], 0.0)
-    ss[:, rec_thrs <= 0] = s_sorted[0]                # reached at position 0, whatever detection is there
+    ss[:, rec_thrs <= 0] = s_sorted[0]  # reached at position 0, whatever detection is there
     rc_last = (n_tp / np.repeat(npig, T)).reshape(A_, T)
     return q.reshape(A_, T, R), ss.reshape(A_, T, R), rc_last
 
@@ -203,7 +206,7 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params) -> dict:
         matched = np.concatenate([e[2] for e in entries], axis=2)
         ignored = np.concatenate([e[3] for e in entries], axis=2)
         npig_all = np.sum([e[4] for e in entries], axis=0)
-        npig = npig_all.astype(np.int64)                                          # [A]
+        npig = npig_all.astype(np.int64)  # [A]
         areas = np.flatnonzero(npig > 0)
         if not len(areas):
             continue
@@ -214,13 +217,14 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params) -> dict:
         by_score = np.argsort(-scores, kind="mergesort")
         for m, max_det in enumerate(params.maxDets):
             inds = by_score[rank[by_score] < max_det]
-            if not len(inds):   # pycocotools: recall 0, precision and scores 0 at every threshold
+            if not len(inds):  # pycocotools: recall 0, precision and scores 0 at every threshold
                 recall[:, k, areas, m] = 0.0
                 precision[:, :, k, areas, m] = scores_out[:, :, k, areas, m] = 0.0
                 continue
             # np.take keeps the detections' axis contiguous (fancy indexing puts it outermost: 7x slower cumsums)
-            q, ss, rc_last = _curves(np.take(matched, inds, axis=2), np.take(ignored, inds, axis=2),
-                                     npig[areas], scores[inds], rec_thrs)
+            q, ss, rc_last = _curves(
+                np.take(matched, inds, axis=2), np.take(ignored, inds, axis=2), npig[areas], scores[inds], rec_thrs
+            )
             recall[:, k, areas, m] = rc_last.T
             precision[:, :, k, areas, m] = q.transpose(1, 2, 0)
             scores_out[:, :, k, areas, m] = ss.transpose(1, 2, 0)
@@ -230,6 +234,7 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params) -> dict:
 def summarize(evaluation: dict, image_ids, categories, params) -> np.ndarray:
     """The 12 stats by pycocotools' own summarize() on the accumulated arrays."""
     from pycocotools.cocoeval import COCOeval
+
     ev = COCOeval(iouType="bbox")
     ev.params = params
     params.imgIds, params.catIds = sorted(set(int(i) for i in image_ids)), list(categories)
@@ -250,7 +255,7 @@ class IncrementalCocoEval:
         self._annotations = annotations
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
-        self._entries: dict = {}      # category -> [(image_id, scores [D], matched [A,T,D], ignored [A,T,D], npig [A])]
+        self._entries: dict = {}  # category -> [(image_id, scores [D], matched [A,T,D], ignored [A,T,D], npig [A])]
         self._matched_images: set = set()
         # started by the first message, so an evaluator that is never fed (a run failing early) leaves no thread
         self._thread = threading.Thread(target=self._run, name="incremental-coco-eval", daemon=True)
@@ -334,14 +339,15 @@ class IncrementalCocoEval:
             # (the image's order, then a stable sort by score) at once, instead of a mask and a sort per category
             rows = rows[np.lexsort((-rows[:, 5], rows[:, 6]))]
             det_cats, starts, counts = np.unique(rows[:, 6], return_index=True, return_counts=True)
-            span = {int(c): (b, b + min(k, max_det))
-                    for c, b, k in zip(det_cats.tolist(), starts.tolist(), counts.tolist())}
+            span = {
+                int(c): (b, b + min(k, max_det)) for c, b, k in zip(det_cats.tolist(), starts.tolist(), counts.tolist())
+            }
             cats = set(self._gt.cats_of.get(image_id, ()))
             cats.update(span)
             for cat in sorted(cats):
                 keys.append((image_id, cat))
                 b_e = span.get(cat)
-                dets.append(rows[b_e[0]:b_e[1], 1:6] if b_e else empty_d)
+                dets.append(rows[b_e[0] : b_e[1], 1:6] if b_e else empty_d)
                 gts.append(self._gt.by_pair.get((image_id, cat), empty_g))
         if not keys:
             return
@@ -370,13 +376,12 @@ class IncrementalCocoEval:
         # Pairs of similar size matched together: padding every pair to the largest would multiply the work.
         heavy.sort(key=lambda n: (len(gts[n]), len(dets[n])))
         group: list = []
-        for pos, n in enumerate(heavy + [None]):
+        for n in heavy + [None]:
             if n is not None and (not group or (len(group) < 512 and len(gts[n]) <= 2 * max(4, len(gts[group[0]])))):
                 group.append(n)
                 continue
             if group:
-                for i, res in zip(group, match_pairs([dets[i] for i in group], [gts[i] for i in group],
-                                                     self.params)):
+                for i, res in zip(group, match_pairs([dets[i] for i in group], [gts[i] for i in group], self.params)):
                     results[i] = res
             group = [n]
         for (image_id, cat), d, (matched, ignored, npig) in zip(keys, dets, results):

@@ -9,6 +9,7 @@ command run again starts only the missing ones (a killed worker's own finished b
 With a node shard K/N as well (--shard or the CI variables), the node's D workers run shards (K-1)*D+1..K*D of
 N*D and no merge happens here: `scripts/suite merge` over every node's results dir joins them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,7 @@ STOP_WAIT_S = 30.0
 @dataclasses.dataclass
 class Worker:
     device: int
-    index: int           # its shard index of `total`
+    index: int  # its shard index of `total`
     total: int
     cfg: RunConfig
     dir: Path
@@ -46,6 +47,7 @@ class Worker:
 
     @property
     def name(self) -> str:
+        """How messages name this worker: its device and its shard."""
         return f"device {self.device} (shard {self.index}/{self.total})"
 
     def finished_record(self) -> dict | None:
@@ -55,8 +57,11 @@ class Worker:
                 record = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if record.get("kind") == SHARD_KIND and record.get("shard", {}).get("request") == request_key(self.cfg) \
-                    and (self.dir / record["shard"].get("detections", "")).is_file():
+            if (
+                record.get("kind") == SHARD_KIND
+                and record.get("shard", {}).get("request") == request_key(self.cfg)
+                and (self.dir / record["shard"].get("detections", "")).is_file()
+            ):
                 return record
         return None
 
@@ -68,6 +73,9 @@ def _workers_per_device(cfg: RunConfig, count: int) -> int:
 
 
 def plan(cfg: RunConfig) -> list[Worker]:
+    """One worker per device of `cfg.devices`, each with its shard, its own results dir and its share of decoders."""
+    if cfg.devices is None:
+        raise ConfigError("--devices is not set: nothing to spread the run over")
     devices = parse_devices(cfg.devices)
     d = len(devices)
     if cfg.shard:
@@ -81,8 +89,15 @@ def plan(cfg: RunConfig) -> list[Worker]:
     for i, device in enumerate(devices):
         j = first + i
         wdir = root / f"{j}-of-{total}"
-        wcfg = dataclasses.replace(cfg, devices=None, shard=f"{j}/{total}",
-                                   results_dir=str(wdir), progress=False, detections_out=None, workers=per)
+        wcfg = dataclasses.replace(
+            cfg,
+            devices=None,
+            shard=f"{j}/{total}",
+            results_dir=str(wdir),
+            progress=False,
+            detections_out=None,
+            workers=per,
+        )
         out.append(Worker(device, j, total, wcfg, wdir))
     return out
 
@@ -99,28 +114,34 @@ def _start(w: Worker, echo):
     cmd = [sys.executable, str(BOOTSTRAP), "accuracy", *to_flags(w.cfg, "accuracy")]
     log = open(w.dir / "worker.log", "w", encoding="utf-8")
     try:
-        log.write("$ SUITE_GPU_INDEX=%d %s\n" % (w.device, " ".join(cmd)))
+        log.write(f"$ SUITE_GPU_INDEX={w.device:d} {' '.join(cmd)}\n")
         log.flush()
-        w.proc = subprocess.Popen(cmd, env=_env(w.device), stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        w.proc = proc = subprocess.Popen(
+            cmd,
+            env=_env(w.device),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         log.close()
-    (w.dir / "worker.pid").write_text(f"{w.proc.pid}\n")
-    echo(f"{w.name}: started, pid {w.proc.pid}, log {w.dir / 'worker.log'}")
+    (w.dir / "worker.pid").write_text(f"{proc.pid}\n")
+    echo(f"{w.name}: started, pid {proc.pid}, log {w.dir / 'worker.log'}")
 
 
 def _stop(workers: list[Worker]):
     """SIGTERM every running worker (each keeps its finished batches for the rerun), SIGKILL if one lingers."""
-    running = [w for w in workers if w.proc is not None and w.proc.poll() is None]
-    for w in running:
-        os.killpg(w.proc.pid, signal.SIGTERM)
+    running = [w.proc for w in workers if w.proc is not None and w.proc.poll() is None]
+    for proc in running:
+        os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_WAIT_S
-    for w in running:
+    for proc in running:
         try:
-            w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(w.proc.pid, signal.SIGKILL)
-            w.proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _how(code: int) -> str:
@@ -145,12 +166,14 @@ def run_on_devices(cfg: RunConfig, publish=None, echo=print) -> dict:
     """The accuracy run of `cfg` over `cfg.devices`: the merged accuracy record (or, under a node shard, the
     node's shard summary); `publish(record)` as in run_accuracy."""
     if cfg.record_outputs:
-        raise ConfigError("--record-outputs with --devices: a recording is made by one process over every image; "
-                          "run it without --devices")
+        raise ConfigError(
+            "--record-outputs with --devices: a recording is made by one process over every image; "
+            "run it without --devices"
+        )
     check_outputs(cfg, accuracy=True)
     workers = plan(cfg)
     root = Path(cfg.results_dir) / DEVICES_DIR
-    if root.is_dir():   # another split's leftovers must not be merged with this one's
+    if root.is_dir():  # another split's leftovers must not be merged with this one's
         keep = {w.dir.name for w in workers}
         for stale in root.iterdir():
             if stale.name not in keep:
@@ -168,47 +191,59 @@ def run_on_devices(cfg: RunConfig, publish=None, echo=print) -> dict:
     except BaseException:
         _stop(workers)
         raise
-    failed = []
+    failed: list[tuple[Worker, int]] = []
     for w in workers:
         if w.reused:
             continue
+        assert w.proc is not None, "every worker not reused was started above"
         code = w.proc.returncode
         # 0, or 1 with its shard record (an output fault, judged on the merged record): the shard is there
         if code in (0, 1) and w.finished_record() is not None:
             echo(f"{w.name}: finished")
         else:
-            failed.append(w)
+            failed.append((w, code))
             echo(f"{w.name}: FAILED ({_how(code)}){_last_error(w)}")
     if failed:
-        what = "; ".join(f"{w.name} {_how(w.proc.returncode)}{_last_error(w)} (log {w.dir / 'worker.log'})"
-                         for w in failed)
-        rerun = ", ".join(f"{w.index}/{w.total}" for w in failed)
-        if all(w.proc.returncode == 2 for w in failed):
+        what = "; ".join(f"{w.name} {_how(code)}{_last_error(w)} (log {w.dir / 'worker.log'})" for w, code in failed)
+        rerun = ", ".join(f"{w.index}/{w.total}" for w, _ in failed)
+        if all(code == 2 for _, code in failed):
             raise ConfigError(f"--devices: {what}")
-        raise RuntimeFailure(f"--devices: worker failed: {what}; the finished shards are kept: run the same command "
-                             f"again to run only shard(s) {rerun}")
-    records = [w.finished_record() for w in workers]
+        raise RuntimeFailure(
+            f"--devices: worker failed: {what}; the finished shards are kept: run the same command "
+            f"again to run only shard(s) {rerun}"
+        )
+    records = []
+    for w in workers:
+        finished = w.finished_record()
+        if finished is None:  # checked above; only a file removed meanwhile gets here
+            raise RuntimeFailure(f"--devices: {w.name}: its shard record vanished from {w.dir} after it finished")
+        records.append(finished)
     if cfg.shard:
-        return _node_summary(cfg, workers, records)
+        return _node_summary(cfg, cfg.shard, workers, records)
     record = merge_shards([w.dir for w in workers], evaluator=cfg.evaluator, detections_out=cfg.detections_out)
-    record["devices"] = [{"device": w.device, "shard": f"{w.index}/{w.total}", "reused": w.reused,
-                          "wall_s": r["run"]["wall_s"]} for w, r in zip(workers, records)]
+    record["devices"] = [
+        {"device": w.device, "shard": f"{w.index}/{w.total}", "reused": w.reused, "wall_s": r["run"]["wall_s"]}
+        for w, r in zip(workers, records)
+    ]
     if publish is not None:
         publish(record)
-    shutil.rmtree(root, ignore_errors=True)   # merged and written: a rerun measures afresh
+    shutil.rmtree(root, ignore_errors=True)  # merged and written: a rerun measures afresh
     return record
 
 
-def _node_summary(cfg: RunConfig, workers: list[Worker], records: list[dict]) -> dict:
-    """What a node that ran its devices' shards of a node shard prints: its shards stay for the merge."""
-    k, n = parse_shard(cfg.shard)
+def _node_summary(cfg: RunConfig, shard: str, workers: list[Worker], records: list[dict]) -> dict:
+    """What a node that ran its devices' shards of node shard `shard` prints: its shards stay for the merge."""
+    k, n = parse_shard(shard)
     summary = dict(records[0])
     reasons = [r for rec in records for r in rec["reasons"]]
-    summary.update(shard={**records[0]["shard"], "index": k, "total": n, "source": cfg.shard_source or "--shard"},
-                   dataset={**records[0]["dataset"], "num_images": sum(r["dataset"]["num_images"] for r in records)},
-                   num_detections=sum(r["num_detections"] for r in records),
-                   run={"wall_s": max(r["run"]["wall_s"] for r in records)}, reasons=reasons,
-                   verdict="fail" if reasons else "unchecked",
-                   path=f"{Path(cfg.results_dir) / DEVICES_DIR} (shards {workers[0].index}..{workers[-1].index} of "
-                        f"{workers[0].total}, one per device)")
+    summary.update(
+        shard={**records[0]["shard"], "index": k, "total": n, "source": cfg.shard_source or "--shard"},
+        dataset={**records[0]["dataset"], "num_images": sum(r["dataset"]["num_images"] for r in records)},
+        num_detections=sum(r["num_detections"] for r in records),
+        run={"wall_s": max(r["run"]["wall_s"] for r in records)},
+        reasons=reasons,
+        verdict="fail" if reasons else "unchecked",
+        path=f"{Path(cfg.results_dir) / DEVICES_DIR} (shards {workers[0].index}..{workers[-1].index} of "
+        f"{workers[0].total}, one per device)",
+    )
     return summary

@@ -1,24 +1,26 @@
 """End-to-end latency of a performance run: JPEG read + decode, preprocessing, inference and output decoding
 of real images, per batch, in the calling thread. The compute-only figure (the engine alone) is timed apart, so a
 record shows what the device does and what a user of the whole pipeline gets."""
+
 from __future__ import annotations
 
 import numpy as np
 
 from common.data.coco import ImageItem, read_image
-from common.decode.outputs import get_decoder
 from common.data.preprocess import Preprocessor
+from common.decode.outputs import get_decoder
 from common.harness.timing import TimingStats, measure, summarize
 
 # After warm-up: at least E2E_MIN_ITERS iterations and E2E_MIN_S seconds (or the run's minimum duration if
 # shorter), at most E2E_MAX_ITERS iterations
 # (JPEG decoding dominates and varies little; a CPU batch of 32 takes over a second).
 E2E_MIN_ITERS, E2E_MIN_S, E2E_MAX_ITERS = 5, 2.0, 20
-E2E_IMAGES = 64        # distinct images cycled through, so one cached image is not timed over and over
+E2E_IMAGES = 64  # distinct images cycled through, so one cached image is not timed over and over
 
 
-def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int, warmup_s: float,
-                       min_duration_s: float) -> TimingStats:
+def measure_end_to_end(
+    runner, variant, items: list[ImageItem], batch_size: int, warmup_s: float, min_duration_s: float
+) -> TimingStats:
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     decode_cfg = variant.decode_cfg
     decoder = get_decoder(decode_cfg)
@@ -34,9 +36,16 @@ def measure_end_to_end(runner, variant, items: list[ImageItem], batch_size: int,
         outputs = runner.infer(x)
         decoder(outputs, np.stack(meta), decode_cfg)
 
-    return measure(step, runner.sync, batch_size, warmup_iters=2, warmup_s=min(warmup_s, 1.0),
-                   min_iters=E2E_MIN_ITERS, min_duration_s=min(E2E_MIN_S, min_duration_s),
-                   max_iters=E2E_MAX_ITERS)
+    return measure(
+        step,
+        runner.sync,
+        batch_size,
+        warmup_iters=2,
+        warmup_s=min(warmup_s, 1.0),
+        min_iters=E2E_MIN_ITERS,
+        min_duration_s=min(E2E_MIN_S, min_duration_s),
+        max_iters=E2E_MAX_ITERS,
+    )
 
 
 def compute_time(runner, x: np.ndarray, engine_stats: TimingStats) -> dict:

@@ -1,6 +1,7 @@
 """From a run's options to a loaded engine: which ONNX (given, exported from a checkpoint, or the spec's), the build
 request, the backend's engine (built or from the cache) and its runner. Shared by the run drivers (runs.py), the
 fidelity comparisons and scripts/build_engine.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from common import REPO_ROOT
-from common.runtime.backends import backend_class, get_backend
-from common.runtime.backends.base import BuildRequest, Runner
-from common.engine_cache import EngineCache, file_sha256_memo
-from common.errors import ConfigError, InputError, RuntimeFailure
 from common.config.options import RunConfig
 from common.config.specs import Variant, load_model
+from common.engine_cache import EngineCache, file_sha256_memo
+from common.errors import ConfigError, InputError, RuntimeFailure
+from common.runtime.backends import backend_class, get_backend
+from common.runtime.backends.base import Backend, BuildRequest, Runner
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Prepared:
     variant: Variant
     onnx_path: Path
     onnx_sha256: str
-    backend: object
+    backend: Backend
     request: BuildRequest
     engine: Path
     cache_hit: bool
@@ -37,12 +38,19 @@ def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
     value = cfg.onnx
     if not value and cfg.checkpoint:
         from common.export.pipeline import DEFAULT_OPSET, export_cached
-        return export_cached(variant, cfg.checkpoint, cfg.config, Path(cfg.cache_dir) / "exports",
-                             cfg.opset or variant.extra.get("export", {}).get("opset", DEFAULT_OPSET))
+
+        return export_cached(
+            variant,
+            cfg.checkpoint,
+            cfg.config,
+            Path(cfg.cache_dir) / "exports",
+            cfg.opset or variant.extra.get("export", {}).get("opset", DEFAULT_OPSET),
+        )
     value = value or variant.onnx
     if not value:
-        raise ConfigError(f"no ONNX model for {variant.id}: pass --onnx or set ONNX_MODEL, "
-                          "or --checkpoint [--config] to export one")
+        raise ConfigError(
+            f"no ONNX model for {variant.id}: pass --onnx or set ONNX_MODEL, or --checkpoint [--config] to export one"
+        )
     path = Path(os.path.expandvars(value))
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / path
@@ -54,20 +62,30 @@ def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
 def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256: str) -> BuildRequest:
     """What an engine is built from (scripts/build_engine.py builds the same request as a run)."""
     options = dict(variant.extra.get("build", {}))
-    if backend_class(cfg.backend).spec_section is not None:   # the backend's own section of the spec
+    if backend_class(cfg.backend).spec_section is not None:  # the backend's own section of the spec
         options[cfg.backend] = dict(variant.extra.get(cfg.backend) or {})
     options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
     if cfg.precision == "int8":  # only INT8 calibrates; $CALIB_DIR must not affect others
         from common.runtime.quantize import settings_for
+
         options["int8"] = settings_for(variant, cfg.calib_images)
         if cfg.calib_dir:
             from common.data.calibration import CalibrationSet
+
             options["calibration"] = CalibrationSet.for_variant(
-                cfg.calib_dir, variant, dataclasses.replace(cfg, calib_images=options["int8"].calib_images))
-    return BuildRequest(onnx_path=onnx_path, onnx_sha256=onnx_sha256, precision=cfg.precision,
-                        batch_size=cfg.batch_size, input_name=variant.input_name,
-                        input_shape=(3, variant.height, variant.width), cache=EngineCache(cfg.cache_dir),
-                        options=options, extra_inputs=tuple(variant.extra_inputs.items()))
+                cfg.calib_dir, variant, dataclasses.replace(cfg, calib_images=options["int8"].calib_images)
+            )
+    return BuildRequest(
+        onnx_path=onnx_path,
+        onnx_sha256=onnx_sha256,
+        precision=cfg.precision,
+        batch_size=cfg.batch_size,
+        input_name=variant.input_name,
+        input_shape=(3, variant.height, variant.width),
+        cache=EngineCache(cfg.cache_dir),
+        options=options,
+        extra_inputs=tuple(variant.extra_inputs.items()),
+    )
 
 
 def sha256_memo_dir(cfg: RunConfig) -> Path | None:
@@ -75,8 +93,9 @@ def sha256_memo_dir(cfg: RunConfig) -> Path | None:
     return Path(cfg.cache_dir) / "sha256" if cfg.cache_dir else None
 
 
-def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None,
-            onnx_path: Path | None = None) -> Prepared:
+def prepare(
+    cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None, onnx_path: Path | None = None
+) -> Prepared:
     """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
     if cfg.batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {cfg.batch_size}")
@@ -89,10 +108,13 @@ def prepare(cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | N
     req = build_request(cfg, variant, onnx_path, digest)
     engine, hit = backend.build(req)
     runner = backend.load(engine, req)
-    if runner.static_batch is not None and cfg.batch_size > runner.static_batch:   # say it in the user's terms
-        raise ConfigError(f"batch of {cfg.batch_size} for an engine built for batch {runner.static_batch} "
-                          f"(--bs {cfg.batch_size}); rebuild or re-export the model for batch {cfg.batch_size}, "
-                          f"or use --bs {runner.static_batch}", onnx_path)
+    if runner.static_batch is not None and cfg.batch_size > runner.static_batch:  # say it in the user's terms
+        raise ConfigError(
+            f"batch of {cfg.batch_size} for an engine built for batch {runner.static_batch} "
+            f"(--bs {cfg.batch_size}); rebuild or re-export the model for batch {cfg.batch_size}, "
+            f"or use --bs {runner.static_batch}",
+            onnx_path,
+        )
     return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)
 
 

@@ -8,6 +8,7 @@ localise:  for an ONNX Runtime FP16 candidate, the graph's intermediate tensors 
            overflow (|x| > 65504) are reported, blocked (kept FP32) and the conversion is checked again.
 preflight: a compare on a few images before an accuracy run's full pass, failing in seconds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,26 +17,27 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.coco import image_items, read_annotations, read_image, resolve_dataset
-from common.decode.outputs import get_decoder
 from common.compare.comparator import Comparison, box_iou, compare, match_detections  # noqa: F401 - box_iou re-exported
-from common.engine_cache import atomic_write_bytes, atomic_write_json
-from common.record.types import built, check_compare_report
-from common.errors import EXIT_TARGET_FAILED, ConfigError, InputError, SuiteError
-from common.evaluate.metrics import CocoEvaluator
-from common.data.preprocess import Preprocessor
-from common.config.specs import Variant
-from common.tolerances import Tolerance  # noqa: F401 - re-exported
 
 # the FP16 range check and the localisation live in their own modules (neither imports this one)
 from common.compare.fp16_localise import NodeFinding, find_fp16_culprits, localise  # noqa: F401 - re-exported
 from common.compare.fp16_range import FP16_MAX, FP16_MIN_NORMAL, RANGE_CHECK, inputs_digest, range_check  # noqa: F401
+from common.config.specs import Variant
+from common.data.coco import image_items, read_annotations, read_image, resolve_dataset
+from common.data.preprocess import Preprocessor
+from common.decode.outputs import get_decoder
+from common.engine_cache import atomic_write_bytes, atomic_write_json
+from common.errors import EXIT_TARGET_FAILED, InputError, SuiteError
+from common.evaluate.metrics import CocoEvaluator
+from common.record.types import built, check_compare_report
+from common.tolerances import Tolerance  # noqa: F401 - re-exported
 
 
 class FidelityFailure(SuiteError):
     """The candidate engine's outputs are out of tolerance against the FP32 reference."""
 
     exit_code = EXIT_TARGET_FAILED
+    report: dict | None = None  # the comparison that failed, when a preflight raised it
 
 
 def tolerance_of(variant: Variant) -> Tolerance:
@@ -52,23 +54,33 @@ def with_subnormals(tol: Tolerance, backend) -> Tolerance:
 
 def subnormals_note(tol: Tolerance, variant: Variant) -> str:
     """Which float16 subnormal model the range check used, and where it came from, for the output."""
-    source = "the spec's fidelity.fp16_subnormals" if variant.fidelity.fp16_subnormals else \
-        "the backend's declared default"
+    source = (
+        "the spec's fidelity.fp16_subnormals" if variant.fidelity.fp16_subnormals else "the backend's declared default"
+    )
     return f"float16 subnormals: {tol.fp16_subnormals} ({source})"
 
 
 # ---------------------------------------------------------------- images and engines
 
+
 @dataclass
 class Images:
-    image_ids: np.ndarray      # [n]
-    inputs: np.ndarray         # [n, 3, H, W] float32
-    meta: np.ndarray           # [n, 6]
+    image_ids: np.ndarray  # [n]
+    inputs: np.ndarray  # [n, 3, H, W] float32
+    meta: np.ndarray  # [n, 6]
     annotations: dict
 
 
-def load_images(variant: Variant, dataset_dir, annotation, images_dir, n: int, items=None,
-                annotations=None, shard: str | None = None) -> Images:
+def load_images(
+    variant: Variant,
+    dataset_dir,
+    annotation,
+    images_dir,
+    n: int,
+    items=None,
+    annotations=None,
+    shard: str | None = None,
+) -> Images:
     """The first n images (by id) of the dataset, or of its image shard "K/N" (common/harness/shards.py),
     preprocessed as the spec says."""
     if items is None:
@@ -78,6 +90,7 @@ def load_images(variant: Variant, dataset_dir, annotation, images_dir, n: int, i
         if shard:
             from common.config.options import parse_shard
             from common.harness.shards import shard_bounds
+
             k, total = parse_shard(shard)
             start, stop = shard_bounds(len(items), k, total)
             if stop == start:
@@ -95,14 +108,15 @@ def load_images(variant: Variant, dataset_dir, annotation, images_dir, n: int, i
 def run_images(runner, images: Images, batch: int = 1) -> list[dict]:
     """Per-image outputs, inferred `batch` images per call (a fixed-batch engine pads the last call itself)."""
     from common.harness.engine import infer as _infer
+
     per_image = []
     for s in range(0, len(images.image_ids), batch):
-        ids = images.image_ids[s:s + batch]
-        out = _infer(runner, images.inputs[s:s + batch], ids)
+        ids = images.image_ids[s : s + batch]
+        out = _infer(runner, images.inputs[s : s + batch], ids)
         if all(v.ndim and v.shape[0] == len(ids) for v in out.values()):
-            per_image += [{k: v[i:i + 1] for k, v in out.items()} for i in range(len(ids))]
+            per_image += [{k: v[i : i + 1] for k, v in out.items()} for i in range(len(ids))]
         else:  # an output without a batch dimension: one image per call
-            per_image += [_infer(runner, images.inputs[s + i:s + i + 1], ids[i:i + 1]) for i in range(len(ids))]
+            per_image += [_infer(runner, images.inputs[s + i : s + i + 1], ids[i : i + 1]) for i in range(len(ids))]
     return per_image
 
 
@@ -110,25 +124,37 @@ def reference_config(cfg):
     """The FP32 reference of a run: the backend whose capabilities say it is the reference, on its first device,
     running the ONNX as it is."""
     from common.runtime.backends import reference_backend
+
     cls = reference_backend()
-    return dataclasses.replace(cfg, backend=cls.name, device=cls.capabilities.devices[0], precision="fp32",
-                               batch_size=1, backend_options={}, streams=1)
+    return dataclasses.replace(
+        cfg,
+        backend=cls.name,
+        device=cls.capabilities.devices[0],
+        precision="fp32",
+        batch_size=1,
+        backend_options={},
+        streams=1,
+    )
 
 
 # ---------------------------------------------------------------- tensor and detection comparison
+
 
 def tensor_stats(ref: np.ndarray, cand: np.ndarray) -> dict:
     """Errors of cand against ref (same shape), computed in float64 over the values finite in both (a handful of
     outputs, so float64 costs nothing here); cosine is 0 when cand holds NaN / Inf where ref is finite."""
     r = np.asarray(ref, np.float64).ravel()
     c = np.asarray(cand, np.float64).ravel()
-    stats = {"size": int(r.size), "ref_nonfinite": int(r.size - np.isfinite(r).sum()),
-             "nan": int(np.isnan(c).sum()), "inf": int(np.isinf(c).sum()),
-             "ref_max_abs": float(np.abs(r[np.isfinite(r)]).max()) if np.isfinite(r).any() else 0.0}
+    stats = {
+        "size": int(r.size),
+        "ref_nonfinite": int(r.size - np.isfinite(r).sum()),
+        "nan": int(np.isnan(c).sum()),
+        "inf": int(np.isinf(c).sum()),
+        "ref_max_abs": float(np.abs(r[np.isfinite(r)]).max()) if np.isfinite(r).any() else 0.0,
+    }
     ok = np.isfinite(r) & np.isfinite(c)
     if not ok.any():
-        stats.update(max_abs_err=0.0, mean_abs_err=0.0, max_rel_err=0.0, mean_rel_err=0.0, norm_err=0.0,
-                     cosine=1.0)
+        stats.update(max_abs_err=0.0, mean_abs_err=0.0, max_rel_err=0.0, mean_rel_err=0.0, norm_err=0.0, cosine=1.0)
         return stats
     d = np.abs(c[ok] - r[ok])
     # elementwise relative error is unstable next to zero: the floor is a millionth of the output's range
@@ -136,17 +162,21 @@ def tensor_stats(ref: np.ndarray, cand: np.ndarray) -> dict:
     nr, nc = np.linalg.norm(r[ok]), np.linalg.norm(c[ok])
     cosine = 1.0 if nr == 0 and nc == 0 else float(np.dot(r[ok], c[ok]) / max(nr * nc, 1e-300))
     if (np.isfinite(r) & ~np.isfinite(c)).any():
-        cosine = 0.0   # NaN / Inf where the reference is finite: the finite part says nothing about the tensor
-    stats.update(max_abs_err=float(d.max()), mean_abs_err=float(d.mean()), max_rel_err=float(rel.max()),
-                 mean_rel_err=float(rel.mean()),
-                 norm_err=float(d.max() / stats["ref_max_abs"]) if stats["ref_max_abs"] else float(d.max()),
-                 cosine=cosine)
+        cosine = 0.0  # NaN / Inf where the reference is finite: the finite part says nothing about the tensor
+    stats.update(
+        max_abs_err=float(d.max()),
+        mean_abs_err=float(d.mean()),
+        max_rel_err=float(rel.max()),
+        mean_rel_err=float(rel.mean()),
+        norm_err=float(d.max() / stats["ref_max_abs"]) if stats["ref_max_abs"] else float(d.max()),
+        cosine=cosine,
+    )
     return stats
 
 
 def compare_outputs(ref: list[dict], cand: list[dict]) -> dict:
     """{output name: stats} over all images; an integer output reports the share of differing values."""
-    report = {}
+    report: dict[str, dict] = {}
     for name in ref[0]:
         if any(name not in c for c in cand):
             report[name] = {"error": "missing from the candidate's outputs"}
@@ -154,8 +184,10 @@ def compare_outputs(ref: list[dict], cand: list[dict]) -> dict:
         shapes = [(r[name].shape, c[name].shape) for r, c in zip(ref, cand)]
         bad = next(((a, b) for a, b in shapes if a != b), None)
         if bad:
-            report[name] = {"error": f"shape {list(bad[1])} != reference {list(bad[0])} (a data-dependent output, "
-                                     "e.g. after NMS? list the fixed-shape outputs under fidelity.outputs)"}
+            report[name] = {
+                "error": f"shape {list(bad[1])} != reference {list(bad[0])} (a data-dependent output, "
+                "e.g. after NMS? list the fixed-shape outputs under fidelity.outputs)"
+            }
             continue
         r = np.concatenate([x[name].ravel() for x in ref])
         c = np.concatenate([x[name].ravel() for x in cand])
@@ -170,7 +202,7 @@ def _detections(variant: Variant, outputs: list[dict], images: Images) -> list[t
     decoder = get_decoder(variant.decode_cfg)
     dets = []
     for i, out in enumerate(outputs):
-        _, boxes, scores, labels = decoder(out, images.meta[i:i + 1], variant.decode_cfg)
+        _, boxes, scores, labels = decoder(out, images.meta[i : i + 1], variant.decode_cfg)
         finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
         dets.append((boxes[finite], scores[finite], labels[finite].astype(np.int64)))
     return dets
@@ -180,13 +212,17 @@ def compare_detections(variant: Variant, ref: list[dict], cand: list[dict], imag
     rd, cd = _detections(variant, ref, images), _detections(variant, cand, images)
     pairs = [p for r, c in zip(rd, cd) for p in match_detections(r, c, tol.score_threshold)]
     matched = [p for p in pairs if p is not None]
-    report = {"reference_detections": len(pairs), "candidate_detections": int(sum(len(c[1]) for c in cd)),
-              "score_threshold": tol.score_threshold,
-              "matched": 1.0 if not pairs else len(matched) / len(pairs),
-              "mean_iou": float(np.mean([m[0] for m in matched])) if matched else (1.0 if not pairs else 0.0),
-              "mean_score_diff": float(np.mean([m[1] for m in matched])) if matched else 0.0}
+    report: dict[str, object] = {
+        "reference_detections": len(pairs),
+        "candidate_detections": int(sum(len(c[1]) for c in cd)),
+        "score_threshold": tol.score_threshold,
+        "matched": 1.0 if not pairs else len(matched) / len(pairs),
+        "mean_iou": float(np.mean([m[0] for m in matched])) if matched else (1.0 if not pairs else 0.0),
+        "mean_score_diff": float(np.mean([m[1] for m in matched])) if matched else 0.0,
+    }
     if images.annotations is not None:
         from common.evaluate.bootstrap import MatchTable, paired_interval
+
         ap, tables = {}, {}
         for key, dets in (("reference", rd), ("candidate", cd)):
             ev = CocoEvaluator(images.annotations, variant.label_map, variant.categories, "pycocotools")
@@ -194,17 +230,28 @@ def compare_detections(variant: Variant, ref: list[dict], cand: list[dict], imag
                 ev.add(np.full(len(s), img_id), b, s, lab)
             ap[key] = ev.evaluate(images.image_ids)["AP"]
             tables[key] = MatchTable.from_evaluator(ev, images.image_ids)
-        report.update(ap_reference=ap["reference"], ap_candidate=ap["candidate"],
-                      ap_diff=ap["candidate"] - ap["reference"])
+        report.update(
+            ap_reference=ap["reference"], ap_candidate=ap["candidate"], ap_diff=ap["candidate"] - ap["reference"]
+        )
         # the evidence of these few images: the paired bootstrap interval of the difference (common/ci/paired.py)
         paired = paired_interval(tables["candidate"], tables["reference"], metrics=("AP",))
         report["ap_diff_interval"] = paired["diff"]["AP"]
         # each image's detections at or above the threshold, COCO ids, original pixels: the HTML report draws them
         label_map = np.asarray(variant.label_map)
         report["per_image"] = [
-            {"image_id": int(i), **{key: [[*map(float, b), float(s), int(label_map[lab])] for b, s, lab in zip(*d)
-                                          if s >= tol.score_threshold] for key, d in (("reference", r), ("candidate", c))}}
-            for i, r, c in zip(images.image_ids, rd, cd)]
+            {
+                "image_id": int(i),
+                **{
+                    key: [
+                        [*map(float, b), float(s), int(label_map[lab])]
+                        for b, s, lab in zip(*d)
+                        if s >= tol.score_threshold
+                    ]
+                    for key, d in (("reference", r), ("candidate", c))
+                },
+            }
+            for i, r, c in zip(images.image_ids, rd, cd)
+        ]
         report["ap_diff_method"] = f"{paired['method']}, {paired['resamples']} resamples, level {paired['level']}"
     return report
 
@@ -225,15 +272,19 @@ def judge(outputs: dict, detections: dict | None, tol: Tolerance) -> list[str]:
             if s["cosine"] < tol.min_cosine:
                 reasons.append(f"output '{name}': cosine similarity {s['cosine']:.6f} < {tol.min_cosine}")
             if s["norm_err"] > tol.max_norm_err:
-                reasons.append(f"output '{name}': max abs error {s['max_abs_err']:.4g} is {s['norm_err']:.4f} of its "
-                               f"range (max {tol.max_norm_err})")
+                reasons.append(
+                    f"output '{name}': max abs error {s['max_abs_err']:.4g} is {s['norm_err']:.4f} of its "
+                    f"range (max {tol.max_norm_err})"
+                )
         elif s.get("differing") and tol.outputs is not None:
             reasons.append(f"output '{name}': {s['differing']:.2%} of the values differ")
     if detections is not None:
         d = detections
         if d["matched"] < tol.min_matched:
-            reasons.append(f"only {d['matched']:.1%} of the {d['reference_detections']} reference detections "
-                           f"(score >= {tol.score_threshold}) matched (min {tol.min_matched:.0%})")
+            reasons.append(
+                f"only {d['matched']:.1%} of the {d['reference_detections']} reference detections "
+                f"(score >= {tol.score_threshold}) matched (min {tol.min_matched:.0%})"
+            )
         if d["mean_iou"] < tol.min_mean_iou:
             reasons.append(f"mean IoU of matched detections {d['mean_iou']:.4f} < {tol.min_mean_iou}")
         if d["mean_score_diff"] > tol.max_score_diff:
@@ -242,10 +293,11 @@ def judge(outputs: dict, detections: dict | None, tol: Tolerance) -> list[str]:
             lo, hi = d.get("ap_diff_interval") or (d["ap_diff"], d["ap_diff"])
             # with the paired interval: only a difference the images show (the interval excludes 0) counts
             if lo > 0 or hi < 0 or "ap_diff_interval" not in d:
-                reasons.append(f"AP on the compared images {d['ap_candidate']:.4f} vs reference "
-                               f"{d['ap_reference']:.4f} (|diff| > {tol.max_ap_diff}" +
-                               (f", 95 % paired interval [{lo:+.4f}, {hi:+.4f}] excludes 0)"
-                                if "ap_diff_interval" in d else ")"))
+                reasons.append(
+                    f"AP on the compared images {d['ap_candidate']:.4f} vs reference "
+                    f"{d['ap_reference']:.4f} (|diff| > {tol.max_ap_diff}"
+                    + (f", 95 % paired interval [{lo:+.4f}, {hi:+.4f}] excludes 0)" if "ap_diff_interval" in d else ")")
+                )
     return reasons
 
 
@@ -258,32 +310,50 @@ def compare_runs(variant: Variant, ref: list[dict], cand: list[dict], images: Im
     reasons = judge(outputs, None if "error" in detections else detections, tol)
     if "error" in detections:
         reasons.append(f"detections: {detections['error']}")
-    return {"images": [int(i) for i in images.image_ids], "tolerance": dataclasses.asdict(tol),
-            "outputs": outputs, "detections": detections, "verdict": "fail" if reasons else "pass",
-            "reasons": reasons}
+    return {
+        "images": [int(i) for i in images.image_ids],
+        "tolerance": dataclasses.asdict(tol),
+        "outputs": outputs,
+        "detections": detections,
+        "verdict": "fail" if reasons else "pass",
+        "reasons": reasons,
+    }
 
 
 def fidelity_check(variant: Variant, images: Images, tol: Tolerance):
     """The compare function of a candidate against the FP32 reference, for comparator.compare: per-image outputs
     of both -> tensors and detections judged within `tol` (the report is the Comparison's details)."""
+
     def judge(ref: list[dict], cand: list[dict]) -> Comparison:
         report = compare_runs(variant, ref, cand, images, tol)
         return Comparison(report["verdict"] == "pass", report, report["reasons"])
+
     return judge
 
 
-def against_reference(variant: Variant, images: Images, tol: Tolerance, ref_runner, cand_runner,
-                      batch: int = 1, ref_outputs: list | None = None) -> dict:
+def against_reference(
+    variant: Variant,
+    images: Images,
+    tol: Tolerance,
+    ref_runner,
+    cand_runner,
+    batch: int = 1,
+    ref_outputs: list | None = None,
+) -> dict:
     """Both runners on the same images through the comparator; the candidate's report."""
-    results = {"reference": ref_outputs if ref_outputs is not None else run_images(ref_runner, images),
-               "candidate": run_images(cand_runner, images, batch)}
+    results = {
+        "reference": ref_outputs if ref_outputs is not None else run_images(ref_runner, images),
+        "candidate": run_images(cand_runner, images, batch),
+    }
     return compare(results, fidelity_check(variant, images, tol))["candidate"].details
 
 
 def format_report(report: dict) -> str:
-    lines = [f" {len(report['images'])} image(s); per output: cosine, max|err| (share of range), mean|err|, "
-             f"max/mean rel err, NaN/Inf"]
-    gated = report["tolerance"].get("outputs")   # None: every output is judged
+    lines = [
+        f" {len(report['images'])} image(s); per output: cosine, max|err| (share of range), mean|err|, "
+        f"max/mean rel err, NaN/Inf"
+    ]
+    gated = report["tolerance"].get("outputs")  # None: every output is judged
     for name, s in report["outputs"].items():
         if gated is not None and name not in gated and "error" in s:
             # the spec judges this output by its detections only: a shape difference is expected, not a fault
@@ -291,21 +361,27 @@ def format_report(report: dict) -> str:
         elif "error" in s:
             lines.append(f"  {name}: {s['error']}")
         elif "cosine" in s:
-            lines.append(f"  {name}: cos {s['cosine']:.6f}  max {s['max_abs_err']:.4g} ({s['norm_err']:.4f})  "
-                         f"mean {s['mean_abs_err']:.4g}  rel {s['max_rel_err']:.3g}/{s['mean_rel_err']:.3g}  "
-                         f"nan {s['nan']} inf {s['inf']}")
+            lines.append(
+                f"  {name}: cos {s['cosine']:.6f}  max {s['max_abs_err']:.4g} ({s['norm_err']:.4f})  "
+                f"mean {s['mean_abs_err']:.4g}  rel {s['max_rel_err']:.3g}/{s['mean_rel_err']:.3g}  "
+                f"nan {s['nan']} inf {s['inf']}"
+            )
         else:
             lines.append(f"  {name}: {s['differing']:.2%} of {s['size']} values differ")
     d = report["detections"]
     if "error" in d:
         lines.append(f"  detections: {d['error']}")
     else:
-        line = (f"  detections: {d['matched']:.1%} of {d['reference_detections']} matched (score >= "
-                f"{d['score_threshold']}), mean IoU {d['mean_iou']:.4f}, mean |score diff| {d['mean_score_diff']:.4f}")
+        line = (
+            f"  detections: {d['matched']:.1%} of {d['reference_detections']} matched (score >= "
+            f"{d['score_threshold']}), mean IoU {d['mean_iou']:.4f}, mean |score diff| {d['mean_score_diff']:.4f}"
+        )
         if "ap_diff" in d:
             line += f", AP {d['ap_candidate']:.4f} vs {d['ap_reference']:.4f}"
             if "ap_diff_interval" in d:
-                line += f" (diff 95 % paired interval [{d['ap_diff_interval'][0]:+.4f}, {d['ap_diff_interval'][1]:+.4f}])"
+                line += (
+                    f" (diff 95 % paired interval [{d['ap_diff_interval'][0]:+.4f}, {d['ap_diff_interval'][1]:+.4f}])"
+                )
         lines.append(line)
     lines += [f"  FAIL: {r}" for r in report["reasons"]]
     lines.append(f" verdict: {report['verdict'].upper()}")
@@ -313,10 +389,12 @@ def format_report(report: dict) -> str:
 
 
 def write_json(path, data: dict):
+    """Write a compare report atomically: a killed run never leaves half a report."""
     atomic_write_json(path, data, indent=1)
 
 
 # ---------------------------------------------------------------- the pre-flight of an accuracy run
+
 
 def add_fp16_range(report: dict, cfg, prepared, ref_prepared, x: np.ndarray, tol: Tolerance, log=print) -> None:
     """For an FP16 candidate: the FP16 range check (common/compare/fp16_range.py) of its graph on the images `x`, stored
@@ -328,21 +406,32 @@ def add_fp16_range(report: dict, cfg, prepared, ref_prepared, x: np.ndarray, tol
     tol = with_subnormals(tol, prepared.backend)
     build = variant.extra.get("build") or {}
     own = prepared.backend.capabilities.fp16_onnx
-    log(f"fp16 on {prepared.backend.name} {prepared.backend.device()}: "
-        f"{prepared.backend.precision_note('fp16')}")
+    log(f"fp16 on {prepared.backend.name} {prepared.backend.device()}: {prepared.backend.precision_note('fp16')}")
     block_ops, block_nodes = tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ()))
     extra = ref_prepared.runner.extra_feeds(1)
     result, remembered = prepared.request.cache.remembered(
-        "fp16-range", _range_check_key(cfg, prepared, own, block_ops, block_nodes, x, extra, tol),
-        lambda: range_check(prepared.onnx_path, x, variant.input_name, tol, prepared.engine if own else None,
-                            block_ops, block_nodes, extra_inputs=extra))
+        "fp16-range",
+        _range_check_key(cfg, prepared, own, block_ops, block_nodes, x, extra, tol),
+        lambda: range_check(
+            prepared.onnx_path,
+            x,
+            variant.input_name,
+            tol,
+            prepared.engine if own else None,
+            block_ops,
+            block_nodes,
+            extra_inputs=extra,
+        ),
+    )
     result["graph"] = "the candidate engine" if own else "the ONNX Runtime float16 conversion (stand-in)"
     result["remembered"] = remembered
     result["subnormals_note"] = subnormals_note(tol, variant)
     report["fp16_range"] = result
-    log(f" FP16 range check on {result['images']} image(s), {result['float16_tensors']} float16 tensor(s) of "
+    log(
+        f" FP16 range check on {result['images']} image(s), {result['float16_tensors']} float16 tensor(s) of "
         f"{result['graph']}, {result['subnormals_note']}: {result['verdict'].upper()}"
-        f"{' (remembered)' if remembered else ''}")
+        f"{' (remembered)' if remembered else ''}"
+    )
     if result["verdict"] != "pass":
         report["verdict"] = "fail"
         report["reasons"] = list(report["reasons"]) + result["reasons"]
@@ -358,11 +447,21 @@ def _range_check_key(cfg, prepared, own: bool, block_ops, block_nodes, x, extra,
     from common.engine_cache import cache_key, file_sha256_memo
     from common.harness.engine import sha256_memo_dir
     from common.runtime.backends.onnxruntime_backend import FP16_CONVERTER
-    graph = ({"engine": file_sha256_memo(prepared.engine, sha256_memo_dir(cfg))} if own else
-             {"block_ops": block_ops, "block_nodes": block_nodes, "converter": FP16_CONVERTER})
-    return cache_key(prepared.onnx_sha256, check=RANGE_CHECK, runtime=ort.__version__, **graph,
-                     inputs=inputs_digest(x, extra), node_tol=[tol.node_min_cosine, tol.node_max_norm_err],
-                     subnormals=tol.fp16_subnormals)
+
+    graph = (
+        {"engine": file_sha256_memo(prepared.engine, sha256_memo_dir(cfg))}
+        if own
+        else {"block_ops": block_ops, "block_nodes": block_nodes, "converter": FP16_CONVERTER}
+    )
+    return cache_key(
+        prepared.onnx_sha256,
+        check=RANGE_CHECK,
+        runtime=ort.__version__,
+        **graph,
+        inputs=inputs_digest(x, extra),
+        node_tol=[tol.node_min_cosine, tol.node_max_norm_err],
+        subnormals=tol.fp16_subnormals,
+    )
 
 
 def preflight(cfg, prepared, items, annotations) -> dict:
@@ -370,10 +469,12 @@ def preflight(cfg, prepared, items, annotations) -> dict:
     range-check its graph); raise FidelityFailure (exit 1, carrying the report) when out of tolerance, so a broken
     engine fails before the full pass."""
     from common.harness.engine import prepare
+
     variant = prepared.variant
     tol = tolerance_of(variant)
     if cfg.precision == "int8":  # INT8 has its own, looser tolerance (common/runtime/quantize.py)
         from common.runtime.quantize import preflight_tolerance
+
         tol = preflight_tolerance(variant, tol)
     images = load_images(variant, None, None, None, cfg.preflight, items=items, annotations=annotations)
     ref = prepare(reference_config(cfg), variant, prepared.onnx_sha256, prepared.onnx_path)
@@ -383,16 +484,22 @@ def preflight(cfg, prepared, items, annotations) -> dict:
     print(f"preflight: {cfg.backend} {cfg.precision} vs FP32 reference on {len(images.image_ids)} image(s): {status}")
     if "fp16_range" in report:
         r = report["fp16_range"]
-        print(f" fp16 on {prepared.backend.name} {prepared.backend.device()}: "
-              f"{prepared.backend.precision_note('fp16')}")
-        print(f" FP16 range check: {r['float16_tensors']} float16 tensor(s) of {r['graph']}, {r['subnormals_note']}: "
-              f"{r['verdict'].upper()}"
-              + (" (remembered: the same graph, images and tolerances were judged before)" if r["remembered"] else ""))
+        print(
+            f" fp16 on {prepared.backend.name} {prepared.backend.device()}: {prepared.backend.precision_note('fp16')}"
+        )
+        print(
+            f" FP16 range check: {r['float16_tensors']} float16 tensor(s) of {r['graph']}, {r['subnormals_note']}: "
+            f"{r['verdict'].upper()}"
+            + (" (remembered: the same graph, images and tolerances were judged before)" if r["remembered"] else "")
+        )
     if report["verdict"] != "pass":
         print(format_report(report))
-        exc = FidelityFailure("preflight: the engine is out of tolerance against the FP32 reference on "
-                              f"{len(images.image_ids)} image(s): " + "; ".join(report["reasons"])
-                              + " (see docs/fidelity.md; --preflight 0 skips this check)")
+        exc = FidelityFailure(
+            "preflight: the engine is out of tolerance against the FP32 reference on "
+            f"{len(images.image_ids)} image(s): "
+            + "; ".join(report["reasons"])
+            + " (see docs/fidelity.md; --preflight 0 skips this check)"
+        )
         exc.report = report
         raise exc
     return report
@@ -400,9 +507,11 @@ def preflight(cfg, prepared, items, annotations) -> dict:
 
 # ---------------------------------------------------------------- localisation: common/compare/fp16_localise.py
 
+
 def block_list_yaml(variant: Variant, nodes: list) -> str:
     """The `build:` snippet to put under the variant in the model's spec."""
     import yaml
+
     build = dict(variant.extra.get("build") or {})
     build["fp16_block_nodes"] = list(nodes)
     return yaml.safe_dump({"build": build}, sort_keys=False, default_flow_style=False)
@@ -416,14 +525,23 @@ def with_block_nodes(variant: Variant, nodes: list) -> Variant:
 
 # ---------------------------------------------------------------- the compare command
 
-def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True, out_dir: Path | None = None,
-                always_localise: bool = False, log=print, range_images: int = 4) -> dict:
+
+def run_compare(
+    cfg,
+    num_images: int,
+    localise_images: int = 4,
+    fix: bool = True,
+    out_dir: Path | None = None,
+    always_localise: bool = False,
+    log=print,
+    range_images: int = 4,
+) -> dict:
     """Reference vs candidate on real images, plus the FP16 range check of an FP16 candidate's graph on the first
     `range_images`; when out of tolerance and the candidate is an ONNX Runtime FP16 engine, localise, build the
     conversion with the found nodes blocked and compare (and range-check) it again."""
+    from common.config.specs import load_model
     from common.engine_cache import file_sha256
     from common.harness.engine import prepare, resolve_onnx
-    from common.config.specs import load_model
 
     variant = load_model(cfg.model).variant(cfg.variant)
     tol = tolerance_of(variant)
@@ -437,24 +555,44 @@ def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True
     cand_p = prepare(cfg, variant, sha, onnx_path)
     report = against_reference(variant, images, tol, ref_p.runner, cand_p.runner, ref_outputs=ref)
     if cfg.shard:
-        report["shard"] = {"shard": cfg.shard, "source": cfg.shard_source,
-                           "image_ids": [int(i) for i in images.image_ids]}
+        report["shard"] = {
+            "shard": cfg.shard,
+            "source": cfg.shard_source,
+            "image_ids": [int(i) for i in images.image_ids],
+        }
     log(f"== {variant.id}: {cand_p.backend.name} {cand_p.backend.device()} {cfg.precision} vs FP32 reference ==")
     add_fp16_range(report, cfg, cand_p, ref_p, images.inputs[:range_images], tol, log)
-    report.update(model=variant.model, variant=variant.name, onnx=str(onnx_path), onnx_sha256=sha,
-                  candidate={"backend": cand_p.backend.name, "device": cand_p.backend.device(),
-                             "precision": cfg.precision, "engine": str(cand_p.engine)})
+    report.update(
+        model=variant.model,
+        variant=variant.name,
+        onnx=str(onnx_path),
+        onnx_sha256=sha,
+        candidate={
+            "backend": cand_p.backend.name,
+            "device": cand_p.backend.device(),
+            "precision": cfg.precision,
+            "engine": str(cand_p.engine),
+        },
+    )
     log(format_report(report))
     localisable = cand_p.backend.capabilities.fp16_onnx and cfg.precision == "fp16"
     if (report["verdict"] == "fail" and fix or always_localise) and localisable:
         build = variant.extra.get("build") or {}
-        log(f"localising on {min(localise_images, len(images.image_ids))} image(s): the nodes where FP16 starts to "
+        log(
+            f"localising on {min(localise_images, len(images.image_ids))} image(s): the nodes where FP16 starts to "
             f"go wrong (a float16 tensor beyond {FP16_MAX:g} or below float16's range, NaN / Inf, or cosine < "
-            f"{tol.node_min_cosine}) and the nodes to keep in FP32, round by round until none is left")
-        loc = localise(onnx_path, images.inputs[:localise_images], variant.input_name,
-                       with_subnormals(tol, cand_p.backend),
-                       tuple(build.get("fp16_block_ops", ())), tuple(build.get("fp16_block_nodes", ())),
-                       log=log, extra_inputs=ref_p.runner.extra_feeds(1))
+            f"{tol.node_min_cosine}) and the nodes to keep in FP32, round by round until none is left"
+        )
+        loc = localise(
+            onnx_path,
+            images.inputs[:localise_images],
+            variant.input_name,
+            with_subnormals(tol, cand_p.backend),
+            tuple(build.get("fp16_block_ops", ())),
+            tuple(build.get("fp16_block_nodes", ())),
+            log=log,
+            extra_inputs=ref_p.runner.extra_feeds(1),
+        )
         report["localisation"] = loc
         if not loc["clean"]:
             log(f"after {len(loc['rounds'])} rounds some nodes still leave tolerance: the block list below is partial")
@@ -464,10 +602,16 @@ def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True
             fixed = against_reference(fixed_variant, images, tol, ref_p.runner, fixed_p.runner, ref_outputs=ref)
             add_fp16_range(fixed, cfg, fixed_p, ref_p, images.inputs[:range_images], tol, log=lambda *_: None)
             snippet = block_list_yaml(variant, loc["block_nodes"])
-            report["fix"] = {"block_nodes": loc["block_nodes"], "engine": str(fixed_p.engine),
-                             "verdict": fixed["verdict"], "reasons": fixed["reasons"], "outputs": fixed["outputs"],
-                             "detections": fixed["detections"], "fp16_range": fixed.get("fp16_range"),
-                             "spec_snippet": snippet}
+            report["fix"] = {
+                "block_nodes": loc["block_nodes"],
+                "engine": str(fixed_p.engine),
+                "verdict": fixed["verdict"],
+                "reasons": fixed["reasons"],
+                "outputs": fixed["outputs"],
+                "detections": fixed["detections"],
+                "fp16_range": fixed.get("fp16_range"),
+                "spec_snippet": snippet,
+            }
             log(f"FP16 conversion with {len(loc['block_nodes'])} node(s) kept in FP32, compared again:")
             log(format_report(fixed))
             log("put this under the variant in the model's spec (models/<name>/model.yaml):")
@@ -475,6 +619,9 @@ def run_compare(cfg, num_images: int, localise_images: int = 4, fix: bool = True
             if out_dir is not None:
                 atomic_write_bytes(Path(out_dir) / "fp16_block_nodes.yaml", snippet.encode())
         else:
-            log("localisation found no node to keep in FP32" if not loc["first_nodes"] else
-                "the nodes found are already blocked: blocking cannot fix this candidate")
+            log(
+                "localisation found no node to keep in FP32"
+                if not loc["first_nodes"]
+                else "the nodes found are already blocked: blocking cannot fix this candidate"
+            )
     return built(check_compare_report, report)

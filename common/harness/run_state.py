@@ -4,15 +4,16 @@ Finished batches are buffered and written as one .npz chunk with an atomic renam
 (and when the run is interrupted), so a kill (even kill -9) leaves only complete chunks and loses at most the
 last interval. Chunks are not fsynced: a killed process loses nothing the kernel already has, and a chunk a
 power cut leaves unreadable is recomputed like a missing one. Writing (and syncing) a file per batch cost more
-than a tenth of a fast run's wall time. The state dir is keyed by everything that changes the predictions (ONNX content, spec
-variant, precision, batch size, backend and device, annotation content, images dir, image limit): a run with
-any of these changed never picks up another run's predictions. The chunks form a prefix of the run's image
+than a tenth of a fast run's wall time. The state dir is keyed by everything that changes the predictions (ONNX
+content, spec variant, precision, batch size, backend and device, annotation content, images dir, image limit): a run
+with any of these changed never picks up another run's predictions. The chunks form a prefix of the run's image
 list, because batches are processed in order.
 
 A run claims its state dir with an exclusive lock (held until it ends; the kernel drops it on kill -9): a second,
 concurrent identical run finds the lock taken and neither adopts the live run's chunks (it would report a
 resumed run that never was interrupted) nor writes its own beside them.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -52,8 +53,10 @@ class RunState:
             self.dir.mkdir(parents=True, exist_ok=True)
             lock = open(self.dir / "lock", "a+b")
         except OSError as exc:
-            print(f"warning: {self.dir}: cannot keep resume state ({exc.strerror}); the run goes on without "
-                  "checkpoints", file=sys.stderr)
+            print(
+                f"warning: {self.dir}: cannot keep resume state ({exc.strerror}); the run goes on without checkpoints",
+                file=sys.stderr,
+            )
             self.enabled = False
             return False
         try:
@@ -61,8 +64,11 @@ class RunState:
         except BlockingIOError:
             lock.close()
             self.enabled, self._foreign = False, True
-            print(f"note: an identical run is in progress ({self.dir}); this run computes every image itself "
-                  "and keeps no resume state", file=sys.stderr)
+            print(
+                f"note: an identical run is in progress ({self.dir}); this run computes every image itself "
+                "and keeps no resume state",
+                file=sys.stderr,
+            )
             return False
         self._lock = lock
         return True
@@ -97,8 +103,12 @@ class RunState:
                 chunk = {k: z[k] for k in z.files}
             chunk["nonfinite"] = json.loads(str(chunk["nonfinite"]))
             n = len(chunk["image_ids"])
-            if int(chunk["count"]) < 1 or len(chunk["boxes"]) != n or len(chunk["scores"]) != n \
-                    or len(chunk["labels"]) != n:
+            if (
+                int(chunk["count"]) < 1
+                or len(chunk["boxes"]) != n
+                or len(chunk["scores"]) != n
+                or len(chunk["labels"]) != n
+            ):
                 return None
         except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error):
             return None  # whatever a partial or damaged file raises: recomputed
@@ -124,15 +134,24 @@ class RunState:
             for name, n in counts.items():
                 merged[name] = merged.get(name, 0) + n
         buf = io.BytesIO()
-        np.savez(buf, count=np.int64(sum(count)), image_ids=np.concatenate(ids), boxes=np.concatenate(boxes),
-                 scores=np.concatenate(scores), labels=np.concatenate(labels), nonfinite=np.array(json.dumps(merged)))
+        np.savez(
+            buf,
+            count=np.int64(sum(count)),
+            image_ids=np.concatenate(ids),
+            boxes=np.concatenate(boxes),
+            scores=np.concatenate(scores),
+            labels=np.concatenate(labels),
+            nonfinite=np.array(json.dumps(merged)),
+        )
         try:
             atomic_write_bytes(self.dir / f"{self._pending_start:09d}.npz", buf.getvalue(), durable=False)
         except OSError as exc:
             # checkpoints only make an interruption cheaper: a full disk must not end a run that can finish
             # (and whose record may still fit), so the run goes on without them, saying so once
-            print(f"warning: {self.dir}: cannot save resume state ({exc.strerror}); the run goes on without "
-                  "checkpoints", file=sys.stderr)
+            print(
+                f"warning: {self.dir}: cannot save resume state ({exc.strerror}); the run goes on without checkpoints",
+                file=sys.stderr,
+            )
             self.enabled = False
         self._pending.clear()
         self._last_write = time.monotonic()

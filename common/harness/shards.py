@@ -10,31 +10,39 @@ and `scripts/suite merge DIR...` evaluates the union of every shard's detections
 evaluator, over all the images: the rows of shards 1..N in order are the rows the unsharded run collects, so the
 12 stats are the unsharded run's exactly. An average of per-shard APs is never computed (it is not the AP).
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from common.config.options import RunConfig, parse_shard
-from common.engine_cache import atomic_write_bytes, atomic_write_json, cache_key, file_sha256
+from common.engine_cache import atomic_write_bytes, atomic_write_json, cache_key
 from common.errors import ConfigError, IncompleteError, InputError
 
 SHARD_KIND = "accuracy-shard"
 SHARD_GLOB = "shard-*-of-*.json"
 
 # The fields every shard of one run must agree on, with the words a refusal uses.
-IDENTITY = {"model": "model", "variant": "variant", "backend": "backend", "precision": "precision",
-            "batch_size": "batch size", "onnx_sha256": "model bytes (ONNX sha256)",
-            "spec": "model spec (preprocessing, decoding)", "categories": "categories",
-            "dataset": "dataset (image ids, file names and sizes)", "annotation_sha256": "annotation file",
-            "engine_key": "engine key"}   # in this order: the engine key follows from the others
+IDENTITY = {
+    "model": "model",
+    "variant": "variant",
+    "backend": "backend",
+    "precision": "precision",
+    "batch_size": "batch size",
+    "onnx_sha256": "model bytes (ONNX sha256)",
+    "spec": "model spec (preprocessing, decoding)",
+    "categories": "categories",
+    "dataset": "dataset (image ids, file names and sizes)",
+    "annotation_sha256": "annotation file",
+    "engine_key": "engine key",
+}  # in this order: the engine key follows from the others
 
 
 def shard_bounds(count: int, k: int, n: int) -> tuple[int, int]:
@@ -59,23 +67,36 @@ def dataset_digest(items) -> str:
 @dataclass
 class ShardPlan:
     """This run's shard of the dataset's items."""
+
     index: int
     total: int
     source: str
     start: int
     stop: int
     all_count: int
-    dataset: str         # dataset_digest of every item of the unsharded run
+    dataset: str  # dataset_digest of every item of the unsharded run
     items: list
 
     @classmethod
-    def of(cls, cfg: RunConfig, all_items: list) -> "ShardPlan":
+    def of(cls, cfg: RunConfig, all_items: list) -> ShardPlan:
+        """The images of `all_items` that `cfg.shard` selects, with what the merge needs to check the union."""
+        if cfg.shard is None:
+            raise ConfigError("no --shard: there is no shard of the images to plan")
         k, n = parse_shard(cfg.shard)
         start, stop = shard_bounds(len(all_items), k, n)
-        return cls(k, n, cfg.shard_source or "--shard", start, stop, len(all_items), dataset_digest(all_items),
-                   all_items[start:stop])
+        return cls(
+            k,
+            n,
+            cfg.shard_source or "--shard",
+            start,
+            stop,
+            len(all_items),
+            dataset_digest(all_items),
+            all_items[start:stop],
+        )
 
     def describe(self) -> str:
+        """The line a shard run prints: which images of how many it covers, and what set the shard."""
         span = f"images {self.start + 1}..{self.stop}" if self.stop > self.start else "no image"
         return f"shard {self.index}/{self.total} (from {self.source}): {span} of {self.all_count} by id"
 
@@ -84,24 +105,43 @@ def engine_key(p) -> str:
     """What the engine of a run is built from, as the engine cache keys it: every shard must run the same one."""
     options = {k: v for k, v in p.request.options.items() if k != "calibration"}
     calib = p.request.options.get("calibration")
-    return cache_key(p.onnx_sha256, backend=p.backend.name, precision=p.request.precision,
-                     batch_size=p.request.batch_size, runtime=p.backend.runtime_version(), options=options,
-                     calibration=getattr(calib, "key", None) if calib is not None else None)
+    return cache_key(
+        p.onnx_sha256,
+        backend=p.backend.name,
+        precision=p.request.precision,
+        batch_size=p.request.batch_size,
+        runtime=p.backend.runtime_version(),
+        options=options,
+        calibration=getattr(calib, "key", None) if calib is not None else None,
+    )
 
 
 def request_key(cfg: RunConfig) -> str:
     """A worker's command as it matters for reusing its finished shard (common/harness/devices.py)."""
     import dataclasses
+
     from common.config.options import to_flags
+
     # how the work is spread over the host and where its extras go change no detection
-    cfg = dataclasses.replace(cfg, streams=None, workers=None, progress=True, detections_out=None, input_cache=None,
-                              checkpoint_s=1.0, record_outputs=None, results_dir="results", devices=None)
+    cfg = dataclasses.replace(
+        cfg,
+        streams=None,
+        workers=None,
+        progress=True,
+        detections_out=None,
+        input_cache=None,
+        checkpoint_s=1.0,
+        record_outputs=None,
+        results_dir="results",
+        devices=None,
+    )
     flags = to_flags(cfg, "accuracy")
     return hashlib.sha256("\0".join(flags).encode()).hexdigest()[:32]
 
 
 def shard_stem(record: dict, index: int, total: int) -> str:
     from common.record.results import _slug
+
     parts = (record["model"], record["variant"], record["backend"], record["precision"], f"bs{record['batch_size']}")
     return f"shard-{index}-of-{total}." + ".".join(_slug(x) for x in parts)
 
@@ -110,25 +150,29 @@ def write_shard(results_dir: str | Path, record: dict, rows: np.ndarray) -> Path
     """The shard's detections, then its record naming them (so a record is never there without its detections).
     A rerun of the same shard replaces both."""
     from common.record.types import built, check_record
+
     shard = record["shard"]
     stem = shard_stem(record, shard["index"], shard["total"])
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(rows, np.float64), allow_pickle=False)
     data = buf.getvalue()
     shard.update(detections=stem + ".npy", detections_sha256=hashlib.sha256(data).hexdigest(), rows=len(rows))
-    built(check_record, record)   # the record's declared type (common/record/types.py), before anything is written
+    built(check_record, record)  # the record's declared type (common/record/types.py), before anything is written
     try:
         atomic_write_bytes(Path(results_dir) / (stem + ".npy"), data)
         path = Path(results_dir) / (stem + ".json")
         atomic_write_json(path, record)
     except OSError as exc:
         from common.errors import RuntimeFailure
-        raise RuntimeFailure(f"cannot write the shard's detections or record ({exc.strerror or exc})",
-                             results_dir) from None
+
+        raise RuntimeFailure(
+            f"cannot write the shard's detections or record ({exc.strerror or exc})", results_dir
+        ) from None
     return path
 
 
 # ---------------------------------------------------------------------------------------------------- merge
+
 
 @dataclass
 class Shard:
@@ -137,13 +181,16 @@ class Shard:
 
     @property
     def index(self) -> int:
+        """K of this shard K/N."""
         return self.record["shard"]["index"]
 
     @property
     def total(self) -> int:
+        """N of this shard K/N."""
         return self.record["shard"]["total"]
 
     def rows(self) -> np.ndarray:
+        """This shard's detections as DetectionStore rows; an InputError naming the file when they are unreadable."""
         info = self.record["shard"]
         f = self.path.parent / info["detections"]
         try:
@@ -175,8 +222,9 @@ def find_shards(dirs: list) -> tuple[list[Shard], list[str]]:
             except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise InputError(f"unreadable shard record ({exc})", path) from None
             if not isinstance(record, dict) or record.get("kind") != SHARD_KIND or "identity" not in record:
-                raise InputError(f"not a shard record (kind {record.get('kind') if isinstance(record, dict) else '?'!r})",
-                                 path)
+                raise InputError(
+                    f"not a shard record (kind {record.get('kind') if isinstance(record, dict) else '?'!r})", path
+                )
             found.append(Shard(path, record))
     return found, empty
 
@@ -188,8 +236,9 @@ def check_shards(shards: list[Shard], empty_dirs: list[str]) -> list[Shard]:
         raise IncompleteError("no shard record in " + ", ".join(empty_dirs) + ": every shard is missing")
     totals = {s.total for s in shards}
     if len(totals) > 1:
-        raise ConfigError("the shards split the images differently: " + ", ".join(
-            f"{s.index}/{s.total} ({s.path})" for s in shards))
+        raise ConfigError(
+            "the shards split the images differently: " + ", ".join(f"{s.index}/{s.total} ({s.path})" for s in shards)
+        )
     by_index: dict[int, Shard] = {}
     for s in shards:
         if s.index in by_index:
@@ -200,14 +249,20 @@ def check_shards(shards: list[Shard], empty_dirs: list[str]) -> list[Shard]:
         for key, words in IDENTITY.items():
             a, b = first.record["identity"].get(key), s.record["identity"].get(key)
             if a != b:
-                raise ConfigError(f"the shards disagree on the {words}: shard {first.index}/{first.total} has "
-                                  f"{a!r} ({first.path}), shard {s.index}/{s.total} has {b!r} ({s.path})")
+                raise ConfigError(
+                    f"the shards disagree on the {words}: shard {first.index}/{first.total} has "
+                    f"{a!r} ({first.path}), shard {s.index}/{s.total} has {b!r} ({s.path})"
+                )
     n = first.total
     missing = [k for k in range(1, n + 1) if k not in by_index]
     if missing:
         sizes = {k: shard_bounds(first.record["shard"]["all_images"], k, n) for k in missing}
-        raise IncompleteError("missing shard(s): " + ", ".join(
-            f"{k}/{n} (images {a + 1}..{b}, {b - a} images)" if b > a else f"{k}/{n} (no image)"
-            for k, (a, b) in sizes.items())
-            + (f"; no shard record in {', '.join(empty_dirs)}" if empty_dirs else ""))
+        raise IncompleteError(
+            "missing shard(s): "
+            + ", ".join(
+                f"{k}/{n} (images {a + 1}..{b}, {b - a} images)" if b > a else f"{k}/{n} (no image)"
+                for k, (a, b) in sizes.items()
+            )
+            + (f"; no shard record in {', '.join(empty_dirs)}" if empty_dirs else "")
+        )
     return [by_index[k] for k in range(1, n + 1)]

@@ -2,11 +2,12 @@
 
 The clock is read only after the runner's sync(), so an asynchronous device is timed on finished work.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class TimingStats:
     cov: float
     fps: float
     noisy: bool
-    histogram: dict | None = None   # {'edges_ms': [bins + 1], 'counts': [bins]}: the latencies' distribution
+    histogram: dict | None = None  # {'edges_ms': [bins + 1], 'counts': [bins]}: the latencies' distribution
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,10 +46,22 @@ def summarize(samples_s, batch_size: int, noisy_cov: float = NOISY_COV) -> Timin
     cov = std / mean if mean > 0 else 0.0
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
     total = float(s.sum())
-    return TimingStats(iterations=int(s.size), batch_size=batch_size, total_s=total, mean_ms=mean, std_ms=std,
-                       min_ms=float(ms.min()), p50_ms=p50, p90_ms=p90, p99_ms=p99, max_ms=float(ms.max()),
-                       cov=cov, fps=batch_size * s.size / total if total > 0 else float("inf"),
-                       noisy=cov > noisy_cov, histogram=_histogram(ms))
+    return TimingStats(
+        iterations=int(s.size),
+        batch_size=batch_size,
+        total_s=total,
+        mean_ms=mean,
+        std_ms=std,
+        min_ms=float(ms.min()),
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        max_ms=float(ms.max()),
+        cov=cov,
+        fps=batch_size * s.size / total if total > 0 else float("inf"),
+        noisy=cov > noisy_cov,
+        histogram=_histogram(ms),
+    )
 
 
 def _histogram(ms: np.ndarray, bins: int = 40) -> dict:
@@ -61,10 +74,17 @@ def _histogram(ms: np.ndarray, bins: int = 40) -> dict:
     return {"edges_ms": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def measure(step: Callable[[], object], sync: Callable[[], None], batch_size: int, warmup_iters: int = 10,
-            warmup_s: float = 1.0, min_iters: int = 100, min_duration_s: float = 5.0,
-            max_iters: int = 1_000_000, progress: Callable[[str, float, float], None] | None = None
-            ) -> TimingStats:
+def measure(
+    step: Callable[[], object],
+    sync: Callable[[], None],
+    batch_size: int,
+    warmup_iters: int = 10,
+    warmup_s: float = 1.0,
+    min_iters: int = 100,
+    min_duration_s: float = 5.0,
+    max_iters: int = 1_000_000,
+    progress: Callable[[str, float, float], None] | None = None,
+) -> TimingStats:
     """Time step() until both min_iters and min_duration_s are reached (after warm-up). `progress(phase, done,
     eta_s)`, when given, hears the phase ("warm-up" / "timing"), the share done and the seconds left, at the
     start, about twice a second and at the end (done 1.0, eta 0)."""
@@ -100,6 +120,7 @@ def console_progress(label: str, enabled: bool = True):
     """A progress(phase, done, eta_s) for measure() that redraws one line on stderr when it is a terminal (a CI
     log gets nothing: it cannot redraw), ending the line when done."""
     import sys
+
     if not enabled or not sys.stderr.isatty():
         return None
 
@@ -107,6 +128,7 @@ def console_progress(label: str, enabled: bool = True):
         end = "\n" if done >= 1.0 else ""
         sys.stderr.write(f"\r{label}: {phase} {done * 100:5.1f}%  ETA {eta_s:5.1f} s  {end}")
         sys.stderr.flush()
+
     return show
 
 
@@ -122,12 +144,16 @@ def validity_reasons(stats: TimingStats, min_iters: int, min_duration_s: float) 
 
 
 def format_timing(t: TimingStats) -> str:
-    lines = [f" throughput  {t.fps:10.2f} FPS = fps, the harness figure targets and baselines judge (batch "
-             f"{t.batch_size}, {t.iterations} iterations, {t.total_s:.2f} s)",
-             f" latency ms  mean {t.mean_ms:.3f}  p50 {t.p50_ms:.3f}  p90 {t.p90_ms:.3f}  p99 {t.p99_ms:.3f}  "
-             f"min {t.min_ms:.3f}  max {t.max_ms:.3f}",
-             f" CoV         {t.cov * 100:.1f}%"]
+    lines = [
+        f" throughput  {t.fps:10.2f} FPS = fps, the harness figure targets and baselines judge (batch "
+        f"{t.batch_size}, {t.iterations} iterations, {t.total_s:.2f} s)",
+        f" latency ms  mean {t.mean_ms:.3f}  p50 {t.p50_ms:.3f}  p90 {t.p90_ms:.3f}  p99 {t.p99_ms:.3f}  "
+        f"min {t.min_ms:.3f}  max {t.max_ms:.3f}",
+        f" CoV         {t.cov * 100:.1f}%",
+    ]
     if t.noisy:
-        lines.append(f" WARNING: CoV {t.cov * 100:.1f}% > {NOISY_COV * 100:.0f}%: this measurement is too noisy to "
-                     "trust; rerun on an idle machine or raise --min-duration")
+        lines.append(
+            f" WARNING: CoV {t.cov * 100:.1f}% > {NOISY_COV * 100:.0f}%: this measurement is too noisy to "
+            "trust; rerun on an idle machine or raise --min-duration"
+        )
     return "\n".join(lines)

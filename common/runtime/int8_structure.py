@@ -12,6 +12,7 @@ whose range is a small part of the tensor's to a few levels. In a regular Conv e
 channels, so the large channels carry it; a depthwise Conv's output channel reads only its own input channel, so
 a starved channel is a lost output channel. Such Convs stay in higher precision by rule, each with its reason.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,11 +28,12 @@ RULE_VERSION = 2
 
 # ---------------------------------------------------------------- network / post-processing split
 
+
 @dataclass(frozen=True)
 class Split:
-    network: tuple          # node names of the network (weighted ops and everything upstream of one), graph order
-    postprocess: tuple      # every other node, graph order
-    head_outputs: tuple     # network tensors that post-processing (or the graph's outputs) reads
+    network: tuple  # node names of the network (weighted ops and everything upstream of one), graph order
+    postprocess: tuple  # every other node, graph order
+    head_outputs: tuple  # network tensors that post-processing (or the graph's outputs) reads
 
 
 def _constant_names(graph) -> set:
@@ -76,6 +78,7 @@ def network_model(model, split: Split | None = None):
     """A copy of the graph holding only the network, its outputs the raw head tensors (what calibration runs)."""
     import onnx
     from onnx import helper
+
     split = split or split_network(model)
     keep = set(split.network)
     m = onnx.ModelProto()
@@ -97,14 +100,16 @@ def network_model(model, split: Split | None = None):
 
 # ---------------------------------------------------------------- target capabilities
 
+
 @dataclass(frozen=True)
 class Target:
     """What an INT8 engine builder can run from a QDQ graph."""
+
     name: str
-    per_channel_activations: bool   # one scale per activation channel (else one per tensor)
-    per_channel_weights: bool       # one scale per output channel of a weight
-    activation_types: tuple         # quantised activation element types it takes
-    symmetric_activations: bool     # zero point 0 only
+    per_channel_activations: bool  # one scale per activation channel (else one per tensor)
+    per_channel_weights: bool  # one scale per output channel of a weight
+    activation_types: tuple  # quantised activation element types it takes
+    symmetric_activations: bool  # zero point 0 only
     note: str = ""
     # op types (the quantiser's names) whose inputs the recipe leaves float: merges of tensors whose ranges differ
     # (residual Add, Concat of branches), pooling and resizing, which INT8 does not speed up on the target
@@ -115,19 +120,50 @@ class Target:
 
 
 TARGETS = {
-    "onnxruntime": Target("onnxruntime", False, True, ("quint8", "qint8"), False,
-                          "ONNX Runtime QDQ: one scale per activation tensor, per-channel weights"),
-    "igie": Target("igie", False, True, ("quint8", "qint8"), False,
-                   "IGIE builds the ONNX Runtime QDQ graph (Iluvatar's recipes): per-tensor activations"),
-    "tensorrt": Target("tensorrt", False, True, ("qint8",), True,
-                       "TensorRT-class: symmetric int8 per-tensor activations, per-channel weights"),
-    "openvino": Target("openvino", False, True, ("quint8", "qint8"), False,
-                       "OpenVINO (NNCF on the OpenVINO model): per-tensor activations, per-channel weights",
-                       float_ops=("Add", "Concat", "MaxPool", "Interpolate"), bias_correction=True),
+    "onnxruntime": Target(
+        "onnxruntime",
+        False,
+        True,
+        ("quint8", "qint8"),
+        False,
+        "ONNX Runtime QDQ: one scale per activation tensor, per-channel weights",
+    ),
+    "igie": Target(
+        "igie",
+        False,
+        True,
+        ("quint8", "qint8"),
+        False,
+        "IGIE builds the ONNX Runtime QDQ graph (Iluvatar's recipes): per-tensor activations",
+    ),
+    "tensorrt": Target(
+        "tensorrt",
+        False,
+        True,
+        ("qint8",),
+        True,
+        "TensorRT-class: symmetric int8 per-tensor activations, per-channel weights",
+    ),
+    "openvino": Target(
+        "openvino",
+        False,
+        True,
+        ("quint8", "qint8"),
+        False,
+        "OpenVINO (NNCF on the OpenVINO model): per-tensor activations, per-channel weights",
+        float_ops=("Add", "Concat", "MaxPool", "Interpolate"),
+        bias_correction=True,
+    ),
     # a runtime that takes one activation scale per channel (QDQ with an axis on activations): the structural
     # rule has nothing to keep, only the search refines
-    "per_channel": Target("per_channel", True, True, ("quint8", "qint8"), False,
-                          "per-channel activation scales (QuantizeLinear with an axis on activations)"),
+    "per_channel": Target(
+        "per_channel",
+        True,
+        True,
+        ("quint8", "qint8"),
+        False,
+        "per-channel activation scales (QuantizeLinear with an axis on activations)",
+    ),
 }
 
 
@@ -150,6 +186,7 @@ def check_qdq_graph(model, tgt: Target) -> list:
     """Why the target cannot run this QDQ graph ([] when it can): per-channel activation scales on a per-tensor
     target, per-channel weight scales where it takes one per tensor, activation types or zero points it lacks."""
     from onnx import TensorProto, numpy_helper
+
     g = model.graph
     consts = {t.name: t for t in g.initializer}
     why = []
@@ -168,8 +205,9 @@ def check_qdq_graph(model, tgt: Target) -> list:
             zp = consts[n.input[2]]
             kind = {TensorProto.UINT8: "quint8", TensorProto.INT8: "qint8"}.get(zp.data_type, str(zp.data_type))
             if kind not in tgt.activation_types:
-                why.append(f"{n.name or n.output[0]}: {kind} activations (the target takes "
-                           f"{', '.join(tgt.activation_types)})")
+                why.append(
+                    f"{n.name or n.output[0]}: {kind} activations (the target takes {', '.join(tgt.activation_types)})"
+                )
             elif tgt.symmetric_activations and np.any(numpy_helper.to_array(zp) != 0):
                 why.append(f"{n.name or n.output[0]}: a non-zero activation zero point on a symmetric target")
     return why
@@ -177,25 +215,29 @@ def check_qdq_graph(model, tgt: Target) -> list:
 
 # ---------------------------------------------------------------- Conv input statistics
 
+
 @dataclass
 class ConvInput:
     """Per-channel statistics of one Conv's activation input over the calibration images."""
+
     node: str
     tensor: str
     group: int
     channels: int
     cmin: np.ndarray = field(repr=False)
     cmax: np.ndarray = field(repr=False)
-    csq: np.ndarray = field(repr=False)     # sum of squares per channel
-    count: int = 0                          # values per channel summed
-    out_ms: np.ndarray = field(default=None, repr=False)   # the Conv output's mean square per output channel
-    wsq: np.ndarray = field(default=None, repr=False)      # sum of squared weights per output channel
+    csq: np.ndarray = field(repr=False)  # sum of squares per channel
+    count: int = 0  # values per channel summed
+    out_ms: np.ndarray | None = field(default=None, repr=False)  # the Conv output's mean square per output channel
+    wsq: np.ndarray | None = field(default=None, repr=False)  # sum of squared weights per output channel
 
     @property
     def depthwise(self) -> bool:
+        """A depthwise Conv: as many groups as input channels, each channel filtered on its own."""
         return self.group > 1 and self.group == self.channels
 
     def ranges(self) -> np.ndarray:
+        """Each input channel's max - min over the calibration images."""
         return self.cmax - self.cmin
 
     def spread(self) -> float:
@@ -219,29 +261,39 @@ class ConvInput:
     def tensor_sqnr_db(self, symmetric: bool = False) -> float:
         """The whole tensor's mean square over the per-tensor rounding noise, in dB."""
         noise = self.step(symmetric) ** 2 / 12
-        return float(10 * np.log10(max(float(self.csq.sum()) / max(self.count * self.channels, 1), 1e-30)
-                                   / max(noise, 1e-30)))
+        return float(
+            10 * np.log10(max(float(self.csq.sum()) / max(self.count * self.channels, 1), 1e-30) / max(noise, 1e-30))
+        )
 
     def output_sqnr_db(self, symmetric: bool = False) -> np.ndarray:
         """Per output channel: its mean square over the noise the input's per-tensor rounding puts into it
         (step^2 / 12 times the channel's sum of squared weights), in dB."""
+        if self.out_ms is None or self.wsq is None:
+            raise ValueError(f"{self.node}: no Conv output statistics (out_ms, wsq) to weigh the rounding noise by")
         noise = self.step(symmetric) ** 2 / 12 * np.maximum(self.wsq, 1e-30)
         return 10 * np.log10(np.maximum(self.out_ms, 1e-30) / np.maximum(noise, 1e-30))
 
     def as_dict(self, symmetric: bool = False) -> dict:
         sq = self.channel_sqnr_db(symmetric)
-        return {"node": self.node, "tensor": self.tensor, "group": self.group, "channels": self.channels,
-                "depthwise": self.depthwise, "spread": round(self.spread(), 1),
-                "tensor_sqnr_db": round(self.tensor_sqnr_db(symmetric), 1),
-                "worst_channel_sqnr_db": round(float(sq.min()), 1),
-                "median_channel_sqnr_db": round(float(np.median(sq)), 1),
-                "output_sqnr_p5_db": round(float(np.percentile(self.output_sqnr_db(symmetric), 5)), 1)}
+        return {
+            "node": self.node,
+            "tensor": self.tensor,
+            "group": self.group,
+            "channels": self.channels,
+            "depthwise": self.depthwise,
+            "spread": round(self.spread(), 1),
+            "tensor_sqnr_db": round(self.tensor_sqnr_db(symmetric), 1),
+            "worst_channel_sqnr_db": round(float(sq.min()), 1),
+            "median_channel_sqnr_db": round(float(np.median(sq)), 1),
+            "output_sqnr_p5_db": round(float(np.percentile(self.output_sqnr_db(symmetric), 5)), 1),
+        }
 
 
 def conv_inputs(model) -> list:
     """(node, activation tensor, group, input channels, output tensor, per-output-channel sum of squared weights) of
     every Conv with a constant weight, graph order."""
     from onnx import numpy_helper
+
     consts = {t.name: t for t in model.graph.initializer}
     out = []
     for n in model.graph.node:
@@ -249,8 +301,16 @@ def conv_inputs(model) -> list:
             continue
         group = next((a.i for a in n.attribute if a.name == "group"), 1)
         w = numpy_helper.to_array(consts[n.input[1]]).astype(np.float64)
-        out.append((n.name, n.input[0], int(group), int(w.shape[1]) * int(group), n.output[0],
-                    (w.reshape(w.shape[0], -1) ** 2).sum(1)))
+        out.append(
+            (
+                n.name,
+                n.input[0],
+                int(group),
+                int(w.shape[1]) * int(group),
+                n.output[0],
+                (w.reshape(w.shape[0], -1) ** 2).sum(1),
+            )
+        )
     return out
 
 
@@ -259,34 +319,41 @@ def conv_input_stats(model, batches, input_name: str, extra_inputs: dict | None 
     float network alone (post-processing cut off)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
+
     net = network_model(model)
     convs = conv_inputs(net)
     tensors = sorted({c[1] for c in convs} | {c[4] for c in convs})
     have = {o.name for o in net.graph.output}
-    net.graph.output.extend([helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors
-                             if t not in have])
+    net.graph.output.extend(
+        [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors if t not in have]
+    )
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(net.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    acc = {}
+    acc: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
     inputs = {i.name for i in sess.get_inputs()}
     for x in batches:
-        feeds = {input_name: x, **{k: np.asarray(v, np.float32)[None] for k, v in (extra_inputs or {}).items()
-                                   if k in inputs}}
+        feeds = {
+            input_name: x,
+            **{k: np.asarray(v, np.float32)[None] for k, v in (extra_inputs or {}).items() if k in inputs},
+        }
         for name, v in zip(tensors, sess.run(tensors, feeds)):
             v = np.moveaxis(np.asarray(v, np.float64), 1, 0).reshape(v.shape[1], -1)
             a = acc.get(name)
             stats = (v.min(1), v.max(1), (v * v).sum(1), v.shape[1])
-            acc[name] = stats if a is None else (np.minimum(a[0], stats[0]), np.maximum(a[1], stats[1]),
-                                                 a[2] + stats[2], a[3] + stats[3])
+            acc[name] = (
+                stats
+                if a is None
+                else (np.minimum(a[0], stats[0]), np.maximum(a[1], stats[1]), a[2] + stats[2], a[3] + stats[3])
+            )
     if not acc:
         raise ValueError("no calibration image to take Conv input statistics from")
-    return [ConvInput(node, t, g, c, *acc[t], out_ms=acc[o][2] / acc[o][3], wsq=wsq)
-            for node, t, g, c, o, wsq in convs]
+    return [ConvInput(node, t, g, c, *acc[t], out_ms=acc[o][2] / acc[o][3], wsq=wsq) for node, t, g, c, o, wsq in convs]
 
 
 # ---------------------------------------------------------------- the keep rule
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -295,6 +362,7 @@ class Rule:
     8-bit step (step^2 / 12) is below `min_channel_sqnr_db` (25 dB: about 4 bits of that channel left). Any Conv
     is kept when the noise that rounding puts into its output channels (through their weights) leaves the 5th
     percentile output channel below `min_output_sqnr_db`."""
+
     min_channel_sqnr_db: float = 25.0
     min_output_sqnr_db: float = 24.0
 
@@ -309,15 +377,25 @@ def keep_by_rule(stats: list, tgt: Target, rule: Rule = Rule()) -> list:
         out_db = float(np.percentile(s.output_sqnr_db(sym), 5)) if s.out_ms is not None else math.inf
         if not s.depthwise:
             if out_db < rule.min_output_sqnr_db:
-                kept.append((s.node, f"output channels at {out_db:.1f} dB (5th percentile) from one input scale, "
-                                     f"input range spread {s.spread():.0f}x"))
+                kept.append(
+                    (
+                        s.node,
+                        f"output channels at {out_db:.1f} dB (5th percentile) from one input scale, "
+                        f"input range spread {s.spread():.0f}x",
+                    )
+                )
             continue
         if tgt.bias_correction:
             continue
         sq = s.channel_sqnr_db(sym)
         worst = float(sq.min())
         if worst < rule.min_channel_sqnr_db:
-            kept.append((s.node, f"depthwise, input range spread {s.spread():.0f}x, {int((sq < rule.min_channel_sqnr_db).sum())}"
-                                 f"/{s.channels} channels under {rule.min_channel_sqnr_db:.0f} dB with one scale "
-                                 f"(worst {worst:.1f} dB)"))
+            kept.append(
+                (
+                    s.node,
+                    f"depthwise, input range spread {s.spread():.0f}x, {int((sq < rule.min_channel_sqnr_db).sum())}"
+                    f"/{s.channels} channels under {rule.min_channel_sqnr_db:.0f} dB with one scale "
+                    f"(worst {worst:.1f} dB)",
+                )
+            )
     return kept

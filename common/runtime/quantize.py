@@ -28,6 +28,7 @@ Calibration runs at batch 1 (as the vendor's recipes do) on images that are neve
 (common/data/calibration.py refuses them). Its tensor ranges are cached by the float graph, the calibration set and
 the calibration settings, so rebuilding with another keep_fp32 list does not calibrate again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,10 +70,15 @@ class Int8Settings:
     # output, as fused Conv+activation INT8 kernels do; quantising the pre-activation (ranges of +-200 for
     # values of mean magnitude ~4) costs most of RTMDet-nano's accuracy
     float_outputs: tuple = ("Conv",)
-    # the accuracy pre-flight's tolerance for INT8 (common.harness.fidelity.Tolerance fields): FP16's is too tight for an
-    # engine that is meant to differ by a few score points; it still stops an INT8 engine that lost its accuracy
-    fidelity: tuple = (("min_cosine", 0.99), ("max_score_diff", 0.05), ("max_ap_diff", 0.05),
-                       ("min_mean_iou", 0.85), ("min_matched", 0.9))
+    # the accuracy pre-flight's tolerance for INT8 (common.harness.fidelity.Tolerance fields): FP16's is too tight for
+    # an engine that is meant to differ by a few score points; it still stops an INT8 engine that lost its accuracy
+    fidelity: tuple = (
+        ("min_cosine", 0.99),
+        ("max_score_diff", 0.05),
+        ("max_ap_diff", 0.05),
+        ("min_mean_iou", 0.85),
+        ("min_matched", 0.9),
+    )
     # the INT8 engine the QDQ graph is for (common.runtime.int8_structure.TARGETS); "" = the building backend's own
     target: str = ""
     # keep in FP32 the Convs whose input the target's activation scale granularity cannot hold (keep_by_rule)
@@ -83,8 +89,14 @@ class Int8Settings:
     def calibration_key(self) -> dict:
         """What changes the calibration ranges (not the quantiser options applied after them)."""
         from common.runtime.int8_structure import RULE_VERSION
-        return {"method": self.method, "percentile": self.percentile if self.method == "percentile" else None,
-                "op_types": sorted(self.op_types), "opset": self.target_opset(0), "network_only": RULE_VERSION}
+
+        return {
+            "method": self.method,
+            "percentile": self.percentile if self.method == "percentile" else None,
+            "op_types": sorted(self.op_types),
+            "opset": self.target_opset(0),
+            "network_only": RULE_VERSION,
+        }
 
     def key(self) -> dict:
         """Every setting that changes the engine, for the cache key."""
@@ -92,6 +104,7 @@ class Int8Settings:
         d.pop("fidelity")
         if self.rule:
             from common.runtime.int8_structure import RULE_VERSION
+
             d["rule"] = RULE_VERSION
         for k in ("op_types", "keep_fp32", "float_outputs"):
             d[k] = sorted(d[k])
@@ -101,9 +114,22 @@ class Int8Settings:
         return max(opset, PER_CHANNEL_MIN_OPSET) if self.per_channel and self.format == "qdq" else opset
 
 
-_FIELDS = {"format", "per_channel", "activation_type", "weight_type", "method", "percentile", "calib_images",
-           "op_types", "keep_fp32", "float_outputs", "fidelity",
-           "target", "rule", "quantizer"}
+_FIELDS = {
+    "format",
+    "per_channel",
+    "activation_type",
+    "weight_type",
+    "method",
+    "percentile",
+    "calib_images",
+    "op_types",
+    "keep_fp32",
+    "float_outputs",
+    "fidelity",
+    "target",
+    "rule",
+    "quantizer",
+}
 
 
 def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
@@ -143,6 +169,7 @@ def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
         values["rule"] = raw["rule"]
     if raw.get("target") is not None:
         from common.runtime.int8_structure import TARGETS
+
         if raw["target"] not in TARGETS:
             fail("target", f"{raw['target']!r} is not one of {', '.join(TARGETS)}")
         values["target"] = raw["target"]
@@ -182,12 +209,16 @@ def preflight_tolerance(variant, tol):
 
 def settings_for(variant, calib_images: int | None = None) -> Int8Settings:
     """The variant's int8 settings; an explicit calib_images (the --calib-images flag) wins over the spec's."""
-    s = read_int8_section(variant.extra.get("int8"), variant.source or f"models/{variant.model}/model.yaml",
-                          f"variants.{variant.name}.int8")
+    s = read_int8_section(
+        variant.extra.get("int8"),
+        variant.source or f"models/{variant.model}/model.yaml",
+        f"variants.{variant.name}.int8",
+    )
     return replace(s, calib_images=calib_images) if calib_images else s
 
 
 # ---------------------------------------------------------------- calibration data
+
 
 def _calibration_reader(batches: list, input_name: str, extra_inputs: dict):
     from onnxruntime.quantization import CalibrationDataReader
@@ -215,6 +246,7 @@ def _calibration_reader(batches: list, input_name: str, extra_inputs: dict):
 
 # ---------------------------------------------------------------- the float graph quantisation starts from
 
+
 def _opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
@@ -222,6 +254,7 @@ def _opset(model) -> int:
 def prepare_float_model(onnx_path: Path, settings: Int8Settings, out_path: Path) -> Path:
     """The float graph at the opset the settings need (per-channel QDQ: >= 13, onnx.version_converter)."""
     import onnx
+
     try:
         model = onnx.load(str(onnx_path))
     except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError / ValueError / OSError variants
@@ -230,12 +263,15 @@ def prepare_float_model(onnx_path: Path, settings: Int8Settings, out_path: Path)
     want = settings.target_opset(have)
     if want != have:
         from onnx import version_converter
+
         try:
             model = version_converter.convert_version(model, want)
         except Exception as exc:  # noqa: BLE001 - the converter raises plain RuntimeErrors per op adapter
-            raise RuntimeFailure(f"per-channel QDQ needs opset >= {want}, and converting this opset-{have} "
-                                 f"graph failed ({str(exc).splitlines()[0]}); use per_channel: false",
-                                 onnx_path) from None
+            raise RuntimeFailure(
+                f"per-channel QDQ needs opset >= {want}, and converting this opset-{have} "
+                f"graph failed ({str(exc).splitlines()[0]}); use per_channel: false",
+                onnx_path,
+            ) from None
         # the converter leaves ir_version as it was; opset 13 needs IR >= 7
         model.ir_version = max(model.ir_version, 7)
     # nodes are excluded from quantisation by name: the converter's own nodes have none
@@ -250,22 +286,34 @@ def prepare_float_model(onnx_path: Path, settings: Int8Settings, out_path: Path)
 
 # ---------------------------------------------------------------- quantisation
 
+
 def _quant_args(settings: Int8Settings):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
     types = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
-    return {"quant_format": QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
-            "per_channel": settings.per_channel, "activation_type": types[settings.activation_type],
-            "weight_type": types[settings.weight_type], "calibrate_method": methods[settings.method],
-            "op_types_to_quantize": list(settings.op_types) or None,
-            "extra_options": {**({"CalibPercentile": settings.percentile} if settings.method == "percentile" else {}),
-                              "OpTypesToExcludeOutputQuantization": list(settings.float_outputs)}}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    return {
+        "quant_format": QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
+        "per_channel": settings.per_channel,
+        "activation_type": types[settings.activation_type],
+        "weight_type": types[settings.weight_type],
+        "calibrate_method": methods[settings.method],
+        "op_types_to_quantize": list(settings.op_types) or None,
+        "extra_options": {
+            **({"CalibPercentile": settings.percentile} if settings.method == "percentile" else {}),
+            "OpTypesToExcludeOutputQuantization": list(settings.float_outputs),
+        },
+    }
 
 
 def calibration_cache_path(cache_root: Path, float_sha256: str, calib_sha256: str, settings: Int8Settings) -> Path:
-    payload = json.dumps({"float": float_sha256, "calibration": calib_sha256, **settings.calibration_key()},
-                         sort_keys=True)
+    payload = json.dumps(
+        {"float": float_sha256, "calibration": calib_sha256, **settings.calibration_key()}, sort_keys=True
+    )
     return Path(cache_root) / "calibration" / f"{hashlib.sha256(payload.encode()).hexdigest()[:32]}.json"
 
 
@@ -273,6 +321,7 @@ def resolve_target(settings: Int8Settings, backend: str = "onnxruntime", path=No
     """The INT8 target of a build (the spec's int8.target, else the building backend's own), refusing settings it
     cannot run (ConfigError before anything is built)."""
     from common.runtime.int8_structure import TARGETS, check_settings
+
     name = settings.target or backend
     if name not in TARGETS:
         raise ConfigError(f"no INT8 target '{name}'; known: {', '.join(TARGETS)} (set int8.target)", path)
@@ -283,28 +332,55 @@ def resolve_target(settings: Int8Settings, backend: str = "onnxruntime", path=No
     return tgt
 
 
-def conv_stats_cached(float_path: Path, float_sha: str, calib, input_name: str, extra_inputs: dict,
-                      cache_root: Path) -> list:
+def conv_stats_cached(
+    float_path: Path, float_sha: str, calib, input_name: str, extra_inputs: dict, cache_root: Path
+) -> list:
     """Per-channel Conv input statistics (int8_structure.conv_input_stats) on the calibration images, cached by
     the float graph and the calibration set."""
     import onnx
 
     from common.engine_cache import atomic_write_bytes
     from common.runtime.int8_structure import RULE_VERSION, ConvInput, conv_input_stats
-    key = hashlib.sha256(json.dumps({"float": float_sha, "calibration": calib.sha256, "v": RULE_VERSION},
-                                    sort_keys=True).encode()).hexdigest()[:32]
+
+    key = hashlib.sha256(
+        json.dumps({"float": float_sha, "calibration": calib.sha256, "v": RULE_VERSION}, sort_keys=True).encode()
+    ).hexdigest()[:32]
     path = Path(cache_root) / "conv-stats" / f"{key}.json"
     try:
         rows = json.loads(path.read_text())
-        return [ConvInput(r["node"], r["tensor"], r["group"], r["channels"], np.array(r["cmin"]),
-                          np.array(r["cmax"]), np.array(r["csq"]), r["count"], np.array(r["out_ms"]),
-                          np.array(r["wsq"])) for r in rows]
+        return [
+            ConvInput(
+                r["node"],
+                r["tensor"],
+                r["group"],
+                r["channels"],
+                np.array(r["cmin"]),
+                np.array(r["cmax"]),
+                np.array(r["csq"]),
+                r["count"],
+                np.array(r["out_ms"]),
+                np.array(r["wsq"]),
+            )
+            for r in rows
+        ]
     except (OSError, ValueError, KeyError, TypeError):
         pass
     stats = conv_input_stats(onnx.load(str(float_path)), calib.batches(1), input_name, extra_inputs)
-    rows = [{"node": c.node, "tensor": c.tensor, "group": c.group, "channels": c.channels, "cmin": c.cmin.tolist(),
-             "cmax": c.cmax.tolist(), "csq": c.csq.tolist(), "count": c.count, "out_ms": c.out_ms.tolist(), "wsq": c.wsq.tolist()}
-            for c in stats]
+    rows = [
+        {
+            "node": c.node,
+            "tensor": c.tensor,
+            "group": c.group,
+            "channels": c.channels,
+            "cmin": c.cmin.tolist(),
+            "cmax": c.cmax.tolist(),
+            "csq": c.csq.tolist(),
+            "count": c.count,
+            "out_ms": c.out_ms.tolist(),
+            "wsq": c.wsq.tolist(),
+        }
+        for c in stats
+    ]
     try:
         atomic_write_bytes(path, json.dumps(rows).encode(), durable=False)
     except OSError:
@@ -312,9 +388,17 @@ def conv_stats_cached(float_path: Path, float_sha: str, calib, input_name: str, 
     return stats
 
 
-def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings, input_name: str,
-                  cache_root: Path, extra_inputs: dict | None = None, work_dir: Path | None = None,
-                  backend: str = "onnxruntime") -> dict:
+def quantize_onnx(
+    onnx_path: Path,
+    out_path: Path,
+    calib,
+    settings: Int8Settings,
+    input_name: str,
+    cache_root: Path,
+    extra_inputs: dict | None = None,
+    work_dir: Path | None = None,
+    backend: str = "onnxruntime",
+) -> dict:
     """Write the quantised ONNX to out_path; calib is a common.data.calibration.CalibrationSet (or anything with
     .sha256 and .batches(1)). The post-processing subgraph is left float and uncalibrated; with settings.rule the
     Convs the target cannot hold stay FP32 (`kept_by_rule`: [(node, reason)]). Returns what was done (opsets,
@@ -326,6 +410,7 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
 
     from common.engine_cache import atomic_write_bytes, file_sha256
     from common.runtime.int8_structure import check_qdq_graph, keep_by_rule, network_model, split_network
+
     tgt = resolve_target(settings, backend, onnx_path)
     with tempfile.TemporaryDirectory(prefix="int8.", dir=work_dir) as tmp:
         float_path = prepare_float_model(onnx_path, settings, Path(tmp) / "float.onnx")
@@ -348,9 +433,17 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
             ranges.write_bytes(cache_file.read_bytes())
         exclude = list(settings.keep_fp32) + [n for n, _ in kept] + list(split.postprocess)
         if settings.quantizer == "nncf":
-            _quantize_nncf(fmodel, out_path, calib, input_name, extra_inputs or {}, exclude,
-                           [_ONNX_OP.get(t, t) for t in tgt.float_ops], onnx_path)
-            hit = True   # NNCF calibrates itself; ONNX Runtime's range cache is not used
+            _quantize_nncf(
+                fmodel,
+                out_path,
+                calib,
+                input_name,
+                extra_inputs or {},
+                exclude,
+                [_ONNX_OP.get(t, t) for t in tgt.float_ops],
+                onnx_path,
+            )
+            hit = True  # NNCF calibrates itself; ONNX Runtime's range cache is not used
         quiet = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
         try:
@@ -363,16 +456,29 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
                     net = Path(tmp) / "network.onnx"
                     onnx.save(network_model(fmodel, split), str(net))
                     reader = _calibration_reader(list(calib.batches(1)), input_name, extra_inputs or {})
-                    quantize_static(str(net), str(Path(tmp) / "network_q.onnx"), reader,
-                                    calibration_cache_path=str(ranges), **_quant_args(settings))
+                    quantize_static(
+                        str(net),
+                        str(Path(tmp) / "network_q.onnx"),
+                        reader,
+                        calibration_cache_path=str(ranges),
+                        **_quant_args(settings),
+                    )
                 if settings.quantizer != "nncf":
-                    quantize_static(str(float_path), str(out_path), None, nodes_to_exclude=exclude,
-                                    calibration_cache_path=str(ranges), **_quant_args(settings))
+                    quantize_static(
+                        str(float_path),
+                        str(out_path),
+                        None,
+                        nodes_to_exclude=exclude,
+                        calibration_cache_path=str(ranges),
+                        **_quant_args(settings),
+                    )
         except (InputError, RuntimeFailure):
             raise
         except Exception as exc:  # noqa: BLE001 - ORT's quantiser raises assorted exception types
-            raise RuntimeFailure(f"INT8 quantisation failed ({type(exc).__name__}: "
-                                 f"{(str(exc).strip() or '?').splitlines()[0]})", onnx_path) from None
+            raise RuntimeFailure(
+                f"INT8 quantisation failed ({type(exc).__name__}: {(str(exc).strip() or '?').splitlines()[0]})",
+                onnx_path,
+            ) from None
         finally:
             logging.getLogger().setLevel(quiet)
         if not hit and ranges.is_file():
@@ -381,41 +487,67 @@ def quantize_onnx(onnx_path: Path, out_path: Path, calib, settings: Int8Settings
     q_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
     n_q = sum(1 for n in model.graph.node if n.op_type in q_ops)
     if n_q == 0:
-        raise RuntimeFailure("INT8 quantisation quantised nothing (no op of the types "
-                             f"{list(settings.op_types) or 'any'} outside keep_fp32): refusing to run FP32 as INT8",
-                             onnx_path)
+        raise RuntimeFailure(
+            "INT8 quantisation quantised nothing (no op of the types "
+            f"{list(settings.op_types) or 'any'} outside keep_fp32): refusing to run FP32 as INT8",
+            onnx_path,
+        )
     why = check_qdq_graph(model, tgt)
     if why:
-        raise ConfigError(f"INT8 target {tgt.name} cannot run the quantised graph: {'; '.join(why[:3])}"
-                          f"{f' (and {len(why) - 3} more)' if len(why) > 3 else ''}", onnx_path)
-    return {"opset": [_opset(onnx.load(str(onnx_path), load_external_data=False)), _opset(model)],
-            "calibration_cache": "hit" if hit else "miss", "quant_nodes": n_q, "target": tgt.name,
-            "kept_by_rule": kept, "postprocess_nodes": len(split.postprocess),
-            "int8_convs": int8_convs(model)}
+        raise ConfigError(
+            f"INT8 target {tgt.name} cannot run the quantised graph: {'; '.join(why[:3])}"
+            f"{f' (and {len(why) - 3} more)' if len(why) > 3 else ''}",
+            onnx_path,
+        )
+    return {
+        "opset": [_opset(onnx.load(str(onnx_path), load_external_data=False)), _opset(model)],
+        "calibration_cache": "hit" if hit else "miss",
+        "quant_nodes": n_q,
+        "target": tgt.name,
+        "kept_by_rule": kept,
+        "postprocess_nodes": len(split.postprocess),
+        "int8_convs": int8_convs(model),
+    }
 
 
-def _quantize_nncf(fmodel, out_path: Path, calib, input_name: str, extra_inputs: dict, exclude: list,
-                   float_types: list, onnx_path: Path):
+def _quantize_nncf(
+    fmodel,
+    out_path: Path,
+    calib,
+    input_name: str,
+    extra_inputs: dict,
+    exclude: list,
+    float_types: list,
+    onnx_path: Path,
+):
     """The QDQ ONNX written by NNCF's post-training quantisation (batch-1 calibration images), with the same
     exclusions as ONNX Runtime's (post-processing, rule, keep_fp32) and the target's float op types ignored."""
     try:
         import nncf
     except ImportError as exc:
-        raise ConfigError(f"int8.quantizer nncf needs nncf ({exc}); install it with: .venv/bin/python -m pip "
-                          "install -r requirements-openvino.txt") from None
+        raise ConfigError(
+            f"int8.quantizer nncf needs nncf ({exc}); install it with: .venv/bin/python -m pip "
+            "install -r requirements-openvino.txt"
+        ) from None
     import onnx
+
     batches = list(calib.batches(1))
     extra = {k: np.asarray(v, np.float32)[None] for k, v in extra_inputs.items()}
     level = logging.getLogger("nncf").level
     logging.getLogger("nncf").setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # NNCF's progress bars; stdout is build_engine's --json
-            q = nncf.quantize(fmodel, nncf.Dataset(batches, lambda x: {input_name: x, **extra}),
-                              subset_size=len(batches), target_device=nncf.TargetDevice.CPU,
-                              ignored_scope=nncf.IgnoredScope(names=exclude, types=float_types, validate=False))
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars; stdout is build_engine's --json
+            q = nncf.quantize(
+                fmodel,
+                nncf.Dataset(batches, lambda x: {input_name: x, **extra}),
+                subset_size=len(batches),
+                target_device=nncf.TargetDevice.CPU,
+                ignored_scope=nncf.IgnoredScope(names=exclude, types=float_types, validate=False),
+            )
     except Exception as exc:  # noqa: BLE001 - NNCF raises assorted exception types
-        raise RuntimeFailure(f"NNCF quantisation failed ({type(exc).__name__}: "
-                             f"{(str(exc).strip() or '?').splitlines()[0]})", onnx_path) from None
+        raise RuntimeFailure(
+            f"NNCF quantisation failed ({type(exc).__name__}: {(str(exc).strip() or '?').splitlines()[0]})", onnx_path
+        ) from None
     finally:
         logging.getLogger("nncf").setLevel(level)
     onnx.save(q, str(out_path))
@@ -424,14 +556,19 @@ def _quantize_nncf(fmodel, out_path: Path, calib, input_name: str, extra_inputs:
 def int8_convs(model) -> int:
     """Conv nodes of a QDQ graph that read a dequantised activation and a dequantised weight (run in INT8)."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    return sum(1 for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1
-               and all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
-                       for i in n.input[:2]))
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type == "Conv"
+        and len(n.input) > 1
+        and all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input[:2])
+    )
 
 
 def quantisable_nodes(onnx_path: Path, settings: Int8Settings) -> list:
     """(name, op_type) of the nodes the settings quantise, in graph order."""
     import onnx
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     types = set(settings.op_types)
     return [(n.name, n.op_type) for n in model.graph.node if not types or n.op_type in types]
@@ -439,15 +576,22 @@ def quantisable_nodes(onnx_path: Path, settings: Int8Settings) -> list:
 
 def spec_snippet(variant_name: str, settings: Int8Settings, keep: list) -> str:
     """The `int8:` section that reproduces a build, for models/<name>/model.yaml."""
-    lines = [f"  {variant_name}:", "    int8:", f"      format: {settings.format}",
-             f"      per_channel: {'true' if settings.per_channel else 'false'}",
-             f"      activation_type: {settings.activation_type}", f"      weight_type: {settings.weight_type}",
-             f"      method: {settings.method}"]
+    lines = [
+        f"  {variant_name}:",
+        "    int8:",
+        f"      format: {settings.format}",
+        f"      per_channel: {'true' if settings.per_channel else 'false'}",
+        f"      activation_type: {settings.activation_type}",
+        f"      weight_type: {settings.weight_type}",
+        f"      method: {settings.method}",
+    ]
     if settings.method == "percentile":
         lines.append(f"      percentile: {settings.percentile}")
-    lines += [f"      calib_images: {settings.calib_images}",
-              f"      op_types: [{', '.join(settings.op_types)}]",
-              f"      float_outputs: [{', '.join(settings.float_outputs)}]"]
+    lines += [
+        f"      calib_images: {settings.calib_images}",
+        f"      op_types: [{', '.join(settings.op_types)}]",
+        f"      float_outputs: [{', '.join(settings.float_outputs)}]",
+    ]
     if settings.target:
         lines.append(f"      target: {settings.target}")
     lines += [f"      rule: {'true' if settings.rule else 'false'}", "      keep_fp32:"]
@@ -457,40 +601,86 @@ def spec_snippet(variant_name: str, settings: Int8Settings, keep: list) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Int8Settings", "read_int8_section", "settings_for", "quantize_onnx", "quantisable_nodes",
-           "spec_snippet", "prepare_float_model", "calibration_cache_path", "resolve_target", "int8_convs"]
+__all__ = [
+    "Int8Settings",
+    "read_int8_section",
+    "settings_for",
+    "quantize_onnx",
+    "quantisable_nodes",
+    "spec_snippet",
+    "prepare_float_model",
+    "calibration_cache_path",
+    "resolve_target",
+    "int8_convs",
+]
 
 
 # ---------------------------------------------------------------- engine builds (ONNX Runtime and IGIE)
 
-def build_int8(backend: str, runtime: str, req, suffix: str, finish, key_extra: dict | None = None,
-               describe_extra: dict | None = None):
+
+def build_int8(
+    backend: str,
+    runtime: str,
+    req,
+    suffix: str,
+    finish,
+    key_extra: dict | None = None,
+    describe_extra: dict | None = None,
+):
     """(engine, cache hit) of an INT8 build: the ONNX quantised from req.options["calibration"] with
     req.options["int8"] settings, then finish(quantised_onnx_path, tmp_engine_path) writes the engine (ONNX
     Runtime: the quantised ONNX itself; IGIE: its compiled library). The cache key holds the calibration set's
     content hash and every setting."""
     from common.engine_cache import cache_key
+
     calib = req.options.get("calibration")
     if calib is None:
-        raise ConfigError(f"{backend} int8 needs calibration images: pass --calib-dir DIR (images that are not the "
-                          "evaluation set)")
+        raise ConfigError(
+            f"{backend} int8 needs calibration images: pass --calib-dir DIR (images that are not the evaluation set)"
+        )
     settings = req.options.get("int8") or Int8Settings()
-    resolve_target(settings, backend, req.onnx_path)   # refused before anything is built
-    key = cache_key(req.onnx_sha256, backend=backend, precision="int8", runtime=runtime,
-                    calibration=calib.sha256, int8=settings.key(), quantizer=_quantizer_version(settings.quantizer), recipe=2,
-                    **(key_extra or {}))
+    resolve_target(settings, backend, req.onnx_path)  # refused before anything is built
+    key = cache_key(
+        req.onnx_sha256,
+        backend=backend,
+        precision="int8",
+        runtime=runtime,
+        calibration=calib.sha256,
+        int8=settings.key(),
+        quantizer=_quantizer_version(settings.quantizer),
+        recipe=2,
+        **(key_extra or {}),
+    )
     cache_root = req.cache.root
 
     def build(tmp: Path):
         import tempfile
+
         with tempfile.TemporaryDirectory(prefix="int8.", dir=cache_root) as work:
             q = Path(work) / "quantised.onnx"
-            quantize_onnx(req.onnx_path, q, calib, settings, req.input_name, cache_root, dict(req.extra_inputs),
-                          Path(work), backend=backend)
+            quantize_onnx(
+                req.onnx_path,
+                q,
+                calib,
+                settings,
+                req.input_name,
+                cache_root,
+                dict(req.extra_inputs),
+                Path(work),
+                backend=backend,
+            )
             finish(q, tmp)
 
-    describe = {"backend": backend, "precision": "int8", "onnx": str(req.onnx_path), "onnx_sha256": req.onnx_sha256,
-                "runtime": runtime, "calibration": calib.describe(), "int8": settings.key(), **(describe_extra or {})}
+    describe = {
+        "backend": backend,
+        "precision": "int8",
+        "onnx": str(req.onnx_path),
+        "onnx_sha256": req.onnx_sha256,
+        "runtime": runtime,
+        "calibration": calib.describe(),
+        "int8": settings.key(),
+        **(describe_extra or {}),
+    }
     return req.cache.get_or_build(key, suffix, build, describe)
 
 
@@ -499,8 +689,11 @@ def _quantizer_version(quantizer: str = "onnxruntime") -> str:
         try:
             import nncf
         except ImportError as exc:
-            raise ConfigError(f"int8.quantizer nncf needs nncf ({exc}); install it with: .venv/bin/python -m pip "
-                              "install -r requirements-openvino.txt") from None
+            raise ConfigError(
+                f"int8.quantizer nncf needs nncf ({exc}); install it with: .venv/bin/python -m pip "
+                "install -r requirements-openvino.txt"
+            ) from None
         return f"nncf-{nncf.__version__}"
     import onnxruntime
+
     return f"onnxruntime-{onnxruntime.__version__}"

@@ -6,14 +6,14 @@ Sources: `ixsmi` on Iluvatar (IXUCA / IGIE), `nvidia-smi` on NVIDIA devices (bot
 (psutil) on the host, which is the memory figure of a CPU backend. A source that is absent or fails is recorded
 as absent (null with the reason), never as zero: a missing power meter must not read as a free device.
 """
-from __future__ import annotations
 
-from typing import Any
+from __future__ import annotations
 
 import os
 import shutil
 import subprocess
 import threading
+from typing import Any
 
 MIB = 1 << 20
 _POWER_FIELDS = {"ixsmi": ("gpu.power.draw", "power.draw"), "nvidia-smi": ("power.draw",)}
@@ -37,9 +37,14 @@ class SmiProbe:
         self.power_reason: str | None = None
 
     def _query(self, power_field: str):
-        assert self.path is not None   # sample() is called only once the tool was found
-        cmd = [self.path, f"--query-gpu=memory.used,{power_field}", "--format=csv,noheader,nounits",
-               "-i", str(self.index)]
+        assert self.path is not None  # sample() is called only once the tool was found
+        cmd = [
+            self.path,
+            f"--query-gpu=memory.used,{power_field}",
+            "--format=csv,noheader,nounits",
+            "-i",
+            str(self.index),
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
 
     def sample(self) -> tuple[float | None, float | None]:
@@ -67,7 +72,9 @@ class SmiProbe:
             return None, None
         power = _number(fields[1]) if len(fields) > 1 else None
         if power is None:
-            self.power_reason = f"{self.tool} reports {self.power_fields[0]} as {fields[1] if len(fields) > 1 else 'nothing'!r}"
+            self.power_reason = (
+                f"{self.tool} reports {self.power_fields[0]} as {fields[1] if len(fields) > 1 else 'nothing'!r}"
+            )
         return memory, power
 
 
@@ -77,6 +84,7 @@ class Sampler:
 
     def __init__(self, tool: str | None, interval_s: float = 0.2, gpu_index: int | None = None):
         import psutil
+
         self.process = psutil.Process()
         self.tool = tool
         index = gpu_index if gpu_index is not None else int(os.environ.get("SUITE_GPU_INDEX", "0") or 0)
@@ -113,30 +121,54 @@ class Sampler:
         return False
 
     def summary(self, fps: float | None = None) -> dict:
-        rss: dict[str, Any] = {"source": "psutil (host process RSS)", "peak_mib": max(self.rss),
-                               "samples": len(self.rss)}
+        rss: dict[str, Any] = {
+            "source": "psutil (host process RSS)",
+            "peak_mib": max(self.rss),
+            "samples": len(self.rss),
+        }
         memory: dict[str, Any]
         power: dict[str, Any]
         if self.probe is None:
             memory = {**rss, "reason": None}
-            power = {"source": None, "mean_w": None, "max_w": None, "samples": 0,
-                     "reason": "no power meter for a CPU backend (RAPL is not read)"}
+            power = {
+                "source": None,
+                "mean_w": None,
+                "max_w": None,
+                "samples": 0,
+                "reason": "no power meter for a CPU backend (RAPL is not read)",
+            }
         else:
             why = self.probe.error
-            memory = {"source": self.tool, "peak_mib": max(self.memory) if self.memory else None,
-                      "samples": len(self.memory), "reason": None if self.memory else why}
-            power = {"source": self.tool, "mean_w": sum(self.power) / len(self.power) if self.power else None,
-                     "max_w": max(self.power) if self.power else None, "samples": len(self.power),
-                     "reason": None if self.power else (why or self.probe.power_reason)}
+            memory = {
+                "source": self.tool,
+                "peak_mib": max(self.memory) if self.memory else None,
+                "samples": len(self.memory),
+                "reason": None if self.memory else why,
+            }
+            power = {
+                "source": self.tool,
+                "mean_w": sum(self.power) / len(self.power) if self.power else None,
+                "max_w": max(self.power) if self.power else None,
+                "samples": len(self.power),
+                "reason": None if self.power else (why or self.probe.power_reason),
+            }
         fpw = fps / power["mean_w"] if fps and power["mean_w"] else None
-        return {"interval_s": self.interval_s, "memory": memory, "host_rss": rss, "power": power,
-                "fps_per_watt": fpw,
-                "fps_per_watt_reason": None if fpw is not None else (power["reason"] or "no FPS figure")}
+        return {
+            "interval_s": self.interval_s,
+            "memory": memory,
+            "host_rss": rss,
+            "power": power,
+            "fps_per_watt": fpw,
+            "fps_per_watt_reason": None if fpw is not None else (power["reason"] or "no FPS figure"),
+        }
 
 
 def format_telemetry(t: dict) -> str:
     m, p = t["memory"], t["power"]
     mem = f"{m['peak_mib']:.0f} MiB peak ({m['source']})" if m["peak_mib"] is not None else f"absent ({m['reason']})"
-    pw = (f"{p['mean_w']:.1f} W mean, {p['max_w']:.1f} W max ({p['source']}), {t['fps_per_watt']:.2f} FPS/W"
-          if p["mean_w"] is not None else f"absent ({p['reason']})")
+    pw = (
+        f"{p['mean_w']:.1f} W mean, {p['max_w']:.1f} W max ({p['source']}), {t['fps_per_watt']:.2f} FPS/W"
+        if p["mean_w"] is not None
+        else f"absent ({p['reason']})"
+    )
     return f" memory      {mem}\n power       {pw}"

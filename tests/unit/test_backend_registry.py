@@ -34,7 +34,7 @@ def test_backend_flags_and_sections_come_from_the_backends():
 
 
 def test_optional_runner_features_are_declared_not_probed():
-    assert Runner.device_timer is False and Runner.device_index is None and Runner.simulated_device_s is None
+    assert Runner.device_timer is False and Runner.device_index is None and Runner().simulated_device_s is None
     assert backend_class("tvm").__module__ and __import__(backend_class("tvm").__module__,
                                                           fromlist=["TvmRunner"]).TvmRunner.device_timer
     probes = re.compile(r"hasattr\((p\.)?runner|getattr\((p\.)?runner")

@@ -4,11 +4,12 @@ Backend.build(onnx, precision, batch, ...) -> engine file (cached); Backend.load
 Runner.infer(batch or {input name: array}) -> {output name: array}. A backend says what it can do in its
 `capabilities`; nothing outside a backend module names a runtime or knows its insides.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -19,17 +20,18 @@ from common.errors import ConfigError, InputError
 @dataclass(frozen=True)
 class Capabilities:
     """What a runtime can do, asked by the CLI, the CI matrix, fidelity and telemetry instead of its name."""
-    precisions: tuple                  # precisions it builds
-    devices: tuple                     # devices it accepts; the first is the default
-    dynamic_batch: bool                # one engine serves every batch size (else one engine per batch size)
-    device_timer: bool                 # the runtime times compute alone on the device (time_evaluator)
-    host_compute: bool                 # computes on the host's cores, competing with the harness for them
-    telemetry: tuple = ()              # (device, tool) pairs: the SMI tool that reads device memory / power
-                                       # (ixsmi, nvidia-smi); devices not named are watched on the host
-    reference: bool = False            # at fp32 on its first device it is the FP32 reference of fidelity checks
-    fp16_onnx: bool = False            # its FP16 engine is an ONNX float16 graph: the FP16 range check and the
-                                       # localisation read that graph itself, not a stand-in conversion
-    replays: bool = False              # serves stored outputs instead of computing (needs image ids)
+
+    precisions: tuple  # precisions it builds
+    devices: tuple  # devices it accepts; the first is the default
+    dynamic_batch: bool  # one engine serves every batch size (else one engine per batch size)
+    device_timer: bool  # the runtime times compute alone on the device (time_evaluator)
+    host_compute: bool  # computes on the host's cores, competing with the harness for them
+    telemetry: tuple = ()  # (device, tool) pairs: the SMI tool that reads device memory / power
+    # (ixsmi, nvidia-smi); devices not named are watched on the host
+    reference: bool = False  # at fp32 on its first device it is the FP32 reference of fidelity checks
+    fp16_onnx: bool = False  # its FP16 engine is an ONNX float16 graph: the FP16 range check and the
+    # localisation read that graph itself, not a stand-in conversion
+    replays: bool = False  # serves stored outputs instead of computing (needs image ids)
     # what the device does with float16 subnormals (results below 2^-14), as the FP16 range check models it:
     # flush (to zero, the strict default: MR-V100's handling is not publicly documented) | keep; a spec's
     # `fidelity: {fp16_subnormals: ...}` overrides it
@@ -48,13 +50,14 @@ class Capabilities:
 class BackendFlag:
     """A command-line flag a backend declares for itself (`Backend.flags`); its value reaches the backend as
     options[dest]. `type` turns the text into a value or raises ValueError saying what is wrong."""
-    name: str                          # "--replay-dir"
-    dest: str                          # "replay_dir"
+
+    name: str  # "--replay-dir"
+    dest: str  # "replay_dir"
     help: str
     type: Callable | None = None
     metavar: str | None = None
-    shown: str | None = None           # the default as --help describes it
-    group: str = "accuracy"            # the option group of common/config/options.py it joins
+    shown: str | None = None  # the default as --help describes it
+    group: str = "accuracy"  # the option group of common/config/options.py it joins
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,10 @@ class BuildRequest:
     precision: str
     batch_size: int
     input_name: str
-    input_shape: tuple           # (C, H, W)
+    input_shape: tuple  # (C, H, W)
     cache: EngineCache
     options: dict
-    extra_inputs: tuple = ()     # ((name, (values...)), ...): constant per-image inputs besides input_name
+    extra_inputs: tuple = ()  # ((name, (values...)), ...): constant per-image inputs besides input_name
 
 
 class Runner:
@@ -77,13 +80,17 @@ class Runner:
 
     input_name: str
     output_names: list
-    static_batch: int | None = None   # set when the engine only accepts one batch size
-    concurrent: bool = False          # infer() may run in several threads at once (one runner serves all streams)
-    extra_inputs: dict = {}           # {name: [K] array}: fed as [N, K], the same row for every image
+    static_batch: int | None = None  # set when the engine only accepts one batch size
+    concurrent: bool = False  # infer() may run in several threads at once (one runner serves all streams)
+    extra_inputs: dict = {}  # {name: [K] array}: fed as [N, K], the same row for every image
     # Optional features, declared (the harness reads these, never probes for methods):
-    device_timer: bool = False        # device_time() times the engine alone on the device (time_evaluator)
-    device_index: int | None = None   # which device of its kind it runs on, for the telemetry's SMI query
-    simulated_device_s: float | None = None   # seconds of a simulated device clock (the replay backend)
+    device_timer: bool = False  # device_time() times the engine alone on the device (time_evaluator)
+    device_index: int | None = None  # which device of its kind it runs on, for the telemetry's SMI query
+
+    @property
+    def simulated_device_s(self) -> float | None:
+        """Seconds of a simulated device clock (the replay backend's); None on a real runtime."""
+        return None
 
     def device_time(self, x: np.ndarray) -> list:
         """Per-run seconds of the engine alone on the device, for runners that declare `device_timer`."""
@@ -108,8 +115,10 @@ class Runner:
         n = x.shape[0]
         if self.static_batch is not None and n != self.static_batch:
             if n > self.static_batch:
-                raise InputError(f"batch of {n} for an engine built for batch {self.static_batch}; rebuild or "
-                                 f"re-export the model for batch {n}, or use --bs {self.static_batch}")
+                raise InputError(
+                    f"batch of {n} for an engine built for batch {self.static_batch}; rebuild or "
+                    f"re-export the model for batch {n}, or use --bs {self.static_batch}"
+                )
             x = np.concatenate([x, np.repeat(x[-1:], self.static_batch - n, axis=0)])
         return x
 
@@ -123,20 +132,22 @@ class Runner:
         feeds = self.feeds(padded)
         feeds.update({k: self.pad(v) for k, v in given.items() if k != self.input_name})
         outs = self._run(feeds)
-        return {name: out[:n] if out.ndim and out.shape[0] == padded.shape[0] else out
-                for name, out in zip(self.output_names, outs)}
+        return {
+            name: out[:n] if out.ndim and out.shape[0] == padded.shape[0] else out
+            for name, out in zip(self.output_names, outs)
+        }
 
     def close(self):
-        pass
+        """Free the engine's session and device memory (no-op where the runtime frees them itself)."""
 
 
 class Backend:
     name = "base"
     engine_suffix = ".engine"
     capabilities: Capabilities
-    flags: tuple = ()                  # BackendFlag: its own command-line flags
-    spec_section: frozenset | None = None   # the keys of its own variant section (named after the backend) in
-                                       # model.yaml; the section reaches build() as req.options[name]
+    flags: tuple = ()  # BackendFlag: its own command-line flags
+    spec_section: frozenset | None = None  # the keys of its own variant section (named after the backend) in
+    # model.yaml; the section reaches build() as req.options[name]
 
     def __init__(self, device: str | None = None, **options):
         self.requested_device = device
@@ -151,15 +162,18 @@ class Backend:
         """The device this backend runs on: the one asked for, checked against the capabilities."""
         device = self.requested_device or self.capabilities.devices[0]
         if device not in self.capabilities.devices:
-            raise ConfigError(f"{self.name} backend: unknown device {device!r}; known: "
-                              f"{', '.join(self.capabilities.devices)}")
+            raise ConfigError(
+                f"{self.name} backend: unknown device {device!r}; known: {', '.join(self.capabilities.devices)}"
+            )
         return device
 
     def precision_note(self, precision: str) -> str:
         """What `precision` means on this backend, said in the run's output (docs/fidelity.md)."""
         if precision == "fp16":
-            return ("the backend's own FP16 build (computation in float16 where its compiler chooses); the FP16 "
-                    "range check judges the ONNX Runtime float16 conversion with the spec's block list as a stand-in")
+            return (
+                "the backend's own FP16 build (computation in float16 where its compiler chooses); the FP16 "
+                "range check judges the ONNX Runtime float16 conversion with the spec's block list as a stand-in"
+            )
         return ""
 
     def telemetry_tool(self) -> str | None:

@@ -6,25 +6,24 @@ Build:  tvm.relay.import_model.import_model_to_igie(onnx, {input: shape}, backen
 Run:    tvm.runtime.load_module(engine); tvm.contrib.graph_executor.GraphModule(lib["default"](device));
         set_input / run / get_output; device.sync() before any clock is read.
 INT8:   as Iluvatar's public recipes do it: the ONNX is quantised with ONNX Runtime's static quantisation on
-        calibration images at batch 1 (common/runtime/quantize.py, never evaluation images), and that quantised ONNX goes
-        through the same import and relay.build(..., precision="int8"); relay.quantize is not used.
+        calibration images at batch 1 (common/runtime/quantize.py, never evaluation images), and that quantised ONNX
+        goes through the same import and relay.build(..., precision="int8"); relay.quantize is not used.
 Engines are compiled for one batch size; the harness pads the last partial batch (Runner.static_batch). Every
 output's shape is checked against the ONNX's, outputs are fetched through .numpy() or (older SDKs) .asnumpy(),
 the library is exported under a temporary name that still ends in .so (export_library picks the format by the
 suffix), and the engine runs on device $SUITE_GPU_INDEX, the one telemetry samples.
 """
+
 from __future__ import annotations
 
-from typing import cast
-
-import json
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from common import load_file_module
-from common.engine_cache import atomic_write_json, cache_key
+from common.engine_cache import cache_key
 from common.errors import ConfigError, InputError, RuntimeFailure
 from common.runtime.backends.base import Backend, BuildRequest, Capabilities, Runner
 from common.runtime.backends.graph_io import extra_input_arrays, graph_io
@@ -40,13 +39,15 @@ def _symbolic_shape_inference():
     vendor's torch (1.3 s of start-up, where the module itself needs only onnx, numpy and sympy)."""
     import importlib.util
     import sys
+
     name = "onnxruntime.tools.symbolic_shape_infer"
     if name in sys.modules:
         return sys.modules[name].SymbolicShapeInference
     ort = importlib.util.find_spec("onnxruntime")
     path = Path(ort.origin).parent / "tools" / "symbolic_shape_infer.py" if ort and ort.origin else None
-    if path is None or not path.is_file():   # another layout: the package's own import, torch and all
+    if path is None or not path.is_file():  # another layout: the package's own import, torch and all
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
         return SymbolicShapeInference
     return load_file_module("_suite_symbolic_shape_infer", path).SymbolicShapeInference
 
@@ -56,6 +57,7 @@ def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
     known from the graph (ONNX Runtime's symbolic shape inference, as the exported files often declare every dim
     symbolic) and a symbol name otherwise; one symbol stands for one size across all outputs."""
     import onnx
+
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # onnx raises several decode error types
@@ -77,19 +79,29 @@ def _outputs(onnx_path: Path, input_shapes: dict | None = None) -> list:
     for o in declared:
         tt = o.type.tensor_type
         dims = tt.shape.dim if tt.HasField("shape") else None
-        outs.append((o.name, None if dims is None else [d.dim_value if d.HasField("dim_value") else
-                                                         (d.dim_param or f"?{o.name}{k}") for k, d in enumerate(dims)]))
+        outs.append(
+            (
+                o.name,
+                None
+                if dims is None
+                else [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or f"?{o.name}{k}")
+                    for k, d in enumerate(dims)
+                ],
+            )
+        )
     return outs
 
 
 def _outputs_remembered(req: BuildRequest, shapes: dict) -> list:
     """_outputs, kept in the engine cache by the ONNX's content and the input shapes: ONNX Runtime's symbolic shape
     inference (sympy and the graph walk, ~0.9 s of a run's start-up) gives the same answer for one file every time."""
-    outputs, _ = req.cache.remembered("igie-outputs", cache_key(req.onnx_sha256, shapes=shapes),
-                                   lambda: _outputs(req.onnx_path, shapes))
+    outputs, _ = req.cache.remembered(
+        "igie-outputs", cache_key(req.onnx_sha256, shapes=shapes), lambda: _outputs(req.onnx_path, shapes)
+    )
     try:
         return [(name, shape) for name, shape in cast(list, outputs)]
-    except (ValueError, TypeError):   # an entry of another shape: not this cache's answer
+    except (ValueError, TypeError):  # an entry of another shape: not this cache's answer
         return _outputs(req.onnx_path, shapes)
 
 
@@ -102,10 +114,11 @@ def _to_numpy(array) -> np.ndarray:
 
 
 class IgieRunner(Runner):
-    device_index = 0   # the card it runs on (SUITE_GPU_INDEX), set by the backend's load()
+    device_index = 0  # the card it runs on (SUITE_GPU_INDEX), set by the backend's load()
 
     def __init__(self, tvm, engine: Path, device, input_name: str, batch_size: int, outputs: list):
         from tvm.contrib import graph_executor
+
         self.tvm, self.device = tvm, device
         try:
             lib = tvm.runtime.load_module(str(engine))
@@ -135,10 +148,12 @@ class IgieRunner(Runner):
                     bad = bad or sizes.setdefault(w, g) != g
             if bad:
                 shown = ", ".join(str(w) if isinstance(w, int) else "?" for w in want)
-                raise RuntimeFailure(f"IGIE output {i} '{self.output_names[i]}' has shape {list(value.shape)}, the "
-                                     f"ONNX model gives [{shown}]" + ("" if all(isinstance(w, int) for w in want) else
-                                                                      " (a '?' is one size across all outputs)"),
-                                     self.engine)
+                raise RuntimeFailure(
+                    f"IGIE output {i} '{self.output_names[i]}' has shape {list(value.shape)}, the "
+                    f"ONNX model gives [{shown}]"
+                    + ("" if all(isinstance(w, int) for w in want) else " (a '?' is one size across all outputs)"),
+                    self.engine,
+                )
 
     def _run(self, feeds: dict) -> list:
         for name, value in feeds.items():
@@ -164,8 +179,14 @@ class IgieRunner(Runner):
 class IgieBackend(Backend):
     name = "igie"
     engine_suffix = ".so"
-    capabilities = Capabilities(precisions=PRECISIONS, devices=("mr-v100",), dynamic_batch=False,
-                                device_timer=True, telemetry=(("mr-v100", "ixsmi"),), host_compute=False)
+    capabilities = Capabilities(
+        precisions=PRECISIONS,
+        devices=("mr-v100",),
+        dynamic_batch=False,
+        device_timer=True,
+        telemetry=(("mr-v100", "ixsmi"),),
+        host_compute=False,
+    )
 
     @classmethod
     def availability(cls):
@@ -184,6 +205,7 @@ class IgieBackend(Backend):
     def _tvm(self):
         import tvm
         import tvm.relay.import_model  # noqa: F401
+
         return tvm
 
     def runtime_version(self) -> str:
@@ -197,8 +219,12 @@ class IgieBackend(Backend):
             raise ConfigError(f"igie backend: precision {req.precision} is not supported ({', '.join(PRECISIONS)})")
         shape = [req.batch_size, *req.input_shape]
         shapes = {req.input_name: shape, **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs}}
-        build_parts = dict(input=req.input_name, shape=shape, extra_inputs=list(req.extra_inputs),
-                           target=[TARGET_MODEL, TARGET_OPTIONS])
+        build_parts = dict(
+            input=req.input_name,
+            shape=shape,
+            extra_inputs=list(req.extra_inputs),
+            target=[TARGET_MODEL, TARGET_OPTIONS],
+        )
 
         def compile_to(onnx_path: Path, tmp: Path):
             tvm = self._tvm()
@@ -215,12 +241,27 @@ class IgieBackend(Backend):
 
         if req.precision == "int8":
             from common.runtime.quantize import build_int8
-            return build_int8(self.name, self.runtime_version(), req, self.engine_suffix, compile_to,
-                              key_extra=build_parts, describe_extra={"shape": shape})
-        key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision,
-                        runtime=self.runtime_version(), **build_parts)
-        describe = {"backend": self.name, "precision": req.precision, "shape": shape, "onnx": str(req.onnx_path),
-                    "onnx_sha256": req.onnx_sha256, "runtime": self.runtime_version()}
+
+            return build_int8(
+                self.name,
+                self.runtime_version(),
+                req,
+                self.engine_suffix,
+                compile_to,
+                key_extra=build_parts,
+                describe_extra={"shape": shape},
+            )
+        key = cache_key(
+            req.onnx_sha256, backend=self.name, precision=req.precision, runtime=self.runtime_version(), **build_parts
+        )
+        describe = {
+            "backend": self.name,
+            "precision": req.precision,
+            "shape": shape,
+            "onnx": str(req.onnx_path),
+            "onnx_sha256": req.onnx_sha256,
+            "runtime": self.runtime_version(),
+        }
         return req.cache.get_or_build(key, self.engine_suffix, lambda tmp: compile_to(req.onnx_path, tmp), describe)
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
@@ -228,12 +269,15 @@ class IgieBackend(Backend):
         # the device telemetry samples ($SUITE_GPU_INDEX, common/runtime/telemetry.py) is the one the engine runs on
         index = int(os.environ.get("SUITE_GPU_INDEX", "0") or 0)
         device = tvm.device(self.target().kind.name, index)
-        shapes = {req.input_name: [req.batch_size, *req.input_shape],
-                  **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs}}
+        shapes = {
+            req.input_name: [req.batch_size, *req.input_shape],
+            **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs},
+        }
         runner = IgieRunner(tvm, engine, device, req.input_name, req.batch_size, _outputs_remembered(req, shapes))
         runner.device_index = index
-        runner.extra_inputs = extra_input_arrays(graph_io(req.onnx_path), req.input_name, req.extra_inputs,
-                                                 req.onnx_path)
+        runner.extra_inputs = extra_input_arrays(
+            graph_io(req.onnx_path), req.input_name, req.extra_inputs, req.onnx_path
+        )
         return runner
 
 

@@ -6,6 +6,7 @@ The CPU provider has no float16 kernel for many ops (Conv among them) and comput
 so its FP16 outputs can hide an overflow a device shows: common/compare/fp16_range.py judges the graph itself. A
 conversion that yields no float16 tensor is refused rather than run as FP32.
 """
+
 from __future__ import annotations
 
 import threading
@@ -49,7 +50,7 @@ _DEVICE_PROVIDERS = {
 }
 # Ops whose float16 versions are missing on some providers or lose what they compute (index/score logic).
 FP16_ALWAYS_FP32 = ["NonMaxSuppression", "TopK", "RoiAlign", "Range", "CumSum"]
-FP16_CONVERTER = 4   # the version of convert_fp16's graph: change it when its output changes (engine cache keys)
+FP16_CONVERTER = 4  # the version of convert_fp16's graph: change it when its output changes (engine cache keys)
 
 
 def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()):
@@ -61,8 +62,9 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     except Exception as exc:  # onnx raises DecodeError / ValueError / OSError variants
         raise InputError(f"cannot load ONNX model ({type(exc).__name__}: {exc})", model_path) from None
     ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_ALWAYS_FP32) | set(block_list))
-    converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
-                                                 node_block_list=list(block_nodes), disable_shape_infer=False)
+    converted = float16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=ops, node_block_list=list(block_nodes), disable_shape_infer=False
+    )
     _tidy_block_casts(converted.graph)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     if n16 == 0:
@@ -94,11 +96,16 @@ def _tidy_block_casts(graph):
         return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
 
     # only the casts the converter inserted: after a blocked node / graph input, before a blocked node / output
-    to16 = lambda n: cast_to(n) == TensorProto.FLOAT16 and (  # noqa: E731
-        n.name.endswith("_cast_to_fp16_node") or n.name.startswith("graph_input_cast"))
+    def to16(n) -> bool:
+        return cast_to(n) == TensorProto.FLOAT16 and (
+            n.name.endswith("_cast_to_fp16_node") or n.name.startswith("graph_input_cast")
+        )
+
     for i, node in enumerate(nodes):
-        if not (cast_to(node) == TensorProto.FLOAT and (node.name.endswith("_cast_to_fp32_node")
-                                                          or node.name.startswith("graph_output_cast"))):
+        if not (
+            cast_to(node) == TensorProto.FLOAT
+            and (node.name.endswith("_cast_to_fp32_node") or node.name.startswith("graph_output_cast"))
+        ):
             continue
         first = producer.get(node.input[0])
         if first is not None and to16(first):
@@ -124,7 +131,7 @@ def _topological(nodes: list, available: set) -> list:
                 available.update(n.output)
             else:
                 rest.append(n)
-        if len(rest) == len(pending):   # a cycle cannot happen in a valid graph: keep the rest as it was
+        if len(rest) == len(pending):  # a cycle cannot happen in a valid graph: keep the rest as it was
             ordered += rest
             break
         pending = rest
@@ -133,6 +140,7 @@ def _topological(nodes: list, available: set) -> list:
 
 class OrtRunner(Runner):
     concurrent = True  # InferenceSession.run is thread-safe: streams share one session's weights and set-up
+
     def __init__(self, session, input_name: str):
         self.session = session
         names = [i.name for i in session.get_inputs()]
@@ -151,19 +159,30 @@ class OrtRunner(Runner):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     engine_suffix = ".onnx"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), devices=tuple(_DEVICE_PROVIDERS), dynamic_batch=True,
-                                device_timer=False, host_compute=True, reference=True, fp16_onnx=True,
-                                telemetry=(("cuda", "nvidia-smi"), ("tensorrt", "nvidia-smi")))
+    capabilities = Capabilities(
+        precisions=("fp32", "fp16", "int8"),
+        devices=tuple(_DEVICE_PROVIDERS),
+        dynamic_batch=True,
+        device_timer=False,
+        host_compute=True,
+        reference=True,
+        fp16_onnx=True,
+        telemetry=(("cuda", "nvidia-smi"), ("tensorrt", "nvidia-smi")),
+    )
 
     def precision_note(self, precision: str) -> str:
         if precision != "fp16":
             return ""
         if self.device() == "cpu":
-            return ("float16 storage of weights and activations; onnxruntime's CPU provider computes many ops in FP32 "
-                    "between casts, so the CPU hides overflow a device shows: the FP16 range check judges every "
-                    "float16 tensor from the FP32 values")
-        return (f"a float16 graph (weights and activations) run by the {self.device()} provider; the FP16 range check "
-                "judges every float16 tensor from the FP32 values")
+            return (
+                "float16 storage of weights and activations; onnxruntime's CPU provider computes many ops in FP32 "
+                "between casts, so the CPU hides overflow a device shows: the FP16 range check judges every "
+                "float16 tensor from the FP32 values"
+            )
+        return (
+            f"a float16 graph (weights and activations) run by the {self.device()} provider; the FP16 range check "
+            "judges every float16 tensor from the FP32 values"
+        )
 
     @classmethod
     def availability(cls):
@@ -175,14 +194,17 @@ class OnnxRuntimeBackend(Backend):
 
     def providers(self) -> list:
         import onnxruntime as ort
+
         wanted = _DEVICE_PROVIDERS[self.device()]
         if wanted[0] not in ort.get_available_providers():
-            raise BackendUnavailable(f"onnxruntime has no {wanted[0]} here "
-                                     f"(available: {', '.join(ort.get_available_providers())})")
+            raise BackendUnavailable(
+                f"onnxruntime has no {wanted[0]} here (available: {', '.join(ort.get_available_providers())})"
+            )
         return wanted
 
     def runtime_version(self) -> str:
         import onnxruntime as ort
+
         return f"onnxruntime-{ort.__version__}"
 
     def build(self, req: BuildRequest):
@@ -190,21 +212,39 @@ class OnnxRuntimeBackend(Backend):
             return req.onnx_path, True
         if req.precision == "int8":
             from common.runtime.quantize import build_int8
+
             return build_int8(self.name, self.runtime_version(), req, ".onnx", lambda q, tmp: q.replace(tmp))
         if req.precision != "fp16":
             raise ConfigError(f"onnxruntime backend supports fp32, fp16 and int8, not {req.precision}")
         from common.engine_cache import cache_key
+
         block_ops = tuple(req.options.get("fp16_block_ops", ()))
         block_nodes = tuple(req.options.get("fp16_block_nodes", ()))
-        key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, runtime=self.runtime_version(),
-                        block_ops=block_ops, block_nodes=block_nodes, converter=FP16_CONVERTER)
+        key = cache_key(
+            req.onnx_sha256,
+            backend=self.name,
+            precision=req.precision,
+            runtime=self.runtime_version(),
+            block_ops=block_ops,
+            block_nodes=block_nodes,
+            converter=FP16_CONVERTER,
+        )
         return req.cache.get_or_build(
-            key, self.engine_suffix, lambda tmp: convert_fp16(req.onnx_path, tmp, block_ops, block_nodes),
-            {"backend": self.name, "precision": req.precision, "onnx": str(req.onnx_path),
-             "onnx_sha256": req.onnx_sha256, "runtime": self.runtime_version()})
+            key,
+            self.engine_suffix,
+            lambda tmp: convert_fp16(req.onnx_path, tmp, block_ops, block_nodes),
+            {
+                "backend": self.name,
+                "precision": req.precision,
+                "onnx": str(req.onnx_path),
+                "onnx_sha256": req.onnx_sha256,
+                "runtime": self.runtime_version(),
+            },
+        )
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
         import onnxruntime as ort
+
         so = ort.SessionOptions()
         so.log_severity_level = 3
         threads = int(self.options.get("threads") or 0)
@@ -216,12 +256,15 @@ class OnnxRuntimeBackend(Backend):
         graph = _Background(graph_io, req.onnx_path)
         try:
             session = ort.InferenceSession(str(engine), so, providers=providers)
-        except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
-                ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
+        except (
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+            ort.capi.onnxruntime_pybind11_state.NoSuchFile,
+        ) as exc:
             raise InputError(f"not a loadable ONNX model ({str(exc).splitlines()[0]})", engine) from None
         except Exception as exc:  # noqa: BLE001 - Fail, InvalidArgument, InvalidGraph... for a damaged model
-            raise InputError(f"onnxruntime cannot load it ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})",
-                             engine) from None
+            raise InputError(
+                f"onnxruntime cannot load it ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})", engine
+            ) from None
         finally:
             graph.join()  # on every path: no thread outlives load()
         runner = OrtRunner(session, req.input_name)
@@ -232,8 +275,11 @@ class OnnxRuntimeBackend(Backend):
         shape = next(i.shape for i in session.get_inputs() if i.name == req.input_name)
         fixed = [(s, w) for s, w in zip(shape[1:], req.input_shape) if isinstance(s, int)]
         if len(shape) != 4 or any(s != w for s, w in fixed):
-            raise InputError(f"input '{req.input_name}' has shape {shape}; the spec feeds "
-                             f"[N, {', '.join(map(str, req.input_shape))}]", engine)
+            raise InputError(
+                f"input '{req.input_name}' has shape {shape}; the spec feeds "
+                f"[N, {', '.join(map(str, req.input_shape))}]",
+                engine,
+            )
         return runner
 
 

@@ -8,6 +8,7 @@ Run:    Core.import_model(blob, "CPU") -> an infer request; static batch (the la
 FP32 runs with INFERENCE_PRECISION_HINT f32: the CPU plugin's default on CPUs with bfloat16 units is bf16, which is
 not FP32. INT8 keeps f32 for what it leaves unquantised.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ from common.runtime.backends.graph_io import extra_input_arrays, graph_io
 
 PRECISIONS = ("fp32", "int8")
 DEVICE = "CPU"
-RECIPE = 1   # change when the engine a build writes changes (cache keys)
+RECIPE = 1  # change when the engine a build writes changes (cache keys)
 
 
 def _config(threads: int) -> dict:
@@ -41,7 +42,9 @@ class OpenVinoRunner(Runner):
         names = {n for o in compiled.outputs for n in o.get_names()}
         missing = [n for n in self.output_names if n not in names]
         if missing:
-            raise RuntimeFailure(f"the OpenVINO engine has no output {missing[0]!r} (it has: {', '.join(sorted(names))})")
+            raise RuntimeFailure(
+                f"the OpenVINO engine has no output {missing[0]!r} (it has: {', '.join(sorted(names))})"
+            )
 
     def _run(self, feeds: dict) -> list:
         self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
@@ -51,20 +54,24 @@ class OpenVinoRunner(Runner):
 class OpenVinoBackend(Backend):
     name = "openvino"
     engine_suffix = ".ovblob"
-    capabilities = Capabilities(precisions=PRECISIONS, devices=("cpu",), dynamic_batch=False, device_timer=False,
-                                host_compute=True)
+    capabilities = Capabilities(
+        precisions=PRECISIONS, devices=("cpu",), dynamic_batch=False, device_timer=False, host_compute=True
+    )
 
     @classmethod
     def availability(cls):
         try:
             import openvino  # noqa: F401
         except ImportError as exc:
-            return False, (f"openvino is not importable ({exc}); install it with: "
-                           ".venv/bin/python -m pip install -r requirements-openvino.txt")
+            return False, (
+                f"openvino is not importable ({exc}); install it with: "
+                ".venv/bin/python -m pip install -r requirements-openvino.txt"
+            )
         return True, ""
 
     def runtime_version(self) -> str:
         import openvino
+
         return f"openvino-{openvino.__version__.split('-')[0]}"
 
     def _threads(self) -> int:
@@ -73,29 +80,46 @@ class OpenVinoBackend(Backend):
     def build(self, req: BuildRequest):
         self.device()
         if req.precision not in PRECISIONS:
-            raise ConfigError(f"openvino backend: precision {req.precision} is not supported "
-                              f"({', '.join(PRECISIONS)})")
+            raise ConfigError(f"openvino backend: precision {req.precision} is not supported ({', '.join(PRECISIONS)})")
         shape = [req.batch_size, *req.input_shape]
         extra = {}
-        describe = {"backend": self.name, "precision": req.precision, "shape": shape, "onnx": str(req.onnx_path),
-                    "onnx_sha256": req.onnx_sha256, "runtime": self.runtime_version()}
+        describe: dict[str, object] = {
+            "backend": self.name,
+            "precision": req.precision,
+            "shape": shape,
+            "onnx": str(req.onnx_path),
+            "onnx_sha256": req.onnx_sha256,
+            "runtime": self.runtime_version(),
+        }
         if req.precision == "int8":
             from common.runtime.quantize import Int8Settings, resolve_target
+
             calib = req.options.get("calibration")
             if calib is None:
-                raise ConfigError("openvino int8 needs calibration images: pass --calib-dir DIR (images that are "
-                                  "not the evaluation set)")
+                raise ConfigError(
+                    "openvino int8 needs calibration images: pass --calib-dir DIR (images that are "
+                    "not the evaluation set)"
+                )
             settings = req.options.get("int8") or Int8Settings()
             resolve_target(settings, self.name, req.onnx_path)
             extra = {"calibration": calib.sha256, "int8": settings.key(), "quantizer": _nncf_version()}
             describe.update({"calibration": calib.describe(), "int8": settings.key()})
-        key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, input=req.input_name,
-                        shape=shape, extra_inputs=list(req.extra_inputs), runtime=self.runtime_version(),
-                        recipe=RECIPE, **extra)
+        key = cache_key(
+            req.onnx_sha256,
+            backend=self.name,
+            precision=req.precision,
+            input=req.input_name,
+            shape=shape,
+            extra_inputs=list(req.extra_inputs),
+            runtime=self.runtime_version(),
+            recipe=RECIPE,
+            **extra,
+        )
         return req.cache.get_or_build(key, self.engine_suffix, lambda tmp: self._compile(req, shape, tmp), describe)
 
     def _compile(self, req: BuildRequest, shape: list, out: Path):
         import openvino as ov
+
         try:
             model = ov.convert_model(str(req.onnx_path))
         except Exception as exc:  # noqa: BLE001 - the frontend raises OpConversionFailure and friends
@@ -120,12 +144,24 @@ class OpenVinoBackend(Backend):
         import tempfile
 
         import openvino as ov
+
         settings = req.options["int8"]
-        key = hashlib.sha256(json.dumps({"onnx": req.onnx_sha256, "calibration": req.options["calibration"].sha256,
-                                         "int8": settings.key(), "quantizer": _nncf_version(),
-                                         "runtime": self.runtime_version(), "input": req.input_name,
-                                         "shape": list(req.input_shape), "recipe": RECIPE},
-                                        sort_keys=True, default=str).encode()).hexdigest()[:32]
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "onnx": req.onnx_sha256,
+                    "calibration": req.options["calibration"].sha256,
+                    "int8": settings.key(),
+                    "quantizer": _nncf_version(),
+                    "runtime": self.runtime_version(),
+                    "input": req.input_name,
+                    "shape": list(req.input_shape),
+                    "recipe": RECIPE,
+                },
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:32]
         folder = Path(req.cache.root) / "openvino-int8"
         xml = folder / f"{key}.xml"
         if xml.is_file() and xml.with_suffix(".bin").is_file():
@@ -139,17 +175,17 @@ class OpenVinoBackend(Backend):
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="ovq.", dir=folder) as tmp:
                 ov.save_model(model, str(Path(tmp) / "m.xml"), compress_to_fp16=False)
-                shutil.move(str(Path(tmp) / "m.bin"), str(xml.with_suffix(".bin")))   # the weights first:
-                shutil.move(str(Path(tmp) / "m.xml"), str(xml))                        # the xml marks it complete
+                shutil.move(str(Path(tmp) / "m.bin"), str(xml.with_suffix(".bin")))  # the weights first:
+                shutil.move(str(Path(tmp) / "m.xml"), str(xml))  # the xml marks it complete
         except OSError:
-            pass   # a cache that cannot be written only costs the calibration
+            pass  # a cache that cannot be written only costs the calibration
         return model
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
         import openvino as ov
+
         try:
-            compiled = ov.Core().import_model(io.BytesIO(Path(engine).read_bytes()), DEVICE,
-                                              _config(self._threads()))
+            compiled = ov.Core().import_model(io.BytesIO(Path(engine).read_bytes()), DEVICE, _config(self._threads()))
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"OpenVINO cannot load the engine ({_first_line(exc)})", engine) from None
         graph = graph_io(req.onnx_path)
@@ -164,6 +200,7 @@ def _first_line(exc: Exception) -> str:
 
 def _nncf_version() -> str:
     import nncf
+
     return f"nncf-{nncf.__version__}"
 
 
@@ -175,13 +212,15 @@ def ignored_scope(onnx_path: Path, req: BuildRequest, settings) -> tuple[list, l
 
     from common.runtime.int8_structure import TARGETS, keep_by_rule, split_network
     from common.runtime.quantize import conv_stats_cached
+
     model = onnx.load(str(onnx_path))
     split = split_network(model)
     kept = []
     if settings.rule:
         calib = req.options["calibration"]
-        stats = conv_stats_cached(onnx_path, req.onnx_sha256, calib, req.input_name, dict(req.extra_inputs),
-                                  req.cache.root)
+        stats = conv_stats_cached(
+            onnx_path, req.onnx_sha256, calib, req.input_name, dict(req.extra_inputs), req.cache.root
+        )
         kept = keep_by_rule(stats, TARGETS[settings.target or "openvino"])
     names = list(split.postprocess) + [n for n, _ in kept] + list(settings.keep_fp32)
     return [f"^{re.escape(n)}(/.*)?$" for n in names if n], kept
@@ -194,8 +233,10 @@ def quantize_openvino(model, req: BuildRequest):
     import nncf
 
     from common.runtime.quantize import Int8Settings
+
     settings = req.options.get("int8") or Int8Settings()
     from common.runtime.int8_structure import TARGETS
+
     patterns, _ = ignored_scope(req.onnx_path, req, settings)
     types = list(TARGETS[settings.target or "openvino"].float_ops)
     calib = req.options["calibration"]
@@ -206,9 +247,14 @@ def quantize_openvino(model, req: BuildRequest):
     level = nncf_log.level
     nncf_log.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # NNCF's progress bars; stdout is build_engine's --json
-                return nncf.quantize(model, dataset, subset_size=len(batches), target_device=nncf.TargetDevice.CPU,
-                                 ignored_scope=nncf.IgnoredScope(patterns=patterns, types=types, validate=False))
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars; stdout is build_engine's --json
+            return nncf.quantize(
+                model,
+                dataset,
+                subset_size=len(batches),
+                target_device=nncf.TargetDevice.CPU,
+                ignored_scope=nncf.IgnoredScope(patterns=patterns, types=types, validate=False),
+            )
     except Exception as exc:  # noqa: BLE001 - NNCF raises assorted exception types
         raise RuntimeFailure(f"NNCF quantisation failed ({_first_line(exc)})", req.onnx_path) from None
     finally:

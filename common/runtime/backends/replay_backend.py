@@ -8,6 +8,7 @@ other. The wait is a sleep until the batch's completion deadline, computed from 
 it uses no host CPU, does not drift with the sleeps' own lateness, and "does the harness keep up with a device of
 F images/s?" can be answered on any machine: the run's wall time against `simulated_device_s`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -15,8 +16,8 @@ import time
 from pathlib import Path
 
 from common.errors import ConfigError
-from common.runtime.replay import Recording
 from common.runtime.backends.base import Backend, BackendFlag, BuildRequest, Capabilities, Runner
+from common.runtime.replay import Recording
 
 
 class SimulatedDevice:
@@ -75,12 +76,26 @@ def _images_per_s(text: str) -> float:
 
 class ReplayBackend(Backend):
     name = "replay"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), devices=("replay",), dynamic_batch=True,
-                                device_timer=False, host_compute=False, replays=True)
-    flags = (BackendFlag("--replay-dir", "replay_dir", "replay backend: the recording to serve", metavar="DIR"),
-             BackendFlag("--replay-fps", "replay_fps", "replay backend: also simulate a device of F images/s (each "
-                         "batch waits bs/F s on one shared device clock, using no CPU)", _images_per_s,
-                         metavar="F", shown="off: serve as fast as the harness asks"))
+    capabilities = Capabilities(
+        precisions=("fp32", "fp16", "int8"),
+        devices=("replay",),
+        dynamic_batch=True,
+        device_timer=False,
+        host_compute=False,
+        replays=True,
+    )
+    flags = (
+        BackendFlag("--replay-dir", "replay_dir", "replay backend: the recording to serve", metavar="DIR"),
+        BackendFlag(
+            "--replay-fps",
+            "replay_fps",
+            "replay backend: also simulate a device of F images/s (each "
+            "batch waits bs/F s on one shared device clock, using no CPU)",
+            _images_per_s,
+            metavar="F",
+            shown="off: serve as fast as the harness asks",
+        ),
+    )
 
     def runtime_version(self) -> str:
         return "replay-1"
@@ -98,8 +113,9 @@ class ReplayBackend(Backend):
         except (TypeError, ValueError):
             raise ConfigError(f"--replay-fps must be a number of images per second, got {fps!r}") from None
         if fps < 0 or fps != fps or fps == float("inf"):
-            raise ConfigError(f"--replay-fps must be a positive number of images per second (0 = no device time), "
-                              f"got {fps}")
+            raise ConfigError(
+                f"--replay-fps must be a positive number of images per second (0 = no device time), got {fps}"
+            )
         return fps
 
     def build(self, req: BuildRequest):
