@@ -31,6 +31,7 @@ from common.fsaccess import shared_file_mode
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The file's sha256 hex digest, read in chunks; an InputError naming the file when it is unreadable."""
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -73,6 +74,7 @@ def file_sha256_memo(path: str | Path, memo_dir: str | Path | None) -> str:
 
 
 def cache_key(onnx_sha256: str, **parts) -> str:
+    """32 hex digits naming a build: the ONNX's sha256 with every part that changes the result (sorted JSON)."""
     payload = json.dumps({"onnx": onnx_sha256, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
@@ -168,6 +170,7 @@ class EngineCache:
         return value
 
     def paths(self, key: str, suffix: str) -> tuple[Path, Path]:
+        """(engine file, its JSON record) of a key."""
         return self.root / f"{key}{suffix}", self.root / f"{key}.json"
 
     def lookup(self, key: str, suffix: str) -> Path | None:

@@ -4,6 +4,7 @@ path, before any work is done, instead of a PermissionError / NotADirectoryError
 Root bypasses permission bits, so the checks probe with real operations (stat, creating a file) rather than
 reading mode bits; os.access is only used to point at the directory that blocks a path.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def _stat(path: str | Path, what: str):
     except PermissionError:
         blocked = denied_dir(path)
         if blocked is not None:
-            raise InputError(f"permission denied: cannot search this directory to reach the {what} {path}",
-                             blocked) from None
+            raise InputError(
+                f"permission denied: cannot search this directory to reach the {what} {path}", blocked
+            ) from None
         raise InputError(f"{what}: permission denied", path) from None
     except OSError as exc:
         raise InputError(f"{what}: cannot access ({exc.strerror})", path) from None
@@ -45,9 +47,13 @@ def path_stat(path: str | Path, what: str = "file") -> os.stat_result | None:
 
 def file_kind(st: os.stat_result) -> str:
     """What a non-regular file is, in words for a message."""
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(st.st_mode):
             return name
     return "not a regular file"
@@ -66,6 +72,7 @@ def is_file(path: str | Path, what: str = "file") -> bool:
 
 
 def is_dir(path: str | Path, what: str = "directory") -> bool:
+    """Path.is_dir, except that a permission fault is an InputError naming the blocking directory."""
     st = _stat(path, what)
     return st is not None and stat.S_ISDIR(st.st_mode)
 

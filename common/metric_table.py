@@ -22,6 +22,7 @@ class Metric:
 
     @property
     def direction(self) -> str:
+        """ "higher" or "lower": which way the metric improves, for messages."""
         return "higher" if self.higher_is_better else "lower"
 
     def text(self, value: float) -> str:

@@ -25,6 +25,7 @@ class FunctionRunner:
     output_names: list
 
     def infer(self, x: np.ndarray, image_ids=None) -> dict:
+        """{output name: array} of fn(x), as a Runner's infer() gives them."""
         return dict(zip(self.output_names, (np.asarray(o) for o in self.fn(x))))
 
 
@@ -77,6 +78,7 @@ def allclose(atol: float, rtol: float, outputs: list | None = None) -> Callable:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)] IoU of xyxy boxes; an empty pair is 0, never a division by zero."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=2)

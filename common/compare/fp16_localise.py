@@ -14,6 +14,7 @@ is computed in between). Range findings come from the FP32 reference's values, n
 shows, so they are the same on any device. A tolerance origin only needs its own node in FP32. The rounds repeat
 with the grown list until the FP16 graph built with it has no finding at all.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,20 +32,23 @@ _SHAPE_ONLY = {"Shape", "Size"}
 
 @dataclass
 class NodeFinding:
-    name: str            # the FP32 graph's node to blame (the producer; for a weight, its reader)
+    name: str  # the FP32 graph's node to blame (the producer; for a weight, its reader)
     op_type: str
-    tensor: str          # the FP16 graph's tensor that goes bad (a float16 copy of a blocked node's output too)
-    reason: str          # overflow | underflow | nonfinite | tolerance
-    cosine: float        # the FP16 graph's value against the FP32 one (0 with NaN / Inf)
+    tensor: str  # the FP16 graph's tensor that goes bad (a float16 copy of a blocked node's output too)
+    reason: str  # overflow | underflow | nonfinite | tolerance
+    cosine: float  # the FP16 graph's value against the FP32 one (0 with NaN / Inf)
     norm_err: float | None
     ref_max_abs: float
     count: int = 0
 
     def line(self) -> str:
+        """The finding in one printed line: node, tensor, why, and how far from the FP32 value."""
         extra = f", {self.count} values" if self.count else ""
         err = f", max err {self.norm_err:.4f} of range" if self.norm_err is not None else ""
-        return (f"{self.name} ({self.op_type}) -> {self.tensor}: {self.reason}; |ref| max {self.ref_max_abs:.4g}, "
-                f"cosine {self.cosine:.6f}{err}{extra}")
+        return (
+            f"{self.name} ({self.op_type}) -> {self.tensor}: {self.reason}; |ref| max {self.ref_max_abs:.4g}, "
+            f"cosine {self.cosine:.6f}{err}{extra}"
+        )
 
 
 def _graph_index(model32):
@@ -77,14 +81,24 @@ def origins(scan) -> list:
     return found
 
 
-def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol, block_ops=(), block_nodes=(),
-                       chunk: int = 1500, workdir: Path | None = None, ref_cache: dict | None = None,
-                       extra_inputs=None) -> dict:
+def find_fp16_culprits(
+    onnx_path: Path,
+    x: np.ndarray,
+    input_name: str,
+    tol,
+    block_ops=(),
+    block_nodes=(),
+    chunk: int = 1500,
+    workdir: Path | None = None,
+    ref_cache: dict | None = None,
+    extra_inputs=None,
+) -> dict:
     """One round: the FP16 conversion with `block_nodes` kept FP32, scanned on the images `x`.
     Returns the origins (`findings`), the nodes to add to the block list (`to_block`) and the range check."""
     from onnxruntime.transformers import float16
 
     from common.runtime.backends.onnxruntime_backend import FP16_ALWAYS_FP32
+
     model32, model16 = load_fp16_graph(onnx_path, None, block_ops, block_nodes, workdir)
     scan = scan_fp16(model32, model16, x, input_name, tol, ref_cache=ref_cache, chunk=chunk, extra_inputs=extra_inputs)
     nodes, producer, readers = _graph_index(model32)
@@ -103,27 +117,45 @@ def find_fp16_culprits(onnx_path: Path, x: np.ndarray, input_name: str, tol, blo
     for c in origins(scan):
         node = blame(c)
         if node is not None:
-            findings.append(NodeFinding(node.name, node.op_type, c.tensor, c.reason, c.cosine, c.norm_err,
-                                        c.ref_max_abs, c.count))
+            findings.append(
+                NodeFinding(node.name, node.op_type, c.tensor, c.reason, c.cosine, c.norm_err, c.ref_max_abs, c.count)
+            )
     to_block = []
     for c in range_findings(scan):
         if c.reason == "nonfinite":
-            continue        # computed from a good value, its node is an origin below; else it follows a range finding
+            continue  # computed from a good value, its node is an origin below; else it follows a range finding
         p = producer.get(c.source)
-        to_block += ([p] if p is not None else []) + [r for r in readers.get(c.source, [])
-                                                      if r.op_type not in _SHAPE_ONLY]
+        to_block += ([p] if p is not None else []) + [
+            r for r in readers.get(c.source, []) if r.op_type not in _SHAPE_ONLY
+        ]
     for f in findings:
         if f.reason in ("nonfinite", "tolerance") and f.name in nodes:
             to_block.append(nodes[f.name])
     names = [n.name for n in to_block if n.name and n.op_type not in op_blocked]
-    return {"watched": scan.watched, "scanned": scan.scanned, "unmapped": scan.unmapped, "diverged": scan.diverged,
-            "findings": findings,
-            "to_block": list(dict.fromkeys(names)), "range": summarise(scan),
-            "clean": not any(c.reason for c in scan.checks)}
+    return {
+        "watched": scan.watched,
+        "scanned": scan.scanned,
+        "unmapped": scan.unmapped,
+        "diverged": scan.diverged,
+        "findings": findings,
+        "to_block": list(dict.fromkeys(names)),
+        "range": summarise(scan),
+        "clean": not any(c.reason for c in scan.checks),
+    }
 
 
-def localise(onnx_path: Path, x: np.ndarray, input_name: str, tol, block_ops=(), block_nodes=(),
-             max_rounds: int = 6, workdir: Path | None = None, log=print, extra_inputs=None) -> dict:
+def localise(
+    onnx_path: Path,
+    x: np.ndarray,
+    input_name: str,
+    tol,
+    block_ops=(),
+    block_nodes=(),
+    max_rounds: int = 6,
+    workdir: Path | None = None,
+    log=print,
+    extra_inputs=None,
+) -> dict:
     """Rounds of find_fp16_culprits, each blocking what the last one found, until the FP16 graph built with the
     list has no finding (range check passed, every tensor within the node tolerance). The FP32 values are
     computed once for all rounds. Returns the first round's origins and the block list."""
@@ -132,11 +164,27 @@ def localise(onnx_path: Path, x: np.ndarray, input_name: str, tol, block_ops=(),
     ref_cache: dict = {}
     res = None
     for k in range(max_rounds):
-        res = find_fp16_culprits(onnx_path, x, input_name, tol, block_ops, blocked, workdir=workdir,
-                                 ref_cache=ref_cache, extra_inputs=extra_inputs)
-        rounds.append({"blocked_before": list(blocked), "scanned": res["scanned"], "watched": res["watched"],
-                       "findings": [dataclasses.asdict(f) for f in res["findings"]], "range": res["range"],
-                       "clean": res["clean"]})
+        res = find_fp16_culprits(
+            onnx_path,
+            x,
+            input_name,
+            tol,
+            block_ops,
+            blocked,
+            workdir=workdir,
+            ref_cache=ref_cache,
+            extra_inputs=extra_inputs,
+        )
+        rounds.append(
+            {
+                "blocked_before": list(blocked),
+                "scanned": res["scanned"],
+                "watched": res["watched"],
+                "findings": [dataclasses.asdict(f) for f in res["findings"]],
+                "range": res["range"],
+                "clean": res["clean"],
+            }
+        )
         for f in res["findings"]:
             log(f"  round {k + 1}: {f.line()}")
         new = [n for n in res["to_block"] if n not in blocked]
@@ -144,6 +192,11 @@ def localise(onnx_path: Path, x: np.ndarray, input_name: str, tol, block_ops=(),
             break
         log(f"  round {k + 1}: {len(new)} node(s) to keep in FP32: {', '.join(new)}")
         blocked += new
-    return {"first_nodes": rounds[0]["findings"], "rounds": rounds, "block_nodes": blocked,
-            "added": blocked[len(block_nodes):], "clean": bool(res and res["clean"]),
-            "range": res["range"] if res else None}
+    return {
+        "first_nodes": rounds[0]["findings"],
+        "rounds": rounds,
+        "block_nodes": blocked,
+        "added": blocked[len(block_nodes) :],
+        "clean": bool(res and res["clean"]),
+        "range": res["range"] if res else None,
+    }

@@ -105,4 +105,5 @@ class CalibrationSet:
             yield np.ascontiguousarray(b, np.float32)
 
     def describe(self) -> dict:
+        """What an engine's record says of its calibration set: dir, image count, content sha256."""
         return {"dir": str(self.directory), "num_images": len(self.images), "sha256": self.sha256}

@@ -36,6 +36,8 @@ def cache_key(items, pre) -> str:
     # Per image the bytes of json.dumps([id, path, size, mtime_ns]) (the key's format since the cache exists),
     # formatted directly: json.dumps per image was half of this function's time on every run with the cache.
     # The stamps image_items took while checking each file exists, else a stat here.
+    """The entry's name: every image's id, path, size and mtime with the preprocessing key, so a
+    changed image or setting never reads another entry's inputs."""
     rows = []
     for it in items:
         if it.stamp is None:
@@ -77,6 +79,7 @@ class InputCache:
 
     @property
     def per_image(self) -> int:
+        """Bytes of one image's uint8 canvas."""
         return int(np.prod(self.shape))
 
     def release(self, start: int, end: int):
@@ -95,6 +98,7 @@ class InputCache:
         return self.n * int(np.prod(self.shape)) * np.dtype(DTYPE).itemsize + self.n * 6 * 8
 
     def describe(self) -> str:
+        """The entry in words: image count, canvas shape and size."""
         c, h, w = self.shape
         return f"{self.n} images x {c}x{h}x{w} uint8 = {_size(self.nbytes)}"
 

@@ -219,6 +219,8 @@ class SharedBatchLoader(BatchLoader):
                 bar.close()
 
     def close(self):
+        """Stop the decoding processes (they leave by themselves after a full pass, are terminated, then
+        killed, otherwise) and close their queues: no process or feeder thread outlives the loader."""
         procs, self.procs = self.procs, []
         if not procs:
             return super().close()

@@ -24,6 +24,8 @@ class Preprocess:
     interpolation: str = "linear"  # linear | nearest | cubic | area
 
     def key(self, height: int, width: int) -> str:
+        """Everything that changes the network's input at this size: the key of cached inputs, calibration
+        sets and recordings."""
         return repr(
             (self.resize, self.pad, self.pad_value, self.color, self.mean, self.std, self.interpolation, height, width)
         )

@@ -113,6 +113,7 @@ def output_faults(outputs: dict, cfg: dict) -> dict:
 
 
 def fault_reasons(counts: dict) -> list[str]:
+    """The accuracy run's failure reasons, in words, for output_faults' counts."""
     reasons = []
     for key, n in sorted(counts.items()):
         if key.endswith(CLASS_FAULT):

@@ -271,10 +271,13 @@ class IncrementalCocoEval:
             self._put(("add", np.array(rows, np.float64)))
 
     def complete(self, image_ids):
+        """These images get no more detections: the background thread may match them now."""
         if len(image_ids):
             self._put(("complete", [int(i) for i in image_ids]))
 
     def result(self, image_ids) -> np.ndarray:
+        """The 12 COCO stats over image_ids once every queued message is matched; an error of the
+        background thread is raised here."""
         self._put(("finish", sorted(set(int(i) for i in image_ids))))
         self._thread.join()
         if self._error is not None:

@@ -1,4 +1,5 @@
 """What every benchmark script shares: a scratch directory that is removed afterwards unless --keep."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ from pathlib import Path
 def benchmark_parser(doc: str) -> argparse.ArgumentParser:
     """The flags every benchmark on the real model and images takes, and --keep."""
     from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+
     ap = SuiteParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--onnx", required=True, help="the ONNX model")
     ap.add_argument("--images-dir", required=True, help="the images (e.g. ../shared/data/coco/val2017)")
@@ -22,8 +24,12 @@ def benchmark_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def add_keep_flag(parser: argparse.ArgumentParser):
-    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (engines, records) and "
-                                                            "print where it is (default: removed at the end)")
+    """The benchmark scripts' --keep flag: keep the scratch directory and say where it is."""
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch directory (engines, records) and print where it is (default: removed at the end)",
+    )
 
 
 @contextlib.contextmanager

@@ -119,6 +119,8 @@ def prepare(
 
 
 def infer(runner: Runner, x: np.ndarray, image_ids=None) -> dict:
+    """runner.infer(), a runtime's own exception turned into a RuntimeFailure (its exit code) naming its first
+    line."""
     try:
         return runner.infer(x, image_ids=image_ids)
     except Exception as exc:  # the runtimes raise their own exception types

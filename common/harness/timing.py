@@ -32,6 +32,7 @@ class TimingStats:
     histogram: dict | None = None  # {'edges_ms': [bins + 1], 'counts': [bins]}: the latencies' distribution
 
     def as_dict(self) -> dict:
+        """The statistics as a record stores them."""
         return asdict(self)
 
 
@@ -144,6 +145,7 @@ def validity_reasons(stats: TimingStats, min_iters: int, min_duration_s: float) 
 
 
 def format_timing(t: TimingStats) -> str:
+    """The timing block of a run's output: FPS, latency percentiles, CoV, and a warning when too noisy."""
     lines = [
         f" throughput  {t.fps:10.2f} FPS = fps, the harness figure targets and baselines judge (batch "
         f"{t.batch_size}, {t.iterations} iterations, {t.total_s:.2f} s)",

@@ -274,6 +274,7 @@ class ConvInput:
         return 10 * np.log10(np.maximum(self.out_ms, 1e-30) / np.maximum(noise, 1e-30))
 
     def as_dict(self, symmetric: bool = False) -> dict:
+        """This Conv input's statistics as the structure report lists them (dB to 0.1)."""
         sq = self.channel_sqnr_db(symmetric)
         return {
             "node": self.node,

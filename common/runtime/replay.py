@@ -5,6 +5,7 @@ A recording is a directory: manifest.json (ONNX sha256, preprocessing key, image
 per-image first axis varies (detections kept by an in-graph NMS) are stored without padding. The directory is
 written under a temporary name and renamed when complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ class OutputRecorder:
         self.chunks: dict[str, list[np.ndarray]] = {}
 
     def add(self, image_ids: np.ndarray, outputs: dict):
+        """Keep a batch's outputs per image; an output without the batch axis is a ConfigError."""
         n = len(image_ids)
         for name, value in outputs.items():
             if value.ndim == 0 or value.shape[0] != n:
@@ -41,6 +43,7 @@ class OutputRecorder:
         self.image_ids.extend(int(i) for i in image_ids)
 
     def write(self):
+        """Write the recording to a temporary dir renamed over `directory`: a failed write leaves no half recording."""
         parent = self.directory.parent
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.directory.name}."))
@@ -55,9 +58,17 @@ class OutputRecorder:
                 np.save(tmp / f"{_safe(name)}.data.npy", data)
                 np.save(tmp / f"{_safe(name)}.offsets.npy", np.concatenate([[0], np.cumsum(sizes)]))
                 outputs[name] = {"file": _safe(name), "scalar_per_image": not slices[0].ndim}
-            atomic_write_bytes(tmp / MANIFEST, json.dumps({
-                "onnx_sha256": self.onnx_sha256, "preprocess": self.preprocess_key, "image_ids": self.image_ids,
-                "outputs": outputs}).encode())
+            atomic_write_bytes(
+                tmp / MANIFEST,
+                json.dumps(
+                    {
+                        "onnx_sha256": self.onnx_sha256,
+                        "preprocess": self.preprocess_key,
+                        "image_ids": self.image_ids,
+                        "outputs": outputs,
+                    }
+                ).encode(),
+            )
             if self.directory.exists():
                 shutil.rmtree(self.directory)
             os.replace(tmp, self.directory)
@@ -82,18 +93,21 @@ class Recording:
                 self.outputs[name] = (_Rows(path, data), offsets, info["scalar_per_image"])
                 del data
         except FileNotFoundError as exc:
-            raise InputError(f"not a complete output recording ({Path(exc.filename).name} missing)",
-                             self.directory) from None
+            raise InputError(
+                f"not a complete output recording ({Path(exc.filename).name} missing)", self.directory
+            ) from None
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise InputError(f"not a readable output recording ({exc})", self.directory) from None
 
     def check(self, onnx_sha256: str, preprocess_key: str):
+        """A ConfigError when the recording was made with another ONNX or other preprocessing."""
         if self.manifest["onnx_sha256"] != onnx_sha256:
             raise ConfigError("the recording was made with another ONNX model", self.directory)
         if self.manifest["preprocess"] != preprocess_key:
             raise ConfigError("the recording was made with other preprocessing settings", self.directory)
 
     def batch(self, image_ids) -> dict:
+        """{output: batch array} recorded for image_ids; an InputError naming the first image not recorded."""
         missing = [int(i) for i in image_ids if int(i) not in self.row]
         if missing:
             raise InputError(f"no recorded outputs for image {missing[0]} ({len(missing)} missing)", self.directory)
@@ -101,8 +115,9 @@ class Recording:
         out = {}
         for name, (data, offsets, scalar) in self.outputs.items():
             if scalar:
-                out[name] = np.stack([data.read(r, r + 1)[0] for r in rows]) if rows else \
-                    np.empty((0, *data.tail), data.dtype)
+                out[name] = (
+                    np.stack([data.read(r, r + 1)[0] for r in rows]) if rows else np.empty((0, *data.tail), data.dtype)
+                )
                 continue
             sizes = offsets[np.add(rows, 1)] - offsets[rows]
             width = int(sizes.max()) if len(sizes) else 0

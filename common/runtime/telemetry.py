@@ -48,6 +48,7 @@ class SmiProbe:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
 
     def sample(self) -> tuple[float | None, float | None]:
+        """(memory MiB, power W) of one query; (None, None) once the tool failed, `error` saying why."""
         if self.error:
             return None, None
         try:
@@ -121,6 +122,7 @@ class Sampler:
         return False
 
     def summary(self, fps: float | None = None) -> dict:
+        """The record's memory and power sections (source, peak / mean, samples, or why absent) and FPS per watt."""
         rss: dict[str, Any] = {
             "source": "psutil (host process RSS)",
             "peak_mib": max(self.rss),
@@ -164,6 +166,7 @@ class Sampler:
 
 
 def format_telemetry(t: dict) -> str:
+    """The memory and power lines of a run's output; an absent figure says why."""
     m, p = t["memory"], t["power"]
     mem = f"{m['peak_mib']:.0f} MiB peak ({m['source']})" if m["peak_mib"] is not None else f"absent ({m['reason']})"
     pw = (

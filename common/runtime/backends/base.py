@@ -185,6 +185,7 @@ class Backend:
         return self.capabilities.reference and precision == "fp32" and self.device() == self.capabilities.devices[0]
 
     def runtime_version(self) -> str:
+        """The runtime's name and version: part of every engine key, so an upgrade rebuilds."""
         raise NotImplementedError
 
     def build(self, req: BuildRequest) -> tuple[Path, bool]:
@@ -192,4 +193,5 @@ class Backend:
         raise NotImplementedError
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
+        """A Runner of the built engine."""
         raise NotImplementedError

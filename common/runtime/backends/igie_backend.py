@@ -164,6 +164,7 @@ class IgieRunner(Runner):
         return outs
 
     def sync(self):
+        """Wait until the device has finished the queued work."""
         self.device.sync()
 
     device_timer = True
@@ -190,6 +191,7 @@ class IgieBackend(Backend):
 
     @classmethod
     def availability(cls):
+        """(usable here, why not): IGIE's tvm, the one with tvm.target.iluvatar."""
         try:
             import tvm
         except ImportError:
@@ -209,12 +211,16 @@ class IgieBackend(Backend):
         return tvm
 
     def runtime_version(self) -> str:
+        """igie-tvm-<version>: part of the engine key."""
         return f"igie-tvm-{getattr(self._tvm(), '__version__', 'unknown')}"
 
     def target(self):
+        """IGIE's Iluvatar target with the suite's model and options."""
         return self._tvm().target.iluvatar(model=TARGET_MODEL, options=TARGET_OPTIONS)
 
     def build(self, req: BuildRequest):
+        """(engine path, cache hit): the ONNX imported by IGIE and relay.build for the Iluvatar target (INT8
+        from the quantised ONNX), exported as a shared library and cached by key."""
         if req.precision not in PRECISIONS:
             raise ConfigError(f"igie backend: precision {req.precision} is not supported ({', '.join(PRECISIONS)})")
         shape = [req.batch_size, *req.input_shape]
@@ -265,6 +271,7 @@ class IgieBackend(Backend):
         return req.cache.get_or_build(key, self.engine_suffix, lambda tmp: compile_to(req.onnx_path, tmp), describe)
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
+        """A runner of the engine on device $SUITE_GPU_INDEX (the one the telemetry samples)."""
         tvm = self._tvm()
         # the device telemetry samples ($SUITE_GPU_INDEX, common/runtime/telemetry.py) is the one the engine runs on
         index = int(os.environ.get("SUITE_GPU_INDEX", "0") or 0)

@@ -54,6 +54,8 @@ FP16_CONVERTER = 4  # the version of convert_fp16's graph: change it when its ou
 
 
 def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()):
+    """Write model_path's float16 conversion to out_path (input and output types kept), the ops of
+    block_list and the nodes of block_nodes left in FP32; an InputError naming the model when it cannot be loaded."""
     import onnx
     from onnxruntime.transformers import float16
 
@@ -171,6 +173,7 @@ class OnnxRuntimeBackend(Backend):
     )
 
     def precision_note(self, precision: str) -> str:
+        """What FP16 means on this provider, said in the run's output (docs/fidelity.md)."""
         if precision != "fp16":
             return ""
         if self.device() == "cpu":
@@ -186,6 +189,7 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def availability(cls):
+        """(usable here, why not): whether onnxruntime imports."""
         try:
             import onnxruntime  # noqa: F401
         except ImportError as exc:
@@ -203,11 +207,14 @@ class OnnxRuntimeBackend(Backend):
         return wanted
 
     def runtime_version(self) -> str:
+        """onnxruntime-<version>: part of the engine key."""
         import onnxruntime as ort
 
         return f"onnxruntime-{ort.__version__}"
 
     def build(self, req: BuildRequest):
+        """(engine path, cache hit): FP32 is the ONNX itself; FP16 its float16 conversion (the spec's
+        block lists), INT8 its static quantisation, both cached by key."""
         if req.precision == "fp32":
             return req.onnx_path, True
         if req.precision == "int8":
@@ -243,6 +250,7 @@ class OnnxRuntimeBackend(Backend):
         )
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
+        """An InferenceSession runner of the engine on the device's execution providers."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()

@@ -60,6 +60,7 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def availability(cls):
+        """(usable here, why not): whether openvino imports, with the install command when not."""
         try:
             import openvino  # noqa: F401
         except ImportError as exc:
@@ -70,6 +71,7 @@ class OpenVinoBackend(Backend):
         return True, ""
 
     def runtime_version(self) -> str:
+        """openvino-<version>: part of the engine key."""
         import openvino
 
         return f"openvino-{openvino.__version__.split('-')[0]}"
@@ -78,6 +80,8 @@ class OpenVinoBackend(Backend):
         return int(self.options.get("threads") or 0)
 
     def build(self, req: BuildRequest):
+        """(engine path, cache hit): the ONNX compiled by OpenVINO (INT8: quantised on the calibration
+        images first) and exported, cached by key."""
         self.device()
         if req.precision not in PRECISIONS:
             raise ConfigError(f"openvino backend: precision {req.precision} is not supported ({', '.join(PRECISIONS)})")
@@ -182,6 +186,7 @@ class OpenVinoBackend(Backend):
         return model
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
+        """A runner of the exported engine; an InputError naming it when OpenVINO cannot import it."""
         import openvino as ov
 
         try:

@@ -59,6 +59,8 @@ class ReplayRunner(Runner):
         return None if self.device is None else self.device.busy_s
 
     def infer(self, x, image_ids=None) -> dict:
+        """The recorded outputs of image_ids (accuracy runs only), after the simulated device's batch time when
+        there is one."""
         if image_ids is None:
             raise ConfigError("the replay backend serves accuracy runs only (it needs the images' ids)")
         out = self.recording.batch(image_ids)
@@ -98,6 +100,7 @@ class ReplayBackend(Backend):
     )
 
     def runtime_version(self) -> str:
+        """replay-1: part of the engine key."""
         return "replay-1"
 
     def _dir(self) -> Path:
@@ -119,9 +122,12 @@ class ReplayBackend(Backend):
         return fps
 
     def build(self, req: BuildRequest):
+        """(the --replay-dir recording, True): nothing is built."""
         return self._dir(), True
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
+        """A runner serving the recording, checked against this ONNX and preprocessing; with --replay-fps
+        every runner shares one simulated device."""
         recording = Recording(engine)
         recording.check(req.onnx_sha256, req.options["preprocess_key"])
         fps = self._fps()

@@ -8,6 +8,7 @@ IGIE is a TVM fork, so this is the nearest compiler to IGIE that runs anywhere: 
 compilation fails here is reported as an IGIE portability warning, naming the operator where TVM says which.
 Untuned (no MetaSchedule tuning): correct but slow; for checking numerics and portability, not for speed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,6 +38,7 @@ class PortabilityError(RuntimeFailure):
         super().__init__(f"IGIE portability warning: upstream TVM cannot {stage} {what} ({detail})", path)
 
     def as_dict(self) -> dict:
+        """The failure as a record stores it: compiler, stage, operator, detail."""
         return {"compiler": "apache-tvm", "stage": self.stage, "op": self.op, "detail": self.detail}
 
 
@@ -52,13 +54,14 @@ class TvmRunner(Runner):
     def __init__(self, engine: Path, input_name: str, batch_size: int, io):
         import tvm
         from tvm import relax
+
         self.tvm, self.device = tvm, tvm.cpu(0)
         try:
             self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(engine)), self.device)
         except Exception as exc:  # TVMError and friends
             raise RuntimeFailure(f"TVM cannot load the engine ({_tvm_message(exc)})", engine) from None
         self.input_name, self.static_batch, self.output_names = input_name, batch_size, io.outputs
-        self.input_order = list(io.inputs)   # Relax's main takes the graph inputs positionally, in graph order
+        self.input_order = list(io.inputs)  # Relax's main takes the graph inputs positionally, in graph order
 
     def _tensor(self, x: np.ndarray):
         return self.tvm.runtime.tensor(np.ascontiguousarray(x), self.device)
@@ -70,11 +73,13 @@ class TvmRunner(Runner):
         out = self.vm["main"](*self._args(feeds))
         outs = [out] if hasattr(out, "numpy") else list(out)
         if len(outs) != len(self.output_names):
-            raise RuntimeFailure(f"the TVM engine returned {len(outs)} outputs, the ONNX model has "
-                                 f"{len(self.output_names)}")
+            raise RuntimeFailure(
+                f"the TVM engine returned {len(outs)} outputs, the ONNX model has {len(self.output_names)}"
+            )
         return [o.numpy() for o in outs]
 
     def sync(self):
+        """Wait until the device has finished the queued work."""
         self.device.sync()
 
     device_timer = True
@@ -88,41 +93,69 @@ class TvmRunner(Runner):
 class TvmBackend(Backend):
     name = "tvm"
     engine_suffix = ".so"
-    capabilities = Capabilities(precisions=PRECISIONS, devices=("cpu",), dynamic_batch=False, device_timer=True,
-                                host_compute=True)
+    capabilities = Capabilities(
+        precisions=PRECISIONS, devices=("cpu",), dynamic_batch=False, device_timer=True, host_compute=True
+    )
 
     @classmethod
     def availability(cls):
+        """(usable here, why not): upstream apache-tvm with the Relax ONNX frontend."""
         try:
             import tvm
             from tvm.relax.frontend import onnx as _  # noqa: F401
         except ImportError as exc:
-            return False, (f"upstream apache-tvm with the Relax ONNX frontend is not importable ({exc}); "
-                           "install it with: .venv/bin/python -m pip install -r requirements-tvm.txt")
+            return False, (
+                f"upstream apache-tvm with the Relax ONNX frontend is not importable ({exc}); "
+                "install it with: .venv/bin/python -m pip install -r requirements-tvm.txt"
+            )
         if not hasattr(tvm, "compile"):
             return False, f"tvm {getattr(tvm, '__version__', '?')} has no tvm.compile (needs apache-tvm >= 0.20)"
         return True, ""
 
     def runtime_version(self) -> str:
+        """apache-tvm-<version>: part of the engine key."""
         import tvm
+
         return f"apache-tvm-{tvm.__version__}"
 
     def build(self, req: BuildRequest):
+        """(engine path, cache hit): the ONNX compiled by Relax for the CPU (FP32 only), cached by key; a
+        PortabilityError names the stage and operator that failed."""
         self.device()
         if req.precision not in PRECISIONS:
-            raise ConfigError(f"tvm backend: precision {req.precision} is not supported (fp32 only: it checks "
-                              "numerics and IGIE portability, not reduced precision)")
+            raise ConfigError(
+                f"tvm backend: precision {req.precision} is not supported (fp32 only: it checks "
+                "numerics and IGIE portability, not reduced precision)"
+            )
         shape = [req.batch_size, *req.input_shape]
         shapes = {req.input_name: shape, **{name: [req.batch_size, len(v)] for name, v in req.extra_inputs}}
-        key = cache_key(req.onnx_sha256, backend=self.name, precision=req.precision, input=req.input_name,
-                        shape=shape, extra_inputs=list(req.extra_inputs), runtime=self.runtime_version(),
-                        target=TARGET)
-        return req.cache.get_or_build(key, self.engine_suffix, lambda tmp: compile_onnx(req.onnx_path, shapes, tmp),
-                                      {"backend": self.name, "precision": req.precision, "shape": shape,
-                                       "onnx": str(req.onnx_path), "onnx_sha256": req.onnx_sha256,
-                                       "runtime": self.runtime_version(), "target": TARGET})
+        key = cache_key(
+            req.onnx_sha256,
+            backend=self.name,
+            precision=req.precision,
+            input=req.input_name,
+            shape=shape,
+            extra_inputs=list(req.extra_inputs),
+            runtime=self.runtime_version(),
+            target=TARGET,
+        )
+        return req.cache.get_or_build(
+            key,
+            self.engine_suffix,
+            lambda tmp: compile_onnx(req.onnx_path, shapes, tmp),
+            {
+                "backend": self.name,
+                "precision": req.precision,
+                "shape": shape,
+                "onnx": str(req.onnx_path),
+                "onnx_sha256": req.onnx_sha256,
+                "runtime": self.runtime_version(),
+                "target": TARGET,
+            },
+        )
 
     def load(self, engine: Path, req: BuildRequest) -> Runner:
+        """A VM runner of the compiled engine."""
         io = graph_io(req.onnx_path)
         runner = TvmRunner(engine, req.input_name, req.batch_size, io)
         runner.extra_inputs = extra_input_arrays(io, req.input_name, req.extra_inputs, req.onnx_path)
@@ -144,6 +177,7 @@ def compile_onnx(onnx_path: Path, shapes: dict, out: Path):
     import onnx
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
+
     model = onnx.load(str(onnx_path))
     missing = unsupported_ops(model)
     if missing:
