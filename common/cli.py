@@ -11,6 +11,7 @@ Exit codes: 0 every target held, 1 a target or an output check failed, 2 bad inp
 a duplicated shard or shards that disagree on what they ran), 3 the runtime failed (--devices: a worker died),
 4 merge: a shard is missing, 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ from pathlib import Path
 
 if __name__ == "__main__":  # scripts/suite runs $PYTHON as given: one clear line if it lacks the packages
     from common.interpreter import require_packages
+
     require_packages("$PYTHON" if os.environ.get("PYTHON") else "scripts/suite")
 
 from common.config.options import EVALUATORS, add_flags, add_groups, config_from_args
@@ -36,63 +38,108 @@ from common.record.results import exit_code_of, write_record
 def build_parser() -> argparse.ArgumentParser:
     """The `suite` command line: every sub-command with its flag groups (common/config/options.py)."""
     from common.config.parser import SuiteParser  # no prefix matching, did-you-mean, --version
+
     parser = SuiteParser(prog="suite", description="Inference validation suite")
     sub = parser.add_subparsers(dest="command", required=True)
     acc = sub.add_parser("accuracy", help="COCO accuracy run")
     add_groups(acc, "model", "engine", "dataset", "output", "accuracy")
     perf = sub.add_parser("performance", help="throughput / latency run")
     add_groups(perf, "model", "engine", "dataset", "output", "timing")
-    merge = sub.add_parser("merge", help="join the image shards of one accuracy run (their results dirs, any "
-                           "order) into one accuracy record, evaluated once over every image")
+    merge = sub.add_parser(
+        "merge",
+        help="join the image shards of one accuracy run (their results dirs, any "
+        "order) into one accuracy record, evaluated once over every image",
+    )
     merge.add_argument("dirs", nargs="+", metavar="DIR", help="results dirs of the shards (searched recursively)")
-    merge.add_argument("--ann", "--annotation", dest="annotation", default=None,
-                       help="the annotation file on this machine (default: the path the shards read; checked by "
-                            "sha256)")
-    merge.add_argument("--evaluator", choices=EVALUATORS, default=None, help="COCO metrics engine (default: "
-                       "incremental; same 12 stats)")
-    merge.add_argument("--results-dir", default=os.environ.get("RESULTS_DIR") or "results",
-                       help="where the merged record goes (default: results; $RESULTS_DIR)")
-    merge.add_argument("--save-detections", dest="detections_out", metavar="PATH",
-                       help="also write the union of the detections as COCO results JSON")
+    merge.add_argument(
+        "--ann",
+        "--annotation",
+        dest="annotation",
+        default=None,
+        help="the annotation file on this machine (default: the path the shards read; checked by sha256)",
+    )
+    merge.add_argument(
+        "--evaluator",
+        choices=EVALUATORS,
+        default=None,
+        help="COCO metrics engine (default: incremental; same 12 stats)",
+    )
+    merge.add_argument(
+        "--results-dir",
+        default=os.environ.get("RESULTS_DIR") or "results",
+        help="where the merged record goes (default: results; $RESULTS_DIR)",
+    )
+    merge.add_argument(
+        "--save-detections",
+        dest="detections_out",
+        metavar="PATH",
+        help="also write the union of the detections as COCO results JSON",
+    )
     merge.add_argument("--no-record", action="store_true", help="print only; write no merged record")
     merge.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    lgen = sub.add_parser("loadgen", help="MLPerf LoadGen scenario (SingleStream, MultiStream, Server, Offline; "
-                                          "docs/loadgen.md)")
+    lgen = sub.add_parser(
+        "loadgen", help="MLPerf LoadGen scenario (SingleStream, MultiStream, Server, Offline; docs/loadgen.md)"
+    )
     add_groups(lgen, "model", "engine", "dataset", "output", "loadgen", required=("model", "lg_scenario"))
-    add_flags(lgen, "run options", "max_images", "workers", "streams", "evaluator", "replay_dir", "replay_fps",
-              "input_cache", "no_progress")
+    add_flags(
+        lgen,
+        "run options",
+        "max_images",
+        "workers",
+        "streams",
+        "evaluator",
+        "replay_dir",
+        "replay_fps",
+        "input_cache",
+        "no_progress",
+    )
     env = sub.add_parser("env", help="the runtimes: version, available here or why not, capabilities")
     env.add_argument("--json", action="store_true", help="print the table as JSON")
-    runs = sub.add_parser("runs", help="the recent result records as a table (model, backend, precision, batch, "
-                          "images, AP, FPS and which FPS, verdict)")
-    runs.add_argument("--results-dir", default=os.environ.get("RESULTS_DIR") or "results",
-                      help="where the records are (default: results; $RESULTS_DIR); searched recursively")
+    runs = sub.add_parser(
+        "runs",
+        help="the recent result records as a table (model, backend, precision, batch, "
+        "images, AP, FPS and which FPS, verdict)",
+    )
+    runs.add_argument(
+        "--results-dir",
+        default=os.environ.get("RESULTS_DIR") or "results",
+        help="where the records are (default: results; $RESULTS_DIR); searched recursively",
+    )
     runs.add_argument("-n", "--last", type=int, default=20, help="how many, newest last (default 20)")
-    diff = sub.add_parser("diff", help="two result records side by side: every metric, its change, the "
-                          "settings that differ")
+    diff = sub.add_parser(
+        "diff", help="two result records side by side: every metric, its change, the settings that differ"
+    )
     diff.add_argument("a", help="a record file (or its number in `suite runs`)")
     diff.add_argument("b", help="the other record")
-    diff.add_argument("--results-dir", default=os.environ.get("RESULTS_DIR") or "results",
-                      help="where `suite runs` numbers refer to (default: results)")
+    diff.add_argument(
+        "--results-dir",
+        default=os.environ.get("RESULTS_DIR") or "results",
+        help="where `suite runs` numbers refer to (default: results)",
+    )
     return parser
 
 
 def print_env(as_json: bool) -> int:
     from common.runtime.backends import environment_table
+
     rows = environment_table()
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'runtime':<12} {'version':<26} {'available':<9} {'precisions':<15} {'devices':<22} "
-          f"{'batch':<7} {'timer':<6} {'host cores':<10} telemetry")
+    print(
+        f"{'runtime':<12} {'version':<26} {'available':<9} {'precisions':<15} {'devices':<22} "
+        f"{'batch':<7} {'timer':<6} {'host cores':<10} telemetry"
+    )
     for r in rows:
         c = r["capabilities"]
-        print(f"{r['backend']:<12} {r['version'] or '-':<26} {'yes' if r['available'] else 'no':<9} "
-              f"{','.join(c['precisions']):<15} {','.join(c['devices']):<22} "
-              f"{'any' if c['dynamic_batch'] else 'fixed':<7} {'device' if c['device_timer'] else 'host':<6} "
-              f"{'yes' if c['host_compute'] else 'no':<10} "
-              f"{', '.join(f'{d}: {t}' for d, t in c['telemetry']) or 'host'}"
-              + ("  [FP32 reference]" if c["reference"] else ""))
+        print(
+            f"{r['backend']:<12} {r['version'] or '-':<26} {'yes' if r['available'] else 'no':<9} "
+            f"{','.join(c['precisions']):<15} {','.join(c['devices']):<22} "
+            f"{'any' if c['dynamic_batch'] else 'fixed':<7} {'device' if c['device_timer'] else 'host':<6} "
+            f"{'yes' if c['host_compute'] else 'no':<10} "
+            f"{', '.join(f'{d}: {t}' for d, t in c['telemetry']) or 'host'}"
+            + ("  [FP32 reference]" if c["reference"] else "")
+        )
         if not r["available"]:
             print(f"{'':<12} why not: {r['why_not']}")
     return 0
@@ -108,21 +155,28 @@ def html_path(given, beside=None):
 
 
 def print_summary(record: dict, path=None):
-    head = (f"== {record['model']}/{record['variant']} | {record['backend']} {record['device']} "
-            f"{record['precision']} | batch {record['batch_size']} | {record['kind']} ==")
+    head = (
+        f"== {record['model']}/{record['variant']} | {record['backend']} {record['device']} "
+        f"{record['precision']} | batch {record['batch_size']} | {record['kind']} =="
+    )
     print(head)
     if record["kind"] == "accuracy-shard":
         s, d = record["shard"], record["dataset"]
-        print(f" shard {s['index']}/{s['total']} (from {s['source']}): {d['num_images']} of {s['all_images']} images"
-              f", {record['num_detections']} detections"
-              + (f"; {record['run']['wall_s']:.1f} s wall" if record.get("run") else ""))
-        print(" partial: no metrics and no target checked here; `scripts/suite merge` evaluates every shard's "
-              "detections once" + (f" (shard record: {record['path']})" if record.get("path") else ""))
+        print(
+            f" shard {s['index']}/{s['total']} (from {s['source']}): {d['num_images']} of {s['all_images']} images"
+            f", {record['num_detections']} detections"
+            + (f"; {record['run']['wall_s']:.1f} s wall" if record.get("run") else "")
+        )
+        print(
+            " partial: no metrics and no target checked here; `scripts/suite merge` evaluates every shard's "
+            "detections once" + (f" (shard record: {record['path']})" if record.get("path") else "")
+        )
         for reason in record["reasons"]:
             print(f" FAIL: {reason}")
         return
     if record["kind"] == "loadgen":
         from common.loadgen.run import format_loadgen
+
         print(format_loadgen(record))
         if record["loadgen"]["mode"] == "accuracy":
             print(format_stats(record["metrics"]))
@@ -135,8 +189,10 @@ def print_summary(record: dict, path=None):
         print(f" mAP@0.5:0.95 = {m['AP']:.4f}   mAP@0.5 = {m['AP50']:.4f}   (on {d['num_images']} images)")
         ci = (record.get("metrics_ci") or {}).get("stats")
         if ci:
-            print(f" 95 % intervals ({record['metrics_ci']['resamples']} bootstrap resamples of the images): "
-                  f"AP [{ci['AP'][0]:.4f}, {ci['AP'][1]:.4f}]   AP50 [{ci['AP50'][0]:.4f}, {ci['AP50'][1]:.4f}]")
+            print(
+                f" 95 % intervals ({record['metrics_ci']['resamples']} bootstrap resamples of the images): "
+                f"AP [{ci['AP'][0]:.4f}, {ci['AP'][1]:.4f}]   AP50 [{ci['AP50'][0]:.4f}, {ci['AP50'][1]:.4f}]"
+            )
         if d.get("category_coverage"):
             print(format_coverage(d["category_coverage"]))
             if d["category_coverage"]["warning"]:
@@ -145,27 +201,43 @@ def print_summary(record: dict, path=None):
         if record.get("merged_from"):
             m = record["merged_from"]
             sizes = ", ".join(f"{x['index']}/{x['total']}: {x['images']}" for x in m)
-            print(f" merged {len(m)} shards ({sizes} images); slowest shard {r['slowest_shard_s']:.1f} s, "
-                  f"evaluation {r['evaluate_s']:.2f} s")
+            print(
+                f" merged {len(m)} shards ({sizes} images); slowest shard {r['slowest_shard_s']:.1f} s, "
+                f"evaluation {r['evaluate_s']:.2f} s"
+            )
         else:
             print(f" run: {r['wall_s']:.1f} s wall, {r['images_per_s']:.1f} images/s")
     else:
         from common.harness.timing import TimingStats, format_timing
         from common.runtime.telemetry import format_telemetry
+
         print(f" input: {record['input']}")
         print(format_timing(TimingStats(**record["timing"])))
         if "compute" in record:
             c, e = record["compute"], record["end_to_end"]
-            same = "" if c["method"] == "time_evaluator" else \
-                "; no device timer on this runtime: the same measurement as fps above"
-            print(f" compute     {c['mean_ms']:.3f} ms mean per batch, {c['fps']:.2f} FPS compute-only = fps_compute "
-                  f"({c['method']}{same})")
-            above = " (above fps: a separate measurement on a shared CPU, noise; it cannot truly be faster)" \
-                if e["stats"] and e["stats"]["fps"] > record["timing"]["fps"] else ""
-            print(" end-to-end  " + (f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS = "
-                                      f"fps_e2e (read + preprocess + infer + decode, {e['images']} images){above}"
-                                      if e["stats"]
-                                      else f"not measured: {e['reason']}"))
+            same = (
+                ""
+                if c["method"] == "time_evaluator"
+                else "; no device timer on this runtime: the same measurement as fps above"
+            )
+            print(
+                f" compute     {c['mean_ms']:.3f} ms mean per batch, {c['fps']:.2f} FPS compute-only = fps_compute "
+                f"({c['method']}{same})"
+            )
+            above = (
+                " (above fps: a separate measurement on a shared CPU, noise; it cannot truly be faster)"
+                if e["stats"] and e["stats"]["fps"] > record["timing"]["fps"]
+                else ""
+            )
+            print(
+                " end-to-end  "
+                + (
+                    f"{e['stats']['mean_ms']:.3f} ms mean per batch, {e['stats']['fps']:.2f} FPS = "
+                    f"fps_e2e (read + preprocess + infer + decode, {e['images']} images){above}"
+                    if e["stats"]
+                    else f"not measured: {e['reason']}"
+                )
+            )
             print(format_telemetry(record["telemetry"]))
     for c in record["checks"]:
         if c["status"] == "not_applicable":
@@ -182,6 +254,7 @@ def print_summary(record: dict, path=None):
     for reason in record["reasons"]:
         print(f" FAIL: {reason}")
     from common.record.listing import artifact_lines
+
     for line in artifact_lines(record):
         print(line)
     print(f" verdict: {record['verdict'].upper()}" + (f"   record: {Path(path).resolve()}" if path else ""))
@@ -233,8 +306,10 @@ def guarded(action, debug: bool = False, interrupted: str = "interrupted", on_er
     except Exception as exc:  # a bug or an unexpected runtime failure: one line, traceback on request
         if debug:
             traceback.print_exc()
-        print(f"error: internal failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"error: internal failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_RUNTIME
 
 
@@ -253,7 +328,7 @@ def exit_now(code: int):
 # what an interrupt leaves: only an accuracy run keeps anything to resume from
 INTERRUPTED = {
     "accuracy": "interrupted: no record was written; the run resumes from its finished batches when the same "
-                "command is run again",
+    "command is run again",
     "performance": "interrupted: no record was written; a performance run keeps nothing: rerun it to measure again",
     "loadgen": "interrupted: no record and no LoadGen logs were written: rerun it to measure again",
 }
@@ -267,8 +342,14 @@ def main(argv=None) -> int:
         return print_env(args.json)
     if args.command in ("runs", "diff"):
         from common.record import listing
-        return guarded(lambda: listing.print_runs(args.results_dir, args.last) if args.command == "runs"
-                       else listing.print_diff(args.a, args.b, args.results_dir))
+
+        return guarded(
+            lambda: (
+                listing.print_runs(args.results_dir, args.last)
+                if args.command == "runs"
+                else listing.print_diff(args.a, args.b, args.results_dir)
+            )
+        )
     if args.command == "merge":
         return guarded(lambda: merge(args), args.debug)
 
@@ -286,17 +367,20 @@ def main(argv=None) -> int:
         if args.command == "loadgen":
             from common.loadgen.run import run_loadgen
             from common.loadgen.settings import loadgen_config_from_args
+
             record = run_loadgen(cfg, loadgen_config_from_args(args), None if args.no_record else publish)
         else:
             runner = run_accuracy if args.command == "accuracy" else run_performance
             if args.command == "accuracy" and cfg.devices:
                 from common.harness.devices import run_on_devices
+
                 runner = run_on_devices
             record = runner(cfg, None if args.no_record else publish)
         print_summary(record, written.get("path"))
         html = html_path(args.html, written.get("path"))
         if html:
             from common.report.html import run_page, write_html
+
             print(f" HTML report: {write_html(html, run_page(record))}")
         return exit_code_of(record["verdict"])
 
@@ -307,6 +391,7 @@ def merge(args) -> int:
     """scripts/suite merge: exit 0/1 as an accuracy run, 2 a duplicated or disagreeing shard (or bad input),
     4 a missing shard (named)."""
     from common.harness.merge import merge_shards
+
     record = merge_shards(args.dirs, args.annotation, args.evaluator, args.detections_out)
     path = None
     if not args.no_record:

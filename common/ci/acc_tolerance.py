@@ -15,17 +15,19 @@ vs FP32; the weights of one layer x (1 + 0.005 N(0,1)) or x (1 + 0.02 N(0,1)), t
 and loose at 5000. A model whose accuracy is noisier per image sets `accuracy_noise:` in its `matrix:` section;
 the floor keeps a 5000-image run from failing on the last decimal of the evaluator.
 """
+
 from __future__ import annotations
 
 import math
 
-DEFAULT_NOISE = 2.5      # s: AP points x sqrt(images), see above
-DEFAULT_Z = 3.0          # z: how many standard deviations of the paired difference are tolerated
+DEFAULT_NOISE = 2.5  # s: AP points x sqrt(images), see above
+DEFAULT_Z = 3.0  # z: how many standard deviations of the paired difference are tolerated
 FLOOR_POINTS = 0.1
 
 
-def tolerance_points(images: int, noise: float = DEFAULT_NOISE, z: float = DEFAULT_Z,
-                     floor: float = FLOOR_POINTS) -> float:
+def tolerance_points(
+    images: int, noise: float = DEFAULT_NOISE, z: float = DEFAULT_Z, floor: float = FLOOR_POINTS
+) -> float:
     """The AP points an accuracy figure may drop below its baseline at this image count, max(floor, z * s / sqrt(N)):
     the accuracy verdict's margin (see above)."""
     if images < 1:

@@ -9,6 +9,7 @@ to the newest baseline of the same device and the same runtime name from an *old
 SDK upgrade that slows a model down is compared with the last accepted figures instead of passing as "no
 baseline". The owner accepts the new version's figures deliberately with `baseline-update`.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,7 @@ def split_sdk(sdk: str) -> tuple[str, tuple]:
 
 def _older(a: tuple, b: tuple) -> bool:
     """a < b for version tuples that may mix ints and strings (numbers sort before words)."""
-    norm = lambda t: [(0, x, "") if isinstance(x, int) else (1, 0, x) for x in t]   # noqa: E731
+    norm = lambda t: [(0, x, "") if isinstance(x, int) else (1, 0, x) for x in t]  # noqa: E731
     return norm(a) < norm(b)
 
 
@@ -101,8 +102,10 @@ class Baselines:
         if not candidates:
             return None, path, None
         best = max(candidates, key=lambda c: [(0, x, "") if isinstance(x, int) else (1, 0, x) for x in c[0]])[1]
-        note = (f"runtime changed: no baseline for {slug(sdk)} yet, compared with the newest older one "
-                f"({best.stem}); accept the new version's figures with `scripts/regress.py baseline-update`")
+        note = (
+            f"runtime changed: no baseline for {slug(sdk)} yet, compared with the newest older one "
+            f"({best.stem}); accept the new version's figures with `scripts/regress.py baseline-update`"
+        )
         return self.entries(best)[key], best, note
 
 

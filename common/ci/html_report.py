@@ -1,6 +1,7 @@
 """The regression run's HTML report (common/report/html.py builds the sections): every case's verdict with the
 accuracy rule it was judged by, accuracy and speed detail, FP16 vs FP32 changed images, history with the baseline
 and its band."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from common.report.svg import esc
 
 def _history_figures(rows: list[dict], verdicts: list[dict]) -> str:
     from common.record.history import metric_series
+
     out = []
     for v in verdicts:
         metric = "AP" if v["case"]["kind"] == "accuracy" else "fps"
@@ -44,8 +46,17 @@ def _history_figures(rows: list[dict], verdicts: list[dict]) -> str:
             else:
                 w_lo, w_hi = base * (1 - vals.get("band", 0)), base * (1 + vals.get("band", 0))
             band = (xs, [w_lo] * len(xs), [w_hi] * len(xs))
-        out.append(svg.lines(f"{v['id']}: {metric} over runs", [(metric, xs, ys)], "run (history order)",
-                             "AP x100" if metric == "AP" else "FPS", band=band, hlines=hl, yfmt="{:.1f}"))
+        out.append(
+            svg.lines(
+                f"{v['id']}: {metric} over runs",
+                [(metric, xs, ys)],
+                "run (history order)",
+                "AP x100" if metric == "AP" else "FPS",
+                band=band,
+                hlines=hl,
+                yfmt="{:.1f}",
+            )
+        )
     return "".join(out)
 
 
@@ -53,16 +64,23 @@ def regress_page(run_id: str, verdicts: list[dict], outcomes: list[dict], histor
     """A regression run: every case's verdict, accuracy and speed detail, FP16 vs FP32 changed images, history."""
     n = counts(verdicts)
     failing = n["fail"] or n["error"]
-    head = (f"<p>{_status('fail' if failing else 'pass')} {len(verdicts)} cases: {n['pass']} pass, {n['warn']} "
-            f"warn, {n['fail']} fail, {n['error']} error, {n['unsupported']} unsupported"
-            + (f" (exit {code})" if code is not None else "") + "</p>")
-    rows = [[v["id"], v["status"], _value_text(v), (v.get("values") or {}).get("accuracy_rule", "-"),
-             "; ".join(v["notes"])] for v in verdicts]
+    head = (
+        f"<p>{_status('fail' if failing else 'pass')} {len(verdicts)} cases: {n['pass']} pass, {n['warn']} "
+        f"warn, {n['fail']} fail, {n['error']} error, {n['unsupported']} unsupported"
+        + (f" (exit {code})" if code is not None else "")
+        + "</p>"
+    )
+    rows = [
+        [v["id"], v["status"], _value_text(v), (v.get("values") or {}).get("accuracy_rule", "-"), "; ".join(v["notes"])]
+        for v in verdicts
+    ]
     head += _table(["case", "status", "value", "accuracy rule", "detail"], rows)
-    head += ("<p>Accuracy rule: <b>paired bootstrap interval</b> where both runs' detections exist (a drop fails "
-             "when the 95 % interval of the difference lies below 0 and the drop exceeds the rule's margin); "
-             "<b>fixed</b> otherwise (the relative drop in points, or the image-count tolerance against a "
-             "baseline), as each note says.</p>")
+    head += (
+        "<p>Accuracy rule: <b>paired bootstrap interval</b> where both runs' detections exist (a drop fails "
+        "when the 95 % interval of the difference lies below 0 and the drop exceeds the rule's margin); "
+        "<b>fixed</b> otherwise (the relative drop in points, or the image-count tolerance against a "
+        "baseline), as each note says.</p>"
+    )
     by_id = {o["case"]["id"]: o for o in outcomes}
     acc, perf, comp = [], [], []
     for v in verdicts:
@@ -70,8 +88,16 @@ def regress_page(run_id: str, verdicts: list[dict], outcomes: list[dict], histor
         recs = o.get("records") or []
         if v["case"]["kind"] == "accuracy" and recs and recs[0].get("metrics"):
             acc.append(f"<h3>{esc(v['id'])}</h3>" + accuracy_section(recs[0]))
-            ref = next((x for x in outcomes if x["case"]["kind"] == "accuracy" and x["case"]["precision"] == "fp32"
-                        and all(x["case"][k] == v["case"][k] for k in ("model", "variant", "backend"))), None)
+            ref = next(
+                (
+                    x
+                    for x in outcomes
+                    if x["case"]["kind"] == "accuracy"
+                    and x["case"]["precision"] == "fp32"
+                    and all(x["case"][k] == v["case"][k] for k in ("model", "variant", "backend"))
+                ),
+                None,
+            )
             if ref and ref is not o and o.get("detections_path") and ref.get("detections_path"):
                 ann = _annotations(recs[0])
                 names, files = _names_files(ann)
@@ -80,20 +106,35 @@ def regress_page(run_id: str, verdicts: list[dict], outcomes: list[dict], histor
                     c_d = json.loads(Path(o["detections_path"]).read_text())
                 except (OSError, ValueError):
                     continue
-                comp.append(f"<h3>{esc(v['id'])} vs {esc(ref['case']['id'])}</h3>" + changed_images(
-                    r_d, c_d, recs[0]["dataset"].get("images_dir"), files, names,
-                    labels=("FP32 reference", v["case"]["precision"].upper())))
+                comp.append(
+                    f"<h3>{esc(v['id'])} vs {esc(ref['case']['id'])}</h3>"
+                    + changed_images(
+                        r_d,
+                        c_d,
+                        recs[0]["dataset"].get("images_dir"),
+                        files,
+                        names,
+                        labels=("FP32 reference", v["case"]["precision"].upper()),
+                    )
+                )
         elif v["case"]["kind"] == "performance" and recs:
             perf.append(f"<h3>{esc(v['id'])}</h3>" + speed_section(recs))
-    return _page(f"Regression run {run_id}", [
-        ("verdict", "Verdict", head), ("accuracy", "Accuracy", "".join(acc)), ("speed", "Speed", "".join(perf)),
-        ("comparison", "Candidate vs reference", "".join(comp)),
-        ("history", "History", _history_figures(list(history_rows), verdicts) if history_rows else "")])
+    return _page(
+        f"Regression run {run_id}",
+        [
+            ("verdict", "Verdict", head),
+            ("accuracy", "Accuracy", "".join(acc)),
+            ("speed", "Speed", "".join(perf)),
+            ("comparison", "Candidate vs reference", "".join(comp)),
+            ("history", "History", _history_figures(list(history_rows), verdicts) if history_rows else ""),
+        ],
+    )
 
 
 def accuracy_markdown(verdicts: list[dict]) -> str:
     """The accuracy cases' intervals for the Markdown summary: each run's 95 % interval and the paired interval
     of its difference to the FP32 reference / the baseline, with the rule that judged it."""
+
     def iv(vals: dict, lo: str, hi: str, scale: float = 100) -> str:
         return "-" if vals.get(lo) is None else f"[{vals[lo] * scale:+.2f}, {vals[hi] * scale:+.2f}]"
 
@@ -103,10 +144,14 @@ def accuracy_markdown(verdicts: list[dict]) -> str:
         if v["case"]["kind"] != "accuracy" or "AP" not in vals:
             continue
         own = "-" if vals.get("AP_ci_lo") is None else f"[{vals['AP_ci_lo'] * 100:.2f}, {vals['AP_ci_hi'] * 100:.2f}]"
-        rows.append(f"| `{v['id']}` | {vals['AP'] * 100:.2f} | {own} | "
-                    f"{iv(vals, 'ref_AP_diff_lo', 'ref_AP_diff_hi')} | "
-                    f"{iv(vals, 'baseline_AP_diff_lo', 'baseline_AP_diff_hi')} | {vals.get('accuracy_rule', '-')} |")
+        rows.append(
+            f"| `{v['id']}` | {vals['AP'] * 100:.2f} | {own} | "
+            f"{iv(vals, 'ref_AP_diff_lo', 'ref_AP_diff_hi')} | "
+            f"{iv(vals, 'baseline_AP_diff_lo', 'baseline_AP_diff_hi')} | {vals.get('accuracy_rule', '-')} |"
+        )
     if not rows:
         return ""
-    return ("\n### Accuracy with 95 % intervals (AP x100)\n\n| case | AP | interval | paired diff vs FP32 | "
-            "paired diff vs baseline | rule |\n| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
+    return (
+        "\n### Accuracy with 95 % intervals (AP x100)\n\n| case | AP | interval | paired diff vs FP32 | "
+        "paired diff vs baseline | rule |\n| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )

@@ -21,6 +21,7 @@ A variant is in the matrix only when the run has a model for it: the spec's own 
 precision-specific `onnx`, or an entry of the run's model map (ModelMap: `--onnx MODEL[/VARIANT]=PATH`,
 `--models-manifest FILE`). The others are listed as skipped, never run against a wrong or missing model.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -34,26 +35,26 @@ from common.config.specs import MODELS_DIR, PRECISIONS, VARIANT_SECTIONS, ModelS
 from common.errors import ConfigError
 
 KINDS = ("accuracy", "performance", "loadgen")
-DEFAULT_RELATIVE = {"AP": 0.2, "AP50": 0.2}   # points (0-100 scale), as the recipes quote AP
+DEFAULT_RELATIVE = {"AP": 0.2, "AP50": 0.2}  # points (0-100 scale), as the recipes quote AP
 MATRIX_KEYS: set[str] | frozenset[str] = VARIANT_SECTIONS["matrix"] or set()
 
 
 @dataclass(frozen=True)
 class Case:
-    model: str            # model name (the spec's `name`)
+    model: str  # model name (the spec's `name`)
     variant: str
     backend: str
     precision: str
     batch_size: int
-    kind: str             # accuracy | performance
-    spec: str             # what --model gets: a folder name under models/ or a .yaml path
+    kind: str  # accuracy | performance
+    spec: str  # what --model gets: a folder name under models/ or a .yaml path
     annotation: str | None = None
     max_images: int | None = None
     onnx: str | None = None
     checkpoint: str | None = None
     config: str | None = None
-    image_shard: str | None = None   # "J/M": an accuracy case split by images over nodes (merged by `merge`)
-    scenario: str | None = None      # kind loadgen: the LoadGen scenario
+    image_shard: str | None = None  # "J/M": an accuracy case split by images over nodes (merged by `merge`)
+    scenario: str | None = None  # kind loadgen: the LoadGen scenario
 
     @property
     def base_id(self) -> str:
@@ -71,8 +72,15 @@ class Case:
     @property
     def order(self) -> tuple:
         """Sort key: numeric batch sizes, precisions in the suite's order (fp32 first)."""
-        return (self.model, self.variant, self.backend, PRECISIONS.index(self.precision), self.kind,
-                self.scenario or "", self.batch_size)
+        return (
+            self.model,
+            self.variant,
+            self.backend,
+            PRECISIONS.index(self.precision),
+            self.kind,
+            self.scenario or "",
+            self.batch_size,
+        )
 
     @property
     def slug(self) -> str:
@@ -86,6 +94,7 @@ class Case:
 @dataclass
 class Filters:
     """Comma-separated glob lists from the command line; None = no filter."""
+
     models: str | None = None
     variants: str | None = None
     precisions: str | None = None
@@ -100,17 +109,21 @@ class Filters:
         return any(fnmatch.fnmatch(str(value), p.strip()) for p in patterns.split(",") if p.strip())
 
     def accepts(self, case: Case) -> bool:
-        return (self._match(case.model, self.models) and self._match(case.variant, self.variants)
-                and self._match(case.precision, self.precisions) and self._match(case.batch_size, self.batch_sizes)
-                and self._match(case.backend, self.backends) and self._match(case.kind, self.kinds))
+        return (
+            self._match(case.model, self.models)
+            and self._match(case.variant, self.variants)
+            and self._match(case.precision, self.precisions)
+            and self._match(case.batch_size, self.batch_sizes)
+            and self._match(case.backend, self.backends)
+            and self._match(case.kind, self.kinds)
+        )
 
 
 def _int_list(section: dict, key: str, default: list, where: str, path) -> list:
     value = section.get(key, default)
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                              for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
         raise ConfigError(f"{where}.{key}: expected a list of positive integers, got {value!r}", path)
     return value
 
@@ -123,8 +136,9 @@ def matrix_section(spec: ModelSpec, variant: Variant) -> dict:
         raise ConfigError(f"{where}: expected a mapping", spec.path)
     unknown = set(raw) - MATRIX_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {', '.join(sorted(MATRIX_KEYS))}",
-                          spec.path)
+        raise ConfigError(
+            f"{where}: unknown keys {sorted(unknown)}; known: {', '.join(sorted(MATRIX_KEYS))}", spec.path
+        )
     target_precisions = {p for t in variant.targets for p in t.precisions}
     precisions = raw.get("precisions", ["fp32"] + [p for p in PRECISIONS if p in target_precisions - {"fp32"}])
     if isinstance(precisions, str):
@@ -136,38 +150,55 @@ def matrix_section(spec: ModelSpec, variant: Variant) -> dict:
     if isinstance(backends, str):
         backends = [backends]
     relative = raw.get("relative", DEFAULT_RELATIVE)
-    if not isinstance(relative, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 and math.isfinite(v) and v >= 0 for v in relative.values()):
-        raise ConfigError(f"{where}.relative: expected {{metric: max drop in points >= 0}}, got {relative!r}",
-                          spec.path)
+    if not isinstance(relative, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in relative.values()
+    ):
+        raise ConfigError(
+            f"{where}.relative: expected {{metric: max drop in points >= 0}}, got {relative!r}", spec.path
+        )
     onnx = raw.get("onnx", {})
     if not isinstance(onnx, dict) or not set(onnx) <= set(PRECISIONS):
         raise ConfigError(f"{where}.onnx: expected {{precision: path}}, got {onnx!r}", spec.path)
     for key in ("accuracy_noise", "reference_fraction"):
         val = raw.get(key)
-        if val is not None and (not isinstance(val, (int, float)) or isinstance(val, bool) or not math.isfinite(val)
-                                or val <= 0 or (key == "reference_fraction" and val > 1)):
-            raise ConfigError(f"{where}.{key}: expected a number > 0{' and <= 1' if 'fraction' in key else ''}, "
-                              f"got {val!r}", spec.path)
+        if val is not None and (
+            not isinstance(val, (int, float))
+            or isinstance(val, bool)
+            or not math.isfinite(val)
+            or val <= 0
+            or (key == "reference_fraction" and val > 1)
+        ):
+            raise ConfigError(
+                f"{where}.{key}: expected a number > 0{' and <= 1' if 'fraction' in key else ''}, got {val!r}",
+                spec.path,
+            )
     from common.config.loadgen_spec import SCENARIOS
+
     scenarios = raw.get("loadgen_scenarios", [])
     if isinstance(scenarios, str):
         scenarios = [scenarios]
     if not isinstance(scenarios, list) or not all(s in SCENARIOS for s in scenarios):
-        raise ConfigError(f"{where}.loadgen_scenarios: expected a list of {', '.join(SCENARIOS)}, got {scenarios!r}",
-                          spec.path)
+        raise ConfigError(
+            f"{where}.loadgen_scenarios: expected a list of {', '.join(SCENARIOS)}, got {scenarios!r}", spec.path
+        )
     max_images = raw.get("max_images")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ConfigError(f"{where}.max_images: expected a positive integer, got {max_images!r}", spec.path)
-    return {"backends": list(backends), "precisions": list(precisions),
-            "batch_sizes": _int_list(raw, "batch_sizes", [1], where, spec.path),
-            "accuracy_batch_sizes": _int_list(raw, "accuracy_batch_sizes", [1], where, spec.path),
-            "loadgen_scenarios": list(scenarios),
-            "loadgen_batch_sizes": _int_list(raw, "loadgen_batch_sizes", [1], where, spec.path),
-            "annotation": raw.get("annotation"), "max_images": max_images, "onnx": dict(onnx),
-            "relative": {str(k): float(v) for k, v in relative.items()},
-            "accuracy_noise": float(raw.get("accuracy_noise", DEFAULT_NOISE)),
-            "reference_fraction": float(raw.get("reference_fraction", 0.99))}
+    return {
+        "backends": list(backends),
+        "precisions": list(precisions),
+        "batch_sizes": _int_list(raw, "batch_sizes", [1], where, spec.path),
+        "accuracy_batch_sizes": _int_list(raw, "accuracy_batch_sizes", [1], where, spec.path),
+        "loadgen_scenarios": list(scenarios),
+        "loadgen_batch_sizes": _int_list(raw, "loadgen_batch_sizes", [1], where, spec.path),
+        "annotation": raw.get("annotation"),
+        "max_images": max_images,
+        "onnx": dict(onnx),
+        "relative": {str(k): float(v) for k, v in relative.items()},
+        "accuracy_noise": float(raw.get("accuracy_noise", DEFAULT_NOISE)),
+        "reference_fraction": float(raw.get("reference_fraction", 0.99)),
+    }
 
 
 def _spec_arg(spec: ModelSpec, given: str) -> str:
@@ -185,8 +216,9 @@ def all_model_names() -> list[str]:
     return sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
 
 
-def enumerate_cases(models: list[str], filters: Filters | None = None, model_map: ModelMap | None = None,
-                    skipped: list | None = None) -> list[Case]:
+def enumerate_cases(
+    models: list[str], filters: Filters | None = None, model_map: ModelMap | None = None, skipped: list | None = None
+) -> list[Case]:
     """Every case of the given models (names or .yaml paths) that passes the filters, in matrix order
     (model, variant, backend, precision, kind, batch size). With a model map, a variant with no model (no spec
     `onnx`, no precision-specific one, no map entry) is left out and named in `skipped` when given."""
@@ -206,18 +238,40 @@ def enumerate_cases(models: list[str], filters: Filters | None = None, model_map
                         if skipped is not None:
                             skipped.append(f"{spec.name}/{variant.name}/{precision}")
                         continue
-                    common = dict(model=spec.name, variant=variant.name, backend=backend, precision=precision,
-                                  spec=_spec_arg(spec, given), onnx=onnx, checkpoint=entry.get("checkpoint"),
-                                  config=entry.get("config"))
+                    common = dict(
+                        model=spec.name,
+                        variant=variant.name,
+                        backend=backend,
+                        precision=precision,
+                        spec=_spec_arg(spec, given),
+                        onnx=onnx,
+                        checkpoint=entry.get("checkpoint"),
+                        config=entry.get("config"),
+                    )
                     for bs in m["accuracy_batch_sizes"]:
-                        cases.append(Case(batch_size=bs, kind="accuracy", annotation=m["annotation"],
-                                          max_images=m["max_images"], **common))
+                        cases.append(
+                            Case(
+                                batch_size=bs,
+                                kind="accuracy",
+                                annotation=m["annotation"],
+                                max_images=m["max_images"],
+                                **common,
+                            )
+                        )
                     for bs in m["batch_sizes"]:
                         cases.append(Case(batch_size=bs, kind="performance", annotation=m["annotation"], **common))
                     for scenario in m["loadgen_scenarios"]:
                         for bs in m["loadgen_batch_sizes"]:
-                            cases.append(Case(batch_size=bs, kind="loadgen", scenario=scenario,
-                                              annotation=m["annotation"], max_images=m["max_images"], **common))
+                            cases.append(
+                                Case(
+                                    batch_size=bs,
+                                    kind="loadgen",
+                                    scenario=scenario,
+                                    annotation=m["annotation"],
+                                    max_images=m["max_images"],
+                                    **common,
+                                )
+                            )
     if skipped is not None:
         skipped[:] = sorted(dict.fromkeys(skipped))
     return sorted({c.id: c for c in cases if filters.accepts(c)}.values(), key=lambda c: c.order)
@@ -230,7 +284,7 @@ class ModelMap:
     (command line) or the manifest's folder, so cases, which run from the repo root, get absolute paths."""
 
     def __init__(self, entries: dict | None = None):
-        self.entries = dict(entries or {})   # "model" or "model/variant" -> {"onnx"|"checkpoint"|"config": path}
+        self.entries = dict(entries or {})  # "model" or "model/variant" -> {"onnx"|"checkpoint"|"config": path}
 
     @classmethod
     def parse(cls, items: list[str] | None, manifest: str | None = None, cwd: Path | None = None) -> ModelMap:
@@ -250,6 +304,7 @@ class ModelMap:
     @staticmethod
     def _manifest(path: Path) -> dict:
         import yaml
+
         try:
             raw = yaml.safe_load(path.read_text())
         except OSError as exc:
@@ -262,10 +317,18 @@ class ModelMap:
         for key, val in raw.items():
             if isinstance(val, str):
                 val = {"onnx": val}
-            if not isinstance(key, str) or key.count("/") > 1 or not isinstance(val, dict) or not val \
-                    or set(val) - {"onnx", "checkpoint", "config"} or not all(isinstance(x, str) for x in val.values()):
-                raise ConfigError(f"models manifest entry {key!r}: expected PATH or {{onnx|checkpoint|config: "
-                                  f"PATH}}, got {val!r}", path)
+            if (
+                not isinstance(key, str)
+                or key.count("/") > 1
+                or not isinstance(val, dict)
+                or not val
+                or set(val) - {"onnx", "checkpoint", "config"}
+                or not all(isinstance(x, str) for x in val.values())
+            ):
+                raise ConfigError(
+                    f"models manifest entry {key!r}: expected PATH or {{onnx|checkpoint|config: PATH}}, got {val!r}",
+                    path,
+                )
             out[key] = {k: str((path.parent / x).resolve()) for k, x in val.items()}
         return out
 
@@ -283,7 +346,7 @@ class ModelMap:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """"k/n" -> (k, n) with 1 <= k <= n: the node's slice of the matrix; anything else is a ConfigError."""
+    """ "k/n" -> (k, n) with 1 <= k <= n: the node's slice of the matrix; anything else is a ConfigError."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise ConfigError(f"--shard expects k/n with 1 <= k <= n, got {text!r}")
@@ -297,9 +360,10 @@ ACCURACY_S_PER_IMAGE_AT_320 = 0.015
 PERFORMANCE_START_S = 3.0
 
 
-def expected_cost(case: Case, images: int, repeats: int = 3, warmup_s: float = 1.0,
-                  min_duration_s: float = 5.0) -> float:
-    if case.kind == "loadgen":   # one short-mode LoadGen run (docs/loadgen.md)
+def expected_cost(
+    case: Case, images: int, repeats: int = 3, warmup_s: float = 1.0, min_duration_s: float = 5.0
+) -> float:
+    if case.kind == "loadgen":  # one short-mode LoadGen run (docs/loadgen.md)
         return warmup_s + min_duration_s + PERFORMANCE_START_S
     if case.kind != "accuracy":
         return repeats * (warmup_s + min_duration_s + PERFORMANCE_START_S)
@@ -355,5 +419,10 @@ def case_rules(case_model_spec: str, variant: str) -> dict:
     spec = load_model(case_model_spec)
     v = spec.variant(variant)
     m = matrix_section(spec, v)
-    return {"relative": m["relative"], "accuracy_noise": m["accuracy_noise"], "reference": dict(v.reference),
-            "reference_fraction": m["reference_fraction"], "evaluation_annotation": v.annotation}
+    return {
+        "relative": m["relative"],
+        "accuracy_noise": m["accuracy_noise"],
+        "reference": dict(v.reference),
+        "reference_fraction": m["reference_fraction"],
+        "evaluation_annotation": v.annotation,
+    }

@@ -7,6 +7,7 @@ evaluator's floor against a baseline: a real but negligible shift, as FP16 kerne
 interval that includes 0 passes: the run is consistent with the reference. Without both detections the caller
 keeps today's rule (common/ci/acc_tolerance.py) and says so.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,8 +28,9 @@ def _rows(path: Path) -> np.ndarray:
     try:
         raw = Path(path).read_bytes()
         dets = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-        return np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets],
-                        np.float64).reshape(-1, 7)
+        return np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets], np.float64).reshape(
+            -1, 7
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"unreadable detections file ({exc})", path) from None
 
@@ -38,11 +40,13 @@ def run_images(annotations: dict, num_images: int) -> list[int]:
     return sorted(int(im["id"]) for im in annotations["images"])[:num_images]
 
 
-def paired_from_files(candidate_dets, reference_dets, record: dict, resamples: int = 1000,
-                      metrics=("AP", "AP50")) -> dict:
+def paired_from_files(
+    candidate_dets, reference_dets, record: dict, resamples: int = 1000, metrics=("AP", "AP50")
+) -> dict:
     """The paired interval of candidate - reference (AP, AP50) from two detections files of runs on the images
     of `record` (its dataset's annotation, image count and categories)."""
     from common.evaluate.bootstrap import MatchTable, paired_interval
+
     ann_path = Path(record["dataset"]["annotation"])
     try:
         annotations = json.loads(ann_path.read_text())
@@ -55,7 +59,7 @@ def paired_from_files(candidate_dets, reference_dets, record: dict, resamples: i
     cand = MatchTable.from_rows(annotations, _rows(candidate_dets), ids, cats)
     ref = MatchTable.from_rows(annotations, _rows(reference_dets), ids, cats)
     out = paired_interval(cand, ref, resamples, metrics=tuple(metrics))
-    assert cand.point is not None and ref.point is not None   # from_rows scores the run itself
+    assert cand.point is not None and ref.point is not None  # from_rows scores the run itself
     out["point"] = {m: cand.point[m] - ref.point[m] for m in out["diff"]}
     return out
 
@@ -67,7 +71,9 @@ def judge_paired(metric: str, paired: dict, margin_points: float) -> tuple[bool,
     d = paired["point"][metric] * 100
     drop = hi < 0 and -d > margin_points + 1e-9
     rise = lo > 0 and d > margin_points + 1e-9
-    where = ("excludes 0" if hi < 0 or lo > 0 else "includes 0")
-    text = (f"{metric} {d:+.2f} points, 95 % paired interval [{lo:+.2f}, {hi:+.2f}] {where} "
-            f"({paired['resamples']} resamples of {paired['images']} images; margin {margin_points:g} points)")
+    where = "excludes 0" if hi < 0 or lo > 0 else "includes 0"
+    text = (
+        f"{metric} {d:+.2f} points, 95 % paired interval [{lo:+.2f}, {hi:+.2f}] {where} "
+        f"({paired['resamples']} resamples of {paired['images']} images; margin {margin_points:g} points)"
+    )
     return drop, rise, text

@@ -8,6 +8,7 @@ A run directory holds:
     verdicts.json, junit.xml, summary.md, plots/*.png   written by report()
 Shard run directories are merged by copying their cases/records/logs into one directory and reporting it.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,32 +50,35 @@ from common.runtime.backends import PATH_ENV
 # Exit codes of scripts/regress.py (docs/ci-regression.md). When several apply, the first in this order wins:
 # a regression is what CI exists to report, an infrastructure error hides results, a gap leaves them incomplete.
 EXIT_OK = 0
-EXIT_REGRESSION = 1      # a case failed: accuracy or FPS regression (confirmed), a failed target
-EXIT_CONFIG = 2          # bad flag, spec, manifest or baseline file: nothing judged
-EXIT_INFRA = 3           # a case crashed, timed out, wrote no record or an invalid measurement
-EXIT_INCOMPLETE = 4      # an incomplete merge (always); with --strict also a missing baseline / FP32 reference,
-                         # an unsupported cell
-EXIT_EMPTY = 5           # nothing was measured: no case, or every case an unsupported cell (an IGIE job on a node
-                         # without the SDK); a green job that ran nothing would hide it. --allow-empty accepts it
+EXIT_REGRESSION = 1  # a case failed: accuracy or FPS regression (confirmed), a failed target
+EXIT_CONFIG = 2  # bad flag, spec, manifest or baseline file: nothing judged
+EXIT_INFRA = 3  # a case crashed, timed out, wrote no record or an invalid measurement
+EXIT_INCOMPLETE = 4  # an incomplete merge (always); with --strict also a missing baseline / FP32 reference,
+# an unsupported cell
+EXIT_EMPTY = 5  # nothing was measured: no case, or every case an unsupported cell (an IGIE job on a node
+
+
+# without the SDK); a green job that ran nothing would hide it. --allow-empty accepts it
 # Environment variables the suite's CLI reads as defaults. A case gets everything it needs as flags, so none
 # of these may leak into it from the CI job's environment (an ONNX_MODEL there would replace every case's model).
 @dataclass
 class CaseOptions:
     """Flags passed through to every case's `python -m common.cli` process (paths already absolute)."""
+
     timeout_s: float = 1800.0
-    repeats: int = 3                      # performance measurements per case, each in a fresh process
+    repeats: int = 3  # performance measurements per case, each in a fresh process
     device: str | None = None
     dataset_dir: str | None = None
-    annotation: str | None = None         # overrides the matrix section's hint
-    max_images: int | None = None         # overrides the matrix section's cap
+    annotation: str | None = None  # overrides the matrix section's hint
+    max_images: int | None = None  # overrides the matrix section's cap
     cache_dir: str | None = None
     threads: int = 0
     workers: int = 1
     warmup_s: float | None = None
     min_duration_s: float | None = None
     min_iters: int | None = None
-    confirm: bool = True                  # re-measure a performance case whose FPS fell below its band
-    confirm_rounds: int = 5               # A/B rounds of that re-measurement: enough pairs to estimate its spread
+    confirm: bool = True  # re-measure a performance case whose FPS fell below its band
+    confirm_rounds: int = 5  # A/B rounds of that re-measurement: enough pairs to estimate its spread
 
 
 def _write_json(path: Path, data) -> None:
@@ -94,23 +98,39 @@ def absolute_path(value: str | None, cwd: Path | None = None, only_if_exists: bo
 
 def case_config(case: Case, opts: CaseOptions, results_dir: Path) -> RunConfig:
     """The options of one case's run, everything explicit: nothing in the runner's environment reaches it."""
-    kw: dict[str, Any] = {"device": opts.device, "onnx": case.onnx,
-                          "checkpoint": None if case.onnx else case.checkpoint,
-                          "config": None if case.onnx else case.config, "dataset_dir": opts.dataset_dir,
-                          "annotation": opts.annotation or case.annotation, "cache_dir": opts.cache_dir}
+    kw: dict[str, Any] = {
+        "device": opts.device,
+        "onnx": case.onnx,
+        "checkpoint": None if case.onnx else case.checkpoint,
+        "config": None if case.onnx else case.config,
+        "dataset_dir": opts.dataset_dir,
+        "annotation": opts.annotation or case.annotation,
+        "cache_dir": opts.cache_dir,
+    }
     if case.kind == "loadgen":
         kw.update(max_images=opts.max_images or case.max_images, workers=opts.workers, progress=False)
     elif case.kind == "accuracy":
         # the performance cases' timed outputs are checked against these detections (common/compare/timed_outputs.py);
         # an image shard's are written by the merge that joins its shards (merge_image_shards)
-        kw.update(max_images=opts.max_images or case.max_images, workers=opts.workers, progress=False,
-                  detections_out=None if case.image_shard else str((results_dir / DETECTIONS).resolve()),
-                  shard=case.image_shard)
+        kw.update(
+            max_images=opts.max_images or case.max_images,
+            workers=opts.workers,
+            progress=False,
+            detections_out=None if case.image_shard else str((results_dir / DETECTIONS).resolve()),
+            shard=case.image_shard,
+        )
     else:
         kw.update(warmup_s=opts.warmup_s, min_duration_s=opts.min_duration_s, min_iters=opts.min_iters)
-    return RunConfig(model=case.spec, variant=case.variant, precision=case.precision, batch_size=case.batch_size,
-                     backend=case.backend, results_dir=str(results_dir.resolve()), threads=opts.threads,
-                     **{k: v for k, v in kw.items() if v is not None})
+    return RunConfig(
+        model=case.spec,
+        variant=case.variant,
+        precision=case.precision,
+        batch_size=case.batch_size,
+        backend=case.backend,
+        results_dir=str(results_dir.resolve()),
+        threads=opts.threads,
+        **{k: v for k, v in kw.items() if v is not None},
+    )
 
 
 def case_cost(opts: CaseOptions):
@@ -118,6 +138,7 @@ def case_cost(opts: CaseOptions):
     case's images are its cap, else the images of its annotation file (5000 when it cannot be read here)."""
     from common.ci.matrix import expected_cost
     from common.data.coco import read_annotations, resolve_dataset
+
     counts: dict = {}
 
     def images(case: Case) -> int:
@@ -125,8 +146,11 @@ def case_cost(opts: CaseOptions):
         ann = opts.annotation or case.annotation
         if ann not in counts:
             try:
-                _, path = resolve_dataset(opts.dataset_dir, ann or load_model(case.spec).variant(case.variant)
-                                          .annotation, None if opts.dataset_dir else ".")
+                _, path = resolve_dataset(
+                    opts.dataset_dir,
+                    ann or load_model(case.spec).variant(case.variant).annotation,
+                    None if opts.dataset_dir else ".",
+                )
                 counts[ann] = len(read_annotations(path, polygons=False)["images"])
             except Exception:  # noqa: BLE001 -- only an estimate: the case reports its own dataset error
                 counts[ann] = 5000
@@ -136,18 +160,28 @@ def case_cost(opts: CaseOptions):
 
     def cost(case: Case) -> float:
         if case.id not in memo:
-            memo[case.id] = expected_cost(case, images(case) if case.kind == "accuracy" else 0, opts.repeats,
-                                          opts.warmup_s if opts.warmup_s is not None else 1.0,
-                                          opts.min_duration_s if opts.min_duration_s is not None else 5.0)
+            memo[case.id] = expected_cost(
+                case,
+                images(case) if case.kind == "accuracy" else 0,
+                opts.repeats,
+                opts.warmup_s if opts.warmup_s is not None else 1.0,
+                opts.min_duration_s if opts.min_duration_s is not None else 5.0,
+            )
         return memo[case.id]
+
     return cost
 
 
 def case_command(case: Case, opts: CaseOptions, results_dir: Path) -> list[str]:
     # a LoadGen case runs the short CI mode (its minimums from the spec's loadgen: section where it sets them)
     scenario = ["--scenario", case.scenario, "--short"] if case.kind == "loadgen" and case.scenario else []
-    return [sys.executable, str(BOOTSTRAP), case.kind, *scenario,
-            *to_flags(case_config(case, opts, results_dir), case.kind)]
+    return [
+        sys.executable,
+        str(BOOTSTRAP),
+        case.kind,
+        *scenario,
+        *to_flags(case_config(case, opts, results_dir), case.kind),
+    ]
 
 
 def case_env() -> dict:
@@ -156,8 +190,13 @@ def case_env() -> dict:
     flag) and any other SUITE_* setting, except the telemetry's choice of GPU, which changes what is sampled, not
     measured, and the folders of out-of-tree backends, which say which backends exist (the runner's own matrix
     was planned with them)."""
-    env = {k: v for k, v in os.environ.items() if k not in ENV and k not in SHARD_ENV
-           and not (k.startswith("SUITE_") and k not in ("SUITE_GPU_INDEX", PATH_ENV))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ENV
+        and k not in SHARD_ENV
+        and not (k.startswith("SUITE_") and k not in ("SUITE_GPU_INDEX", PATH_ENV))
+    }
     return env
 
 
@@ -165,6 +204,7 @@ def backend_unavailable(backend: str) -> str | None:
     """Why the case's backend cannot run on this host (None when it can, or when it is unknown: the case then
     reports the configuration error itself)."""
     from common.runtime.backends import BACKENDS, backend_class
+
     if backend not in BACKENDS:
         return None
     try:
@@ -178,6 +218,7 @@ def cell_unsupported(case: Case, device: str | None) -> str | None:
     """Why the backend cannot run this cell at all, from its capabilities (a precision or device it does not
     have): reported as an unsupported cell, not run into a crash."""
     from common.runtime.backends import BACKENDS, backend_class
+
     if case.backend not in BACKENDS:
         return None
     why = backend_class(case.backend).capabilities.supports(case.precision, device)
@@ -187,8 +228,15 @@ def cell_unsupported(case: Case, device: str | None) -> str | None:
 def _run_process(cmd: list[str], timeout_s: float, log) -> tuple[int | None, str]:
     """(exit code or None on timeout, combined output). The case runs in its own process group so a timeout
     also ends its decode workers."""
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=case_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=case_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=max(timeout_s, 1.0))
         code = proc.returncode
@@ -230,7 +278,7 @@ def run_case(case: Case, opts: CaseOptions, run_dir: Path, sub: str = "", unavai
     `sub`: a confirmation run of the case, kept next to (never instead of) its first records."""
     results_dir = run_dir / "records" / case.slug / sub if sub else run_dir / "records" / case.slug
     if results_dir.exists():
-        shutil.rmtree(results_dir)       # a rerun of a case replaces its records, never mixes with them
+        shutil.rmtree(results_dir)  # a rerun of a case replaces its records, never mixes with them
     results_dir.mkdir(parents=True)
     log_path = run_dir / "logs" / f"{case.slug}{'.' + sub if sub else ''}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,15 +302,23 @@ def run_case(case: Case, opts: CaseOptions, run_dir: Path, sub: str = "", unavai
         if error is None and not records:
             error = "the case wrote no record"
         status = "ok" if error is None else "error"
-    outcome = {"case": case.as_dict(), "status": status, "exit_codes": codes, "duration_s": time.monotonic() - start,
-               "records": records, "log": str(log_path.relative_to(run_dir)), "error": error, "command": command,
-               "threads": opts.threads}
+    outcome = {
+        "case": case.as_dict(),
+        "status": status,
+        "exit_codes": codes,
+        "duration_s": time.monotonic() - start,
+        "records": records,
+        "log": str(log_path.relative_to(run_dir)),
+        "error": error,
+        "command": command,
+        "threads": opts.threads,
+    }
     if not sub:
         _write_json(run_dir / "cases" / f"{case.slug}.json", outcome)
     return outcome
 
 
-DETECTIONS = "dets/detections.json"   # under records/<case>/: not a record (records are records/<case>/*.json)
+DETECTIONS = "dets/detections.json"  # under records/<case>/: not a record (records are records/<case>/*.json)
 RUN_OUTPUTS = ("cases", "records", "logs", "plots", "verdicts.json", "junit.xml", "summary.md", "run.json")
 
 
@@ -277,30 +333,40 @@ def _clear_run_dir(run_dir: Path) -> None:
             p.unlink()
 
 
-def run_matrix(cases: list[Case], opts: CaseOptions, run_dir: Path, run_id: str, shard: str | None = None,
-               echo=print) -> list[dict]:
+def run_matrix(
+    cases: list[Case], opts: CaseOptions, run_dir: Path, run_id: str, shard: str | None = None, echo=print
+) -> list[dict]:
     """Run every case into run_dir (emptied first, run.json written before the first case) and return the outcomes;
     a backend that cannot load here, or a cell the device does not support, makes its cases unsupported, not failed."""
     _clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "run.json", {"run_id": run_id, "shard": shard, "cases": [c.id for c in cases],
-                                       "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    _write_json(
+        run_dir / "run.json",
+        {
+            "run_id": run_id,
+            "shard": shard,
+            "cases": [c.id for c in cases],
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
     outcomes, availability = [], {}
     for i, case in enumerate(cases, 1):
         if case.backend not in availability:
             availability[case.backend] = backend_unavailable(case.backend)
         echo(f"[{i}/{len(cases)}] {case.id} ...", end="", flush=True)
-        o = run_case(case, opts, run_dir,
-                     unavailable=cell_unsupported(case, opts.device) or availability[case.backend])
+        o = run_case(case, opts, run_dir, unavailable=cell_unsupported(case, opts.device) or availability[case.backend])
         # "measured", not "ok": the verdict (baselines, references, targets) comes once every case has run
-        echo(f" {'measured' if o['status'] == 'ok' else o['status']} ({o['duration_s']:.1f} s)"
-             + (f": {o['error']}" if o["error"] else ""))
+        echo(
+            f" {'measured' if o['status'] == 'ok' else o['status']} ({o['duration_s']:.1f} s)"
+            + (f": {o['error']}" if o["error"] else "")
+        )
         outcomes.append(o)
     return outcomes
 
 
-def confirm_fps_failures(cases: list[Case], opts: CaseOptions, run_dir: Path, ropts: ReportOptions,
-                         echo=print) -> list[str]:
+def confirm_fps_failures(
+    cases: list[Case], opts: CaseOptions, run_dir: Path, ropts: ReportOptions, echo=print
+) -> list[str]:
     """Re-measure every performance case whose FPS fell below its band, once, after the whole matrix (so a
     burst of load on the node during the first measurement does not hit both). The verdict fails only when
     both measurements are below the band (verdicts.confirm_fps)."""
@@ -308,8 +374,14 @@ def confirm_fps_failures(cases: list[Case], opts: CaseOptions, run_dir: Path, ro
         return []
     _, verdicts = verdicts_of(run_dir, ropts)
     by_id = {c.id: c for c in cases}
-    redo = [v["id"] for v in verdicts if v["case"]["kind"] == "performance" and v["status"] == FAILED
-            and any(n.startswith("FPS regression") for n in v["notes"]) and v["id"] in by_id]
+    redo = [
+        v["id"]
+        for v in verdicts
+        if v["case"]["kind"] == "performance"
+        and v["status"] == FAILED
+        and any(n.startswith("FPS regression") for n in v["notes"])
+        and v["id"] in by_id
+    ]
     vby_id = {v["id"]: v for v in verdicts}
     for cid in redo:
         case = by_id[cid]
@@ -335,8 +407,10 @@ def _baseline_model(v: dict, ropts: ReportOptions) -> str | None:
     the file still there with the same content."""
     from common.ci.baselines import Baselines, baseline_key
     from common.engine_cache import file_sha256
-    base, _, note = Baselines(ropts.baselines_dir).lookup(ropts.device_name or v["device"], v["sdk"],
-                                                          baseline_key(v["case"]))
+
+    base, _, note = Baselines(ropts.baselines_dir).lookup(
+        ropts.device_name or v["device"], v["sdk"], baseline_key(v["case"])
+    )
     if note or base is None:
         return None
     onnx = base.get("onnx_path")
@@ -442,10 +516,19 @@ def merge_runs(shard_dirs: list[Path], out_dir: Path) -> str:
                 shutil.copytree(d / sub, out_dir / sub, dirs_exist_ok=True)
     run_id = run_ids[0] if len(set(run_ids)) == 1 else "+".join(sorted(set(run_ids)))
     missing_pieces = merge_image_shards(out_dir)
-    planned = [re.sub(r"/images-\d+-of-\d+$", "", cid) for cid in planned]   # an image shard plans its case
-    _write_json(out_dir / "run.json", {"run_id": run_id, "shard": None, "merged_from": [str(d) for d in shard_dirs],
-                                       "shards": sorted(shards), "missing_shards": missing_shards,
-                                       "missing_image_shards": missing_pieces, "cases": sorted(set(planned))})
+    planned = [re.sub(r"/images-\d+-of-\d+$", "", cid) for cid in planned]  # an image shard plans its case
+    _write_json(
+        out_dir / "run.json",
+        {
+            "run_id": run_id,
+            "shard": None,
+            "merged_from": [str(d) for d in shard_dirs],
+            "shards": sorted(shards),
+            "missing_shards": missing_shards,
+            "missing_image_shards": missing_pieces,
+            "cases": sorted(set(planned)),
+        },
+    )
     return run_id
 
 
@@ -455,6 +538,7 @@ def merge_image_shards(run_dir: Path) -> list[str]:
     in place of theirs. Returns the image shards that are missing (that case then has no outcome)."""
     from common.harness.merge import merge_shards
     from common.record.results import write_record
+
     groups: dict[str, list] = {}
     for path in sorted((run_dir / "cases").glob("*.json")):
         o = json.loads(path.read_text())
@@ -468,22 +552,32 @@ def merge_image_shards(run_dir: Path) -> list[str]:
         gone = [f"{base_id}: image shard {j}/{m} was not merged" for j in range(1, m + 1) if j not in have]
         if gone:
             missing += gone
-            for path, _ in pieces:   # the case stays without an outcome: completeness() names it
+            for path, _ in pieces:  # the case stays without an outcome: completeness() names it
                 path.unlink()
             continue
         case = Case(**{**{k: v for k, v in pieces[0][1]["case"].items() if k in fields}, "image_shard": None})
         errors = [f"image shard {o['case']['image_shard']}: {o['error']}" for _, o in pieces if o["status"] != "ok"]
-        outcome = {"case": case.as_dict(), "status": "ok" if not errors else "error",
-                   "exit_codes": [c for _, o in pieces for c in o["exit_codes"]],
-                   "duration_s": sum(o["duration_s"] for _, o in pieces), "records": [],
-                   "log": pieces[0][1]["log"], "error": "; ".join(errors) or None,
-                   "command": pieces[0][1]["command"], "threads": pieces[0][1].get("threads"),
-                   "image_shards": [o["case"]["id"] for _, o in pieces]}
+        outcome = {
+            "case": case.as_dict(),
+            "status": "ok" if not errors else "error",
+            "exit_codes": [c for _, o in pieces for c in o["exit_codes"]],
+            "duration_s": sum(o["duration_s"] for _, o in pieces),
+            "records": [],
+            "log": pieces[0][1]["log"],
+            "error": "; ".join(errors) or None,
+            "command": pieces[0][1]["command"],
+            "threads": pieces[0][1].get("threads"),
+            "image_shards": [o["case"]["id"] for _, o in pieces],
+        }
         if not errors:
             records_dir = run_dir / "records" / case.slug
-            record = merge_shards([run_dir / "records" / Case(**{**case.__dict__, "image_shard": o["case"]
-                                                                  ["image_shard"]}).slug for _, o in pieces],
-                                  detections_out=str(records_dir / DETECTIONS))
+            record = merge_shards(
+                [
+                    run_dir / "records" / Case(**{**case.__dict__, "image_shard": o["case"]["image_shard"]}).slug
+                    for _, o in pieces
+                ],
+                detections_out=str(records_dir / DETECTIONS),
+            )
             outcome["records"] = [str(write_record(records_dir, record).relative_to(run_dir))]
         _write_json(run_dir / "cases" / f"{case.slug}.json", outcome)
         for path, _ in pieces:
@@ -497,8 +591,9 @@ def unmerged_gaps(run_dir: Path) -> list[str]:
     if any((run_dir / "cases").glob("*.json")):
         return []
     meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    return ([f"shard {s} was not merged" for s in meta.get("missing_shards", [])]
-            + list(meta.get("missing_image_shards", [])))
+    return [f"shard {s} was not merged" for s in meta.get("missing_shards", [])] + list(
+        meta.get("missing_image_shards", [])
+    )
 
 
 def completeness(run_dir: Path, outcomes: list[dict]) -> list[str]:
@@ -518,20 +613,21 @@ class ReportOptions:
     device_name: str | None = None
     rule: FpsRule = field(default_factory=FpsRule)
     history: str | None = None
-    update_readmes: str | None = None     # DIR: DIR/<model>/README.md; "": <run dir>/readmes; None: none written
+    update_readmes: str | None = None  # DIR: DIR/<model>/README.md; "": <run dir>/readmes; None: none written
     plots: bool = True
-    step_summary: str | None = None       # e.g. $GITHUB_STEP_SUMMARY: the Markdown is appended there too
-    strict: bool = False                  # missing baselines / FP32 references and unsupported cells fail (exit 4)
-    html: str | None = None               # the HTML report (default with CI=true: <run dir>/report.html)
-    allow_empty: bool = False             # a run that measured nothing (every cell unsupported) exits 0, not 5
+    step_summary: str | None = None  # e.g. $GITHUB_STEP_SUMMARY: the Markdown is appended there too
+    strict: bool = False  # missing baselines / FP32 references and unsupported cells fail (exit 4)
+    html: str | None = None  # the HTML report (default with CI=true: <run dir>/report.html)
+    allow_empty: bool = False  # a run that measured nothing (every cell unsupported) exits 0, not 5
 
 
 def verdicts_of(run_dir: Path, ropts: ReportOptions) -> tuple[list[dict], list[dict]]:
     """(outcomes, verdicts). An image shard of an accuracy case (a node's part of it) is not judged: the case is,
     once `merge` has joined its shards."""
     outcomes = [o for o in load_outcomes(run_dir) if not o["case"].get("image_shard")]
-    rules = {(o["case"]["spec"], o["case"]["variant"]): case_rules(o["case"]["spec"], o["case"]["variant"])
-             for o in outcomes}
+    rules = {
+        (o["case"]["spec"], o["case"]["variant"]): case_rules(o["case"]["spec"], o["case"]["variant"]) for o in outcomes
+    }
     return outcomes, judge(outcomes, rules, ropts.baselines_dir, ropts.device_name, ropts.rule)
 
 
@@ -557,16 +653,30 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
     pieces = [o for o in load_outcomes(run_dir) if o["case"].get("image_shard")]
     incomplete = completeness(run_dir, outcomes + pieces)
     code = exit_code(verdicts, incomplete, ropts.strict, ropts.allow_empty)
-    for o in pieces:   # a node's image shards: measured here, judged after `merge`
-        echo(f"{o['case']['id']}: {'measured' if o['status'] == 'ok' else o['status'] + ': ' + str(o['error'])}; "
-             "its case is judged once `regress.py merge` joins every image shard")
+    for o in pieces:  # a node's image shards: measured here, judged after `merge`
+        echo(
+            f"{o['case']['id']}: {'measured' if o['status'] == 'ok' else o['status'] + ': ' + str(o['error'])}; "
+            "its case is judged once `regress.py merge` joins every image shard"
+        )
     if pieces and code in (EXIT_OK, EXIT_EMPTY):
         code = EXIT_INFRA if any(o["status"] != "ok" for o in pieces) else EXIT_OK
     environment = _run_environment(outcomes)
-    _write_json(run_dir / "verdicts.json", built(check_verdicts_file, {
-        "run_id": run_id, "verdicts": verdicts, "incomplete": incomplete, "strict": ropts.strict, "exit_code": code}))
-    atomic_write_bytes(run_dir / "junit.xml", junit_xml(verdicts, f"regress {run_id}", environment, incomplete,
-                                                        ropts.strict))
+    _write_json(
+        run_dir / "verdicts.json",
+        built(
+            check_verdicts_file,
+            {
+                "run_id": run_id,
+                "verdicts": verdicts,
+                "incomplete": incomplete,
+                "strict": ropts.strict,
+                "exit_code": code,
+            },
+        ),
+    )
+    atomic_write_bytes(
+        run_dir / "junit.xml", junit_xml(verdicts, f"regress {run_id}", environment, incomplete, ropts.strict)
+    )
     records_by_id = {o["case"]["id"]: o["records"] for o in outcomes}
     rows = []
     if ropts.history:
@@ -585,8 +695,9 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
                     plots.append(p)
     failing = [v["id"] for v in verdicts if v["status"] in FAILING]
     good = {cid: last_good(rows, cid, before_run=run_id) for cid in failing} if rows else None
-    md = markdown_summary(verdicts, run_id, [str(p.relative_to(run_dir)) for p in plots], good, incomplete,
-                          ropts.strict, code)
+    md = markdown_summary(
+        verdicts, run_id, [str(p.relative_to(run_dir)) for p in plots], good, incomplete, ropts.strict, code
+    )
     md += accuracy_markdown(verdicts)
     atomic_write_bytes(run_dir / "summary.md", md.encode())
     html_path = ropts.html or (run_dir / "report.html" if os.environ.get("CI") == "true" else None)
@@ -616,12 +727,14 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
     return code
 
 
-EXIT_MEANING = {EXIT_OK: "every case passed", EXIT_REGRESSION: "regression (a case failed)",
-                EXIT_INFRA: "infrastructure error (a case crashed, timed out or measured invalidly)",
-                EXIT_INCOMPLETE: "incomplete (missing shards / outcomes; strict: missing baseline or reference, "
-                                 "unsupported cell)",
-                EXIT_EMPTY: "nothing was measured: every case was unsupported here (the lines above say why); "
-                            "--allow-empty accepts such a run"}
+EXIT_MEANING = {
+    EXIT_OK: "every case passed",
+    EXIT_REGRESSION: "regression (a case failed)",
+    EXIT_INFRA: "infrastructure error (a case crashed, timed out or measured invalidly)",
+    EXIT_INCOMPLETE: "incomplete (missing shards / outcomes; strict: missing baseline or reference, unsupported cell)",
+    EXIT_EMPTY: "nothing was measured: every case was unsupported here (the lines above say why); "
+    "--allow-empty accepts such a run",
+}
 
 
 def _run_environment(outcomes: list[dict]) -> dict:
@@ -629,8 +742,11 @@ def _run_environment(outcomes: list[dict]) -> dict:
     out: dict = {}
     for o in outcomes:
         for r in o.get("records") or []:
-            for key, val in (("device", r.get("device")), ("runtime", (r.get("engine") or {}).get("runtime")),
-                             ("git_commit", (r.get("environment") or {}).get("git_commit"))):
+            for key, val in (
+                ("device", r.get("device")),
+                ("runtime", (r.get("engine") or {}).get("runtime")),
+                ("git_commit", (r.get("environment") or {}).get("git_commit")),
+            ):
                 if val:
                     out.setdefault(key, set()).add(str(val))
     return {k: ",".join(sorted(v)) for k, v in out.items()}

@@ -1,5 +1,6 @@
 """What a matrix run leaves for people and CI systems: JUnit XML, a Markdown summary, the results table in each
 model's README, and PNG plots (FPS vs batch size per precision; a metric's history across runs)."""
+
 from __future__ import annotations
 
 import re
@@ -13,12 +14,11 @@ from common.engine_cache import atomic_write_bytes
 from common.metric_table import BY_NAME, PRECISIONS, metric, verdict_properties
 from common.record.history import metric_series
 
-README_METRICS = ("fps", "AP50", "AP")   # the README results table's columns, in this order
+README_METRICS = ("fps", "AP50", "AP")  # the README results table's columns, in this order
 
 README_START = "<!-- regress:results:start -->"
 README_END = "<!-- regress:results:end -->"
-ICON = {PASS: "✅ pass", WARN: "⚠️ warn", FAILED: "❌ fail", ERROR: "💥 error",
-        UNSUPPORTED: "⏭️ unsupported"}
+ICON = {PASS: "✅ pass", WARN: "⚠️ warn", FAILED: "❌ fail", ERROR: "💥 error", UNSUPPORTED: "⏭️ unsupported"}
 
 
 def counts(verdicts: list[dict]) -> Counter:
@@ -29,15 +29,16 @@ def counts(verdicts: list[dict]) -> Counter:
 def _value_text(v: dict) -> str:
     vals = v["values"]
     if v["case"]["kind"] == "accuracy" and "AP" in vals:
-        return (f"AP {metric('AP').text(vals['AP'])}, AP50 {metric('AP50').text(vals['AP50'])} "
-                f"({vals['images']} img)")
+        return f"AP {metric('AP').text(vals['AP'])}, AP50 {metric('AP50').text(vals['AP50'])} ({vals['images']} img)"
     if v["case"]["kind"] == "loadgen" and vals.get("value") is not None:
-        return (f"LoadGen {vals['scenario']} {vals['metric']} {vals['value']:.3f}"
-                + ("" if vals["valid"] else " INVALID"))
+        return f"LoadGen {vals['scenario']} {vals['metric']} {vals['value']:.3f}" + (
+            "" if vals["valid"] else " INVALID"
+        )
     if "fps" in vals:
         # `fps`: the harness figure (batch / mean runner.infer time), the one baselines judge (not fps_compute)
-        return (f"{metric('fps').text(vals['fps'])} FPS harness `fps` (n={vals['repeats']}, "
-                f"CoV {vals['cov'] * 100:.1f}%)")
+        return (
+            f"{metric('fps').text(vals['fps'])} FPS harness `fps` (n={vals['repeats']}, CoV {vals['cov'] * 100:.1f}%)"
+        )
     return ""
 
 
@@ -52,9 +53,12 @@ def xml_text(text) -> str:
 
 def _properties(v: dict, environment: dict) -> list[tuple[str, str]]:
     vals = v.get("values") or {}
-    props = [("status", v["status"]), ("device", v.get("device") or environment.get("device")),
-             ("runtime", v.get("sdk") or environment.get("runtime")),
-             ("git_commit", v.get("git_commit") or environment.get("git_commit"))]
+    props = [
+        ("status", v["status"]),
+        ("device", v.get("device") or environment.get("device")),
+        ("runtime", v.get("sdk") or environment.get("runtime")),
+        ("git_commit", v.get("git_commit") or environment.get("git_commit")),
+    ]
     for key in verdict_properties():
         if isinstance(vals.get(key), (int, float)):
             props.append((key, f"{vals[key]:.6g}"))
@@ -65,8 +69,13 @@ def _properties(v: dict, environment: dict) -> list[tuple[str, str]]:
     return [(k, val) for k, val in props if val is not None]
 
 
-def junit_xml(verdicts: list[dict], name: str = "regress", environment: dict | None = None,
-              incomplete: Sequence[str] = (), strict: bool = False) -> bytes:
+def junit_xml(
+    verdicts: list[dict],
+    name: str = "regress",
+    environment: dict | None = None,
+    incomplete: Sequence[str] = (),
+    strict: bool = False,
+) -> bytes:
     """One <testsuite> per model/variant, one <testcase> per case; regressions are <failure>, crashes <error>,
     warnings and unsupported cells <skipped> with their message; each case carries FPS / AP / device / runtime /
     commit as <properties>. Missing outcomes of an incomplete run are <error> cases of their own suite."""
@@ -81,19 +90,28 @@ def junit_xml(verdicts: list[dict], name: str = "regress", environment: dict | N
         key = xml_text(f"{c['model']}.{c['variant']}")
         if key not in suites:
             suites[key] = ET.SubElement(root, "testsuite", name=key)
-        tc = ET.SubElement(suites[key], "testcase", classname=key,
-                           name=xml_text(f"{c['backend']}.{c['precision']}.bs{c['batch_size']}.{c['kind']}"),
-                           time=f"{v.get('duration_s', 0.0):.3f}")
+        tc = ET.SubElement(
+            suites[key],
+            "testcase",
+            classname=key,
+            name=xml_text(f"{c['backend']}.{c['precision']}.bs{c['batch_size']}.{c['kind']}"),
+            time=f"{v.get('duration_s', 0.0):.3f}",
+        )
         tprops = ET.SubElement(tc, "properties")
         for k, val in _properties(v, environment):
             ET.SubElement(tprops, "property", name=k, value=xml_text(val))
         notes = [xml_text(n) for n in v["notes"]]
         text = "\n".join(notes)
         if v["status"] == FAILED:
-            ET.SubElement(tc, "failure", message=next((n for n in notes if "regression" in n or "target:" in n
-                                                       or "jump" in n or "noisy" in n),
-                                                      notes[0] if notes else "failed")[:500],
-                          type="regression").text = text
+            ET.SubElement(
+                tc,
+                "failure",
+                message=next(
+                    (n for n in notes if "regression" in n or "target:" in n or "jump" in n or "noisy" in n),
+                    notes[0] if notes else "failed",
+                )[:500],
+                type="regression",
+            ).text = text
         elif v["status"] == ERROR:
             ET.SubElement(tc, "error", message=(notes or ["error"])[0][:500], type="case-error").text = text
         elif v["status"] in (WARN, UNSUPPORTED):
@@ -130,23 +148,40 @@ def summary_table(verdicts: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_summary(verdicts: list[dict], run_id: str, plots: Sequence[str] = (), last_good: dict | None = None,
-                     incomplete: Sequence[str] = (), strict: bool = False, code: int | None = None) -> str:
+def markdown_summary(
+    verdicts: list[dict],
+    run_id: str,
+    plots: Sequence[str] = (),
+    last_good: dict | None = None,
+    incomplete: Sequence[str] = (),
+    strict: bool = False,
+    code: int | None = None,
+) -> str:
     n = counts(verdicts)
     gaps = strict and any(v.get("gaps") for v in verdicts)
-    verdict = ("FAILED" if n[FAILED] or n[ERROR] else "INCOMPLETE" if incomplete or gaps else "PASSED")
-    out = [f"## Regression run `{run_id}`: {verdict}" + (f" (exit {code})" if code is not None else ""), "",
-           f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error, "
-           f"{n[UNSUPPORTED]} unsupported" + (" (strict)" if strict else ""), ""]
+    verdict = "FAILED" if n[FAILED] or n[ERROR] else "INCOMPLETE" if incomplete or gaps else "PASSED"
+    out = [
+        f"## Regression run `{run_id}`: {verdict}" + (f" (exit {code})" if code is not None else ""),
+        "",
+        f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error, "
+        f"{n[UNSUPPORTED]} unsupported" + (" (strict)" if strict else ""),
+        "",
+    ]
     if incomplete:
         out += ["**Incomplete run:**", ""] + [f"- {_md_escape(g)}" for g in incomplete] + [""]
     out.append(summary_table(verdicts))
     if last_good:
         out += ["", "### Last good run of the failing cases", ""]
         for case_id, row in last_good.items():
-            out.append(f"- `{case_id}`: " + (f"run `{row['run_id']}` at {row['time']} ({row.get('status')}), "
-                                             f"commit `{(row.get('environment') or {}).get('git_commit')}`" if row
-                                             else "none in the history"))
+            out.append(
+                f"- `{case_id}`: "
+                + (
+                    f"run `{row['run_id']}` at {row['time']} ({row.get('status')}), "
+                    f"commit `{(row.get('environment') or {}).get('git_commit')}`"
+                    if row
+                    else "none in the history"
+                )
+            )
     if plots:
         out += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
     return "\n".join(out) + "\n"
@@ -157,12 +192,15 @@ def text_table(verdicts: list[dict]) -> str:
     width = max((len(v["id"]) for v in verdicts), default=4)
     lines = [f"{'case':<{width}}  {'status':<6}  value / detail"]
     for v in verdicts:
-        detail = "; ".join(n for n in v["notes"]
-                           if not n.startswith("targets held") and n != "no absolute target applies")
+        detail = "; ".join(
+            n for n in v["notes"] if not n.startswith("targets held") and n != "no absolute target applies"
+        )
         lines.append(f"{v['id']:<{width}}  {v['status']:<6}  {_value_text(v)}  {detail}")
     n = counts(verdicts)
-    lines.append(f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error, "
-                 f"{n[UNSUPPORTED]} unsupported")
+    lines.append(
+        f"{len(verdicts)} cases: {n[PASS]} pass, {n[WARN]} warn, {n[FAILED]} fail, {n[ERROR]} error, "
+        f"{n[UNSUPPORTED]} unsupported"
+    )
     return "\n".join(lines)
 
 
@@ -171,10 +209,11 @@ def results_rows(verdicts: list[dict]) -> dict:
     table: dict = {}
     for v in verdicts:
         if v["status"] in (ERROR, UNSUPPORTED) or not v.get("values") or v["case"]["kind"] == "loadgen":
-            continue   # LoadGen figures are in the summary and the verdicts, not the FPS / AP table
+            continue  # LoadGen figures are in the summary and the verdicts, not the FPS / AP table
         c = v["case"]
-        row = table.setdefault((c["model"], c["variant"], c["backend"], v.get("device", "?")), {}) \
-                   .setdefault((c["precision"], c["batch_size"]), {})
+        row = table.setdefault((c["model"], c["variant"], c["backend"], v.get("device", "?")), {}).setdefault(
+            (c["precision"], c["batch_size"]), {}
+        )
         if c["kind"] == "performance":
             row["fps"] = v["values"]["fps"]
         else:
@@ -188,12 +227,15 @@ def readme_table(model: str, groups: dict, run_id: str) -> str:
     for (m, variant, backend, device), rows in sorted(groups.items()):
         if m != model:
             continue
-        out += ["", f"**{variant}** on {backend} / {device}; FPS is `fps`, the harness figure (batch / mean time of "
-                "one inference call with its copies), not the compute-only `fps_compute`; AP over the images "
-                "named", "",
-                "| Model | Batch Size | Precision | " + " | ".join(metric(m).label for m in README_METRICS)
-                + " | images |",
-                "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += [
+            "",
+            f"**{variant}** on {backend} / {device}; FPS is `fps`, the harness figure (batch / mean time of "
+            "one inference call with its copies), not the compute-only `fps_compute`; AP over the images "
+            "named",
+            "",
+            "| Model | Batch Size | Precision | " + " | ".join(metric(m).label for m in README_METRICS) + " | images |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for (precision, bs), r in sorted(rows.items(), key=lambda kv: (PRECISIONS.index(kv[0][0]), kv[0][1])):
             cells = [_readme_cell(m, r) for m in README_METRICS] + [str(r["images"]) if r.get("images") else "-"]
             out.append(f"| {model}-{variant} | {bs} | {precision.upper()} | {' | '.join(cells)} |")
@@ -225,8 +267,10 @@ def update_readme(readme: Path, block: str, title: str, seed: Path | None = None
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")  # CI nodes have no display
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -277,6 +321,7 @@ def plot_history(rows: list[dict], case_ids: list[str], metric: str, out_path: P
         plt.close(fig)
         return None
     from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("run (history order)")
     m = BY_NAME.get(metric)

@@ -10,6 +10,7 @@ Read with no LoadGen installed (a spec is checked on every run): the settings ar
 LoadGen's TestSettings only in common/loadgen/settings.py. Any unknown key or bad value is a ConfigError naming
 the file and the field.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -21,21 +22,21 @@ from typing import NoReturn
 from common.errors import ConfigError
 from common.metric_table import PRECISIONS
 
-Fail = Callable[[str, str], NoReturn]     # (field, message) -> raises the ConfigError naming the file
+Fail = Callable[[str, str], NoReturn]  # (field, message) -> raises the ConfigError naming the file
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 # setting -> (kind, lower bound, whether the bound itself is allowed)
 SETTINGS = {
-    "target_qps": (float, 0.0, False),           # Server: Poisson arrival rate; Offline: expected samples/s
-    "target_latency_ms": (float, 0.0, False),    # Server: the latency bound at its percentile
+    "target_qps": (float, 0.0, False),  # Server: Poisson arrival rate; Offline: expected samples/s
+    "target_latency_ms": (float, 0.0, False),  # Server: the latency bound at its percentile
     "expected_latency_ms": (float, 0.0, False),  # SingleStream / MultiStream: LoadGen's expected latency
-    "samples_per_query": (int, 1, True),         # MultiStream: samples per query (MLPerf: 8)
+    "samples_per_query": (int, 1, True),  # MultiStream: samples per query (MLPerf: 8)
     "min_duration_s": (float, 0.0, True),
-    "max_duration_s": (float, 0.0, True),        # 0 = none
+    "max_duration_s": (float, 0.0, True),  # 0 = none
     "min_query_count": (int, 1, True),
-    "max_query_count": (int, 0, True),           # 0 = none
+    "max_query_count": (int, 0, True),  # 0 = none
     "performance_sample_count": (int, 0, True),  # 0 = every image of the run
-    "max_wait_ms": (float, 0.0, True),           # Server: how long a batch waits for more queries
+    "max_wait_ms": (float, 0.0, True),  # Server: how long a batch waits for more queries
     "qsl_rng_seed": (int, 0, True),
     "sample_index_rng_seed": (int, 0, True),
     "schedule_rng_seed": (int, 0, True),
@@ -55,22 +56,31 @@ class LoadgenTarget:
     maximum: dict
 
     def applies(self, scenario: str, backend: str, device: str, precision: str, batch_size: int) -> bool:
-        return (fnmatch.fnmatch(scenario, self.scenario) and fnmatch.fnmatch(backend, self.backend)
-                and fnmatch.fnmatch(device, self.device) and precision in self.precisions
-                and (self.batch_sizes is None or batch_size in self.batch_sizes))
+        return (
+            fnmatch.fnmatch(scenario, self.scenario)
+            and fnmatch.fnmatch(backend, self.backend)
+            and fnmatch.fnmatch(device, self.device)
+            and precision in self.precisions
+            and (self.batch_sizes is None or batch_size in self.batch_sizes)
+        )
 
     def as_dict(self) -> dict:
         """The target as the record stores it (precision and batch_size as lists, None = any batch size)."""
-        return {"scenario": self.scenario, "backend": self.backend, "device": self.device,
-                "precision": list(self.precisions),
-                "batch_size": None if self.batch_sizes is None else list(self.batch_sizes),
-                "min": self.minimum, "max": self.maximum}
+        return {
+            "scenario": self.scenario,
+            "backend": self.backend,
+            "device": self.device,
+            "precision": list(self.precisions),
+            "batch_size": None if self.batch_sizes is None else list(self.batch_sizes),
+            "min": self.minimum,
+            "max": self.maximum,
+        }
 
 
 @dataclass(frozen=True)
 class LoadgenSection:
-    common: dict          # settings for every scenario
-    scenarios: dict       # scenario -> its own settings
+    common: dict  # settings for every scenario
+    scenarios: dict  # scenario -> its own settings
     targets: tuple
 
     def settings_for(self, scenario: str) -> dict:
@@ -90,8 +100,11 @@ def _settings(raw: dict, fail: Fail, where: str) -> dict:
         if ok and kind is int:
             ok = isinstance(value, int)
         if not ok or value < low or (value == low and not inclusive):
-            fail(f"{where}.{key}", f"expected {'an integer' if kind is int else 'a number'} "
-                                   f"{'>=' if inclusive else '>'} {low:g}, got {value!r}")
+            fail(
+                f"{where}.{key}",
+                f"expected {'an integer' if kind is int else 'a number'} "
+                f"{'>=' if inclusive else '>'} {low:g}, got {value!r}",
+            )
         out[key] = kind(value)
     return out
 
@@ -99,11 +112,14 @@ def _settings(raw: dict, fail: Fail, where: str) -> dict:
 def _target(raw, fail: Fail, where: str) -> LoadgenTarget:
     if not isinstance(raw, dict):
         fail(where, f"expected a mapping, got {raw!r}")
-    unknown = sorted(set(map(str, raw)) - {"scenario", "backend", "device", "precision", "batch_size", "min",
-                                            "max", "note"})
+    unknown = sorted(
+        set(map(str, raw)) - {"scenario", "backend", "device", "precision", "batch_size", "min", "max", "note"}
+    )
     if unknown:
-        fail(f"{where}.{unknown[0]}", "unknown key; known: scenario, backend, device, precision, batch_size, min, "
-                                      "max, note")
+        fail(
+            f"{where}.{unknown[0]}",
+            "unknown key; known: scenario, backend, device, precision, batch_size, min, max, note",
+        )
     scenario = raw.get("scenario", "*")
     if not isinstance(scenario, str) or not any(fnmatch.fnmatch(s, scenario) for s in SCENARIOS):
         fail(f"{where}.scenario", f"{scenario!r} matches no scenario ({', '.join(SCENARIOS)})")
@@ -111,15 +127,24 @@ def _target(raw, fail: Fail, where: str) -> LoadgenTarget:
         if not isinstance(raw.get(key, "*"), str):
             fail(f"{where}.{key}", f"expected a string, got {raw[key]!r}")
     precision = raw.get("precision")
-    precisions = (precision,) if isinstance(precision, str) else tuple(precision) if isinstance(precision, list) \
-        else None
+    precisions = (
+        (precision,) if isinstance(precision, str) else tuple(precision) if isinstance(precision, list) else None
+    )
     if not precisions or not all(p in PRECISIONS for p in precisions):
         fail(f"{where}.precision", f"expected {', '.join(PRECISIONS)} or a list of them, got {precision!r}")
     batch = raw.get("batch_size")
-    batches = None if batch is None else (batch,) if isinstance(batch, int) else tuple(batch) \
-        if isinstance(batch, list) else ()
-    if batches is not None and (not batches or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
-                                                       for b in batches)):
+    batches = (
+        None
+        if batch is None
+        else (batch,)
+        if isinstance(batch, int)
+        else tuple(batch)
+        if isinstance(batch, list)
+        else ()
+    )
+    if batches is not None and (
+        not batches or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in batches)
+    ):
         fail(f"{where}.batch_size", f"expected a positive integer or a list of them, got {batch!r}")
     bounds = {}
     for bound in ("min", "max"):
@@ -134,12 +159,20 @@ def _target(raw, fail: Fail, where: str) -> LoadgenTarget:
         bounds[bound] = {str(k): float(v) for k, v in thresholds.items()}
     if not bounds["min"] and not bounds["max"]:
         fail(where, "a target needs 'min' or 'max' thresholds")
-    return LoadgenTarget(scenario=scenario, backend=raw.get("backend", "*"), device=raw.get("device", "*"),
-                         precisions=precisions, batch_sizes=batches, minimum=bounds["min"], maximum=bounds["max"])
+    return LoadgenTarget(
+        scenario=scenario,
+        backend=raw.get("backend", "*"),
+        device=raw.get("device", "*"),
+        precisions=precisions,
+        batch_sizes=batches,
+        minimum=bounds["min"],
+        maximum=bounds["max"],
+    )
 
 
 def read_loadgen_section(raw, path=None, where: str = "loadgen") -> LoadgenSection:
     """The typed `loadgen:` section (None = no settings, no targets); a ConfigError naming the file and field."""
+
     def fail(field: str, message: str) -> NoReturn:
         raise ConfigError(f"{field}: {message}", path)
 
@@ -165,5 +198,6 @@ def read_loadgen_section(raw, path=None, where: str = "loadgen") -> LoadgenSecti
     targets = raw.get("targets") or []
     if not isinstance(targets, list):
         fail(f"{where}.targets", f"expected a list, got {targets!r}")
-    return LoadgenSection(common, scenarios, tuple(_target(t, fail, f"{where}.targets[{i}]")
-                                                   for i, t in enumerate(targets)))
+    return LoadgenSection(
+        common, scenarios, tuple(_target(t, fail, f"{where}.targets[{i}]") for i, t in enumerate(targets))
+    )

@@ -3,6 +3,7 @@
 Every mistake in a spec file is reported as a ConfigError naming the file and the field, so a typo in a
 target never turns into a target that is silently skipped.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -29,7 +30,11 @@ MODELS_DIR = REPO_ROOT / "models"
 # with the file and the field at load (a silently ignored section would drop out of the CI matrix or fall back
 # to default tolerances). The output section's keys depend on its convention (common/decode/registry.py).
 VARIANT_SECTIONS: dict[str, set[str] | frozenset[str] | None] = {
-    "description": None, "onnx": None, "labels": None, "targets": None, "reference": None,
+    "description": None,
+    "onnx": None,
+    "labels": None,
+    "targets": None,
+    "reference": None,
     "input": {"name", "height", "width", "extra"},
     "preprocess": {"resize", "pad", "pad_value", "color", "mean", "std", "interpolation"},
     "output": None,
@@ -37,11 +42,23 @@ VARIANT_SECTIONS: dict[str, set[str] | frozenset[str] | None] = {
     "build": {"fp16_block_ops", "fp16_block_nodes"},
     "export": {"opset", "config_overrides"},
     "checkpoint": {"url", "sha256", "sha256_prefix", "config", "upstream_config"},
-    "matrix": {"backends", "precisions", "batch_sizes", "accuracy_batch_sizes", "annotation", "max_images", "onnx",
-               "relative", "accuracy_noise", "reference_fraction", "loadgen_scenarios", "loadgen_batch_sizes"},
-    "fidelity": None,   # typed by common/tolerances.py
-    "int8": None,       # typed by common/runtime/quantize.py
-    "loadgen": None,    # typed by common/config/loadgen_spec.py
+    "matrix": {
+        "backends",
+        "precisions",
+        "batch_sizes",
+        "accuracy_batch_sizes",
+        "annotation",
+        "max_images",
+        "onnx",
+        "relative",
+        "accuracy_noise",
+        "reference_fraction",
+        "loadgen_scenarios",
+        "loadgen_batch_sizes",
+    },
+    "fidelity": None,  # typed by common/tolerances.py
+    "int8": None,  # typed by common/runtime/quantize.py
+    "loadgen": None,  # typed by common/config/loadgen_spec.py
 }
 # Every name a target may put a threshold on: the 12 COCO stats and the performance figures (common/metric_table.py;
 # fps: the harness timing; fps_compute: the engine alone (what published figures are); fps_e2e: end to end)
@@ -56,12 +73,15 @@ class Target:
     batch_sizes: tuple | None
     minimum: dict
     maximum: dict
-    min_images: int | None = None   # fewer evaluated images: the target is reported "not judged" (full val2017)
+    min_images: int | None = None  # fewer evaluated images: the target is reported "not judged" (full val2017)
 
     def applies(self, backend: str, device: str, precision: str, batch_size: int) -> bool:
-        return (fnmatch.fnmatch(backend, self.backend) and fnmatch.fnmatch(device, self.device)
-                and precision in self.precisions
-                and (self.batch_sizes is None or batch_size in self.batch_sizes))
+        return (
+            fnmatch.fnmatch(backend, self.backend)
+            and fnmatch.fnmatch(device, self.device)
+            and precision in self.precisions
+            and (self.batch_sizes is None or batch_size in self.batch_sizes)
+        )
 
 
 @dataclass(frozen=True)
@@ -75,22 +95,22 @@ class Variant:
     width: int
     preprocess: Preprocess
     output: dict
-    label_map: tuple                   # model label index -> COCO category id
-    annotation: str                    # default annotation file name inside <dataset>/annotations
-    categories: tuple | None           # COCO category ids evaluated; None = all in the annotation file
+    label_map: tuple  # model label index -> COCO category id
+    annotation: str  # default annotation file name inside <dataset>/annotations
+    categories: tuple | None  # COCO category ids evaluated; None = all in the annotation file
     targets: tuple
     reference: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     # further graph inputs fed with the same values for every image, {name: (v, ...)} -> [N, len] float32
     # (e.g. PaddleDetection's im_shape / scale_factor)
     extra_inputs: dict = field(default_factory=dict)
-    source: str = field(default="", compare=False, repr=False)   # the spec file, for messages about its fields
+    source: str = field(default="", compare=False, repr=False)  # the spec file, for messages about its fields
     source_sha256: str = field(default="", compare=False, repr=False)  # of the bytes parsed, for the record
-    fidelity: Tolerance = field(default_factory=Tolerance)        # the `fidelity:` section
+    fidelity: Tolerance = field(default_factory=Tolerance)  # the `fidelity:` section
 
     @property
     def id(self) -> str:
-        """"model/variant": how records, cases and messages name it."""
+        """ "model/variant": how records, cases and messages name it."""
         return f"{self.model}/{self.name}"
 
     @property
@@ -117,16 +137,98 @@ class ModelSpec:
         name = name or self.default_variant
         if name not in self.variants:
             from common.errors import did_you_mean
-            raise ConfigError(f"unknown variant '{name}'{did_you_mean(name, self.variants)}; known: "
-                              f"{', '.join(sorted(self.variants))}", self.path)
+
+            raise ConfigError(
+                f"unknown variant '{name}'{did_you_mean(name, self.variants)}; known: "
+                f"{', '.join(sorted(self.variants))}",
+                self.path,
+            )
         return self.variants[name]
 
 
 # COCO's 80 contiguous training labels -> the 91-id category ids of the annotation files.
-COCO80_TO_91 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
-                31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
-                56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
-                85, 86, 87, 88, 89, 90)
+COCO80_TO_91 = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    27,
+    28,
+    31,
+    32,
+    33,
+    34,
+    35,
+    36,
+    37,
+    38,
+    39,
+    40,
+    41,
+    42,
+    43,
+    44,
+    46,
+    47,
+    48,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    58,
+    59,
+    60,
+    61,
+    62,
+    63,
+    64,
+    65,
+    67,
+    70,
+    72,
+    73,
+    74,
+    75,
+    76,
+    77,
+    78,
+    79,
+    80,
+    81,
+    82,
+    84,
+    85,
+    86,
+    87,
+    88,
+    89,
+    90,
+)
 NAMED_LABEL_MAPS = {"coco80": COCO80_TO_91, "coco91": tuple(range(91)), "person": (1,)}
 
 
@@ -152,7 +254,7 @@ class _Reader:
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
             self.fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {quote(value)}")
         if isinstance(value, float) and not math.isfinite(value):
-            self.fail(f"{where}.{key}", f"expected a finite number, got {quote(value)}")   # YAML's .nan / .inf
+            self.fail(f"{where}.{key}", f"expected a finite number, got {quote(value)}")  # YAML's .nan / .inf
         if choices is not None and value not in choices:
             self.fail(f"{where}.{key}", f"{quote(value)} is not one of {', '.join(map(str, choices))}")
         return value
@@ -161,8 +263,9 @@ class _Reader:
         value = self.get(obj, key, where, list, default)
         if value is default and not isinstance(value, list):
             return value
-        if len(value) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                           and math.isfinite(v) for v in value):
+        if len(value) != length or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ):
             self.fail(f"{where}.{key}", f"expected {length} finite numbers, got {quote(value)}")
         return tuple(float(v) for v in value)
 
@@ -189,10 +292,15 @@ def _read_target(r: _Reader, raw: dict, where: str) -> Target:
     unknown = set(raw) - {"backend", "device", "precision", "batch_size", "min", "max", "note", "min_images"}
     if unknown:
         r.fail(where, f"unknown keys {sorted(unknown)}")
-    return Target(backend=r.get(raw, "backend", where, str), device=r.get(raw, "device", where, str, "*"),
-                  precisions=precisions,
-                  batch_sizes=None if batch is None else tuple([batch] if isinstance(batch, int) else batch),
-                  minimum=minimum, maximum=maximum, min_images=_min_images(r, raw, where))
+    return Target(
+        backend=r.get(raw, "backend", where, str),
+        device=r.get(raw, "device", where, str, "*"),
+        precisions=precisions,
+        batch_sizes=None if batch is None else tuple([batch] if isinstance(batch, int) else batch),
+        minimum=minimum,
+        maximum=maximum,
+        min_images=_min_images(r, raw, where),
+    )
 
 
 def _min_images(r: _Reader, raw: dict, where: str) -> int | None:
@@ -207,8 +315,9 @@ def _read_reference(r: _Reader, raw: dict, where: str) -> dict:
     be skipped or compare false by the published-reference rule); other keys (`source`, notes) are free text."""
     ref = r.get(raw, "reference", where, dict, {})
     for k, v in ref.items():
-        if k in STAT_NAMES and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-                                or not 0 <= v <= 1):
+        if k in STAT_NAMES and (
+            not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v <= 1
+        ):
             r.fail(f"{where}.reference.{k}", f"expected a number in [0, 1], got {v!r}")
     return ref
 
@@ -218,7 +327,8 @@ def _check_keys(r: _Reader, raw: dict, where: str):
     if not isinstance(raw, dict):
         r.fail(where, f"expected a mapping, got {type(raw).__name__}")
     from common.runtime.backends import spec_sections
-    sections = {**VARIANT_SECTIONS, **spec_sections()}   # a backend's own section, named after it
+
+    sections = {**VARIANT_SECTIONS, **spec_sections()}  # a backend's own section, named after it
     for key, value in raw.items():
         if key not in sections:
             r.fail(f"{where}.{key}", f"unknown key; known: {', '.join(sorted(sections))}")
@@ -226,8 +336,11 @@ def _check_keys(r: _Reader, raw: dict, where: str):
         if key == "output" and isinstance(value, dict):
             known = OUTPUT_KEYS.get(str(value.get("convention")))
             if known is None:
-                r.fail(f"{where}.output.convention", f"unknown output convention {quote(value.get('convention'))}; "
-                       f"known: {', '.join(sorted(OUTPUT_KEYS))}")
+                r.fail(
+                    f"{where}.output.convention",
+                    f"unknown output convention {quote(value.get('convention'))}; "
+                    f"known: {', '.join(sorted(OUTPUT_KEYS))}",
+                )
         if known is None or value is None:
             continue
         if not isinstance(value, dict):
@@ -267,15 +380,19 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
         label_map = tuple(labels)
     ev = r.get(raw, "evaluation", where, dict)
     cats = r.get(ev, "categories", f"{where}.evaluation", list, None)
-    targets = tuple(_read_target(r, t, f"{where}.targets[{i}]")
-                    for i, t in enumerate(r.get(raw, "targets", where, list, [])))
+    targets = tuple(
+        _read_target(r, t, f"{where}.targets[{i}]") for i, t in enumerate(r.get(raw, "targets", where, list, []))
+    )
     height, width = r.get(inp, "height", f"{where}.input", int), r.get(inp, "width", f"{where}.input", int)
     if height <= 0 or width <= 0:
         r.fail(f"{where}.input", "height and width must be positive")
     extra_inputs = {}
     for k, v in r.get(inp, "extra", f"{where}.input", dict, {}).items():
-        if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                       and math.isfinite(x) for x in v):
+        if (
+            not isinstance(v, list)
+            or not v
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+        ):
             r.fail(f"{where}.input.extra.{k}", f"expected a non-empty list of numbers, got {quote(v)}")
         extra_inputs[str(k)] = tuple(float(x) for x in v)
     if raw.get("int8") is not None:  # typed and checked by its own reader (common/runtime/quantize.py)
@@ -284,14 +401,23 @@ def _read_variant(r: _Reader, model: str, name: str, raw: dict) -> Variant:
         read_loadgen_section(raw["loadgen"], r.path, f"{where}.loadgen")
     known = {"description", "onnx", "input", "preprocess", "output", "labels", "evaluation", "targets", "reference"}
     return Variant(
-        model=model, name=name, description=r.get(raw, "description", where, str, ""),
+        model=model,
+        name=name,
+        description=r.get(raw, "description", where, str, ""),
         onnx=r.get(raw, "onnx", where, str, None),
-        input_name=r.get(inp, "name", f"{where}.input", str, "input"), height=height, width=width,
-        preprocess=preprocess, output=dict(output), label_map=label_map,
+        input_name=r.get(inp, "name", f"{where}.input", str, "input"),
+        height=height,
+        width=width,
+        preprocess=preprocess,
+        output=dict(output),
+        label_map=label_map,
         annotation=r.get(ev, "annotation", f"{where}.evaluation", str),
         categories=None if cats is None else tuple(int(c) for c in cats),
-        targets=targets, reference=_read_reference(r, raw, where),
-        extra={k: v for k, v in raw.items() if k not in known}, extra_inputs=extra_inputs, source=str(r.path),
+        targets=targets,
+        reference=_read_reference(r, raw, where),
+        extra={k: v for k, v in raw.items() if k not in known},
+        extra_inputs=extra_inputs,
+        source=str(r.path),
         source_sha256=r.sha256,
         fidelity=parse_tolerance(raw.get("fidelity"), f"{where}.fidelity", r.path),
     )
@@ -315,6 +441,7 @@ def _read_yaml(path: Path, remember=None, digest: list | None = None):
             return yaml.load(data.decode("utf-8"), Loader=_YAML_LOADER)
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"not valid YAML: {exc}".splitlines()[0], path) from None
+
     if remember is None:
         return parse()
     # even libyaml's parse is ~2 ms of every run's start for a model file; its remembered answer ~0.1 ms
@@ -338,7 +465,7 @@ def _check_expansion(r: _Reader, raw) -> None:
         known = sizes.get(id(obj))
         if known is not None:
             return known
-        sizes[id(obj)] = 1   # a recursive alias counts once here; a YAML loader does not build one
+        sizes[id(obj)] = 1  # a recursive alias counts once here; a YAML loader does not build one
         children = obj.values() if isinstance(obj, dict) else obj
         total = 1 + sum(min(size(c), MAX_SPEC_VALUES + 1) for c in children)
         total = min(total, MAX_SPEC_VALUES + 1)
@@ -350,8 +477,11 @@ def _check_expansion(r: _Reader, raw) -> None:
     except RecursionError:
         r.fail("top level", "nested too deeply")
     if total > MAX_SPEC_VALUES:
-        r.fail("top level", f"its YAML anchors and aliases expand to more than {MAX_SPEC_VALUES} values (an alias "
-                            "bomb?): refused before any field is read")
+        r.fail(
+            "top level",
+            f"its YAML anchors and aliases expand to more than {MAX_SPEC_VALUES} values (an alias "
+            "bomb?): refused before any field is read",
+        )
 
 
 def load_spec(path: str | Path, remember=None) -> ModelSpec:
@@ -366,10 +496,13 @@ def load_spec(path: str | Path, remember=None) -> ModelSpec:
     if not isinstance(raw, dict):
         r.fail("top level", "expected a mapping")
     for key in raw:  # x-* keys hold YAML anchors shared by variants
-        if key not in ("schema", "name", "description", "default_variant", "variants") and \
-                not str(key).startswith("x-"):
-            r.fail(str(key), "unknown top-level key; known: schema, name, description, default_variant, variants "
-                             "(and x-* anchors)")
+        if key not in ("schema", "name", "description", "default_variant", "variants") and not str(key).startswith(
+            "x-"
+        ):
+            r.fail(
+                str(key),
+                "unknown top-level key; known: schema, name, description, default_variant, variants (and x-* anchors)",
+            )
     if r.get(raw, "schema", "top level", int) != 1:
         r.fail("schema", f"unsupported schema version {quote(raw.get('schema'))} (this suite reads 1)")
     name = r.get(raw, "name", "top level", str)
@@ -380,8 +513,13 @@ def load_spec(path: str | Path, remember=None) -> ModelSpec:
     default = r.get(raw, "default_variant", "top level", str, next(iter(variants)))
     if default not in variants:
         r.fail("default_variant", f"{default!r} is not a variant")
-    return ModelSpec(name=name, path=path, description=r.get(raw, "description", "top level", str, ""),
-                     default_variant=default, variants=variants)
+    return ModelSpec(
+        name=name,
+        path=path,
+        description=r.get(raw, "description", "top level", str, ""),
+        default_variant=default,
+        variants=variants,
+    )
 
 
 def load_model(name: str, remember=None) -> ModelSpec:
@@ -392,6 +530,8 @@ def load_model(name: str, remember=None) -> ModelSpec:
     if not path.is_file():
         known = sorted(p.parent.name for p in MODELS_DIR.glob("*/model.yaml"))
         from common.errors import did_you_mean
-        raise ConfigError(f"unknown model '{name}'{did_you_mean(name, known)}; known: {', '.join(known) or 'none'}",
-                          path)
+
+        raise ConfigError(
+            f"unknown model '{name}'{did_you_mean(name, known)}; known: {', '.join(known) or 'none'}", path
+        )
     return load_spec(path, remember)

@@ -7,6 +7,7 @@ checked against the variant's accuracy targets.
 Server with find_peak_qps: tries target QPS values (doubling from the first, then bisecting) until the bound
 of tries, each try's results recorded; the result is the highest valid one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,16 +44,19 @@ def import_loadgen():
     try:
         import mlperf_loadgen
     except ImportError:
-        raise ConfigError("the loadgen command needs MLCommons LoadGen: install the optional layer with "
-                          "`bash scripts/setup.sh --loadgen` (requirements-loadgen.txt: mlcommons-loadgen)") from None
+        raise ConfigError(
+            "the loadgen command needs MLCommons LoadGen: install the optional layer with "
+            "`bash scripts/setup.sh --loadgen` (requirements-loadgen.txt: mlcommons-loadgen)"
+        ) from None
     return mlperf_loadgen
 
 
 def _library(cfg: RunConfig, items, pre, workers: int) -> SampleLibrary:
     """Every image of the run preprocessed: with an input cache its letterboxed uint8 canvases (memory-mapped
     when the entry exists), normalised per gathered batch; else the float32 inputs, decoded now."""
-    with open_loader(items, pre, cfg.batch_size, workers, cfg.progress, desc="loadgen samples",
-                     cache_dir=cfg.input_cache) as loader:
+    with open_loader(
+        items, pre, cfg.batch_size, workers, cfg.progress, desc="loadgen samples", cache_dir=cfg.input_cache
+    ) as loader:
         if loader.cached is not None:
             canvases, cached_meta = loader.cached
             return SampleLibrary(canvases, cached_meta, _ids(items), normalize=pre.normalize)
@@ -61,13 +65,13 @@ def _library(cfg: RunConfig, items, pre, workers: int) -> SampleLibrary:
         pos = 0
         for batch in loader:
             n = len(batch.image_ids)
-            rows = batch.canvas if batch.canvas is not None else batch.inputs   # canvas: the cache is written
+            rows = batch.canvas if batch.canvas is not None else batch.inputs  # canvas: the cache is written
             if inputs is None or meta is None:
                 inputs = np.empty((len(items), *rows.shape[1:]), rows.dtype)
                 meta = np.empty((len(items), 6), np.float64)
-            inputs[pos:pos + n], meta[pos:pos + n] = rows, batch.meta
+            inputs[pos : pos + n], meta[pos : pos + n] = rows, batch.meta
             pos += n
-    if inputs is None or meta is None:   # run_loadgen refuses an empty image list before this
+    if inputs is None or meta is None:  # run_loadgen refuses an empty image list before this
         raise ConfigError("no images to query")
     return SampleLibrary(inputs, meta, _ids(items), normalize=pre.normalize if inputs.dtype == np.uint8 else None)
 
@@ -101,23 +105,39 @@ class _Decoder:
         if not self.per_image:
             return rows
         bi = np.asarray(bi)
-        if len(bi) > 1 and (np.diff(bi) < 0).any():   # the decoders give images in order; kept correct if not
+        if len(bi) > 1 and (np.diff(bi) < 0).any():  # the decoders give images in order; kept correct if not
             order = np.argsort(bi, kind="stable")
             rows, bi = rows[order], bi[order]
         return np.split(rows, np.searchsorted(bi, np.arange(1, len(meta))))
 
 
-def _one_test(lg, p, library: SampleLibrary, runners: list, decoder: _Decoder, scenario: str, mode: str,
-              settings: dict, log_dir: Path) -> tuple[dict, dict, object]:
+def _one_test(
+    lg,
+    p,
+    library: SampleLibrary,
+    runners: list,
+    decoder: _Decoder,
+    scenario: str,
+    mode: str,
+    settings: dict,
+    log_dir: Path,
+) -> tuple[dict, dict, object]:
     """One LoadGen test: (its detail log's keys, the SUT's own overhead, the TestSettings)."""
     log_dir.mkdir(parents=True)
     ts = to_test_settings(lg, scenario, mode, settings, len(library))
     replays = p.backend.capabilities.replays
     infers = [lambda x, ids, r=r: run_infer(r, x, ids) for r in runners]
-    sut = BatchingSUT(library, infers, decoder, p.runner.static_batch or p.request.batch_size,
-                      lg.QuerySamplesComplete, _response_maker(lg),
-                      max_wait_s=settings.get("max_wait_ms", 0.0) / 1000 if scenario == "Server" else 0.0,
-                      log_data=mode == "accuracy", needs_inputs=not replays)
+    sut = BatchingSUT(
+        library,
+        infers,
+        decoder,
+        p.runner.static_batch or p.request.batch_size,
+        lg.QuerySamplesComplete,
+        _response_maker(lg),
+        max_wait_s=settings.get("max_wait_ms", 0.0) / 1000 if scenario == "Server" else 0.0,
+        log_data=mode == "accuracy",
+        needs_inputs=not replays,
+    )
     lg_sut = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
     lg_qsl = lg.ConstructQSL(len(library), ts.performance_sample_count_override, library.load, library.unload)
     log = lg.LogSettings()
@@ -140,18 +160,29 @@ def _response_maker(lg):
         if rows is None or not len(rows):
             return lg.QuerySampleResponse(sample_id, 0, 0)
         return lg.QuerySampleResponse(sample_id, rows.ctypes.data, rows.nbytes)
+
     return response
 
 
 def _log_dir_name(cfg: RunConfig, p, lg_cfg: LoadgenConfig) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    parts = [stamp, p.variant.model, p.variant.name, p.backend.name, p.backend.device(), cfg.precision,
-             f"bs{cfg.batch_size}", lg_cfg.scenario, lg_cfg.mode]
+    parts = [
+        stamp,
+        p.variant.model,
+        p.variant.name,
+        p.backend.name,
+        p.backend.device(),
+        cfg.precision,
+        f"bs{cfg.batch_size}",
+        lg_cfg.scenario,
+        lg_cfg.mode,
+    ]
     return "_".join(_slug(x) for x in parts) + ".loadgen"
 
 
-def _search(lg, p, library, runners, decoder, lg_cfg, settings: dict,
-            root: Path) -> tuple[tuple[dict, dict, object, dict], list[dict]]:
+def _search(
+    lg, p, library, runners, decoder, lg_cfg, settings: dict, root: Path
+) -> tuple[tuple[dict, dict, object, dict], list[dict]]:
     """Server: the highest target QPS whose run is valid, in at most search_tries runs (each recorded)."""
     qps = settings.get("target_qps")
     if not qps:
@@ -162,25 +193,34 @@ def _search(lg, p, library, runners, decoder, lg_cfg, settings: dict,
     best: tuple[dict, dict, object, dict] | None = None
     for k in range(lg_cfg.search_tries):
         s = {**settings, "target_qps": qps}
-        detail, overhead, ts = _one_test(lg, p, library, runners, decoder, "Server", "performance", s,
-                                         root / f"try{k + 1}_qps{qps:.3f}")
+        detail, overhead, ts = _one_test(
+            lg, p, library, runners, decoder, "Server", "performance", s, root / f"try{k + 1}_qps{qps:.3f}"
+        )
         res = logs.results(detail, "Server")
-        tries.append({"target_qps": qps, "valid": res["valid"], "qps": res["qps"], "p99_ms": res["p99_ms"],
-                      "reasons": res["reasons"], "log_dir": f"try{k + 1}_qps{qps:.3f}"})
+        tries.append(
+            {
+                "target_qps": qps,
+                "valid": res["valid"],
+                "qps": res["qps"],
+                "p99_ms": res["p99_ms"],
+                "reasons": res["reasons"],
+                "log_dir": f"try{k + 1}_qps{qps:.3f}",
+            }
+        )
         if res["valid"]:
             lo = qps
             best = (res, overhead, ts, s)
         else:
             hi = qps
         if lo is not None and hi is not None:
-            if hi - lo <= 0.02 * hi:   # within 2 %: further tries would not change the answer
+            if hi - lo <= 0.02 * hi:  # within 2 %: further tries would not change the answer
                 break
             qps = (lo + hi) / 2
         elif lo is not None:
             qps = lo * 2
         elif hi is not None:
             qps = hi / 2
-    if best is None:    # none valid: the last try is the result, reported invalid
+    if best is None:  # none valid: the last try is the result, reported invalid
         s = {**settings, "target_qps": tries[-1]["target_qps"]}
         detail = logs.read_detail(root / tries[-1]["log_dir"])
         best = (logs.results(detail, "Server"), overhead, ts, s)
@@ -195,7 +235,7 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     caps = backend_class(cfg.backend).capabilities
     streams, workers = parallelism(cfg, caps)
     if not cfg.streams and not caps.host_compute:
-        streams = 2   # an accelerator: one SUT thread gathers / decodes / answers while the other's batch runs
+        streams = 2  # an accelerator: one SUT thread gathers / decodes / answers while the other's batch runs
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
     remember = EngineCache(cfg.cache_dir) if cfg.cache_dir else None
     variant = load_model(cfg.model, remember).variant(cfg.variant)
@@ -206,13 +246,21 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     items = image_items(annotations, images_dir, cfg.max_images)
     if not items:
         raise ConfigError("no images to query", ann_file)
-    evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator or "faster-coco-eval",
-                              source=ann_file) if lg_cfg.mode == "accuracy" else None
+    evaluator = (
+        CocoEvaluator(
+            annotations, variant.label_map, variant.categories, cfg.evaluator or "faster-coco-eval", source=ann_file
+        )
+        if lg_cfg.mode == "accuracy"
+        else None
+    )
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    library = _library(cfg, items, pre, workers)   # forks its decoding workers before the runtime's threads
+    library = _library(cfg, items, pre, workers)  # forks its decoding workers before the runtime's threads
     p = prepare(cfg, variant, onnx_path=resolve_onnx(cfg, variant))
-    runners = [p.runner] * streams if p.runner.concurrent else \
-        [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(streams - 1)]
+    runners = (
+        [p.runner] * streams
+        if p.runner.concurrent
+        else [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(streams - 1)]
+    )
     decoder = _Decoder(variant, per_image=lg_cfg.mode == "accuracy")
     name = _log_dir_name(cfg, p, lg_cfg)
     tmp = Path(cfg.results_dir) / f".{name}.tmp"
@@ -222,24 +270,28 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
         if lg_cfg.find_peak_qps:
             (res, overhead, ts, settings), tries = _search(lg, p, library, runners, decoder, lg_cfg, settings, tmp)
         else:
-            detail, overhead, ts = _one_test(lg, p, library, runners, decoder, lg_cfg.scenario, lg_cfg.mode,
-                                             settings, tmp)
+            detail, overhead, ts = _one_test(
+                lg, p, library, runners, decoder, lg_cfg.scenario, lg_cfg.mode, settings, tmp
+            )
             # accuracy mode measures nothing: LoadGen logs no result, only the answers
-            res = logs.results(detail, lg_cfg.scenario) if lg_cfg.mode == "performance" else \
-                {"valid": None, "validity": None, "reasons": []}
+            res = (
+                logs.results(detail, lg_cfg.scenario)
+                if lg_cfg.mode == "performance"
+                else {"valid": None, "validity": None, "reasons": []}
+            )
             tries = None
         metrics, targets, reasons = {}, [], []
-        if evaluator is not None:   # accuracy mode
+        if evaluator is not None:  # accuracy mode
             indices, dets = logs.read_accuracy_log(tmp)
             metrics = _evaluate(evaluator, library, indices, dets, variant)
             targets = p.variant.targets_for(p.backend.name, p.backend.device(), cfg.precision, cfg.batch_size)
             if len(np.unique(indices)) != len(library):
-                reasons.append(f"LoadGen's accuracy log holds {len(np.unique(indices))} of the {len(library)} "
-                               "samples")
+                reasons.append(f"LoadGen's accuracy log holds {len(np.unique(indices))} of the {len(library)} samples")
         else:
             metrics = logs.metric_values(res)
-            targets = section.targets_for(lg_cfg.scenario, p.backend.name, p.backend.device(), cfg.precision,
-                                          cfg.batch_size)
+            targets = section.targets_for(
+                lg_cfg.scenario, p.backend.name, p.backend.device(), cfg.precision, cfg.batch_size
+            )
             if not res["valid"]:
                 reasons.append("LoadGen: result INVALID: " + ("; ".join(res["reasons"]) or "no reason logged"))
         reasons += fault_reasons(decoder.faults)
@@ -249,30 +301,53 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
         raise
     wall = time.perf_counter() - t0
     section_out = {
-        "scenario": lg_cfg.scenario, "mode": lg_cfg.mode, "short": lg_cfg.short,
+        "scenario": lg_cfg.scenario,
+        "mode": lg_cfg.mode,
+        "short": lg_cfg.short,
         "mlperf_result": False if lg_cfg.short else None,
-        "note": NOT_MLPERF if lg_cfg.short else "settings from MLPerf's rules (LoadGen's mlperf.conf, retinanet) "
-                                                "unless overridden; a submission also needs its audit tests",
-        **res, "settings": settings, "test_settings": effective(ts), "sut": overhead, "search": tries,
-        "loadgen_version": _version(), "log_dir": str(final),
+        "note": NOT_MLPERF
+        if lg_cfg.short
+        else "settings from MLPerf's rules (LoadGen's mlperf.conf, retinanet) "
+        "unless overridden; a submission also needs its audit tests",
+        **res,
+        "settings": settings,
+        "test_settings": effective(ts),
+        "sut": overhead,
+        "search": tries,
+        "loadgen_version": _version(),
+        "log_dir": str(final),
         "logs": sorted(f.name for f in final.iterdir() if f.is_file()),
-        "streams": streams, "simulated_device_s": p.runner.simulated_device_s, "wall_s": wall}
+        "streams": streams,
+        "simulated_device_s": p.runner.simulated_device_s,
+        "wall_s": wall,
+    }
     checks, target_reasons = check_targets(metrics, targets)
     reasons += target_reasons
-    record = new_record("loadgen", **_base_fields(cfg, p),
-                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
-                                 "num_images": len(items)},
-                        loadgen=section_out, metrics=metrics,
-                        targets=[t.as_dict() if hasattr(t, "as_dict") else _plain_target(t) for t in targets],
-                        checks=checks, verdict=verdict_of(checks, reasons), reasons=reasons)
+    record = new_record(
+        "loadgen",
+        **_base_fields(cfg, p),
+        dataset={"images_dir": str(images_dir), "annotation": str(ann_file), "num_images": len(items)},
+        loadgen=section_out,
+        metrics=metrics,
+        targets=[t.as_dict() if hasattr(t, "as_dict") else _plain_target(t) for t in targets],
+        checks=checks,
+        verdict=verdict_of(checks, reasons),
+        reasons=reasons,
+    )
     if publish is not None:
         publish(record)
     return record
 
 
 def _plain_target(t) -> dict:
-    return {"backend": t.backend, "device": t.device, "precision": list(t.precisions),
-            "batch_size": None if t.batch_sizes is None else list(t.batch_sizes), "min": t.minimum, "max": t.maximum}
+    return {
+        "backend": t.backend,
+        "device": t.device,
+        "precision": list(t.precisions),
+        "batch_size": None if t.batch_sizes is None else list(t.batch_sizes),
+        "min": t.minimum,
+        "max": t.maximum,
+    }
 
 
 def _evaluate(evaluator: CocoEvaluator, library: SampleLibrary, indices, dets, variant) -> dict:
@@ -292,6 +367,7 @@ def _evaluate(evaluator: CocoEvaluator, library: SampleLibrary, indices, dets, v
 
 def _version() -> str | None:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("mlcommons-loadgen")
     except PackageNotFoundError:
@@ -301,25 +377,36 @@ def _version() -> str | None:
 def format_loadgen(record: dict) -> str:
     """The run's LoadGen lines for the command's output."""
     s = record["loadgen"]
-    lines = [f" LoadGen {s['scenario']} {s['mode']}: "
-             + (f"result {s['validity'] or 'none'}" if s["mode"] == "performance"
-                else "every sample once, its answers evaluated")
-             + (" (short CI mode: not an MLPerf result)" if s["short"] else "")]
+    lines = [
+        f" LoadGen {s['scenario']} {s['mode']}: "
+        + (
+            f"result {s['validity'] or 'none'}"
+            if s["mode"] == "performance"
+            else "every sample once, its answers evaluated"
+        )
+        + (" (short CI mode: not an MLPerf result)" if s["short"] else "")
+    ]
     for r in s["reasons"]:
         lines.append(f"   invalid: {r}")
     if s["mode"] == "performance":
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"   {fmt(s['qps'])} samples/s; latency ms mean {fmt(s['mean_ms'])} p50 {fmt(s['p50_ms'])} "
-                     f"p90 {fmt(s['p90_ms'])} p99 {fmt(s['p99_ms'])} ({s['queries']} queries)")
+        lines.append(
+            f"   {fmt(s['qps'])} samples/s; latency ms mean {fmt(s['mean_ms'])} p50 {fmt(s['p50_ms'])} "
+            f"p90 {fmt(s['p90_ms'])} p99 {fmt(s['p99_ms'])} ({s['queries']} queries)"
+        )
         if s["early_stopping"].get("text"):
             lines.append(f"   early stopping: {s['early_stopping']['text']}")
     if s.get("search"):
         for k, t in enumerate(s["search"], 1):
-            lines.append(f"   try {k}: target {t['target_qps']:.3f} QPS -> {'valid' if t['valid'] else 'INVALID'}"
-                         f", {t['qps'] or 0:.3f} samples/s, p99 {t['p99_ms'] or 0:.3f} ms")
+            lines.append(
+                f"   try {k}: target {t['target_qps']:.3f} QPS -> {'valid' if t['valid'] else 'INVALID'}"
+                f", {t['qps'] or 0:.3f} samples/s, p99 {t['p99_ms'] or 0:.3f} ms"
+            )
     o = s["sut"]
     if o.get("samples"):
-        lines.append(f"   SUT: {o['batches']} batches of {o['mean_batch']:.2f} samples, "
-                     f"{o['harness_us_per_sample']:.1f} us/sample outside the runner")
+        lines.append(
+            f"   SUT: {o['batches']} batches of {o['mean_batch']:.2f} samples, "
+            f"{o['harness_us_per_sample']:.1f} us/sample outside the runner"
+        )
     lines.append(f"   LoadGen logs: {s['log_dir']}")
     return "\n".join(lines)

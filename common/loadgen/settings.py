@@ -6,6 +6,7 @@ query and 662 queries, Offline 24576 samples, the official seeds). The short CI 
 minimums with SHORT's so a scenario takes seconds: LoadGen still judges the run by them, and the record says that
 it is not an MLPerf result whatever LoadGen's verdict.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,15 +15,19 @@ from typing import Any
 from common.config.loadgen_spec import SCENARIOS, SETTINGS  # noqa: F401  SCENARIOS: re-exported
 from common.errors import ConfigError
 
-MLPERF_BENCHMARK = "retinanet"   # the MLPerf Inference object detection benchmark whose rules a full run takes
+MLPERF_BENCHMARK = "retinanet"  # the MLPerf Inference object detection benchmark whose rules a full run takes
 MODES = ("performance", "accuracy")
 # The short CI mode's minimums: a second of traffic, and as many queries as LoadGen's early-stopping estimate
 # needs to call a run valid (SingleStream p90: 64; MultiStream p99: 662; Server p99: ~460 with no query over
 # the bound); fewer queries are allowed (--min-query-count) and reported invalid by LoadGen's early stopping.
-SHORT = {"min_duration_s": 1.0, "min_query_count": {"SingleStream": 64, "MultiStream": 662, "Server": 500,
-                                                    "Offline": 64}}
-NOT_MLPERF = ("short CI mode: minimum duration and query counts far below MLPerf's rules; LoadGen's verdict is "
-              "under these settings only; this is not an MLPerf result")
+SHORT = {
+    "min_duration_s": 1.0,
+    "min_query_count": {"SingleStream": 64, "MultiStream": 662, "Server": 500, "Offline": 64},
+}
+NOT_MLPERF = (
+    "short CI mode: minimum duration and query counts far below MLPerf's rules; LoadGen's verdict is "
+    "under these settings only; this is not an MLPerf result"
+)
 DEFAULT_MAX_WAIT_MS = 2.0
 
 
@@ -30,11 +35,12 @@ DEFAULT_MAX_WAIT_MS = 2.0
 class LoadgenConfig:
     """What one LoadGen run is asked to do: scenario, mode, the short mode, and settings (SETTINGS' keys) given
     by flags, over the spec's section."""
+
     scenario: str
     mode: str = "performance"
     short: bool = False
-    settings: dict = field(default_factory=dict)   # from flags
-    find_peak_qps: bool = False                   # Server: search the highest valid QPS
+    settings: dict = field(default_factory=dict)  # from flags
+    find_peak_qps: bool = False  # Server: search the highest valid QPS
     search_tries: int = 6
 
     def __post_init__(self):
@@ -60,15 +66,16 @@ def resolve(lg_cfg: LoadgenConfig, spec_settings: dict) -> dict:
     out.update(lg_cfg.settings)
     out.setdefault("max_wait_ms", DEFAULT_MAX_WAIT_MS if lg_cfg.scenario == "Server" else 0.0)
     if out.get("max_duration_s") and out.get("min_duration_s", 0) > out["max_duration_s"]:
-        raise ConfigError(f"LoadGen min_duration_s {out['min_duration_s']:g} is above max_duration_s "
-                          f"{out['max_duration_s']:g}")
+        raise ConfigError(
+            f"LoadGen min_duration_s {out['min_duration_s']:g} is above max_duration_s {out['max_duration_s']:g}"
+        )
     return out
 
 
 def to_test_settings(lg, scenario: str, mode: str, settings: dict, n_samples: int):
     """LoadGen's TestSettings for `settings` (resolve()'s answer) over a library of n_samples images."""
     ts = lg.TestSettings()
-    ts.FromConfig("", MLPERF_BENCHMARK, scenario, 0)   # "" and 0: only LoadGen's built-in mlperf.conf
+    ts.FromConfig("", MLPERF_BENCHMARK, scenario, 0)  # "" and 0: only LoadGen's built-in mlperf.conf
     ts.scenario = getattr(lg.TestScenario, scenario)
     ts.mode = lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
     s = settings
@@ -100,21 +107,38 @@ def to_test_settings(lg, scenario: str, mode: str, settings: dict, n_samples: in
 
 def effective(ts) -> dict:
     """The TestSettings as the record keeps them."""
-    keys = ("min_duration_ms", "max_duration_ms", "min_query_count", "max_query_count", "server_target_qps",
-            "server_target_latency_ns", "server_target_latency_percentile", "offline_expected_qps",
-            "single_stream_expected_latency_ns", "single_stream_target_latency_percentile",
-            "multi_stream_expected_latency_ns", "multi_stream_samples_per_query",
-            "multi_stream_target_latency_percentile", "performance_sample_count_override", "qsl_rng_seed",
-            "sample_index_rng_seed", "schedule_rng_seed")
+    keys = (
+        "min_duration_ms",
+        "max_duration_ms",
+        "min_query_count",
+        "max_query_count",
+        "server_target_qps",
+        "server_target_latency_ns",
+        "server_target_latency_percentile",
+        "offline_expected_qps",
+        "single_stream_expected_latency_ns",
+        "single_stream_target_latency_percentile",
+        "multi_stream_expected_latency_ns",
+        "multi_stream_samples_per_query",
+        "multi_stream_target_latency_percentile",
+        "performance_sample_count_override",
+        "qsl_rng_seed",
+        "sample_index_rng_seed",
+        "schedule_rng_seed",
+    )
     return {k: getattr(ts, k) for k in keys}
 
 
 def loadgen_config_from_args(args) -> LoadgenConfig:
     """The LoadgenConfig of a parsed `scripts/suite loadgen` command line (its `loadgen` flag group)."""
     from common.config.options import value
+
     given = {key: value(args, f"lg_{key}") for key in SETTINGS if hasattr(args, f"lg_{key}")}
-    return LoadgenConfig(scenario=value(args, "lg_scenario"), mode=value(args, "lg_mode"),
-                         short=bool(value(args, "lg_short")),
-                         settings={k: v for k, v in given.items() if v is not None},
-                         find_peak_qps=bool(value(args, "lg_find_peak_qps")),
-                         search_tries=value(args, "lg_search_tries"))
+    return LoadgenConfig(
+        scenario=value(args, "lg_scenario"),
+        mode=value(args, "lg_mode"),
+        short=bool(value(args, "lg_short")),
+        settings={k: v for k, v in given.items() if v is not None},
+        find_peak_qps=bool(value(args, "lg_find_peak_qps")),
+        search_tries=value(args, "lg_search_tries"),
+    )

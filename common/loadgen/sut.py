@@ -8,6 +8,7 @@ the engine's batch size from what is waiting; in the Server scenario a batch tha
 wait. Every wait is bounded, and a failure (inference raised) answers every outstanding sample at once, so
 LoadGen's test always ends and the error is raised by the driver afterwards.
 """
+
 from __future__ import annotations
 
 import threading
@@ -54,22 +55,34 @@ class BatchingSUT:
     `needs_inputs` False (a replay runner serves stored outputs by image id) skips gathering the input batch.
     """
 
-    def __init__(self, library: SampleLibrary, infers: list, decode, batch_size: int, complete, response,
-                 max_wait_s: float = 0.0, log_data: bool = False, needs_inputs: bool = True,
-                 clock=time.perf_counter):
+    def __init__(
+        self,
+        library: SampleLibrary,
+        infers: list,
+        decode,
+        batch_size: int,
+        complete,
+        response,
+        max_wait_s: float = 0.0,
+        log_data: bool = False,
+        needs_inputs: bool = True,
+        clock=time.perf_counter,
+    ):
         self.library, self.decode = library, decode
         self.batch_size, self.max_wait_s = batch_size, max_wait_s
         self.complete, self.response, self.log_data, self.needs_inputs = complete, response, log_data, needs_inputs
         self.clock = clock
-        self._pending: deque = deque()     # (response id, sample index, issue time)
+        self._pending: deque = deque()  # (response id, sample index, issue time)
         self._cond = threading.Condition()
         self._stop = False
         self.error: BaseException | None = None
         # per batch: (samples, seconds in infer, seconds in the SUT outside infer, seconds its first sample was
         # queued, seconds from its first sample's issue to its answer)
         self.batches: list[tuple] = []
-        self._threads = [threading.Thread(target=self._work, args=(infer,), daemon=True, name=f"sut-{i}")
-                         for i, infer in enumerate(infers)]
+        self._threads = [
+            threading.Thread(target=self._work, args=(infer,), daemon=True, name=f"sut-{i}")
+            for i, infer in enumerate(infers)
+        ]
         for t in self._threads:
             t.start()
 
@@ -156,10 +169,15 @@ class BatchingSUT:
             return {"batches": 0, "samples": 0}
         b = np.asarray(self.batches, np.float64)
         samples = int(b[:, 0].sum())
-        return {"batches": len(b), "samples": samples, "mean_batch": samples / len(b),
-                "infer_s": float(b[:, 1].sum()), "harness_s": float(b[:, 2].sum()),
-                "harness_us_per_sample": float(b[:, 2].sum() / samples * 1e6),
-                "harness_ms_per_batch_p90": float(np.percentile(b[:, 2], 90) * 1e3),
-                "queued_ms_p99": float(np.percentile(b[:, 3], 99) * 1e3),
-                # issue -> answer of each batch's first sample as the SUT saw it (LoadGen measures the same span)
-                **{f"latency_ms_p{q}": float(np.percentile(b[:, 4], q) * 1e3) for q in (50, 90, 99)}}
+        return {
+            "batches": len(b),
+            "samples": samples,
+            "mean_batch": samples / len(b),
+            "infer_s": float(b[:, 1].sum()),
+            "harness_s": float(b[:, 2].sum()),
+            "harness_us_per_sample": float(b[:, 2].sum() / samples * 1e6),
+            "harness_ms_per_batch_p90": float(np.percentile(b[:, 2], 90) * 1e3),
+            "queued_ms_p99": float(np.percentile(b[:, 3], 99) * 1e3),
+            # issue -> answer of each batch's first sample as the SUT saw it (LoadGen measures the same span)
+            **{f"latency_ms_p{q}": float(np.percentile(b[:, 4], q) * 1e3) for q in (50, 90, 99)},
+        }

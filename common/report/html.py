@@ -7,6 +7,7 @@ FPS of each kind, FPS vs batch, CoV, validity), candidate vs reference (the imag
 most, both sets of boxes drawn; per-output errors; FP16 range findings and the block list), history (AP and FPS
 over past runs with the baseline and its band).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,10 @@ from common.metric_table import metric
 from common.report import svg
 from common.report.svg import esc
 
-AP_STATS = tuple(n for n in STAT_NAMES if n.startswith("AP"))   # the per-category table's columns
+AP_STATS = tuple(n for n in STAT_NAMES if n.startswith("AP"))  # the per-category table's columns
 
-MAX_IMAGES = 6            # changed images drawn per comparison
-THUMB_SIDE = 480          # longest side of a drawn image, pixels
+MAX_IMAGES = 6  # changed images drawn per comparison
+THUMB_SIDE = 480  # longest side of a drawn image, pixels
 
 _CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px;color:#222}
 h1{font-size:22px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:28px}h3{font-size:15px}
@@ -43,22 +44,30 @@ r.forEach(function(x){b.appendChild(x);});});});"""
 
 
 def _page(title: str, sections: list[tuple[str, str, str]]) -> str:
-    body = "".join(f'<section id="{sid}"><h2>{esc(head)}</h2>{content}</section>' for sid, head, content in sections
-                   if content)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
-            f'style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'
-            f'<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{body}<script>{_JS}</script></body></html>')
+    body = "".join(
+        f'<section id="{sid}"><h2>{esc(head)}</h2>{content}</section>' for sid, head, content in sections if content
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+        f'style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'
+        f'<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{body}<script>{_JS}</script></body></html>'
+    )
 
 
 def _table(head: list[str], rows: list[list], sortable: bool = False, cls: str = "") -> str:
     def cell(v):
-        if isinstance(v, tuple):          # (shown text, sort value)
+        if isinstance(v, tuple):  # (shown text, sort value)
             return f'<td data-v="{esc(v[1])}">{esc(v[0])}</td>'
         return f"<td>{esc(v)}</td>"
-    return (f'<table class="{"sortable " if sortable else ""}{cls}"><thead><tr>'
-            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
-            + "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows) + "</tbody></table>")
+
+    return (
+        f'<table class="{"sortable " if sortable else ""}{cls}"><thead><tr>'
+        + "".join(f"<th>{esc(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
+        + "</tbody></table>"
+    )
 
 
 def _pct(v) -> str:
@@ -72,16 +81,24 @@ def _status(s: str) -> str:
 
 # ------------------------------------------------------------------ sections from records
 
+
 def verdict_section(record: dict, extra_notes=()) -> str:
-    rows = [[c["metric"], c["bound"], f"{c['limit']:.4g}", "-" if c["value"] is None else f"{c['value']:.4g}",
-             c["status"]] for c in record.get("checks", [])]
+    rows = [
+        [c["metric"], c["bound"], f"{c['limit']:.4g}", "-" if c["value"] is None else f"{c['value']:.4g}", c["status"]]
+        for c in record.get("checks", [])
+    ]
     notes = list(record.get("reasons", [])) + list(extra_notes)
-    return (f"<p>{_status(record.get('verdict', 'unchecked'))} {esc(record['model'])}/{esc(record['variant'])} "
-            f"on {esc(record['backend'])} {esc(record['device'])}, {esc(record['precision'])}, batch "
-            f"{record['batch_size']} ({esc(record['kind'])})</p>"
-            + (_table(["target", "bound", "limit", "value", "status"], rows) if rows else
-               "<p>No target of the spec applies to this run (verdict unchecked).</p>")
-            + ("<ul class=notes>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else ""))
+    return (
+        f"<p>{_status(record.get('verdict', 'unchecked'))} {esc(record['model'])}/{esc(record['variant'])} "
+        f"on {esc(record['backend'])} {esc(record['device'])}, {esc(record['precision'])}, batch "
+        f"{record['batch_size']} ({esc(record['kind'])})</p>"
+        + (
+            _table(["target", "bound", "limit", "value", "status"], rows)
+            if rows
+            else "<p>No target of the spec applies to this run (verdict unchecked).</p>"
+        )
+        + ("<ul class=notes>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else "")
+    )
 
 
 def accuracy_section(record: dict) -> str:
@@ -91,32 +108,52 @@ def accuracy_section(record: dict) -> str:
     if not m:
         return ""
     d = record.get("dataset") or {}
-    out = [f"<p>{d.get('num_images')} images of {esc(Path(str(d.get('annotation', ''))).name)}, categories "
-           f"{esc(d.get('categories'))}.</p>"]
+    out = [
+        f"<p>{d.get('num_images')} images of {esc(Path(str(d.get('annotation', ''))).name)}, categories "
+        f"{esc(d.get('categories'))}.</p>"
+    ]
     how = record.get("metrics_ci")
-    rows: list[list] = [[label, _pct(m.get(name)),
-                         "-" if name not in ci else f"[{_pct(ci[name][0])}, {_pct(ci[name][1])}]"]
-                        for name, label in zip(STAT_NAMES, STAT_LABELS)]
+    rows: list[list] = [
+        [label, _pct(m.get(name)), "-" if name not in ci else f"[{_pct(ci[name][0])}, {_pct(ci[name][1])}]"]
+        for name, label in zip(STAT_NAMES, STAT_LABELS)
+    ]
     out.append(_table(["stat (x100)", "value", "95 % interval"], rows))
     if how:
-        out.append(f"<p>Intervals: {esc(how['method'])}, {how['resamples']} resamples of the {how['images']} "
-                   f"images (seed {how['seed']}).</p>")
+        out.append(
+            f"<p>Intervals: {esc(how['method'])}, {how['resamples']} resamples of the {how['images']} "
+            f"images (seed {how['seed']}).</p>"
+        )
     detail = record.get("accuracy_detail")
     if detail:
         pcs = detail["per_class"]
-        rows = [[(c["name"], c["name"]), (c["gt"], c["gt"])] +
-                [(_pct(c[k]), -1 if c[k] is None else c[k]) for k in AP_STATS]
-                for c in pcs]
+        rows = [
+            [(c["name"], c["name"]), (c["gt"], c["gt"])]
+            + [(_pct(c[k]), -1 if c[k] is None else c[k]) for k in AP_STATS]
+            for c in pcs
+        ]
         out.append("<h3>AP per category (click a column to sort)</h3>")
-        out.append(_table(["category", "ground truth", *(metric(k).label for k in AP_STATS)], rows, True,
-                          "perclass"))
+        out.append(_table(["category", "ground truth", *(metric(k).label for k in AP_STATS)], rows, True, "perclass"))
         pr = detail["pr"]
-        out.append(svg.lines("Precision / recall (mean over categories)",
-                             [(f"IoU {k}", pr[k]["recall"], pr[k]["precision"]) for k in sorted(pr)],
-                             "recall", "precision", y_range=(0, 1)))
+        out.append(
+            svg.lines(
+                "Precision / recall (mean over categories)",
+                [(f"IoU {k}", pr[k]["recall"], pr[k]["precision"]) for k in sorted(pr)],
+                "recall",
+                "precision",
+                y_range=(0, 1),
+            )
+        )
     sizes = [("small", "APs"), ("medium", "APm"), ("large", "APl")]
-    out.append(svg.bars("AP by object size", [s for s, _ in sizes], [m.get(k) for _, k in sizes], "AP",
-                        [ci.get(k) for _, k in sizes], "{:.2f}"))
+    out.append(
+        svg.bars(
+            "AP by object size",
+            [s for s, _ in sizes],
+            [m.get(k) for _, k in sizes],
+            "AP",
+            [ci.get(k) for _, k in sizes],
+            "{:.2f}",
+        )
+    )
     return "".join(out)
 
 
@@ -129,49 +166,96 @@ def speed_section(perf_records: list[dict]) -> str:
     rows = []
     for r in perf_records:
         t, mtr = r.get("timing") or {}, r.get("metrics") or {}
-        rows.append([f"{r['precision']} bs{r['batch_size']}", f"{mtr.get('fps', t.get('fps', 0)):.1f}",
-                     "-" if mtr.get("fps_compute") is None else f"{mtr['fps_compute']:.1f}",
-                     "-" if mtr.get("fps_e2e") is None else f"{mtr['fps_e2e']:.1f}",
-                     f"{t.get('p50_ms', 0):.3f}", f"{t.get('p90_ms', 0):.3f}", f"{t.get('p99_ms', 0):.3f}",
-                     f"{t.get('cov', 0) * 100:.1f} %", t.get("iterations", "")])
-    out.append(_table(["run", "FPS (harness)", "FPS (compute only)", "FPS (end-to-end)", "p50 ms", "p90 ms",
-                       "p99 ms", "CoV", "iterations"], rows))
-    out.append("<p>Harness FPS: images per second of the timed inference calls as the harness makes them; "
-               "compute only: the engine alone (what published figures are); end-to-end: read, preprocess, "
-               "infer and decode per image.</p>")
+        rows.append(
+            [
+                f"{r['precision']} bs{r['batch_size']}",
+                f"{mtr.get('fps', t.get('fps', 0)):.1f}",
+                "-" if mtr.get("fps_compute") is None else f"{mtr['fps_compute']:.1f}",
+                "-" if mtr.get("fps_e2e") is None else f"{mtr['fps_e2e']:.1f}",
+                f"{t.get('p50_ms', 0):.3f}",
+                f"{t.get('p90_ms', 0):.3f}",
+                f"{t.get('p99_ms', 0):.3f}",
+                f"{t.get('cov', 0) * 100:.1f} %",
+                t.get("iterations", ""),
+            ]
+        )
+    out.append(
+        _table(
+            [
+                "run",
+                "FPS (harness)",
+                "FPS (compute only)",
+                "FPS (end-to-end)",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "CoV",
+                "iterations",
+            ],
+            rows,
+        )
+    )
+    out.append(
+        "<p>Harness FPS: images per second of the timed inference calls as the harness makes them; "
+        "compute only: the engine alone (what published figures are); end-to-end: read, preprocess, "
+        "infer and decode per image.</p>"
+    )
     warnings = []
     from common.harness.timing import TimingStats, validity_reasons
+
     for r in perf_records:
         t, settings = r.get("timing") or {}, r.get("timing_settings") or {}
         if t.get("noisy"):
-            warnings.append(f"{r['precision']} bs{r['batch_size']}: CoV {t['cov'] * 100:.1f} % is above 10 %: "
-                            "too noisy to trust")
+            warnings.append(
+                f"{r['precision']} bs{r['batch_size']}: CoV {t['cov'] * 100:.1f} % is above 10 %: too noisy to trust"
+            )
         if settings and t:
-            warnings += [f"{r['precision']} bs{r['batch_size']}: {w}" for w in validity_reasons(
-                TimingStats(**t), settings.get("min_iters", 0), settings.get("min_duration_s", 0.0))]
+            warnings += [
+                f"{r['precision']} bs{r['batch_size']}: {w}"
+                for w in validity_reasons(
+                    TimingStats(**t), settings.get("min_iters", 0), settings.get("min_duration_s", 0.0)
+                )
+            ]
     if warnings:
         out.append('<ul class="notes warn">' + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
     for r in perf_records:
         t = r.get("timing") or {}
         h = t.get("histogram")
         if h:
-            out.append(svg.histogram(f"Latency, {r['precision']} batch {r['batch_size']}", h["edges_ms"],
-                                     h["counts"], "ms per inference call",
-                                     [(f"p50 {t['p50_ms']:.2f}", t["p50_ms"]), (f"p90 {t['p90_ms']:.2f}", t["p90_ms"]),
-                                      (f"p99 {t['p99_ms']:.2f}", t["p99_ms"])]))
+            out.append(
+                svg.histogram(
+                    f"Latency, {r['precision']} batch {r['batch_size']}",
+                    h["edges_ms"],
+                    h["counts"],
+                    "ms per inference call",
+                    [
+                        (f"p50 {t['p50_ms']:.2f}", t["p50_ms"]),
+                        (f"p90 {t['p90_ms']:.2f}", t["p90_ms"]),
+                        (f"p99 {t['p99_ms']:.2f}", t["p99_ms"]),
+                    ],
+                )
+            )
     by_prec: dict = {}
     for r in perf_records:
         by_prec.setdefault(r["precision"], []).append((r["batch_size"], (r.get("metrics") or {}).get("fps")))
     if any(len(v) > 1 for v in by_prec.values()):
-        out.append(svg.lines("FPS vs batch size", [(p.upper(), [b for b, _ in sorted(v)], [f for _, f in sorted(v)])
-                                                   for p, v in sorted(by_prec.items())], "batch size", "FPS"))
+        out.append(
+            svg.lines(
+                "FPS vs batch size",
+                [(p.upper(), [b for b, _ in sorted(v)], [f for _, f in sorted(v)]) for p, v in sorted(by_prec.items())],
+                "batch size",
+                "FPS",
+            )
+        )
     return "".join(out)
 
 
 # ------------------------------------------------------------------ candidate vs reference
 
+
 def _thumb(path: Path) -> tuple[bytes, int, int, float] | None:
     import cv2
+
     img = cv2.imread(str(path))
     if img is None:
         return None
@@ -198,6 +282,7 @@ def change_score(ref: list, cand: list, threshold: float) -> float:
     def arr(d):
         a = np.array(d, np.float64).reshape(-1, 6)
         return a[:, :4], a[:, 4], a[:, 5].astype(np.int64)
+
     total = 0.0
     for a, b in ((ref, cand), (cand, ref)):
         for m in match_detections(arr(a), arr(b), threshold):
@@ -205,12 +290,21 @@ def change_score(ref: list, cand: list, threshold: float) -> float:
     return total / 2
 
 
-def changed_images(ref_dets: list[dict], cand_dets: list[dict], images_dir, file_names: dict, names: dict,
-                   threshold: float = 0.3, limit: int = MAX_IMAGES, labels=("reference", "candidate")) -> str:
+def changed_images(
+    ref_dets: list[dict],
+    cand_dets: list[dict],
+    images_dir,
+    file_names: dict,
+    names: dict,
+    threshold: float = 0.3,
+    limit: int = MAX_IMAGES,
+    labels=("reference", "candidate"),
+) -> str:
     """The `limit` images whose detections changed most, drawn with both sets (score >= threshold)."""
     ref, cand = _per_image(ref_dets), _per_image(cand_dets)
-    scores = sorted(((change_score(ref.get(i, []), cand.get(i, []), threshold), i) for i in set(ref) | set(cand)),
-                    reverse=True)
+    scores = sorted(
+        ((change_score(ref.get(i, []), cand.get(i, []), threshold), i) for i in set(ref) | set(cand)), reverse=True
+    )
     out = []
     for score, image_id in scores[:limit]:
         if score <= 0:
@@ -219,53 +313,95 @@ def changed_images(ref_dets: list[dict], cand_dets: list[dict], images_dir, file
         if thumb is None:
             continue
         jpeg, w, h, scale = thumb
-        sets = [(name, colour, [(x1, y1, x2, y2, s, names.get(c, c)) for x1, y1, x2, y2, s, c in d.get(image_id, [])
-                                if s >= threshold]) for name, colour, d in ((labels[0], "#2ca02c", ref),
-                                                                             (labels[1], "#d62728", cand))]
-        out.append(svg.boxes_on_image(jpeg, w, h, scale, sets, f"image {image_id} ({file_names.get(image_id)}): "
-                                                             f"change {score:.2f}"))
+        sets = [
+            (
+                name,
+                colour,
+                [
+                    (x1, y1, x2, y2, s, names.get(c, c))
+                    for x1, y1, x2, y2, s, c in d.get(image_id, [])
+                    if s >= threshold
+                ],
+            )
+            for name, colour, d in ((labels[0], "#2ca02c", ref), (labels[1], "#d62728", cand))
+        ]
+        out.append(
+            svg.boxes_on_image(
+                jpeg, w, h, scale, sets, f"image {image_id} ({file_names.get(image_id)}): change {score:.2f}"
+            )
+        )
     if not out:
         return f"<p>No image's detections (score &gt;= {threshold}) changed.</p>"
-    return (f"<p>The {len(out)} images whose detections changed most (score &gt;= {threshold}; unmatched "
-            f"boxes count 1, matched ones 1 - IoU + |score difference|): {esc(labels[0])} solid, "
-            f"{esc(labels[1])} dashed.</p>" + "".join(out))
+    return (
+        f"<p>The {len(out)} images whose detections changed most (score &gt;= {threshold}; unmatched "
+        f"boxes count 1, matched ones 1 - IoU + |score difference|): {esc(labels[0])} solid, "
+        f"{esc(labels[1])} dashed.</p>" + "".join(out)
+    )
 
 
 def output_stats_table(outputs: dict) -> str:
     rows = []
     for name, s in outputs.items():
         if "cosine" in s:
-            rows.append([name, f"{s['cosine']:.6f}", f"{s['max_abs_err']:.4g}", f"{s['norm_err']:.4f}",
-                         f"{s['mean_abs_err']:.4g}", f"{s['max_rel_err']:.4g}", f"{s['mean_rel_err']:.4g}",
-                         f"{s['nan']}/{s['inf']}"])
+            rows.append(
+                [
+                    name,
+                    f"{s['cosine']:.6f}",
+                    f"{s['max_abs_err']:.4g}",
+                    f"{s['norm_err']:.4f}",
+                    f"{s['mean_abs_err']:.4g}",
+                    f"{s['max_rel_err']:.4g}",
+                    f"{s['mean_rel_err']:.4g}",
+                    f"{s['nan']}/{s['inf']}",
+                ]
+            )
         else:
-            rows.append([name] + [s.get("error") or (f"{s.get('differing', 0):.2%} differ" if "differing" in s
-                                                     else "-")] + [""] * 6)
-    return _table(["output", "cosine", "max |err|", "share of range", "mean |err|", "max rel err",
-                   "mean rel err", "NaN/Inf"], rows)
+            rows.append(
+                [name]
+                + [s.get("error") or (f"{s.get('differing', 0):.2%} differ" if "differing" in s else "-")]
+                + [""] * 6
+            )
+    return _table(
+        ["output", "cosine", "max |err|", "share of range", "mean |err|", "max rel err", "mean rel err", "NaN/Inf"],
+        rows,
+    )
 
 
 def fp16_section(report: dict) -> str:
     rng = report.get("fp16_range")
     out = []
     if rng:
-        out.append(f"<p>FP16 range check: {_status(rng.get('verdict', '?'))} "
-                   f"({rng.get('float16_tensors', '?')} float16 tensors on {rng.get('images', '?')} images)</p>")
+        out.append(
+            f"<p>FP16 range check: {_status(rng.get('verdict', '?'))} "
+            f"({rng.get('float16_tensors', '?')} float16 tensors on {rng.get('images', '?')} images)</p>"
+        )
         f = rng.get("findings") or []
         if f:
-            out.append(_table(["tensor", "kind", "detail"],
-                              [[x.get("tensor", x.get("name", "?")), x.get("kind", "?"),
-                                "; ".join(f"{k} {v}" for k, v in x.items() if k not in ("tensor", "name", "kind"))]
-                               for x in f[:50]]))
+            out.append(
+                _table(
+                    ["tensor", "kind", "detail"],
+                    [
+                        [
+                            x.get("tensor", x.get("name", "?")),
+                            x.get("kind", "?"),
+                            "; ".join(f"{k} {v}" for k, v in x.items() if k not in ("tensor", "name", "kind")),
+                        ]
+                        for x in f[:50]
+                    ],
+                )
+            )
         out += [f"<p class=fail>{esc(r)}</p>" for r in rng.get("reasons", [])]
     fix = report.get("fix")
     if fix:
-        out.append(f"<h3>Suggested block list ({len(fix['block_nodes'])} nodes kept in FP32; compared again: "
-                   f"{esc(fix['verdict'])})</h3><pre>{esc(fix['spec_snippet'])}</pre>")
+        out.append(
+            f"<h3>Suggested block list ({len(fix['block_nodes'])} nodes kept in FP32; compared again: "
+            f"{esc(fix['verdict'])})</h3><pre>{esc(fix['spec_snippet'])}</pre>"
+        )
     return "".join(out)
 
 
 # ------------------------------------------------------------------ pages
+
 
 def _annotations(record: dict) -> dict | None:
     try:
@@ -277,8 +413,10 @@ def _annotations(record: dict) -> dict | None:
 def _names_files(ann: dict | None) -> tuple[dict, dict]:
     if not ann:
         return {}, {}
-    return ({c["id"]: c.get("name", c["id"]) for c in ann.get("categories", [])},
-            {im["id"]: im["file_name"] for im in ann.get("images", [])})
+    return (
+        {c["id"]: c.get("name", c["id"]) for c in ann.get("categories", [])},
+        {im["id"]: im["file_name"] for im in ann.get("images", [])},
+    )
 
 
 def run_page(record: dict, perf_records: Sequence[dict] = ()) -> str:
@@ -286,40 +424,75 @@ def run_page(record: dict, perf_records: Sequence[dict] = ()) -> str:
     acc = record if record["kind"] == "accuracy" else None
     perf = [r for r in [record, *perf_records] if r["kind"] == "performance"]
     title = f"{record['model']}/{record['variant']} {record['backend']} {record['precision']} bs{record['batch_size']}"
-    return _page(f"Run report: {title}", [
-        ("verdict", "Verdict", verdict_section(record)),
-        ("accuracy", "Accuracy", accuracy_section(acc) if acc else ""),
-        ("speed", "Speed", speed_section(perf))])
+    return _page(
+        f"Run report: {title}",
+        [
+            ("verdict", "Verdict", verdict_section(record)),
+            ("accuracy", "Accuracy", accuracy_section(acc) if acc else ""),
+            ("speed", "Speed", speed_section(perf)),
+        ],
+    )
 
 
 def compare_page(report: dict, changed_html: str = "") -> str:
     """scripts/compare.py's report: candidate vs the FP32 reference on the compared images."""
     d = report.get("detections") or {}
     c = report.get("candidate") or {}
-    lines = [f"<p>{_status(report['verdict'])} {esc(c.get('backend'))} {esc(c.get('device'))} "
-             f"{esc(c.get('precision'))} vs the FP32 reference on {len(report['images'])} images.</p>"]
+    lines = [
+        f"<p>{_status(report['verdict'])} {esc(c.get('backend'))} {esc(c.get('device'))} "
+        f"{esc(c.get('precision'))} vs the FP32 reference on {len(report['images'])} images.</p>"
+    ]
     if "ap_diff" in d:
         iv = d.get("ap_diff_interval")
-        lines.append(f"<p>AP on the compared images {d['ap_candidate']:.4f} vs {d['ap_reference']:.4f} "
-                     f"(tolerance |diff| &lt;= {report['tolerance']['max_ap_diff']}); "
-                     + (f"95 % paired bootstrap interval of the difference [{iv[0]:+.4f}, {iv[1]:+.4f}]: the "
-                        "verdict counts the difference only when the interval excludes 0.</p>" if iv else
-                        "no paired interval: the fixed tolerance was used.</p>"))
+        lines.append(
+            f"<p>AP on the compared images {d['ap_candidate']:.4f} vs {d['ap_reference']:.4f} "
+            f"(tolerance |diff| &lt;= {report['tolerance']['max_ap_diff']}); "
+            + (
+                f"95 % paired bootstrap interval of the difference [{iv[0]:+.4f}, {iv[1]:+.4f}]: the "
+                "verdict counts the difference only when the interval excludes 0.</p>"
+                if iv
+                else "no paired interval: the fixed tolerance was used.</p>"
+            )
+        )
     lines += [f"<p class=fail>{esc(r)}</p>" for r in report.get("reasons", [])]
-    det = (_table(["reference detections", "matched", "mean IoU", "mean |score diff|"],
-                  [[d.get("reference_detections"), f"{d.get('matched', 0):.1%}", f"{d.get('mean_iou', 0):.4f}",
-                    f"{d.get('mean_score_diff', 0):.4f}"]]) if "matched" in d else "")
-    return _page(f"Compare report: {report['model']}/{report['variant']} {c.get('precision')}", [
-        ("verdict", "Verdict", "".join(lines)),
-        ("comparison", "Candidate vs reference", det + "<h3>Per-output error statistics</h3>"
-         + output_stats_table(report.get("outputs") or {}) + "<h3>Changed images</h3>" + changed_html),
-        ("fp16", "FP16 range check and block list", fp16_section(report))])
+    det = (
+        _table(
+            ["reference detections", "matched", "mean IoU", "mean |score diff|"],
+            [
+                [
+                    d.get("reference_detections"),
+                    f"{d.get('matched', 0):.1%}",
+                    f"{d.get('mean_iou', 0):.4f}",
+                    f"{d.get('mean_score_diff', 0):.4f}",
+                ]
+            ],
+        )
+        if "matched" in d
+        else ""
+    )
+    return _page(
+        f"Compare report: {report['model']}/{report['variant']} {c.get('precision')}",
+        [
+            ("verdict", "Verdict", "".join(lines)),
+            (
+                "comparison",
+                "Candidate vs reference",
+                det
+                + "<h3>Per-output error statistics</h3>"
+                + output_stats_table(report.get("outputs") or {})
+                + "<h3>Changed images</h3>"
+                + changed_html,
+            ),
+            ("fp16", "FP16 range check and block list", fp16_section(report)),
+        ],
+    )
 
 
 def compare_html(report: dict, cfg) -> str:
     """compare_page with the changed images drawn from the dataset the comparison read."""
     from common.config.specs import load_model
     from common.data.coco import read_annotations, resolve_dataset
+
     variant = load_model(cfg.model).variant(cfg.variant)
     changed = ""
     try:
@@ -328,12 +501,23 @@ def compare_html(report: dict, cfg) -> str:
     except Exception as exc:  # noqa: BLE001 - the report says why it has no images rather than failing the run
         changed = f"<p>No images drawn: {esc(exc)}</p>"
     else:
+
         def dets(key):
-            return [{"image_id": p["image_id"], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s, "category_id": c}
-                    for p in (report.get("detections") or {}).get("per_image", []) for x1, y1, x2, y2, s, c in p[key]]
-        changed = changed_images(dets("reference"), dets("candidate"), images_dir, files, names,
-                                 report["tolerance"]["score_threshold"],
-                                 labels=("FP32 reference", str(cfg.precision).upper()))
+            return [
+                {"image_id": p["image_id"], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s, "category_id": c}
+                for p in (report.get("detections") or {}).get("per_image", [])
+                for x1, y1, x2, y2, s, c in p[key]
+            ]
+
+        changed = changed_images(
+            dets("reference"),
+            dets("candidate"),
+            images_dir,
+            files,
+            names,
+            report["tolerance"]["score_threshold"],
+            labels=("FP32 reference", str(cfg.precision).upper()),
+        )
     return compare_page(report, changed)
 
 
