@@ -82,16 +82,16 @@ def test_server_qps_and_latency_follow_md1_queueing(rtmdet_fp32_pass, tmp_path):
 
 
 def test_single_stream_p90_is_the_device_latency_plus_the_harness(rtmdet_fp32_pass, tmp_path):
-    """One query at a time on a 5 ms device: LoadGen's p90 is never below the device's 5 ms nor below what the SUT
-    itself saw from issue to answer (5 ms + its own overhead: LoadGen's interval contains the SUT's), and exceeds
-    it by no more than the host's scheduling of LoadGen's threads (3 ms + 25 %: generous, CI shares two cores)."""
+    """One query at a time on a 5 ms device: LoadGen's p90 is never below the device's 5 ms and equals what the SUT
+    itself saw from issue to answer (5 ms + its own overhead) within the host's scheduling of the two sides'
+    threads (1.5 ms + 25 %: generous, CI shares two cores; a SUT answering before its device ran is 10 ms off)."""
     rec = run_loadgen(_replay_cfg(rtmdet_fp32_pass, tmp_path, fps=200.0), LoadgenConfig("SingleStream", short=True))
     s = rec["loadgen"]
     assert s["valid"], s["reasons"]
     assert s["queries"] >= 64 and s["early_stopping"]["met"] and s["early_stopping"]["p90_ms"] >= s["p90_ms"]
     sut_p90 = s["sut"]["latency_ms_p90"]
     assert s["p90_ms"] >= 5.0 and sut_p90 >= 5.0
-    assert sut_p90 - 0.05 <= s["p90_ms"] <= sut_p90 + 3.0 + 0.25 * sut_p90, (s["p90_ms"], sut_p90)
+    assert abs(s["p90_ms"] - sut_p90) <= 1.5 + 0.25 * sut_p90, (s["p90_ms"], sut_p90)
     assert s["test_settings"]["min_query_count"] == 64 and s["mlperf_result"] is False
 
 
