@@ -201,20 +201,22 @@ def speed_section(perf_records: list[dict]) -> str:
         "infer and decode per image.</p>"
     )
     warnings = []
+    import dataclasses
+
     from common.harness.timing import TimingStats, validity_reasons
 
+    stat_fields = [f.name for f in dataclasses.fields(TimingStats)]
     for r in perf_records:
         t, settings = r.get("timing") or {}, r.get("timing_settings") or {}
         if t.get("noisy"):
             warnings.append(
                 f"{r['precision']} bs{r['batch_size']}: CoV {t['cov'] * 100:.1f} % is above 10 %: too noisy to trust"
             )
-        if settings and t:
+        if settings and all(k in t for k in stat_fields):   # a partial timing (an older record) has no verdict
+            stats = TimingStats(**{k: t[k] for k in stat_fields})
             warnings += [
                 f"{r['precision']} bs{r['batch_size']}: {w}"
-                for w in validity_reasons(
-                    TimingStats(**t), settings.get("min_iters", 0), settings.get("min_duration_s", 0.0)
-                )
+                for w in validity_reasons(stats, settings.get("min_iters", 0), settings.get("min_duration_s", 0.0))
             ]
     if warnings:
         out.append('<ul class="notes warn">' + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
