@@ -63,4 +63,5 @@ def test_the_walkthrough_runs_as_written(tmp_path, shared_data, rtmdet_onnx):
     (v,) = verdicts
     assert v["status"] == "fail" and any(n.startswith("accuracy regression") for n in v["notes"]), v
     assert list((tmp_path / "mydet" / "baselines").rglob("*.json"))
-    assert "(on 100 images)" in log[0]
+    accuracy_run = next(entry for entry in log if "scripts/suite accuracy" in entry.splitlines()[0])
+    assert "(on 100 images)" in accuracy_run
