@@ -78,7 +78,7 @@ def tiny_rtdetr_spec(path: Path, name: str = "rtdetr") -> Path:
     output: {{convention: detr, logits: logits, boxes: pred_boxes, max_per_img: 50, score_threshold: 0.05}}
     labels: {list(CATEGORIES)}
     evaluation: {{annotation: instances_val2017.json}}
-    build: {{fp16_block_ops: [LayerNormalization, GridSample, Log, ReduceMax]}}
+    build: {{fp16_block_ops: [LayerNormalization, GridSample, Log, Clip, ReduceMax]}}
     fidelity: {{outputs: []}}
 """
     path.write_text(f"""schema: 1

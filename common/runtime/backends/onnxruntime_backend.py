@@ -50,7 +50,7 @@ _DEVICE_PROVIDERS = {
 }
 # Ops whose float16 versions are missing on some providers or lose what they compute (index/score logic).
 FP16_ALWAYS_FP32 = ["NonMaxSuppression", "TopK", "RoiAlign", "Range", "CumSum"]
-FP16_CONVERTER = 4  # the version of convert_fp16's graph: change it when its output changes (engine cache keys)
+FP16_CONVERTER = 5  # the version of convert_fp16's graph: change it when its output changes (engine cache keys)
 
 
 def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()):
@@ -64,14 +64,28 @@ def convert_fp16(model_path: Path, out_path: Path, block_list=(), block_nodes=()
     except Exception as exc:  # onnx raises DecodeError / ValueError / OSError variants
         raise InputError(f"cannot load ONNX model ({type(exc).__name__}: {exc})", model_path) from None
     ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_ALWAYS_FP32) | set(block_list))
+    nodes = sorted(set(block_nodes) | _constants_of_blocked_nodes(model.graph, set(ops), set(block_nodes)))
     converted = float16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=ops, node_block_list=list(block_nodes), disable_shape_infer=False
+        model, keep_io_types=True, op_block_list=ops, node_block_list=nodes, disable_shape_infer=False
     )
     _tidy_block_casts(converted.graph)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     if n16 == 0:
         raise RuntimeFailure("FP16 conversion produced no float16 weights: refusing to run FP32 as FP16", model_path)
     onnx.save(converted, str(out_path))
+
+
+def _constants_of_blocked_nodes(graph, ops: set, names: set) -> set:
+    """Constant nodes read only by nodes kept in FP32: the converter would store their values in float16 anyway
+    (RT-DETR's inverse-sigmoid eps, 1e-5, is a float16 subnormal: 0 on a device that flushes them) and cast them
+    back for their FP32 readers. Kept FP32 with their readers, they hold the value the FP32 graph computes with."""
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return {node.name for node in graph.node
+            if node.op_type == "Constant" and node.name and node.output and readers.get(node.output[0])
+            and all(r.op_type in ops or r.name in names for r in readers[node.output[0]])}
 
 
 def _tidy_block_casts(graph):
