@@ -48,14 +48,18 @@ def datasets_module(name: str):
 
 def main() -> int:
     """scripts/suite and the `suite` console command. The interpreter scripts/suite chose ($PYTHON, else .venv)
-    is kept: one clear line when it lacks the suite's packages, never a silent switch to another one."""
+    is kept: one clear line when it lacks the suite's packages, never a silent switch to another one. Ends the
+    process the way common.cli does (exit_now): after an interrupt, no interpreter tear-down, during which a second
+    SIGTERM would kill the process instead of being absorbed."""
     bootstrap(reexec=False)
     from common.interpreter import require_packages
 
     require_packages("$PYTHON" if os.environ.get("PYTHON") else "scripts/suite")
+    from common.cli import exit_now
     from common.cli import main as cli_main
 
-    return cli_main()
+    exit_now(cli_main())
+    return 0   # not reached
 
 
 if __name__ == "__main__":   # scripts/suite runs this file: `python scripts/ixuca_suite.py accuracy ...`
