@@ -1,4 +1,5 @@
 """Shared harness of the inference validation suite. Knows no model by name."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,10 +1,10 @@
 """The suite's own errors and the exit codes they map to (documented in README.md)."""
 
-EXIT_PASS = 0          # every target held
+EXIT_PASS = 0  # every target held
 EXIT_TARGET_FAILED = 1  # the run completed but a target (or an output sanity check) failed
-EXIT_BAD_INPUT = 2      # bad input or configuration: nothing was measured
-EXIT_RUNTIME = 3        # the backend or runtime failed while running
-EXIT_INCOMPLETE = 4     # a merge of image shards lacks a shard (docs/scale-out.md)
+EXIT_BAD_INPUT = 2  # bad input or configuration: nothing was measured
+EXIT_RUNTIME = 3  # the backend or runtime failed while running
+EXIT_INCOMPLETE = 4  # a merge of image shards lacks a shard (docs/scale-out.md)
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 
@@ -18,16 +18,18 @@ def quote(value, limit: int = 200) -> str:
     """repr(value) for a message, at most `limit` characters. reprlib stops at a few levels and items, so the
     cost is bounded too: a YAML alias bomb's repr would be gigabytes."""
     import reprlib
+
     r = reprlib.Repr()
     r.maxlevel, r.maxlist, r.maxdict, r.maxtuple, r.maxset = 3, 8, 8, 8, 8
     r.maxstring = r.maxother = r.maxlong = limit
     text = r.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def did_you_mean(word: str, known, n: int = 3) -> str:
     """' (did you mean X?)' naming the closest of `known` to a mistyped `word`, or '' when none is close."""
     import difflib
+
     close = difflib.get_close_matches(word, list(known), n=n, cutoff=0.6)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 

@@ -1,6 +1,7 @@
 """Entry scripts work from any shell after set-up: a script started by an interpreter that lacks the suite's
 packages (`#!/usr/bin/env python3`, or plain `python3 scripts/compare.py`) re-runs itself under the repo's
 .venv. An interpreter that has them (a vendor SDK's, $PYTHON) is kept. Standard library only."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,8 +31,10 @@ def use_project_python(needed: tuple = NEEDED) -> None:
         os.execv(str(venv), [str(venv), script, *sys.argv[1:]])
     layer = " --export" if "torch" in _missing(needed) and not _missing(NEEDED) else ""
     where = f"{venv} lacks them: rerun" if venv.is_file() else f"there is no set-up .venv in {REPO_ROOT}: run"
-    print(f"error: {sys.executable} lacks {', '.join(_missing(needed))} and {where} "
-          f"`bash scripts/setup.sh{layer}`", file=sys.stderr)
+    print(
+        f"error: {sys.executable} lacks {', '.join(_missing(needed))} and {where} `bash scripts/setup.sh{layer}`",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 
@@ -41,7 +44,9 @@ def require_packages(chosen_by: str) -> None:
     than an import traceback."""
     missing = _missing(NEEDED)
     if missing:
-        print(f"error: {sys.executable} (chosen by {chosen_by}) lacks {', '.join(missing)}: unset it to use "
-              f"{REPO_ROOT / '.venv'}, or install the suite into that interpreter (`bash scripts/setup.sh`)",
-              file=sys.stderr)
+        print(
+            f"error: {sys.executable} (chosen by {chosen_by}) lacks {', '.join(missing)}: unset it to use "
+            f"{REPO_ROOT / '.venv'}, or install the suite into that interpreter (`bash scripts/setup.sh`)",
+            file=sys.stderr,
+        )
         sys.exit(2)

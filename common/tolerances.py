@@ -1,5 +1,6 @@
 """The `fidelity:` section of a variant: how far a candidate engine (FP16, INT8, another runtime) may stray from
 the FP32 reference (docs/fidelity.md). Typed and validated when the spec is loaded (common/config/specs.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,17 +15,17 @@ from common.errors import ConfigError, quote
 class Tolerance:
     """Defaults suited to a real FP16 engine on real images (FP16 keeps ~3 decimal digits)."""
 
-    min_cosine: float = 0.999          # per output, flattened
+    min_cosine: float = 0.999  # per output, flattened
     # per output: max |cand - ref| / max |ref|. A single element decides it, and real FP16 has outliers (RTMDet's
     # raw box distances: 0.10 of the range at cosine 0.99994 with every detection matched), so it only catches
     # gross breakage; cosine and the detection checks carry the precision.
     max_norm_err: float = 0.25
-    outputs: tuple | None = None       # outputs whose tensor errors gate the verdict (None: every float output)
-    score_threshold: float = 0.3       # reference detections at or above this must be found by the candidate
-    min_matched: float = 0.95          # share of those matched (IoU >= 0.5, same label)
+    outputs: tuple | None = None  # outputs whose tensor errors gate the verdict (None: every float output)
+    score_threshold: float = 0.3  # reference detections at or above this must be found by the candidate
+    min_matched: float = 0.95  # share of those matched (IoU >= 0.5, same label)
     min_mean_iou: float = 0.9
-    max_score_diff: float = 0.02       # mean |score diff| of the matched pairs
-    max_ap_diff: float = 0.02          # |AP(candidate) - AP(reference)| on the compared images
+    max_score_diff: float = 0.02  # mean |score diff| of the matched pairs
+    max_ap_diff: float = 0.02  # |AP(candidate) - AP(reference)| on the compared images
     # localisation: an intermediate tensor leaves tolerance below this cosine or above this max error (share of
     # its range; 1.0 = off by default: one element of a Sigmoid fed by an FP16 Conv can be 0.3 off harmlessly)
     node_min_cosine: float = 0.999
@@ -54,8 +55,7 @@ def parse_tolerance(raw, where: str, path) -> Tolerance:
                 raise ConfigError(f"{where}.fp16_subnormals: expected flush or keep, got {quote(value)}", path)
             values[key] = value
         else:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                    or value < 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{where}.{key}: expected a finite number >= 0, got {quote(value)}", path)
             values[key] = float(value)
     return Tolerance(**values)

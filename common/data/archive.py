@@ -6,6 +6,7 @@ inside the target (the target itself, or a directory on a member's path, e.g. th
 link that `prepare.py --from-dir` makes) is never written through either: the suite did not create the directory
 behind it, so extracting into it would change the user's own files. Every refusal names the member.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def _check(archive: Path, root: Path, member: str, path: str | None = None, what
     """Refuse `member` when `path` (its own name, or its link target) leads outside root."""
     path = member if path is None else path
     if not _inside(root, path):
-        detail = f"its path points outside {root}" if what == "path" else \
-            f"its link target {path!r} points outside {root}"
+        detail = (
+            f"its path points outside {root}" if what == "path" else f"its link target {path!r} points outside {root}"
+        )
         raise InputError(f"refusing to extract member {member!r}: {detail}", archive)
 
 
@@ -39,9 +41,12 @@ def _no_links_on_path(archive: Path, root: Path, member: str):
     for part in parts:
         here = here / part
         if here.is_symlink():
-            raise InputError(f"refusing to extract member {member!r}: {here} is a link (to {os.readlink(here)}), "
-                             "and the suite never writes through a link into a directory it did not create; "
-                             "remove the link or choose another --out", archive)
+            raise InputError(
+                f"refusing to extract member {member!r}: {here} is a link (to {os.readlink(here)}), "
+                "and the suite never writes through a link into a directory it did not create; "
+                "remove the link or choose another --out",
+                archive,
+            )
         if not here.is_dir():
             return
 
@@ -49,8 +54,11 @@ def _no_links_on_path(archive: Path, root: Path, member: str):
 def _root(target: str | Path) -> Path:
     target = Path(target)
     if target.is_symlink():
-        raise InputError(f"is a link (to {os.readlink(target)}): the suite never extracts through a link into a "
-                         "directory it did not create; remove the link or choose another --out", target)
+        raise InputError(
+            f"is a link (to {os.readlink(target)}): the suite never extracts through a link into a "
+            "directory it did not create; remove the link or choose another --out",
+            target,
+        )
     return target.resolve()
 
 
@@ -82,7 +90,7 @@ def extract(archive: str | Path, target: str | Path) -> Path:
                     _no_links_on_path(archive, root, m.name)
                 try:
                     tf.extractall(root, filter="data")
-                except tarfile.FilterError as exc:   # tarfile's own safety filter: a refusal, not a corrupt file
+                except tarfile.FilterError as exc:  # tarfile's own safety filter: a refusal, not a corrupt file
                     member = getattr(exc, "tarinfo", None)
                     name = member.name if member is not None else "?"
                     raise InputError(f"refusing to extract member {name!r}: {exc}", archive) from None
@@ -102,7 +110,7 @@ def archive_is_complete(path: str | Path) -> bool:
                 zf.infolist()
             return True
         with tarfile.open(path) as tf:
-            tf.getmembers()              # reads (and decompresses) to the end: a cut stream raises
+            tf.getmembers()  # reads (and decompresses) to the end: a cut stream raises
         return True
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError):
         return False

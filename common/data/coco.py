@@ -1,12 +1,11 @@
 """COCO image sets: resolve the dataset layout, read the annotation file, decode + preprocess in workers."""
+
 from __future__ import annotations
 
 import contextlib
 import json
 import mmap
 import multiprocessing as mp
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 import os
 import re
 import signal
@@ -14,17 +13,23 @@ import stat
 import threading
 import time
 import weakref
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from common.data.coco_checks import COCO_CHECKS, check_coco, drop_zero_area
+from common.data.preprocess import Preprocessor
 from common.errors import ConfigError, InputError
 from common.fsaccess import check_readable_dir, file_kind, is_dir, is_file, path_stat
-from common.data.preprocess import Preprocessor
+
+if TYPE_CHECKING:  # imported where a cache is asked for: a run without one never loads it
+    from common.data.input_cache import InputCache
 
 
 @dataclass(frozen=True)
@@ -46,13 +51,20 @@ class Batch:
 
     __slots__ = ("image_ids", "meta", "canvas", "_inputs", "_normalize")
 
-    def __init__(self, image_ids: np.ndarray, inputs: np.ndarray | None, meta: np.ndarray,
-                 canvas: np.ndarray | None = None, normalize=None):
+    def __init__(
+        self,
+        image_ids: np.ndarray,
+        inputs: np.ndarray | None,
+        meta: np.ndarray,
+        canvas: np.ndarray | None = None,
+        normalize=None,
+    ):
         self.image_ids, self.meta, self._inputs = image_ids, meta, inputs
         self.canvas, self._normalize = canvas, normalize
 
     @property
     def inputs(self) -> np.ndarray:
+        """The batch's float32 network inputs, normalised from the uint8 canvases the first time they are asked for."""
         if self._inputs is None:
             self._inputs = self._normalize(self.canvas, self.meta)
             self.canvas = None  # its buffer (a loader's, or the cache's mapping) is not needed any more
@@ -81,7 +93,7 @@ class InputBuffers:
         # numpy makes this array the base of every view taken from it: the buffer returns once all are gone
         raw = np.frombuffer(buf, np.float32)
         weakref.finalize(raw, self._give_back, buf)
-        out = raw.reshape(self.shape)[:len(canvas)]
+        out = raw.reshape(self.shape)[: len(canvas)]
         del raw
         return self.pre.normalize(canvas, meta, out)
 
@@ -95,12 +107,14 @@ def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | 
     ann = Path(annotation)
     if not ann.is_absolute() and not is_file(ann, "annotation file"):
         if not dataset_dir:
-            raise ConfigError(f"annotation '{annotation}' not found and no dataset dir given "
-                              "(set DATASETS_DIR or pass --dataset-dir)")
+            raise ConfigError(
+                f"annotation '{annotation}' not found and no dataset dir given (set DATASETS_DIR or pass --dataset-dir)"
+            )
         ann = Path(dataset_dir) / "annotations" / annotation
     if not is_file(ann, "annotation file"):
-        raise InputError("annotation file not found (pass --ann with a file under <dataset>/annotations or a "
-                         "path)", ann)
+        raise InputError(
+            "annotation file not found (pass --ann with a file under <dataset>/annotations or a path)", ann
+        )
     return resolve_images_dir(dataset_dir, images_dir), ann
 
 
@@ -129,8 +143,10 @@ def folder_items(images_dir: Path, n: int) -> list[ImageItem]:
     names = sorted(p.name for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
     if not names:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the images dir", images_dir)
-    return [ImageItem(int(Path(name).stem) if Path(name).stem.isdigit() else i, str(Path(images_dir) / name), 0, 0)
-            for i, name in enumerate(names)]
+    return [
+        ImageItem(int(Path(name).stem) if Path(name).stem.isdigit() else i, str(Path(images_dir) / name), 0, 0)
+        for i, name in enumerate(names)
+    ]
 
 
 # A polygon segmentation: a list of lists of numbers only. Parsing its numbers is three quarters of json.loads'
@@ -155,12 +171,15 @@ def read_annotations(ann_file: str | Path, polygons: bool = True, remember=None)
 
     def parse_and_check():
         data = _parse_json(raw, polygons, ann_file)
-        check_coco(data, ann_file)   # a refusal raises: never remembered
+        check_coco(data, ann_file)  # a refusal raises: never remembered
         return data
+
     if remember is None:
         return drop_zero_area(parse_and_check(), ann_file)
-    return drop_zero_area(remember.parsed("coco-annotations", raw, parse_and_check,
-                                          version=f"checks {COCO_CHECKS}, polygons {polygons}"), ann_file)
+    return drop_zero_area(
+        remember.parsed("coco-annotations", raw, parse_and_check, version=f"checks {COCO_CHECKS}, polygons {polygons}"),
+        ann_file,
+    )
 
 
 def _parse_json(raw: bytes, polygons: bool, ann_file: Path) -> dict:
@@ -205,11 +224,14 @@ def image_items(annotations: dict, images_dir: Path, max_images: int | None = No
         else:
             items.append(ImageItem(img["id"], path, img["width"], img["height"], (st.st_size, st.st_mtime_ns)))
     if missing:
-        raise InputError(f"{len(missing)} image(s) listed in the annotation file are missing, e.g. {missing[0]}",
-                         images_dir)
+        raise InputError(
+            f"{len(missing)} image(s) listed in the annotation file are missing, e.g. {missing[0]}", images_dir
+        )
     if odd:
-        raise InputError(f"{len(odd)} image(s) listed in the annotation file are not regular files, e.g. "
-                         f"{odd[0][0]} ({odd[0][1]})", images_dir)
+        raise InputError(
+            f"{len(odd)} image(s) listed in the annotation file are not regular files, e.g. {odd[0][0]} ({odd[0][1]})",
+            images_dir,
+        )
     return items
 
 
@@ -234,7 +256,7 @@ def jpeg_is_truncated(data: bytes) -> bool:
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
             i += 2
             continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
         if marker == 0xDA:  # start of scan: the rest is entropy-coded data (and later scans)
             # searched from the end, where the marker is: the same answer without scanning the whole scan data
             return data.rfind(b"\xff\xd9", i + 2 + length) == -1
@@ -281,14 +303,17 @@ def _die_with_parent(parent_pid: int, from_main_thread: bool):
         if not from_main_thread:
             raise OSError("the pool was not forked by the main thread")
         import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
             raise OSError(ctypes.get_errno(), "prctl")
     except (OSError, AttributeError):
+
         def watch():
             while os.getppid() == parent_pid:
                 time.sleep(0.5)
             os._exit(1)
+
         threading.Thread(target=watch, daemon=True).start()
     if os.getppid() != parent_pid:  # the parent died before the watch was set up
         os._exit(1)
@@ -310,8 +335,9 @@ def signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _init_worker(pre: Preprocessor, own_process: bool = True, parent_pid: int | None = None,
-                 from_main_thread: bool = False):
+def _init_worker(
+    pre: Preprocessor, own_process: bool = True, parent_pid: int | None = None, from_main_thread: bool = False
+):
     global _worker_pre
     _worker_pre = pre
     if not own_process:
@@ -319,7 +345,7 @@ def _init_worker(pre: Preprocessor, own_process: bool = True, parent_pid: int | 
     # Ctrl-C / SIGTERM are handled once, by the parent, which then terminates the pool quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)   # held since the fork (signals_held)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)  # held since the fork (signals_held)
     if parent_pid is not None:
         _die_with_parent(parent_pid, from_main_thread)
 
@@ -329,14 +355,19 @@ def _load_one(item: ImageItem, out: np.ndarray | None = None, canvas: bool = Fal
     (Preprocessor.letterbox: what the input cache stores)."""
     img = read_image(item.path)
     if img.shape[:2] != (item.height, item.width):
-        raise InputError(f"image is {img.shape[1]}x{img.shape[0]} but the annotation file says "
-                         f"{item.width}x{item.height}", item.path)
-    return _worker_pre.letterbox(img, out) if canvas else _worker_pre(img, out)
+        raise InputError(
+            f"image is {img.shape[1]}x{img.shape[0]} but the annotation file says {item.width}x{item.height}", item.path
+        )
+    pre = _worker_pre
+    assert pre is not None, "the loader's process initialiser sets the preprocessor"
+    return pre.letterbox(img, out) if canvas else pre(img, out)
 
 
 def _load_into_slot(item: ImageItem, slot: int, canvas: bool = False) -> np.ndarray:
     """In a worker: decode + preprocess into shared slot `slot`; only the geometry row goes back."""
-    return _load_one(item, _worker_slots[slot], canvas)[1]
+    slots = _worker_slots
+    assert slots is not None, "slots exist (inherited by fork) whenever a slot index is sent"
+    return _load_one(item, slots[slot], canvas)[1]
 
 
 def _shared_slots(count: int, shape: tuple, dtype=np.float32) -> np.ndarray:
@@ -362,17 +393,28 @@ class BatchLoader:
     (ConfigError, exit 2), before any work.
     """
 
-    def __init__(self, items: list[ImageItem], pre: Preprocessor, batch_size: int, workers: int = 1,
-                 progress: bool = False, desc: str = "images", cache_dir: str | None = None):
+    def __init__(
+        self,
+        items: list[ImageItem],
+        pre: Preprocessor,
+        batch_size: int,
+        workers: int = 1,
+        progress: bool = False,
+        desc: str = "images",
+        cache_dir: str | None = None,
+    ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.items, self.pre, self.batch_size, self.progress, self.desc = items, pre, batch_size, progress, desc
         # never more slots than images: a huge --bs on a small set would otherwise map gigabytes for nothing
         self.prefetch = max(1, min(len(items), max(4 * workers, 2 * batch_size)))
         self.pool = None
-        self.cache = self.cached = self.writer = None
+        self.cache: InputCache | None = None
+        self.cached: tuple[np.ndarray, np.ndarray] | None = None
+        self.writer = None
         if cache_dir:
             from common.data.input_cache import InputCache
+
             self.cache = InputCache(cache_dir, items, pre)
             self.cached = self.cache.lookup()
             if self.cached is None:
@@ -380,18 +422,20 @@ class BatchLoader:
         # decoding produces uint8 canvases only for the cache: the float32 input is then made from the canvas
         self.canvas = self.writer is not None
         self.buffers = InputBuffers(pre, max(1, min(batch_size, len(items)))) if self.cache is not None else None
-        self.slots = None
+        self.slots: np.ndarray | None = None
         if workers > 0 and self.cached is None:
             global _worker_slots
             fork = "fork" in mp.get_all_start_methods()
             if fork:  # inherited by the workers forked below
-                self.slots = _worker_slots = _shared_slots(self.prefetch, (3, pre.height, pre.width),
-                                                           np.uint8 if self.canvas else np.float32)
+                self.slots = _worker_slots = _shared_slots(
+                    self.prefetch, (3, pre.height, pre.width), np.uint8 if self.canvas else np.float32
+                )
             ctx = mp.get_context("fork" if fork else "spawn")
             from_main = threading.current_thread() is threading.main_thread()
             with signals_held():
-                self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(pre, True, os.getpid(), from_main))
+                self.pool = ProcessPoolExecutor(
+                    workers, mp_context=ctx, initializer=_init_worker, initargs=(pre, True, os.getpid(), from_main)
+                )
                 self.pool.submit(int).result()  # starts (forks) every worker now
 
     def _pooled(self) -> Iterator:
@@ -415,21 +459,25 @@ class BatchLoader:
         while window:
             future, slot = window.popleft()
             result = future.result()
-            yield result if slot is None else (self.slots[slot], result)
-            if slot is not None:
+            if slot is None:
+                yield result
+            else:
+                assert self.slots is not None  # a slot index is only handed out when the slots exist
+                yield self.slots[slot], result
                 free.append(slot)
-            item = next(todo, None)
-            if item is not None:
-                submit(item)
+            following = next(todo, None)
+            if following is not None:
+                submit(following)
 
     def _batch(self, image_ids: np.ndarray, inputs: np.ndarray, meta: np.ndarray) -> Batch:
         """A batch of float32 inputs, or of uint8 canvases normalised when first asked for."""
         if inputs.dtype == np.uint8:
+            assert self.buffers is not None  # uint8 canvases come only from the input cache, which has buffers
             return Batch(image_ids, None, meta, inputs, self.buffers.normalize)
         return Batch(image_ids, inputs, meta)
 
     def __iter__(self) -> Iterator[Batch]:
-        if self.cached is not None:
+        if self.cache is not None and self.cached is not None:
             inputs, meta = self.cached
             ids = np.array([it.image_id for it in self.items], np.int64)
             behind = RELEASE_BATCHES_BEHIND * self.batch_size
@@ -450,7 +498,7 @@ class BatchLoader:
                         writer.discard()
                         writer = None
                 yield batch
-                batch = None  # not held while the next one decodes: the shared loader may then reuse its buffer
+                del batch  # not held while the next one decodes: the shared loader may then reuse its buffer
             if writer is not None:
                 try:
                     writer.commit()
@@ -474,8 +522,12 @@ class BatchLoader:
 
     def _no_cache(self, exc: OSError):
         import sys
-        print(f"warning: {self.cache.root}: cannot store the input cache ({exc.strerror or exc}); the run goes "
-              "on without it", file=sys.stderr)
+
+        root = self.cache.root if self.cache is not None else "the input cache"
+        print(
+            f"warning: {root}: cannot store the input cache ({exc.strerror or exc}); the run goes on without it",
+            file=sys.stderr,
+        )
 
     def _decoded(self) -> Iterator[Batch]:
         if self.pool is not None:
@@ -486,11 +538,12 @@ class BatchLoader:
         bar = None
         if self.progress:
             from tqdm import tqdm
+
             bar = tqdm(total=len(self.items), desc=self.desc, unit="img", dynamic_ncols=True)
         pre = self.pre
         try:
             for start in range(0, len(self.items), self.batch_size):
-                chunk = self.items[start:start + self.batch_size]
+                chunk = self.items[start : start + self.batch_size]
                 inputs = np.empty((len(chunk), 3, pre.height, pre.width), np.uint8 if self.canvas else np.float32)
                 meta = np.empty((len(chunk), 6), np.float64)
                 for i in range(len(chunk)):
@@ -503,6 +556,7 @@ class BatchLoader:
                 bar.close()
 
     def close(self):
+        """Stop the decoding workers and drop an input-cache entry that was never completed (nothing half-written)."""
         if self.writer is not None:  # made but never iterated: nothing is published
             self.writer.discard()
             self.writer = None
@@ -517,7 +571,13 @@ class BatchLoader:
         self.close()
 
 
-def iter_batches(items: list[ImageItem], pre: Preprocessor, batch_size: int, workers: int = 1,
-                 progress: bool = False, desc: str = "images") -> Iterator[Batch]:
+def iter_batches(
+    items: list[ImageItem],
+    pre: Preprocessor,
+    batch_size: int,
+    workers: int = 1,
+    progress: bool = False,
+    desc: str = "images",
+) -> Iterator[Batch]:
     with BatchLoader(items, pre, batch_size, workers, progress, desc) as loader:
         yield from loader

@@ -6,6 +6,7 @@ bounded queue, and appended to a temporary file beside the destination; commit()
 the file and renames it over the destination, so a reader sees the old file or the complete new one, never half
 of one. The bytes are those of json.dumps(to_coco_results(rows)) over all the rows in order.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ class DetectionsFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)   # as the atomic write before it did (regress: dets/)
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # as the atomic write before it did (regress: dets/)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.fchmod(fd, shared_file_mode())  # as open() would make it, not mkstemp's 0600
         self._file = os.fdopen(fd, "w", encoding="ascii", buffering=1 << 20)

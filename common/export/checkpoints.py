@@ -1,4 +1,5 @@
 """Load checkpoint weights safely: torch.load(weights_only=True) or safetensors, never arbitrary pickles."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from common.errors import InputError, first_line
 
-_TORCH_ZIP, _PICKLE_PROTO = b"PK\x03\x04", b"\x80"    # torch.save's zip format / legacy pickle format
+_TORCH_ZIP, _PICKLE_PROTO = b"PK\x03\x04", b"\x80"  # torch.save's zip format / legacy pickle format
 
 
 def _refusal_line(exc: Exception) -> str | None:
@@ -24,6 +25,7 @@ def load_torch_checkpoint(path: str | Path):
     import pickle
 
     import torch
+
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path)
@@ -37,11 +39,23 @@ def load_torch_checkpoint(path: str | Path):
         # torch raises UnpicklingError both for a blocked global and for bytes it cannot parse
         refusal = _refusal_line(exc)
         if refusal is None:
-            detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip() and "WeightsUnpickler" not in ln
-                           and "weights_only" not in ln and "torch.load" not in ln), first_line(exc))
+            detail = next(
+                (
+                    ln.strip()
+                    for ln in str(exc).splitlines()
+                    if ln.strip()
+                    and "WeightsUnpickler" not in ln
+                    and "weights_only" not in ln
+                    and "torch.load" not in ln
+                ),
+                first_line(exc),
+            )
             raise InputError(f"not a readable PyTorch checkpoint ({detail})", path) from None
-        raise InputError("refused: the checkpoint is a pickle that needs arbitrary code to load "
-                         f"(torch.load weights_only=True: {refusal})", path) from None
+        raise InputError(
+            "refused: the checkpoint is a pickle that needs arbitrary code to load "
+            f"(torch.load weights_only=True: {refusal})",
+            path,
+        ) from None
     except Exception as exc:  # noqa: BLE001 - on garbage bytes torch's unpickler raises IndexError, struct.error, ...
         raise InputError(f"not a readable PyTorch checkpoint ({first_line(exc)})", path) from None
 
@@ -67,8 +81,9 @@ def check_safetensors(path: str | Path) -> Path:
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise InputError(f"not a readable safetensors file ({exc})", path) from None
     if 8 + n + end != size:
-        raise InputError(f"not a readable safetensors file (truncated or padded: {size} bytes, the header says "
-                         f"{8 + n + end})", path)
+        raise InputError(
+            f"not a readable safetensors file (truncated or padded: {size} bytes, the header says {8 + n + end})", path
+        )
     return path
 
 
@@ -85,6 +100,7 @@ def load_state_dict(path: str | Path, key: str | None = None) -> dict:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
         check_safetensors(path)
         try:
             return load_file(str(path))

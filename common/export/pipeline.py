@@ -8,6 +8,7 @@ which writes a raw (unsimplified) ONNX with a dynamic batch dimension to `out`. 
 the torch.onnx call, onnxsim that keeps the batch dimension dynamic, and a cache so the accuracy and
 performance scripts can take `--checkpoint/--config` and export once per (checkpoint, config, exporter, opset).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,17 @@ def torch_export(module, example, out: Path, *, input_name: str, output_names: l
 
     axes = {input_name: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
     with torch.no_grad():
-        torch.onnx.export(module.eval(), (example,), str(out), input_names=[input_name], output_names=output_names,
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(out),
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 def batch_is_dynamic(model, input_name: str) -> bool:
@@ -92,8 +102,9 @@ def exporter_digest(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def export_cached(variant, checkpoint: str | Path, config: str | Path | None, cache_dir: str | Path,
-                  opset: int = DEFAULT_OPSET) -> Path:
+def export_cached(
+    variant, checkpoint: str | Path, config: str | Path | None, cache_dir: str | Path, opset: int = DEFAULT_OPSET
+) -> Path:
     """The simplified ONNX for a checkpoint (+ config), exported once and reused while the checkpoint, the
     config, the exporter's source and the opset are unchanged."""
     checkpoint = Path(checkpoint)
@@ -107,17 +118,27 @@ def export_cached(variant, checkpoint: str | Path, config: str | Path | None, ca
         raise InputError("model config not found", config)
     model_dir = REPO_ROOT / "models" / variant.model
     module, exporter = load_exporter(model_dir)
-    key = cache_key(checkpoint_digest(checkpoint), config=file_sha256(config) if config else None,
-                    exporter=exporter_digest(model_dir), opset=opset,
-                    variant=variant.name, kind="export")
+    key = cache_key(
+        checkpoint_digest(checkpoint),
+        config=file_sha256(config) if config else None,
+        exporter=exporter_digest(model_dir),
+        opset=opset,
+        variant=variant.name,
+        kind="export",
+    )
 
     hidden: list = []
 
     def build(tmp: Path):
         import time
         import warnings
-        print(f"export: {checkpoint} -> ONNX (opset {opset}, then onnxsim); not in the export cache yet, this "
-              "takes a while", file=sys.stderr, flush=True)
+
+        print(
+            f"export: {checkpoint} -> ONNX (opset {opset}, then onnxsim); not in the export cache yet, this "
+            "takes a while",
+            file=sys.stderr,
+            flush=True,
+        )
         t0 = time.perf_counter()
         raw = tmp.with_suffix(".raw.onnx")
         try:
@@ -130,14 +151,26 @@ def export_cached(variant, checkpoint: str | Path, config: str | Path | None, ca
             raw.unlink(missing_ok=True)
         hidden.append(time.perf_counter() - t0)
 
-    path, hit = EngineCache(cache_dir).get_or_build(key, ".onnx", build, {
-        "checkpoint": str(checkpoint), "config": str(config) if config else None, "opset": opset,
-        "model": variant.model, "variant": variant.name})
+    path, hit = EngineCache(cache_dir).get_or_build(
+        key,
+        ".onnx",
+        build,
+        {
+            "checkpoint": str(checkpoint),
+            "config": str(config) if config else None,
+            "opset": opset,
+            "model": variant.model,
+            "variant": variant.name,
+        },
+    )
     if hit:
         print(f"onnx: {path.resolve()} (from the export cache: {checkpoint})", file=sys.stderr)
     else:
         seconds, warned = (hidden[-1], len(hidden) - 1) if hidden else (0.0, 0)
-        print(f"onnx: {path.resolve()} (exported now in {seconds:.0f} s and cached"
-              + (f"; {warned} exporter warnings hidden, SUITE_EXPORT_WARNINGS=1 shows them" if warned else "")
-              + ")", file=sys.stderr)
+        print(
+            f"onnx: {path.resolve()} (exported now in {seconds:.0f} s and cached"
+            + (f"; {warned} exporter warnings hidden, SUITE_EXPORT_WARNINGS=1 shows them" if warned else "")
+            + ")",
+            file=sys.stderr,
+        )
     return path

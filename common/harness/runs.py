@@ -3,6 +3,7 @@
 accuracy:    spec + dataset -> loader -> runner.infer -> decode -> evaluate -> record -> check -> exit code
 performance: spec -> engine (cached) -> runner timed -> stats -> record -> check -> exit code
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,50 +16,65 @@ import sys
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager, suppress
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
-from common.runtime.backends import backend_class
-from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256_memo_dir
-from common.data.coco import (folder_items, image_items, read_annotations, read_image, resolve_dataset,
-                              resolve_images_dir)
-from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
-from common.harness.upfront import check_before_images
-from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
-from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256_memo
-from common.errors import ConfigError, InputError, RuntimeFailure, first_line
-from common.data.loader import open_loader
-from common.evaluate.detections_file import DetectionsFile
-from common.evaluate.metrics import CocoEvaluator, category_coverage, to_coco_results
-from common.evaluate.detail import accuracy_detail
-from common.fsaccess import check_output_file, ensure_writable_dir
-from common.data.preprocess import Preprocessor
-from common.runtime.replay import OutputRecorder
-from common.harness.run_state import RunState
-from common.harness.shards import SHARD_KIND, ShardPlan, engine_key, ids_digest, request_key, write_shard
-from common.metric_table import FPS_DEFINITIONS  # noqa: F401  the three FPS of a performance record
-from common.record.results import check_targets, new_record, verdict_of
+from common.compare.timed_outputs import from_timing_sample
 from common.config.options import RunConfig, parallelism  # noqa: F401  RunConfig: re-exported for callers of the drivers
 from common.config.specs import Variant, load_model
-from common.runtime.telemetry import Sampler
-from common.compare.timed_outputs import from_timing_sample
+from common.data.coco import (
+    folder_items,
+    image_items,
+    read_annotations,
+    read_image,
+    resolve_dataset,
+    resolve_images_dir,
+)
+from common.data.loader import open_loader
+from common.data.preprocess import Preprocessor
+from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
+from common.engine_cache import EngineCache, atomic_write_bytes, file_sha256_memo
+from common.errors import ConfigError, InputError, RuntimeFailure, first_line
+from common.evaluate.detail import accuracy_detail
+from common.evaluate.detections_file import DetectionsFile
+from common.evaluate.metrics import CocoEvaluator, category_coverage, to_coco_results
+from common.fsaccess import check_output_file, ensure_writable_dir
+from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
+from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256_memo_dir
+from common.harness.run_state import RunState
+from common.harness.shards import SHARD_KIND, ShardPlan, engine_key, ids_digest, request_key, write_shard
 from common.harness.timing import console_progress, measure, validity_reasons
+from common.harness.upfront import check_before_images
+from common.metric_table import FPS_DEFINITIONS  # noqa: F401  the three FPS of a performance record
+from common.record.results import check_targets, new_record, verdict_of
+from common.runtime.backends import backend_class
+from common.runtime.replay import OutputRecorder
+from common.runtime.telemetry import Sampler
 
 
 def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
-    return {"model": p.variant.model, "variant": p.variant.name, "backend": p.backend.name,
-            "device": p.backend.device(), "precision": cfg.precision, "batch_size": cfg.batch_size,
-            "onnx": {"path": str(p.onnx_path), "sha256": p.onnx_sha256},
-            "engine": {"path": str(p.engine), "cache_hit": p.cache_hit, "runtime": p.backend.runtime_version()},
-            # what the images were fed with, resolved (defaults included): a wrong channel order or mean moves
-            # the AP by points and is otherwise invisible to a later reader of the record
-            "spec": {"path": p.variant.source, "sha256": p.variant.source_sha256 or None, "variant": p.variant.name},
-            "preprocess": {"height": p.variant.height, "width": p.variant.width,
-                           **dataclasses.asdict(p.variant.preprocess)}}
+    return {
+        "model": p.variant.model,
+        "variant": p.variant.name,
+        "backend": p.backend.name,
+        "device": p.backend.device(),
+        "precision": cfg.precision,
+        "batch_size": cfg.batch_size,
+        "onnx": {"path": str(p.onnx_path), "sha256": p.onnx_sha256},
+        "engine": {"path": str(p.engine), "cache_hit": p.cache_hit, "runtime": p.backend.runtime_version()},
+        # what the images were fed with, resolved (defaults included): a wrong channel order or mean moves
+        # the AP by points and is otherwise invisible to a later reader of the record
+        "spec": {"path": p.variant.source, "sha256": p.variant.source_sha256 or None, "variant": p.variant.name},
+        "preprocess": {
+            "height": p.variant.height,
+            "width": p.variant.width,
+            **dataclasses.asdict(p.variant.preprocess),
+        },
+    }
 
 
 def _targets(p: Prepared, cfg: RunConfig):
@@ -66,36 +82,53 @@ def _targets(p: Prepared, cfg: RunConfig):
 
 
 def _target_dicts(targets) -> list:
-    return [{"backend": t.backend, "device": t.device, "precision": list(t.precisions),
-             "batch_size": None if t.batch_sizes is None else list(t.batch_sizes),
-             "min": t.minimum, "max": t.maximum, "min_images": t.min_images} for t in targets]
+    return [
+        {
+            "backend": t.backend,
+            "device": t.device,
+            "precision": list(t.precisions),
+            "batch_size": None if t.batch_sizes is None else list(t.batch_sizes),
+            "min": t.minimum,
+            "max": t.maximum,
+            "min_images": t.min_images,
+        }
+        for t in targets
+    ]
 
 
 def _note_unjudged_targets(variant: Variant, cfg: RunConfig, n_images: int) -> None:
     """Said before any image is read: targets declared for more images than this run evaluates (a published
     full-val2017 figure on a subset) will be reported "not judged", neither passed nor failed."""
-    short = sorted({t.min_images for t in variant.targets
-                    if t.min_images and n_images < t.min_images and cfg.precision in t.precisions})
+    short = sorted(
+        {
+            t.min_images
+            for t in variant.targets
+            if t.min_images and n_images < t.min_images and cfg.precision in t.precisions
+        }
+    )
     if short:
-        print(f"note: {n_images} images < {short[-1]}, the minimum the {variant.id} targets are declared for: they "
-              "will be reported not judged (run the full set to judge them)", file=sys.stderr)
+        print(
+            f"note: {n_images} images < {short[-1]}, the minimum the {variant.id} targets are declared for: they "
+            "will be reported not judged (run the full set to judge them)",
+            file=sys.stderr,
+        )
 
 
 def _finish(record: dict, values: dict, targets, extra_reasons: list[str]) -> dict:
     checks, reasons = check_targets(values, targets, (record.get("dataset") or {}).get("num_images"))
     reasons = extra_reasons + reasons
-    record.update(targets=_target_dicts(targets), checks=checks, verdict=verdict_of(checks, reasons),
-                  reasons=reasons)
+    record.update(targets=_target_dicts(targets), checks=checks, verdict=verdict_of(checks, reasons), reasons=reasons)
     return record
 
 
-finish_record = _finish   # the merge of image shards judges its merged record the same way (harness/merge.py)
+finish_record = _finish  # the merge of image shards judges its merged record the same way (harness/merge.py)
 
 
 def _read_environment():
     """Package versions and git state for the record (cached), imported and read off the start-up path:
     importlib.metadata and the git calls cost ~55 ms that a thread fills while the images run."""
     from common.record.envinfo import environment
+
     environment()
 
 
@@ -109,7 +142,7 @@ READ_AHEAD_IMAGES = 64
 
 def _read_ahead(batches, future, limit: int) -> list:
     """Decode batches until `future` is done (or `limit` batches wait)."""
-    ahead = []
+    ahead: list = []
     while not future.done() and len(ahead) < limit:
         batch = next(batches, None)
         if batch is None:
@@ -174,7 +207,8 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
     threads = [threading.Thread(target=stream, args=(r,), daemon=True) for r in runners]
     for t in threads:
         t.start()
-    done, nxt, running = {}, 0, len(threads)
+    done: dict = {}
+    nxt, running = 0, len(threads)
     try:
         while True:
             while nxt in done:
@@ -204,9 +238,18 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
 def _preflight_record(cfg: RunConfig, p: Prepared, exc, images_dir, ann_file) -> dict:
     """The record of an accuracy run the pre-flight stopped: no metrics, verdict fail, its reasons and report."""
     report = getattr(exc, "report", None) or {}
-    record = new_record("accuracy", **_base_fields(cfg, p), metrics={}, preflight=report or None,
-                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file), "num_images": 0,
-                                 "stopped_by": "preflight"})
+    record = new_record(
+        "accuracy",
+        **_base_fields(cfg, p),
+        metrics={},
+        preflight=report or None,
+        dataset={
+            "images_dir": str(images_dir),
+            "annotation": str(ann_file),
+            "num_images": 0,
+            "stopped_by": "preflight",
+        },
+    )
     return _finish(record, {}, _targets(p, cfg), ["preflight: " + r for r in report.get("reasons", [])] or [str(exc)])
 
 
@@ -239,6 +282,7 @@ def _intervals(cfg, evaluator, image_ids) -> tuple[dict | None, float]:
     if not cfg.bootstrap or not len(image_ids):
         return None, 0.0
     from common.evaluate.bootstrap import MatchTable, intervals
+
     t = time.perf_counter()
     ci = intervals(MatchTable.from_evaluator(evaluator, image_ids), cfg.bootstrap)
     return ci, time.perf_counter() - t
@@ -262,7 +306,7 @@ def run_accuracy(cfg: RunConfig, publish=None) -> dict:
         raise
     finally:
         if freeze:
-            gc.unfreeze()   # the caller's garbage is collected again, as before the run
+            gc.unfreeze()  # the caller's garbage is collected again, as before the run
 
 
 def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
@@ -278,7 +322,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     items = image_items(annotations, images_dir, cfg.max_images)
     _note_unjudged_targets(variant, cfg, len(items))
     shard = None
-    if cfg.shard:   # only this shard's images; the merge evaluates the union (common/harness/shards.py)
+    if cfg.shard:  # only this shard's images; the merge evaluates the union (common/harness/shards.py)
         shard = ShardPlan.of(cfg, items)
         items = shard.items
         print(shard.describe(), flush=True)
@@ -288,31 +332,56 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
     onnx_path = resolve_onnx(cfg, variant)
     onnx_sha256 = file_sha256_memo(onnx_path, sha256_memo_dir(cfg))
-    state = RunState(Path(cfg.results_dir) / ".run-state", onnx_sha256, cfg.checkpoint_s, spec=repr(variant),
-                     precision=cfg.precision,
-                     batch_size=cfg.batch_size, backend=cfg.backend, device=cfg.device or "",
-                     annotation=file_sha256_memo(ann_file, sha256_memo_dir(cfg)),
-                     images_dir=str(images_dir.resolve()), n=len(items))
+    state = RunState(
+        Path(cfg.results_dir) / ".run-state",
+        onnx_sha256,
+        cfg.checkpoint_s,
+        spec=repr(variant),
+        precision=cfg.precision,
+        batch_size=cfg.batch_size,
+        backend=cfg.backend,
+        device=cfg.device or "",
+        annotation=file_sha256_memo(ann_file, sha256_memo_dir(cfg)),
+        images_dir=str(images_dir.resolve()),
+        n=len(items),
+    )
     # A recording of raw outputs must cover every image, so it always starts from the first one.
     states.append(state)
     if state.claim() and not (cfg.resume and not cfg.record_outputs):
         state.discard()  # not resumed: chunks of an earlier run must not mix with this run's
     done, chunks = state.load() if cfg.resume and not cfg.record_outputs else (0, [])
     nonfinite: Counter = Counter()
-    resumed = []   # the rows of the resumed images, which the detections file starts with
+    resumed = []  # the rows of the resumed images, which the detections file starts with
     for c in chunks:
         resumed.append(evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"]))
         nonfinite.update(c["nonfinite"])
     evaluator.complete([it.image_id for it in items[:done]])
-    if shard is not None and not items:   # more shards than images: nothing to infer, the engine still identifies it
+    if shard is not None and not items:  # more shards than images: nothing to infer, the engine still identifies it
         evaluator.close()
         p = prepare(cfg, variant, onnx_sha256, onnx_path)
-        return _shard_result(cfg, p, shard, evaluator, images_dir, ann_file, variant, nonfinite,
-                             {"wall_s": time.perf_counter() - t_start, "inference_s": 0.0, "images_per_s": 0.0},
-                             publish, state)
+        return _shard_result(
+            cfg,
+            p,
+            shard,
+            evaluator,
+            images_dir,
+            ann_file,
+            variant,
+            nonfinite,
+            {"wall_s": time.perf_counter() - t_start, "inference_s": 0.0, "images_per_s": 0.0},
+            publish,
+            state,
+        )
     # The loader forks its workers before prepare() starts the runtime's threads.
-    with open_loader(items[done:], pre, cfg.batch_size, cfg.workers, cfg.progress, desc=variant.id,
-                     cache_dir=None if done else cfg.input_cache) as loader:
+    with open_loader(
+        items[done:],
+        pre,
+        cfg.batch_size,
+        workers,
+        cfg.progress,
+        desc=variant.id,
+        cache_dir=None if done else cfg.input_cache,
+    ) as loader:
         batches = iter(loader)
         # The engine is built / loaded while the first images decode: a cold start would otherwise leave the
         # decoding core idle for as long as a session set-up (or an engine build) takes.
@@ -324,23 +393,36 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         setup.submit(_read_environment)
         setup.shutdown(wait=False)
         if needs_preflight(cfg, p.backend):  # a broken engine fails here in seconds, not after the full pass
-            from common.harness.fidelity import FidelityFailure, preflight  # only here: its imports cost every run ~20 ms
+            from common.harness.fidelity import (  # only here: its imports cost every run ~20 ms
+                FidelityFailure,
+                preflight,
+            )
+
             try:
                 with _about_model(onnx_path):
                     preflight(cfg, p, items, annotations)
             except FidelityFailure as exc:  # exit 1 promises a record: verdict fail, the pre-flight's reasons
-                print("error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
-                      "and in the record; see docs/fidelity.md; --preflight 0 skips this check)", file=sys.stderr)
+                print(
+                    "error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
+                    "and in the record; see docs/fidelity.md; --preflight 0 skips this check)",
+                    file=sys.stderr,
+                )
                 record = _preflight_record(cfg, p, exc, images_dir, ann_file)
                 if publish is not None:
                     publish(record)
                 return record
-        recorder = OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"]) \
-            if cfg.record_outputs else None
+        recorder = (
+            OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"])
+            if cfg.record_outputs
+            else None
+        )
         # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
         # flight at once while the next images decode: the device, not the harness, sets the pace.
-        runners = [p.runner] * cfg.streams if p.runner.concurrent else \
-            [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(cfg.streams - 1)]
+        runners = (
+            [p.runner] * streams
+            if p.runner.concurrent
+            else [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(streams - 1)]
+        )
         infer_s = 0.0
         start = done
 
@@ -354,14 +436,14 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             infer_s += seconds
             if recorder is not None:
                 recorder.add(batch.image_ids, outputs)
-            counts = output_faults(outputs, decode_cfg)   # NaN/Inf, and scores outside [0, 1]
+            counts = output_faults(outputs, decode_cfg)  # NaN/Inf, and scores outside [0, 1]
             nonfinite.update(counts)
             bi, boxes, scores, labels = decoder(outputs, batch.meta, decode_cfg)
             finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
             ids = batch.image_ids[bi[finite]]
             rows = evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
             if detections is not None:
-                detections.add(rows)   # formatted and written by its own thread while the next batches infer
+                detections.add(rows)  # formatted and written by its own thread while the next batches infer
             evaluator.complete(batch.image_ids)  # matched in the background while the next batches infer
             state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
             start += len(batch.image_ids)
@@ -370,8 +452,9 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         # shard's detections are written with its partial record, by _shard_result)
         detections = DetectionsFile(cfg.detections_out) if cfg.detections_out and shard is None else None
         try:
-            for rows in resumed if detections is not None else ():
-                detections.add(rows)
+            if detections is not None:
+                for rows in resumed:
+                    detections.add(rows)
             with _about_model(onnx_path):
                 for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
                     consume(batch, outputs, seconds)
@@ -388,11 +471,27 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             recorder.write()
     if shard is not None:
         evaluator.close()
-        return _shard_result(cfg, p, shard, evaluator, images_dir, ann_file, variant, nonfinite,
-                             {"wall_s": time.perf_counter() - t_start, "inference_s": infer_s,
-                              "images_per_s": (len(items) - done) / (time.perf_counter() - t_start),
-                              "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done,
-                              "input_cache_hit": loader.cached is not None}, publish, state)
+        return _shard_result(
+            cfg,
+            p,
+            shard,
+            evaluator,
+            images_dir,
+            ann_file,
+            variant,
+            nonfinite,
+            {
+                "wall_s": time.perf_counter() - t_start,
+                "inference_s": infer_s,
+                "images_per_s": (len(items) - done) / (time.perf_counter() - t_start),
+                "workers": cfg.workers,
+                "streams": cfg.streams,
+                "resumed_images": done,
+                "input_cache_hit": loader.cached is not None,
+            },
+            publish,
+            state,
+        )
     image_ids = [it.image_id for it in items]
     try:
         t_eval = time.perf_counter()
@@ -410,21 +509,36 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             detections, write_s = None, time.perf_counter() - t_write
         wall = time.perf_counter() - t_start
         reasons = fault_reasons(nonfinite)
-        record = new_record("accuracy", **_base_fields(cfg, p),
-                            dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
-                                     "num_images": len(items), "categories": evaluator.categories,
-                                     "evaluator": evaluator.engine, "input_cache_hit": loader.cached is not None,
-                                     "category_coverage": coverage},
-                            metrics=metrics, metrics_ci=metrics_ci,
-                            accuracy_detail=accuracy_detail(evaluator.accumulated(), evaluator.categories,
-                                                            annotations),
-                            num_detections=len(evaluator.store), detections_file=cfg.detections_out,
-                            run={"wall_s": wall, "inference_s": infer_s, "evaluate_s": evaluate_s,
-                                 "bootstrap_s": bootstrap_s,
-                                 "save_detections_tail_s": write_s,
-                                 "simulated_device_s": p.runner.simulated_device_s,
-                                 "images_per_s": (len(items) - done) / wall,   # this run's images only
-                                 "workers": cfg.workers, "streams": cfg.streams, "resumed_images": done})
+        record = new_record(
+            "accuracy",
+            **_base_fields(cfg, p),
+            dataset={
+                "images_dir": str(images_dir),
+                "annotation": str(ann_file),
+                "num_images": len(items),
+                "categories": evaluator.categories,
+                "evaluator": evaluator.engine,
+                "input_cache_hit": loader.cached is not None,
+                "category_coverage": coverage,
+            },
+            metrics=metrics,
+            metrics_ci=metrics_ci,
+            accuracy_detail=accuracy_detail(evaluator.accumulated(), evaluator.categories, annotations),
+            num_detections=len(evaluator.store),
+            detections_file=cfg.detections_out,
+            run={
+                "wall_s": wall,
+                "inference_s": infer_s,
+                "evaluate_s": evaluate_s,
+                "bootstrap_s": bootstrap_s,
+                "save_detections_tail_s": write_s,
+                "simulated_device_s": p.runner.simulated_device_s,
+                "images_per_s": (len(items) - done) / wall,  # this run's images only
+                "workers": cfg.workers,
+                "streams": cfg.streams,
+                "resumed_images": done,
+            },
+        )
         record = _finish(record, metrics, _targets(p, cfg), reasons)
         if publish is not None:
             publish(record)
@@ -435,33 +549,73 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         with suppress(OSError):
             state.flush()
         if isinstance(exc, RuntimeFailure) and state.enabled and cfg.resume:
-            raise RuntimeFailure(f"{exc}; the predictions are kept in {state.dir}: once fixed, rerun the same "
-                                 "command to evaluate and write without recomputing them") from None
+            raise RuntimeFailure(
+                f"{exc}; the predictions are kept in {state.dir}: once fixed, rerun the same "
+                "command to evaluate and write without recomputing them"
+            ) from None
         raise
     state.clear()  # the record is safely written; a rerun should measure afresh
     return record
 
 
-def _shard_result(cfg: RunConfig, p: Prepared, shard: ShardPlan, evaluator, images_dir, ann_file, variant: Variant,
-                  nonfinite: Counter, run: dict, publish, state: RunState) -> dict:
+def _shard_result(
+    cfg: RunConfig,
+    p: Prepared,
+    shard: ShardPlan,
+    evaluator,
+    images_dir,
+    ann_file,
+    variant: Variant,
+    nonfinite: Counter,
+    run: dict,
+    publish,
+    state: RunState,
+) -> dict:
     """A shard's partial record (no metrics: targets are judged on the merged record) and its detections, written
     to its results dir; the resume state is cleared once both are there."""
     rows = evaluator.store.rows()
-    identity = {"onnx_sha256": p.onnx_sha256, "precision": cfg.precision, "engine_key": engine_key(p),
-                "dataset": shard.dataset, "annotation_sha256": file_sha256_memo(ann_file, sha256_memo_dir(cfg)),
-                "backend": p.backend.name, "batch_size": cfg.batch_size,
-                "spec": hashlib.sha256(repr(variant).encode()).hexdigest()[:32], "model": p.variant.model,
-                "variant": p.variant.name, "categories": evaluator.categories}
+    identity = {
+        "onnx_sha256": p.onnx_sha256,
+        "precision": cfg.precision,
+        "engine_key": engine_key(p),
+        "dataset": shard.dataset,
+        "annotation_sha256": file_sha256_memo(ann_file, sha256_memo_dir(cfg)),
+        "backend": p.backend.name,
+        "batch_size": cfg.batch_size,
+        "spec": hashlib.sha256(repr(variant).encode()).hexdigest()[:32],
+        "model": p.variant.model,
+        "variant": p.variant.name,
+        "categories": evaluator.categories,
+    }
     gpu = os.environ.get("SUITE_GPU_INDEX")
-    record = new_record(SHARD_KIND, **_base_fields(cfg, p), model_arg=cfg.model, identity=identity,
-                        shard={"index": shard.index, "total": shard.total, "source": shard.source,
-                               "first": shard.start + 1, "last": shard.stop, "all_images": shard.all_count,
-                               "max_images": cfg.max_images, "ids_sha256": ids_digest(it.image_id for it in shard.items),
-                               "gpu_index": int(gpu) if gpu and gpu.isdigit() else None,
-                               "request": request_key(cfg)},
-                        dataset={"images_dir": str(images_dir), "annotation": str(ann_file),
-                                 "num_images": len(shard.items), "categories": evaluator.categories},
-                        metrics={}, num_detections=len(rows), nonfinite=dict(nonfinite), run=run)
+    record = new_record(
+        SHARD_KIND,
+        **_base_fields(cfg, p),
+        model_arg=cfg.model,
+        identity=identity,
+        shard={
+            "index": shard.index,
+            "total": shard.total,
+            "source": shard.source,
+            "first": shard.start + 1,
+            "last": shard.stop,
+            "all_images": shard.all_count,
+            "max_images": cfg.max_images,
+            "ids_sha256": ids_digest(it.image_id for it in shard.items),
+            "gpu_index": int(gpu) if gpu and gpu.isdigit() else None,
+            "request": request_key(cfg),
+        },
+        dataset={
+            "images_dir": str(images_dir),
+            "annotation": str(ann_file),
+            "num_images": len(shard.items),
+            "categories": evaluator.categories,
+        },
+        metrics={},
+        num_detections=len(rows),
+        nonfinite=dict(nonfinite),
+        run=run,
+    )
     reasons = fault_reasons(nonfinite)
     record.update(targets=[], checks=[], verdict=verdict_of([], reasons), reasons=reasons)
     try:
@@ -533,28 +687,60 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
         last["out"] = infer(p.runner, x)
 
     with Sampler(p.backend.telemetry_tool(), gpu_index=p.runner.device_index) as sampler:
-        stats = measure(step, p.runner.sync, cfg.batch_size, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
-                        min_duration_s=cfg.min_duration_s,
-                        progress=console_progress(f"{p.variant.id} bs{cfg.batch_size}", cfg.progress))
+        stats = measure(
+            step,
+            p.runner.sync,
+            cfg.batch_size,
+            warmup_s=cfg.warmup_s,
+            min_iters=cfg.min_iters,
+            min_duration_s=cfg.min_duration_s,
+            progress=console_progress(f"{p.variant.id} bs{cfg.batch_size}", cfg.progress),
+        )
     # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
     reasons += validity_reasons(stats, cfg.min_iters, cfg.min_duration_s)
-    values = {"fps": stats.fps, "latency_mean_ms": stats.mean_ms, "latency_p50_ms": stats.p50_ms,
-              "latency_p90_ms": stats.p90_ms, "latency_p99_ms": stats.p99_ms}
+    values: dict[str, float | None] = {
+        "fps": stats.fps,
+        "latency_mean_ms": stats.mean_ms,
+        "latency_p50_ms": stats.p50_ms,
+        "latency_p90_ms": stats.p90_ms,
+        "latency_p99_ms": stats.p99_ms,
+    }
     items = sample[0][:E2E_IMAGES] if sample[0] else None
-    e2e = {"stats": measure_end_to_end(p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s,
-                                       cfg.min_duration_s).as_dict(), "images": len(items), "reason": None} \
-        if items else {"stats": None, "images": 0, "reason": f"{sample[1]}: end-to-end time needs real images"}
+    e2e = (
+        {
+            "stats": measure_end_to_end(
+                p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s, cfg.min_duration_s
+            ).as_dict(),
+            "images": len(items),
+            "reason": None,
+        }
+        if items
+        else {"stats": None, "images": 0, "reason": f"{sample[1]}: end-to-end time needs real images"}
+    )
     compute = compute_time(p.runner, x, stats)
     # Three FPS, each under its own name (targets name the one they mean; docs/engines.md "FPS definitions"):
     # a published MR-V100 figure is compute-only (batch * 1000 / mean time_evaluator ms): compare it with
     # fps_compute, never with fps (harness) or fps_e2e (with JPEG decoding and pre/post-processing)
     values["fps_compute"] = compute.get("fps")
-    values["fps_e2e"] = e2e["stats"]["fps"] if e2e.get("stats") else None
-    record = new_record("performance", **_base_fields(cfg, p), input=source, timing=stats.as_dict(),
-                        timing_settings={"warmup_s": cfg.warmup_s, "min_duration_s": cfg.min_duration_s,
-                                         "min_iters": cfg.min_iters, "threads": cfg.threads},
-                        compute=compute, end_to_end=e2e, fps_definitions=FPS_DEFINITIONS,
-                        timed_detections=from_timing_sample(p.variant, last["out"], sample[0], cfg.batch_size),
-                        telemetry=sampler.summary(stats.fps), metrics=values)
+    e2e_stats = e2e.get("stats")
+    values["fps_e2e"] = e2e_stats["fps"] if isinstance(e2e_stats, dict) else None
+    record = new_record(
+        "performance",
+        **_base_fields(cfg, p),
+        input=source,
+        timing=stats.as_dict(),
+        timing_settings={
+            "warmup_s": cfg.warmup_s,
+            "min_duration_s": cfg.min_duration_s,
+            "min_iters": cfg.min_iters,
+            "threads": cfg.threads,
+        },
+        compute=compute,
+        end_to_end=e2e,
+        fps_definitions=FPS_DEFINITIONS,
+        timed_detections=from_timing_sample(p.variant, last["out"], sample[0], cfg.batch_size),
+        telemetry=sampler.summary(stats.fps),
+        metrics=values,
+    )
     return _finish(record, values, _targets(p, cfg), reasons)

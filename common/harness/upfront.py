@@ -1,5 +1,6 @@
 """The checks of a run that need no image, done before the first image is read: a configuration error then
 costs a second, not the decoding of the first batches (and no half-drawn progress bar comes before it)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,8 @@ def check_before_images(cfg) -> None:
     """The backend exists and runs here, it has the precision and device asked for, and an INT8 build has a
     calibration folder with images in it: each a ConfigError / InputError (exit 2) naming what is wrong."""
     from common.runtime.backends import backend_class
-    cls = backend_class(cfg.backend)            # an unknown name: ConfigError with a suggestion
+
+    cls = backend_class(cfg.backend)  # an unknown name: ConfigError with a suggestion
     caps = cls.capabilities
     why = caps.supports(cfg.precision, cfg.device)
     if why:
@@ -21,9 +23,12 @@ def check_before_images(cfg) -> None:
         raise BackendUnavailable(f"backend '{cfg.backend}' is unavailable: {why_not}")
     if cfg.precision == "int8" and not caps.replays:
         if not cfg.calib_dir:
-            raise ConfigError(f"{cfg.backend} int8 needs calibration images: pass --calib-dir DIR (or set "
-                              "CALIB_DIR) with images that are not the evaluation set")
+            raise ConfigError(
+                f"{cfg.backend} int8 needs calibration images: pass --calib-dir DIR (or set "
+                "CALIB_DIR) with images that are not the evaluation set"
+            )
         from common.data.coco import IMAGE_SUFFIXES
+
         calib = Path(cfg.calib_dir)
         if not calib.is_dir():
             raise InputError("calibration images dir not found", calib)

@@ -1,4 +1,5 @@
 """Where a result came from: package versions, git commit, machine."""
+
 from __future__ import annotations
 
 import functools
@@ -9,8 +10,22 @@ from importlib import metadata
 
 from common import REPO_ROOT
 
-PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "opencv-python-headless", "pycocotools",
-            "faster-coco-eval", "torch", "mmdet", "mmengine", "apache-tvm", "tvm", "transformers")
+PACKAGES = (
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxsim",
+    "opencv-python-headless",
+    "pycocotools",
+    "faster-coco-eval",
+    "torch",
+    "mmdet",
+    "mmengine",
+    "apache-tvm",
+    "tvm",
+    "transformers",
+)
 
 
 def _git(*args) -> str | None:
@@ -34,6 +49,7 @@ def _cpu_model() -> str:
 
 @functools.lru_cache(maxsize=1)
 def environment() -> dict:
+    """Where a result came from: host, CPU, Python and the versions of the packages a figure depends on."""
     packages = {}
     for name in PACKAGES:
         try:
@@ -59,11 +75,12 @@ RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "apache-tvm", "tvm", "torc
 def suite_version() -> str:
     """The version in pyproject.toml (the suite runs from its checkout, not from an installed wheel)."""
     import re
+
     try:
         text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
     except OSError:
         return "unknown"
-    m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)   # [project] is the file's only `version =`
+    m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)  # [project] is the file's only `version =`
     return m.group(1) if m else "unknown"
 
 
@@ -74,6 +91,8 @@ def version_text() -> str:
     commit = env["git_commit"] or "unknown (not a git checkout)"
     dirty = " with uncommitted changes" if env["git_dirty"] else ""
     runtimes = ", ".join(f"{n} {env['packages'][n]}" for n in RUNTIME_PACKAGES if n in env["packages"]) or "none"
-    return (f"inference validation suite {suite_version()}, git {commit}{dirty}\n"
-            f"python {env['python']} ({env['platform']})\nruntime packages: {runtimes}\n"
-            "(`scripts/suite env`: which runtimes are usable here, and why not)")
+    return (
+        f"inference validation suite {suite_version()}, git {commit}{dirty}\n"
+        f"python {env['python']} ({env['platform']})\nruntime packages: {runtimes}\n"
+        "(`scripts/suite env`: which runtimes are usable here, and why not)"
+    )

@@ -3,6 +3,7 @@
 Each line is a record of the suite plus `run_id` and the regression `status` its case got. Lines are only
 ever appended (one write per line, O_APPEND), so concurrent writers never interleave partial lines.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -38,7 +39,7 @@ def read_history(path: str | Path, warn=None) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            if n == len(lines):    # the last line, and no newline after it: a write cut short
+            if n == len(lines):  # the last line, and no newline after it: a write cut short
                 warn(f"warning: {path}: line {n} is truncated (not JSON: {exc.msg}); skipped")
                 continue
             raise InputError(f"line {n} is not JSON ({exc.msg})", path) from None
@@ -55,12 +56,15 @@ def append_run(path: str | Path, run_id: str, verdicts: list[dict], records_by_i
     verdicts = [v for v in verdicts if (run_id, v["id"]) not in stored]
     if not verdicts:
         return 0
-    rows = [built(check_history_row, {"run_id": run_id, "case_id": v["id"], "status": v["status"], **record})
-            for v in verdicts for record in records_by_id.get(v["id"], [])]   # all checked before any is written
+    rows = [
+        built(check_history_row, {"run_id": run_id, "case_id": v["id"], "status": v["status"], **record})
+        for v in verdicts
+        for record in records_by_id.get(v["id"], [])
+    ]  # all checked before any is written
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)   # the suite's appenders one at a time: the repair below needs it
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the suite's appenders one at a time: the repair below needs it
         _cut_partial_line(fd, path)
         for row in rows:
             os.write(fd, (json.dumps(row, sort_keys=False, allow_nan=True) + "\n").encode())
@@ -77,15 +81,16 @@ def _cut_partial_line(fd: int, path: Path) -> None:
     if not size or os.pread(fd, 1, size - 1) == b"\n":
         return
     data = os.pread(fd, size, 0)
-    keep = data.rfind(b"\n") + 1     # 0 when the cut line is the only one
+    keep = data.rfind(b"\n") + 1  # 0 when the cut line is the only one
     try:
         json.loads(data[keep:])
-        os.write(fd, b"\n")          # a whole row that only lacks its newline (written by hand): kept
+        os.write(fd, b"\n")  # a whole row that only lacks its newline (written by hand): kept
         return
     except ValueError:
         pass
-    print(f"warning: {path}: removed a truncated last line ({size - keep} bytes, an interrupted write)",
-          file=sys.stderr)
+    print(
+        f"warning: {path}: removed a truncated last line ({size - keep} bytes, an interrupted write)", file=sys.stderr
+    )
     os.ftruncate(fd, keep)
 
 

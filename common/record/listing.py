@@ -1,5 +1,6 @@
 """`scripts/suite runs` and `scripts/suite diff`: the result records a results dir holds, as a table, and two of
 them side by side; and the artifact lines every run ends with (absolute paths)."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def _records(results_dir: Path) -> list[tuple[Path, dict]]:
     out = []
     for path in sorted(results_dir.rglob("*.json")):
         if any(part.startswith(".") for part in path.relative_to(results_dir).parts):
-            continue   # .run-state and other hidden working files
+            continue  # .run-state and other hidden working files
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -50,12 +51,21 @@ def fps_of(record: dict) -> tuple[float | None, str]:
 def row_of(n: int, path: Path, record: dict) -> dict:
     metrics = record.get("metrics") or {}
     fps, kind = fps_of(record)
-    return {"#": n, "time": record.get("time", "")[:19], "model": f"{record['model']}/{record.get('variant')}",
-            "kind": record["kind"], "backend": record.get("backend"), "precision": record.get("precision"),
-            "bs": record.get("batch_size"), "images": (record.get("dataset") or {}).get("num_images", "-"),
-            "AP": f"{metrics['AP']:.4f}" if isinstance(metrics.get("AP"), float) else "-",
-            "FPS": f"{fps:.1f}" if isinstance(fps, (int, float)) else "-", "FPS kind": kind,
-            "verdict": record.get("verdict", "-"), "record": str(path.resolve())}
+    return {
+        "#": n,
+        "time": record.get("time", "")[:19],
+        "model": f"{record['model']}/{record.get('variant')}",
+        "kind": record["kind"],
+        "backend": record.get("backend"),
+        "precision": record.get("precision"),
+        "bs": record.get("batch_size"),
+        "images": (record.get("dataset") or {}).get("num_images", "-"),
+        "AP": f"{metrics['AP']:.4f}" if isinstance(metrics.get("AP"), float) else "-",
+        "FPS": f"{fps:.1f}" if isinstance(fps, (int, float)) else "-",
+        "FPS kind": kind,
+        "verdict": record.get("verdict", "-"),
+        "record": str(path.resolve()),
+    }
 
 
 def runs_rows(results_dir: str | Path, last: int = 20) -> list[dict]:
@@ -65,6 +75,7 @@ def runs_rows(results_dir: str | Path, last: int = 20) -> list[dict]:
 
 
 def print_runs(results_dir: str | Path, last: int = 20) -> int:
+    """`scripts/suite runs`: the last records under results_dir as a table; the exit code (0)."""
     rows = runs_rows(results_dir, last)
     if not rows:
         print(f"no result records under {Path(results_dir).resolve()}")
@@ -118,15 +129,17 @@ def diff_lines(a: dict, b: dict) -> list[str]:
             continue
         fa = f"{va:.4f}" if isinstance(va, (int, float)) else "-"
         fb = f"{vb:.4f}" if isinstance(vb, (int, float)) else "-"
-        both = isinstance(va, (int, float)) and isinstance(vb, (int, float))
-        delta = f"{vb - va:+.4f}" if both else ""
-        rel = f"{(vb - va) / va * 100:+.1f}%" if both and va else ""
+        delta = rel = ""
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
+            delta = f"{vb - va:+.4f}"
+            rel = f"{(vb - va) / va * 100:+.1f}%" if va else ""
         lines.append(f" {k:<18} {fa:>12} {fb:>12} {delta:>12} {rel:>8}")
     lines.append(f" verdict: {a.get('verdict')} -> {b.get('verdict')}")
     return lines
 
 
 def print_diff(ref_a: str, ref_b: str, results_dir: str | Path = "results") -> int:
+    """`scripts/suite diff A B`: two records (paths or names under results_dir) side by side, metric by metric."""
     (pa, a), (pb, b) = _load(ref_a, results_dir), _load(ref_b, results_dir)
     print(f"A: {pa.resolve()}\nB: {pb.resolve()}")
     print("\n".join(diff_lines(a, b)))

@@ -1,4 +1,5 @@
 """One result record per run: build it, check it against targets, write it atomically."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from common.fsaccess import shared_file_mode
 from common.record.types import built, check_record
 
 PASS, FAIL, UNCHECKED = "pass", "fail", "unchecked"
-NOT_JUDGED = "not_judged"   # a check's status: the run evaluated fewer images than the target is declared for
+NOT_JUDGED = "not_judged"  # a check's status: the run evaluated fewer images than the target is declared for
 
 
 def check_targets(values: dict, targets, num_images: int | None = None) -> tuple[list[dict], list[str]]:
@@ -35,17 +36,26 @@ def check_targets(values: dict, targets, num_images: int | None = None) -> tuple
             for metric, limit in thresholds.items():
                 value = values.get(metric)
                 if value is not None and num_images is not None and minimum_images and num_images < minimum_images:
-                    checks.append({"metric": metric, "bound": bound, "limit": limit, "value": value,
-                                   "status": NOT_JUDGED, "why": f"{num_images} images < the target's minimum "
-                                                                f"{minimum_images}"})
+                    checks.append(
+                        {
+                            "metric": metric,
+                            "bound": bound,
+                            "limit": limit,
+                            "value": value,
+                            "status": NOT_JUDGED,
+                            "why": f"{num_images} images < the target's minimum {minimum_images}",
+                        }
+                    )
                     continue
                 if value is None:
-                    checks.append({"metric": metric, "bound": bound, "limit": limit, "value": None,
-                                   "status": "not_applicable"})
+                    checks.append(
+                        {"metric": metric, "bound": bound, "limit": limit, "value": None, "status": "not_applicable"}
+                    )
                     continue
                 ok = (value >= limit if bound == "min" else value <= limit) and not math.isnan(value)
-                checks.append({"metric": metric, "bound": bound, "limit": limit, "value": value,
-                               "status": PASS if ok else FAIL})
+                checks.append(
+                    {"metric": metric, "bound": bound, "limit": limit, "value": value, "status": PASS if ok else FAIL}
+                )
                 if not ok:
                     op = ">=" if bound == "min" else "<="
                     reasons.append(f"{metric} = {value:.4f}, target {op} {limit:.4f}")
@@ -53,20 +63,28 @@ def check_targets(values: dict, targets, num_images: int | None = None) -> tuple
 
 
 def verdict_of(checks: list[dict], reasons: list[str]) -> str:
+    """fail when any reason stands (an output or fidelity fault), pass when a target held, else unchecked."""
     if reasons:
         return FAIL
     return PASS if any(c["status"] == PASS for c in checks) else UNCHECKED
 
 
 def exit_code_of(verdict: str) -> int:
+    """The documented exit code of a verdict: 1 for fail, else 0."""
     return EXIT_TARGET_FAILED if verdict == FAIL else EXIT_PASS
 
 
 def new_record(kind: str, **fields) -> dict:
+    """A result record of `kind`: schema version, time, the fields given and the environment it ran in."""
     from common.record.envinfo import environment  # importlib.metadata: kept off every command's start-up
-    return {"schema_version": SCHEMA_VERSION, "kind": kind,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields,
-            "environment": environment()}
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **fields,
+        "environment": environment(),
+    }
 
 
 def _slug(text) -> str:
@@ -75,8 +93,16 @@ def _slug(text) -> str:
 
 def record_filename(record: dict) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    parts = [stamp, record["model"], record["variant"], record["backend"], record["device"], record["precision"],
-             f"bs{record['batch_size']}", record["kind"]]
+    parts = [
+        stamp,
+        record["model"],
+        record["variant"],
+        record["backend"],
+        record["device"],
+        record["precision"],
+        f"bs{record['batch_size']}",
+        record["kind"],
+    ]
     return "_".join(_slug(p) for p in parts) + ".json"
 
 

@@ -497,6 +497,7 @@ def check_verdicts_file(data: dict, path=None) -> dict:
 
 
 def check_compare_report(report: dict, path=None) -> dict:
+    """A compare.py report checked against its declared type (the error names `path` and the field)."""
     return check(report, CompareReport, path, "compare report")
 
 

@@ -212,7 +212,7 @@ def speed_section(perf_records: list[dict]) -> str:
             warnings.append(
                 f"{r['precision']} bs{r['batch_size']}: CoV {t['cov'] * 100:.1f} % is above 10 %: too noisy to trust"
             )
-        if settings and all(k in t for k in stat_fields):   # a partial timing (an older record) has no verdict
+        if settings and all(k in t for k in stat_fields):  # a partial timing (an older record) has no verdict
             stats = TimingStats(**{k: t[k] for k in stat_fields})
             warnings += [
                 f"{r['precision']} bs{r['batch_size']}: {w}"

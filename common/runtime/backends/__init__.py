@@ -3,6 +3,7 @@ folder (or under a folder of $SUITE_BACKENDS_PATH, for backends kept outside the
 Backend class>`. Nothing else names a backend: the class declares its capabilities, its command-line flags
 (`flags`) and its spec section (`spec_section`), and the CLI, the spec reader and the CI matrix ask it. The
 folder is listed at import; a backend module is imported only when asked for."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ from pathlib import Path
 from common.errors import BackendUnavailable, ConfigError
 
 DEFAULT_BACKEND = "onnxruntime"
-PATH_ENV = "SUITE_BACKENDS_PATH"      # extra folders of backends, os.pathsep-separated
+PATH_ENV = "SUITE_BACKENDS_PATH"  # extra folders of backends, os.pathsep-separated
 _HERE = Path(__file__).resolve().parent
 
 
@@ -25,7 +26,7 @@ def _entries(root: Path):
         return
     for entry in sorted(root.iterdir()):
         if entry.suffix == ".py" and entry.stem.endswith("_backend"):
-            yield entry.stem[:-len("_backend")], entry, False
+            yield entry.stem[: -len("_backend")], entry, False
         elif entry.is_dir() and not entry.name.startswith(("_", ".")) and (entry / "__init__.py").is_file():
             yield entry.name, entry / "__init__.py", True
 
@@ -53,8 +54,9 @@ def _module(name: str):
     module_name, path, package = BACKENDS[name]
     if module_name in sys.modules or module_name.startswith(__name__ + "."):
         return importlib.import_module(module_name)
-    spec = importlib.util.spec_from_file_location(module_name, path,
-                                                  submodule_search_locations=[str(path.parent)] if package else None)
+    spec = importlib.util.spec_from_file_location(
+        module_name, path, submodule_search_locations=[str(path.parent)] if package else None
+    )
     if spec is None or spec.loader is None:
         raise ConfigError(f"backend '{name}': cannot be imported", path)
     module = importlib.util.module_from_spec(spec)
@@ -71,12 +73,13 @@ def backend_class(name: str):
     """The class of a backend by name (importing its module, not its runtime)."""
     if name not in BACKENDS:
         from common.errors import did_you_mean
-        raise ConfigError(f"unknown backend '{name}'{did_you_mean(name, BACKENDS)}; known: "
-                          f"{', '.join(sorted(BACKENDS))}")
+
+        raise ConfigError(
+            f"unknown backend '{name}'{did_you_mean(name, BACKENDS)}; known: {', '.join(sorted(BACKENDS))}"
+        )
     cls = getattr(_module(name), "BACKEND", None)
     if cls is None or getattr(cls, "name", None) != name:
-        raise ConfigError(f"backend '{name}': {BACKENDS[name][1]} must export BACKEND, a Backend class named "
-                          f"'{name}'")
+        raise ConfigError(f"backend '{name}': {BACKENDS[name][1]} must export BACKEND, a Backend class named '{name}'")
     return cls
 
 
@@ -88,8 +91,7 @@ def backend_flags() -> list:
 
 def spec_sections() -> dict:
     """{section: its keys} of the variant sections backends declare (a backend's section is named after it)."""
-    return {name: set(cls.spec_section) for name in BACKENDS
-            if (cls := backend_class(name)).spec_section is not None}
+    return {name: set(cls.spec_section) for name in BACKENDS if (cls := backend_class(name)).spec_section is not None}
 
 
 def get_backend(name: str, device: str | None = None, **options):
@@ -118,6 +120,13 @@ def environment_table() -> list[dict]:
                 version = cls().runtime_version()
             except Exception as exc:  # noqa: BLE001 - a broken install is a row, not a crash
                 ok, why = False, f"runtime_version() failed: {type(exc).__name__}: {exc}"
-        rows.append({"backend": name, "available": ok, "why_not": why or None, "version": version,
-                     "capabilities": dataclasses.asdict(cls.capabilities)})
+        rows.append(
+            {
+                "backend": name,
+                "available": ok,
+                "why_not": why or None,
+                "version": version,
+                "capabilities": dataclasses.asdict(cls.capabilities),
+            }
+        )
     return rows

@@ -83,9 +83,15 @@ def _constants_of_blocked_nodes(graph, ops: set, names: set) -> set:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    return {node.name for node in graph.node
-            if node.op_type == "Constant" and node.name and node.output and readers.get(node.output[0])
-            and all(r.op_type in ops or r.name in names for r in readers[node.output[0]])}
+    return {
+        node.name
+        for node in graph.node
+        if node.op_type == "Constant"
+        and node.name
+        and node.output
+        and readers.get(node.output[0])
+        and all(r.op_type in ops or r.name in names for r in readers[node.output[0]])
+    }
 
 
 def _tidy_block_casts(graph):
