@@ -53,3 +53,16 @@ def full_record(kind: str, **fields) -> dict:
                       timing={"cov": 0.01, "iterations": 100, "total_s": 5.0})
     record.update(fields)
     return record
+
+
+def bootstrap_case(n_images: int = 40):
+    """A generated run for the bootstrap tests: (annotations, detection rows, image ids, category ids, its
+    MatchTable)."""
+    from common.evaluate.bootstrap import MatchTable
+    from synthetic_detections import synthetic_annotations, synthetic_detections
+
+    ann = synthetic_annotations(n_images, seed=3)
+    rows = synthetic_detections(ann, seed=4)
+    ids = [im["id"] for im in ann["images"]]
+    cats = [c["id"] for c in ann["categories"]]
+    return ann, rows, ids, cats, MatchTable.from_rows(ann, rows, ids, cats)

@@ -74,14 +74,17 @@ class Preprocessor:
             plane[oy : oy + new_h, :ox] = value
             plane[oy : oy + new_h, ox + new_w :] = value
 
+    def _resized(self, img: np.ndarray):
+        """(the image resized into the input, (new_w, new_h, ox, oy)): the one step __call__ and letterbox share."""
+        new_w, new_h, ox, oy = self.geometry(*img.shape[:2])
+        if (new_w, new_h) != img.shape[1::-1]:
+            img = cv2.resize(img, (new_w, new_h), interpolation=self.interp)
+        return img, (new_w, new_h, ox, oy)
+
     def __call__(self, img: np.ndarray, out: np.ndarray | None = None):
         """img: HxWx3 uint8 in BGR (OpenCV's order). Returns (CHW float32 input, meta row)."""
         img_h, img_w = img.shape[:2]
-        new_w, new_h, ox, oy = self.geometry(img_h, img_w)
-        if (new_w, new_h) == (img_w, img_h):
-            resized = img
-        else:
-            resized = cv2.resize(img, (new_w, new_h), interpolation=self.interp)
+        resized, (new_w, new_h, ox, oy) = self._resized(img)
         if out is None:
             out = np.empty((3, self.height, self.width), np.float32)
         if (new_w, new_h) != (self.width, self.height):
@@ -108,11 +111,7 @@ class Preprocessor:
         cache stores, a quarter of the float32 input's bytes. normalize() of it gives exactly __call__'s input.
         The margins hold the pad value rounded into uint8; normalize() writes the exact pad value there."""
         img_h, img_w = img.shape[:2]
-        new_w, new_h, ox, oy = self.geometry(img_h, img_w)
-        if (new_w, new_h) == (img_w, img_h):
-            resized = img
-        else:
-            resized = cv2.resize(img, (new_w, new_h), interpolation=self.interp)
+        resized, (new_w, new_h, ox, oy) = self._resized(img)
         if out is None:
             out = np.empty((3, self.height, self.width), np.uint8)
         if (new_w, new_h) != (self.width, self.height):

@@ -155,18 +155,15 @@ def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
             if not isinstance(v, str) or v.lower() not in choices:
                 fail(key, f"{v!r} is not one of {', '.join(choices)}")
             values[key] = v.lower()
-    if raw.get("per_channel") is not None:
-        if not isinstance(raw["per_channel"], bool):
-            fail("per_channel", f"expected true or false, got {raw['per_channel']!r}")
-        values["per_channel"] = raw["per_channel"]
+    for key in ("per_channel", "rule"):
+        if raw.get(key) is not None:
+            if not isinstance(raw[key], bool):
+                fail(key, f"expected true or false, got {raw[key]!r}")
+            values[key] = raw[key]
     if raw.get("quantizer") is not None:
         if raw["quantizer"] not in QUANTIZERS:
             fail("quantizer", f"{raw['quantizer']!r} is not one of {', '.join(QUANTIZERS)}")
         values["quantizer"] = raw["quantizer"]
-    if raw.get("rule") is not None:
-        if not isinstance(raw["rule"], bool):
-            fail("rule", f"expected true or false, got {raw['rule']!r}")
-        values["rule"] = raw["rule"]
     if raw.get("target") is not None:
         from common.runtime.int8_structure import TARGETS
 

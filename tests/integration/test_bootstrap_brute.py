@@ -3,19 +3,16 @@ evaluated by pycocotools (about 150 COCO evaluations, so not in the unit tier)."
 import numpy as np
 import pytest
 
-from common.evaluate.bootstrap import MatchTable, intervals, resample_weights, resampled_stats
+from common.evaluate.bootstrap import intervals, resample_weights, resampled_stats
 from common.evaluate.metrics import coco_metrics
 
-from synthetic_detections import materialise, synthetic_annotations, synthetic_detections
+from helpers import bootstrap_case
+from synthetic_detections import materialise
 
 
 @pytest.fixture(scope="module")
 def case():
-    ann = synthetic_annotations(40, seed=3)
-    rows = synthetic_detections(ann, seed=4)
-    ids = [im["id"] for im in ann["images"]]
-    cats = [c["id"] for c in ann["categories"]]
-    return ann, rows, ids, cats, MatchTable.from_rows(ann, rows, ids, cats)
+    return bootstrap_case()
 
 
 def test_interval_agrees_with_brute_force_bootstrap(case):

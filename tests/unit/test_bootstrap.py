@@ -6,16 +6,13 @@ import pytest
 from common.evaluate.bootstrap import (MatchTable, intervals, paired_interval, resample_weights,
                                        resampled_stats)
 from common.evaluate.metrics import STAT_NAMES, coco_metrics
-from synthetic_detections import materialise, synthetic_annotations, synthetic_detections
+from helpers import bootstrap_case
+from synthetic_detections import materialise
 
 
 @pytest.fixture(scope="module")
 def case():
-    ann = synthetic_annotations(40, seed=3)
-    rows = synthetic_detections(ann, seed=4)
-    ids = [im["id"] for im in ann["images"]]
-    cats = [c["id"] for c in ann["categories"]]
-    return ann, rows, ids, cats, MatchTable.from_rows(ann, rows, ids, cats)
+    return bootstrap_case()
 
 
 def test_unit_weights_give_the_run_itself(case):
