@@ -209,6 +209,7 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
         t.start()
     done: dict = {}
     nxt, running = 0, len(threads)
+    interrupted = False
     try:
         while True:
             while nxt in done:
@@ -227,12 +228,19 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
             else:
                 done[item[0]] = item[1:]
                 item = None
+    except KeyboardInterrupt:
+        # An interrupt can land inside the semaphore's own code and leave its lock held: releasing or joining
+        # then waits forever (a double Ctrl-C once hung a run). The process ends without tear-down
+        # (common.cli.exit_now), and the streams are daemon threads: they are not waited for.
+        interrupted = True
+        raise
     finally:
         stop.set()
-        for _ in threads:  # wake every stream waiting for a slot; each sees `stop` and ends
-            slots.release()
-        for t in threads:
-            t.join()
+        if not interrupted:
+            for _ in threads:  # wake every stream waiting for a slot; each sees `stop` and ends
+                slots.release()
+            for t in threads:
+                t.join()
 
 
 def _preflight_record(cfg: RunConfig, p: Prepared, exc, images_dir, ann_file) -> dict:
