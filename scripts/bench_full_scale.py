@@ -259,8 +259,8 @@ def run(a, work: Path):
         print(f"C. simulated {a.device_fps:g} images/s device, batch 32, input cache, {len(items)} images: wall "
               f"{best['wall_s']:.2f} s vs device {best['simulated_device_s']:.2f} s: ratio "
               f"{best['wall_s'] / best['simulated_device_s']:.3f} (target <= 1.10; best of {len(sims)}, all "
-              f"{every}); evaluation tail "
-              f"{best['evaluate_s']:.2f} s; the process's CPU {best['cpu_s']:.2f} s = "
+              f"{every}); before the first inference {best['setup_s']:.2f} s, after the last batch {best['tail_s']:.2f} s "
+              f"(evaluation {best['evaluate_s']:.2f} s), in between {(best['wall_s'] - best['setup_s'] - best['tail_s']) / best['simulated_device_s']:.3f} x the device time; the process's CPU {best['cpu_s']:.2f} s = "
               f"{best['cpu_s'] / best['simulated_device_s']:.2f} x the device time on {cores} cores; {load()}", flush=True)
         print(f"   with the default bootstrap intervals (--bootstrap 1000) the same run takes {with_ci['wall_s']:.2f} s, "
               f"{with_ci.get('bootstrap_s') or 0:.2f} s of it the bootstrap after the last batch", flush=True)

@@ -433,9 +433,11 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         )
         infer_s = 0.0
         start = done
+        marks: dict = {}  # when the first inference started and the last batch was consumed: setup_s, tail_s
 
         def timed_infer(runner, batch):
             t0 = time.perf_counter()
+            marks.setdefault("first", t0)
             out = infer(runner, batch.inputs, batch.image_ids)
             return out, time.perf_counter() - t0
 
@@ -466,6 +468,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             with _about_model(onnx_path):
                 for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
                     consume(batch, outputs, seconds)
+                    marks["last"] = time.perf_counter()
                     del batch, outputs  # its buffer goes back to the loader now, not when the next batch comes
         except BaseException as exc:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
@@ -540,6 +543,10 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
                 "evaluate_s": evaluate_s,
                 "bootstrap_s": bootstrap_s,
                 "save_detections_tail_s": write_s,
+                # before the first inference (engine, loader, annotations) and after the last batch (evaluation,
+                # intervals, the detections file's end): what a faster device cannot shorten
+                "setup_s": marks["first"] - t_start if "first" in marks else None,
+                "tail_s": time.perf_counter() - marks["last"] if "last" in marks else None,
                 "simulated_device_s": p.runner.simulated_device_s,
                 "images_per_s": (len(items) - done) / wall,  # this run's images only
                 "workers": cfg.workers,
