@@ -244,7 +244,7 @@ def run(a, work: Path):
     if "C" in a.only:
         cache = work / "inputs-320"
         cmd = suite_cmd("rtmdet", a.onnx, images, annp, work / "sim", *replay, "--input-cache", cache, "--bs", 32,
-                        "--replay-fps", a.device_fps, "--workers", 0, "--streams", 2)
+                        "--replay-fps", a.device_fps, "--workers", 1, "--streams", 2)
         run_child(cmd)  # builds the input cache
         sims = []
         for _ in range(max(3, a.repeats)):

@@ -163,7 +163,7 @@ def test_input_cache_key_is_unchanged(tmp_path):
 def test_cached_inputs_are_bit_identical_to_the_uncached_ones(tmp_path, spec, workers):
     """The float32 inputs a run gets without the cache, while building it and from it are the same bits, with
     images of other aspect ratios (margins on either side), a pad value a uint8 canvas cannot hold, and the
-    decoding in worker processes or in-process."""
+    decoding (and a hit's normalising) in worker processes or in-process."""
     from common.data.loader import open_loader
     images, ann = make_synthetic_coco(tmp_path / "syn", n_images=7, seed=5)
     items = image_items(read_annotations(ann), images)
@@ -172,6 +172,8 @@ def test_cached_inputs_are_bit_identical_to_the_uncached_ones(tmp_path, spec, wo
     def inputs(cache_dir):
         with open_loader(items, pre, 3, workers=workers, cache_dir=cache_dir) as loader:
             got = [(b.image_ids.copy(), b.inputs.copy(), b.meta.copy()) for b in loader]
+            # a hit with workers is normalised by them (common/data/loader.py), in-process without
+            assert getattr(loader, "from_cache", False) == (workers > 0 and loader.cached is not None)
             return got, loader.cached is not None
     plain, _ = inputs(None)
     building, hit_1 = inputs(str(tmp_path / "cache"))
