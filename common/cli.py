@@ -175,7 +175,7 @@ def print_summary(record: dict, path=None):
             print(f" FAIL: {reason}")
         return
     if record["kind"] == "loadgen":
-        from common.loadgen.run import format_loadgen
+        from common.harness.loadgen_run import format_loadgen
 
         print(format_loadgen(record))
         if record["loadgen"]["mode"] == "accuracy":
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
                 raise
 
         if args.command == "loadgen":
-            from common.loadgen.run import run_loadgen
+            from common.harness.loadgen_run import run_loadgen
             from common.loadgen.settings import loadgen_config_from_args
 
             record = run_loadgen(cfg, loadgen_config_from_args(args), None if args.no_record else publish)

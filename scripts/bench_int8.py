@@ -95,8 +95,8 @@ def _eval_annotation(shared: Path, name: str, folder: Path) -> Path:
 
 
 def _calibration(shared: Path, folder: Path, calib_set: str, eval_set: str, eval_ann: Path, n: int, variant):
-    from common.config.options import RunConfig
     from common.data.calibration import CalibrationSet
+    from common.data.coco import DatasetRequest
     pool = sorted({im["file_name"] for s in _set_names(calib_set, "calibration")
                    for im in _set_annotations(shared, s)["images"]})
     names = pool[:n]
@@ -108,9 +108,8 @@ def _calibration(shared: Path, folder: Path, calib_set: str, eval_set: str, eval
     folder.mkdir()
     for name in names:
         shutil.copy(shared / "coco" / "val2017" / name, folder / name)
-    cfg = RunConfig(model="rtmdet", dataset_dir=str(shared / "coco"), annotation=str(eval_ann), calib_images=n)
     # CalibrationSet refuses any image whose file name is in the evaluation annotation file again
-    return CalibrationSet.for_variant(str(folder), variant, cfg)
+    return CalibrationSet.for_variant(str(folder), variant, n, DatasetRequest(str(shared / "coco"), str(eval_ann)))
 
 
 def _coco_stats(runner, variant, images, batch: int) -> dict:
@@ -156,7 +155,8 @@ def main(argv=None) -> int:
 
         from common.config.specs import load_model
         from common.engine_cache import EngineCache, file_sha256
-        from common.harness.fidelity import load_images
+        from common.data.coco import DatasetRequest
+        from common.harness.reference_compare import load_images
         from common.runtime.backends import get_backend
         from common.runtime.backends.base import BuildRequest
         from common.runtime.quantize import int8_convs, settings_for
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         rows, kept = {}, {}
         with tempfile.TemporaryDirectory(prefix="bench_int8.") as tmp:
             eval_ann = _eval_annotation(shared, args.eval_set, Path(tmp))
-            images = load_images(variant, str(shared / "coco"), str(eval_ann), None, args.eval_images)
+            images = load_images(variant, DatasetRequest(str(shared / "coco"), str(eval_ann)), args.eval_images)
             calib = _calibration(shared, Path(tmp) / "calib", args.calib_set, args.eval_set, eval_ann,
                                  settings.calib_images, variant)
             sha = file_sha256(onnx_path)

@@ -41,7 +41,7 @@ def main() -> int:
 
     from common.config.options import RunConfig
     from common.harness.runs import run_accuracy
-    from common.loadgen.run import _library, run_loadgen
+    from common.harness.loadgen_run import _library, run_loadgen
     from common.loadgen.settings import LoadgenConfig
     from common.config.specs import load_model
     from common.data.coco import image_items, read_annotations
@@ -64,7 +64,8 @@ def main() -> int:
 
         variant = load_model(a.model).variant()
         items = image_items(read_annotations(Path(a.ann)), Path(a.images_dir))
-        library = _library(cfg, items, Preprocessor(variant.preprocess, variant.height, variant.width), 0)
+        library = _library(items, Preprocessor(variant.preprocess, variant.height, variant.width), cfg.batch_size, 0,
+                           cfg.progress, cfg.input_cache)
         rng = np.random.default_rng(0)
         batches = [rng.integers(0, len(library), a.bs) for _ in range(200)]
         library.batch(batches[0])

@@ -27,6 +27,7 @@ from common.cli import exit_now, guarded  # noqa: E402
 from common.errors import ConfigError, InputError, RuntimeFailure, SuiteError  # noqa: E402
 from common.config.options import add_groups, config_from_args  # noqa: E402
 from common.harness.engine import build_request, resolve_onnx  # noqa: E402
+from common.harness.requests import engine_request  # noqa: E402
 from common.config.specs import load_model  # noqa: E402
 
 
@@ -81,8 +82,8 @@ def build(args) -> dict:
             variant = dataclasses.replace(variant, height=args.input_shape[1], width=args.input_shape[2])
         if args.input_name:
             variant = dataclasses.replace(variant, input_name=args.input_name)
-        onnx_path = resolve_onnx(cfg, variant)
-        req = build_request(cfg, variant, onnx_path, file_sha256(onnx_path))
+        onnx_path = resolve_onnx(engine_request(cfg), variant)
+        req = build_request(engine_request(cfg), variant, onnx_path, file_sha256(onnx_path))
     else:
         if not cfg.onnx:
             raise ConfigError("pass --model NAME (with its spec) or --onnx PATH")

@@ -23,7 +23,10 @@ import ixuca_suite  # noqa: E402,F401  the one bootstrap: sys.path, the repo's .
 
 from common.cli import exit_now, guarded, html_path  # noqa: E402
 from common.errors import EXIT_PASS, EXIT_TARGET_FAILED  # noqa: E402
-from common.harness.fidelity import run_compare, write_json  # noqa: E402
+from common.compare.fidelity_report import write_json  # noqa: E402
+from common.harness.compare_command import run_compare  # noqa: E402
+from common.harness.requests import dataset_request  # noqa: E402
+from common.config.specs import load_model  # noqa: E402
 from common.config import options  # noqa: E402
 from common.report.html import compare_html, write_html  # noqa: E402
 from common.config.options import add_groups, config_from_args, positive_int  # noqa: E402
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
             print(f" report: {report_path}")
         html = html_path(args.html, report_path)
         if html:
-            print(f" HTML report: {write_html(html, compare_html(report, cfg))}")
+            print(f" HTML report: {write_html(html, compare_html(report, dataset_request(cfg), load_model(cfg.model).variant(cfg.variant).annotation))}")
         return EXIT_PASS if report["verdict"] == "pass" else EXIT_TARGET_FAILED
 
     return guarded(run, args.debug)

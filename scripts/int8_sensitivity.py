@@ -88,26 +88,24 @@ def main(argv=None) -> int:
 
     def run() -> int:
         from common.data.calibration import CalibrationSet, check_not_evaluation_set
-        from common.data.coco import read_annotations, resolve_dataset
-        from common.harness.fidelity import load_images
+        from common.data.coco import DatasetRequest, read_annotations, resolve_dataset
+        from common.harness.reference_compare import load_images
         from common.compare.int8_search import chosen, evaluate_ap, node_errors, search
         from common.runtime.quantize import prepare_float_model, quantize_onnx, settings_for, spec_snippet
         from common.harness.engine import resolve_onnx
-        from common.config.options import RunConfig
+        from common.harness.requests import EngineRequest
         from common.config.specs import load_model
 
         if not 0 <= args.tolerance < 1:
             raise ConfigError(f"--tolerance must be in [0, 1), got {args.tolerance}")
         variant = load_model(args.model).variant(args.variant)
-        cfg = RunConfig(model=args.model, variant=args.variant, precision="int8", onnx=args.onnx,
-                        dataset_dir=args.dataset_dir, annotation=args.ann, images_dir=args.images_dir)
-        onnx_path = resolve_onnx(cfg, variant)
+        held_apart = DatasetRequest(args.dataset_dir, args.ann, args.images_dir)
+        onnx_path = resolve_onnx(EngineRequest(cache_dir=args.cache_dir, precision="int8", onnx=args.onnx), variant)
         settings = settings_for(variant, args.calib_images)
         if not args.from_spec:   # the search starts from nothing but the rule, never from a list it proposed before
             settings = replace(settings, keep_fp32=())
-        cfg = replace(cfg, calib_images=settings.calib_images)
         # refused when it holds held-apart images (checked against --ann) ...
-        calib = CalibrationSet.for_variant(args.calib_dir, variant, cfg)
+        calib = CalibrationSet.for_variant(args.calib_dir, variant, settings.calib_images, held_apart)
         eval_ann = None
         if args.eval_ann:  # ... or evaluation images
             eval_dir, eval_ann = resolve_dataset(args.dataset_dir, args.eval_ann, args.images_dir)
@@ -119,7 +117,7 @@ def main(argv=None) -> int:
                 raise ConfigError(f"{len(search_names & names)} held-apart image(s) are also evaluation images; "
                                   "the search must not see the evaluation set", eval_ann)
         cache_root = Path(args.cache_dir)
-        held = load_images(variant, args.dataset_dir, args.ann, args.images_dir, args.search_images)
+        held = load_images(variant, held_apart, args.search_images)
         print(f"== INT8 sensitivity: {variant.id}, {len(calib.images)} calibration images ({calib.directory}), "
               f"{len(held.image_ids)} held-apart images")
         with tempfile.TemporaryDirectory(prefix="int8sens.") as tmp:
@@ -175,7 +173,7 @@ def main(argv=None) -> int:
                 print(f"\n no node list within {args.tolerance} AP of FP32 was found (the snippet keeps the most "
                       "nodes tried)")
         if args.report:
-            from common.harness.fidelity import write_json
+            from common.compare.fidelity_report import write_json
             write_json(Path(args.report), report)
             print(f" report: {args.report}")
         return EXIT_PASS if best is not None else EXIT_TARGET_FAILED
@@ -185,10 +183,12 @@ def main(argv=None) -> int:
 
 def _evaluate_points(args, variant, onnx_path, calib, settings, points, cache_root, tmp, held_fp32) -> dict:
     """AP on the evaluation set and compute-only FPS of FP32 and of every curve point, side by side."""
-    from common.harness.fidelity import load_images
+    from common.data.coco import DatasetRequest
+    from common.harness.reference_compare import load_images
     from common.compare.int8_search import evaluate_ap
     from common.runtime.quantize import quantize_onnx
-    ev = load_images(variant, args.dataset_dir, args.eval_ann, args.images_dir, args.eval_images or 10 ** 9)
+    ev = load_images(variant, DatasetRequest(args.dataset_dir, args.eval_ann, args.images_dir),
+                     args.eval_images or 10 ** 9)
     paths = {"fp32": onnx_path}
     for p in points:
         q = tmp / f"keep{p.keep}.onnx"

@@ -1,7 +1,7 @@
 """The regression matrix: which (model, variant, backend, precision, batch size, kind) cases a CI run covers.
 
 The cases come from each variant's optional `matrix:` section in models/<name>/model.yaml (read from
-Variant.extra), narrowed by command-line filters, and are sliced deterministically for `--shard k/n`:
+Variant.matrix), narrowed by command-line filters, and are sliced deterministically for `--shard k/n`:
 
     matrix:
       backends: [onnxruntime]          # default: [onnxruntime]
@@ -131,7 +131,7 @@ def _int_list(section: dict, key: str, default: list, where: str, path) -> list:
 def matrix_section(spec: ModelSpec, variant: Variant) -> dict:
     """The variant's `matrix:` section, validated and with defaults filled in."""
     where = f"variants.{variant.name}.matrix"
-    raw = variant.extra.get("matrix") or {}
+    raw = variant.matrix or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping", spec.path)
     unknown = set(raw) - MATRIX_KEYS
@@ -227,7 +227,7 @@ def enumerate_cases(
     for given in models:
         spec = load_model(given)
         for variant in spec.variants.values():
-            if "matrix" not in variant.extra:
+            if not variant.in_ci_matrix:
                 continue  # opt-in: a variant that needs its own checkpoint or ONNX is no case by default
             m = matrix_section(spec, variant)
             entry = (model_map or ModelMap()).get(spec, variant.name)

@@ -49,7 +49,7 @@ def _session(path: Path, threads: int = 0):
 
 
 def evaluate_ap(onnx_path: Path, variant, images, batch: int = 1, threads: int = 0) -> tuple[dict, float]:
-    """(COCO metrics, seconds per image) of an ONNX on preloaded images (common.harness.fidelity.Images)."""
+    """(COCO metrics, seconds per image) of an ONNX on preloaded images (common.compare.fidelity_judge.Images)."""
     from common.decode.outputs import get_decoder
     from common.evaluate.metrics import CocoEvaluator
 

@@ -5,7 +5,7 @@ that skips work (a wrong batch size compiled, a stale cache entry, an SDK that d
 wrong, and NaN/Inf checks do not see it. The performance run keeps the decoded detections of the first image
 it timed (`timed_detections` in its record); the regression verdict matches them against the accuracy run's
 detections of that image (same model, variant, backend and precision; COCO results written with
---save-detections), both ways, by label and IoU (common/harness/fidelity.match_detections).
+--save-detections), both ways, by label and IoU (common/compare/comparator.match_detections).
 """
 
 from __future__ import annotations

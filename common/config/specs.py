@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,68 @@ class Variant:
     def targets_for(self, backend: str, device: str, precision: str, batch_size: int) -> list[Target]:
         """The spec's accuracy / speed targets that apply to a run of this backend, device, precision and batch size."""
         return [t for t in self.targets if t.applies(backend, device, precision, batch_size)]
+
+    # The sections kept in `extra` (validated at load, VARIANT_SECTIONS), read through these typed accessors only.
+
+    @property
+    def build_options(self) -> dict:
+        """The `build:` section (FP16 block lists), a copy: what every engine build of the variant gets."""
+        return dict(self.extra.get("build") or {})
+
+    @property
+    def fp16_block_ops(self) -> tuple[str, ...]:
+        """Operator types the FP16 conversion keeps in FP32 (`build.fp16_block_ops`)."""
+        return tuple(self.build_options.get("fp16_block_ops", ()))
+
+    @property
+    def fp16_block_nodes(self) -> tuple[str, ...]:
+        """Node names the FP16 conversion keeps in FP32 (`build.fp16_block_nodes`)."""
+        return tuple(self.build_options.get("fp16_block_nodes", ()))
+
+    def with_block_nodes(self, nodes) -> Variant:
+        """This variant with `build.fp16_block_nodes` replaced by `nodes` (compare.py's fix, built and judged)."""
+        extra = dict(self.extra)
+        extra["build"] = {**self.build_options, "fp16_block_nodes": list(nodes)}
+        return replace(self, extra=extra)
+
+    def backend_section(self, backend: str) -> dict:
+        """A backend's own section of the variant (declared by the backend's folder, its spec_section), a copy."""
+        return dict(self.extra.get(backend) or {})
+
+    @property
+    def export_opset(self) -> int | None:
+        """`export.opset`: the ONNX opset an export from a checkpoint uses (None: the exporter's default)."""
+        return (self.extra.get("export") or {}).get("opset")
+
+    @property
+    def export_config_overrides(self) -> dict:
+        """`export.config_overrides`: keys the exporter sets on the upstream model config, a copy."""
+        return dict((self.extra.get("export") or {}).get("config_overrides") or {})
+
+    @property
+    def checkpoint_config(self) -> str | None:
+        """`checkpoint.config`: the model config shipped for the checkpoint, relative to the repo root."""
+        return (self.extra.get("checkpoint") or {}).get("config")
+
+    @property
+    def int8_section(self) -> dict | None:
+        """The raw `int8:` section (typed by common/runtime/quantize.read_int8_section)."""
+        return self.extra.get("int8")
+
+    @property
+    def loadgen_section(self) -> dict | None:
+        """The raw `loadgen:` section (typed by common/config/loadgen_spec.read_loadgen_section)."""
+        return self.extra.get("loadgen")
+
+    @property
+    def matrix(self) -> dict | None:
+        """The raw `matrix:` section (typed by common/ci/matrix.matrix_section); None: not a CI matrix case."""
+        return self.extra.get("matrix")
+
+    @property
+    def in_ci_matrix(self) -> bool:
+        """Whether the variant declares a `matrix:` section (opt-in; an empty one takes every default)."""
+        return "matrix" in self.extra
 
 
 @dataclass(frozen=True)

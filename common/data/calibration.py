@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.coco import IMAGE_SUFFIXES
+from common.data.coco import IMAGE_SUFFIXES, DatasetRequest
 from common.errors import ConfigError, InputError
 
 
@@ -61,10 +61,10 @@ class CalibrationSet:
     sha256: str
 
     @classmethod
-    def for_variant(cls, calib_dir: str, variant, cfg) -> CalibrationSet:
-        """The calibration images for a run config (cfg.calib_images of them), checked against its
-        evaluation set."""
-        from common.data.coco import read_annotations, resolve_dataset
+    def for_variant(cls, calib_dir: str, variant, count: int | None, evaluation: DatasetRequest) -> CalibrationSet:
+        """The first `count` calibration images of `calib_dir` (None: all), checked against the evaluation set
+        that `evaluation` locates."""
+        from common.data.coco import read_annotations
         from common.data.preprocess import Preprocessor
 
         directory = Path(calib_dir)
@@ -74,7 +74,7 @@ class CalibrationSet:
         if not images:
             raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the calibration dir", directory)
         try:
-            eval_dir, ann = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+            eval_dir, ann = evaluation.resolve(variant.annotation)
             names = {img["file_name"].rsplit("/", 1)[-1] for img in read_annotations(ann)["images"]}
         except ConfigError:
             # no evaluation set configured: still refuse COCO's evaluation folder by its name
@@ -84,7 +84,7 @@ class CalibrationSet:
                     "the calibration dir is a val2017 folder, the evaluation set; calibrate on other images", directory
                 ) from None
         check_not_evaluation_set(directory, images, eval_dir, names)
-        images = images[: cfg.calib_images]
+        images = images[:count]
         pre = Preprocessor(variant.preprocess, variant.height, variant.width)
         h = hashlib.sha256(variant.preprocess.key(variant.height, variant.width).encode())
         for p in images:

@@ -98,6 +98,24 @@ class InputBuffers:
         return self.pre.normalize(canvas, meta, out)
 
 
+@dataclass(frozen=True)
+class DatasetRequest:
+    """Where a run's images and annotations are, as asked (the dataset stage's request; None: not given)."""
+
+    dataset_dir: str | None = None
+    annotation: str | None = None  # None: the variant's evaluation.annotation
+    images_dir: str | None = None
+    max_images: int | None = None  # None: every image of the annotation file
+
+    def resolve(self, default_annotation: str) -> tuple[Path, Path]:
+        """(images dir, annotation file): the asked annotation, else `default_annotation` (the variant's)."""
+        return resolve_dataset(self.dataset_dir, self.annotation or default_annotation, self.images_dir)
+
+    def images(self) -> Path:
+        """The images dir alone (a run that needs pixels but no annotation)."""
+        return resolve_images_dir(self.dataset_dir, self.images_dir)
+
+
 def resolve_dataset(dataset_dir: str | None, annotation: str, images_dir: str | None = None) -> tuple[Path, Path]:
     """(images dir, annotation file) from a COCO-layout dataset dir and/or explicit paths.
 

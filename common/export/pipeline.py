@@ -110,9 +110,9 @@ def export_cached(
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise InputError("checkpoint not found", checkpoint)
-    if not config and (variant.extra.get("checkpoint") or {}).get("config"):
+    if not config and variant.checkpoint_config:
         # the spec ships a config for its checkpoint: a user with only the .pth needs no --config
-        config = REPO_ROOT / variant.extra["checkpoint"]["config"]
+        config = REPO_ROOT / variant.checkpoint_config
     config = Path(config) if config else None
     if config is not None and not config.is_file():
         raise InputError("model config not found", config)

@@ -26,8 +26,9 @@ from common import BOOTSTRAP
 from common.config.options import SHARD_ENV, RunConfig, parallelism, parse_devices, parse_shard, to_flags
 from common.errors import ConfigError, RuntimeFailure
 from common.harness.merge import merge_shards
+from common.harness.requests import request_key
 from common.harness.runs import check_outputs
-from common.harness.shards import SHARD_KIND, request_key
+from common.harness.shards import SHARD_KIND
 from common.runtime.backends import backend_class
 
 DEVICES_DIR = "devices"

@@ -1,10 +1,9 @@
-"""From a run's options to a loaded engine: which ONNX (given, exported from a checkpoint, or the spec's), the build
-request, the backend's engine (built or from the cache) and its runner. Shared by the run drivers (runs.py), the
-fidelity comparisons and scripts/build_engine.py."""
+"""From an engine request (common/harness/requests.py) to a loaded engine: which ONNX (given, exported from a
+checkpoint, or the spec's), the build request, the backend's engine (built or from the cache) and its runner. Shared
+by the run drivers (runs.py), the fidelity comparisons and scripts/build_engine.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from common import REPO_ROOT
-from common.config.options import RunConfig
-from common.config.specs import Variant, load_model
+from common.config.specs import Variant
 from common.engine_cache import EngineCache, file_sha256_memo
 from common.errors import ConfigError, InputError, RuntimeFailure
+from common.harness.requests import EngineRequest
 from common.runtime.backends import backend_class, get_backend
 from common.runtime.backends.base import Backend, BuildRequest, Runner
 
@@ -30,21 +29,22 @@ class Prepared:
     engine: Path
     cache_hit: bool
     runner: Runner
+    asked: EngineRequest  # what it was prepared from
 
 
-def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
+def resolve_onnx(req: EngineRequest, variant: Variant) -> Path:
     """The ONNX to run: --onnx (or $ONNX_MODEL, read with the flags), else one exported (once, cached) from
     --checkpoint [+ --config], else the spec's."""
-    value = cfg.onnx
-    if not value and cfg.checkpoint:
+    value = req.onnx
+    if not value and req.checkpoint:
         from common.export.pipeline import DEFAULT_OPSET, export_cached
 
         return export_cached(
             variant,
-            cfg.checkpoint,
-            cfg.config,
-            Path(cfg.cache_dir) / "exports",
-            cfg.opset or variant.extra.get("export", {}).get("opset", DEFAULT_OPSET),
+            req.checkpoint,
+            req.config,
+            Path(req.cache_dir) / "exports",
+            req.opset or variant.export_opset or DEFAULT_OPSET,
         )
     value = value or variant.onnx
     if not value:
@@ -59,63 +59,60 @@ def resolve_onnx(cfg: RunConfig, variant: Variant) -> Path:
     return path
 
 
-def build_request(cfg: RunConfig, variant: Variant, onnx_path: Path, onnx_sha256: str) -> BuildRequest:
+def build_request(req: EngineRequest, variant: Variant, onnx_path: Path, onnx_sha256: str) -> BuildRequest:
     """What an engine is built from (scripts/build_engine.py builds the same request as a run)."""
-    options = dict(variant.extra.get("build", {}))
-    if backend_class(cfg.backend).spec_section is not None:  # the backend's own section of the spec
-        options[cfg.backend] = dict(variant.extra.get(cfg.backend) or {})
+    options = variant.build_options
+    if backend_class(req.backend).spec_section is not None:  # the backend's own section of the spec
+        options[req.backend] = variant.backend_section(req.backend)
     options["preprocess_key"] = variant.preprocess.key(variant.height, variant.width)
-    if cfg.precision == "int8":  # only INT8 calibrates; $CALIB_DIR must not affect others
+    if req.precision == "int8":  # only INT8 calibrates; $CALIB_DIR must not affect others
         from common.runtime.quantize import settings_for
 
-        options["int8"] = settings_for(variant, cfg.calib_images)
-        if cfg.calib_dir:
+        options["int8"] = settings_for(variant, req.calib_images)
+        if req.calib_dir:
             from common.data.calibration import CalibrationSet
 
             options["calibration"] = CalibrationSet.for_variant(
-                cfg.calib_dir, variant, dataclasses.replace(cfg, calib_images=options["int8"].calib_images)
+                req.calib_dir, variant, options["int8"].calib_images, req.dataset
             )
     return BuildRequest(
         onnx_path=onnx_path,
         onnx_sha256=onnx_sha256,
-        precision=cfg.precision,
-        batch_size=cfg.batch_size,
+        precision=req.precision,
+        batch_size=req.batch_size,
         input_name=variant.input_name,
         input_shape=(3, variant.height, variant.width),
-        cache=EngineCache(cfg.cache_dir),
+        cache=EngineCache(req.cache_dir),
         options=options,
         extra_inputs=tuple(variant.extra_inputs.items()),
     )
 
 
-def sha256_memo_dir(cfg: RunConfig) -> Path | None:
+def sha256_memo_dir(cache_dir: str | None) -> Path | None:
     """Where the models' sha256 are remembered (engine_cache.file_sha256_memo): beside the engines."""
-    return Path(cfg.cache_dir) / "sha256" if cfg.cache_dir else None
+    return Path(cache_dir) / "sha256" if cache_dir else None
 
 
 def prepare(
-    cfg: RunConfig, variant: Variant | None = None, onnx_sha256: str | None = None, onnx_path: Path | None = None
+    req: EngineRequest, variant: Variant, onnx_sha256: str | None = None, onnx_path: Path | None = None
 ) -> Prepared:
-    """Spec, backend, engine (built or taken from the cache) and a loaded runner."""
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {cfg.batch_size}")
-    variant = variant or load_model(cfg.model).variant(cfg.variant)
-    onnx_path = onnx_path or resolve_onnx(cfg, variant)
-    streams = cfg.streams or 1
-    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // streams) if streams > 1 else 0)
-    backend = get_backend(cfg.backend, cfg.device, threads=threads, **cfg.backend_options)
-    digest = onnx_sha256 or file_sha256_memo(onnx_path, sha256_memo_dir(cfg))
-    req = build_request(cfg, variant, onnx_path, digest)
-    engine, hit = backend.build(req)
-    runner = backend.load(engine, req)
-    if runner.static_batch is not None and cfg.batch_size > runner.static_batch:  # say it in the user's terms
+    """Backend, engine (built or taken from the cache) and a loaded runner for `variant`."""
+    if req.batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {req.batch_size}")
+    onnx_path = onnx_path or resolve_onnx(req, variant)
+    backend = get_backend(req.backend, req.device, threads=req.runtime_threads, **req.backend_options)
+    digest = onnx_sha256 or file_sha256_memo(onnx_path, sha256_memo_dir(req.cache_dir))
+    build = build_request(req, variant, onnx_path, digest)
+    engine, hit = backend.build(build)
+    runner = backend.load(engine, build)
+    if runner.static_batch is not None and req.batch_size > runner.static_batch:  # say it in the user's terms
         raise ConfigError(
-            f"batch of {cfg.batch_size} for an engine built for batch {runner.static_batch} "
-            f"(--bs {cfg.batch_size}); rebuild or re-export the model for batch {cfg.batch_size}, "
+            f"batch of {req.batch_size} for an engine built for batch {runner.static_batch} "
+            f"(--bs {req.batch_size}); rebuild or re-export the model for batch {req.batch_size}, "
             f"or use --bs {runner.static_batch}",
             onnx_path,
         )
-    return Prepared(variant, onnx_path, digest, backend, req, engine, hit, runner)
+    return Prepared(variant, onnx_path, digest, backend, build, engine, hit, runner, req)
 
 
 def infer(runner: Runner, x: np.ndarray, image_ids=None) -> dict:

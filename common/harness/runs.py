@@ -45,8 +45,9 @@ from common.evaluate.metrics import CocoEvaluator, category_coverage, to_coco_re
 from common.fsaccess import check_output_file, ensure_writable_dir
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256_memo_dir
+from common.harness.requests import engine_request, request_key
 from common.harness.run_state import RunState
-from common.harness.shards import SHARD_KIND, ShardPlan, engine_key, ids_digest, request_key, write_shard
+from common.harness.shards import SHARD_KIND, ShardPlan, engine_key, ids_digest, write_shard
 from common.harness.timing import console_progress, measure, validity_reasons
 from common.harness.upfront import check_before_images
 from common.metric_table import FPS_DEFINITIONS  # noqa: F401  the three FPS of a performance record
@@ -56,14 +57,14 @@ from common.runtime.replay import OutputRecorder
 from common.runtime.telemetry import Sampler
 
 
-def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
+def _base_fields(p: Prepared) -> dict:
     return {
         "model": p.variant.model,
         "variant": p.variant.name,
         "backend": p.backend.name,
         "device": p.backend.device(),
-        "precision": cfg.precision,
-        "batch_size": cfg.batch_size,
+        "precision": p.asked.precision,
+        "batch_size": p.asked.batch_size,
         "onnx": {"path": str(p.onnx_path), "sha256": p.onnx_sha256},
         "engine": {"path": str(p.engine), "cache_hit": p.cache_hit, "runtime": p.backend.runtime_version()},
         # what the images were fed with, resolved (defaults included): a wrong channel order or mean moves
@@ -77,8 +78,8 @@ def _base_fields(cfg: RunConfig, p: Prepared) -> dict:
     }
 
 
-def _targets(p: Prepared, cfg: RunConfig):
-    return p.variant.targets_for(p.backend.name, p.backend.device(), cfg.precision, cfg.batch_size)
+def _targets(p: Prepared):
+    return p.variant.targets_for(p.backend.name, p.backend.device(), p.asked.precision, p.asked.batch_size)
 
 
 def _target_dicts(targets) -> list:
@@ -248,7 +249,7 @@ def _preflight_record(cfg: RunConfig, p: Prepared, exc, images_dir, ann_file) ->
     report = getattr(exc, "report", None) or {}
     record = new_record(
         "accuracy",
-        **_base_fields(cfg, p),
+        **_base_fields(p),
         metrics={},
         preflight=report or None,
         dataset={
@@ -258,7 +259,7 @@ def _preflight_record(cfg: RunConfig, p: Prepared, exc, images_dir, ann_file) ->
             "stopped_by": "preflight",
         },
     )
-    return _finish(record, {}, _targets(p, cfg), ["preflight: " + r for r in report.get("reasons", [])] or [str(exc)])
+    return _finish(record, {}, _targets(p), ["preflight: " + r for r in report.get("reasons", [])] or [str(exc)])
 
 
 @contextmanager
@@ -321,8 +322,9 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     t_start = time.perf_counter()
     streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
+    engine = engine_request(cfg)
     check_outputs(cfg, accuracy=True)
-    check_before_images(cfg)
+    check_before_images(engine)
     remember = EngineCache(cfg.cache_dir) if cfg.cache_dir else None
     variant = load_model(cfg.model, remember).variant(cfg.variant)
     images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
@@ -331,15 +333,15 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     _note_unjudged_targets(variant, cfg, len(items))
     shard = None
     if cfg.shard:  # only this shard's images; the merge evaluates the union (common/harness/shards.py)
-        shard = ShardPlan.of(cfg, items)
+        shard = ShardPlan.of(cfg.shard, cfg.shard_source, items)
         items = shard.items
         print(shard.describe(), flush=True)
     evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator, source=ann_file)
     decoder = get_decoder(variant.output)
     decode_cfg = variant.decode_cfg
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    onnx_path = resolve_onnx(cfg, variant)
-    onnx_sha256 = file_sha256_memo(onnx_path, sha256_memo_dir(cfg))
+    onnx_path = resolve_onnx(engine, variant)
+    onnx_sha256 = file_sha256_memo(onnx_path, sha256_memo_dir(cfg.cache_dir))
     state = RunState(
         Path(cfg.results_dir) / ".run-state",
         onnx_sha256,
@@ -349,7 +351,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         batch_size=cfg.batch_size,
         backend=cfg.backend,
         device=cfg.device or "",
-        annotation=file_sha256_memo(ann_file, sha256_memo_dir(cfg)),
+        annotation=file_sha256_memo(ann_file, sha256_memo_dir(cfg.cache_dir)),
         images_dir=str(images_dir.resolve()),
         n=len(items),
     )
@@ -366,7 +368,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     evaluator.complete([it.image_id for it in items[:done]])
     if shard is not None and not items:  # more shards than images: nothing to infer, the engine still identifies it
         evaluator.close()
-        p = prepare(cfg, variant, onnx_sha256, onnx_path)
+        p = prepare(engine, variant, onnx_sha256, onnx_path)
         return _shard_result(
             cfg,
             p,
@@ -394,21 +396,18 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         # The engine is built / loaded while the first images decode: a cold start would otherwise leave the
         # decoding core idle for as long as a session set-up (or an engine build) takes.
         setup = ThreadPoolExecutor(1)
-        future = setup.submit(prepare, cfg, variant, onnx_sha256, onnx_path)
+        future = setup.submit(prepare, engine, variant, onnx_sha256, onnx_path)
         ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // cfg.batch_size))
         with _about_model(onnx_path):
             p = future.result()
         setup.submit(_read_environment)
         setup.shutdown(wait=False)
         if needs_preflight(cfg, p.backend):  # a broken engine fails here in seconds, not after the full pass
-            from common.harness.fidelity import (  # only here: its imports cost every run ~20 ms
-                FidelityFailure,
-                preflight,
-            )
+            from common.harness.preflight import FidelityFailure, preflight  # only here: its imports cost ~20 ms
 
             try:
                 with _about_model(onnx_path):
-                    preflight(cfg, p, items, annotations)
+                    preflight(p, cfg.preflight, items, annotations)
             except FidelityFailure as exc:  # exit 1 promises a record: verdict fail, the pre-flight's reasons
                 print(
                     "error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
@@ -522,7 +521,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         reasons = fault_reasons(nonfinite)
         record = new_record(
             "accuracy",
-            **_base_fields(cfg, p),
+            **_base_fields(p),
             dataset={
                 "images_dir": str(images_dir),
                 "annotation": str(ann_file),
@@ -554,7 +553,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
                 "resumed_images": done,
             },
         )
-        record = _finish(record, metrics, _targets(p, cfg), reasons)
+        record = _finish(record, metrics, _targets(p), reasons)
         if publish is not None:
             publish(record)
     except BaseException as exc:
@@ -594,7 +593,7 @@ def _shard_result(
         "precision": cfg.precision,
         "engine_key": engine_key(p),
         "dataset": shard.dataset,
-        "annotation_sha256": file_sha256_memo(ann_file, sha256_memo_dir(cfg)),
+        "annotation_sha256": file_sha256_memo(ann_file, sha256_memo_dir(cfg.cache_dir)),
         "backend": p.backend.name,
         "batch_size": cfg.batch_size,
         "spec": hashlib.sha256(repr(variant).encode()).hexdigest()[:32],
@@ -605,7 +604,7 @@ def _shard_result(
     gpu = os.environ.get("SUITE_GPU_INDEX")
     record = new_record(
         SHARD_KIND,
-        **_base_fields(cfg, p),
+        **_base_fields(p),
         model_arg=cfg.model,
         identity=identity,
         shard={
@@ -683,11 +682,12 @@ def run_performance(cfg: RunConfig, publish=None) -> dict:
     """The performance run; `publish(record)` as in run_accuracy (its destination is checked first)."""
     if publish is not None:
         check_outputs(cfg, accuracy=False)
-    check_before_images(cfg)
+    engine = engine_request(cfg)
+    check_before_images(engine)
     variant = load_model(cfg.model).variant(cfg.variant)
-    onnx_path = resolve_onnx(cfg, variant)
+    onnx_path = resolve_onnx(engine, variant)
     with _about_model(onnx_path):
-        record = _measure_performance(cfg, prepare(cfg, variant, onnx_path=onnx_path))
+        record = _measure_performance(cfg, prepare(engine, variant, onnx_path=onnx_path))
     if publish is not None:
         publish(record)
     return record
@@ -742,7 +742,7 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
     values["fps_e2e"] = e2e_stats["fps"] if isinstance(e2e_stats, dict) else None
     record = new_record(
         "performance",
-        **_base_fields(cfg, p),
+        **_base_fields(p),
         input=source,
         timing=stats.as_dict(),
         timing_settings={
@@ -758,4 +758,4 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
         telemetry=sampler.summary(stats.fps),
         metrics=values,
     )
-    return _finish(record, values, _targets(p, cfg), reasons)
+    return _finish(record, values, _targets(p), reasons)

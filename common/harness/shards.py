@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config.options import RunConfig, parse_shard
+from common.config.options import parse_shard
 from common.engine_cache import atomic_write_bytes, atomic_write_json, cache_key
 from common.errors import ConfigError, IncompleteError, InputError
 
@@ -78,16 +78,15 @@ class ShardPlan:
     items: list
 
     @classmethod
-    def of(cls, cfg: RunConfig, all_items: list) -> ShardPlan:
-        """The images of `all_items` that `cfg.shard` selects, with what the merge needs to check the union."""
-        if cfg.shard is None:
-            raise ConfigError("no --shard: there is no shard of the images to plan")
-        k, n = parse_shard(cfg.shard)
+    def of(cls, shard: str, source: str | None, all_items: list) -> ShardPlan:
+        """The images of `all_items` that shard "K/N" selects (set by `source`: --shard or a CI variable), with
+        what the merge needs to check the union."""
+        k, n = parse_shard(shard)
         start, stop = shard_bounds(len(all_items), k, n)
         return cls(
             k,
             n,
-            cfg.shard_source or "--shard",
+            source or "--shard",
             start,
             stop,
             len(all_items),
@@ -114,29 +113,6 @@ def engine_key(p) -> str:
         options=options,
         calibration=getattr(calib, "key", None) if calib is not None else None,
     )
-
-
-def request_key(cfg: RunConfig) -> str:
-    """A worker's command as it matters for reusing its finished shard (common/harness/devices.py)."""
-    import dataclasses
-
-    from common.config.options import to_flags
-
-    # how the work is spread over the host and where its extras go change no detection
-    cfg = dataclasses.replace(
-        cfg,
-        streams=None,
-        workers=None,
-        progress=True,
-        detections_out=None,
-        input_cache=None,
-        checkpoint_s=1.0,
-        record_outputs=None,
-        results_dir="results",
-        devices=None,
-    )
-    flags = to_flags(cfg, "accuracy")
-    return hashlib.sha256("\0".join(flags).encode()).hexdigest()[:32]
 
 
 def shard_stem(record: dict, index: int, total: int) -> str:

@@ -41,6 +41,7 @@ class SampleLibrary:
         self.loaded.update(samples)
 
     def unload(self, samples):
+        """LoadGen's unload_samples_from_ram: nothing to free (the library stays for the next test)."""
         self.loaded.difference_update(samples)
 
 
@@ -88,6 +89,8 @@ class BatchingSUT:
 
     # ---- LoadGen's callbacks
     def issue_queries(self, samples):
+        """LoadGen's IssueQuery: the samples queued for the batching workers, stamped with their arrival time
+        (after a worker's failure, answered at once with no detections)."""
         now = self.clock()
         with self._cond:
             failed = self.error is not None

@@ -134,7 +134,7 @@ class TimingSettings(TypedDict, total=False):
 
 
 class OutputComparison(TypedDict, total=False):
-    """One output of the candidate against the reference (common/harness/fidelity.tensor_stats)."""
+    """One output of the candidate against the reference (common/compare/fidelity_judge.tensor_stats)."""
 
     error: str
     size: Count

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from common.evaluate.metrics import STAT_LABELS, STAT_NAMES
 from common.metric_table import metric
 from common.report import svg
 from common.report.svg import esc
+
+if TYPE_CHECKING:
+    from common.data.coco import DatasetRequest
 
 AP_STATS = tuple(n for n in STAT_NAMES if n.startswith("AP"))  # the per-category table's columns
 
@@ -490,15 +494,14 @@ def compare_page(report: dict, changed_html: str = "") -> str:
     )
 
 
-def compare_html(report: dict, cfg) -> str:
-    """compare_page with the changed images drawn from the dataset the comparison read."""
-    from common.config.specs import load_model
-    from common.data.coco import read_annotations, resolve_dataset
+def compare_html(report: dict, dataset: DatasetRequest, default_annotation: str) -> str:
+    """compare_page with the changed images drawn from the dataset the comparison read (`dataset`; its annotation
+    file, else `default_annotation`: the variant's)."""
+    from common.data.coco import read_annotations
 
-    variant = load_model(cfg.model).variant(cfg.variant)
     changed = ""
     try:
-        images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+        images_dir, ann_file = dataset.resolve(default_annotation)
         names, files = _names_files(read_annotations(ann_file))
     except Exception as exc:  # noqa: BLE001 - the report says why it has no images rather than failing the run
         changed = f"<p>No images drawn: {esc(exc)}</p>"
@@ -518,7 +521,7 @@ def compare_html(report: dict, cfg) -> str:
             files,
             names,
             report["tolerance"]["score_threshold"],
-            labels=("FP32 reference", str(cfg.precision).upper()),
+            labels=("FP32 reference", str(report["candidate"]["precision"]).upper()),
         )
     return compare_page(report, changed)
 

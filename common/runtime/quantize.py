@@ -70,7 +70,7 @@ class Int8Settings:
     # output, as fused Conv+activation INT8 kernels do; quantising the pre-activation (ranges of +-200 for
     # values of mean magnitude ~4) costs most of RTMDet-nano's accuracy
     float_outputs: tuple = ("Conv",)
-    # the accuracy pre-flight's tolerance for INT8 (common.harness.fidelity.Tolerance fields): FP16's is too tight for
+    # the accuracy pre-flight's tolerance for INT8 (common.tolerances.Tolerance fields): FP16's is too tight for
     # an engine that is meant to differ by a few score points; it still stops an INT8 engine that lost its accuracy
     fidelity: tuple = (
         ("min_cosine", 0.99),
@@ -207,7 +207,7 @@ def preflight_tolerance(variant, tol):
 def settings_for(variant, calib_images: int | None = None) -> Int8Settings:
     """The variant's int8 settings; an explicit calib_images (the --calib-images flag) wins over the spec's."""
     s = read_int8_section(
-        variant.extra.get("int8"),
+        variant.int8_section,
         variant.source or f"models/{variant.model}/model.yaml",
         f"variants.{variant.name}.int8",
     )

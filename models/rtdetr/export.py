@@ -74,7 +74,7 @@ def new_network(config):
 
 
 def _overrides(variant) -> dict:
-    return dict(((variant.extra.get("export") or {}).get("config_overrides") or {}) if variant is not None else {})
+    return variant.export_config_overrides if variant is not None else {}
 
 
 def load_network(checkpoint: Path, config: Path | None, variant=None):
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         variant = load_model(args.model).variant(args.variant)
-        opset = args.opset or (variant.extra.get("export") or {}).get("opset", DEFAULT_OPSET)
+        opset = args.opset or variant.export_opset or DEFAULT_OPSET
         out = Path(args.out)
         raw = out.with_suffix(".raw.onnx")
         try:

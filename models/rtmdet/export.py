@@ -32,7 +32,7 @@ ATOL, RTOL = 1e-3, 1e-3
 
 def default_config(variant) -> Path:
     """The config shipped for a variant (model.yaml `checkpoint.config`), for users who have only the .pth."""
-    rel = (variant.extra.get("checkpoint") or {}).get("config") if variant is not None else None
+    rel = variant.checkpoint_config if variant is not None else None
     if not rel:
         raise ConfigError(f"variant {variant.id if variant else '?'} names no config: pass --config")
     return REPO_ROOT / rel

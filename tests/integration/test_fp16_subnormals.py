@@ -14,7 +14,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from common.compare.fp16_range import _ref_range
-from common.harness.fidelity import Tolerance, localise, range_check
+from common.compare.fp16_localise import localise
+from common.compare.fp16_range import range_check
+from common.tolerances import Tolerance
 from common.harness.runs import RunConfig, run_accuracy
 from common.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from helpers import REPO

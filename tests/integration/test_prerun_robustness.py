@@ -158,13 +158,12 @@ def test_garbage_pth_is_not_called_a_pickle(tmp_path, capsys):
 # ------------------------------------------------------------------ messages naming the user's own things
 
 def test_fidelity_error_names_the_spec_file_given_by_path(tmp_path):
-    from common.harness.fidelity import tolerance_of
     from common.config.specs import load_model
     from tiny_detr import build_tiny_detr, tiny_detr_spec
     spec = tiny_detr_spec(tmp_path / "t.yaml", build_tiny_detr(tmp_path / "tiny.onnx"))
     spec.write_text(spec.read_text().replace("    build:", "    fidelity: {min_cosin: 0.99}\n    build:"))
     with pytest.raises(ConfigError) as ei:
-        tolerance_of(load_model(str(spec)).variant())
+        load_model(str(spec)).variant().fidelity
     assert str(ei.value).startswith(f"{spec}: variants.tiny.fidelity.min_cosin: unknown key"), str(ei.value)
     assert "models/" not in str(ei.value)
 

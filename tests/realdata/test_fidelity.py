@@ -1,5 +1,5 @@
 """FP16 fidelity: compare a candidate engine with the FP32 reference, localise FP16 overflow to its node, fix it
-with a block list, and stop an accuracy run early when its engine is broken (common/harness/fidelity.py)."""
+with a block list, and stop an accuracy run early when its engine is broken (common/compare/fidelity_judge.py, common/harness/preflight.py)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,10 @@ import pytest
 from common.runtime.backends.onnxruntime_backend import convert_fp16
 from common.errors import ConfigError
 from common.compare.fp16_range import graph_types as _types, run_exposed as _run_exposed
-from common.harness.fidelity import (Tolerance, compare_outputs, judge, localise, match_detections, tolerance_of,
-                                     with_block_nodes)
+from common.compare.comparator import match_detections
+from common.compare.fidelity_judge import compare_outputs, judge
+from common.compare.fp16_localise import localise
+from common.tolerances import Tolerance
 from common.config.specs import load_spec
 from fidelity_helpers import overflow_graph, plant_overflow
 from helpers import REPO
@@ -97,10 +99,10 @@ def test_fidelity_block_is_validated(tmp_path):
     with pytest.raises(ConfigError, match="fidelity.min_cosin: unknown key"):   # at load, naming the file
         load_spec(spec)
     spec.write_text(spec.read_text().replace("min_cosin: 0.99", "min_cosine: 0.99, outputs: [dets]"))
-    tol = tolerance_of(load_spec(spec).variant())
+    tol = load_spec(spec).variant().fidelity
     assert tol.min_cosine == 0.99 and tol.outputs == ("dets",) and tol.max_ap_diff == Tolerance().max_ap_diff
-    v = with_block_nodes(load_spec(spec).variant(), ["a"])
-    assert v.extra["build"] == {"fp16_block_ops": ["ArgMax", "ReduceMax"], "fp16_block_nodes": ["a"]}
+    v = load_spec(spec).variant().with_block_nodes(["a"])
+    assert v.build_options == {"fp16_block_ops": ["ArgMax", "ReduceMax"], "fp16_block_nodes": ["a"]}
 
 
 # ---- real images (SUITE_SHARED_DATA)

@@ -7,7 +7,11 @@ import shutil
 import onnx
 import pytest
 
-from common.harness.fidelity import FP16_MAX, find_fp16_culprits, load_images, run_compare, tolerance_of
+from common.compare.fp16_localise import find_fp16_culprits
+from common.compare.fp16_range import FP16_MAX
+from common.data.coco import DatasetRequest
+from common.harness.compare_command import run_compare
+from common.harness.reference_compare import load_images
 from common.harness.runs import RunConfig
 from common.config.specs import load_spec
 from tiny_rtdetr import TOKENS, build_tiny_rtdetr_end2end, tiny_end2end_spec
@@ -40,8 +44,8 @@ def test_rtdetr_fp16_sensitive_nodes_are_reported_deterministically(rtdetr, coco
     assert _strip(first) == _strip(again)
     assert first["outputs"]["dets"]["size"] == 2 * TOKENS * 5
 
-    x = load_images(variant, str(coco_layout), ANN, None, 1).inputs
-    runs = [find_fp16_culprits(onnx_path, x, "images", tolerance_of(variant)) for _ in range(2)]
+    x = load_images(variant, DatasetRequest(str(coco_layout), ANN), 1).inputs
+    runs = [find_fp16_culprits(onnx_path, x, "images", variant.fidelity) for _ in range(2)]
     assert runs[0]["findings"] == runs[1]["findings"]
     assert runs[0]["scanned"] == runs[0]["watched"] > 1000          # every tensor of the graph was judged
     nodes = {n.name: n.op_type for n in onnx.load(str(onnx_path)).graph.node}

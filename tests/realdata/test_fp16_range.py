@@ -19,7 +19,12 @@ import onnxruntime as ort
 import pytest
 
 from common.runtime.backends.onnxruntime_backend import convert_fp16
-from common.harness.fidelity import Tolerance, load_images, localise, range_check, tensor_stats
+from common.compare.fidelity_judge import tensor_stats
+from common.compare.fp16_localise import localise
+from common.compare.fp16_range import range_check
+from common.data.coco import DatasetRequest
+from common.harness.reference_compare import load_images
+from common.tolerances import Tolerance
 from common.compare.fp16_range import _pair_stats, _ref_range, graph_types, run_exposed
 from common.harness.runs import RunConfig, run_accuracy
 from common.config.specs import load_model
@@ -95,7 +100,7 @@ def _plant_args(graph) -> dict:
 def plants(rtmdet_raw_onnx, coco_layout, tmp_path_factory):
     d = tmp_path_factory.mktemp("plants")
     variant = load_model("rtmdet").variant("nano-person-raw")
-    x = load_images(variant, str(coco_layout), ANN, None, 2).inputs   # the plants overflow on any image
+    x = load_images(variant, DatasetRequest(str(coco_layout), ANN), 2).inputs   # the plants overflow on any image
     made = {}
     for name, (args, origin, minimal) in _plant_args(onnx.load(str(rtmdet_raw_onnx)).graph).items():
         made[name] = (plant_around(rtmdet_raw_onnx, d / f"{name}.onnx", **args), origin, minimal)

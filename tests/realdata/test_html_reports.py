@@ -15,8 +15,10 @@ import pytest
 
 from common.ci.html_report import regress_page
 from common.ci.verdicts import judge
+from common.config.specs import load_model
 from common.evaluate.metrics import coco_metrics
-from common.harness.fidelity import run_compare
+from common.harness.compare_command import run_compare
+from common.harness.requests import dataset_request
 from common.harness.runs import RunConfig, run_performance
 from common.report.html import compare_html, run_page, write_html
 
@@ -123,7 +125,8 @@ def test_run_report(rtmdet_fp32_pass, perf_record, tmp_path):
 def test_compare_report(rtmdet_fp32_pass, tmp_path):
     cfg = RunConfig(**{**rtmdet_fp32_pass.cfg.__dict__, "precision": "fp16", "record_outputs": None})
     report = run_compare(cfg, 8, fix=False, log=lambda *a: None)
-    page = write_html(tmp_path / "compare.html", compare_html(report, cfg))
+    default_annotation = load_model(cfg.model).variant(cfg.variant).annotation
+    page = write_html(tmp_path / "compare.html", compare_html(report, dataset_request(cfg), default_annotation))
     drawn = page.read_text().count('class="photo"')
     assert drawn >= 1                           # FP16 moves some boxes on 8 images
     _check("compare", page, tmp_path, images=drawn)

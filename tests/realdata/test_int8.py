@@ -37,11 +37,10 @@ def _request(onnx, cache, calib_dir, n, settings, shared_data):
     from common.runtime.backends.base import BuildRequest
     from common.data.calibration import CalibrationSet
     from common.engine_cache import EngineCache, file_sha256
-    from common.harness.runs import RunConfig
+    from common.data.coco import DatasetRequest
     from common.config.specs import load_model
     variant = load_model("rtmdet").variant()
-    cfg = RunConfig(model="rtmdet", dataset_dir=str(shared_data / "coco"), annotation=PERSON350, calib_images=n)
-    calib = CalibrationSet.for_variant(str(calib_dir), variant, cfg)
+    calib = CalibrationSet.for_variant(str(calib_dir), variant, n, DatasetRequest(str(shared_data / "coco"), PERSON350))
     return BuildRequest(onnx, file_sha256(onnx), "int8", 1, "input", (3, 320, 320), EngineCache(cache),
                         {"calibration": calib, "int8": settings})
 
@@ -50,15 +49,14 @@ def test_int8_preflight_tolerance():
     """INT8's pre-flight tolerance is its own (looser than FP16's), and the spec's int8.fidelity overrides it."""
     from dataclasses import replace
 
-    from common.harness.fidelity import tolerance_of
     from common.runtime.quantize import preflight_tolerance
     from common.config.specs import load_model
     v = load_model("rtmdet").variant()
-    fp16, int8 = tolerance_of(v), preflight_tolerance(v, tolerance_of(v))
+    fp16, int8 = v.fidelity, preflight_tolerance(v, v.fidelity)
     assert int8.max_score_diff > fp16.max_score_diff and int8.min_cosine < fp16.min_cosine
     assert int8.max_ap_diff == 0.05
     v2 = replace(v, extra={**v.extra, "int8": {**v.extra["int8"], "fidelity": {"max_ap_diff": 0.01}}})
-    assert preflight_tolerance(v2, tolerance_of(v2)).max_ap_diff == 0.01
+    assert preflight_tolerance(v2, v2.fidelity).max_ap_diff == 0.01
 
 
 @pytest.mark.slow

@@ -14,16 +14,16 @@ SET_B = "person_keypoints_val2017_single_person_subset200.json"
 def _set_b_calibration(shared_data, folder, n):
     """A calibration set of the first n set-B images (copies: a link into the evaluation dir is refused),
     checked against set A as the evaluation set."""
-    from common.config.options import RunConfig
     from common.config.specs import load_model
     from common.data.calibration import CalibrationSet
+    from common.data.coco import DatasetRequest
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(im["file_name"] for im in
                    json.loads((shared_data / "coco" / "annotations" / SET_B).read_text())["images"])[:n]
     for name in names:
         shutil.copy(shared_data / "coco" / "val2017" / name, folder / name)
-    cfg = RunConfig(model="rtmdet", dataset_dir=str(shared_data / "coco"), annotation=ANN_A, calib_images=n)
-    return CalibrationSet.for_variant(str(folder), load_model("rtmdet").variant(), cfg)
+    return CalibrationSet.for_variant(str(folder), load_model("rtmdet").variant(), n,
+                                      DatasetRequest(str(shared_data / "coco"), ANN_A))
 
 
 def test_rtmdet_postprocess_found_from_the_graph(rtmdet_onnx):

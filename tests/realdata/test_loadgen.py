@@ -19,7 +19,7 @@ pytest.importorskip("mlperf_loadgen", reason="MLCommons LoadGen is not installed
                                              "requirements-loadgen.txt)")
 
 from common.config.options import RunConfig  # noqa: E402
-from common.loadgen.run import run_loadgen  # noqa: E402
+from common.harness.loadgen_run import run_loadgen  # noqa: E402
 from common.loadgen.settings import LoadgenConfig  # noqa: E402
 from helpers import detections_ap, run_script  # noqa: E402
 

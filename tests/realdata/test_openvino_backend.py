@@ -18,9 +18,10 @@ def _request(onnx, cache, precision, batch, calib=None, settings=None):
 
 def _inputs(shared_data, n):
     from common.config.specs import load_model
-    from common.harness.fidelity import load_images
+    from common.data.coco import DatasetRequest
+    from common.harness.reference_compare import load_images
     v = load_model("rtmdet").variant()
-    return load_images(v, str(shared_data / "coco"), "instances_val2017_subset150.json", None, n).inputs
+    return load_images(v, DatasetRequest(str(shared_data / "coco"), "instances_val2017_subset150.json"), n).inputs
 
 
 def test_openvino_fp32_matches_onnxruntime_and_is_cached(rtmdet_onnx, shared_data, tmp_path):

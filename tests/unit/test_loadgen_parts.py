@@ -179,7 +179,7 @@ def test_without_loadgen_the_command_says_how_to_install_it(monkeypatch):
     """No mlcommons-loadgen: a ConfigError (exit 2) naming the optional layer, never an ImportError traceback."""
     import sys
 
-    from common.loadgen.run import import_loadgen
+    from common.harness.loadgen_run import import_loadgen
     monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)   # import of it raises ImportError
     with pytest.raises(ConfigError, match="requirements-loadgen.txt") as info:
         import_loadgen()

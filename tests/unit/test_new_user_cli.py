@@ -86,7 +86,7 @@ def test_suite_env_lists_the_precisions_that_run():
 def test_compare_report_does_not_complain_about_outputs_the_spec_does_not_judge():
     """Defect 9: compare.py printed a shape complaint ("list the fixed-shape outputs under fidelity.outputs") on a
     PASS although the spec says `outputs: []` (dets after NMS, judged by their detections)."""
-    from common.harness.fidelity import format_report
+    from common.compare.fidelity_report import format_report
     err = {"error": "shape [1, 59, 5] != reference [1, 58, 5] (a data-dependent output, e.g. after NMS? list the "
                     "fixed-shape outputs under fidelity.outputs)"}
     detections = {"matched": 1.0, "reference_detections": 4, "score_threshold": 0.3, "mean_iou": 0.99,

@@ -22,7 +22,7 @@ import numpy as np
 from common.config.loadgen_spec import read_loadgen_section
 from common.config.options import RunConfig, parallelism
 from common.config.specs import load_model
-from common.data.coco import image_items, read_annotations, resolve_dataset
+from common.data.coco import image_items, read_annotations
 from common.data.loader import open_loader
 from common.data.preprocess import Preprocessor
 from common.decode.outputs import fault_reasons, get_decoder, output_faults
@@ -31,6 +31,7 @@ from common.errors import ConfigError
 from common.evaluate.metrics import CocoEvaluator
 from common.harness.engine import infer as run_infer
 from common.harness.engine import prepare, resolve_onnx
+from common.harness.requests import dataset_request, engine_request
 from common.harness.runs import _base_fields, check_outputs
 from common.loadgen import logs
 from common.loadgen.settings import NOT_MLPERF, LoadgenConfig, effective, resolve, to_test_settings
@@ -51,11 +52,13 @@ def import_loadgen():
     return mlperf_loadgen
 
 
-def _library(cfg: RunConfig, items, pre, workers: int) -> SampleLibrary:
+def _library(
+    items, pre, batch_size: int, workers: int, progress: bool = True, input_cache: str | None = None
+) -> SampleLibrary:
     """Every image of the run preprocessed: with an input cache its letterboxed uint8 canvases (memory-mapped
     when the entry exists), normalised per gathered batch; else the float32 inputs, decoded now."""
     with open_loader(
-        items, pre, cfg.batch_size, workers, cfg.progress, desc="loadgen samples", cache_dir=cfg.input_cache
+        items, pre, batch_size, workers, progress, desc="loadgen samples", cache_dir=input_cache
     ) as loader:
         if loader.cached is not None:
             canvases, cached_meta = loader.cached
@@ -164,7 +167,7 @@ def _response_maker(lg):
     return response
 
 
-def _log_dir_name(cfg: RunConfig, p, lg_cfg: LoadgenConfig) -> str:
+def _log_dir_name(p, lg_cfg: LoadgenConfig) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     parts = [
         stamp,
@@ -172,8 +175,8 @@ def _log_dir_name(cfg: RunConfig, p, lg_cfg: LoadgenConfig) -> str:
         p.variant.name,
         p.backend.name,
         p.backend.device(),
-        cfg.precision,
-        f"bs{cfg.batch_size}",
+        p.asked.precision,
+        f"bs{p.asked.batch_size}",
         lg_cfg.scenario,
         lg_cfg.mode,
     ]
@@ -239,9 +242,9 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
     remember = EngineCache(cfg.cache_dir) if cfg.cache_dir else None
     variant = load_model(cfg.model, remember).variant(cfg.variant)
-    section = read_loadgen_section(variant.extra.get("loadgen"), variant.source, f"variants.{variant.name}.loadgen")
+    section = read_loadgen_section(variant.loadgen_section, variant.source, f"variants.{variant.name}.loadgen")
     settings = resolve(lg_cfg, section.settings_for(lg_cfg.scenario))
-    images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+    images_dir, ann_file = dataset_request(cfg).resolve(variant.annotation)
     annotations = read_annotations(ann_file, polygons=False, remember=remember)
     items = image_items(annotations, images_dir, cfg.max_images)
     if not items:
@@ -254,15 +257,17 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
         else None
     )
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    library = _library(cfg, items, pre, workers)  # forks its decoding workers before the runtime's threads
-    p = prepare(cfg, variant, onnx_path=resolve_onnx(cfg, variant))
+    # forks its decoding workers before the runtime's threads
+    library = _library(items, pre, cfg.batch_size, workers, cfg.progress, cfg.input_cache)
+    engine = engine_request(cfg)
+    p = prepare(engine, variant, onnx_path=resolve_onnx(engine, variant))
     runners = (
         [p.runner] * streams
         if p.runner.concurrent
         else [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(streams - 1)]
     )
     decoder = _Decoder(variant, per_image=lg_cfg.mode == "accuracy")
-    name = _log_dir_name(cfg, p, lg_cfg)
+    name = _log_dir_name(p, lg_cfg)
     tmp = Path(cfg.results_dir) / f".{name}.tmp"
     final = Path(cfg.results_dir) / name
     t0 = time.perf_counter()
@@ -325,7 +330,7 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     reasons += target_reasons
     record = new_record(
         "loadgen",
-        **_base_fields(cfg, p),
+        **_base_fields(p),
         dataset={"images_dir": str(images_dir), "annotation": str(ann_file), "num_images": len(items)},
         loadgen=section_out,
         metrics=metrics,
