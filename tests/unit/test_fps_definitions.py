@@ -41,7 +41,7 @@ def test_a_published_compute_only_figure_is_compared_with_fps_compute(tmp_path):
 
 def test_int8_section_checked_when_the_spec_loads(tmp_path):
     v = load_spec(_spec(tmp_path, int8={"method": "entropy", "keep_fp32": ["Conv_0"]})).variant()
-    assert v.extra["int8"]["method"] == "entropy"
+    assert v.int8_section["method"] == "entropy"
     path = _spec(tmp_path, int8={"method": "kl_divergence"})
     with pytest.raises(ConfigError) as err:
         load_spec(path)
