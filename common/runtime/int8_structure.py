@@ -98,6 +98,41 @@ def network_model(model, split: Split | None = None):
     return m
 
 
+def float_inputs_for(model, nodes) -> list:
+    """Rewire the named nodes of a QDQ graph to read the float tensors their QuantizeLinear / DequantizeLinear
+    pairs were made from, and drop the pairs nothing reads any more; [(node, tensor)] rewired.
+
+    A quantiser puts one pair on a tensor and every consumer reads its DequantizeLinear output, so a node it was
+    told to leave float still reads rounded values when it shares its input with a quantised node (RTMDet-nano's
+    kept `Conv_212` reads the tensor of the INT8 `Conv_209`). Left float has to mean float inputs."""
+    g = model.graph
+    consts = {t.name for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    wanted, rewired = set(nodes), []
+    for n in g.node:
+        if n.name not in wanted:
+            continue
+        for k, t in enumerate(n.input):
+            dq = producer.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            qn = producer.get(dq.input[0])
+            if qn is None or qn.op_type != "QuantizeLinear" or qn.input[0] in consts:
+                continue
+            n.input[k] = qn.input[0]
+            rewired.append((n.name, qn.input[0]))
+    if rewired:
+        while True:  # a DequantizeLinear nobody reads, then its QuantizeLinear
+            read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+            qdq = ("QuantizeLinear", "DequantizeLinear")
+            dead = [n for n in g.node if n.op_type in qdq and n.output[0] not in read]
+            if not dead:
+                break
+            for n in dead:
+                g.node.remove(n)
+    return rewired
+
+
 # ---------------------------------------------------------------- target capabilities
 
 

@@ -51,6 +51,9 @@ QUANTIZERS = ("onnxruntime", "nncf")
 # ONNX names of the OpenVINO op types a target leaves float (int8_structure.Target.float_ops)
 _ONNX_OP = {"Interpolate": "Resize"}
 DEFAULT_CALIB_IMAGES = 32
+# what the quantised graph is made of beyond the quantiser's own output (in the engine key): 2 = nodes left
+# float read float inputs even where they share a tensor with a quantised node (int8_structure.float_inputs_for)
+QDQ_GRAPH_VERSION = 2
 # per-channel DequantizeLinear (its `axis` attribute) exists from opset 13
 PER_CHANNEL_MIN_OPSET = 13
 
@@ -102,6 +105,7 @@ class Int8Settings:
         """Every setting that changes the engine, for the cache key."""
         d = asdict(self)
         d.pop("fidelity")
+        d["graph"] = QDQ_GRAPH_VERSION
         if self.rule:
             from common.runtime.int8_structure import RULE_VERSION
 
@@ -406,7 +410,13 @@ def quantize_onnx(
     from onnxruntime.quantization import quantize_static
 
     from common.engine_cache import atomic_write_bytes, file_sha256
-    from common.runtime.int8_structure import check_qdq_graph, keep_by_rule, network_model, split_network
+    from common.runtime.int8_structure import (
+        check_qdq_graph,
+        float_inputs_for,
+        keep_by_rule,
+        network_model,
+        split_network,
+    )
 
     tgt = resolve_target(settings, backend, onnx_path)
     with tempfile.TemporaryDirectory(prefix="int8.", dir=work_dir) as tmp:
@@ -481,6 +491,8 @@ def quantize_onnx(
         if not hit and ranges.is_file():
             atomic_write_bytes(cache_file, ranges.read_bytes(), durable=False)
         model = onnx.load(str(out_path), load_external_data=False)
+        if float_inputs_for(model, exclude):
+            onnx.save(model, str(out_path))
     q_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
     n_q = sum(1 for n in model.graph.node if n.op_type in q_ops)
     if n_q == 0:

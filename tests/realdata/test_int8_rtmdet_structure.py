@@ -99,6 +99,12 @@ def test_rule_keeps_rtmdet_depthwise_convs_with_reasons(rtmdet_onnx, shared_data
     info = quantize_onnx(rtmdet_onnx, q, calib, Int8Settings(calib_images=8), "input", tmp_path / "cache")
     assert dict(info["kept_by_rule"]) == kept
     assert info["int8_convs"] == 123 - len(kept)
+    # kept means float inputs too, also where a kept Conv shares its input with an INT8 one (Conv_212, Conv_209)
+    qm = onnx.load(str(q))
+    producer = {o: n for n in qm.graph.node for o in n.output}
+    rounded = [n.name for n in qm.graph.node if n.name in kept and n.input[0] in producer
+               and producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert rounded == [], rounded
 
 
 @pytest.mark.slow

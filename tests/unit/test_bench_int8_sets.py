@@ -7,9 +7,9 @@ import importlib.util
 import json
 
 import pytest
+from helpers import REPO
 
 from common.errors import ConfigError
-from helpers import REPO
 
 
 def _bench():

@@ -130,3 +130,44 @@ def test_int8_section_names_the_target(tmp_path):
         resolve_target(Int8Settings(target="tensorrt"), "onnxruntime")
     assert resolve_target(Int8Settings(), "igie").name == "igie"
     assert resolve_target(Int8Settings(target="tensorrt", activation_type="qint8"), "igie").name == "tensorrt"
+
+
+def test_a_node_left_float_reads_float_where_it_shares_a_tensor_with_an_int8_node(tmp_path):
+    """One tensor read by two Convs, one kept in FP32 (as RTMDet-nano's Conv_212 shares Conv_209's input): ONNX
+    Runtime's quantiser gives both the DequantizeLinear output; the kept Conv must read the float tensor, the
+    other stays INT8, and nothing dangles."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from common.runtime.quantize import Int8Settings, int8_convs, quantize_onnx
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w_a"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w_b"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w_c")]
+    nodes = [helper.make_node("Conv", ["input", "w_a"], ["t"], name="a", pads=[1] * 4),
+             helper.make_node("Conv", ["t", "w_b"], ["ob"], name="b"),
+             helper.make_node("Conv", ["t", "w_c"], ["oc"], name="c"),
+             helper.make_node("Add", ["ob", "oc"], ["out"], name="sum")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                             ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    src = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(src))
+
+    class Calib:
+        sha256 = "synthetic"
+
+        @staticmethod
+        def batches(n):
+            return iter(_batches(4)[:1] * 4)
+
+    settings = Int8Settings(rule=False, keep_fp32=("c",), calib_images=4)
+    info = quantize_onnx(src, tmp_path / "q.onnx", Calib, settings, "input", tmp_path / "cache")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    by_name = {n.name: n for n in q.graph.node}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    assert by_name["c"].input[0] == "t" and by_name["c"].input[1] == "w_c"
+    assert producer[by_name["b"].input[0]].op_type == "DequantizeLinear"
+    assert info["int8_convs"] == int8_convs(q) == 2   # a and b
+    read = {i for n in q.graph.node for i in n.input} | {o.name for o in q.graph.output}
+    assert all(o in read for n in q.graph.node for o in n.output)
