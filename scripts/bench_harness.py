@@ -24,6 +24,7 @@ from common.harness.benchmarking import benchmark_parser, scratch_dir  # noqa: E
 
 from common.data.coco import read_annotations  # noqa: E402
 from common.evaluate.metrics import STAT_NAMES, coco_metrics  # noqa: E402
+from common.harness.requests import dataset_request  # noqa: E402
 from common.harness.runs import RunConfig, timing_inputs, run_accuracy, run_performance  # noqa: E402
 
 RSS_SNIPPET = """
@@ -103,7 +104,8 @@ def run(a, work: Path):
     sess = ort.InferenceSession(a.onnx, providers=["CPUExecutionProvider"])
     from common.config.specs import load_model
     # the same preprocessed image the performance run times: in-graph NMS cost depends on the content
-    x, _ = timing_inputs(RunConfig(**base), load_model(a.model).variant())
+    timed = RunConfig(**base)
+    x, _ = timing_inputs(dataset_request(timed), load_model(a.model).variant(), timed.batch_size)
     name = sess.get_inputs()[0].name
     for _ in range(a.repeats):
         perf = run_performance(RunConfig(**base, warmup_s=1.0, min_duration_s=5.0, min_iters=100))

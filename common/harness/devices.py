@@ -26,7 +26,7 @@ from common import BOOTSTRAP
 from common.config.options import SHARD_ENV, RunConfig, parallelism, parse_devices, parse_shard, to_flags
 from common.errors import ConfigError, RuntimeFailure
 from common.harness.merge import merge_shards
-from common.harness.requests import request_key
+from common.harness.requests import outputs_request, request_key
 from common.harness.runs import check_outputs
 from common.harness.shards import SHARD_KIND
 from common.runtime.backends import backend_class
@@ -171,7 +171,7 @@ def run_on_devices(cfg: RunConfig, publish=None, echo=print) -> dict:
             "--record-outputs with --devices: a recording is made by one process over every image; "
             "run it without --devices"
         )
-    check_outputs(cfg, accuracy=True)
+    check_outputs(outputs_request(cfg), accuracy=True)
     workers = plan(cfg)
     root = Path(cfg.results_dir) / DEVICES_DIR
     if root.is_dir():  # another split's leftovers must not be merged with this one's

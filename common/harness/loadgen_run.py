@@ -31,7 +31,7 @@ from common.errors import ConfigError
 from common.evaluate.metrics import CocoEvaluator
 from common.harness.engine import infer as run_infer
 from common.harness.engine import prepare, resolve_onnx
-from common.harness.requests import dataset_request, engine_request
+from common.harness.requests import dataset_request, engine_request, outputs_request
 from common.harness.runs import _base_fields, check_outputs
 from common.loadgen import logs
 from common.loadgen.settings import NOT_MLPERF, LoadgenConfig, effective, resolve, to_test_settings
@@ -234,7 +234,7 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     """A LoadGen scenario run; `publish(record)` as in run_accuracy. LoadGen's logs are kept in a folder of the
     results dir named in the record (`loadgen.log_dir`); a run that fails leaves none behind."""
     lg = import_loadgen()
-    check_outputs(cfg, accuracy=False)
+    check_outputs(outputs_request(cfg), accuracy=False)
     caps = backend_class(cfg.backend).capabilities
     streams, workers = parallelism(cfg, caps)
     if not cfg.streams and not caps.host_compute:

@@ -81,13 +81,11 @@ class EvaluationRequest:
 
 @dataclass(frozen=True)
 class TimingRequest:
-    """How a performance run times its engine."""
+    """How a performance run times its engine (at the engine request's batch size and threads)."""
 
-    batch_size: int = 1
     warmup_s: float = 1.0
     min_duration_s: float = 5.0
     min_iters: int = 100
-    threads: int = 0  # recorded with the timing settings
     progress: bool = True
 
 
@@ -105,6 +103,11 @@ class StageRequests:
 def dataset_request(cfg: RunConfig) -> DatasetRequest:
     """The dataset stage's request of a run."""
     return DatasetRequest(cfg.dataset_dir, cfg.annotation, cfg.images_dir, cfg.max_images)
+
+
+def outputs_request(cfg: RunConfig) -> OutputsRequest:
+    """Where a run writes."""
+    return OutputsRequest(cfg.results_dir, cfg.detections_out, cfg.record_outputs)
 
 
 def engine_request(cfg: RunConfig) -> EngineRequest:
@@ -133,16 +136,9 @@ def stage_requests(cfg: RunConfig) -> StageRequests:
     return StageRequests(
         engine=engine_request(cfg),
         dataset=dataset_request(cfg),
-        outputs=OutputsRequest(cfg.results_dir, cfg.detections_out, cfg.record_outputs),
+        outputs=outputs_request(cfg),
         evaluation=EvaluationRequest(cfg.evaluator, cfg.bootstrap),
-        timing=TimingRequest(
-            batch_size=cfg.batch_size,
-            warmup_s=cfg.warmup_s,
-            min_duration_s=cfg.min_duration_s,
-            min_iters=cfg.min_iters,
-            threads=cfg.threads,
-            progress=cfg.progress,
-        ),
+        timing=TimingRequest(cfg.warmup_s, cfg.min_duration_s, cfg.min_iters, cfg.progress),
     )
 
 

@@ -2,6 +2,10 @@
 
 accuracy:    spec + dataset -> loader -> runner.infer -> decode -> evaluate -> record -> check -> exit code
 performance: spec -> engine (cached) -> runner timed -> stats -> record -> check -> exit code
+
+A driver reads its RunConfig once into the stages' requests (common/harness/requests.py, docs/stages.md); each stage
+below (read_dataset, new_evaluator, the engine, the pre-flight, infer_all, evaluate, measure_performance) takes only
+its request.
 """
 
 from __future__ import annotations
@@ -26,14 +30,7 @@ import numpy as np
 from common.compare.timed_outputs import from_timing_sample
 from common.config.options import RunConfig, parallelism  # noqa: F401  RunConfig: re-exported for callers of the drivers
 from common.config.specs import Variant, load_model
-from common.data.coco import (
-    folder_items,
-    image_items,
-    read_annotations,
-    read_image,
-    resolve_dataset,
-    resolve_images_dir,
-)
+from common.data.coco import DatasetRequest, folder_items, image_items, read_annotations, read_image
 from common.data.loader import open_loader
 from common.data.preprocess import Preprocessor
 from common.decode.outputs import fault_reasons, get_decoder, nonfinite_counts, output_faults
@@ -45,7 +42,15 @@ from common.evaluate.metrics import CocoEvaluator, category_coverage, to_coco_re
 from common.fsaccess import check_output_file, ensure_writable_dir
 from common.harness.endtoend import E2E_IMAGES, compute_time, measure_end_to_end
 from common.harness.engine import Prepared, infer, prepare, resolve_onnx, sha256_memo_dir
-from common.harness.requests import engine_request, request_key
+from common.harness.requests import (
+    EngineRequest,
+    EvaluationRequest,
+    OutputsRequest,
+    StageRequests,
+    TimingRequest,
+    request_key,
+    stage_requests,
+)
 from common.harness.run_state import RunState
 from common.harness.shards import SHARD_KIND, ShardPlan, engine_key, ids_digest, write_shard
 from common.harness.timing import console_progress, measure, validity_reasons
@@ -97,14 +102,14 @@ def _target_dicts(targets) -> list:
     ]
 
 
-def _note_unjudged_targets(variant: Variant, cfg: RunConfig, n_images: int) -> None:
+def _note_unjudged_targets(variant: Variant, precision: str, n_images: int) -> None:
     """Said before any image is read: targets declared for more images than this run evaluates (a published
     full-val2017 figure on a subset) will be reported "not judged", neither passed nor failed."""
     short = sorted(
         {
             t.min_images
             for t in variant.targets
-            if t.min_images and n_images < t.min_images and cfg.precision in t.precisions
+            if t.min_images and n_images < t.min_images and precision in t.precisions
         }
     )
     if short:
@@ -133,9 +138,9 @@ def _read_environment():
     environment()
 
 
-def needs_preflight(cfg: RunConfig, backend) -> bool:
-    """Only a candidate that is not the reference itself (and not a replay of stored outputs)."""
-    return bool(cfg.preflight) and not backend.capabilities.replays and not backend.is_reference(cfg.precision)
+def needs_preflight(n_images: int, backend, precision: str) -> bool:
+    """Only a candidate that is not the reference itself (and not a replay of stored outputs), on images > 0."""
+    return bool(n_images) and not backend.capabilities.replays and not backend.is_reference(precision)
 
 
 READ_AHEAD_IMAGES = 64
@@ -244,7 +249,7 @@ def _in_streams(batches, runners: list, infer, ahead: int | None = None):
                 t.join()
 
 
-def _preflight_record(cfg: RunConfig, p: Prepared, exc, images_dir, ann_file) -> dict:
+def _preflight_record(p: Prepared, exc, images_dir, ann_file) -> dict:
     """The record of an accuracy run the pre-flight stopped: no metrics, verdict fail, its reasons and report."""
     report = getattr(exc, "report", None) or {}
     record = new_record(
@@ -274,26 +279,26 @@ def _about_model(onnx_path: Path):
         raise
 
 
-def check_outputs(cfg: RunConfig, accuracy: bool, record: bool = True):
+def check_outputs(outputs: OutputsRequest, accuracy: bool, record: bool = True):
     """Every place the run will write, checked before any work (exit 2 naming it) rather than failing after
     the whole run: the results dir (records; an accuracy run's resume state), --save-detections,
     --record-outputs."""
     if record or accuracy:
-        ensure_writable_dir(cfg.results_dir, "results dir")
-    if accuracy and cfg.detections_out:
-        check_output_file(cfg.detections_out, "--save-detections file")
-    if accuracy and cfg.record_outputs:
-        ensure_writable_dir(cfg.record_outputs, "--record-outputs dir")
+        ensure_writable_dir(outputs.results_dir, "results dir")
+    if accuracy and outputs.detections_out:
+        check_output_file(outputs.detections_out, "--save-detections file")
+    if accuracy and outputs.record_outputs:
+        ensure_writable_dir(outputs.record_outputs, "--record-outputs dir")
 
 
-def _intervals(cfg, evaluator, image_ids) -> tuple[dict | None, float]:
+def _intervals(req: EvaluationRequest, evaluator, image_ids) -> tuple[dict | None, float]:
     """The bootstrap intervals of the stats (common/evaluate/bootstrap.py) and what they cost, in seconds."""
-    if not cfg.bootstrap or not len(image_ids):
+    if not req.bootstrap or not len(image_ids):
         return None, 0.0
     from common.evaluate.bootstrap import MatchTable, intervals
 
     t = time.perf_counter()
-    ci = intervals(MatchTable.from_evaluator(evaluator, image_ids), cfg.bootstrap)
+    ci = intervals(MatchTable.from_evaluator(evaluator, image_ids), req.bootstrap)
     return ci, time.perf_counter() - t
 
 
@@ -318,70 +323,244 @@ def run_accuracy(cfg: RunConfig, publish=None) -> dict:
             gc.unfreeze()  # the caller's garbage is collected again, as before the run
 
 
+@dataclasses.dataclass
+class Dataset:
+    """The dataset stage's answer: the annotation file read and the images this run evaluates (under --shard only
+    its shard's, `shard` saying which)."""
+
+    images_dir: Path
+    ann_file: Path
+    annotations: dict
+    items: list
+    shard: ShardPlan | None = None
+
+    def sharded(self, shard: str, source: str | None) -> Dataset:
+        """Only the images of shard "K/N" (the merge evaluates the union: common/harness/shards.py), said."""
+        plan = ShardPlan.of(shard, source, self.items)
+        print(plan.describe(), flush=True)
+        return dataclasses.replace(self, items=plan.items, shard=plan)
+
+
+def read_dataset(req: DatasetRequest, variant: Variant, remember: EngineCache | None = None) -> Dataset:
+    """The dataset stage: the annotation file (the asked one, else the variant's) checked and read, and its first
+    `req.max_images` images by id."""
+    images_dir, ann_file = req.resolve(variant.annotation)
+    annotations = read_annotations(ann_file, polygons=False, remember=remember)
+    return Dataset(images_dir, ann_file, annotations, image_items(annotations, images_dir, req.max_images))
+
+
+def new_evaluator(data: Dataset, variant: Variant, req: EvaluationRequest) -> CocoEvaluator:
+    """The evaluation stage's evaluator of `data`, fed while the run infers."""
+    return CocoEvaluator(data.annotations, variant.label_map, variant.categories, req.evaluator, source=data.ann_file)
+
+
+def _run_state(outputs: OutputsRequest, engine: EngineRequest, interval_s: float, variant, onnx_sha256, data):
+    """The resume state of this run: keyed by everything its predictions depend on."""
+    return RunState(
+        Path(outputs.results_dir) / ".run-state",
+        onnx_sha256,
+        interval_s,
+        spec=repr(variant),
+        precision=engine.precision,
+        batch_size=engine.batch_size,
+        backend=engine.backend,
+        device=engine.device or "",
+        annotation=file_sha256_memo(data.ann_file, sha256_memo_dir(engine.cache_dir)),
+        images_dir=str(data.images_dir.resolve()),
+        n=len(data.items),
+    )
+
+
+@dataclasses.dataclass
+class Resumed:
+    """What an interrupted identical run left: the predictions of its first `done` images, in the evaluator."""
+
+    done: int
+    nonfinite: Counter
+    rows: list  # the detections file's rows of those images, which the file starts with
+
+
+def _resume(state: RunState, evaluator: CocoEvaluator, items: list, enabled: bool) -> Resumed:
+    """The resume stage: an earlier identical run's saved predictions taken back (`enabled`), else discarded so
+    that its chunks never mix with this run's."""
+    if state.claim() and not enabled:
+        state.discard()
+    done, chunks = state.load() if enabled else (0, [])
+    resumed = Resumed(done, Counter(), [])
+    for c in chunks:
+        resumed.rows.append(evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"]))
+        resumed.nonfinite.update(c["nonfinite"])
+    evaluator.complete([it.image_id for it in items[:done]])
+    return resumed
+
+
+def _engine_while_decoding(engine: EngineRequest, variant, onnx_sha256, onnx_path, batches) -> tuple[Prepared, list]:
+    """The engine stage, built / loaded while the first images decode: a cold start would otherwise leave the
+    decoding core idle for as long as a session set-up (or an engine build) takes. (engine, batches read ahead)"""
+    setup = ThreadPoolExecutor(1)
+    future = setup.submit(prepare, engine, variant, onnx_sha256, onnx_path)
+    ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // engine.batch_size))
+    with _about_model(onnx_path):
+        p = future.result()
+    setup.submit(_read_environment)
+    setup.shutdown(wait=False)
+    return p, ahead
+
+
+def _preflight_stage(p: Prepared, n_images: int, data: Dataset) -> dict | None:
+    """The pre-flight: None when the engine is within tolerance of the FP32 reference on the first `n_images`
+    (or has none to meet), else the record of the run it stopped (exit 1 promises a record)."""
+    if not needs_preflight(n_images, p.backend, p.asked.precision):
+        return None
+    from common.harness.preflight import FidelityFailure, preflight  # only here: its imports cost ~20 ms
+
+    try:
+        with _about_model(p.onnx_path):
+            preflight(p, n_images, data.items, data.annotations)
+    except FidelityFailure as exc:
+        print(
+            "error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
+            "and in the record; see docs/fidelity.md; --preflight 0 skips this check)",
+            file=sys.stderr,
+        )
+        return _preflight_record(p, exc, data.images_dir, data.ann_file)
+    return None
+
+
+def _runners(p: Prepared, streams: int) -> list:
+    """`streams` runners each take one batch at a time (same batch size as asked), so several requests are in
+    flight at once while the next images decode: the device, not the harness, sets the pace."""
+    if p.runner.concurrent:
+        return [p.runner] * streams
+    return [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(streams - 1)]
+
+
+@dataclasses.dataclass
+class Sinks:
+    """Where the inference stage puts what it computes besides the evaluator and the resume state."""
+
+    nonfinite: Counter  # per output: NaN/Inf values and scores outside [0, 1]
+    recorder: OutputRecorder | None = None  # --record-outputs: the raw outputs
+    detections: DetectionsFile | None = None  # --save-detections: streamed while the run infers
+    marks: dict = dataclasses.field(default_factory=dict)  # when the first inference started, the last batch ended
+
+
+def infer_all(
+    p: Prepared, runners: list, batches, decoder, evaluator, state: RunState, start: int, sinks: Sinks
+) -> float:
+    """The inference stage: every batch through the runners, its outputs checked (counted into
+    `sinks.nonfinite`), decoded and handed to the evaluator (matched in the background while the next batches
+    infer), the resume state (images from `start` on) and the sinks. The seconds spent in the runners."""
+    recorder, detections, nonfinite, marks = sinks.recorder, sinks.detections, sinks.nonfinite, sinks.marks
+    decode_cfg = p.variant.decode_cfg
+    infer_s = 0.0
+
+    def timed_infer(runner, batch):
+        t0 = time.perf_counter()
+        marks.setdefault("first", t0)
+        out = infer(runner, batch.inputs, batch.image_ids)
+        return out, time.perf_counter() - t0
+
+    def consume(batch, outputs, seconds):
+        nonlocal infer_s, start
+        infer_s += seconds
+        if recorder is not None:
+            recorder.add(batch.image_ids, outputs)
+        counts = output_faults(outputs, decode_cfg)  # NaN/Inf, and scores outside [0, 1]
+        nonfinite.update(counts)
+        bi, boxes, scores, labels = decoder(outputs, batch.meta, decode_cfg)
+        finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+        ids = batch.image_ids[bi[finite]]
+        rows = evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
+        if detections is not None:
+            detections.add(rows)  # formatted and written by its own thread while the next batches infer
+        evaluator.complete(batch.image_ids)  # matched in the background while the next batches infer
+        state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
+        start += len(batch.image_ids)
+
+    with _about_model(p.onnx_path):
+        for batch, (outputs, seconds) in _in_streams(batches, runners, timed_infer):
+            consume(batch, outputs, seconds)
+            marks["last"] = time.perf_counter()
+            del batch, outputs  # its buffer goes back to the loader now, not when the next batch comes
+    return infer_s
+
+
+@dataclasses.dataclass
+class Evaluated:
+    """The evaluation stage's answer."""
+
+    metrics: dict  # the 12 COCO stats
+    coverage: dict  # per category: images, ground truth and detections (evaluate/metrics.category_coverage)
+    evaluate_s: float
+    intervals: dict | None  # the stats' bootstrap intervals (None: not asked for, or no image)
+    bootstrap_s: float
+
+
+def evaluate(evaluator: CocoEvaluator, data: Dataset, req: EvaluationRequest) -> Evaluated:
+    """The evaluation stage, once every batch was handed to `evaluator`: the stats of every image of `data`, each
+    category's coverage and the stats' bootstrap intervals (`req.bootstrap` resamples)."""
+    image_ids = [it.image_id for it in data.items]
+    t_eval = time.perf_counter()
+    metrics = evaluator.evaluate(image_ids)
+    coverage = category_coverage(data.annotations, evaluator.store.rows(), image_ids, evaluator.categories)
+    evaluate_s = time.perf_counter() - t_eval
+    metrics_ci, bootstrap_s = _intervals(req, evaluator, image_ids)
+    return Evaluated(metrics, coverage, evaluate_s, metrics_ci, bootstrap_s)
+
+
+def _accuracy_record(p: Prepared, data: Dataset, evaluator, ev: Evaluated, detail, run: dict, detections_file, hit):
+    """The accuracy record, before its targets are judged. `hit`: whether the inputs came from the input cache."""
+    return new_record(
+        "accuracy",
+        **_base_fields(p),
+        dataset={
+            "images_dir": str(data.images_dir),
+            "annotation": str(data.ann_file),
+            "num_images": len(data.items),
+            "categories": evaluator.categories,
+            "evaluator": evaluator.engine,
+            "input_cache_hit": hit,
+            "category_coverage": ev.coverage,
+        },
+        metrics=ev.metrics,
+        metrics_ci=ev.intervals,
+        accuracy_detail=detail,
+        num_detections=len(evaluator.store),
+        detections_file=detections_file,
+        run=run,
+    )
+
+
 def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     t_start = time.perf_counter()
     streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
-    engine = engine_request(cfg)
-    check_outputs(cfg, accuracy=True)
-    check_before_images(engine)
+    req = stage_requests(cfg)
+    check_outputs(req.outputs, accuracy=True)
+    check_before_images(req.engine)
     remember = EngineCache(cfg.cache_dir) if cfg.cache_dir else None
     variant = load_model(cfg.model, remember).variant(cfg.variant)
-    images_dir, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
-    annotations = read_annotations(ann_file, polygons=False, remember=remember)
-    items = image_items(annotations, images_dir, cfg.max_images)
-    _note_unjudged_targets(variant, cfg, len(items))
-    shard = None
-    if cfg.shard:  # only this shard's images; the merge evaluates the union (common/harness/shards.py)
-        shard = ShardPlan.of(cfg.shard, cfg.shard_source, items)
-        items = shard.items
-        print(shard.describe(), flush=True)
-    evaluator = CocoEvaluator(annotations, variant.label_map, variant.categories, cfg.evaluator, source=ann_file)
+    data = read_dataset(req.dataset, variant, remember)
+    _note_unjudged_targets(variant, cfg.precision, len(data.items))
+    if cfg.shard:
+        data = data.sharded(cfg.shard, cfg.shard_source)
+    items, shard = data.items, data.shard
+    evaluator = new_evaluator(data, variant, req.evaluation)
     decoder = get_decoder(variant.output)
-    decode_cfg = variant.decode_cfg
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    onnx_path = resolve_onnx(engine, variant)
+    onnx_path = resolve_onnx(req.engine, variant)
     onnx_sha256 = file_sha256_memo(onnx_path, sha256_memo_dir(cfg.cache_dir))
-    state = RunState(
-        Path(cfg.results_dir) / ".run-state",
-        onnx_sha256,
-        cfg.checkpoint_s,
-        spec=repr(variant),
-        precision=cfg.precision,
-        batch_size=cfg.batch_size,
-        backend=cfg.backend,
-        device=cfg.device or "",
-        annotation=file_sha256_memo(ann_file, sha256_memo_dir(cfg.cache_dir)),
-        images_dir=str(images_dir.resolve()),
-        n=len(items),
-    )
-    # A recording of raw outputs must cover every image, so it always starts from the first one.
+    state = _run_state(req.outputs, req.engine, cfg.checkpoint_s, variant, onnx_sha256, data)
     states.append(state)
-    if state.claim() and not (cfg.resume and not cfg.record_outputs):
-        state.discard()  # not resumed: chunks of an earlier run must not mix with this run's
-    done, chunks = state.load() if cfg.resume and not cfg.record_outputs else (0, [])
-    nonfinite: Counter = Counter()
-    resumed = []  # the rows of the resumed images, which the detections file starts with
-    for c in chunks:
-        resumed.append(evaluator.add(c["image_ids"], c["boxes"], c["scores"], c["labels"]))
-        nonfinite.update(c["nonfinite"])
-    evaluator.complete([it.image_id for it in items[:done]])
+    # A recording of raw outputs must cover every image, so it always starts from the first one.
+    resumed = _resume(state, evaluator, items, cfg.resume and not cfg.record_outputs)
+    done, nonfinite = resumed.done, resumed.nonfinite
     if shard is not None and not items:  # more shards than images: nothing to infer, the engine still identifies it
         evaluator.close()
-        p = prepare(engine, variant, onnx_sha256, onnx_path)
-        return _shard_result(
-            cfg,
-            p,
-            shard,
-            evaluator,
-            images_dir,
-            ann_file,
-            variant,
-            nonfinite,
-            {"wall_s": time.perf_counter() - t_start, "inference_s": 0.0, "images_per_s": 0.0},
-            publish,
-            state,
-        )
+        p = prepare(req.engine, variant, onnx_sha256, onnx_path)
+        run: dict = {"wall_s": time.perf_counter() - t_start, "inference_s": 0.0, "images_per_s": 0.0}
+        return _shard_result(p, data, evaluator, nonfinite, run, state, publish, cfg.model, req, request_key(cfg))
     # The loader forks its workers before prepare() starts the runtime's threads.
     with open_loader(
         items[done:],
@@ -393,82 +572,29 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
         cache_dir=None if done else cfg.input_cache,
     ) as loader:
         batches = iter(loader)
-        # The engine is built / loaded while the first images decode: a cold start would otherwise leave the
-        # decoding core idle for as long as a session set-up (or an engine build) takes.
-        setup = ThreadPoolExecutor(1)
-        future = setup.submit(prepare, engine, variant, onnx_sha256, onnx_path)
-        ahead = _read_ahead(batches, future, max(1, READ_AHEAD_IMAGES // cfg.batch_size))
-        with _about_model(onnx_path):
-            p = future.result()
-        setup.submit(_read_environment)
-        setup.shutdown(wait=False)
-        if needs_preflight(cfg, p.backend):  # a broken engine fails here in seconds, not after the full pass
-            from common.harness.preflight import FidelityFailure, preflight  # only here: its imports cost ~20 ms
-
-            try:
-                with _about_model(onnx_path):
-                    preflight(p, cfg.preflight, items, annotations)
-            except FidelityFailure as exc:  # exit 1 promises a record: verdict fail, the pre-flight's reasons
-                print(
-                    "error: preflight: the engine is out of tolerance against the FP32 reference (reasons above "
-                    "and in the record; see docs/fidelity.md; --preflight 0 skips this check)",
-                    file=sys.stderr,
-                )
-                record = _preflight_record(cfg, p, exc, images_dir, ann_file)
-                if publish is not None:
-                    publish(record)
-                return record
+        p, ahead = _engine_while_decoding(req.engine, variant, onnx_sha256, onnx_path, batches)
+        stopped = _preflight_stage(p, cfg.preflight, data)  # a broken engine fails here in seconds
+        if stopped is not None:
+            if publish is not None:
+                publish(stopped)
+            return stopped
         recorder = (
             OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"])
             if cfg.record_outputs
             else None
         )
-        # `streams` runners each take one batch at a time (same batch size as asked), so several requests are in
-        # flight at once while the next images decode: the device, not the harness, sets the pace.
-        runners = (
-            [p.runner] * streams
-            if p.runner.concurrent
-            else [p.runner] + [p.backend.load(p.engine, p.request) for _ in range(streams - 1)]
-        )
-        infer_s = 0.0
-        start = done
-        marks: dict = {}  # when the first inference started and the last batch was consumed: setup_s, tail_s
-
-        def timed_infer(runner, batch):
-            t0 = time.perf_counter()
-            marks.setdefault("first", t0)
-            out = infer(runner, batch.inputs, batch.image_ids)
-            return out, time.perf_counter() - t0
-
-        def consume(batch, outputs, seconds):
-            nonlocal infer_s, start
-            infer_s += seconds
-            if recorder is not None:
-                recorder.add(batch.image_ids, outputs)
-            counts = output_faults(outputs, decode_cfg)  # NaN/Inf, and scores outside [0, 1]
-            nonfinite.update(counts)
-            bi, boxes, scores, labels = decoder(outputs, batch.meta, decode_cfg)
-            finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
-            ids = batch.image_ids[bi[finite]]
-            rows = evaluator.add(ids, boxes[finite], scores[finite], labels[finite])
-            if detections is not None:
-                detections.add(rows)  # formatted and written by its own thread while the next batches infer
-            evaluator.complete(batch.image_ids)  # matched in the background while the next batches infer
-            state.save(start, len(batch.image_ids), ids, boxes[finite], scores[finite], labels[finite], counts)
-            start += len(batch.image_ids)
-
         # --save-detections is streamed: written batch by batch during the run, published once complete (a
         # shard's detections are written with its partial record, by _shard_result)
         detections = DetectionsFile(cfg.detections_out) if cfg.detections_out and shard is None else None
+        marks: dict = {}  # when the first inference started and the last batch was consumed: setup_s, tail_s
         try:
             if detections is not None:
-                for rows in resumed:
+                for rows in resumed.rows:
                     detections.add(rows)
-            with _about_model(onnx_path):
-                for batch, (outputs, seconds) in _in_streams(chain(_drain(ahead), batches), runners, timed_infer):
-                    consume(batch, outputs, seconds)
-                    marks["last"] = time.perf_counter()
-                    del batch, outputs  # its buffer goes back to the loader now, not when the next batch comes
+            sinks = Sinks(nonfinite, recorder, detections, marks)
+            infer_s = infer_all(
+                p, _runners(p, streams), chain(_drain(ahead), batches), decoder, evaluator, state, done, sinks
+            )
         except BaseException as exc:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
             evaluator.close()
@@ -481,34 +607,18 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             recorder.write()
     if shard is not None:
         evaluator.close()
-        return _shard_result(
-            cfg,
-            p,
-            shard,
-            evaluator,
-            images_dir,
-            ann_file,
-            variant,
-            nonfinite,
-            {
-                "wall_s": time.perf_counter() - t_start,
-                "inference_s": infer_s,
-                "images_per_s": (len(items) - done) / (time.perf_counter() - t_start),
-                "workers": cfg.workers,
-                "streams": cfg.streams,
-                "resumed_images": done,
-                "input_cache_hit": loader.cached is not None,
-            },
-            publish,
-            state,
-        )
-    image_ids = [it.image_id for it in items]
+        run = {
+            "wall_s": time.perf_counter() - t_start,
+            "inference_s": infer_s,
+            "images_per_s": (len(items) - done) / (time.perf_counter() - t_start),
+            "workers": cfg.workers,
+            "streams": cfg.streams,
+            "resumed_images": done,
+            "input_cache_hit": loader.cached is not None,
+        }
+        return _shard_result(p, data, evaluator, nonfinite, run, state, publish, cfg.model, req, request_key(cfg))
     try:
-        t_eval = time.perf_counter()
-        metrics = evaluator.evaluate(image_ids)
-        coverage = category_coverage(annotations, evaluator.store.rows(), image_ids, evaluator.categories)
-        evaluate_s = time.perf_counter() - t_eval
-        metrics_ci, bootstrap_s = _intervals(cfg, evaluator, image_ids)
+        ev = evaluate(evaluator, data, req.evaluation)
         write_s = None
         if detections is not None:  # the rest of the file's writing is in the run's time
             t_write = time.perf_counter()
@@ -518,42 +628,25 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
                 raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
             detections, write_s = None, time.perf_counter() - t_write
         wall = time.perf_counter() - t_start
-        reasons = fault_reasons(nonfinite)
-        record = new_record(
-            "accuracy",
-            **_base_fields(p),
-            dataset={
-                "images_dir": str(images_dir),
-                "annotation": str(ann_file),
-                "num_images": len(items),
-                "categories": evaluator.categories,
-                "evaluator": evaluator.engine,
-                "input_cache_hit": loader.cached is not None,
-                "category_coverage": coverage,
-            },
-            metrics=metrics,
-            metrics_ci=metrics_ci,
-            accuracy_detail=accuracy_detail(evaluator.accumulated(), evaluator.categories, annotations),
-            num_detections=len(evaluator.store),
-            detections_file=cfg.detections_out,
-            run={
-                "wall_s": wall,
-                "inference_s": infer_s,
-                "evaluate_s": evaluate_s,
-                "bootstrap_s": bootstrap_s,
-                "save_detections_tail_s": write_s,
-                # before the first inference (engine, loader, annotations) and after the last batch (evaluation,
-                # intervals, the detections file's end): what a faster device cannot shorten
-                "setup_s": marks["first"] - t_start if "first" in marks else None,
-                "tail_s": time.perf_counter() - marks["last"] if "last" in marks else None,
-                "simulated_device_s": p.runner.simulated_device_s,
-                "images_per_s": (len(items) - done) / wall,  # this run's images only
-                "workers": cfg.workers,
-                "streams": cfg.streams,
-                "resumed_images": done,
-            },
-        )
-        record = _finish(record, metrics, _targets(p), reasons)
+        detail = accuracy_detail(evaluator.accumulated(), evaluator.categories, data.annotations)
+        run = {
+            "wall_s": wall,
+            "inference_s": infer_s,
+            "evaluate_s": ev.evaluate_s,
+            "bootstrap_s": ev.bootstrap_s,
+            "save_detections_tail_s": write_s,
+            # before the first inference (engine, loader, annotations) and after the last batch (evaluation,
+            # intervals, the detections file's end): what a faster device cannot shorten
+            "setup_s": marks["first"] - t_start if "first" in marks else None,
+            "tail_s": time.perf_counter() - marks["last"] if "last" in marks else None,
+            "simulated_device_s": p.runner.simulated_device_s,
+            "images_per_s": (len(items) - done) / wall,  # this run's images only
+            "workers": cfg.workers,
+            "streams": cfg.streams,
+            "resumed_images": done,
+        }
+        record = _accuracy_record(p, data, evaluator, ev, detail, run, cfg.detections_out, loader.cached is not None)
+        record = _finish(record, ev.metrics, _targets(p), fault_reasons(nonfinite))
         if publish is not None:
             publish(record)
     except BaseException as exc:
@@ -573,30 +666,32 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
 
 
 def _shard_result(
-    cfg: RunConfig,
     p: Prepared,
-    shard: ShardPlan,
+    data: Dataset,
     evaluator,
-    images_dir,
-    ann_file,
-    variant: Variant,
     nonfinite: Counter,
     run: dict,
-    publish,
     state: RunState,
+    publish,
+    model_arg: str,
+    req: StageRequests,
+    request: str,
 ) -> dict:
     """A shard's partial record (no metrics: targets are judged on the merged record) and its detections, written
-    to its results dir; the resume state is cleared once both are there."""
+    to its results dir; the resume state is cleared once both are there. `model_arg`: the model as the command
+    named it; `request`: the command's key (requests.request_key)."""
+    assert data.shard is not None, "only a shard run has a shard result"
+    shard, outputs = data.shard, req.outputs
     rows = evaluator.store.rows()
     identity = {
         "onnx_sha256": p.onnx_sha256,
-        "precision": cfg.precision,
+        "precision": p.asked.precision,
         "engine_key": engine_key(p),
         "dataset": shard.dataset,
-        "annotation_sha256": file_sha256_memo(ann_file, sha256_memo_dir(cfg.cache_dir)),
+        "annotation_sha256": file_sha256_memo(data.ann_file, sha256_memo_dir(p.asked.cache_dir)),
         "backend": p.backend.name,
-        "batch_size": cfg.batch_size,
-        "spec": hashlib.sha256(repr(variant).encode()).hexdigest()[:32],
+        "batch_size": p.asked.batch_size,
+        "spec": hashlib.sha256(repr(p.variant).encode()).hexdigest()[:32],
         "model": p.variant.model,
         "variant": p.variant.name,
         "categories": evaluator.categories,
@@ -605,7 +700,7 @@ def _shard_result(
     record = new_record(
         SHARD_KIND,
         **_base_fields(p),
-        model_arg=cfg.model,
+        model_arg=model_arg,
         identity=identity,
         shard={
             "index": shard.index,
@@ -614,14 +709,14 @@ def _shard_result(
             "first": shard.start + 1,
             "last": shard.stop,
             "all_images": shard.all_count,
-            "max_images": cfg.max_images,
+            "max_images": req.dataset.max_images,
             "ids_sha256": ids_digest(it.image_id for it in shard.items),
             "gpu_index": int(gpu) if gpu and gpu.isdigit() else None,
-            "request": request_key(cfg),
+            "request": request,
         },
         dataset={
-            "images_dir": str(images_dir),
-            "annotation": str(ann_file),
+            "images_dir": str(data.images_dir),
+            "annotation": str(data.ann_file),
             "num_images": len(shard.items),
             "categories": evaluator.categories,
         },
@@ -633,13 +728,13 @@ def _shard_result(
     reasons = fault_reasons(nonfinite)
     record.update(targets=[], checks=[], verdict=verdict_of([], reasons), reasons=reasons)
     try:
-        if cfg.detections_out:
+        if outputs.detections_out:
             try:
-                atomic_write_bytes(cfg.detections_out, json.dumps(to_coco_results(rows)).encode())
+                atomic_write_bytes(outputs.detections_out, json.dumps(to_coco_results(rows)).encode())
             except OSError as exc:
-                raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
+                raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", outputs.detections_out) from None
         if publish is not None:
-            record["path"] = str(write_shard(cfg.results_dir, record, rows))
+            record["path"] = str(write_shard(outputs.results_dir, record, rows))
     except BaseException:
         with suppress(OSError):
             state.flush()
@@ -648,54 +743,59 @@ def _shard_result(
     return record
 
 
-def dataset_sample(cfg: RunConfig, variant: Variant, n: int) -> tuple[list | None, str]:
+def dataset_sample(dataset: DatasetRequest, variant: Variant, n: int) -> tuple[list | None, str]:
     """(the first n images of the configured dataset, its annotation file name), or (None, why there are none).
     Timing needs pixels, not annotations: without the annotation file the images dir's first n files serve."""
     try:
-        images_dir = resolve_images_dir(cfg.dataset_dir, cfg.images_dir)
+        images_dir = dataset.images()
     except ConfigError as exc:
         return None, f"no dataset configured ({exc})"
     try:
-        _, ann_file = resolve_dataset(cfg.dataset_dir, cfg.annotation or variant.annotation, cfg.images_dir)
+        _, ann_file = dataset.resolve(variant.annotation)
     except (ConfigError, InputError) as exc:
-        if cfg.annotation:  # named explicitly: a wrong name is the user's mistake, not a fallback
+        if dataset.annotation:  # named explicitly: a wrong name is the user's mistake, not a fallback
             raise
         return folder_items(images_dir, n), f"{images_dir} (no annotation file, none needed to time: {first_line(exc)})"
     return image_items(read_annotations(ann_file, polygons=False), images_dir, n), ann_file.name
 
 
-def timing_inputs(cfg: RunConfig, variant: Variant, sample: tuple | None = None) -> tuple[np.ndarray, str]:
+def timing_inputs(
+    dataset: DatasetRequest, variant: Variant, batch_size: int, sample: tuple | None = None
+) -> tuple[np.ndarray, str]:
     """Real preprocessed images when a dataset is at hand (post-processing inside a graph depends on the
     content), else seeded random data. `sample`: dataset_sample()'s answer, when the caller has it already."""
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
-    x = np.empty((cfg.batch_size, 3, variant.height, variant.width), np.float32)
-    items, source = sample or dataset_sample(cfg, variant, cfg.batch_size)
+    x = np.empty((batch_size, 3, variant.height, variant.width), np.float32)
+    items, source = sample or dataset_sample(dataset, variant, batch_size)
     if items is None:
         x[:] = np.random.default_rng(0).standard_normal(x.shape, np.float32)
         return x, "random"
-    for i in range(cfg.batch_size):
+    for i in range(batch_size):
         x[i] = pre(read_image(items[i % len(items)].path))[0]
-    return x, f"{min(len(items), cfg.batch_size)} image(s) from {source}"
+    return x, f"{min(len(items), batch_size)} image(s) from {source}"
 
 
 def run_performance(cfg: RunConfig, publish=None) -> dict:
     """The performance run; `publish(record)` as in run_accuracy (its destination is checked first)."""
+    req = stage_requests(cfg)
     if publish is not None:
-        check_outputs(cfg, accuracy=False)
-    engine = engine_request(cfg)
-    check_before_images(engine)
+        check_outputs(req.outputs, accuracy=False)
+    check_before_images(req.engine)
     variant = load_model(cfg.model).variant(cfg.variant)
-    onnx_path = resolve_onnx(engine, variant)
+    onnx_path = resolve_onnx(req.engine, variant)
     with _about_model(onnx_path):
-        record = _measure_performance(cfg, prepare(engine, variant, onnx_path=onnx_path))
+        record = measure_performance(prepare(req.engine, variant, onnx_path=onnx_path), req.timing, req.dataset)
     if publish is not None:
         publish(record)
     return record
 
 
-def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
-    sample = dataset_sample(cfg, p.variant, max(cfg.batch_size, E2E_IMAGES))  # one read for both timings
-    x, source = timing_inputs(cfg, p.variant, sample)
+def measure_performance(p: Prepared, timing: TimingRequest, dataset: DatasetRequest) -> dict:
+    """The timing stage: the engine timed on a real batch (`dataset`'s, else random), end to end on real images,
+    compute-only by the runtime's own timer where it has one; the performance record, judged."""
+    batch_size = p.asked.batch_size
+    sample = dataset_sample(dataset, p.variant, max(batch_size, E2E_IMAGES))  # one read for both timings
+    x, source = timing_inputs(dataset, p.variant, batch_size, sample)
     last: dict = {}
 
     def step():
@@ -705,15 +805,15 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
         stats = measure(
             step,
             p.runner.sync,
-            cfg.batch_size,
-            warmup_s=cfg.warmup_s,
-            min_iters=cfg.min_iters,
-            min_duration_s=cfg.min_duration_s,
-            progress=console_progress(f"{p.variant.id} bs{cfg.batch_size}", cfg.progress),
+            batch_size,
+            warmup_s=timing.warmup_s,
+            min_iters=timing.min_iters,
+            min_duration_s=timing.min_duration_s,
+            progress=console_progress(f"{p.variant.id} bs{batch_size}", timing.progress),
         )
     # A speed figure is only worth something if the engine computes numbers: check the outputs it timed.
     reasons = [f"output '{name}' has {n} NaN/Inf values" for name, n in nonfinite_counts(last["out"]).items()]
-    reasons += validity_reasons(stats, cfg.min_iters, cfg.min_duration_s)
+    reasons += validity_reasons(stats, timing.min_iters, timing.min_duration_s)
     values: dict[str, float | None] = {
         "fps": stats.fps,
         "latency_mean_ms": stats.mean_ms,
@@ -725,7 +825,7 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
     e2e = (
         {
             "stats": measure_end_to_end(
-                p.runner, p.variant, items, cfg.batch_size, cfg.warmup_s, cfg.min_duration_s
+                p.runner, p.variant, items, batch_size, timing.warmup_s, timing.min_duration_s
             ).as_dict(),
             "images": len(items),
             "reason": None,
@@ -746,15 +846,15 @@ def _measure_performance(cfg: RunConfig, p: Prepared) -> dict:
         input=source,
         timing=stats.as_dict(),
         timing_settings={
-            "warmup_s": cfg.warmup_s,
-            "min_duration_s": cfg.min_duration_s,
-            "min_iters": cfg.min_iters,
-            "threads": cfg.threads,
+            "warmup_s": timing.warmup_s,
+            "min_duration_s": timing.min_duration_s,
+            "min_iters": timing.min_iters,
+            "threads": p.asked.threads,
         },
         compute=compute,
         end_to_end=e2e,
         fps_definitions=FPS_DEFINITIONS,
-        timed_detections=from_timing_sample(p.variant, last["out"], sample[0], cfg.batch_size),
+        timed_detections=from_timing_sample(p.variant, last["out"], sample[0], batch_size),
         telemetry=sampler.summary(stats.fps),
         metrics=values,
     )
