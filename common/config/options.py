@@ -48,7 +48,7 @@ class RunConfig:
     record_outputs: str | None = None
     input_cache: str | None = None
     cache_dir: str = str(REPO_ROOT / ".cache" / "engines")
-    workers: int | None = None  # None: from the backend's capabilities and the host's cores (parallelism())
+    workers: int | None = None  # None: from the backend's capabilities and the cores (harness/requests.parallelism)
     streams: int | None = None  # None: likewise
     threads: int = 0  # runtime threads; 0 = the runtime's own choice
     progress: bool = True
@@ -85,20 +85,6 @@ def _check_range(what: str, value, low: int, high: int | None = None):
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         bound = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
         raise ConfigError(f"{what} must be {bound}, got {value!r}")
-
-
-def parallelism(cfg: RunConfig, caps) -> tuple[int, int]:
-    """(streams, workers) of an accuracy run: the ones asked for, else what the backend's capabilities say.
-
-    A runtime that computes on the host's cores already keeps every core busy (measured on 2 cores: decoding
-    in-process beside two 1-thread sessions beat a separate decoding process); an accelerator leaves them free,
-    so it decodes on every core but the parent's (~300 images/s each: a 2627 images/s device needs ~9).
-    """
-    cores = os.cpu_count() or 1
-    streams = cfg.streams or (2 if caps.host_compute and cores >= 2 else 1)
-    if cfg.workers is not None:
-        return streams, cfg.workers
-    return streams, max(0, min(4, cores - 2 * streams)) if caps.host_compute else max(1, cores - 1)
 
 
 # ---------------------------------------------------------------------------------------------------- shards

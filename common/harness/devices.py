@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from common import BOOTSTRAP
-from common.config.options import SHARD_ENV, RunConfig, parallelism, parse_devices, parse_shard, to_flags
+from common.config.options import SHARD_ENV, RunConfig, parse_devices, parse_shard, to_flags
 from common.errors import ConfigError, RuntimeFailure
 from common.harness.merge import merge_shards
-from common.harness.requests import outputs_request, request_key
+from common.harness.requests import outputs_request, parallelism, request_key
 from common.harness.runs import check_outputs
 from common.harness.shards import SHARD_KIND
 from common.runtime.backends import backend_class
@@ -69,7 +69,7 @@ class Worker:
 
 def _workers_per_device(cfg: RunConfig, count: int) -> int:
     """The decoding processes each worker gets: the node's, shared out."""
-    streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
+    streams, workers = parallelism(cfg.streams, cfg.workers, backend_class(cfg.backend).capabilities)
     return cfg.workers if cfg.workers is not None else max(0 if workers == 0 else 1, workers // count)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config.loadgen_spec import read_loadgen_section
-from common.config.options import RunConfig, parallelism
+from common.config.options import RunConfig
 from common.config.specs import load_model
 from common.data.coco import image_items, read_annotations
 from common.data.loader import open_loader
@@ -31,7 +31,7 @@ from common.errors import ConfigError
 from common.evaluate.metrics import CocoEvaluator
 from common.harness.engine import infer as run_infer
 from common.harness.engine import prepare, resolve_onnx
-from common.harness.requests import dataset_request, engine_request, outputs_request
+from common.harness.requests import dataset_request, engine_request, outputs_request, parallelism
 from common.harness.runs import _base_fields, check_outputs
 from common.loadgen import logs
 from common.loadgen.settings import NOT_MLPERF, LoadgenConfig, effective, resolve, to_test_settings
@@ -236,7 +236,7 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     lg = import_loadgen()
     check_outputs(outputs_request(cfg), accuracy=False)
     caps = backend_class(cfg.backend).capabilities
-    streams, workers = parallelism(cfg, caps)
+    streams, workers = parallelism(cfg.streams, cfg.workers, caps)
     if not cfg.streams and not caps.host_compute:
         streams = 2  # an accelerator: one SUT thread gathers / decodes / answers while the other's batch runs
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from common.compare.timed_outputs import from_timing_sample
-from common.config.options import RunConfig, parallelism  # noqa: F401  RunConfig: re-exported for callers of the drivers
+from common.config.options import RunConfig  # noqa: F401  RunConfig: re-exported for callers of the drivers
 from common.config.specs import Variant, load_model
 from common.data.coco import DatasetRequest, folder_items, image_items, read_annotations, read_image
 from common.data.loader import open_loader
@@ -48,6 +48,7 @@ from common.harness.requests import (
     OutputsRequest,
     StageRequests,
     TimingRequest,
+    parallelism,
     request_key,
     stage_requests,
 )
@@ -534,7 +535,7 @@ def _accuracy_record(p: Prepared, data: Dataset, evaluator, ev: Evaluated, detai
 
 def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     t_start = time.perf_counter()
-    streams, workers = parallelism(cfg, backend_class(cfg.backend).capabilities)
+    streams, workers = parallelism(cfg.streams, cfg.workers, backend_class(cfg.backend).capabilities)
     cfg = dataclasses.replace(cfg, streams=streams, workers=workers)
     req = stage_requests(cfg)
     check_outputs(req.outputs, accuracy=True)

@@ -18,7 +18,7 @@ from common.harness.engine import prepare
 from common.harness.requests import EngineRequest, EvaluationRequest, TimingRequest
 from common.harness.run_state import RunState
 from common.harness.runs import (Sinks, evaluate, infer_all, measure_performance, new_evaluator, read_dataset,
-                                 run_accuracy)
+                                 run_accuracy, run_performance)
 from common.harness.upfront import check_before_images
 from tiny_detector import tiny_detector_env
 
@@ -71,3 +71,44 @@ def test_stages_run_from_their_own_requests(tmp_path, no_runconfig):
                                     max_images=32, batch_size=4, results_dir=str(tmp_path / "results"),
                                     cache_dir=str(tmp_path / "cache"), progress=False, preflight=0, bootstrap=0))
     assert record["metrics"] == stats and record["dataset"]["category_coverage"] == ev.coverage
+
+
+def test_following_cfg_from_run_accuracy_stays_in_the_drivers_folder(tmp_path):
+    """The acceptance of issue 33, watched at run time: every call of the suite's code that is handed a RunConfig,
+    in any thread, while accuracy runs (one whole, one a shard with --save-detections) and a performance run run,
+    is in common/harness/ (or RunConfig's own module, common/config/options.py). Planted: a function of
+    common/data/coco.py called with the cfg from _run_accuracy is reported."""
+    import os
+    import sys
+    import threading
+
+    import common as package
+
+    common = os.path.dirname(package.__file__) + "/"  # as the modules were imported (.importpath/common)
+    allowed = (common + "harness/", common + "config/options.py")
+    seen: set[str] = set()
+
+    def watch(frame, event, arg):
+        path = frame.f_code.co_filename
+        if event == "call" and path.startswith(common) and not path.startswith(allowed):
+            if any(isinstance(v, RunConfig) for v in frame.f_locals.values()):
+                seen.add(f"{path[len(common):]}:{frame.f_code.co_name}")
+
+    env = tiny_detector_env(tmp_path, 40)
+    runs = [dict(), dict(shard="2/3", detections_out=str(tmp_path / "dets.json"))]
+    threading.setprofile(watch)
+    sys.setprofile(watch)
+    try:
+        for extra in runs:
+            record = run_accuracy(RunConfig(model=str(env["spec"]), onnx=str(env["onnx"]), dataset_dir=str(env["coco"]),
+                                            results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"),
+                                            progress=False, bootstrap=10, workers=0, **extra))
+            assert record["verdict"] in ("pass", "unchecked")
+        perf = run_performance(RunConfig(model=str(env["spec"]), onnx=str(env["onnx"]), dataset_dir=str(env["coco"]),
+                                         cache_dir=str(tmp_path / "cache"), progress=False, warmup_s=0.0,
+                                         min_duration_s=0.05, min_iters=3))
+        assert perf["metrics"]["fps"] > 0
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    assert seen == set(), sorted(seen)

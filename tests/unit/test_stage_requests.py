@@ -28,7 +28,7 @@ DRIVER_FUNCTIONS = {
     "run_on_devices", "plan", "_workers_per_device", "_node_summary",  # devices.py
     "run_compare", "run_loadgen",
     "dataset_request", "outputs_request", "engine_request", "stage_requests", "request_key",  # requests.py
-    "parallelism", "config_from_args", "to_flags", "case_config",  # building it from flags, and back
+    "config_from_args", "to_flags", "case_config",  # building it from flags, and back
 }
 
 
