@@ -40,14 +40,19 @@ class EngineRef(TypedDict):
     runtime: str
 
 
-class TargetCheck(TypedDict):
-    """One threshold of a target against the measured value (common/record/results.check_targets)."""
-
+class _TargetCheckRequired(TypedDict):
     metric: str
     bound: Literal["min", "max"]
     limit: Finite
     value: AnyFloat | None  # NaN is kept as measured: the check itself says fail
-    status: Literal["pass", "fail", "not_applicable"]
+    # not_judged: the run evaluated fewer images than the target declares (`min_images`)
+    status: Literal["pass", "fail", "not_applicable", "not_judged"]
+
+
+class TargetCheck(_TargetCheckRequired, total=False):
+    """One threshold of a target against the measured value (common/record/results.check_targets)."""
+
+    why: str  # a not_judged check: "N images < the target's minimum M"
 
 
 # the metric sections come from the one metric table (common/metric_table.py): a new metric is declared there

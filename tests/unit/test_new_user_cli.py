@@ -127,3 +127,33 @@ def test_performance_timing_reports_progress_with_an_eta():
     assert stats.iterations == 20
     assert seen[0] == ("warm-up", 0.0, 0.0) and seen[-1] == ("timing", 1.0, 0.0)
     assert all(0.0 <= done <= 1.0 and eta >= 0.0 for _, done, eta in seen)
+
+
+def test_preflight_ap_of_a_single_annotated_image_is_not_judged():
+    """A shard's pre-flight of 2 images, one holding the only ground truth (docs/scale-out.md's 4/4 of 8 images):
+    FP16 moved one low-score box past the true positive, AP 0.8 -> 0.9, and every resample of those images gives
+    the same +0.1, an 'interval excluding 0' that is one image's ranking, not the engine's error. It stopped the
+    run (exit 1); from two annotated images on the AP difference is judged as before."""
+    from common.compare.fidelity_judge import judge
+    from common.tolerances import Tolerance
+
+    d = {"matched": 1.0, "reference_detections": 1, "mean_iou": 0.9986, "mean_score_diff": 0.0007,
+         "ap_reference": 0.8, "ap_candidate": 0.9, "ap_diff": 0.1, "ap_diff_interval": [0.1, 0.1]}
+    assert judge({}, {**d, "ap_images_with_gt": 1}, Tolerance()) == []
+    (reason,) = judge({}, {**d, "ap_images_with_gt": 2}, Tolerance())
+    assert reason.startswith("AP on the compared images 0.9000 vs reference 0.8000")
+
+
+def test_a_record_with_a_not_judged_check_is_of_its_declared_type():
+    """An RT-DETR accuracy run on fewer than its targets' 5000 images reported them "not judged", then refused its
+    own record ("internal error, nothing written: ... got 'not_judged'", exit 3): the record type did not know the
+    status, and every such run of the docs' random checkpoint ended there."""
+    from common.record.results import check_targets
+    from common.record.types import check_record
+    from common.config.specs import load_model
+    from helpers import full_record
+
+    target = next(t for t in load_model("rtdetr").variant("r18").targets if getattr(t, "min_images", None))
+    checks, reasons = check_targets({"AP": 0.0, "AP50": 0.0}, [target], num_images=4)
+    assert [c["status"] for c in checks] == ["not_judged"] and not reasons
+    check_record(full_record("accuracy", model="rtdetr", variant="r18", checks=checks))
