@@ -12,7 +12,6 @@ not float noise on near-ties:
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -41,27 +40,11 @@ def tiny_config_dict(model_type: str = "rt_detr", layer_type: str = "basic", **o
 def tiny_network(model_type: str = "rt_detr", seed: int = 0, **overrides):
     import torch
 
-    from export import build_config, new_network
+    from export import build_config, new_network, redraw_weights
 
     torch.manual_seed(seed)
     net = new_network(build_config(tiny_config_dict(model_type, **overrides)))
-    with torch.no_grad():
-        # transformers' init zeroes or shrinks several layers (box heads, attention weights...), which collapses a
-        # random network's decoder features to float noise; draw every weight afresh at a unit-preserving scale
-        for name, p in net.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))
-            elif name.endswith("weight"):
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0.0, 0.1)
-        for name, b in net.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                b.normal_(0.0, 0.1)
-        for head in net.model.decoder.class_embed:
-            head.weight.mul_(4.0)
+    redraw_weights(net)
     return net.eval()
 
 

@@ -73,6 +73,34 @@ def new_network(config):
     return network_class(config)(config)
 
 
+def redraw_weights(net, class_gain: float = 4.0):
+    """Draw every weight of a freshly initialised network afresh at a unit-preserving scale, in place. transformers'
+    init zeroes or shrinks several layers (the encoder's score head among them: every anchor then scores the same,
+    so which queries the decoder gets is the top-k's tie-break, which PyTorch and ONNX Runtime break differently,
+    and the box heads, which collapse the decoder's features to float noise); random weights stand in for trained
+    ones only when no output is such a tie."""
+    import math
+
+    import torch
+
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))
+            elif name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.1)
+        for name, b in net.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                b.normal_(0.0, 0.1)
+        for head in net.model.decoder.class_embed:
+            head.weight.mul_(class_gain)
+    return net
+
+
 def _overrides(variant) -> dict:
     return variant.export_config_overrides if variant is not None else {}
 

@@ -64,9 +64,9 @@ def write_random_checkpoint(variant: str, out: Path, seed: int = 0) -> int:
     """Write the checkpoint dir; returns the network's parameter count."""
     import torch
 
-    from models.rtdetr.export import build_config, new_network
+    from models.rtdetr.export import build_config, new_network, redraw_weights
     torch.manual_seed(seed)
-    net = new_network(build_config(config_dict(variant)))
+    net = redraw_weights(new_network(build_config(config_dict(variant))))
     out.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(str(out), safe_serialization=True)
     return sum(p.numel() for p in net.parameters())
