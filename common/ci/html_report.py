@@ -1,22 +1,24 @@
 """The regression run's HTML report (common/report/html.py builds the sections): every case's verdict with the
-accuracy rule it was judged by, accuracy and speed detail, FP16 vs FP32 changed images, history with the baseline
-and its band."""
+accuracy rule it was judged by, accuracy and speed detail, the changed images against the FP32 reference and
+against the baseline's kept detections, history with the baseline and its band."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import dataclass
 
 from common.ci.reports import _value_text, counts
+from common.evaluate.detections_file import read_rows
 from common.report import svg
 from common.report.html import (
+    Changed,
     _annotations,
     _names_files,
     _page,
     _status,
     _table,
     accuracy_section,
-    changed_images,
+    draw_changed,
+    rank_changed,
     speed_section,
 )
 from common.report.svg import esc
@@ -60,8 +62,85 @@ def _history_figures(rows: list[dict], verdicts: list[dict]) -> str:
     return "".join(out)
 
 
-def regress_page(run_id: str, verdicts: list[dict], outcomes: list[dict], history_rows=(), code=None) -> str:
-    """A regression run: every case's verdict, accuracy and speed detail, FP16 vs FP32 changed images, history."""
+@dataclass
+class Comparison:
+    """One accuracy case against one reference (the FP32 run of the same run, or its baseline's kept detections):
+    the images whose detections changed most, or why there are none."""
+
+    case_id: str
+    against: str  # what it was compared with, as the report's heading names it
+    record: dict  # the case's accuracy record (its images and annotation file)
+    changed: Changed | None
+    error: str | None = None
+
+    @property
+    def title(self) -> str:
+        """The comparison's heading: the case and what it was compared with."""
+        return f"{self.case_id} vs {self.against}"
+
+
+def comparisons(verdicts: list[dict], outcomes: list[dict]) -> list[Comparison]:
+    """Every accuracy case with its detections against the FP32 reference of the same run and against the
+    baseline's kept detections (when its verdict was paired with them), each ranked once (the HTML report and
+    the Markdown summary's figures draw the same images)."""
+    by_id = {o["case"]["id"]: o for o in outcomes}
+    out = []
+    for v in verdicts:
+        o = by_id.get(v["id"]) or {}
+        recs = o.get("records") or []
+        if v["case"]["kind"] != "accuracy" or not recs or not recs[0].get("metrics") or not o.get("detections_path"):
+            continue
+        ref = next(
+            (
+                x
+                for x in outcomes
+                if x["case"]["kind"] == "accuracy"
+                and x["case"]["precision"] == "fp32"
+                and all(x["case"][k] == v["case"][k] for k in ("model", "variant", "backend"))
+            ),
+            None,
+        )
+        against = []
+        if ref and ref is not o and ref.get("detections_path"):
+            against.append((ref["case"]["id"], ref["detections_path"], "FP32 reference"))
+        if v.get("baseline_detections"):
+            against.append(("its baseline", v["baseline_detections"], "baseline"))
+        if not against:
+            continue
+        try:
+            cand = read_rows(o["detections_path"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            out += [Comparison(v["id"], a, recs[0], None, f"{o['detections_path']}: {exc}") for a, _, _ in against]
+            continue
+        for title, path, label in against:
+            try:
+                other = read_rows(path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                out.append(Comparison(v["id"], title, recs[0], None, f"{path}: {exc}"))
+                continue
+            labels = (label, f"this run ({v['case']['precision'].upper()})")
+            out.append(Comparison(v["id"], title, recs[0], rank_changed(other, cand, labels=labels)))
+    return out
+
+
+def _comparison_html(c: Comparison) -> str:
+    head = f"<h3>{esc(c.title)}</h3>"
+    if c.changed is None:
+        return head + f"<p>No images drawn: {esc(c.error)}</p>"
+    names, files = _names_files(_annotations(c.record))
+    return head + draw_changed(c.changed, c.record["dataset"].get("images_dir"), files, names)
+
+
+def regress_page(
+    run_id: str,
+    verdicts: list[dict],
+    outcomes: list[dict],
+    history_rows=(),
+    code=None,
+    compared: list[Comparison] | None = None,
+) -> str:
+    """A regression run: every case's verdict, accuracy and speed detail, the changed images of each accuracy case
+    against the FP32 reference and against its baseline, history."""
     n = counts(verdicts)
     failing = n["fail"] or n["error"]
     head = (
@@ -82,41 +161,13 @@ def regress_page(run_id: str, verdicts: list[dict], outcomes: list[dict], histor
         "baseline), as each note says.</p>"
     )
     by_id = {o["case"]["id"]: o for o in outcomes}
-    acc, perf, comp = [], [], []
+    acc, perf = [], []
+    comp = [_comparison_html(c) for c in (comparisons(verdicts, outcomes) if compared is None else compared)]
     for v in verdicts:
         o = by_id.get(v["id"]) or {}
         recs = o.get("records") or []
         if v["case"]["kind"] == "accuracy" and recs and recs[0].get("metrics"):
             acc.append(f"<h3>{esc(v['id'])}</h3>" + accuracy_section(recs[0]))
-            ref = next(
-                (
-                    x
-                    for x in outcomes
-                    if x["case"]["kind"] == "accuracy"
-                    and x["case"]["precision"] == "fp32"
-                    and all(x["case"][k] == v["case"][k] for k in ("model", "variant", "backend"))
-                ),
-                None,
-            )
-            if ref and ref is not o and o.get("detections_path") and ref.get("detections_path"):
-                ann = _annotations(recs[0])
-                names, files = _names_files(ann)
-                try:
-                    r_d = json.loads(Path(ref["detections_path"]).read_text())
-                    c_d = json.loads(Path(o["detections_path"]).read_text())
-                except (OSError, ValueError):
-                    continue
-                comp.append(
-                    f"<h3>{esc(v['id'])} vs {esc(ref['case']['id'])}</h3>"
-                    + changed_images(
-                        r_d,
-                        c_d,
-                        recs[0]["dataset"].get("images_dir"),
-                        files,
-                        names,
-                        labels=("FP32 reference", v["case"]["precision"].upper()),
-                    )
-                )
         elif v["case"]["kind"] == "performance" and recs:
             perf.append(f"<h3>{esc(v['id'])}</h3>" + speed_section(recs))
     return _page(

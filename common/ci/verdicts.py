@@ -398,6 +398,8 @@ def _judge_acc_baseline(v: dict, outcome: dict, bases: Baselines, device: str, r
         paired, why = _paired(
             v, outcome.get("detections_path"), path.parent / base["detections"], record, metrics, "baseline"
         )
+        if paired is not None:  # the report draws the images whose detections changed most against it
+            v["baseline_detections"] = str(path.parent / base["detections"])
     else:
         paired, why = (
             None,

@@ -104,3 +104,17 @@ class DetectionsFile:
 
     def __len__(self) -> int:
         return self._count
+
+
+def read_rows(path: str | Path) -> np.ndarray:
+    """The rows (image_id, x, y, w, h, score, category) of a detections file: COCO results JSON as --save-detections
+    writes it, or gzipped as baseline-update keeps it. ValueError / KeyError / TypeError on a malformed file,
+    OSError on an unreadable one (the callers name the file)."""
+    import gzip
+    import json
+
+    raw = Path(path).read_bytes()
+    dets = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    return np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets], np.float64).reshape(
+        -1, 7
+    )

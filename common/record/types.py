@@ -345,6 +345,7 @@ class Verdict(_VerdictRequired, total=False):
     sdk: str
     git_commit: str | None
     baseline_file: str
+    baseline_detections: str  # the baseline's kept detections an accuracy case was paired with
 
 
 class VerdictsFile(TypedDict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -272,12 +273,15 @@ def _thumb(path: Path) -> tuple[bytes, int, int, float] | None:
     return (buf.tobytes(), w, h, scale) if ok else None
 
 
-def _per_image(dets: list[dict]) -> dict:
-    out: dict = {}
-    for d in dets:
-        x, y, w, h = d["bbox"]
-        out.setdefault(int(d["image_id"]), []).append((x, y, x + w, y + h, float(d["score"]), int(d["category_id"])))
-    return out
+def _per_image(rows: np.ndarray) -> dict:
+    """{image_id: [n, 6] (x1, y1, x2, y2, score, category)} of detections rows (image_id, x, y, w, h, score,
+    category), in each image's file order."""
+    rows = np.asarray(rows, np.float64).reshape(-1, 7)
+    order = np.argsort(rows[:, 0], kind="stable")
+    rows = rows[order]
+    xyxy = np.concatenate([rows[:, 1:3], rows[:, 1:3] + rows[:, 3:5], rows[:, 5:7]], axis=1)
+    ids, starts = np.unique(rows[:, 0].astype(np.int64), return_index=True)
+    return {int(i): part for i, part in zip(ids, np.split(xyxy, starts[1:]))}
 
 
 def change_score(ref: list, cand: list, threshold: float) -> float:
@@ -296,9 +300,81 @@ def change_score(ref: list, cand: list, threshold: float) -> float:
     return total / 2
 
 
+@dataclass
+class Changed:
+    """The images whose detections changed most between two runs of the same images."""
+
+    ranked: list[tuple[float, int]]  # (change, image id), most changed first, change > 0
+    boxes: dict  # image id -> (reference [n, 6], candidate [n, 6]) at or above the threshold: x1 y1 x2 y2 score cat
+    threshold: float
+    labels: tuple[str, str]
+
+    def box_sets(self, image_id: int, names: dict) -> list[tuple[str, str, list]]:
+        """[(label, colour, [(x1, y1, x2, y2, score, category name)])] of one image, reference first."""
+        return [
+            (label, colour, [(x1, y1, x2, y2, s, names.get(int(c), int(c))) for x1, y1, x2, y2, s, c in d])
+            for label, colour, d in zip(self.labels, CHANGED_COLOURS, self.boxes[image_id])
+        ]
+
+
+CHANGED_COLOURS = ("#2ca02c", "#d62728")  # reference, candidate
+
+
+def rank_changed(
+    ref_rows: np.ndarray,
+    cand_rows: np.ndarray,
+    threshold: float = 0.3,
+    limit: int = MAX_IMAGES,
+    labels=("reference", "candidate"),
+) -> Changed:
+    """The `limit` images whose detections changed most (change_score). Rows: (image_id, x, y, w, h, score,
+    category), as common/evaluate/detections_file.read_rows gives them."""
+    ref, cand = _per_image(ref_rows), _per_image(cand_rows)
+    empty = np.zeros((0, 6))
+    scores = sorted(
+        ((change_score(ref.get(i, empty), cand.get(i, empty), threshold), i) for i in set(ref) | set(cand)),
+        reverse=True,
+    )
+    ranked = [(float(sc), int(i)) for sc, i in scores[:limit] if sc > 0]
+
+    def kept(d, i):
+        a = d.get(i, empty)
+        return a[a[:, 4] >= threshold]
+
+    return Changed(ranked, {i: (kept(ref, i), kept(cand, i)) for _, i in ranked}, threshold, tuple(labels))
+
+
+def draw_changed(changed: Changed, images_dir, file_names: dict, names: dict) -> str:
+    """The ranked images drawn with both sets of boxes, as inline SVG over a JPEG thumbnail."""
+    out = []
+    for score, image_id in changed.ranked:
+        thumb = _thumb(Path(images_dir) / file_names.get(image_id, "")) if images_dir else None
+        if thumb is None:
+            continue
+        jpeg, w, h, scale = thumb
+        out.append(
+            svg.boxes_on_image(
+                jpeg,
+                w,
+                h,
+                scale,
+                changed.box_sets(image_id, names),
+                f"image {image_id} ({file_names.get(image_id)}): change {score:.2f}",
+            )
+        )
+    threshold, labels = changed.threshold, changed.labels
+    if not out:
+        return f"<p>No image's detections (score &gt;= {threshold}) changed.</p>"
+    return (
+        f"<p>The {len(out)} images whose detections changed most (score &gt;= {threshold}; unmatched "
+        f"boxes count 1, matched ones 1 - IoU + |score difference|): {esc(labels[0])} solid, "
+        f"{esc(labels[1])} dashed.</p>" + "".join(out)
+    )
+
+
 def changed_images(
-    ref_dets: list[dict],
-    cand_dets: list[dict],
+    ref_rows: np.ndarray,
+    cand_rows: np.ndarray,
     images_dir,
     file_names: dict,
     names: dict,
@@ -307,42 +383,7 @@ def changed_images(
     labels=("reference", "candidate"),
 ) -> str:
     """The `limit` images whose detections changed most, drawn with both sets (score >= threshold)."""
-    ref, cand = _per_image(ref_dets), _per_image(cand_dets)
-    scores = sorted(
-        ((change_score(ref.get(i, []), cand.get(i, []), threshold), i) for i in set(ref) | set(cand)), reverse=True
-    )
-    out = []
-    for score, image_id in scores[:limit]:
-        if score <= 0:
-            break
-        thumb = _thumb(Path(images_dir) / file_names.get(image_id, "")) if images_dir else None
-        if thumb is None:
-            continue
-        jpeg, w, h, scale = thumb
-        sets = [
-            (
-                name,
-                colour,
-                [
-                    (x1, y1, x2, y2, s, names.get(c, c))
-                    for x1, y1, x2, y2, s, c in d.get(image_id, [])
-                    if s >= threshold
-                ],
-            )
-            for name, colour, d in ((labels[0], "#2ca02c", ref), (labels[1], "#d62728", cand))
-        ]
-        out.append(
-            svg.boxes_on_image(
-                jpeg, w, h, scale, sets, f"image {image_id} ({file_names.get(image_id)}): change {score:.2f}"
-            )
-        )
-    if not out:
-        return f"<p>No image's detections (score &gt;= {threshold}) changed.</p>"
-    return (
-        f"<p>The {len(out)} images whose detections changed most (score &gt;= {threshold}; unmatched "
-        f"boxes count 1, matched ones 1 - IoU + |score difference|): {esc(labels[0])} solid, "
-        f"{esc(labels[1])} dashed.</p>" + "".join(out)
-    )
+    return draw_changed(rank_changed(ref_rows, cand_rows, threshold, limit, labels), images_dir, file_names, names)
 
 
 def output_stats_table(outputs: dict) -> str:
@@ -508,11 +549,14 @@ def compare_html(report: dict, dataset: DatasetRequest, default_annotation: str)
     else:
 
         def dets(key):
-            return [
-                {"image_id": p["image_id"], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s, "category_id": c}
-                for p in (report.get("detections") or {}).get("per_image", [])
-                for x1, y1, x2, y2, s, c in p[key]
-            ]
+            return np.array(
+                [
+                    [p["image_id"], x1, y1, x2 - x1, y2 - y1, s, c]
+                    for p in (report.get("detections") or {}).get("per_image", [])
+                    for x1, y1, x2, y2, s, c in p[key]
+                ],
+                np.float64,
+            ).reshape(-1, 7)
 
         changed = changed_images(
             dets("reference"),
