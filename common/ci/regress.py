@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from common import BOOTSTRAP, REPO_ROOT
-from common.ci.html_report import accuracy_markdown, regress_page
+from common.ci.html_report import accuracy_markdown, comparisons, regress_page
 from common.ci.matrix import Case, case_rules
+from common.ci.md_figures import markdown_figures
 from common.ci.reports import (
     junit_xml,
     markdown_summary,
@@ -699,10 +700,13 @@ def report(run_dir: Path, ropts: ReportOptions, echo=print) -> int:
         verdicts, run_id, [str(p.relative_to(run_dir)) for p in plots], good, incomplete, ropts.strict, code
     )
     md += accuracy_markdown(verdicts)
-    atomic_write_bytes(run_dir / "summary.md", md.encode())
     html_path = ropts.html or (run_dir / "report.html" if os.environ.get("CI") == "true" else None)
+    compared = comparisons(verdicts, outcomes) if html_path or ropts.plots else []  # ranked once for both
+    if ropts.plots:
+        md += markdown_figures(verdicts, outcomes, compared, run_dir)
+    atomic_write_bytes(run_dir / "summary.md", md.encode())
     if html_path:
-        write_html(html_path, regress_page(run_id, verdicts, outcomes, rows, code))
+        write_html(html_path, regress_page(run_id, verdicts, outcomes, rows, code, compared))
         echo(f"HTML report: {html_path}")
     if ropts.step_summary:
         with open(ropts.step_summary, "a", encoding="utf-8") as f:
