@@ -57,6 +57,8 @@ def build_parser():
     p.add_argument("--cache-dir", default=os.environ.get("ENGINE_CACHE_DIR", ".cache/engines"))
     p.add_argument("--no-openvino", action="store_true", help="ONNX Runtime rows only")
     p.add_argument("--no-timing", action="store_true", help="Convs and AP only (bs1 engines, no throughput)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="the ONNX Runtime recipe with int8.bias_correction (weight rounding's mean shift folded back)")
     p.add_argument("--json", help="write the figures as JSON here")
     p.add_argument("--debug", action="store_true")
     return p
@@ -168,6 +170,8 @@ def main(argv=None) -> int:
         cache = EngineCache(Path(args.cache_dir))
         _set_names(args.calib_set, "calibration")
         settings = replace(settings_for(variant, args.calib_images), keep_fp32=())
+        if args.bias_correction:
+            settings = replace(settings, bias_correction=True)
         batches = (1,) if args.no_timing else BATCHES
         rows, kept = {}, {}
         with tempfile.TemporaryDirectory(prefix="bench_int8.") as tmp:
@@ -180,8 +184,8 @@ def main(argv=None) -> int:
             def request(precision, batch):
                 return BuildRequest(onnx_path, sha, precision, batch, variant.input_name, (3, variant.height,
                                     variant.width), cache, {"calibration": calib, "int8": settings})
-            recipes = [("ORT FP32", "onnxruntime", "fp32"), ("ORT INT8 (rule, per-tensor activations)",
-                                                              "onnxruntime", "int8")]
+            ort_int8 = "ORT INT8 (rule, per-tensor activations" + (", bias correction)" if args.bias_correction else ")")
+            recipes = [("ORT FP32", "onnxruntime", "fp32"), (ort_int8, "onnxruntime", "int8")]
             if not args.no_openvino:
                 recipes += [("OpenVINO FP32", "openvino", "fp32"), ("OpenVINO INT8 (NNCF, rule's ignored scope)",
                                                                     "openvino", "int8")]

@@ -265,6 +265,7 @@ class ConvInput:
     count: int = 0  # values per channel summed
     out_ms: np.ndarray | None = field(default=None, repr=False)  # the Conv output's mean square per output channel
     wsq: np.ndarray | None = field(default=None, repr=False)  # sum of squared weights per output channel
+    csum: np.ndarray | None = field(default=None, repr=False)  # sum per input channel (its mean: bias correction)
 
     @property
     def depthwise(self) -> bool:
@@ -367,7 +368,7 @@ def conv_input_stats(model, batches, input_name: str, extra_inputs: dict | None 
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(net.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    acc: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+    acc: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]] = {}
     inputs = {i.name for i in sess.get_inputs()}
     for x in batches:
         feeds = {
@@ -377,15 +378,83 @@ def conv_input_stats(model, batches, input_name: str, extra_inputs: dict | None 
         for name, v in zip(tensors, sess.run(tensors, feeds)):
             v = np.moveaxis(np.asarray(v, np.float64), 1, 0).reshape(v.shape[1], -1)
             a = acc.get(name)
-            stats = (v.min(1), v.max(1), (v * v).sum(1), v.shape[1])
+            stats = (v.min(1), v.max(1), (v * v).sum(1), v.shape[1], v.sum(1))
             acc[name] = (
                 stats
                 if a is None
-                else (np.minimum(a[0], stats[0]), np.maximum(a[1], stats[1]), a[2] + stats[2], a[3] + stats[3])
+                else (
+                    np.minimum(a[0], stats[0]),
+                    np.maximum(a[1], stats[1]),
+                    a[2] + stats[2],
+                    a[3] + stats[3],
+                    a[4] + stats[4],
+                )
             )
     if not acc:
         raise ValueError("no calibration image to take Conv input statistics from")
-    return [ConvInput(node, t, g, c, *acc[t], out_ms=acc[o][2] / acc[o][3], wsq=wsq) for node, t, g, c, o, wsq in convs]
+    return [
+        ConvInput(node, t, g, c, *acc[t][:4], out_ms=acc[o][2] / acc[o][3], wsq=wsq, csum=acc[t][4])
+        for node, t, g, c, o, wsq in convs
+    ]
+
+
+# ---------------------------------------------------------------- weight bias correction
+
+
+def rounded_weights(w: np.ndarray, weight_type: str, per_channel: bool) -> np.ndarray:
+    """The weights as ONNX Runtime's quantiser rounds them: qint8 symmetric in [-127, 127] (zero point 0), quint8
+    asymmetric in [0, 255] with the range widened to hold 0; one scale per output channel or per tensor."""
+    flat = w.reshape(len(w), -1) if per_channel else w.reshape(1, -1)
+    if weight_type == "qint8":
+        scale = np.abs(flat).max(1) / 127.0
+        scale = np.where(scale > 0, scale, 1.0)[:, None]
+        q = np.clip(np.round(flat / scale), -127, 127) * scale
+    else:
+        lo, hi = np.minimum(flat.min(1), 0.0), np.maximum(flat.max(1), 0.0)
+        scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)[:, None]
+        zp = np.round(-lo[:, None] / scale)
+        q = (np.clip(np.round(flat / scale) + zp, 0, 255) - zp) * scale
+    return q.reshape(w.shape)
+
+
+def correct_biases(model, stats: list, nodes, weight_type: str, per_channel: bool) -> list:
+    """Fold the mean shift that rounding the weights puts into each output channel back into the bias of the
+    named Convs (in place): b -= sum over the kernel of (W_rounded - W) times the mean of the input channel it
+    reads, the means from the calibration statistics. Each output channel's rounding errors do not average out
+    over its fan-in when its input channels have non-zero means (after SiLU / ReLU they all do), so every INT8
+    layer shifts its outputs by a fixed amount that the following layers carry to the heads; NNCF's bias
+    correction (the openvino target) removes the same shift. Returns [(node, largest |shift| / output RMS)]."""
+    from onnx import numpy_helper
+
+    by_node = {s.node: s for s in stats}
+    consts = {t.name: t for t in model.graph.initializer}
+    done = []
+    for n in model.graph.node:
+        s = by_node.get(n.name)
+        if n.op_type != "Conv" or n.name not in nodes or s is None or s.csum is None or n.input[1] not in consts:
+            continue
+        w = numpy_helper.to_array(consts[n.input[1]]).astype(np.float64)
+        mean = s.csum / max(s.count, 1)
+        groups, per_group = s.group, w.shape[1]
+        err = (rounded_weights(w, weight_type, per_channel) - w).reshape(w.shape[0], per_group, -1).sum(2)
+        means = mean.reshape(groups, per_group)[np.arange(w.shape[0]) // (w.shape[0] // groups)]
+        shift = (err * means).sum(1)
+        if len(n.input) > 2 and n.input[2] in consts:
+            bias_t = consts[n.input[2]]
+            bias = numpy_helper.to_array(bias_t).astype(np.float64)
+        else:  # a Conv without a bias gets one to hold the correction
+            name = f"{n.name}__bias_correction"
+            bias_t = numpy_helper.from_array(np.zeros(w.shape[0], np.float32), name)
+            model.graph.initializer.append(bias_t)
+            bias_t = model.graph.initializer[-1]
+            bias = np.zeros(w.shape[0])
+            while len(n.input) < 3:
+                n.input.append("")
+            n.input[2] = name
+        bias_t.CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), bias_t.name))
+        rms = np.sqrt(np.maximum(s.out_ms, 1e-30)) if s.out_ms is not None else np.ones_like(shift)
+        done.append((n.name, float(np.max(np.abs(shift) / rms))))
+    return done
 
 
 # ---------------------------------------------------------------- the keep rule

@@ -88,6 +88,9 @@ class Int8Settings:
     rule: bool = True
     # who writes the QDQ graph: ONNX Runtime's quantize_static, or NNCF (optional layer requirements-openvino.txt)
     quantizer: str = "onnxruntime"
+    # fold the mean shift that rounding each INT8 Conv's weights causes back into its bias (from the calibration
+    # images' per-channel input means; int8_structure.correct_biases); ONNX Runtime's quantiser only
+    bias_correction: bool = False
 
     def calibration_key(self) -> dict:
         """What changes the calibration ranges (not the quantiser options applied after them)."""
@@ -133,6 +136,7 @@ _FIELDS = {
     "target",
     "rule",
     "quantizer",
+    "bias_correction",
 }
 
 
@@ -159,7 +163,7 @@ def read_int8_section(raw, path=None, where: str = "int8") -> Int8Settings:
             if not isinstance(v, str) or v.lower() not in choices:
                 fail(key, f"{v!r} is not one of {', '.join(choices)}")
             values[key] = v.lower()
-    for key in ("per_channel", "rule"):
+    for key in ("per_channel", "rule", "bias_correction"):
         if raw.get(key) is not None:
             if not isinstance(raw[key], bool):
                 fail(key, f"expected true or false, got {raw[key]!r}")
@@ -361,6 +365,7 @@ def conv_stats_cached(
                 r["count"],
                 np.array(r["out_ms"]),
                 np.array(r["wsq"]),
+                np.array(r["csum"]),
             )
             for r in rows
         ]
@@ -379,6 +384,7 @@ def conv_stats_cached(
             "count": c.count,
             "out_ms": c.out_ms.tolist(),
             "wsq": c.wsq.tolist(),
+            "csum": c.csum.tolist() if c.csum is not None else None,
         }
         for c in stats
     ]
@@ -427,9 +433,10 @@ def quantize_onnx(
             split = split_network(fmodel)
         except ValueError as exc:
             raise InputError(f"cannot quantise: {exc}", onnx_path) from None
-        kept = []
-        if settings.rule:
+        kept, stats, corrected = [], [], []
+        if settings.rule or settings.bias_correction:
             stats = conv_stats_cached(float_path, float_sha, calib, input_name, extra_inputs or {}, cache_root)
+        if settings.rule:
             kept = [(n, why) for n, why in keep_by_rule(stats, tgt) if n not in settings.keep_fp32]
         cache_file = calibration_cache_path(cache_root, float_sha, calib.sha256, settings)
         hit = cache_file.is_file()
@@ -439,6 +446,19 @@ def quantize_onnx(
         if hit:
             ranges.write_bytes(cache_file.read_bytes())
         exclude = list(settings.keep_fp32) + [n for n, _ in kept] + list(split.postprocess)
+        quantised_graph = float_path
+        if settings.bias_correction and settings.quantizer == "onnxruntime":
+            from common.runtime.int8_structure import correct_biases
+
+            # calibration ranges stay those of the float graph (cached by its hash); the biases move by less than
+            # a rounding step of their Conv's output
+            conv_int8 = not settings.op_types or "Conv" in settings.op_types
+            int8_nodes = {n.name for n in fmodel.graph.node if n.op_type == "Conv" and conv_int8} - set(exclude)
+            corrected_model = onnx.ModelProto()
+            corrected_model.CopyFrom(fmodel)
+            corrected = correct_biases(corrected_model, stats, int8_nodes, settings.weight_type, settings.per_channel)
+            quantised_graph = Path(tmp) / "float_bias_corrected.onnx"
+            onnx.save(corrected_model, str(quantised_graph))
         if settings.quantizer == "nncf":
             _quantize_nncf(
                 fmodel,
@@ -472,7 +492,7 @@ def quantize_onnx(
                     )
                 if settings.quantizer != "nncf":
                     quantize_static(
-                        str(float_path),
+                        str(quantised_graph),
                         str(out_path),
                         None,
                         nodes_to_exclude=exclude,
@@ -514,6 +534,7 @@ def quantize_onnx(
         "quant_nodes": n_q,
         "target": tgt.name,
         "kept_by_rule": kept,
+        "bias_corrected": len(corrected),
         "postprocess_nodes": len(split.postprocess),
         "int8_convs": int8_convs(model),
     }

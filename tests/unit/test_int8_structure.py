@@ -171,3 +171,68 @@ def test_a_node_left_float_reads_float_where_it_shares_a_tensor_with_an_int8_nod
     assert info["int8_convs"] == int8_convs(q) == 2   # a and b
     read = {i for n in q.graph.node for i in n.input} | {o.name for o in q.graph.output}
     assert all(o in read for n in q.graph.node for o in n.output)
+
+
+def _outlier_net(tmp_path):
+    """input -> Conv -> Relu -> Conv (weights with one large value per output channel, so rounding them is coarse)
+    -> output: the second Conv reads non-negative inputs with non-zero means."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(3)
+    w2 = rng.standard_normal((6, 8, 3, 3)).astype(np.float32) * 0.05
+    w2[:, 0, 1, 1] = 3.0   # the per-channel scale follows the outlier: the small weights round to a few levels
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.full(8, 0.5, np.float32), "b1"),
+             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(6, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["out"], name="c2", pads=[1] * 4)]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                              ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "outlier.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_bias_correction_folds_the_weight_rounding_shift_back(tmp_path):
+    """int8.bias_correction: the rounded weights it reasons about are ONNX Runtime's own (equal to the
+    DequantizeLinear weights of the QDQ graph), and the INT8 graph's per-channel output mean over the calibration
+    images moves much closer to the float graph's than without it."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from common.runtime.int8_structure import rounded_weights
+    from common.runtime.quantize import Int8Settings, quantize_onnx
+    src = _outlier_net(tmp_path)
+    batches = _batches(8)
+
+    class Calib:
+        sha256 = "outlier"
+
+        @staticmethod
+        def batches(n):
+            return iter(batches)
+
+    def mean_error(path):
+        def means(p):
+            sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+            return np.mean([sess.run(None, {"input": x})[0].mean(axis=(0, 2, 3)) for x in batches], axis=0)
+        return float(np.abs(means(path) - means(src)).sum())
+
+    errors = {}
+    for bc in (False, True):
+        q = tmp_path / f"q_{bc}.onnx"
+        settings = Int8Settings(rule=False, calib_images=8, bias_correction=bc)
+        info = quantize_onnx(src, q, Calib, settings, "input", tmp_path / "cache")
+        assert info["bias_corrected"] == (2 if bc else 0)
+        errors[bc] = mean_error(q)
+    qm = onnx.load(str(tmp_path / "q_True.onnx"))
+    init = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
+    producer = {o: n for n in qm.graph.node for o in n.output}
+    dq = producer[next(n for n in qm.graph.node if n.name == "c2").input[1]]
+    ort_w = init[dq.input[0]].astype(np.float64) * init[dq.input[1]].reshape(-1, 1, 1, 1)
+    src_w = numpy_helper.to_array(onnx.load(str(src)).graph.initializer[2]).astype(np.float64)
+    assert np.allclose(rounded_weights(src_w, "qint8", True), ort_w, rtol=0, atol=1e-7)
+    assert errors[True] < 0.25 * errors[False], errors
