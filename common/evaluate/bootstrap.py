@@ -14,6 +14,10 @@ detections between two true positives are summed per image first ((segment, imag
 weights touch each pair once per resample. What an IoU threshold changes in the counted set is confined to matched
 detections, so the bulk is summed once per area range, the few differences per threshold.
 
+The weighted sums over images (ground truth, final true positives) run over the images with a nonzero count only,
+in numpy's own loops rather than the BLAS, whose threads spin between small products (on a busy host that was four
+fifths of the bootstrap's CPU).
+
 A paired interval (two runs on the same images, e.g. FP16 vs FP32) uses the same resamples for both runs: the
 interval of the difference is far narrower than either run's own, because most of the per-image noise is shared.
 """
@@ -121,9 +125,10 @@ def _thresholds_reached(rc: np.ndarray, thr: np.ndarray) -> np.ndarray:
     return g
 
 
-def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
+def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray, npig_w: np.ndarray) -> np.ndarray:
     """[T, B]: mean over the recall thresholds of the sampled precision envelope, per IoU threshold and resample
-    (pycocotools' precision[t, :, k, a, maxDets=100] averaged over R). Wt: [images, B] weights (float32).
+    (pycocotools' precision[t, :, k, a, maxDets=100] averaged over R). Wt: [images, B] weights (float32); npig_w:
+    [B] the weighted non-ignored ground truth of area range a.
 
     Arrays are laid out [detections, resamples]: gathering an image's weights is a copy of one contiguous row."""
     n_img, B = Wt.shape
@@ -149,7 +154,6 @@ def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray) -> 
         per_seg[seg_u[starts]] = np.add.reduceat(rows, starts, axis=0)
         del rows
     base_at = np.cumsum(per_seg, axis=0, dtype=np.float64)  # exact: sums of small integers
-    npig_w = (c.npig[:, a].astype(np.float32) @ Wt).astype(np.float64)
     safe_npig = np.where(npig_w > 0, npig_w, 1.0)
     cols = np.arange(B)
     for t in range(T):
@@ -177,14 +181,30 @@ def _curve_means(c: _Category, a: int, Wt: np.ndarray, rec_thrs: np.ndarray) -> 
     return out
 
 
-def _final_recall(c: _Category, a: int, max_det: int, Wt: np.ndarray) -> np.ndarray:
-    """[T, B]: weighted true positives among each image's top max_det over the weighted ground truth."""
-    n_img = Wt.shape[0]
-    keep = c.rank < max_det
-    counts = np.stack([np.bincount(c.img[keep & c.tp[a, t]], minlength=n_img) for t in range(c.tp.shape[1])])
-    tp_w = (counts.astype(np.float32) @ Wt).astype(np.float64)
-    npig_w = (c.npig[:, a].astype(np.float32) @ Wt).astype(np.float64)
-    return tp_w / np.where(npig_w > 0, npig_w, 1.0)
+def _weighted(counts: np.ndarray, Wt: np.ndarray) -> np.ndarray:
+    """[K, B] = counts [K, images] @ Wt, summed over the images with a nonzero count only (a category's ground
+    truth and matches sit on a few hundred of the images). numpy's own einsum loop, not the BLAS: between these
+    small products the BLAS threads spin, which cost several times the product's own CPU (on a busy host most of
+    the bootstrap's). Exact: sums of small integers in float32."""
+    nz = np.flatnonzero(counts.any(axis=0))
+    if not len(nz):
+        return np.zeros((len(counts), Wt.shape[1]))
+    return np.einsum("kn,nb->kb", counts[:, nz].astype(np.float32), Wt.take(nz, axis=0)).astype(np.float64)
+
+
+def _final_recalls(c: _Category, max_dets: list, Wt: np.ndarray, npig_w: np.ndarray) -> dict:
+    """{AR stat: [T, B]}: weighted true positives among each image's top max_det over the weighted ground
+    truth of the stat's area range (npig_w: [A, B])."""
+    n_img, T = Wt.shape[0], c.tp.shape[1]
+    counts = np.stack(
+        [
+            np.bincount(c.img[(c.rank < max_dets[m]) & c.tp[a, t]], minlength=n_img)
+            for a, m in _AR.values()
+            for t in range(T)
+        ]
+    )
+    tp_w = _weighted(counts, Wt).reshape(len(_AR), T, -1)
+    return {name: tp_w[k] / np.where(npig_w[a] > 0, npig_w[a], 1.0) for k, (name, (a, _)) in enumerate(_AR.items())}
 
 
 # (stat, area index, max-detections index, IoU threshold index or None = mean over all) as summarize() reads them
@@ -212,15 +232,16 @@ def resampled_stats(table: MatchTable, W: np.ndarray) -> np.ndarray:
         for c in table.cats:
             if c is None:
                 continue
-            has_gt = {a: (c.npig[:, a].astype(np.float32) @ wt) > 0 for a in range(table.A)}
+            npig_w = _weighted(c.npig.T, wt)  # [A, b]
+            has_gt = {a: npig_w[a] > 0 for a in range(table.A)}
             means = {}
             for name, (a, t) in _AP.items():
                 if a not in means:
-                    means[a] = _curve_means(c, a, wt, table.rec_thrs)
+                    means[a] = _curve_means(c, a, wt, table.rec_thrs, npig_w[a])
                 value = means[a].mean(axis=0) if t is None else means[a][t]
                 ap_sum[name] += np.where(has_gt[a], value, 0.0)
-            for name, (a, m) in _AR.items():
-                ar_sum[name] += np.where(has_gt[a], _final_recall(c, a, table.max_dets[m], wt).mean(axis=0), 0.0)
+            for name, recall in _final_recalls(c, table.max_dets, wt, npig_w).items():
+                ar_sum[name] += np.where(has_gt[_AR[name][0]], recall.mean(axis=0), 0.0)
             for a in range(table.A):
                 n_cat[a] += has_gt[a]
         for j, name in enumerate(STAT_NAMES):
