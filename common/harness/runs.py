@@ -533,6 +533,87 @@ def _accuracy_record(p: Prepared, data: Dataset, evaluator, ev: Evaluated, detai
     )
 
 
+@dataclasses.dataclass
+class RunClock:
+    """What the record's `run` section says of an accuracy run, gathered as it goes."""
+
+    t_start: float
+    workers: int
+    streams: int
+    resumed: int  # images whose predictions came from the resume state
+    inference_s: float = 0.0
+    marks: dict = dataclasses.field(default_factory=dict)  # when the first inference started, the last batch ended
+
+    def shard_run(self, n_images: int, cache_hit: bool) -> dict:
+        """A shard's `run` section."""
+        return {
+            "wall_s": time.perf_counter() - self.t_start,
+            "inference_s": self.inference_s,
+            "images_per_s": (n_images - self.resumed) / (time.perf_counter() - self.t_start),
+            "workers": self.workers,
+            "streams": self.streams,
+            "resumed_images": self.resumed,
+            "input_cache_hit": cache_hit,
+        }
+
+    def accuracy_run(self, wall: float, ev: Evaluated, write_s: float | None, p: Prepared, n_images: int) -> dict:
+        """An accuracy record's `run` section (`wall`: the run's seconds up to its record)."""
+        marks = self.marks
+        return {
+            "wall_s": wall,
+            "inference_s": self.inference_s,
+            "evaluate_s": ev.evaluate_s,
+            "bootstrap_s": ev.bootstrap_s,
+            "save_detections_tail_s": write_s,
+            # before the first inference (engine, loader, annotations) and after the last batch (evaluation,
+            # intervals, the detections file's end): what a faster device cannot shorten
+            "setup_s": marks["first"] - self.t_start if "first" in marks else None,
+            "tail_s": time.perf_counter() - marks["last"] if "last" in marks else None,
+            "simulated_device_s": p.runner.simulated_device_s,
+            "images_per_s": (n_images - self.resumed) / wall,  # this run's images only
+            "workers": self.workers,
+            "streams": self.streams,
+            "resumed_images": self.resumed,
+        }
+
+
+def _sinks(p: Prepared, outputs: OutputsRequest, nonfinite: Counter, marks: dict, whole: bool) -> Sinks:
+    """The raw outputs' recorder (--record-outputs) and the streamed detections file (--save-detections: written
+    batch by batch during the run, published once complete; `whole` False: a shard, whose detections are written
+    with its partial record by _shard_result)."""
+    recorder = (
+        OutputRecorder(outputs.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"])
+        if outputs.record_outputs
+        else None
+    )
+    detections = DetectionsFile(outputs.detections_out) if outputs.detections_out and whole else None
+    return Sinks(nonfinite, recorder, detections, marks)
+
+
+def _evaluate_and_record(
+    p: Prepared, data: Dataset, evaluator, req: StageRequests, sinks: Sinks, clock: RunClock, cache_hit: bool, publish
+) -> dict:
+    """The evaluation stage, the detections file completed (its rest is in the run's time) and the record, judged
+    and published."""
+    ev = evaluate(evaluator, data, req.evaluation)
+    write_s = None
+    if sinks.detections is not None:
+        t_write = time.perf_counter()
+        try:
+            sinks.detections.commit()
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", req.outputs.detections_out) from None
+        sinks.detections, write_s = None, time.perf_counter() - t_write
+    wall = time.perf_counter() - clock.t_start
+    detail = accuracy_detail(evaluator.accumulated(), evaluator.categories, data.annotations)
+    run = clock.accuracy_run(wall, ev, write_s, p, len(data.items))
+    record = _accuracy_record(p, data, evaluator, ev, detail, run, req.outputs.detections_out, cache_hit)
+    record = _finish(record, ev.metrics, _targets(p), fault_reasons(sinks.nonfinite))
+    if publish is not None:
+        publish(record)
+    return record
+
+
 def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     t_start = time.perf_counter()
     streams, workers = parallelism(cfg.streams, cfg.workers, backend_class(cfg.backend).capabilities)
@@ -556,21 +637,18 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
     states.append(state)
     # A recording of raw outputs must cover every image, so it always starts from the first one.
     resumed = _resume(state, evaluator, items, cfg.resume and not cfg.record_outputs)
-    done, nonfinite = resumed.done, resumed.nonfinite
+    clock = RunClock(t_start, workers, streams, resumed.done)
     if shard is not None and not items:  # more shards than images: nothing to infer, the engine still identifies it
         evaluator.close()
         p = prepare(req.engine, variant, onnx_sha256, onnx_path)
         run: dict = {"wall_s": time.perf_counter() - t_start, "inference_s": 0.0, "images_per_s": 0.0}
-        return _shard_result(p, data, evaluator, nonfinite, run, state, publish, cfg.model, req, request_key(cfg))
+        return _shard_result(
+            p, data, evaluator, resumed.nonfinite, run, state, publish, cfg.model, req, request_key(cfg)
+        )
     # The loader forks its workers before prepare() starts the runtime's threads.
+    cache_dir = None if resumed.done else cfg.input_cache
     with open_loader(
-        items[done:],
-        pre,
-        cfg.batch_size,
-        workers,
-        cfg.progress,
-        desc=variant.id,
-        cache_dir=None if done else cfg.input_cache,
+        items[resumed.done :], pre, cfg.batch_size, workers, cfg.progress, desc=variant.id, cache_dir=cache_dir
     ) as loader:
         batches = iter(loader)
         p, ahead = _engine_while_decoding(req.engine, variant, onnx_sha256, onnx_path, batches)
@@ -579,80 +657,37 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             if publish is not None:
                 publish(stopped)
             return stopped
-        recorder = (
-            OutputRecorder(cfg.record_outputs, p.onnx_sha256, p.request.options["preprocess_key"])
-            if cfg.record_outputs
-            else None
-        )
-        # --save-detections is streamed: written batch by batch during the run, published once complete (a
-        # shard's detections are written with its partial record, by _shard_result)
-        detections = DetectionsFile(cfg.detections_out) if cfg.detections_out and shard is None else None
-        marks: dict = {}  # when the first inference started and the last batch was consumed: setup_s, tail_s
+        sinks = _sinks(p, req.outputs, resumed.nonfinite, clock.marks, whole=shard is None)
         try:
-            if detections is not None:
+            if sinks.detections is not None:  # the file starts with the resumed images' rows
                 for rows in resumed.rows:
-                    detections.add(rows)
-            sinks = Sinks(nonfinite, recorder, detections, marks)
-            infer_s = infer_all(
-                p, _runners(p, streams), chain(_drain(ahead), batches), decoder, evaluator, state, done, sinks
+                    sinks.detections.add(rows)
+            batches = chain(_drain(ahead), batches)
+            clock.inference_s = infer_all(
+                p, _runners(p, streams), batches, decoder, evaluator, state, resumed.done, sinks
             )
         except BaseException as exc:
             state.flush()  # every batch consumed so far is complete: keep it for the resumed run
             evaluator.close()
+            detections = sinks.detections
             if detections is not None:
                 detections.discard()
             if isinstance(exc, OSError) and detections is not None and exc is detections.error:
                 raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
             raise
-        if recorder is not None:
-            recorder.write()
+        if sinks.recorder is not None:
+            sinks.recorder.write()
     if shard is not None:
         evaluator.close()
-        run = {
-            "wall_s": time.perf_counter() - t_start,
-            "inference_s": infer_s,
-            "images_per_s": (len(items) - done) / (time.perf_counter() - t_start),
-            "workers": cfg.workers,
-            "streams": cfg.streams,
-            "resumed_images": done,
-            "input_cache_hit": loader.cached is not None,
-        }
-        return _shard_result(p, data, evaluator, nonfinite, run, state, publish, cfg.model, req, request_key(cfg))
+        run = clock.shard_run(len(items), loader.cached is not None)
+        return _shard_result(
+            p, data, evaluator, resumed.nonfinite, run, state, publish, cfg.model, req, request_key(cfg)
+        )
     try:
-        ev = evaluate(evaluator, data, req.evaluation)
-        write_s = None
-        if detections is not None:  # the rest of the file's writing is in the run's time
-            t_write = time.perf_counter()
-            try:
-                detections.commit()
-            except OSError as exc:
-                raise RuntimeFailure(f"cannot write the detections ({exc.strerror})", cfg.detections_out) from None
-            detections, write_s = None, time.perf_counter() - t_write
-        wall = time.perf_counter() - t_start
-        detail = accuracy_detail(evaluator.accumulated(), evaluator.categories, data.annotations)
-        run = {
-            "wall_s": wall,
-            "inference_s": infer_s,
-            "evaluate_s": ev.evaluate_s,
-            "bootstrap_s": ev.bootstrap_s,
-            "save_detections_tail_s": write_s,
-            # before the first inference (engine, loader, annotations) and after the last batch (evaluation,
-            # intervals, the detections file's end): what a faster device cannot shorten
-            "setup_s": marks["first"] - t_start if "first" in marks else None,
-            "tail_s": time.perf_counter() - marks["last"] if "last" in marks else None,
-            "simulated_device_s": p.runner.simulated_device_s,
-            "images_per_s": (len(items) - done) / wall,  # this run's images only
-            "workers": cfg.workers,
-            "streams": cfg.streams,
-            "resumed_images": done,
-        }
-        record = _accuracy_record(p, data, evaluator, ev, detail, run, cfg.detections_out, loader.cached is not None)
-        record = _finish(record, ev.metrics, _targets(p), fault_reasons(nonfinite))
-        if publish is not None:
-            publish(record)
+        record = _evaluate_and_record(p, data, evaluator, req, sinks, clock, loader.cached is not None, publish)
     except BaseException as exc:
-        if detections is not None:
-            detections.discard()
+        if sinks.detections is not None:
+            sinks.detections.discard()
         # nothing is lost: every prediction stays in the resume state, and a rerun only evaluates and writes
         with suppress(OSError):
             state.flush()
