@@ -10,6 +10,8 @@ from common.ci.reports import _value_text, counts
 from common.evaluate.detections_file import read_rows
 from common.report import svg
 from common.report.html import (
+    MAX_IMAGES,
+    PAGE_IMAGES,
     Changed,
     _annotations,
     _names_files,
@@ -123,12 +125,26 @@ def comparisons(verdicts: list[dict], outcomes: list[dict]) -> list[Comparison]:
     return out
 
 
-def _comparison_html(c: Comparison) -> str:
+def _comparison_html(c: Comparison, limit: int) -> str:
     head = f"<h3>{esc(c.title)}</h3>"
     if c.changed is None:
         return head + f"<p>No images drawn: {esc(c.error)}</p>"
     names, files = _names_files(_annotations(c.record))
-    return head + draw_changed(c.changed, c.record["dataset"].get("images_dir"), files, names)
+    return head + draw_changed(c.changed, c.record["dataset"].get("images_dir"), files, names, limit)
+
+
+def _comparisons_html(compared: list[Comparison]) -> str:
+    """Every comparison's drawn images, as many per comparison as the page's budget (PAGE_IMAGES) allows."""
+    if not compared:
+        return ""
+    limit = max(1, min(MAX_IMAGES, PAGE_IMAGES // len(compared)))
+    note = (
+        f"<p>{len(compared)} comparisons: the {limit} most changed images of each (a page draws at most "
+        f"{PAGE_IMAGES}).</p>"
+        if limit < MAX_IMAGES
+        else ""
+    )
+    return note + "".join(_comparison_html(c, limit) for c in compared)
 
 
 def regress_page(
@@ -162,7 +178,7 @@ def regress_page(
     )
     by_id = {o["case"]["id"]: o for o in outcomes}
     acc, perf = [], []
-    comp = [_comparison_html(c) for c in (comparisons(verdicts, outcomes) if compared is None else compared)]
+    comp = _comparisons_html(comparisons(verdicts, outcomes) if compared is None else compared)
     for v in verdicts:
         o = by_id.get(v["id"]) or {}
         recs = o.get("records") or []
@@ -176,7 +192,7 @@ def regress_page(
             ("verdict", "Verdict", head),
             ("accuracy", "Accuracy", "".join(acc)),
             ("speed", "Speed", "".join(perf)),
-            ("comparison", "Candidate vs reference", "".join(comp)),
+            ("comparison", "Candidate vs reference", comp),
             ("history", "History", _history_figures(list(history_rows), verdicts) if history_rows else ""),
         ],
     )

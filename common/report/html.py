@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 AP_STATS = tuple(n for n in STAT_NAMES if n.startswith("AP"))  # the per-category table's columns
 
 MAX_IMAGES = 6  # changed images drawn per comparison
+# drawn images in one page at most (a regression run compares many cases): at 300 detections per image one drawn
+# image is ~0.14 MB of the file (its JPEG and the boxes' SVG), so the page stays far below its 10 MB
+PAGE_IMAGES = 36
 THUMB_SIDE = 480  # longest side of a drawn image, pixels
 
 _CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px;color:#222}
@@ -344,10 +347,11 @@ def rank_changed(
     return Changed(ranked, {i: (kept(ref, i), kept(cand, i)) for _, i in ranked}, threshold, tuple(labels))
 
 
-def draw_changed(changed: Changed, images_dir, file_names: dict, names: dict) -> str:
-    """The ranked images drawn with both sets of boxes, as inline SVG over a JPEG thumbnail."""
+def draw_changed(changed: Changed, images_dir, file_names: dict, names: dict, limit: int | None = None) -> str:
+    """The ranked images (the first `limit` of them) drawn with both sets of boxes, as inline SVG over a JPEG
+    thumbnail."""
     out = []
-    for score, image_id in changed.ranked:
+    for score, image_id in changed.ranked[:limit]:
         thumb = _thumb(Path(images_dir) / file_names.get(image_id, "")) if images_dir else None
         if thumb is None:
             continue

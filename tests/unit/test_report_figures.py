@@ -4,6 +4,7 @@ detections. Each test plants the fault its check exists for: a figure without it
 that draws no baseline comparison."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -134,6 +135,13 @@ def test_regression_report_draws_the_images_that_changed_against_the_baseline(tm
     drawn = sorted(int(m) for m in re.findall(r"image (\d+) \(", page))
     assert drawn == sorted(planted)                                       # exactly the changed ones
     assert page.count('class="photo"') == len(planted) and "baseline (" in page   # both sets' legends
+    # a run with many comparisons draws fewer of each: the page's budget of drawn images
+    from common.ci.html_report import comparisons
+    from common.report.html import PAGE_IMAGES
+    (c,) = comparisons([v], [o])
+    many = [dataclasses.replace(c, case_id=f"case{k}") for k in range(PAGE_IMAGES // 2 + 1)]
+    page = regress_page("r", [v], [o], compared=many)
+    assert page.count('class="photo"') == len(many) and "the 1 most changed images of each" in page
 
 
 # --- the Markdown summary's figures -----------------------------------------------------------------------------
