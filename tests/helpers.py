@@ -10,6 +10,28 @@ REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "scripts" / "suite"
 
 
+def copy_checkout(checkout: Path) -> Path:
+    """A clone's working copy in `checkout`: the repository's files (tracked and untracked, not its ignored
+    outputs, nor a user's own runs and baselines), the links of .importpath as links, .venv a link to the test's
+    own environment. Commands run there write into the copy, never into the source tree."""
+    import shutil
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if name.split("/", 1)[0] in ("regress", "shards", "results", "baselines") and name != "baselines/README.md":
+            continue   # a user's own runs and baselines in the clone are not the repository
+        src = REPO / name
+        if src.is_symlink():   # .importpath/common -> ../common: the copy's code must be its own
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            (checkout / name).symlink_to(src.readlink())
+        elif src.is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, checkout / name)
+    (checkout / ".venv").symlink_to(Path(sys.executable).resolve().parent.parent
+                                    if not (REPO / ".venv").exists() else (REPO / ".venv").resolve())
+    return checkout
+
+
 def run_script(script, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run a suite bash script (path relative to the repo) and capture its output."""
     # the scripts run under this interpreter, whichever one runs pytest (scripts/suite honours $PYTHON)

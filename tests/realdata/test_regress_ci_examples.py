@@ -17,14 +17,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from common.config.options import ENV
-from regress_helpers import REPO
+from helpers import copy_checkout
 
 RUN_LIMITS = ("--bs 1 --precision fp32 --max-images 4 --repeats 1 --warmup 0.02 --min-duration 0.05 --min-iters 3 "
               "--workers 0 --threads 1 --timeout 300")
@@ -48,20 +47,7 @@ def runner(tmp_path, shared_data):
     shared data at <root>/shared/data, as the examples expect (../shared/data from the checkout)."""
     root = tmp_path / "runner"
     checkout = root / "checkout"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        if name.split("/", 1)[0] in ("regress", "shards", "results", "baselines") and name != "baselines/README.md":
-            continue   # a user's own runs and baselines in the clone are not the repository
-        src = REPO / name
-        if src.is_symlink():   # .importpath/common -> ../common: the copy's code must be its own
-            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
-            (checkout / name).symlink_to(src.readlink())
-        elif src.is_file():
-            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, checkout / name)
-    (checkout / ".venv").symlink_to(Path(sys.executable).resolve().parent.parent
-                                    if not (REPO / ".venv").exists() else (REPO / ".venv").resolve())
+    copy_checkout(checkout)
     (root / "shared").mkdir()
     (root / "shared" / "data").symlink_to(shared_data)
     for device in (checkout / "baselines").iterdir():   # a new device: no baselines yet, whatever the clone holds

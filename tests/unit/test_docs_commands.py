@@ -175,3 +175,51 @@ def test_documented_commands_that_need_no_data_exit_as_documented(doc, command, 
 
 def test_the_runnable_commands_are_found():
     assert len(_runnable_commands()) >= 3
+
+
+# The walk (tests/realdata/test_docs_walk.py executes it): every documented command is on exactly one of its
+# lists, run or skipped with a reason; checked here without data, so a command added to a doc and to neither list
+# fails every tier.
+from docs_walk import WALK, all_commands, documented_commands, plan, shell_lines  # noqa: E402
+
+
+def test_every_documented_command_is_walked_or_skipped_with_a_reason():
+    planned, unlisted, ambiguous = plan(all_commands())
+    assert not unlisted, "documented commands on no list of tests/docs_walk.py:\n" + "\n".join(map(str, unlisted))
+    assert not ambiguous, "commands matching several entries:\n" + "\n".join(map(str, ambiguous))
+    used = {id(e) for _, e in planned}
+    assert [e.pattern for e in WALK if id(e) not in used] == []      # no entry for a command no doc has any more
+    for c, e in planned:
+        if not e.skip:
+            shell_lines(c, e, _FAKE_CTX)       # every `...` has its filling, every placeholder a value
+    ran = [c for c, e in planned if not e.skip]
+    assert len(ran) >= 25 and len(planned) - len(ran) <= 25
+
+
+_FAKE_CTX = {k: f"/ctx/{k}" for k in ("shared", "coco", "calib", "held_apart", "onnx", "dyn_onnx", "p2", "work",
+                                      "sim_igie", "python")}
+
+
+def test_a_planted_command_on_no_list_is_found(tmp_path):
+    doc = tmp_path / "planted.md"
+    doc.write_text("Text.\n\n```bash\nscripts/suite env\nscripts/suite frobnicate --all   # exit 2\n```\n\n"
+                   "```\n$ scripts/regress.py run --list --onnx rtmdet=/data/rtmdet_nano.onnx\nsome output\n```\n"
+                   "```yaml\nkey: value\n```\n")
+    commands = documented_commands(doc)
+    assert [(c.text, c.exit, c.line) for c in commands] == [
+        ("scripts/suite env", 0, 4), ("scripts/suite frobnicate --all", 2, 5),
+        ("scripts/regress.py run --list --onnx rtmdet=/data/rtmdet_nano.onnx", 0, 9)]
+    _, unlisted, _ = plan(commands)
+    assert [c.text for c in unlisted] == ["scripts/suite frobnicate --all"]
+
+
+def test_documented_exit_codes_are_read():
+    byod = {c.text.split()[-1]: c.exit for c in all_commands() if c.doc == "bring-your-own-detector.md"
+            and c.text.startswith("scripts/regress.py run")}
+    assert byod == {"mydet/run1": 0, "mydet/run2": 1}
+
+
+def test_the_skip_reasons_cite_tests_that_exist():
+    import re as _re
+    cited = {p for e in WALK for p in _re.findall(r"tests/[\w/]+\.py", e.skip)}
+    assert cited and all((REPO / p).is_file() for p in cited), sorted(p for p in cited if not (REPO / p).is_file())
