@@ -14,6 +14,8 @@ from common.data.coco import read_annotations
 from common.decode.outputs import fault_reasons
 from common.engine_cache import atomic_write_bytes, file_sha256
 from common.errors import ConfigError, InputError, RuntimeFailure
+from common.evaluate.bootstrap import MatchTable, intervals
+from common.evaluate.detail import accuracy_detail
 from common.evaluate.metrics import CocoEvaluator, to_coco_results
 from common.harness.runs import finish_record
 from common.harness.shards import check_shards, find_shards, ids_digest, shard_bounds
@@ -59,6 +61,10 @@ def merge_shards(
     ev.complete(ids)
     metrics = ev.evaluate(ids)
     evaluate_s = time.perf_counter() - t_eval
+    # what the unsharded run's record carries beyond the stats: their bootstrap intervals (the same matches and
+    # draws, so the same intervals) and the per-category detail the reports draw
+    metrics_ci = intervals(MatchTable.from_evaluator(ev, ids)) if ids and ev.incremental is not None else None
+    detail = accuracy_detail(ev.accumulated(), ev.categories, annotations)
     nonfinite: dict = {}
     for s in shards:
         for k, v in (s.record.get("nonfinite") or {}).items():
@@ -82,6 +88,8 @@ def merge_shards(
             "input_cache_hit": None,
         },
         metrics=metrics,
+        metrics_ci=metrics_ci,
+        accuracy_detail=detail,
         num_detections=len(rows),
         detections_file=detections_out,
         merged_from=[

@@ -54,6 +54,9 @@ def test_four_shards_merged_in_any_order_equal_the_unsharded_run(rtmdet_fp32_pas
         merged = merge_shards([four_shards[k] for k in order])
         assert merged["kind"] == "accuracy" and merged["dataset"]["num_images"] == 350
         assert merged["metrics"] == whole["metrics"]          # exactly, all 12 stats
+        # and what the reports show of them: the same matches and draws give the same intervals and detail
+        assert whole["metrics_ci"]["resamples"] == 1000 and merged["metrics_ci"] == whole["metrics_ci"]
+        assert merged["accuracy_detail"] == whole["accuracy_detail"] and merged["accuracy_detail"]["per_class"]
         assert merged["num_detections"] == whole["num_detections"]
         assert [s["index"] for s in merged["merged_from"]] == [1, 2, 3, 4]
         assert merged["verdict"] == whole["verdict"] == "pass" and merged["checks"] == whole["checks"]
