@@ -154,10 +154,10 @@ def resolve_images_dir(dataset_dir: str | None, images_dir: str | None = None) -
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def folder_items(images_dir: Path, n: int) -> list[ImageItem]:
-    """The first n images of a folder by file name, for a run that needs pixels but no annotations (a
-    performance run times real images). The id is the file name's number (COCO's naming), else its rank;
-    width and height are 0: nothing that reads these items evaluates them."""
+def folder_items(images_dir: Path, n: int | None) -> list[ImageItem]:
+    """The first n images (all when None) of a folder by file name, for a run that needs pixels but no annotations
+    (a performance run times real images, a LoadGen performance run queries them). The id is the file name's
+    number (COCO's naming), else its rank; width and height are 0: nothing that reads these items evaluates them."""
     names = sorted(p.name for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
     if not names:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the images dir", images_dir)
@@ -372,7 +372,7 @@ def _load_one(item: ImageItem, out: np.ndarray | None = None, canvas: bool = Fal
     """(input, meta) of one image: the float32 network input, or with `canvas` the uint8 letterboxed canvas
     (Preprocessor.letterbox: what the input cache stores)."""
     img = read_image(item.path)
-    if img.shape[:2] != (item.height, item.width):
+    if item.width and img.shape[:2] != (item.height, item.width):  # 0: a folder's image, no annotation to agree with
         raise InputError(
             f"image is {img.shape[1]}x{img.shape[0]} but the annotation file says {item.width}x{item.height}", item.path
         )

@@ -22,12 +22,12 @@ import numpy as np
 from common.config.loadgen_spec import read_loadgen_section
 from common.config.options import RunConfig
 from common.config.specs import load_model
-from common.data.coco import image_items, read_annotations
+from common.data.coco import folder_items, image_items, read_annotations
 from common.data.loader import open_loader
 from common.data.preprocess import Preprocessor
 from common.decode.outputs import fault_reasons, get_decoder, output_faults
 from common.engine_cache import EngineCache
-from common.errors import ConfigError
+from common.errors import ConfigError, InputError, first_line
 from common.evaluate.metrics import CocoEvaluator
 from common.harness.engine import infer as run_infer
 from common.harness.engine import prepare, resolve_onnx
@@ -244,16 +244,28 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     variant = load_model(cfg.model, remember).variant(cfg.variant)
     section = read_loadgen_section(variant.loadgen_section, variant.source, f"variants.{variant.name}.loadgen")
     settings = resolve(lg_cfg, section.settings_for(lg_cfg.scenario))
-    images_dir, ann_file = dataset_request(cfg).resolve(variant.annotation)
-    annotations = read_annotations(ann_file, polygons=False, remember=remember)
-    items = image_items(annotations, images_dir, cfg.max_images)
-    if not items:
-        raise ConfigError("no images to query", ann_file)
+    dataset = dataset_request(cfg)
+    try:
+        images_dir, ann_file = dataset.resolve(variant.annotation)
+    except (ConfigError, InputError) as exc:
+        if lg_cfg.mode != "performance" or dataset.annotation:  # a named --ann that is missing stays an error
+            raise
+        # performance mode times pixels and evaluates nothing: without the spec's annotation file (the README's
+        # DATASETS_DIR has none of that name) the images dir's files serve, as in a performance run
+        images_dir = dataset.images()
+        items = folder_items(images_dir, cfg.max_images)
+        annotations, source = None, f"none ({first_line(exc)})"
+    else:
+        annotations = read_annotations(ann_file, polygons=False, remember=remember)
+        items = image_items(annotations, images_dir, cfg.max_images)
+        source = str(ann_file)
+        if not items:
+            raise ConfigError("no images to query", ann_file)
     evaluator = (
         CocoEvaluator(
-            annotations, variant.label_map, variant.categories, cfg.evaluator or "faster-coco-eval", source=ann_file
+            annotations, variant.label_map, variant.categories, cfg.evaluator or "faster-coco-eval", source=source
         )
-        if lg_cfg.mode == "accuracy"
+        if lg_cfg.mode == "accuracy" and annotations is not None  # accuracy mode always has them (raised above)
         else None
     )
     pre = Preprocessor(variant.preprocess, variant.height, variant.width)
@@ -331,7 +343,7 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     record = new_record(
         "loadgen",
         **_base_fields(p),
-        dataset={"images_dir": str(images_dir), "annotation": str(ann_file), "num_images": len(items)},
+        dataset={"images_dir": str(images_dir), "annotation": source, "num_images": len(items)},
         loadgen=section_out,
         metrics=metrics,
         targets=[t.as_dict() if hasattr(t, "as_dict") else _plain_target(t) for t in targets],

@@ -193,3 +193,24 @@ def test_loadgen_targets_of_the_spec_are_checked(rtmdet_fp32_pass, tmp_path):
     assert checks == {"qps": "pass", "p90_ms": "fail"} and rec["verdict"] == "fail"
     assert any(r.startswith("p90_ms = ") and "<= 1.0000" in r for r in rec["reasons"])
     assert [t["scenario"] for t in rec["targets"]] == ["Single*"]
+
+
+def test_performance_mode_needs_no_annotation_file(rtmdet_onnx, shared_data, tmp_path):
+    """loadgen.md's Offline example with the README's DATASETS_DIR (../shared/data/coco, which has no
+    person_keypoints_val2017.json, the spec's annotation) stopped with exit 2 'annotation file not found',
+    although a performance run queries pixels and evaluates nothing. The images dir's files now serve, the record
+    says why; accuracy mode, and a named --ann that is missing, stay errors."""
+    from common.errors import InputError
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "val2017").symlink_to(shared_data / "coco" / "val2017")
+    cfg = RunConfig(model="rtmdet", onnx=str(rtmdet_onnx), dataset_dir=str(coco), results_dir=str(tmp_path / "res"),
+                    cache_dir=str(tmp_path / "engines"), max_images=8, progress=False, threads=1, workers=0)
+    rec = run_loadgen(cfg, LoadgenConfig("Offline", short=True, settings={"target_qps": 1000.0}))
+    assert rec["dataset"]["num_images"] == 8 and rec["dataset"]["images_dir"] == str(coco / "val2017")
+    assert rec["dataset"]["annotation"].startswith("none (") and "person_keypoints_val2017.json" in \
+        rec["dataset"]["annotation"]
+    with pytest.raises(InputError, match="annotation file not found"):
+        run_loadgen(cfg, LoadgenConfig("Offline", mode="accuracy", short=True))
+    with pytest.raises(InputError, match="nope.json"):
+        run_loadgen(dataclasses.replace(cfg, annotation="nope.json"), LoadgenConfig("Offline", short=True))
