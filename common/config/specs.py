@@ -75,6 +75,18 @@ class Target:
     maximum: dict
     min_images: int | None = None  # fewer evaluated images: the target is reported "not judged" (full val2017)
 
+    def as_dict(self) -> dict:
+        """The target as a record lists it (JSON types)."""
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "precision": list(self.precisions),
+            "batch_size": None if self.batch_sizes is None else list(self.batch_sizes),
+            "min": self.minimum,
+            "max": self.maximum,
+            "min_images": self.min_images,
+        }
+
     def applies(self, backend: str, device: str, precision: str, batch_size: int) -> bool:
         return (
             fnmatch.fnmatch(backend, self.backend)

@@ -346,7 +346,7 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
         dataset={"images_dir": str(images_dir), "annotation": source, "num_images": len(items)},
         loadgen=section_out,
         metrics=metrics,
-        targets=[t.as_dict() if hasattr(t, "as_dict") else _plain_target(t) for t in targets],
+        targets=[t.as_dict() for t in targets],
         checks=checks,
         verdict=verdict_of(checks, reasons),
         reasons=reasons,
@@ -354,17 +354,6 @@ def run_loadgen(cfg: RunConfig, lg_cfg: LoadgenConfig, publish=None) -> dict:
     if publish is not None:
         publish(record)
     return record
-
-
-def _plain_target(t) -> dict:
-    return {
-        "backend": t.backend,
-        "device": t.device,
-        "precision": list(t.precisions),
-        "batch_size": None if t.batch_sizes is None else list(t.batch_sizes),
-        "min": t.minimum,
-        "max": t.maximum,
-    }
 
 
 def _evaluate(evaluator: CocoEvaluator, library: SampleLibrary, indices, dets, variant) -> dict:

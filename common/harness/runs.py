@@ -89,18 +89,7 @@ def _targets(p: Prepared):
 
 
 def _target_dicts(targets) -> list:
-    return [
-        {
-            "backend": t.backend,
-            "device": t.device,
-            "precision": list(t.precisions),
-            "batch_size": None if t.batch_sizes is None else list(t.batch_sizes),
-            "min": t.minimum,
-            "max": t.maximum,
-            "min_images": t.min_images,
-        }
-        for t in targets
-    ]
+    return [t.as_dict() for t in targets]
 
 
 def _note_unjudged_targets(variant: Variant, precision: str, n_images: int) -> None:
