@@ -113,10 +113,12 @@ class Entry:
 #   {calib}   8 other shared images, copied (calibration images are never evaluation images)
 #   {onnx}    the shared RTMDet-nano person ONNX; {dyn_onnx}: a small generated detector with a dynamic H x W
 #   {p2}      the fidelity doc's P2 graph (the raw cut with the SPP input x 1e4 ... / 1e4)
+#   {rtmdet_tiny}  a random RTMDet-tiny checkpoint in mmdet's layout (tests/rtmdet_checkpoints.py)
 #   {work}    a scratch dir outside the checkout
 MAIN_ENV = {"DATASETS_DIR": "{coco}", "ONNX_MODEL": "{onnx}"}    # the README main job's two variables
 SHARED_COCO = "--dataset-dir ../shared/data/coco --ann instances_val2017_person_subset350.json"
-SMALL_REGRESS = ("--bs 1 --max-images 4 --repeats 1 --warmup 0.02 --min-duration 0.05 --min-iters 3 --workers 0 --threads 1 "
+SMALL_REGRESS = ("--bs 1 --max-images 4 --repeats 1 --warmup 0.02 --min-duration 0.05 --min-iters 3 --workers 0 "
+                 "--threads 1 "
                  "--fps-min-band 0.95 --fps-max-band 10 --jumps warn --no-plots --timeout 600")
 RTDETR_CKPT = {"/tmp/rtdetr_r18_random": "{work}/rtdetr_r18_random", "/models/rtdetr_r18vd": "{work}/rtdetr_r18_random"}
 
@@ -129,7 +131,8 @@ WALK = [
     Entry(r"pytest -q tests/", skip="test files of this suite, which CI runs"),
     Entry(r"scripts/bench_\w+\.py", skip="a benchmark (README: benchmarks print their numbers, they are not tests): "
                                         "minutes of both cores, and figures no test could judge on a shared host"),
-    Entry(r"scripts/int8_error_sources\.py --shared-data", skip="an analysis that prints figures (int8.md: 3 minutes on "
+    Entry(r"scripts/int8_error_sources\.py --shared-data",
+          skip="an analysis that prints figures (int8.md: 3 minutes on "
           "the shared cores for the four APs and the per-Conv SQNR columns), like the benchmarks not a test"),
     # --- README ---------------------------------------------------------------------------------------------------
     Entry(r"infer_rtmdet_fp16_accuracy\.sh --ann instances_val2017_person_subset350\.json$"),   # as written
@@ -173,7 +176,8 @@ WALK = [
     Entry(r"int8_sensitivity\.py --model rtmdet --onnx model\.onnx",
           subs={"model.onnx": "{onnx}", "calib/": "{calib}", "held_apart.json": "{held_apart}"}, env=MAIN_ENV),
     # --- fidelity.md ------------------------------------------------------------------------------------------------
-    Entry(r"compare\.py --model rtmdet (--precision fp16 )?--onnx \.\./shared/data/models/rtmdet-nano-person/rtmdet_nano"
+    Entry(r"compare\.py --model rtmdet (--precision fp16 )?--onnx "
+          r"\.\./shared/data/models/rtmdet-nano-person/rtmdet_nano"
           r"\.onnx +--dataset-dir \.\./shared/data/coco --ann instances_val2017_person_subset350\.json --images 32$"),
     Entry(r"compare\.py --model rtmdet --variant nano-person-raw --precision fp16 --onnx P2\.onnx",
           subs={"P2.onnx": "{p2}"}),
@@ -209,9 +213,10 @@ WALK = [
           skip="mmdet's published RTMDet-tiny checkpoint (a download this host cannot make); random mmdet "
                "checkpoints run through both scripts in tests/integration/test_rtmdet_export.py (a random tiny "
                "fails the variant's AP target, exit 1, as it should)"),
+    # a random checkpoint in mmdet's layout (tests/rtmdet_checkpoints.py) for the published one; of the optional
+    # groups the doc says one of --config / --variant is needed: --variant tiny, the checkpoint's
     Entry(r"models/rtmdet/export\.py --checkpoint rtmdet_tiny\.pth",
-          skip="mmdet's published checkpoint (download); export.py --check runs on a random mmdet checkpoint in "
-               "tests/integration/test_rtmdet_export.py::test_export_cli_check_on_images"),
+          subs={"rtmdet_tiny.pth": "{rtmdet_tiny}", "--out tiny.onnx": "--variant tiny --out {work}/tiny.onnx"}),
     # --- scale-out.md -------------------------------------------------------------------------------------------
     Entry(r"suite accuracy --model rtmdet --precision fp16 --shard 2/4 --results-dir shards/node-2$", stage=0,
           subs={"2/4": "{k}/4", "node-2": "node-{k}"}, each=tuple({"k": k} for k in (1, 2, 3, 4)), env=MAIN_ENV),

@@ -21,6 +21,7 @@ from common.harness.runs import RunConfig, run_accuracy
 from common.config.specs import load_model
 from models.rtmdet import export as rtm_export
 from models.rtmdet.build import build_network, load_rtmdet, read_config
+from rtmdet_checkpoints import randomize, write_checkpoint
 from synthetic_coco import make_synthetic_coco
 from helpers import REPO, run_script
 
@@ -73,37 +74,6 @@ NANO_KEYS = [
     "neck.out_convs.2.pointwise_conv.conv.weight", "bbox_head.cls_convs.2.1.depthwise_conv.conv.weight",
     "bbox_head.reg_convs.0.0.pointwise_conv.bn.running_var", "bbox_head.rtm_cls.0.weight", "bbox_head.rtm_reg.2.bias",
 ]
-
-
-def randomize(net: torch.nn.Module, seed: int):
-    """Random weights and BN statistics, so a wrong wiring anywhere shows in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
-            elif name.endswith("bn.weight"):
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
-            elif name.endswith(("running_mean", "bias")):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.05)
-            else:
-                fan_in = t[0].numel() if t.ndim > 1 else 1
-                t.copy_(torch.randn(t.shape, generator=g) * (1.0 / fan_in) ** 0.5)
-    return net
-
-
-def write_checkpoint(path, config, seed=0, classes=None, edit=None):
-    """A random-weight checkpoint in mmdet's layout for the network `config` describes."""
-    net = randomize(build_network(read_config(config), config), seed)
-    state = net.state_dict()
-    if edit:
-        edit(state)
-    meta = {"dataset_meta": {"classes": tuple(classes or [f"class{i}" for i in range(net.bbox_head.num_classes)])},
-            "epoch": 100, "mmengine_version": "0.10.7"}
-    torch.save({"meta": meta, "state_dict": state}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

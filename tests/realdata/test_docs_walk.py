@@ -56,6 +56,7 @@ def _p2(raw: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def walk_ctx(tmp_path_factory, shared_data, rtmdet_onnx, rtmdet_raw_onnx):
+    pytest.importorskip("torch", reason="the export layer (requirements-export.txt): the docs' checkpoint commands")
     root = tmp_path_factory.mktemp("newuser")
     checkout = copy_checkout(root / "checkout")
     (root / "shared").mkdir()
@@ -82,10 +83,14 @@ def walk_ctx(tmp_path_factory, shared_data, rtmdet_onnx, rtmdet_raw_onnx):
     for i in [i for i in person if i not in used][:8]:   # copies: calibration images are not evaluation images
         shutil.copy2(shared_data / "coco" / "val2017" / names[i], calib / names[i])
     (work / "models.yaml").write_text(f"rtmdet/nano-person: {rtmdet_onnx}\n")
+    from rtmdet_checkpoints import write_checkpoint
+    rtmdet_tiny = write_checkpoint(work / "rtmdet_tiny.pth",
+                                   REPO / "models" / "rtmdet" / "configs" / "rtmdet_tiny_coco.py", seed=2)
     return {"checkout": checkout, "shared": str(shared_data), "coco": str(coco), "calib": str(calib),
             "held_apart": str(work / "held_apart.json"), "onnx": str(rtmdet_onnx),
             "dyn_onnx": str(_dynamic_onnx(work / "dynamic.onnx")), "p2": str(_p2(rtmdet_raw_onnx, work / "P2.onnx")),
-            "work": str(work), "sim_igie": str(checkout / "tests" / "sim_igie"), "python": sys.executable}
+            "rtmdet_tiny": str(rtmdet_tiny), "work": str(work), "sim_igie": str(checkout / "tests" / "sim_igie"),
+            "python": sys.executable}
 
 
 def walk(commands, ctx, walk_list=None):

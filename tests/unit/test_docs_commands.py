@@ -197,7 +197,7 @@ def test_every_documented_command_is_walked_or_skipped_with_a_reason():
 
 
 _FAKE_CTX = {k: f"/ctx/{k}" for k in ("shared", "coco", "calib", "held_apart", "onnx", "dyn_onnx", "p2", "work",
-                                      "sim_igie", "python")}
+                                      "sim_igie", "python", "rtmdet_tiny")}
 
 
 def test_a_planted_command_on_no_list_is_found(tmp_path):
