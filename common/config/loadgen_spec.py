@@ -66,15 +66,20 @@ class LoadgenTarget:
 
     def as_dict(self) -> dict:
         """The target as the record stores it (precision and batch_size as lists, None = any batch size)."""
-        return {
-            "scenario": self.scenario,
-            "backend": self.backend,
-            "device": self.device,
-            "precision": list(self.precisions),
-            "batch_size": None if self.batch_sizes is None else list(self.batch_sizes),
-            "min": self.minimum,
-            "max": self.maximum,
-        }
+        return {"scenario": self.scenario, **target_fields(self)}
+
+
+def target_fields(target) -> dict:
+    """What every kind of target (a spec's accuracy/performance ones, LoadGen's) lists in a record: where it applies
+    and its bounds, in JSON types."""
+    return {
+        "backend": target.backend,
+        "device": target.device,
+        "precision": list(target.precisions),
+        "batch_size": None if target.batch_sizes is None else list(target.batch_sizes),
+        "min": target.minimum,
+        "max": target.maximum,
+    }
 
 
 @dataclass(frozen=True)

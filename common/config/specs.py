@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from common import REPO_ROOT
-from common.config.loadgen_spec import read_loadgen_section
+from common.config.loadgen_spec import read_loadgen_section, target_fields
 from common.data.preprocess import Preprocess  # noqa: F401  the spec's preprocessing section, re-exported
 from common.decode.outputs import OUTPUT_KEYS, load_family_decoders
 from common.errors import ConfigError, quote
@@ -77,15 +77,7 @@ class Target:
 
     def as_dict(self) -> dict:
         """The target as a record lists it (JSON types)."""
-        return {
-            "backend": self.backend,
-            "device": self.device,
-            "precision": list(self.precisions),
-            "batch_size": None if self.batch_sizes is None else list(self.batch_sizes),
-            "min": self.minimum,
-            "max": self.maximum,
-            "min_images": self.min_images,
-        }
+        return {**target_fields(self), "min_images": self.min_images}
 
     def applies(self, backend: str, device: str, precision: str, batch_size: int) -> bool:
         return (
