@@ -73,8 +73,9 @@ def _worker(items, pre, inputs, meta, tasks, results, parent_pid, canvas=False, 
                 _from_cache(
                     cache, pre, start, end, inputs[slot][pos : pos + end - start], meta[slot, pos : pos + end - start]
                 )
-            for k in range(start, end) if cache is None else ():
-                _, meta[slot, pos + k - start] = _load_one(items[k], inputs[slot][pos + k - start], canvas)
+            else:
+                for k in range(start, end):
+                    _, meta[slot, pos + k - start] = _load_one(items[k], inputs[slot][pos + k - start], canvas)
             results.put((task_id, None))
         except BaseException as exc:  # noqa: BLE001 - re-raised in order by the parent
             try:
@@ -226,9 +227,10 @@ class SharedBatchLoader(BatchLoader):
                     meta = np.empty((end - start, 6), np.float64)
                     if self.from_cache:
                         _from_cache(self, self.pre, start, end, inputs, meta)
-                    _init_worker(self.pre, own_process=False)
-                    for k in range(start, end) if not self.from_cache else ():
-                        inputs[k - start], meta[k - start] = _load_one(self.items[k], None, self.canvas)
+                    else:
+                        _init_worker(self.pre, own_process=False)
+                        for k in range(start, end):
+                            inputs[k - start], meta[k - start] = _load_one(self.items[k], None, self.canvas)
                     yield self._batch(ids[start:end], inputs, meta)
                 else:
                     slot, task_ids = submitted.pop(b)

@@ -531,7 +531,6 @@ class RunClock:
     streams: int
     resumed: int  # images whose predictions came from the resume state
     inference_s: float = 0.0
-    marks: dict = dataclasses.field(default_factory=dict)  # when the first inference started, the last batch ended
 
     def shard_run(self, n_images: int, cache_hit: bool) -> dict:
         """A shard's `run` section."""
@@ -545,9 +544,11 @@ class RunClock:
             "input_cache_hit": cache_hit,
         }
 
-    def accuracy_run(self, wall: float, ev: Evaluated, write_s: float | None, p: Prepared, n_images: int) -> dict:
-        """An accuracy record's `run` section (`wall`: the run's seconds up to its record)."""
-        marks = self.marks
+    def accuracy_run(
+        self, wall: float, ev: Evaluated, write_s: float | None, p: Prepared, n_images: int, marks: dict
+    ) -> dict:
+        """An accuracy record's `run` section (`wall`: the run's seconds up to its record; `marks`: the inference
+        stage's Sinks.marks)."""
         return {
             "wall_s": wall,
             "inference_s": self.inference_s,
@@ -566,7 +567,7 @@ class RunClock:
         }
 
 
-def _sinks(p: Prepared, outputs: OutputsRequest, nonfinite: Counter, marks: dict, whole: bool) -> Sinks:
+def _sinks(p: Prepared, outputs: OutputsRequest, nonfinite: Counter, whole: bool) -> Sinks:
     """The raw outputs' recorder (--record-outputs) and the streamed detections file (--save-detections: written
     batch by batch during the run, published once complete; `whole` False: a shard, whose detections are written
     with its partial record by _shard_result)."""
@@ -576,7 +577,7 @@ def _sinks(p: Prepared, outputs: OutputsRequest, nonfinite: Counter, marks: dict
         else None
     )
     detections = DetectionsFile(outputs.detections_out) if outputs.detections_out and whole else None
-    return Sinks(nonfinite, recorder, detections, marks)
+    return Sinks(nonfinite, recorder, detections)
 
 
 def _evaluate_and_record(
@@ -595,7 +596,7 @@ def _evaluate_and_record(
         sinks.detections, write_s = None, time.perf_counter() - t_write
     wall = time.perf_counter() - clock.t_start
     detail = accuracy_detail(evaluator.accumulated(), evaluator.categories, data.annotations)
-    run = clock.accuracy_run(wall, ev, write_s, p, len(data.items))
+    run = clock.accuracy_run(wall, ev, write_s, p, len(data.items), sinks.marks)
     record = _accuracy_record(p, data, evaluator, ev, detail, run, req.outputs.detections_out, cache_hit)
     record = _finish(record, ev.metrics, _targets(p), fault_reasons(sinks.nonfinite))
     if publish is not None:
@@ -646,7 +647,7 @@ def _run_accuracy(cfg: RunConfig, publish, states: list) -> dict:
             if publish is not None:
                 publish(stopped)
             return stopped
-        sinks = _sinks(p, req.outputs, resumed.nonfinite, clock.marks, whole=shard is None)
+        sinks = _sinks(p, req.outputs, resumed.nonfinite, whole=shard is None)
         try:
             if sinks.detections is not None:  # the file starts with the resumed images' rows
                 for rows in resumed.rows:
