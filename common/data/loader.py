@@ -103,6 +103,7 @@ class SharedBatchLoader(BatchLoader):
         self.workers = workers
         self.procs: list = []
         self._finished = False
+        self._stopping = False
         self.from_cache = False
         if workers < 1:
             return
@@ -220,6 +221,8 @@ class SharedBatchLoader(BatchLoader):
             for b in range(n_batches):
                 while nxt < n_batches and nxt < b + self.ahead and submit(nxt):
                     nxt += 1
+                    if nxt == n_batches:  # every task is queued: the workers leave after them, while the last
+                        self._stop_workers()  # batches infer, instead of in close() after the last one
                 start, end = b * bs, min(n, (b + 1) * bs)
                 if b not in submitted:  # every buffer is held downstream: decode this batch here
                     nxt = max(nxt, b + 1)
@@ -254,6 +257,13 @@ class SharedBatchLoader(BatchLoader):
             if bar is not None:
                 bar.close()
 
+    def _stop_workers(self):
+        """Each worker's last task: leave (after the tasks queued before it)."""
+        if not self._stopping:
+            self._stopping = True
+            for tasks in self.tasks:
+                tasks.put(None)
+
     def close(self):
         """Stop the decoding processes (they leave by themselves after a full pass, are terminated, then
         killed, otherwise) and close their queues: no process or feeder thread outlives the loader."""
@@ -261,8 +271,7 @@ class SharedBatchLoader(BatchLoader):
         if not procs:
             return super().close()
         if self._finished:  # nothing queued: let them leave by themselves
-            for tasks in self.tasks:
-                tasks.put(None)
+            self._stop_workers()
             for p in procs:
                 p.join(timeout=2.0)
         for p in procs:  # stopped early (error, Ctrl-C, consumer gone): queued tasks are not worth waiting for

@@ -33,12 +33,14 @@ def _hard_detections(ann: dict, cats: list, seed: int) -> np.ndarray:
     return np.array(rows, np.float64).reshape(-1, 7)
 
 
-def _incremental(ann, rows, cats, image_ids, batch, seed=0) -> dict:
-    """Fed as a run feeds it: per batch of images in a shuffled order, an image's detections split over two add()
-    calls, then complete(); some images complete with no detection at all."""
+def _incremental(ann, rows, cats, image_ids, batch, seed=0, shuffle=True) -> dict:
+    """Fed as a run feeds it: per batch of images (in a shuffled order, else in id order as a run's loader gives
+    them), an image's detections split over two add() calls, then complete(); some images complete with no
+    detection at all."""
     rng = np.random.default_rng(seed)
-    order = list(image_ids)
-    rng.shuffle(order)
+    order = sorted(image_ids)
+    if shuffle:
+        rng.shuffle(order)
     ev = IncrementalCocoEval(ann, cats)
     for s in range(0, len(order), batch):
         chunk = order[s:s + batch]
@@ -65,6 +67,36 @@ def test_synthetic_all_categories(tmp_path, batch):
     ref = coco_metrics(ann, rows, ids, cats, "pycocotools")
     assert 0 < ref["AP"] < 1
     _assert_same(_incremental(ann, rows, cats, ids, batch), ref)
+    # in id order the accumulation joins the blocks the matching thread gathered, instead of the per-pair results
+    _assert_same(_incremental(ann, rows, cats, ids, batch, shuffle=False), ref)
+
+
+def test_blocks_only_in_image_order(tmp_path):
+    """Two images whose detections tie on score, one a true positive, one a false positive: pycocotools ranks the
+    smaller image id's first. Matched in the other order, the blocks gathered while matching are in the wrong
+    order, so the accumulation must fall back to the per-pair results sorted by image (planted: joining the
+    blocks anyway gives precision 0.5 where pycocotools has 1.0)."""
+    from common.evaluate.incremental import accumulate, summarize
+
+    ann = {
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "person"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
+        ],
+    }
+    rows = np.array([[1, 10, 10, 40, 40, 0.9, 1], [2, 60, 60, 30, 30, 0.9, 1]], np.float64)
+    ref = coco_metrics(ann, rows, [1, 2], [1], "pycocotools")
+    assert ref["AP50"] == pytest.approx(0.5, abs=0.01)  # recall 0.5 at precision 1.0
+    for order in ([1, 2], [2, 1]):
+        ev = IncrementalCocoEval(ann, [1])
+        for image_id in order:
+            ev.add(rows[rows[:, 0] == image_id])
+            ev.complete([image_id])
+        _assert_same(dict(zip(STAT_NAMES, ev.result([1, 2]))), ref)
+    planted = summarize(accumulate(ev._entries, [1, 2], [1], ev.params, ev._blocks), [1, 2], [1], ev.params)
+    assert planted[1] == pytest.approx(0.25, abs=0.01)  # precision 0.5 up to recall 0.5
 
 
 @pytest.mark.parametrize("annotation,seed", [("instances_val2017_person_subset350.json", 1),
