@@ -221,7 +221,8 @@ def run(a, work: Path):
               f"({r1['num_detections'] / r1['dataset']['num_images']:.0f} per image, 80 classes), --bs {a.rss_bs}, "
               f"input cache: peak RSS {rss1 / 1e9:.2f} GB with --save-detections ({dets_mb:.0f} MB file; target <= 1.5 GB), "
               f"{rss0 / 1e9:.2f} GB without; run.wall_s {r1['run']['wall_s']:.1f} s with, {r0['run']['wall_s']:.1f} s "
-              f"without (process {w1:.1f} / {w0:.1f} s); the file's tail after the last batch "
+              f"without (process {w1:.1f} / {w0:.1f} s); after the last batch {r0['run']['tail_s']:.2f} s without "
+              f"(evaluation {r0['run']['evaluate_s']:.2f} s), {r1['run']['tail_s']:.2f} s with, of which the file's "
               f"{r1['run']['save_detections_tail_s']:.2f} s, inside run.wall_s; {load()}", flush=True)
 
     images, annp = the_set(a.person)

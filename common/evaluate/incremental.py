@@ -195,13 +195,13 @@ def _curves(dtm, dig, npig, s_sorted, rec_thrs):
 
 def _gathered(entries: list):
     """One category's per-pair results, in image order, as whole arrays: (scores [N], sizes [pairs],
-    matched [A, T, N], ignored [A, T, N], npig [A])."""
+    matched [A, T, N], ignored [A, T, N], npig [pairs, A])."""
     return (
         np.concatenate([e[1] for e in entries]),
         np.array([len(e[1]) for e in entries], np.int64),
         np.concatenate([e[2] for e in entries], axis=2),
         np.concatenate([e[3] for e in entries], axis=2),
-        np.add.reduce([e[4] for e in entries]),
+        np.array([e[4] for e in entries], np.int64),
     )
 
 
@@ -213,7 +213,7 @@ def _joined(blocks: list):
         np.concatenate(sizes),
         np.concatenate(matched, axis=2),
         np.concatenate(ignored, axis=2),
-        np.add.reduce(npig),
+        np.concatenate(npig),
     )
 
 
@@ -245,10 +245,10 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params, blocks_by_ca
             if not entries:
                 continue
             gathered = _gathered(entries)
-        scores, sizes, matched, ignored, npig_all = gathered
+        scores, sizes, matched, ignored, npig_pairs = gathered
         # each detection's rank within its (image, category) pair, for all pairs at once
         rank = np.arange(len(scores)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        npig = npig_all.astype(np.int64)  # [A]
+        npig = npig_pairs.sum(axis=0)  # [A]
         areas = np.flatnonzero(npig > 0)
         if not len(areas):
             continue
@@ -316,9 +316,11 @@ class IncrementalCocoEval:
         self._annotations = annotations
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
-        self._entries: dict = {}  # category -> [(image_id, scores [D], matched [A,T,D], ignored [A,T,D], npig [A])]
         self._matched_images: set = set()
-        self._blocks: dict = {}  # category -> [_gathered() of one matched chunk's pairs], in matching order
+        # category -> [_gathered() of one matched chunk's pairs], in matching order, and those pairs' image ids
+        self._blocks: dict = {}
+        self._block_ids: dict = {}
+        self._entries: dict | None = None  # made from the blocks when asked for
         self._in_order = True  # every image matched after every smaller id (so the blocks are in image order)
         self._last_id = None
         # started by the first message, so an evaluator that is never fed (a run failing early) leaves no thread
@@ -348,14 +350,23 @@ class IncrementalCocoEval:
             raise self._error
         whole = self._in_order and self._matched_images == set(int(i) for i in image_ids)
         self.accumulated = accumulate(
-            self._entries, image_ids, self.categories, self.params, self._blocks if whole else None
+            {} if whole else self.entries, image_ids, self.categories, self.params, self._blocks if whole else None
         )
         return summarize(self.accumulated, image_ids, self.categories, self.params)
 
     @property
     def entries(self) -> dict:
         """The per-pair matches after result(): {category: [(image_id, scores, matched, ignored, npig)]}
-        (common/evaluate/bootstrap.py resamples them)."""
+        (common/evaluate/bootstrap.py resamples them), views of the blocks the matching thread gathered."""
+        if self._entries is None:
+            entries: dict = {}
+            for cat, blocks in self._blocks.items():
+                mine = entries.setdefault(cat, [])
+                for ids, (scores, sizes, matched, ignored, npig) in zip(self._block_ids[cat], blocks):
+                    ends = np.cumsum(sizes).tolist()
+                    for image_id, b, e, n in zip(ids, [0] + ends[:-1], ends, npig):
+                        mine.append((image_id, scores[b:e], matched[:, :, b:e], ignored[:, :, b:e], n))
+            self._entries = entries
         return self._entries
 
     def close(self):
@@ -460,13 +471,8 @@ class IncrementalCocoEval:
         by_cat: dict = {}
         for (image_id, cat), d, (matched, ignored, npig) in zip(keys, dets, results):
             by_cat.setdefault(cat, []).append((image_id, d[:, 4], matched, ignored, npig))
+        # The chunk's pairs of each category gathered into whole arrays here, while the run still infers: the
+        # accumulation after the last image joins a few blocks instead of every pair's small arrays.
         for cat, pairs in by_cat.items():
-            # The chunk's pairs of one category gathered once here, while the run still infers; the per-pair
-            # entries (bootstrap, a subset's accumulation) are views of the block, so nothing is held twice.
-            block = _gathered(pairs)
-            self._blocks.setdefault(cat, []).append(block)
-            scores, sizes, matched, ignored, _ = block
-            ends = np.cumsum(sizes).tolist()
-            entries = self._entries.setdefault(cat, [])
-            for (image_id, *_, npig), b, e in zip(pairs, [0] + ends[:-1], ends):
-                entries.append((image_id, scores[b:e], matched[:, :, b:e], ignored[:, :, b:e], npig))
+            self._blocks.setdefault(cat, []).append(_gathered(pairs))
+            self._block_ids.setdefault(cat, []).append([pair[0] for pair in pairs])

@@ -95,7 +95,7 @@ def test_blocks_only_in_image_order(tmp_path):
             ev.add(rows[rows[:, 0] == image_id])
             ev.complete([image_id])
         _assert_same(dict(zip(STAT_NAMES, ev.result([1, 2]))), ref)
-    planted = summarize(accumulate(ev._entries, [1, 2], [1], ev.params, ev._blocks), [1, 2], [1], ev.params)
+    planted = summarize(accumulate(ev.entries, [1, 2], [1], ev.params, ev._blocks), [1, 2], [1], ev.params)
     assert planted[1] == pytest.approx(0.25, abs=0.01)  # precision 0.5 up to recall 0.5
 
 
