@@ -216,7 +216,10 @@ class SharedBatchLoader(BatchLoader):
             submitted[b] = (slot, task_ids)
             return True
 
-        nxt = 0
+        # An input cache hit's first batch is normalised here, into private memory, while the workers start on the
+        # next ones: a worker's first write to each shared buffer faults its pages in (~24 ms for a 32-image
+        # 320x320 batch, against ~8 ms to normalise it), and the parent has nothing else to do before it.
+        nxt = 1 if self.from_cache else 0
         try:
             for b in range(n_batches):
                 while nxt < n_batches and nxt < b + self.ahead and submit(nxt):
