@@ -227,7 +227,7 @@ class SharedBatchLoader(BatchLoader):
                     if nxt == n_batches:  # every task is queued: the workers leave after them, while the last
                         self._stop_workers()  # batches infer, instead of in close() after the last one
                 start, end = b * bs, min(n, (b + 1) * bs)
-                if b not in submitted:  # every buffer is held downstream: decode this batch here
+                if b not in submitted:  # a cache hit's first batch, or every buffer is held downstream: here
                     nxt = max(nxt, b + 1)
                     inputs = np.empty((end - start, 3, self.pre.height, self.pre.width), self.dtype)
                     meta = np.empty((end - start, 6), np.float64)
