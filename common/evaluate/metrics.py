@@ -34,6 +34,7 @@ class DetectionStore:
 
     def __init__(self):
         self._chunks: list[np.ndarray] = []
+        self._categories: set = set()
 
     def add(self, image_ids: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray, categories: np.ndarray):
         """Keep a batch's detections (xyxy boxes, COCO category ids) as xywh rows."""
@@ -43,8 +44,19 @@ class DetectionStore:
         rows[:, 3:5] = boxes_xyxy[:, 2:4] - boxes_xyxy[:, :2]
         rows[:, 5] = scores
         rows[:, 6] = categories
-        self._chunks.append(rows)
+        self.append(rows)
         return rows
+
+    def append(self, rows: np.ndarray):
+        """Keep rows already in this layout."""
+        self._chunks.append(rows)
+        if len(rows):
+            # per batch, so that the coverage after the last image needs no pass over every row
+            self._categories.update(int(c) for c in np.unique(rows[:, 6]).tolist())
+
+    def categories(self) -> set:
+        """The category ids of the kept rows."""
+        return set(self._categories)
 
     def rows(self) -> np.ndarray:
         """Every kept row, [N, 7] float64."""
@@ -140,7 +152,7 @@ class CocoEvaluator:
     def add_rows(self, rows: np.ndarray):
         """Rows another run's DetectionStore kept (COCO category ids already): the shards of a merge."""
         rows = np.asarray(rows, np.float64).reshape(-1, 7)
-        self.store._chunks.append(rows)
+        self.store.append(rows)
         if self._incremental is not None:
             self._incremental.add(rows)
 
@@ -215,7 +227,7 @@ def format_stats(metrics: dict) -> str:
 MIN_CATEGORY_COVERAGE = 0.5
 
 
-def category_coverage(annotations: dict, rows: np.ndarray, image_ids, categories) -> dict:
+def category_coverage(annotations: dict, detected_categories, image_ids, categories) -> dict:
     """How many of the evaluated categories got any detection on `image_ids`: all of them, and those with ground
     truth there (a category without ground truth in the images cannot be missed). `warning` says why the
     coverage is suspicious, or is None."""
@@ -226,7 +238,7 @@ def category_coverage(annotations: dict, rows: np.ndarray, image_ids, categories
         for a in annotations["annotations"]
         if a["image_id"] in ids and int(a["category_id"]) in evaluated
     }
-    detected = {int(c) for c in np.unique(rows[:, 6])} & evaluated if len(rows) else set()
+    detected = {int(c) for c in detected_categories} & evaluated
     found = len(detected & with_gt)
     warning = None
     if with_gt and found < MIN_CATEGORY_COVERAGE * len(with_gt):

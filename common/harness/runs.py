@@ -484,7 +484,7 @@ def evaluate(evaluator: CocoEvaluator, data: Dataset, req: EvaluationRequest) ->
     image_ids = [it.image_id for it in data.items]
     t_eval = time.perf_counter()
     metrics = evaluator.evaluate(image_ids)
-    coverage = category_coverage(data.annotations, evaluator.store.rows(), image_ids, evaluator.categories)
+    coverage = category_coverage(data.annotations, evaluator.store.categories(), image_ids, evaluator.categories)
     evaluate_s = time.perf_counter() - t_eval
     metrics_ci, bootstrap_s = _intervals(req, evaluator, image_ids)
     return Evaluated(metrics, coverage, evaluate_s, metrics_ci, bootstrap_s)
