@@ -195,25 +195,34 @@ def _curves(dtm, dig, npig, s_sorted, rec_thrs):
 
 def _gathered(entries: list):
     """One category's per-pair results, in image order, as whole arrays: (scores [N], sizes [pairs],
-    matched [A, T, N], ignored [A, T, N], npig [pairs, A])."""
+    matched [A, T, N], ignored [A, T, N], npig [pairs, A], by_score [N]: the detections by descending score,
+    stably)."""
+    scores = np.concatenate([e[1] for e in entries])
     return (
-        np.concatenate([e[1] for e in entries]),
+        scores,
         np.array([len(e[1]) for e in entries], np.int64),
         np.concatenate([e[2] for e in entries], axis=2),
         np.concatenate([e[3] for e in entries], axis=2),
         np.array([e[4] for e in entries], np.int64),
+        np.argsort(-scores, kind="mergesort"),
     )
 
 
 def _joined(blocks: list):
-    """Consecutive _gathered() blocks of one category as one."""
-    scores, sizes, matched, ignored, npig = zip(*blocks)
+    """Consecutive _gathered() blocks of one category as one. Its score order merges the blocks' own: a stable
+    sort of runs already sorted (about half the time of sorting the scores afresh), and ties stay in block
+    order, then in each block's order, which is the joined arrays' order, as a stable sort of them keeps it."""
+    scores, sizes, matched, ignored, npig, orders = zip(*blocks)
+    starts = np.cumsum([0] + [len(x) for x in scores[:-1]])
+    runs = np.concatenate([order + start for order, start in zip(orders, starts)])
+    joined = np.concatenate(scores)
     return (
-        np.concatenate(scores),
+        joined,
         np.concatenate(sizes),
         np.concatenate(matched, axis=2),
         np.concatenate(ignored, axis=2),
         np.concatenate(npig),
+        runs[np.argsort(-joined[runs], kind="mergesort")],
     )
 
 
@@ -245,7 +254,7 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params, blocks_by_ca
             if not entries:
                 continue
             gathered = _gathered(entries)
-        scores, sizes, matched, ignored, npig_pairs = gathered
+        scores, sizes, matched, ignored, npig_pairs, by_score = gathered
         # each detection's rank within its (image, category) pair, for all pairs at once
         rank = np.arange(len(scores)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         npig = npig_pairs.sum(axis=0)  # [A]
@@ -260,7 +269,6 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params, blocks_by_ca
         row_npig = npig[row_area]
         # One stable sort for every maxDets: the stable order of a subset is the subsequence of the stable order
         # of the whole, so each setting keeps the detections of rank < maxDets in that order.
-        by_score = np.argsort(-scores, kind="mergesort")
         for m, max_det in enumerate(params.maxDets):
             inds = by_score[rank[by_score] < max_det]
             if not len(inds):  # pycocotools: recall 0, precision and scores 0 at every threshold
@@ -362,7 +370,7 @@ class IncrementalCocoEval:
             entries: dict = {}
             for cat, blocks in self._blocks.items():
                 mine = entries.setdefault(cat, [])
-                for ids, (scores, sizes, matched, ignored, npig) in zip(self._block_ids[cat], blocks):
+                for ids, (scores, sizes, matched, ignored, npig, _) in zip(self._block_ids[cat], blocks):
                     ends = np.cumsum(sizes).tolist()
                     for image_id, b, e, n in zip(ids, [0] + ends[:-1], ends, npig):
                         mine.append((image_id, scores[b:e], matched[:, :, b:e], ignored[:, :, b:e], n))
