@@ -186,11 +186,13 @@ class SharedBatchLoader(BatchLoader):
 
     def _later_rows(self, worker: int) -> list:
         """(slot, first row, end row) of the runs `worker` owns in the buffers taken after the first (the free
-        list hands out its last one first; its very last is seldom taken at all)."""
+        list hands out its last one first; its very last is seldom taken at all), and no more buffers than the
+        run has batches after its first: a short run faults in nothing it will not write."""
         rows = self.inputs[0].shape[0]
+        later = min(len(self.free) - 1, math.ceil(len(self.items) / rows))
         return [
             (slot, r, min(rows, r + self.per_task))
-            for slot in self.free[::-1][1:-1]
+            for slot in self.free[::-1][1:later]
             for r in range(0, rows, self.per_task)
             if self.owner(slot, r) == worker
         ]

@@ -115,6 +115,29 @@ def test_real_annotations_match_pycocotools(shared_data, annotation, seed):
     _assert_same(_incremental(ann, rows, cats, sub, 16, seed), coco_metrics(ann, rows, sub, cats, "pycocotools"))
 
 
+
+def test_blocks_only_for_every_matched_image(tmp_path):
+    """Fed every image in id order (the blocks' case), then asked for a subset: the blocks hold the other images'
+    pairs too, so the stats must come from the per-pair results of the subset (planted: joining the blocks of
+    every matched image gives other stats than pycocotools on the subset)."""
+    from common.evaluate.incremental import accumulate, summarize
+
+    _, ann_file = make_synthetic_coco(tmp_path, n_images=20, seed=6)
+    ann = json.loads(ann_file.read_text())
+    cats = sorted(c["id"] for c in ann["categories"])
+    ids = sorted(im["id"] for im in ann["images"])
+    rows = _hard_detections(ann, cats, seed=6)
+    ev = IncrementalCocoEval(ann, cats)
+    for s in range(0, len(ids), 4):
+        ev.add(rows[np.isin(rows[:, 0], ids[s:s + 4])])
+        ev.complete(ids[s:s + 4])
+    sub = ids[: len(ids) // 2]
+    ref = coco_metrics(ann, rows, sub, cats, "pycocotools")
+    _assert_same(dict(zip(STAT_NAMES, ev.result(sub))), ref)
+    planted = dict(zip(STAT_NAMES, summarize(accumulate(ev.entries, sub, cats, ev.params, ev._blocks), sub, cats,
+                                             ev.params)))
+    assert any(abs(planted[k] - ref[k]) > 1e-6 for k in STAT_NAMES)
+
 def test_comparison_is_sensitive(tmp_path):
     """Planted fault: one true positive less must show in the stats, so equality above means the matching really
     is the same."""
