@@ -25,15 +25,15 @@ import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
 # Matching runs on groups of at least this many finished images: the vectorised matcher costs about the same per
 # group whatever its size, so at batch size 1 images are gathered first.
 CHUNK_IMAGES = 16
-# Detections x rows of one group of the accumulation: its temporaries (~20 bytes a cell) stay within ~20 MB, which
-# the allocator reuses from group to group instead of faulting in fresh pages.
-BLOCK_CELLS = 1_000_000
+# Detections of one category gathered into one _Run (the accumulation's form) at a time, while the run infers.
+RUN_DETECTIONS = 16384
 
 
 def _params():
@@ -149,56 +149,42 @@ def match_pairs(dets: list, gts: list, params) -> list:
     return [(matched[p, :, :, : len(d)], det_ignored[p, :, :, : len(d)], npig[p]) for p, d in enumerate(dets)]
 
 
-def _curves(dtm, dig, npig, s_sorted, rec_thrs):
-    """pycocotools' precision / recall curves of one category and max-detections setting, sampled at the recall
-    thresholds, for a group of its (area range, IoU threshold) rows at once (dtm / dig [rows, nd], detections by
-    score; npig [rows]).
+class _Pairs(NamedTuple):
+    """One category's per-pair results of consecutive pairs, in image order, as whole arrays."""
 
-    (precision [rows, R], scores [rows, R], final recall [rows]), the numbers pycocotools computes from the
-    full cumulative TP / FP curves, taken from the true positives alone: recall only rises at a true positive,
-    so the first position whose recall reaches a threshold is a true positive (position 0 for the threshold 0),
-    and precision only rises there too, so its monotone envelope at a true positive is the largest precision
-    at this or any later true positive. The values are computed by the same float64 operations, so they are
-    identical (tp / (tp + fp + eps) with tp + fp the count of non-ignored detections up to that position).
-    """
-    rows = dtm.shape[0]
-    R = len(rec_thrs)
-    valid = ~dig
-    row, pos = np.nonzero(dtm & valid)  # true positives: per row, in score order
-    n_tp = np.bincount(row, minlength=rows)
-    first = np.concatenate([[0], np.cumsum(n_tp)[:-1]])
-    kth = np.arange(len(row)) - first[row]  # 0-based index of each true positive in its row
-    tp = (kth + 1).astype(np.float64)
-    counted = np.cumsum(valid, axis=1, dtype=np.int32)[row, pos].astype(np.float64)  # tp + fp there
-    pr = tp / (counted + np.spacing(1))
-    rc = tp / npig[row]
-    width = max(1, int(n_tp.max()))
-    env = np.zeros((rows, width))  # precision >= 0: the padding never wins a maximum
-    env[row, kth] = pr
-    env = np.maximum.accumulate(env[:, ::-1], axis=1)[:, ::-1]
-    rc_rows = np.full((rows, width), np.inf)
-    rc_rows[row, kth] = rc
-    pos_rows = np.zeros((rows, width), np.int64)
-    pos_rows[row, kth] = pos
-    q = np.zeros((rows, R))  # a row without a true positive: precision 0 everywhere
-    ss = np.zeros((rows, R))
-    for r in np.flatnonzero(n_tp):
-        n = n_tp[r]
-        kr = np.searchsorted(rc_rows[r, :n], rec_thrs, side="left")
-        ok = kr < n
-        safe = np.where(ok, kr, 0)
-        q[r] = np.where(ok, env[r, safe], 0.0)
-        ss[r] = np.where(ok, s_sorted[pos_rows[r, safe]], 0.0)
-    ss[:, rec_thrs <= 0] = s_sorted[0]  # reached at position 0, whatever detection is there
-    return q, ss, n_tp / npig
+    scores: np.ndarray  # [N]
+    sizes: np.ndarray  # [pairs] detections of each pair
+    matched: np.ndarray  # [A, T, N]
+    ignored: np.ndarray  # [A, T, N]
+    npig: np.ndarray  # [pairs, A] non-ignored ground truth
+    by_score: np.ndarray  # [N] the detections by descending score, stably
 
 
-def _gathered(entries: list):
-    """One category's per-pair results, in image order, as whole arrays: (scores [N], sizes [pairs],
-    matched [A, T, N], ignored [A, T, N], npig [pairs, A], by_score [N]: the detections by descending score,
-    stably)."""
+class _Run(NamedTuple):
+    """What the accumulation needs of consecutive _Pairs of one category, which is much smaller than the pairs'
+    dense arrays: the matched (detection, row) cells, and per area range which detections count when unmatched.
+
+    An unmatched detection is ignored exactly when it lies outside the area range (match_pairs), so `open_valid`
+    is its validity at any threshold where it is unmatched; a detection matched at every threshold has no such
+    one and gets False, which the accumulation's counting cancels out (it counts the unmatched valid detections
+    as the open_valid ones less the matched open_valid ones). A matched cell is kept only if it is a true positive
+    or open_valid: most matched ignored cells are neither (matched to ground truth of another area range)."""
+
+    scores: np.ndarray  # [N]
+    sizes: np.ndarray  # [pairs]
+    npig: np.ndarray  # [pairs, A]
+    by_score: np.ndarray  # [N]
+    position: np.ndarray  # [N] each detection's place in by_score
+    open_valid: np.ndarray  # [A, N]
+    hit_row: np.ndarray  # [H] the kept matched cells' (area range, threshold) row (area * T + threshold) ...
+    hit_det: np.ndarray  # [H] ... detection ...
+    hit_tp: np.ndarray  # [H] ... and whether it is a true positive; in (row, score position) order
+
+
+def _gathered(entries: list) -> _Pairs:
+    """Per-pair results (image_id, scores, matched, ignored, npig), in image order, as one _Pairs."""
     scores = np.concatenate([e[1] for e in entries])
-    return (
+    return _Pairs(
         scores,
         np.array([len(e[1]) for e in entries], np.int64),
         np.concatenate([e[2] for e in entries], axis=2),
@@ -208,22 +194,133 @@ def _gathered(entries: list):
     )
 
 
-def _joined(blocks: list):
-    """Consecutive _gathered() blocks of one category as one. Its score order merges the blocks' own: a stable
-    sort of runs already sorted (about half the time of sorting the scores afresh), and ties stay in block
-    order, then in each block's order, which is the joined arrays' order, as a stable sort of them keeps it."""
-    scores, sizes, matched, ignored, npig, orders = zip(*blocks)
+def _merged_order(scores: list, orders: list) -> np.ndarray:
+    """The score order of consecutive arrays joined, from each one's own: a stable sort of runs already sorted
+    (about half the time of sorting the scores afresh). Ties stay in array order, then in each array's order,
+    which is the joined arrays' order, as a stable sort of them keeps it."""
+    if len(orders) == 1:
+        return orders[0]
     starts = np.cumsum([0] + [len(x) for x in scores[:-1]])
     runs = np.concatenate([order + start for order, start in zip(orders, starts)])
-    joined = np.concatenate(scores)
-    return (
-        joined,
-        np.concatenate(sizes),
-        np.concatenate(matched, axis=2),
-        np.concatenate(ignored, axis=2),
-        np.concatenate(npig),
-        runs[np.argsort(-joined[runs], kind="mergesort")],
+    return runs[np.argsort(-np.concatenate(scores)[runs], kind="mergesort")]
+
+
+def _positions(order):
+    """Each item's position in `order`, a permutation."""
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
+    return position
+
+
+def _run_of(groups: list) -> _Run:
+    """Consecutive _Pairs of one category as one _Run, made from all of them at once (with 80 categories a
+    chunk's _Pairs of one category hold a few dozen detections: per-call costs would dominate)."""
+    scores = np.concatenate([g.scores for g in groups])
+    matched = np.concatenate([g.matched for g in groups], axis=2)
+    ignored = np.concatenate([g.ignored for g in groups], axis=2)
+    A, T, N = matched.shape
+    by_score = _merged_order([g.scores for g in groups], [g.by_score for g in groups])
+    position = _positions(by_score)
+    open_valid = (~matched & ~ignored).any(axis=1)
+    cell, det = np.nonzero(matched.reshape(A * T, N))
+    tp = ~ignored.reshape(A * T, N)[cell, det]
+    keep = tp | open_valid[cell // T, det]
+    cell, det, tp = cell[keep], det[keep], tp[keep]
+    order = np.argsort(cell * N + position[det])  # (row, position): unique keys
+    return _Run(
+        scores,
+        np.concatenate([g.sizes for g in groups]),
+        np.concatenate([g.npig for g in groups]),
+        by_score,
+        position,
+        open_valid,
+        cell[order].astype(np.int32),
+        det[order],
+        tp[order],
     )
+
+
+def _joined(runs: list) -> _Run:
+    """Consecutive _Runs of one category as one. The kept cells stay in (row, score position) order the same way
+    as the detections' order merges: each run's are in that order already, since a run's detections keep their
+    order among the joined ones."""
+    if len(runs) == 1:
+        return runs[0]
+    scores = np.concatenate([r.scores for r in runs])
+    by_score = _merged_order([r.scores for r in runs], [r.by_score for r in runs])
+    position = _positions(by_score)
+    starts = np.cumsum([0] + [len(r.scores) for r in runs[:-1]])
+    cell = np.concatenate([r.hit_row for r in runs])
+    det = np.concatenate([r.hit_det + start for r, start in zip(runs, starts)])
+    order = np.argsort(cell.astype(np.int64) * len(scores) + position[det], kind="mergesort")
+    return _Run(
+        scores,
+        np.concatenate([r.sizes for r in runs]),
+        np.concatenate([r.npig for r in runs]),
+        by_score,
+        position,
+        np.concatenate([r.open_valid for r in runs], axis=1),
+        cell[order],
+        det[order],
+        np.concatenate([r.hit_tp for r in runs])[order],
+    )
+
+
+def _curves(block: _Run, counted_mask, row_of_cell, row_area, npig, rec_thrs):
+    """pycocotools' precision / recall curves of one category and max-detections setting, sampled at the recall
+    thresholds, for its (area range, IoU threshold) rows: `counted_mask` [N] which detections of the block's score
+    order count (rank < maxDets, None: all); row_of_cell the row of each (area range, threshold) cell (-1: not
+    evaluated); row_area [rows] their area range; npig [rows].
+
+    (precision [rows, R], scores [rows, R], final recall [rows]), the numbers pycocotools computes from the
+    full cumulative TP / FP curves, taken from the true positives alone: recall only rises at a true positive,
+    so the first position whose recall reaches a threshold is a true positive (position 0 for the threshold 0),
+    and precision only rises there too, so its monotone envelope at a true positive is the largest precision
+    at this or any later true positive. The values are computed by the same float64 operations, so they are
+    identical (tp / (tp + fp + eps) with tp + fp the count of non-ignored detections up to that position).
+
+    That count is the true positives so far plus the valid unmatched detections so far. Only the matched cells
+    are visited one by one (a few per ground truth); the unmatched ones are counted per area range, not per row,
+    with one cumulative sum of open_valid in score order, less the open_valid matched ones of the row."""
+    R, n_rows = len(rec_thrs), len(row_area)
+    pos = block.position[block.hit_det]
+    row = row_of_cell[block.hit_row]
+    if counted_mask is None:
+        inds = block.by_score
+        keep = row >= 0
+    else:  # positions among the counted detections, which keep their order
+        inds = block.by_score[counted_mask]
+        keep = counted_mask[pos] & (row >= 0)
+        pos = np.cumsum(counted_mask, dtype=np.int64)[pos] - 1
+    # every row's matched cells in score order: the block keeps them in (cell, position) order, which a subset
+    # of the detections and the rows' numbering (by area range, then threshold) both keep
+    row, pos, det, tp = row[keep], pos[keep], block.hit_det[keep], block.hit_tp[keep]
+    area = row_area[row]
+    open_here = block.open_valid[area, det]
+    row_start = np.searchsorted(row, np.arange(n_rows))
+    before = np.concatenate([[0], np.cumsum(open_here)])
+    open_matched = before[1:] - before[row_start[row]]  # the row's open_valid matched cells up to this one
+    open_sorted = np.cumsum(np.take(block.open_valid.view(np.uint8), inds, axis=1), axis=1, dtype=np.int32)
+    row, pos = row[tp], pos[tp]  # the true positives: per row, in score order
+    n_tp = np.bincount(row, minlength=n_rows)
+    first = np.concatenate([[0], np.cumsum(n_tp)[:-1]])
+    kth = np.arange(len(row)) - first[row]  # 0-based index of each true positive in its row
+    counted = kth + 1 + open_sorted[area[tp], pos] - open_matched[tp]  # tp + fp there
+    tp_count = (kth + 1).astype(np.float64)
+    pr = tp_count / (counted.astype(np.float64) + np.spacing(1))
+    rc = tp_count / npig[row]
+    q = np.zeros((n_rows, R))  # a row without a true positive: precision 0 everywhere
+    ss = np.zeros((n_rows, R))
+    for r in np.flatnonzero(n_tp):
+        b, e = first[r], first[r] + n_tp[r]
+        env = np.maximum.accumulate(pr[b:e][::-1])[::-1]
+        kr = np.searchsorted(rc[b:e], rec_thrs, side="left")
+        ok = kr < e - b
+        safe = np.where(ok, kr, 0)
+        q[r] = np.where(ok, env[safe], 0.0)
+        ss[r] = np.where(ok, block.scores[inds[pos[b:e][safe]]], 0.0)
+    ss[:, rec_thrs <= 0] = block.scores[inds[0]]  # reached at position 0, whatever detection is there
+    return q, ss, n_tp / npig
 
 
 def accumulate(entries_by_cat: dict, image_ids, categories, params, blocks_by_cat: dict | None = None) -> dict:
@@ -232,61 +329,51 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params, blocks_by_ca
     `blocks_by_cat` ({category: [_gathered() of consecutive pairs]}, in increasing image order), when given, holds
     the pairs of exactly `image_ids`, already gathered while the run inferred, and is used instead of
     `entries_by_cat`: it spares the 80 categories of a 5000-image run ~2 s of joining ~390k small arrays after the
-    last image.
-
-    The curves are computed in groups of (area range, IoU threshold) rows of at most BLOCK_CELLS detections in
-    all, on up to two threads (the takes release the interpreter lock; the cumulative sums do not, so the two
-    overlap only in part): over every row at once, the temporaries of 5000 val2017 images' detections were
-    ~150 MB of fresh pages, which made the accumulation after the last image twice as slow as on warm memory
-    (0.2-0.5 s instead of 0.1-0.2 s)."""
+    last image. The (category, max detections) curves run on up to two threads."""
     thr, rec_thrs = np.asarray(params.iouThrs), np.asarray(params.recThrs)
     T, R, K, A, M = len(thr), len(rec_thrs), len(categories), len(params.areaRng), len(params.maxDets)
     precision, recall, scores_out = -np.ones((T, R, K, A, M)), -np.ones((T, K, A, M)), -np.ones((T, R, K, A, M))
     wanted = set(int(i) for i in image_ids)
-    tasks = []  # (k, m, the rows' area indices, threshold indices, matched rows, ignored rows, npig, scores, inds)
+    tasks = []  # (k, m, evaluated areas, block, which detections count, each cell's row, rows' area and npig)
     for k, cat in enumerate(categories):
         if blocks_by_cat is not None:
             blocks = blocks_by_cat.get(cat)
             if not blocks:
                 continue
-            gathered = blocks[0] if len(blocks) == 1 else _joined(blocks)
+            block = _joined([b if isinstance(b, _Run) else _run_of([b]) for b in blocks])
         else:
             entries = sorted((e for e in entries_by_cat.get(cat, ()) if e[0] in wanted), key=lambda e: e[0])
             if not entries:
                 continue
-            gathered = _gathered(entries)
-        scores, sizes, matched, ignored, npig_pairs, by_score = gathered
+            block = _run_of([_gathered(entries)])
         # each detection's rank within its (image, category) pair, for all pairs at once
-        rank = np.arange(len(scores)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        npig = npig_pairs.sum(axis=0)  # [A]
+        rank = np.arange(len(block.scores)) - np.repeat(np.cumsum(block.sizes) - block.sizes, block.sizes)
+        npig = block.npig.sum(axis=0)  # [A]
         areas = np.flatnonzero(npig > 0)
         if not len(areas):
             continue
-        if len(areas) < A:
-            matched, ignored = matched[areas], ignored[areas]
-        # rows (area range, threshold) of detections: a view, the detections' axis stays contiguous
-        matched, ignored = matched.reshape(len(areas) * T, -1), ignored.reshape(len(areas) * T, -1)
-        row_area, row_thr = np.repeat(areas, T), np.tile(np.arange(T), len(areas))
+        # rows: (evaluated area range, threshold); cells of the other area ranges are left out
+        row_of_area = np.full(A, -1, np.int64)
+        row_of_area[areas] = np.arange(len(areas)) * T
+        row_of_cell = np.where(row_of_area[:, None] >= 0, row_of_area[:, None] + np.arange(T), -1).ravel()
+        row_area = np.repeat(areas, T)
         row_npig = npig[row_area]
         # One stable sort for every maxDets: the stable order of a subset is the subsequence of the stable order
         # of the whole, so each setting keeps the detections of rank < maxDets in that order.
+        ranked = rank[block.by_score]
         for m, max_det in enumerate(params.maxDets):
-            inds = by_score[rank[by_score] < max_det]
-            if not len(inds):  # pycocotools: recall 0, precision and scores 0 at every threshold
+            counted = ranked < max_det
+            if not counted.any():  # pycocotools: recall 0, precision and scores 0 at every threshold
                 recall[:, k, areas, m] = 0.0
                 precision[:, :, k, areas, m] = scores_out[:, :, k, areas, m] = 0.0
                 continue
-            step = max(1, BLOCK_CELLS // len(inds))
-            for r0 in range(0, len(row_area), step):
-                rows = slice(r0, r0 + step)
-                tasks.append(
-                    (k, m, row_area[rows], row_thr[rows], matched[rows], ignored[rows], row_npig[rows], scores, inds)
-                )
+            tasks.append((k, m, areas, block, None if counted.all() else counted, row_of_cell, row_area, row_npig))
 
     def curves(task):
-        *_, matched, ignored, npig, scores, inds = task
-        # np.take keeps the detections' axis contiguous (fancy indexing puts it outermost: 7x slower cumsums)
-        return _curves(np.take(matched, inds, axis=1), np.take(ignored, inds, axis=1), npig, scores[inds], rec_thrs)
+        return _curves(*task[3:], rec_thrs)
+
+    # the largest first (the last maxDets counts every detection): the two threads end together
+    tasks.sort(key=lambda task: -len(task[3].hit_det) if task[4] is None else -int(task[4].sum()))
 
     workers = min(len(tasks), os.cpu_count() or 1, 2)
     if workers > 1:
@@ -294,10 +381,13 @@ def accumulate(entries_by_cat: dict, image_ids, categories, params, blocks_by_ca
             results = list(pool.map(curves, tasks))
     else:
         results = [curves(task) for task in tasks]
-    for (k, m, row_area, row_thr, *_), (q, ss, rc_last) in zip(tasks, results):
-        recall[row_thr, k, row_area, m] = rc_last
-        precision[row_thr, :, k, row_area, m] = q
-        scores_out[row_thr, :, k, row_area, m] = ss
+    row_thr = np.arange(T)
+    for (k, m, areas, *_), (q, ss, rc_last) in zip(tasks, results):
+        for i, a in enumerate(areas):
+            rows = slice(i * T, (i + 1) * T)
+            recall[row_thr, k, a, m] = rc_last[rows]
+            precision[row_thr, :, k, a, m] = q[rows]
+            scores_out[row_thr, :, k, a, m] = ss[rows]
     return {"precision": precision, "recall": recall, "scores": scores_out, "counts": [T, R, K, A, M]}
 
 
@@ -329,6 +419,12 @@ class IncrementalCocoEval:
         # category -> [_gathered() of one matched chunk's pairs], in matching order, and those pairs' image ids
         self._blocks: dict = {}
         self._block_ids: dict = {}
+        # category -> its _Pairs not yet in a _Run, and [(groups, _Run)]: groups of ~RUN_DETECTIONS detections made
+        # _Runs, joined as a binary counter (two runs of as many groups become one), so each detection is joined
+        # ~log2(groups) times while the run infers and the accumulation after the last image joins a handful
+        self._ungrouped: dict = {}
+        self._ungrouped_n: dict = {}  # their detections
+        self._runs: dict = {}
         self._entries: dict | None = None  # made from the blocks when asked for
         self._in_order = True  # every image matched after every smaller id (so the blocks are in image order)
         self._last_id = None
@@ -358,10 +454,17 @@ class IncrementalCocoEval:
         if self._error is not None:
             raise self._error
         whole = self._in_order and self._matched_images == set(int(i) for i in image_ids)
-        self.accumulated = accumulate(
-            {} if whole else self.entries, image_ids, self.categories, self.params, self._blocks if whole else None
-        )
+        runs = self._joined_runs() if whole else None
+        self.accumulated = accumulate({} if whole else self.entries, image_ids, self.categories, self.params, runs)
         return summarize(self.accumulated, image_ids, self.categories, self.params)
+
+    def _joined_runs(self) -> dict:
+        """{category: [its _Runs, in image order]} for accumulate()."""
+        runs = {cat: [run for _, run in counter] for cat, counter in self._runs.items()}
+        for cat, pairs in self._ungrouped.items():
+            if pairs:
+                runs.setdefault(cat, []).append(_run_of(pairs))
+        return runs
 
     @property
     def entries(self) -> dict:
@@ -371,7 +474,7 @@ class IncrementalCocoEval:
             entries: dict = {}
             for cat, blocks in self._blocks.items():
                 mine = entries.setdefault(cat, [])
-                for ids, (scores, sizes, matched, ignored, npig, _) in zip(self._block_ids[cat], blocks):
+                for ids, (scores, sizes, matched, ignored, npig, *_) in zip(self._block_ids[cat], blocks):
                     ends = np.cumsum(sizes).tolist()
                     for image_id, b, e, n in zip(ids, [0] + ends[:-1], ends, npig):
                         mine.append((image_id, scores[b:e], matched[:, :, b:e], ignored[:, :, b:e], n))
@@ -483,5 +586,18 @@ class IncrementalCocoEval:
         # The chunk's pairs of each category gathered into whole arrays here, while the run still infers: the
         # accumulation after the last image joins a few blocks instead of every pair's small arrays.
         for cat, pairs in by_cat.items():
-            self._blocks.setdefault(cat, []).append(_gathered(pairs))
+            block = _gathered(pairs)
+            self._blocks.setdefault(cat, []).append(block)
             self._block_ids.setdefault(cat, []).append([pair[0] for pair in pairs])
+            ungrouped = self._ungrouped.setdefault(cat, [])
+            ungrouped.append(block)
+            self._ungrouped_n[cat] = self._ungrouped_n.get(cat, 0) + len(block.scores)
+            if self._ungrouped_n[cat] < RUN_DETECTIONS:
+                continue
+            counter = self._runs.setdefault(cat, [])
+            counter.append((1, _run_of(ungrouped)))
+            ungrouped.clear()
+            self._ungrouped_n[cat] = 0
+            while len(counter) > 1 and counter[-2][0] == counter[-1][0]:
+                (n, first), (_, second) = counter[-2:]
+                counter[-2:] = [(2 * n, _joined([first, second]))]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from common.evaluate.metrics import STAT_NAMES, CocoEvaluator, coco_metrics
+import common.evaluate.incremental as inc
 from common.evaluate.incremental import IncrementalCocoEval
 from synthetic_coco import make_synthetic_coco
 
@@ -211,7 +212,7 @@ def _pycocotools_accumulated(ann: dict, rows: np.ndarray, ids, cats) -> dict:
 
 @pytest.mark.parametrize("annotation,seed", [("instances_val2017_person_subset350.json", 3),
                                              ("instances_val2017_subset150.json", 4), (None, 5)])
-def test_accumulated_curves_are_pycocotools_bit_for_bit(shared_data, tmp_path, annotation, seed):
+def test_accumulated_curves_are_pycocotools_bit_for_bit(shared_data, tmp_path, monkeypatch, annotation, seed):
     """Not only the 12 stats: every precision, recall and score pycocotools' accumulate() gives, with ==, so a
     difference of one rounding (an epsilon left out) or in the scores (which the stats never read) is seen."""
     if annotation is None:
@@ -223,10 +224,15 @@ def test_accumulated_curves_are_pycocotools_bit_for_bit(shared_data, tmp_path, a
     ids = [im["id"] for im in ann["images"]]
     rows = _hard_detections(ann, cats, seed)
     ref = _pycocotools_accumulated(ann, rows, ids, cats)
-    ev = IncrementalCocoEval(ann, cats)
-    ev.add(rows)
-    ev.complete(ids)
-    ev.result(ids)
-    for name in ("precision", "recall", "scores"):
-        assert ev.accumulated[name].shape == ref[name].shape
-        assert np.array_equal(ev.accumulated[name], ref[name]), name
+    # all at once (one block), and in chunks of 16 images gathered into runs of >= 200 detections that are joined
+    # while matching and at the end (as 5000 images are with the default size)
+    for chunk, run_detections in ((len(ids), inc.RUN_DETECTIONS), (16, 200)):
+        monkeypatch.setattr(inc, "RUN_DETECTIONS", run_detections)
+        ev = IncrementalCocoEval(ann, cats)
+        for s in range(0, len(ids), chunk):
+            ev.add(rows[np.isin(rows[:, 0], ids[s:s + chunk])])
+            ev.complete(ids[s:s + chunk])
+        ev.result(ids)
+        for name in ("precision", "recall", "scores"):
+            assert ev.accumulated[name].shape == ref[name].shape
+            assert np.array_equal(ev.accumulated[name], ref[name]), (name, chunk)
