@@ -177,27 +177,25 @@ def read_annotations(ann_file: str | Path, polygons: bool = True, remember=None)
     """Parse and check a COCO detection annotation file (common/data/coco_checks.py): every defect is an InputError
     naming the file and the field, before any inference. polygons=False: polygon segmentations are read as empty
     lists (a box-only reader; ~4x faster on val2017 files). remember: an EngineCache where a file that passed
-    the checks is remembered, parsed, by its bytes' sha256 (EngineCache.parsed): the same file is then neither
-    parsed nor checked field by field again (5 ms for the 350-image subset, ~0.3 s for val2017, against ~1 ms);
-    a changed byte parses and checks it again."""
+    the checks is remembered, parsed, by its bytes' sha256 (EngineCache.parsed_file, which also remembers that
+    sha256 by the file's stamps): the same file is then neither read, parsed nor checked field by field again
+    (5 ms for the 350-image subset, ~0.3 s for val2017, against ~1 ms); a changed byte parses and checks it again."""
     ann_file = Path(ann_file)
-    try:
-        with open(ann_file, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", ann_file) from None
 
-    def parse_and_check():
+    def parse_and_check(raw: bytes):
         data = _parse_json(raw, polygons, ann_file)
         check_coco(data, ann_file)  # a refusal raises: never remembered
         return data
 
     if remember is None:
-        return drop_zero_area(parse_and_check(), ann_file)
-    return drop_zero_area(
-        remember.parsed("coco-annotations", raw, parse_and_check, version=f"checks {COCO_CHECKS}, polygons {polygons}"),
-        ann_file,
-    )
+        try:
+            with open(ann_file, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror}", ann_file) from None
+        return drop_zero_area(parse_and_check(raw), ann_file)
+    version = f"checks {COCO_CHECKS}, polygons {polygons}"
+    return drop_zero_area(remember.parsed_file("coco-annotations", ann_file, parse_and_check, version), ann_file)
 
 
 def _parse_json(raw: bytes, polygons: bool, ann_file: Path) -> dict:
