@@ -220,17 +220,24 @@ def _run_of(groups: list) -> _Run:
     ignored = np.concatenate([g.ignored for g in groups], axis=2)
     A, T, N = matched.shape
     by_score = _merged_order([g.scores for g in groups], [g.by_score for g in groups])
-    position = _positions(by_score)
     open_valid = (~matched & ~ignored).any(axis=1)
     cell, det = np.nonzero(matched.reshape(A * T, N))
     tp = ~ignored.reshape(A * T, N)[cell, det]
     keep = tp | open_valid[cell // T, det]
-    cell, det, tp = cell[keep], det[keep], tp[keep]
-    order = np.argsort(cell * N + position[det])  # (row, position): unique keys
+    return _assembled(groups, scores, by_score, open_valid, cell[keep], det[keep], tp[keep])
+
+
+def _assembled(parts: list, scores, by_score, open_valid, cell, det, tp, presorted_runs: bool = False) -> _Run:
+    """The _Run of consecutive `parts` (_Pairs or _Runs) with these detections and kept cells, the cells put in
+    (row, score position) order: unique keys, so any sort gives that order; a stable one merges runs of cells
+    already in order (the parts' own, when they are _Runs) fastest."""
+    position = _positions(by_score)
+    key = cell.astype(np.int64) * len(scores) + position[det]
+    order = np.argsort(key, kind="mergesort" if presorted_runs else None)
     return _Run(
         scores,
-        np.concatenate([g.sizes for g in groups]),
-        np.concatenate([g.npig for g in groups]),
+        np.concatenate([p.sizes for p in parts]),
+        np.concatenate([p.npig for p in parts]),
         by_score,
         position,
         open_valid,
@@ -248,21 +255,16 @@ def _joined(runs: list) -> _Run:
         return runs[0]
     scores = np.concatenate([r.scores for r in runs])
     by_score = _merged_order([r.scores for r in runs], [r.by_score for r in runs])
-    position = _positions(by_score)
     starts = np.cumsum([0] + [len(r.scores) for r in runs[:-1]])
-    cell = np.concatenate([r.hit_row for r in runs])
-    det = np.concatenate([r.hit_det + start for r, start in zip(runs, starts)])
-    order = np.argsort(cell.astype(np.int64) * len(scores) + position[det], kind="mergesort")
-    return _Run(
+    return _assembled(
+        runs,
         scores,
-        np.concatenate([r.sizes for r in runs]),
-        np.concatenate([r.npig for r in runs]),
         by_score,
-        position,
         np.concatenate([r.open_valid for r in runs], axis=1),
-        cell[order],
-        det[order],
-        np.concatenate([r.hit_tp for r in runs])[order],
+        np.concatenate([r.hit_row for r in runs]),
+        np.concatenate([r.hit_det + start for r, start in zip(runs, starts)]),
+        np.concatenate([r.hit_tp for r in runs]),
+        presorted_runs=True,
     )
 
 
