@@ -328,8 +328,8 @@ def _curves(block: _Run, counted_mask, row_of_cell, row_area, npig, rec_thrs):
 def accumulate(entries_by_cat: dict, image_ids, categories, params, blocks_by_cat: dict | None = None) -> dict:
     """pycocotools' accumulate() on per-pair results: {'precision', 'recall', 'scores'} arrays of its shapes.
 
-    `blocks_by_cat` ({category: [_gathered() of consecutive pairs]}, in increasing image order), when given, holds
-    the pairs of exactly `image_ids`, already gathered while the run inferred, and is used instead of
+    `blocks_by_cat` ({category: [_Run or _Pairs of consecutive pairs]}, in increasing image order), when given,
+    holds the pairs of exactly `image_ids`, already gathered while the run inferred, and is used instead of
     `entries_by_cat`: it spares the 80 categories of a 5000-image run ~2 s of joining ~390k small arrays after the
     last image. The (category, max detections) curves run on up to two threads."""
     thr, rec_thrs = np.asarray(params.iouThrs), np.asarray(params.recThrs)
@@ -476,10 +476,10 @@ class IncrementalCocoEval:
             entries: dict = {}
             for cat, blocks in self._blocks.items():
                 mine = entries.setdefault(cat, [])
-                for ids, (scores, sizes, matched, ignored, npig, *_) in zip(self._block_ids[cat], blocks):
-                    ends = np.cumsum(sizes).tolist()
-                    for image_id, b, e, n in zip(ids, [0] + ends[:-1], ends, npig):
-                        mine.append((image_id, scores[b:e], matched[:, :, b:e], ignored[:, :, b:e], n))
+                for ids, p in zip(self._block_ids[cat], blocks):
+                    ends = np.cumsum(p.sizes).tolist()
+                    for image_id, b, e, n in zip(ids, [0] + ends[:-1], ends, p.npig):
+                        mine.append((image_id, p.scores[b:e], p.matched[:, :, b:e], p.ignored[:, :, b:e], n))
             self._entries = entries
         return self._entries
 
@@ -585,8 +585,9 @@ class IncrementalCocoEval:
         by_cat: dict = {}
         for (image_id, cat), d, (matched, ignored, npig) in zip(keys, dets, results):
             by_cat.setdefault(cat, []).append((image_id, d[:, 4], matched, ignored, npig))
-        # The chunk's pairs of each category gathered into whole arrays here, while the run still infers: the
-        # accumulation after the last image joins a few blocks instead of every pair's small arrays.
+        # The chunk's pairs of each category gathered into whole arrays here, while the run still infers, and every
+        # ~RUN_DETECTIONS of them into a _Run: the accumulation after the last image joins a few runs instead of
+        # every pair's small arrays.
         for cat, pairs in by_cat.items():
             block = _gathered(pairs)
             self._blocks.setdefault(cat, []).append(block)

@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -135,3 +136,33 @@ def test_a_passed_annotation_file_is_remembered_parsed_by_content_and_a_changed_
         with pytest.raises(InputError, match="iscrowd"):
             read_annotations(path, remember=cache)
     assert len(list(entries.iterdir())) == 3
+
+
+def test_a_settled_annotation_file_is_remembered_by_its_stamps_and_a_same_size_change_is_read_again(
+        tmp_path, monkeypatch):
+    """EngineCache.parsed_file: a settled file has its sha256 remembered by its stamps, so the next read neither
+    reads nor hashes it; a change of the same size with the modification time put back (ctime still moves) is
+    parsed again, never served from the old entry."""
+    import os
+
+    import common.engine_cache
+    from common.engine_cache import EngineCache
+    monkeypatch.setattr(common.engine_cache, "_MEMO_SETTLED_NS", 0)  # settled at once (not 2 s after the write)
+    cache = EngineCache(tmp_path / "c")
+    path = tmp_path / "ann.json"
+    ann = {"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 3}],
+           "categories": [{"id": 1, "name": "person"}],
+           "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0}]}
+    path.write_text(json.dumps(ann))
+    old = path.stat().st_mtime_ns - 3_600_000_000_000
+    os.utime(path, ns=(old, old))
+    assert read_annotations(path, polygons=False, remember=cache) == ann
+    assert len(list((tmp_path / "c" / "sha256").iterdir())) == 1  # the sha256 remembered by the file's stamps
+    assert read_annotations(path, polygons=False, remember=cache) == ann
+    moved = json.loads(json.dumps(ann))
+    moved["annotations"][0]["bbox"] = [1, 0, 2, 2]  # planted: the same size, another box
+    path.write_text(json.dumps(moved))
+    assert path.stat().st_size == len(json.dumps(ann))
+    os.utime(path, ns=(old, old))
+    time.sleep(0.01)  # a ctime of its own, after the one remembered
+    assert read_annotations(path, polygons=False, remember=cache)["annotations"][0]["bbox"] == [1, 0, 2, 2]
